@@ -1,0 +1,41 @@
+//! The repository config object: format version and tunables, stored in clear
+//! (no secret lives here) so a reader can tell what it is looking at.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::chunker::ChunkerParams;
+
+/// The repository format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Contents of the `config` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Repository format version.
+    pub version: u32,
+    /// Random id of this repository, hex.
+    pub id: String,
+    /// When it was initialised.
+    pub created: DateTime<Utc>,
+    /// Content-defined chunking sizes.
+    pub chunker: ChunkerParams,
+    /// zstd level for compressible data.
+    pub compression_level: i32,
+    /// Target size of a pack object in bytes.
+    pub pack_size: u32,
+}
+
+impl RepoConfig {
+    /// Defaults for a new repository.
+    pub fn new(id: String) -> Self {
+        RepoConfig {
+            version: FORMAT_VERSION,
+            id,
+            created: Utc::now(),
+            chunker: ChunkerParams::default(),
+            compression_level: 3,
+            pack_size: 16 * 1024 * 1024,
+        }
+    }
+}

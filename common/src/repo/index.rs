@@ -1,0 +1,108 @@
+//! Index objects (which blob lives in which pack) and the in-memory index
+//! built from all of them.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::id::{BlobId, PackId};
+use super::pack::{PackBlob, PackSeal};
+
+/// One pack as an index object records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexedPack {
+    /// The pack.
+    pub id: PackId,
+    /// Key id and salt, so one blob can be read with a ranged request.
+    pub seal: PackSeal,
+    /// Stored size in bytes.
+    pub size: u64,
+    /// Blobs inside it.
+    pub blobs: Vec<PackBlob>,
+}
+
+/// Contents of an `index/…` object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IndexFile {
+    /// Packs this index describes.
+    pub packs: Vec<IndexedPack>,
+}
+
+/// Where to find a blob.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobLocation<'a> {
+    /// The pack holding it.
+    pub pack: &'a PackInfo,
+    /// Its place in the pack.
+    pub blob: &'a PackBlob,
+}
+
+/// What the index knows of a pack.
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    /// The pack.
+    pub id: PackId,
+    /// Key id and salt.
+    pub seal: PackSeal,
+    /// Stored size.
+    pub size: u64,
+}
+
+/// All index objects merged: blob id → pack and position.
+#[derive(Debug, Default)]
+pub struct Index {
+    packs: Vec<PackInfo>,
+    pack_pos: HashMap<PackId, u32>,
+    blobs: HashMap<BlobId, (u32, PackBlob)>,
+}
+
+impl Index {
+    /// Adds every pack of an index object. A blob stored twice (two writers
+    /// raced) keeps its first location; both are valid.
+    pub fn add(&mut self, file: IndexFile) {
+        for pack in file.packs {
+            self.add_pack(pack);
+        }
+    }
+
+    /// Adds one pack.
+    pub fn add_pack(&mut self, pack: IndexedPack) {
+        let pos = match self.pack_pos.get(&pack.id) {
+            Some(&p) => p,
+            None => {
+                let p = self.packs.len() as u32;
+                self.packs.push(PackInfo { id: pack.id, seal: pack.seal, size: pack.size });
+                self.pack_pos.insert(pack.id, p);
+                p
+            }
+        };
+        for blob in pack.blobs {
+            self.blobs.entry(blob.id).or_insert((pos, blob));
+        }
+    }
+
+    /// Where `id` is stored.
+    pub fn get(&self, id: &BlobId) -> Option<BlobLocation<'_>> {
+        self.blobs.get(id).map(|(p, blob)| BlobLocation { pack: &self.packs[*p as usize], blob })
+    }
+
+    /// Whether any pack holds `id`.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// Every indexed pack.
+    pub fn packs(&self) -> &[PackInfo] {
+        &self.packs
+    }
+
+    /// Number of indexed blobs.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Every (blob, pack) pair the index holds.
+    pub fn blobs(&self) -> impl Iterator<Item = BlobLocation<'_>> {
+        self.blobs.values().map(|(p, blob)| BlobLocation { pack: &self.packs[*p as usize], blob })
+    }
+}

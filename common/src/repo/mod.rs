@@ -1,0 +1,26 @@
+//! The repository format (v1) and the operations every source shares.
+//!
+//! Objects in the store:
+//! - `config`: format version and tunables, in clear;
+//! - `keys/<master key id>`: the keyring wrapped by one master key;
+//! - `data/<2 hex>/<pack id>`: packs of sealed blobs (file chunks or trees);
+//! - `index/<id>`: which blob is in which pack;
+//! - `snapshots/<id>`: manifests, written last, which make a backup visible.
+
+pub mod chunker;
+pub mod compress;
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod object;
+pub mod pack;
+pub mod packer;
+pub mod repository;
+pub mod snapshot;
+pub mod tree;
+pub mod verify;
+
+pub use error::RepoError;
+pub use id::{BlobId, IndexId, PackId, SnapshotId};
+pub use repository::Repository;

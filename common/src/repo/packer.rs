@@ -1,0 +1,177 @@
+//! Writing blobs from blocking worker threads: per-thread packers feeding a
+//! shared pool of uploaders, with indexes written as packs land.
+//!
+//! Memory stays bounded: each packer holds at most one pack, and the upload
+//! queue holds at most one pack per uploader.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use tokio::runtime::Handle;
+
+use super::compress::compress;
+use super::error::RepoError;
+use super::id::BlobId;
+use super::index::IndexedPack;
+use super::pack::{BlobKind, FinishedPack, PackBuilder};
+use super::repository::{Repository, pack_key};
+
+/// Packs that landed are indexed in batches of this many, so an interrupted
+/// backup leaves its finished work indexed for the next run to reuse.
+const INDEX_BATCH: usize = 64;
+
+/// Blobs this writer has claimed, so two threads never store the same blob.
+#[derive(Default)]
+pub struct SeenBlobs(Mutex<HashSet<BlobId>>);
+
+impl SeenBlobs {
+    /// True if `id` is neither in the repository nor claimed yet; claims it.
+    pub fn claim(&self, repo: &Repository, id: BlobId) -> bool {
+        if repo.index().contains(&id) {
+            return false;
+        }
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+    }
+}
+
+/// Counters an operator would graph.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    /// Packs stored.
+    pub packs: AtomicU64,
+    /// Bytes of packs stored.
+    pub bytes: AtomicU64,
+}
+
+/// A pool of threads storing finished packs and indexing them.
+pub struct PackUploader {
+    repo: Repository,
+    runtime: Handle,
+    tx: Option<Sender<FinishedPack>>,
+    workers: Vec<JoinHandle<Result<(), RepoError>>>,
+    landed: Arc<Mutex<Vec<IndexedPack>>>,
+    stats: Arc<UploadStats>,
+}
+
+impl PackUploader {
+    /// Starts `workers` upload threads that run store calls on `runtime`.
+    pub fn start(repo: &Repository, runtime: Handle, workers: usize) -> Self {
+        let workers = workers.max(1);
+        let (tx, rx) = bounded::<FinishedPack>(workers);
+        let landed = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(UploadStats::default());
+        let handles = (0..workers)
+            .map(|_| {
+                let (repo, runtime, rx, landed, stats) =
+                    (repo.clone(), runtime.clone(), rx.clone(), landed.clone(), stats.clone());
+                std::thread::spawn(move || upload_loop(&repo, &runtime, &rx, &landed, &stats))
+            })
+            .collect();
+        PackUploader { repo: repo.clone(), runtime, tx: Some(tx), workers: handles, landed, stats }
+    }
+
+    /// A packer for one worker thread.
+    pub fn packer(&self, kind: BlobKind) -> Packer {
+        Packer {
+            repo: self.repo.clone(),
+            kind,
+            // Infallible while the uploader lives: `tx` is only taken by `finish`.
+            tx: self.tx.clone(),
+            builder: None,
+            target: self.repo.config().pack_size as usize,
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<UploadStats> {
+        self.stats.clone()
+    }
+
+    /// Waits for every queued pack to land, then indexes what is left.
+    /// Every [`Packer`] must have been flushed and dropped first.
+    pub fn finish(mut self) -> Result<(), RepoError> {
+        drop(self.tx.take());
+        let mut first_err = None;
+        for h in self.workers.drain(..) {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(RepoError::Interrupted("an upload thread panicked"))
+            });
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Index what landed even after a failure: those packs are good.
+        let rest = std::mem::take(&mut *self.landed.lock().unwrap_or_else(|p| p.into_inner()));
+        let indexed = self.runtime.block_on(self.repo.save_index(rest));
+        match first_err {
+            Some(e) => Err(e),
+            None => indexed.map(|_| ()),
+        }
+    }
+}
+
+fn upload_loop(
+    repo: &Repository,
+    runtime: &Handle,
+    rx: &Receiver<FinishedPack>,
+    landed: &Mutex<Vec<IndexedPack>>,
+    stats: &UploadStats,
+) -> Result<(), RepoError> {
+    for pack in rx {
+        let size = pack.bytes.len() as u64;
+        runtime.block_on(repo.store().put(&pack_key(&pack.id), Bytes::from(pack.bytes)))?;
+        stats.packs.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(size, Ordering::Relaxed);
+        let batch = {
+            let mut l = landed.lock().unwrap_or_else(|p| p.into_inner());
+            l.push(IndexedPack { id: pack.id, seal: pack.seal, size, blobs: pack.blobs });
+            if l.len() >= INDEX_BATCH { std::mem::take(&mut *l) } else { Vec::new() }
+        };
+        runtime.block_on(repo.save_index(batch))?;
+    }
+    Ok(())
+}
+
+/// Collects blobs of one kind into packs on one thread.
+pub struct Packer {
+    repo: Repository,
+    kind: BlobKind,
+    tx: Option<Sender<FinishedPack>>,
+    builder: Option<PackBuilder>,
+    target: usize,
+}
+
+impl Packer {
+    /// Compresses (where it pays), seals and packs a blob; returns the bytes
+    /// it will take in the repository.
+    pub fn add(&mut self, id: BlobId, raw: Vec<u8>) -> Result<u64, RepoError> {
+        let raw_len = raw.len();
+        let payload = compress(raw, self.repo.config().compression_level);
+        let mut builder = match self.builder.take() {
+            Some(b) => b,
+            None => PackBuilder::new(self.repo.keyring(), self.target)?,
+        };
+        let stored = builder.add(id, self.kind, payload, raw_len)?;
+        let full = builder.len() >= self.target;
+        self.builder = Some(builder);
+        if full {
+            self.flush()?;
+        }
+        Ok(u64::from(stored))
+    }
+
+    /// Sends the pack being built, if any, to the uploaders.
+    pub fn flush(&mut self) -> Result<(), RepoError> {
+        let Some(builder) = self.builder.take() else { return Ok(()) };
+        if builder.is_empty() {
+            return Ok(());
+        }
+        let pack = builder.finish()?;
+        let stopped = || RepoError::Interrupted("the uploaders stopped after an error");
+        self.tx.as_ref().ok_or_else(stopped)?.send(pack).map_err(|_| stopped())
+    }
+}

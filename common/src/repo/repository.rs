@@ -1,0 +1,304 @@
+//! Opening, initialising and reading a repository.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
+
+use crate::crypto::{CryptoError, Keyring, MasterKey, WrappedKeyring};
+use crate::store::{ObjectStore, StoreError};
+
+use super::config::{FORMAT_VERSION, RepoConfig};
+use super::error::RepoError;
+use super::id::{BlobId, IndexId, PackId, SnapshotId, random_id_bytes};
+use super::index::{Index, IndexFile, IndexedPack};
+use super::object;
+use super::pack::open_blob;
+use super::snapshot::Snapshot;
+use super::tree::Tree;
+
+const CONFIG_KEY: &str = "config";
+const KEYS_PREFIX: &str = "keys/";
+const INDEX_PREFIX: &str = "index/";
+const SNAPSHOTS_PREFIX: &str = "snapshots/";
+const DATA_PREFIX: &str = "data/";
+
+/// Store key of a pack.
+pub fn pack_key(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("{DATA_PREFIX}{}/{hex}", &hex[..2])
+}
+
+/// Store key of an index object.
+pub fn index_key(id: &IndexId) -> String {
+    format!("{INDEX_PREFIX}{id}")
+}
+
+/// Store key of a snapshot manifest.
+pub fn snapshot_key(id: &SnapshotId) -> String {
+    format!("{SNAPSHOTS_PREFIX}{id}")
+}
+
+/// An open repository: store, config, keyring and the merged index.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    config: RepoConfig,
+    keyring: Keyring,
+    index: RwLock<Index>,
+}
+
+impl Repository {
+    /// Creates a repository in an empty store, its keyring wrapped by `master`.
+    pub async fn init(store: Arc<dyn ObjectStore>, master: &MasterKey) -> Result<Self, RepoError> {
+        let config = RepoConfig::new(hex::encode(random_id_bytes()?));
+        let keyring = Keyring::generate()?;
+        let wrapped = keyring.wrap(master)?;
+        let config_bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|e| RepoError::Encode { what: "config", reason: e.to_string() })?;
+        // Keys first (create-if-absent, so an existing keyring is never
+        // replaced): a config without keys would be a repository nobody can open.
+        let keys_key = format!("{KEYS_PREFIX}{}", master.id);
+        match store.put_if_absent(&keys_key, json_bytes(&wrapped, "keyring")?).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { .. }) => return Err(RepoError::AlreadyInitialised(store.describe())),
+            Err(e) => return Err(e.into()),
+        }
+        match store.put_if_absent(CONFIG_KEY, Bytes::from(config_bytes)).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                // Another repository was there: take back the keyring we just created.
+                store.delete(&keys_key).await?;
+                return Err(RepoError::AlreadyInitialised(store.describe()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Repository {
+            inner: Arc::new(Inner { store, config, keyring, index: RwLock::new(Index::default()) }),
+        })
+    }
+
+    /// Opens an existing repository with `master` and loads its index.
+    pub async fn open(store: Arc<dyn ObjectStore>, master: &MasterKey) -> Result<Self, RepoError> {
+        let config_bytes = match store.get(CONFIG_KEY).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::NotInitialised(store.describe())),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| RepoError::corrupt(CONFIG_KEY, e))?;
+        if config.version != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
+        }
+        let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
+        let repo = Repository {
+            inner: Arc::new(Inner { store, config, keyring, index: RwLock::new(Index::default()) }),
+        };
+        repo.reload_index().await?;
+        Ok(repo)
+    }
+
+    async fn unwrap_keyring(store: &dyn ObjectStore, master: &MasterKey) -> Result<Keyring, RepoError> {
+        let own_key = format!("{KEYS_PREFIX}{}", master.id);
+        let mut wanted = Vec::new();
+        for meta in store.list(KEYS_PREFIX).await? {
+            let bytes = store.get(&meta.key).await?;
+            let wrapped: WrappedKeyring =
+                serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(&meta.key, e))?;
+            if meta.key == own_key {
+                return Ok(wrapped.unwrap_with(master)?);
+            }
+            wanted.push(wrapped.master_key_id.to_string());
+        }
+        Err(CryptoError::WrongKey { have: master.id, wanted: wanted.join(", ") }.into())
+    }
+
+    /// Wraps the keyring under `new` as well, then removes `old`'s copy:
+    /// rotating a master key rewrites one small object, no data.
+    pub async fn rotate_master_key(&self, old: &MasterKey, new: &MasterKey) -> Result<(), RepoError> {
+        let wrapped = self.inner.keyring.wrap(new)?;
+        let new_key = format!("{KEYS_PREFIX}{}", new.id);
+        self.inner.store.put(&new_key, json_bytes(&wrapped, "keyring")?).await?;
+        // Read back before deleting the old copy, so a failure never leaves no key.
+        let check: WrappedKeyring = serde_json::from_slice(&self.inner.store.get(&new_key).await?)
+            .map_err(|e| RepoError::corrupt(&new_key, e))?;
+        check.unwrap_with(new)?;
+        if old.id != new.id {
+            self.inner.store.delete(&format!("{KEYS_PREFIX}{}", old.id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads every index object. An unreadable index object does not stop
+    /// the repository from opening (what it listed becomes unreachable, and
+    /// `verify` reports it); the errors are returned and logged.
+    pub async fn reload_index(&self) -> Result<Vec<RepoError>, RepoError> {
+        let mut index = Index::default();
+        let mut problems = Vec::new();
+        for meta in self.inner.store.list(INDEX_PREFIX).await? {
+            match self.read_index_object(&meta.key).await {
+                Ok(file) => index.add(file),
+                Err(e) => {
+                    tracing::warn!(object = %meta.key, error = %e, "skipping unreadable index object");
+                    problems.push(e);
+                }
+            }
+        }
+        *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(problems)
+    }
+
+    /// Reads and opens one index object.
+    pub async fn read_index_object(&self, key: &str) -> Result<IndexFile, RepoError> {
+        let bytes = self.inner.store.get(key).await?;
+        let plain = object::open(&self.inner.keyring, "index", key, &bytes)?;
+        postcard::from_bytes(&plain).map_err(|e| RepoError::corrupt(key, e))
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// The config object.
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    /// The keyring.
+    pub fn keyring(&self) -> &Keyring {
+        &self.inner.keyring
+    }
+
+    /// The merged index (read lock).
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.inner.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes an index object for packs already stored, and adds them to the
+    /// in-memory index. Call only after every pack listed has landed.
+    pub async fn save_index(&self, packs: Vec<IndexedPack>) -> Result<Option<IndexId>, RepoError> {
+        if packs.is_empty() {
+            return Ok(None);
+        }
+        let file = IndexFile { packs };
+        let payload =
+            postcard::to_allocvec(&file).map_err(|e| RepoError::Encode { what: "index", reason: e.to_string() })?;
+        let id = IndexId(random_id_bytes()?);
+        let sealed = object::seal(&self.inner.keyring, "index", payload, self.inner.config.compression_level)?;
+        self.inner.store.put(&index_key(&id), Bytes::from(sealed)).await?;
+        self.inner.index.write().unwrap_or_else(|p| p.into_inner()).add(file);
+        Ok(Some(id))
+    }
+
+    /// Writes a snapshot manifest: the step that makes a backup visible.
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
+        let payload =
+            serde_json::to_vec(snapshot).map_err(|e| RepoError::Encode { what: "snapshot", reason: e.to_string() })?;
+        let id = SnapshotId(random_id_bytes()?);
+        let sealed = object::seal(&self.inner.keyring, "snapshot", payload, self.inner.config.compression_level)?;
+        self.inner.store.put_if_absent(&snapshot_key(&id), Bytes::from(sealed)).await?;
+        Ok(id)
+    }
+
+    /// Loads one snapshot manifest.
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
+        let key = snapshot_key(id);
+        let bytes = self.inner.store.get(&key).await?;
+        let plain = object::open(&self.inner.keyring, "snapshot", &key, &bytes)?;
+        serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&key, e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+        let mut out = Vec::new();
+        for meta in self.inner.store.list(SNAPSHOTS_PREFIX).await? {
+            let Some(id) = meta.key.strip_prefix(SNAPSHOTS_PREFIX).and_then(|s| s.parse::<SnapshotId>().ok()) else {
+                continue;
+            };
+            out.push((id, self.load_snapshot(&id).await?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot), RepoError> {
+        let all = self.snapshots().await?;
+        if spec == "latest" {
+            return all.into_iter().next_back().ok_or_else(|| RepoError::SnapshotLookup("latest: the repository has no snapshots".into()));
+        }
+        let mut matches = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec.to_lowercase()));
+        match (matches.next(), matches.next()) {
+            (Some(found), None) if !spec.is_empty() => Ok(found),
+            (None, _) => Err(RepoError::SnapshotLookup(format!("{spec}: no such snapshot"))),
+            _ => Err(RepoError::SnapshotLookup(format!("{spec}: prefix matches several snapshots"))),
+        }
+    }
+
+    /// Reads one blob through the index with a ranged request.
+    pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+        let (seal, blob, key) = {
+            let index = self.index();
+            let loc = index.get(id).ok_or_else(|| RepoError::BlobNotIndexed(id.to_hex()))?;
+            (loc.pack.seal, loc.blob.clone(), pack_key(&loc.pack.id))
+        };
+        let sealed = self.inner.store.get_range(&key, blob.range()).await?;
+        open_blob(&self.inner.keyring, &seal, &blob, &sealed, &key)
+    }
+
+    /// Reads and decodes a tree.
+    pub async fn load_tree(&self, id: &BlobId) -> Result<Tree, RepoError> {
+        let bytes = self.read_blob(id).await?;
+        Tree::decode(id, &bytes)
+    }
+}
+
+fn json_bytes<T: serde::Serialize>(value: &T, what: &'static str) -> Result<Bytes, RepoError> {
+    serde_json::to_vec_pretty(value)
+        .map(Bytes::from)
+        .map_err(|e| RepoError::Encode { what, reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    #[tokio::test]
+    async fn init_open_wrong_key_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
+        let master = MasterKey::generate().unwrap();
+        let repo = Repository::init(store.clone(), &master).await.unwrap();
+        assert!(matches!(
+            Repository::init(store.clone(), &master).await,
+            Err(RepoError::AlreadyInitialised(_))
+        ));
+        let chunk_key = repo.keyring().chunk_id_key.clone();
+        let reopened = Repository::open(store.clone(), &master).await.unwrap();
+        assert_eq!(reopened.keyring().chunk_id_key, chunk_key);
+
+        let stranger = MasterKey::generate().unwrap();
+        let err = Repository::open(store.clone(), &stranger).await.unwrap_err();
+        assert!(err.to_string().starts_with("wrong key"), "{err}");
+
+        let next = MasterKey::generate().unwrap();
+        repo.rotate_master_key(&master, &next).await.unwrap();
+        assert!(Repository::open(store.clone(), &master).await.is_err());
+        let rotated = Repository::open(store.clone(), &next).await.unwrap();
+        assert_eq!(rotated.keyring().chunk_id_key, chunk_key);
+    }
+
+    #[tokio::test]
+    async fn open_missing_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("nothing")));
+        let err = Repository::open(store, &MasterKey::generate().unwrap()).await.unwrap_err();
+        assert!(matches!(err, RepoError::NotInitialised(_)), "{err}");
+    }
+}

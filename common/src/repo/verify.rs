@@ -1,0 +1,177 @@
+//! `verify`: is every referenced object there, and (with `read_data`) intact?
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::error::RepoError;
+use super::id::{BlobId, PackId};
+use super::pack::{open_blob, read_header};
+use super::repository::{Repository, pack_key};
+use super::tree::NodeKind;
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Snapshots walked.
+    pub snapshots: u64,
+    /// Distinct trees read.
+    pub trees: u64,
+    /// Indexed packs checked for presence and size.
+    pub packs: u64,
+    /// Blobs decrypted and hashed (with `read_data`).
+    pub blobs_read: u64,
+    /// Bytes downloaded (with `read_data`).
+    pub bytes_read: u64,
+    /// Packs in the store that no index lists (left by an interrupted
+    /// backup; harmless, reclaimed by prune).
+    pub unindexed_packs: u64,
+    /// Every problem, each naming the object involved.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the repository. Problems are collected, not returned as errors,
+/// so one bad object does not hide the others.
+pub async fn verify(
+    repo: &Repository,
+    read_data: bool,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<VerifyReport, RepoError> {
+    let mut report = VerifyReport::default();
+    for e in repo.reload_index().await? {
+        report.problems.push(e.to_string());
+    }
+
+    // Every indexed pack exists with the size the index records.
+    let stored: HashMap<String, u64> =
+        repo.store().list("data/").await?.into_iter().map(|m| (m.key, m.size)).collect();
+    let indexed: Vec<(PackId, u64)> = repo.index().packs().iter().map(|p| (p.id, p.size)).collect();
+    let indexed_keys: HashSet<String> = indexed.iter().map(|(id, _)| pack_key(id)).collect();
+    report.unindexed_packs = stored.keys().filter(|k| !indexed_keys.contains(*k)).count() as u64;
+    let mut present = Vec::new();
+    for (id, size) in &indexed {
+        report.packs += 1;
+        let key = pack_key(id);
+        match stored.get(&key) {
+            None => report.problems.push(format!("pack {key} is missing")),
+            Some(&s) if s != *size => {
+                report.problems.push(format!("pack {key} is {s} bytes, the index says {size} (truncated or altered)"))
+            }
+            Some(_) => present.push(*id),
+        }
+    }
+
+    walk_snapshots(repo, &mut report).await?;
+
+    if read_data {
+        read_packs(repo, present, &mut report, on_bytes).await?;
+    }
+    Ok(report)
+}
+
+/// Walks every snapshot's trees; every referenced blob must be indexed.
+async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<(), RepoError> {
+    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    for (sid, snap) in repo.snapshots().await? {
+        report.snapshots += 1;
+        let mut stack = vec![(snap.tree, String::from("/"))];
+        while let Some((tree_id, path)) = stack.pop() {
+            if !seen_trees.insert(tree_id) {
+                continue;
+            }
+            report.trees += 1;
+            let tree = match repo.load_tree(&tree_id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    report.problems.push(format!("snapshot {}: directory {path}: {e}", sid.short()));
+                    continue;
+                }
+            };
+            let index = repo.index();
+            for node in &tree.nodes {
+                let child = format!("{}{}", path, node.display_name());
+                match &node.kind {
+                    NodeKind::Dir { subtree } => stack.push((*subtree, format!("{child}/"))),
+                    NodeKind::File { content } => {
+                        for blob in content.iter().filter(|b| !index.contains(b)) {
+                            report.problems.push(format!(
+                                "snapshot {}: file {child}: blob {} is not in any index",
+                                sid.short(),
+                                blob.short()
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Downloads each pack, checks its hash, header and every blob.
+async fn read_packs(
+    repo: &Repository,
+    packs: Vec<PackId>,
+    report: &mut VerifyReport,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(), RepoError> {
+    let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let mut set = tokio::task::JoinSet::new();
+    let mut queue = packs.into_iter();
+    loop {
+        while set.len() < parallel {
+            let Some(id) = queue.next() else { break };
+            let (repo, on_bytes) = (repo.clone(), on_bytes.clone());
+            set.spawn(async move {
+                let key = pack_key(&id);
+                let bytes = match repo.store().get(&key).await {
+                    Ok(b) => b,
+                    Err(e) => return (0, 0, vec![e.to_string()]),
+                };
+                on_bytes(bytes.len() as u64);
+                let len = bytes.len() as u64;
+                let checked = tokio::task::spawn_blocking(move || check_pack(&repo, &id, &key, &bytes)).await;
+                match checked {
+                    Ok((blobs, problems)) => (len, blobs, problems),
+                    Err(e) => (len, 0, vec![format!("checking pack {id}: {e}")]),
+                }
+            });
+        }
+        let Some(done) = set.join_next().await else { break };
+        let (bytes, blobs, problems) = done.unwrap_or_else(|e| (0, 0, vec![format!("verify task failed: {e}")]));
+        report.bytes_read += bytes;
+        report.blobs_read += blobs;
+        report.problems.extend(problems);
+    }
+    Ok(())
+}
+
+fn check_pack(repo: &Repository, id: &PackId, key: &str, bytes: &[u8]) -> (u64, Vec<String>) {
+    let mut problems = Vec::new();
+    if blake3::hash(bytes).as_bytes() != &id.0 {
+        problems.push(format!("pack {key}: content does not match its id (altered on storage)"));
+    }
+    let (seal, blobs) = match read_header(repo.keyring(), key, bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            problems.push(e.to_string());
+            return (0, problems);
+        }
+    };
+    let mut checked = 0;
+    for blob in &blobs {
+        let r = blob.range();
+        match open_blob(repo.keyring(), &seal, blob, &bytes[r.start as usize..r.end as usize], key) {
+            Ok(_) => checked += 1,
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    (checked, problems)
+}

@@ -1,0 +1,271 @@
+//! The embedded default: a repository in a local directory.
+//!
+//! Every write goes to a temporary file in the destination directory, is
+//! fsynced, then renamed (or hard-linked, for create-if-absent) into place and
+//! the directory fsynced, so a crash leaves either the old state or the new
+//! object, never a torn one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ObjectMeta, ObjectStore, StoreError, check_key};
+
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// An object store rooted at a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalStore {
+    /// A store at `root`; the directory is created on first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn io_err(&self, op: &'static str, what: impl std::fmt::Display, source: io::Error) -> StoreError {
+        StoreError::Io { store: self.describe(), op, what: what.to_string(), source }
+    }
+
+    fn not_found(&self, key: &str) -> StoreError {
+        StoreError::NotFound { store: self.describe(), key: key.to_owned() }
+    }
+
+    /// Writes `data` to a fresh temporary file beside `dest` and fsyncs it.
+    fn write_temp(&self, dest: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
+        let dir = dest.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| self.io_err("creating directory", dir.display(), e))?;
+        let name = format!(
+            "{TEMP_PREFIX}{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = dir.join(name);
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.io_err("writing", dest.display(), e));
+        }
+        Ok(tmp)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io_err("syncing directory", dir.display(), e))
+    }
+
+    fn put_blocking(&self, key: &str, data: &[u8], if_absent: bool) -> Result<(), StoreError> {
+        let dest = self.path_of(key)?;
+        let tmp = self.write_temp(&dest, data)?;
+        let placed = if if_absent {
+            // link(2) fails with EEXIST instead of replacing: an atomic create-if-absent.
+            let r = fs::hard_link(&tmp, &dest);
+            let _ = fs::remove_file(&tmp);
+            r
+        } else {
+            fs::rename(&tmp, &dest)
+        };
+        match placed {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::AlreadyExists { store: self.describe(), key: key.to_owned() });
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(self.io_err("placing", dest.display(), e));
+            }
+        }
+        self.sync_dir(dest.parent().unwrap_or(&self.root))
+    }
+
+    fn get_range_blocking(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+        let path = self.path_of(key)?;
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(key)),
+            Err(e) => return Err(self.io_err("opening", path.display(), e)),
+        };
+        let size = f.metadata().map_err(|e| self.io_err("reading size of", path.display(), e))?.len();
+        let range = range.unwrap_or(0..size);
+        if range.end > size || range.start > range.end {
+            return Err(StoreError::Truncated { store: self.describe(), key: key.to_owned(), size, wanted: range.end });
+        }
+        let len = usize::try_from(range.end - range.start)
+            .map_err(|_| self.io_err("reading", path.display(), io::Error::other("range too large")))?;
+        let mut buf = vec![0u8; len];
+        f.seek(SeekFrom::Start(range.start))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| self.io_err("reading", path.display(), e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        // Walk only the deepest directory the prefix names, then filter.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io_err("listing", dir.display(), e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.io_err("listing", dir.display(), e))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(|e| self.io_err("reading", entry.path().display(), e))?;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let rel = entry.path();
+                let Ok(rel) = rel.strip_prefix(&self.root) else { continue };
+                let Some(key) = rel.to_str() else { continue };
+                if key.starts_with(prefix) {
+                    out.push(ObjectMeta { key: key.to_owned(), size: meta.len() });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs blocking filesystem work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Io {
+            store: "local".into(),
+            op: "running",
+            what: "blocking task".into(),
+            source: io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let (this, key) = (self.clone(), key.to_owned());
+        blocking(move || this.put_blocking(&key, &data, false)).await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let (this, key) = (self.clone(), key.to_owned());
+        blocking(move || this.put_blocking(&key, &data, true)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let (this, key) = (self.clone(), key.to_owned());
+        blocking(move || this.get_range_blocking(&key, None)).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let (this, key) = (self.clone(), key.to_owned());
+        blocking(move || this.get_range_blocking(&key, Some(range))).await
+    }
+
+    async fn head(&self, key: &str) -> Result<u64, StoreError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found(key)),
+            Err(e) => Err(self.io_err("reading size of", path.display(), e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let (this, prefix) = (self.clone(), prefix.to_owned());
+        blocking(move || this.list_blocking(&prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_err("deleting", path.display(), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put("data/ab/abc", Bytes::from_static(b"hello world")).await.unwrap();
+        store.put("snapshots/s1", Bytes::from_static(b"s")).await.unwrap();
+        assert_eq!(store.get("data/ab/abc").await.unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(store.get_range("data/ab/abc", 6..11).await.unwrap(), Bytes::from_static(b"world"));
+        assert_eq!(store.head("data/ab/abc").await.unwrap(), 11);
+        let listed = store.list("data/").await.unwrap();
+        assert_eq!(listed, vec![ObjectMeta { key: "data/ab/abc".into(), size: 11 }]);
+        assert_eq!(store.list("").await.unwrap().len(), 2);
+        store.delete("data/ab/abc").await.unwrap();
+        store.delete("data/ab/abc").await.unwrap();
+        assert!(store.get("data/ab/abc").await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_refuses_second_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put_if_absent("config", Bytes::from_static(b"one")).await.unwrap();
+        let err = store.put_if_absent("config", Bytes::from_static(b"two")).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+        assert_eq!(store.get("config").await.unwrap(), Bytes::from_static(b"one"));
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn range_past_end_is_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put("data/x", Bytes::from_static(b"12345")).await.unwrap();
+        let err = store.get_range("data/x", 2..9).await.unwrap_err();
+        assert!(matches!(err, StoreError::Truncated { size: 5, wanted: 9, .. }), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Object stores: where a repository's objects live.
+//!
+//! The repository code speaks only [`ObjectStore`]; each backend (the local
+//! directory here, S3 and Azure Blob beside it) implements it in its own
+//! module, so adding a backend touches nothing else.
+
+mod fs;
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use fs::LocalStore;
+
+/// What went wrong talking to an object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("object {key} not found in {store}")]
+    NotFound { store: String, key: String },
+    /// A create-if-absent write found the object already there.
+    #[error("object {key} already exists in {store}")]
+    AlreadyExists { store: String, key: String },
+    /// A ranged read asked for bytes past the object's end (a truncated object).
+    #[error("object {key} in {store} is {size} bytes, shorter than the {wanted} bytes asked for")]
+    Truncated { store: String, key: String, size: u64, wanted: u64 },
+    /// The key is not a valid object name.
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    /// Any I/O failure, naming the object or path involved.
+    #[error("{op} {what} in {store}: {source}")]
+    Io {
+        store: String,
+        op: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True when the error means the object is absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// One object as listed: its key and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Full key, e.g. `data/ab/ab12…`.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A flat namespace of immutable objects addressed by `/`-separated keys.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// A short human description of the store (path or URL, never a secret).
+    fn describe(&self) -> String;
+
+    /// Writes an object, replacing any previous one atomically.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+
+    /// Writes an object only if no object has that key; otherwise
+    /// [`StoreError::AlreadyExists`].
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+
+    /// Reads `range` of an object; a range past the end is [`StoreError::Truncated`].
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
+
+    /// Size of an object, or [`StoreError::NotFound`].
+    async fn head(&self, key: &str) -> Result<u64, StoreError>;
+
+    /// Every object whose key starts with `prefix`, in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Deletes an object; deleting an absent object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Rejects keys that could escape the store's namespace.
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    let invalid = |reason| StoreError::InvalidKey { key: key.to_owned(), reason };
+    if key.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if key.starts_with('/') || key.ends_with('/') {
+        return Err(invalid("leading or trailing '/'"));
+    }
+    if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        return Err(invalid("empty, '.' or '..' component"));
+    }
+    if key.contains('\0') {
+        return Err(invalid("NUL byte"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_key;
+
+    #[test]
+    fn keys_cannot_escape() {
+        for bad in ["", "/abs", "a/../b", "a//b", "a/", "./a", "a\0b"] {
+            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["config", "data/ab/abcdef", "keys/0123"] {
+            check_key(good).unwrap();
+        }
+    }
+}
