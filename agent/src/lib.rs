@@ -1,1 +1,5 @@
-//! placeholder
+//! Lifeboat's agent: capture and restore for each kind of source. The agent
+//! daemon and the `lifeboat` CLI both call this library.
+
+pub mod files;
+pub mod progress;

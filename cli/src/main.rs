@@ -1,1 +1,77 @@
-fn main() {}
+//! `lifeboat`: the operator's command-line client. The repository commands
+//! here work offline, with nothing but the repository and the master key.
+
+mod commands;
+mod progress;
+mod repo_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::repo_args::RepoArgs;
+
+/// Lifeboat: encrypted, deduplicated backups and restores.
+#[derive(Parser)]
+#[command(name = "lifeboat", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Master key files.
+    Key(commands::key::KeyCommand),
+    /// Repository set-up.
+    Repo(commands::repo::RepoCommand),
+    /// Back a source up.
+    Backup(commands::backup::BackupCommand),
+    /// List snapshots.
+    Snapshots(commands::snapshots::SnapshotsArgs),
+    /// Restore a snapshot.
+    Restore(commands::restore::RestoreArgs),
+    /// Check the repository's integrity.
+    Verify(commands::verify::VerifyArgs),
+}
+
+/// Exit code for "done, but some entries could not be read".
+pub const EXIT_PARTIAL: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeboat: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Key(c) => c.run().await,
+            Command::Repo(c) => c.run().await,
+            Command::Backup(c) => c.run().await,
+            Command::Snapshots(c) => c.run().await,
+            Command::Restore(c) => c.run().await,
+            Command::Verify(c) => c.run().await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("lifeboat: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

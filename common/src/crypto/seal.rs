@@ -26,7 +26,9 @@ impl ObjectCipher {
         let okm = prk
             .expand(&[HKDF_INFO], &AES_256_GCM)
             .map_err(|_| CryptoError::Malformed("HKDF expansion failed".into()))?;
-        Ok(ObjectCipher { key: LessSafeKey::new(UnboundKey::from(okm)) })
+        Ok(ObjectCipher {
+            key: LessSafeKey::new(UnboundKey::from(okm)),
+        })
     }
 
     /// The 96-bit nonce for a counter: four zero bytes, then the counter.
@@ -46,7 +48,12 @@ impl ObjectCipher {
 
     /// Decrypts and authenticates `buf` (ciphertext plus tag) in place,
     /// returning the plaintext slice.
-    pub fn open<'a>(&self, counter: u64, aad: &[u8], buf: &'a mut [u8]) -> Result<&'a mut [u8], CryptoError> {
+    pub fn open<'a>(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
         if buf.len() < TAG_LEN {
             return Err(CryptoError::Authentication);
         }

@@ -20,7 +20,11 @@ impl Default for ChunkerParams {
     fn default() -> Self {
         // 1 MiB on average: small enough that an edit inside a large file
         // costs about a MiB, large enough that a GiB is only ~1,000 index entries.
-        ChunkerParams { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 }
+        ChunkerParams {
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -75,26 +79,46 @@ mod tests {
 
     #[test]
     fn boundaries_survive_an_insertion() {
-        let params = ChunkerParams { min: 4096, avg: 16384, max: 65536 };
+        let params = ChunkerParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        };
         let data = pseudo_random(1 << 20, 42);
-        let chunks: Vec<Vec<u8>> = Chunker::new(&data[..], params, 7).map(|c| c.unwrap()).collect();
+        let chunks: Vec<Vec<u8>> = Chunker::new(&data[..], params, 7)
+            .map(|c| c.unwrap())
+            .collect();
         assert_eq!(chunks.concat(), data);
         assert!(chunks.len() > 16);
 
         let mut edited = data.clone();
         edited.splice(500_000..500_000, b"inserted bytes".iter().copied());
-        let after: Vec<Vec<u8>> = Chunker::new(&edited[..], params, 7).map(|c| c.unwrap()).collect();
+        let after: Vec<Vec<u8>> = Chunker::new(&edited[..], params, 7)
+            .map(|c| c.unwrap())
+            .collect();
         let shared = after.iter().filter(|c| chunks.contains(c)).count();
         // All but the one or two chunks around the edit are found again.
-        assert!(shared + 3 >= chunks.len(), "only {shared} of {} chunks shared", chunks.len());
+        assert!(
+            shared + 3 >= chunks.len(),
+            "only {shared} of {} chunks shared",
+            chunks.len()
+        );
     }
 
     #[test]
     fn seed_changes_boundaries() {
-        let params = ChunkerParams { min: 4096, avg: 16384, max: 65536 };
+        let params = ChunkerParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        };
         let data = pseudo_random(1 << 20, 1);
-        let a: Vec<usize> = Chunker::new(&data[..], params, 1).map(|c| c.unwrap().len()).collect();
-        let b: Vec<usize> = Chunker::new(&data[..], params, 2).map(|c| c.unwrap().len()).collect();
+        let a: Vec<usize> = Chunker::new(&data[..], params, 1)
+            .map(|c| c.unwrap().len())
+            .collect();
+        let b: Vec<usize> = Chunker::new(&data[..], params, 2)
+            .map(|c| c.unwrap().len())
+            .collect();
         assert_ne!(a, b);
     }
 }

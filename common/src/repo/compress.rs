@@ -16,14 +16,25 @@ const PROBE: usize = 64 * 1024;
 /// 64 KiB at level 1, so they cost almost nothing.
 pub fn compress(raw: Vec<u8>, level: i32) -> Compressed {
     if raw.len() > PROBE * 2 {
-        let probe = zstd::bulk::compress(&raw[..PROBE], 1).map(|p| p.len()).unwrap_or(PROBE);
+        let probe = zstd::bulk::compress(&raw[..PROBE], 1)
+            .map(|p| p.len())
+            .unwrap_or(PROBE);
         if probe >= PROBE - PROBE / 32 {
-            return Compressed { data: raw, compressed: false };
+            return Compressed {
+                data: raw,
+                compressed: false,
+            };
         }
     }
     match zstd::bulk::compress(&raw, level) {
-        Ok(c) if c.len() < raw.len() - raw.len() / 32 => Compressed { data: c, compressed: true },
-        _ => Compressed { data: raw, compressed: false },
+        Ok(c) if c.len() < raw.len() - raw.len() / 32 => Compressed {
+            data: c,
+            compressed: true,
+        },
+        _ => Compressed {
+            data: raw,
+            compressed: false,
+        },
     }
 }
 
@@ -31,7 +42,10 @@ pub fn compress(raw: Vec<u8>, level: i32) -> Compressed {
 pub fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     let out = zstd::bulk::decompress(data, raw_len)?;
     if out.len() != raw_len {
-        return Err(std::io::Error::other(format!("decompressed to {} bytes, expected {raw_len}", out.len())));
+        return Err(std::io::Error::other(format!(
+            "decompressed to {} bytes, expected {raw_len}",
+            out.len()
+        )));
     }
     Ok(out)
 }

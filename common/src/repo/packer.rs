@@ -66,12 +66,24 @@ impl PackUploader {
         let stats = Arc::new(UploadStats::default());
         let handles = (0..workers)
             .map(|_| {
-                let (repo, runtime, rx, landed, stats) =
-                    (repo.clone(), runtime.clone(), rx.clone(), landed.clone(), stats.clone());
+                let (repo, runtime, rx, landed, stats) = (
+                    repo.clone(),
+                    runtime.clone(),
+                    rx.clone(),
+                    landed.clone(),
+                    stats.clone(),
+                );
                 std::thread::spawn(move || upload_loop(&repo, &runtime, &rx, &landed, &stats))
             })
             .collect();
-        PackUploader { repo: repo.clone(), runtime, tx: Some(tx), workers: handles, landed, stats }
+        PackUploader {
+            repo: repo.clone(),
+            runtime,
+            tx: Some(tx),
+            workers: handles,
+            landed,
+            stats,
+        }
     }
 
     /// A packer for one worker thread.
@@ -97,9 +109,9 @@ impl PackUploader {
         drop(self.tx.take());
         let mut first_err = None;
         for h in self.workers.drain(..) {
-            let r = h.join().unwrap_or_else(|_| {
-                Err(RepoError::Interrupted("an upload thread panicked"))
-            });
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(RepoError::Interrupted("an upload thread panicked")));
             if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
@@ -123,13 +135,25 @@ fn upload_loop(
 ) -> Result<(), RepoError> {
     for pack in rx {
         let size = pack.bytes.len() as u64;
-        runtime.block_on(repo.store().put(&pack_key(&pack.id), Bytes::from(pack.bytes)))?;
+        runtime.block_on(
+            repo.store()
+                .put(&pack_key(&pack.id), Bytes::from(pack.bytes)),
+        )?;
         stats.packs.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(size, Ordering::Relaxed);
         let batch = {
             let mut l = landed.lock().unwrap_or_else(|p| p.into_inner());
-            l.push(IndexedPack { id: pack.id, seal: pack.seal, size, blobs: pack.blobs });
-            if l.len() >= INDEX_BATCH { std::mem::take(&mut *l) } else { Vec::new() }
+            l.push(IndexedPack {
+                id: pack.id,
+                seal: pack.seal,
+                size,
+                blobs: pack.blobs,
+            });
+            if l.len() >= INDEX_BATCH {
+                std::mem::take(&mut *l)
+            } else {
+                Vec::new()
+            }
         };
         runtime.block_on(repo.save_index(batch))?;
     }
@@ -166,12 +190,18 @@ impl Packer {
 
     /// Sends the pack being built, if any, to the uploaders.
     pub fn flush(&mut self) -> Result<(), RepoError> {
-        let Some(builder) = self.builder.take() else { return Ok(()) };
+        let Some(builder) = self.builder.take() else {
+            return Ok(());
+        };
         if builder.is_empty() {
             return Ok(());
         }
         let pack = builder.finish()?;
         let stopped = || RepoError::Interrupted("the uploaders stopped after an error");
-        self.tx.as_ref().ok_or_else(stopped)?.send(pack).map_err(|_| stopped())
+        self.tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(pack)
+            .map_err(|_| stopped())
     }
 }

@@ -1,0 +1,649 @@
+//! File-tree backup: walk → read → chunk → hash → dedup → compress → seal →
+//! pack → store, on every core, in bounded memory.
+//!
+//! Threads: one walker lists directories in order and hands each changed
+//! file to a pool of file workers (read, chunk, hash, compress, seal, pack);
+//! packs go to a pool of uploaders; the calling thread assembles directory
+//! trees bottom-up as their files finish, and the snapshot manifest is
+//! written last. Every queue between them is bounded, so memory does not grow
+//! with the size of the tree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use lifeboat_common::repo::chunker::Chunker;
+use lifeboat_common::repo::pack::{BlobKind, blob_id};
+use lifeboat_common::repo::packer::{PackUploader, Packer, SeenBlobs};
+use lifeboat_common::repo::snapshot::{BackupSummary, Snapshot};
+use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
+use lifeboat_common::repo::{BlobId, Repository, SnapshotId};
+use tokio::runtime::Handle;
+
+use super::FilesError;
+use super::filter::{Filter, name_bytes};
+use super::meta::{from_fs, unchanged};
+use crate::progress::Progress;
+
+/// What to back up and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Roots to back up; made absolute.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns a file must match (none: every file).
+    pub includes: Vec<String>,
+    /// Glob patterns of entries to leave out.
+    pub excludes: Vec<String>,
+    /// Tags recorded in the snapshot.
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot.
+    pub hostname: String,
+    /// Read every file even if the parent snapshot says it is unchanged.
+    pub force: bool,
+    /// Parent snapshot; `None` picks the latest one of the same host and paths.
+    pub parent: Option<SnapshotId>,
+    /// File worker threads (0: one per core).
+    pub threads: usize,
+}
+
+/// Result of a backup: the snapshot, and what could not be read.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The manifest written.
+    pub snapshot: Snapshot,
+    /// Entries skipped because they could not be read, each with its reason.
+    pub warnings: Vec<String>,
+}
+
+/// Backs up file trees into `repo` and writes a snapshot.
+pub async fn backup_files(
+    repo: &Repository,
+    opts: BackupOptions,
+    progress: Arc<Progress>,
+) -> Result<BackupOutcome, FilesError> {
+    let roots = normalise_roots(&opts.paths)?;
+    let filter = Filter::new(&opts.includes, &opts.excludes)?;
+    let started = Utc::now();
+    let path_strings: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
+    let parent = match opts.parent {
+        Some(id) => Some((id, repo.load_snapshot(&id).await?)),
+        None if opts.force => None,
+        None => repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
+            s.source == "files" && s.hostname == opts.hostname && s.paths == path_strings
+        }),
+    };
+    let parent_tree = match &parent {
+        Some((_, snap)) if !opts.force => Some(repo.load_tree(&snap.tree).await?),
+        _ => None,
+    };
+
+    let runtime = Handle::current();
+    let job = {
+        let repo = repo.clone();
+        let progress = progress.clone();
+        let roots = roots.clone();
+        tokio::task::spawn_blocking(move || {
+            Pipeline::new(repo, runtime, filter, progress, opts.threads).run(&roots, parent_tree)
+        })
+    };
+    let (tree, mut summary, warnings) = job
+        .await
+        .map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
+    summary.duration_secs = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
+    let snapshot = Snapshot {
+        time: started,
+        hostname: opts.hostname,
+        source: "files".into(),
+        paths: path_strings,
+        tags: opts.tags,
+        tree,
+        parent: parent.map(|(id, _)| id),
+        summary,
+    };
+    let id = repo.save_snapshot(&snapshot).await?;
+    Ok(BackupOutcome {
+        id,
+        snapshot,
+        warnings,
+    })
+}
+
+/// Makes roots absolute, checks they exist, and drops roots inside others.
+fn normalise_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
+    if paths.is_empty() {
+        return Err(FilesError::Usage("no paths to back up".into()));
+    }
+    let mut roots = Vec::new();
+    for p in paths {
+        let abs = std::path::absolute(p).map_err(|e| FilesError::io("resolving", p, e))?;
+        let abs: PathBuf = abs.components().collect();
+        fs::symlink_metadata(&abs).map_err(|e| FilesError::io("reading", &abs, e))?;
+        roots.push(abs);
+    }
+    roots.sort();
+    roots.dedup();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for r in roots {
+        if !kept.iter().any(|k| r.starts_with(k)) {
+            kept.push(r);
+        }
+    }
+    Ok(kept)
+}
+
+/// A file's content: known already, or being read by a worker.
+enum Content {
+    Ready(Vec<BlobId>),
+    Pending(Receiver<FileResult>),
+}
+
+enum PendingKind {
+    File(Content),
+    /// A directory: the walker's sequence number of its [`DirJob`].
+    Dir(u64),
+    Other(NodeKind),
+}
+
+struct PendingNode {
+    name: Vec<u8>,
+    kind: PendingKind,
+    meta: Metadata,
+}
+
+/// One directory, emitted after all its subdirectories (post-order).
+struct DirJob {
+    seq: u64,
+    nodes: Vec<PendingNode>,
+}
+
+struct FileJob {
+    path: PathBuf,
+    reply: Sender<FileResult>,
+}
+
+enum FileResult {
+    Done(Vec<BlobId>),
+    /// The file could not be read; it is left out with this reason.
+    Unreadable(String),
+    /// The pipeline cannot go on.
+    Fatal(FilesError),
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    files_read: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_read: AtomicU64,
+    blobs_new: AtomicU64,
+    bytes_new: AtomicU64,
+    bytes_stored: AtomicU64,
+}
+
+struct Pipeline {
+    repo: Repository,
+    runtime: Handle,
+    filter: Filter,
+    progress: Arc<Progress>,
+    threads: usize,
+    seen: SeenBlobs,
+    counters: Counters,
+}
+
+impl Pipeline {
+    fn new(
+        repo: Repository,
+        runtime: Handle,
+        filter: Filter,
+        progress: Arc<Progress>,
+        threads: usize,
+    ) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let threads = if threads == 0 { cores.max(2) } else { threads };
+        Pipeline {
+            repo,
+            runtime,
+            filter,
+            progress,
+            threads,
+            seen: SeenBlobs::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn run(
+        self,
+        roots: &[PathBuf],
+        parent: Option<Tree>,
+    ) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
+        let uploader = PackUploader::start(&self.repo, self.runtime.clone(), 2);
+        let (job_tx, job_rx) = bounded::<FileJob>(self.threads * 4);
+        let (dir_tx, dir_rx) = bounded::<DirJob>(4096);
+        let mut tree_packer = uploader.packer(BlobKind::Tree);
+
+        let result = std::thread::scope(|s| {
+            if self.progress.want_totals.load(Ordering::Relaxed) {
+                s.spawn(|| count_totals(roots, &self.filter, &self.progress));
+            }
+            let workers: Vec<_> = (0..self.threads)
+                .map(|_| {
+                    let rx = job_rx.clone();
+                    let mut packer = uploader.packer(BlobKind::Data);
+                    let this = &self;
+                    s.spawn(move || {
+                        for job in rx {
+                            let r = this.read_file(&job.path, &mut packer);
+                            let fatal = matches!(r, FileResult::Fatal(_));
+                            let _ = job.reply.send(r);
+                            if fatal {
+                                return Ok(());
+                            }
+                        }
+                        packer.flush()
+                    })
+                })
+                .collect();
+            drop(job_rx);
+            let walker = s.spawn(|| {
+                let mut w = Walker {
+                    pipe: &self,
+                    jobs: job_tx,
+                    dirs: dir_tx,
+                    next_seq: 0,
+                    warnings: Vec::new(),
+                };
+                let r = w.walk_roots(roots, parent);
+                (r, w.warnings)
+            });
+            let assembled = self.assemble(&dir_rx, &mut tree_packer);
+            drop(dir_rx);
+            let (walked, mut warnings) = walker
+                .join()
+                .map_err(|_| FilesError::Internal("walker panicked"))?;
+            let mut flushed = Ok(());
+            for w in workers {
+                let r = w
+                    .join()
+                    .map_err(|_| FilesError::Internal("file worker panicked"))?;
+                if flushed.is_ok() {
+                    flushed = r;
+                }
+            }
+            let (root, assembly_warnings) = assembled?;
+            walked?;
+            flushed?;
+            warnings.extend(assembly_warnings);
+            Ok::<_, FilesError>((root, warnings))
+        });
+        let flushed = tree_packer.flush();
+        drop(tree_packer);
+        let stats = uploader.stats();
+        // The uploaders' error, if any, is the real cause of a failure above.
+        uploader.finish()?;
+        let (root, warnings) = result?;
+        flushed?;
+        let mut summary = self.summary();
+        summary.packs_written = stats.packs.load(Ordering::Relaxed);
+        Ok((root, summary, warnings))
+    }
+
+    fn summary(&self) -> BackupSummary {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BackupSummary {
+            files: l(&c.files),
+            dirs: l(&c.dirs),
+            files_read: l(&c.files_read),
+            bytes_total: l(&c.bytes_total),
+            bytes_read: l(&c.bytes_read),
+            blobs_new: l(&c.blobs_new),
+            bytes_new: l(&c.bytes_new),
+            bytes_stored: l(&c.bytes_stored),
+            packs_written: 0,
+            duration_secs: 0.0,
+        }
+    }
+
+    /// Reads, chunks and stores one file; runs on a file worker.
+    fn read_file(&self, path: &Path, packer: &mut Packer) -> FileResult {
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => return FileResult::Unreadable(format!("opening {}: {e}", path.display())),
+        };
+        let keyring = self.repo.keyring();
+        let params = self.repo.config().chunker;
+        let mut content = Vec::new();
+        for chunk in Chunker::new(file, params, keyring.chunker_seed) {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    return FileResult::Unreadable(format!("reading {}: {e}", path.display()));
+                }
+            };
+            let len = chunk.len() as u64;
+            let id = blob_id(keyring, &chunk);
+            if self.seen.claim(&self.repo, id) {
+                match packer.add(id, chunk) {
+                    Ok(stored) => {
+                        self.counters.blobs_new.fetch_add(1, Ordering::Relaxed);
+                        self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
+                        self.counters
+                            .bytes_stored
+                            .fetch_add(stored, Ordering::Relaxed);
+                    }
+                    Err(e) => return FileResult::Fatal(e.into()),
+                }
+            }
+            self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
+            self.progress.bytes(len);
+            content.push(id);
+        }
+        self.counters.files_read.fetch_add(1, Ordering::Relaxed);
+        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        FileResult::Done(content)
+    }
+
+    /// Builds trees bottom-up as directories complete; returns the root tree.
+    fn assemble(
+        &self,
+        dirs: &Receiver<DirJob>,
+        packer: &mut Packer,
+    ) -> Result<(BlobId, Vec<String>), FilesError> {
+        let mut done: HashMap<u64, BlobId> = HashMap::new();
+        let mut warnings = Vec::new();
+        let mut last = None;
+        for job in dirs {
+            let mut tree = Tree::default();
+            for node in job.nodes {
+                let kind = match node.kind {
+                    PendingKind::Other(k) => k,
+                    PendingKind::Dir(seq) => match done.remove(&seq) {
+                        Some(subtree) => NodeKind::Dir { subtree },
+                        None => {
+                            return Err(FilesError::Internal("directory finished out of order"));
+                        }
+                    },
+                    PendingKind::File(Content::Ready(content)) => NodeKind::File { content },
+                    PendingKind::File(Content::Pending(rx)) => match rx.recv() {
+                        Ok(FileResult::Done(content)) => NodeKind::File { content },
+                        Ok(FileResult::Unreadable(why)) => {
+                            warnings.push(why);
+                            continue;
+                        }
+                        Ok(FileResult::Fatal(e)) => return Err(e),
+                        Err(_) => {
+                            return Err(FilesError::Internal("a file worker stopped"));
+                        }
+                    },
+                };
+                if let NodeKind::File { .. } = kind {
+                    self.counters.files.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .bytes_total
+                        .fetch_add(node.meta.size, Ordering::Relaxed);
+                }
+                tree.nodes.push(Node {
+                    name: node.name,
+                    kind,
+                    meta: node.meta,
+                });
+            }
+            self.counters.dirs.fetch_add(1, Ordering::Relaxed);
+            let bytes = tree.encode()?;
+            let id = blob_id(self.repo.keyring(), &bytes);
+            if self.seen.claim(&self.repo, id) {
+                packer.add(id, bytes)?;
+            }
+            done.insert(job.seq, id);
+            last = Some(id);
+        }
+        // The root directory is always the last one emitted.
+        last.map(|id| (id, warnings))
+            .ok_or(FilesError::Internal("the walk produced no root"))
+    }
+}
+
+/// Lists directories depth-first and emits them in post-order.
+struct Walker<'a> {
+    pipe: &'a Pipeline,
+    jobs: Sender<FileJob>,
+    dirs: Sender<DirJob>,
+    next_seq: u64,
+    warnings: Vec<String>,
+}
+
+/// The tree of backup roots: intermediate directories down to each root.
+#[derive(Default)]
+struct RootTrie {
+    children: BTreeMap<Vec<u8>, RootTrie>,
+    is_root: bool,
+}
+
+impl Walker<'_> {
+    fn walk_roots(&mut self, roots: &[PathBuf], parent: Option<Tree>) -> Result<(), FilesError> {
+        let mut trie = RootTrie::default();
+        for r in roots {
+            let mut node = &mut trie;
+            for c in r.components().skip(1) {
+                node = node
+                    .children
+                    .entry(c.as_os_str().as_bytes().to_vec())
+                    .or_default();
+            }
+            node.is_root = true;
+        }
+        if trie.is_root {
+            // Backing up `/` itself.
+            self.walk_dir(Path::new("/"), parent.as_ref())?;
+        } else {
+            self.walk_virtual(&trie, Path::new("/"), parent.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Emits a directory on the way to a root, holding only what leads to roots.
+    fn walk_virtual(
+        &mut self,
+        trie: &RootTrie,
+        path: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<u64, FilesError> {
+        let mut nodes = Vec::new();
+        for (name, child) in &trie.children {
+            let child_path = path.join(std::ffi::OsStr::from_bytes(name));
+            let meta = fs::symlink_metadata(&child_path)
+                .map_err(|e| FilesError::io("reading", &child_path, e))?;
+            let parent_node = parent.and_then(|t| t.find(name));
+            let node = if child.is_root {
+                self.entry(name.clone(), &child_path, &meta, parent_node)?
+            } else {
+                let sub = self.load_parent_subtree(parent_node)?;
+                let seq = self.walk_virtual(child, &child_path, sub.as_ref())?;
+                Some(PendingNode {
+                    name: name.clone(),
+                    kind: PendingKind::Dir(seq),
+                    meta: from_fs(&meta),
+                })
+            };
+            nodes.extend(node);
+        }
+        self.emit(nodes)
+    }
+
+    fn emit(&mut self, nodes: Vec<PendingNode>) -> Result<u64, FilesError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.dirs
+            .send(DirJob { seq, nodes })
+            .map_err(|_| FilesError::Internal("tree assembly stopped"))?;
+        Ok(seq)
+    }
+
+    fn load_parent_subtree(&self, node: Option<&Node>) -> Result<Option<Tree>, FilesError> {
+        match node.map(|n| &n.kind) {
+            Some(NodeKind::Dir { subtree }) => match self
+                .pipe
+                .runtime
+                .block_on(self.pipe.repo.load_tree(subtree))
+            {
+                Ok(t) => Ok(Some(t)),
+                // A damaged parent only costs re-reading: never fail the backup for it.
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent tree unreadable; reading the directory in full");
+                    Ok(None)
+                }
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Walks one real directory and emits it; returns its sequence number.
+    fn walk_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<u64, FilesError> {
+        let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+        match fs::read_dir(path) {
+            Ok(rd) => {
+                for e in rd {
+                    match e {
+                        Ok(e) => entries.push((name_bytes(&e.file_name()), e.path())),
+                        Err(e) => self
+                            .warnings
+                            .push(format!("listing {}: {e}", path.display())),
+                    }
+                }
+            }
+            Err(e) => self
+                .warnings
+                .push(format!("listing {}: {e}", path.display())),
+        }
+        entries.sort();
+        let mut nodes = Vec::with_capacity(entries.len());
+        for (name, child) in entries {
+            if self.pipe.filter.excluded(&child) {
+                continue;
+            }
+            let meta = match fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warnings
+                        .push(format!("reading {}: {e}", child.display()));
+                    continue;
+                }
+            };
+            let parent_node = parent.and_then(|t| t.find(&name));
+            nodes.extend(self.entry(name, &child, &meta, parent_node)?);
+        }
+        self.emit(nodes)
+    }
+
+    /// One entry of a directory; `None` for what is not backed up.
+    fn entry(
+        &mut self,
+        name: Vec<u8>,
+        path: &Path,
+        meta: &fs::Metadata,
+        parent_node: Option<&Node>,
+    ) -> Result<Option<PendingNode>, FilesError> {
+        let ft = meta.file_type();
+        let m = from_fs(meta);
+        let kind = if ft.is_dir() {
+            let sub = self.load_parent_subtree(parent_node)?;
+            PendingKind::Dir(self.walk_dir(path, sub.as_ref())?)
+        } else if ft.is_file() {
+            if !self.pipe.filter.included(path) {
+                return Ok(None);
+            }
+            PendingKind::File(self.file_content(path, &m, parent_node)?)
+        } else if ft.is_symlink() {
+            match fs::read_link(path) {
+                Ok(t) => PendingKind::Other(NodeKind::Symlink {
+                    target: t.as_os_str().as_bytes().to_vec(),
+                }),
+                Err(e) => {
+                    self.warnings
+                        .push(format!("reading link {}: {e}", path.display()));
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_fifo() {
+            PendingKind::Other(NodeKind::Fifo)
+        } else if ft.is_block_device() || ft.is_char_device() {
+            use std::os::unix::fs::MetadataExt;
+            PendingKind::Other(NodeKind::Device {
+                rdev: meta.rdev(),
+                block: ft.is_block_device(),
+            })
+        } else {
+            // Sockets are recreated by their owners; nothing to keep.
+            return Ok(None);
+        };
+        Ok(Some(PendingNode {
+            name,
+            kind,
+            meta: m,
+        }))
+    }
+
+    fn file_content(
+        &mut self,
+        path: &Path,
+        m: &Metadata,
+        parent: Option<&Node>,
+    ) -> Result<Content, FilesError> {
+        if let Some(Node {
+            kind: NodeKind::File { content },
+            meta: old,
+            ..
+        }) = parent
+        {
+            let index = self.pipe.repo.index();
+            if unchanged(old, m) && content.iter().all(|b| index.contains(b)) {
+                self.pipe.progress.file_done(m.size);
+                return Ok(Content::Ready(content.clone()));
+            }
+        }
+        let (tx, rx) = bounded(1);
+        self.jobs
+            .send(FileJob {
+                path: path.to_owned(),
+                reply: tx,
+            })
+            .map_err(|_| FilesError::Internal("file workers stopped"))?;
+        Ok(Content::Pending(rx))
+    }
+}
+
+/// Counts files and bytes up front so progress can show an ETA.
+fn count_totals(roots: &[PathBuf], filter: &Filter, progress: &Progress) {
+    let mut stack: Vec<PathBuf> = roots.to_vec();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                stack.extend(
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|c| !filter.excluded(c)),
+                );
+            }
+        } else if meta.is_file() && filter.included(&p) {
+            progress.files_total.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_total
+                .fetch_add(meta.len(), Ordering::Relaxed);
+        }
+    }
+    progress.totals_known.store(true, Ordering::Relaxed);
+}

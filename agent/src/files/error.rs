@@ -1,0 +1,42 @@
+//! Errors of file capture and restore, each naming the path or object.
+
+use lifeboat_common::repo::RepoError;
+
+/// What stopped a file backup or restore.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// A filesystem call failed on `path`.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An include or exclude pattern is not a valid glob.
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    Pattern { pattern: String, reason: String },
+    /// A path asked for is not in the snapshot.
+    #[error("{0} is not in the snapshot")]
+    NotInSnapshot(String),
+    /// Bad options.
+    #[error("{0}")]
+    Usage(String),
+    /// A worker thread stopped unexpectedly.
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+impl FilesError {
+    /// An I/O error on `path`.
+    pub fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        FilesError::Io {
+            op,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

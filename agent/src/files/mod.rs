@@ -1,0 +1,12 @@
+//! File trees: capture (walk, chunk, dedup, pack) and restore.
+
+mod backup;
+mod error;
+mod filter;
+mod meta;
+mod restore;
+
+pub use backup::{BackupOptions, BackupOutcome, backup_files};
+pub use error::FilesError;
+pub use filter::Filter;
+pub use restore::{RestoreOptions, RestoreReport, restore_files};

@@ -1,0 +1,120 @@
+//! `lifeboat backup files …`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::HumanBytes;
+use lifeboat_agent::files::{BackupOptions, backup_files};
+use lifeboat_agent::progress::Progress;
+use lifeboat_common::repo::SnapshotId;
+
+use crate::progress::ProgressView;
+use crate::{EXIT_PARTIAL, RepoArgs};
+
+/// Backup commands, one per source kind.
+#[derive(Args)]
+pub struct BackupCommand {
+    #[command(subcommand)]
+    command: BackupSub,
+}
+
+#[derive(Subcommand)]
+enum BackupSub {
+    /// Back up file trees; prints the new snapshot's id on stdout.
+    Files(FilesArgs),
+}
+
+#[derive(Args)]
+struct FilesArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Files and directories to back up.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Leave out entries matching this glob (a name, or a path with `/`); repeatable.
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Back up only files matching this glob (directories are always walked); repeatable.
+    #[arg(long)]
+    include: Vec<String>,
+    /// Tag the snapshot; repeatable.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    host: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot.
+    #[arg(long)]
+    force: bool,
+    /// Parent snapshot id (default: the latest of this host and these paths).
+    #[arg(long)]
+    parent: Option<String>,
+    /// File worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl BackupCommand {
+    /// Runs the command.
+    pub async fn run(self) -> Result<u8> {
+        let BackupSub::Files(args) = self.command;
+        let repo = args.repo.open().await?;
+        let parent = match &args.parent {
+            Some(p) => Some(
+                repo.find_snapshot(p)
+                    .await
+                    .context("finding the parent snapshot")?
+                    .0,
+            ),
+            None => None::<SnapshotId>,
+        };
+        let host = args
+            .host
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+        let opts = BackupOptions {
+            paths: args.paths,
+            includes: args.include,
+            excludes: args.exclude,
+            tags: args.tag,
+            hostname: host,
+            force: args.force,
+            parent,
+            threads: args.threads,
+        };
+        let progress = Arc::new(Progress::with_totals());
+        let view = ProgressView::start("backup", progress.clone());
+        let outcome = backup_files(&repo, opts, progress)
+            .await
+            .context("backing up files")?;
+        drop(view);
+        let s = &outcome.snapshot.summary;
+        eprintln!(
+            "snapshot {} saved: {} files ({}), {} dirs; read {} files ({}), {} new chunks, {} added to the repository ({} stored) in {:.1}s",
+            outcome.id.short(),
+            s.files,
+            HumanBytes(s.bytes_total),
+            s.dirs,
+            s.files_read,
+            HumanBytes(s.bytes_read),
+            s.blobs_new,
+            HumanBytes(s.bytes_new),
+            HumanBytes(s.bytes_stored),
+            s.duration_secs,
+        );
+        println!("{}", outcome.id);
+        if outcome.warnings.is_empty() {
+            return Ok(0);
+        }
+        for w in &outcome.warnings {
+            eprintln!("lifeboat: warning: {w}");
+        }
+        eprintln!(
+            "lifeboat: error: snapshot {} is incomplete: {} entries could not be read",
+            outcome.id.short(),
+            outcome.warnings.len()
+        );
+        Ok(EXIT_PARTIAL)
+    }
+}

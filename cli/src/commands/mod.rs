@@ -1,0 +1,8 @@
+//! One module per command.
+
+pub mod backup;
+pub mod key;
+pub mod repo;
+pub mod restore;
+pub mod snapshots;
+pub mod verify;

@@ -1,0 +1,45 @@
+//! `lifeboat repo …`: creating a repository.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use lifeboat_common::repo::Repository;
+
+use crate::RepoArgs;
+
+/// Repository commands.
+#[derive(Args)]
+pub struct RepoCommand {
+    #[command(subcommand)]
+    command: RepoSub,
+}
+
+#[derive(Subcommand)]
+enum RepoSub {
+    /// Create a repository, its keys wrapped by the master key.
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+impl RepoCommand {
+    /// Runs the command.
+    pub async fn run(self) -> Result<u8> {
+        match self.command {
+            RepoSub::Init { repo } => {
+                let store = repo.store()?;
+                let key = repo.master_key()?;
+                let described = store.describe();
+                let created = Repository::init(store, &key)
+                    .await
+                    .with_context(|| format!("initialising repository in {described}"))?;
+                eprintln!(
+                    "created repository {} in {described}, keys wrapped by master key {}",
+                    &created.config().id[..16],
+                    key.id
+                );
+                Ok(0)
+            }
+        }
+    }
+}
