@@ -17,10 +17,7 @@ impl ProgressView {
     /// Starts drawing `progress` on stderr if it is a terminal.
     pub fn start(verb: &'static str, progress: Arc<Progress>) -> Self {
         if !std::io::stderr().is_terminal() {
-            return ProgressView {
-                bar: None,
-                task: None,
-            };
+            return ProgressView { bar: None, task: None };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
@@ -43,10 +40,7 @@ impl ProgressView {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        ProgressView {
-            bar: Some(bar),
-            task: Some(task),
-        }
+        ProgressView { bar: Some(bar), task: Some(task) }
     }
 }
 

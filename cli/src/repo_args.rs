@@ -27,10 +27,7 @@ impl RepoArgs {
 
     /// The master key, from `--key-file`.
     pub fn master_key(&self) -> Result<MasterKey> {
-        let path = self
-            .key_file
-            .as_ref()
-            .context("no key file given: pass --key-file or set LIFEBOAT_KEY_FILE")?;
+        let path = self.key_file.as_ref().context("no key file given: pass --key-file or set LIFEBOAT_KEY_FILE")?;
         Ok(MasterKey::load(path)?)
     }
 
@@ -39,8 +36,6 @@ impl RepoArgs {
         let store = self.store()?;
         let key = self.master_key()?;
         let described = store.describe();
-        Repository::open(store, &key)
-            .await
-            .with_context(|| format!("opening repository in {described}"))
+        Repository::open(store, &key).await.with_context(|| format!("opening repository in {described}"))
     }
 }

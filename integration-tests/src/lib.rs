@@ -1,1 +1,3 @@
-//! placeholder
+//! Shared helpers of Lifeboat's end-to-end tests and benchmarks.
+
+pub mod tree_gen;

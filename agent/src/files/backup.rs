@@ -76,9 +76,12 @@ pub async fn backup_files(
     let parent = match opts.parent {
         Some(id) => Some((id, repo.load_snapshot(&id).await?)),
         None if opts.force => None,
-        None => repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
-            s.source == "files" && s.hostname == opts.hostname && s.paths == path_strings
-        }),
+        None => repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.source == "files" && s.hostname == opts.hostname && s.paths == path_strings),
     };
     let parent_tree = match &parent {
         Some((_, snap)) if !opts.force => Some(repo.load_tree(&snap.tree).await?),
@@ -94,9 +97,7 @@ pub async fn backup_files(
             Pipeline::new(repo, runtime, filter, progress, opts.threads).run(&roots, parent_tree)
         })
     };
-    let (tree, mut summary, warnings) = job
-        .await
-        .map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
+    let (tree, mut summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
     summary.duration_secs = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
     let snapshot = Snapshot {
         time: started,
@@ -109,11 +110,7 @@ pub async fn backup_files(
         summary,
     };
     let id = repo.save_snapshot(&snapshot).await?;
-    Ok(BackupOutcome {
-        id,
-        snapshot,
-        warnings,
-    })
+    Ok(BackupOutcome { id, snapshot, warnings })
 }
 
 /// Makes roots absolute, checks they exist, and drops roots inside others.
@@ -169,6 +166,18 @@ struct FileJob {
     reply: Sender<FileResult>,
 }
 
+/// Why chunking a file stopped: its own read failed, or the repository did.
+enum ChunkError {
+    Io(std::io::Error),
+    Repo(lifeboat_common::repo::RepoError),
+}
+
+impl From<std::io::Error> for ChunkError {
+    fn from(e: std::io::Error) -> Self {
+        ChunkError::Io(e)
+    }
+}
+
 enum FileResult {
     Done(Vec<BlobId>),
     /// The file could not be read; it is left out with this reason.
@@ -200,33 +209,13 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(
-        repo: Repository,
-        runtime: Handle,
-        filter: Filter,
-        progress: Arc<Progress>,
-        threads: usize,
-    ) -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+    fn new(repo: Repository, runtime: Handle, filter: Filter, progress: Arc<Progress>, threads: usize) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let threads = if threads == 0 { cores.max(2) } else { threads };
-        Pipeline {
-            repo,
-            runtime,
-            filter,
-            progress,
-            threads,
-            seen: SeenBlobs::default(),
-            counters: Counters::default(),
-        }
+        Pipeline { repo, runtime, filter, progress, threads, seen: SeenBlobs::default(), counters: Counters::default() }
     }
 
-    fn run(
-        self,
-        roots: &[PathBuf],
-        parent: Option<Tree>,
-    ) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
+    fn run(self, roots: &[PathBuf], parent: Option<Tree>) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
         let uploader = PackUploader::start(&self.repo, self.runtime.clone(), 2);
         let (job_tx, job_rx) = bounded::<FileJob>(self.threads * 4);
         let (dir_tx, dir_rx) = bounded::<DirJob>(4096);
@@ -240,10 +229,11 @@ impl Pipeline {
                 .map(|_| {
                     let rx = job_rx.clone();
                     let mut packer = uploader.packer(BlobKind::Data);
+                    let mut chunker = Chunker::new(self.repo.config().chunker, self.repo.keyring().chunker_seed);
                     let this = &self;
                     s.spawn(move || {
                         for job in rx {
-                            let r = this.read_file(&job.path, &mut packer);
+                            let r = this.read_file(&job.path, &mut chunker, &mut packer);
                             let fatal = matches!(r, FileResult::Fatal(_));
                             let _ = job.reply.send(r);
                             if fatal {
@@ -256,26 +246,16 @@ impl Pipeline {
                 .collect();
             drop(job_rx);
             let walker = s.spawn(|| {
-                let mut w = Walker {
-                    pipe: &self,
-                    jobs: job_tx,
-                    dirs: dir_tx,
-                    next_seq: 0,
-                    warnings: Vec::new(),
-                };
+                let mut w = Walker { pipe: &self, jobs: job_tx, dirs: dir_tx, next_seq: 0, warnings: Vec::new() };
                 let r = w.walk_roots(roots, parent);
                 (r, w.warnings)
             });
             let assembled = self.assemble(&dir_rx, &mut tree_packer);
             drop(dir_rx);
-            let (walked, mut warnings) = walker
-                .join()
-                .map_err(|_| FilesError::Internal("walker panicked"))?;
+            let (walked, mut warnings) = walker.join().map_err(|_| FilesError::Internal("walker panicked"))?;
             let mut flushed = Ok(());
             for w in workers {
-                let r = w
-                    .join()
-                    .map_err(|_| FilesError::Internal("file worker panicked"))?;
+                let r = w.join().map_err(|_| FilesError::Internal("file worker panicked"))?;
                 if flushed.is_ok() {
                     flushed = r;
                 }
@@ -316,38 +296,31 @@ impl Pipeline {
     }
 
     /// Reads, chunks and stores one file; runs on a file worker.
-    fn read_file(&self, path: &Path, packer: &mut Packer) -> FileResult {
+    fn read_file(&self, path: &Path, chunker: &mut Chunker, packer: &mut Packer) -> FileResult {
         let file = match fs::File::open(path) {
             Ok(f) => f,
             Err(e) => return FileResult::Unreadable(format!("opening {}: {e}", path.display())),
         };
         let keyring = self.repo.keyring();
-        let params = self.repo.config().chunker;
         let mut content = Vec::new();
-        for chunk in Chunker::new(file, params, keyring.chunker_seed) {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    return FileResult::Unreadable(format!("reading {}: {e}", path.display()));
-                }
-            };
+        let r = chunker.chunk_reader(file, |chunk| {
             let len = chunk.len() as u64;
-            let id = blob_id(keyring, &chunk);
+            let id = blob_id(keyring, chunk);
             if self.seen.claim(&self.repo, id) {
-                match packer.add(id, chunk) {
-                    Ok(stored) => {
-                        self.counters.blobs_new.fetch_add(1, Ordering::Relaxed);
-                        self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
-                        self.counters
-                            .bytes_stored
-                            .fetch_add(stored, Ordering::Relaxed);
-                    }
-                    Err(e) => return FileResult::Fatal(e.into()),
-                }
+                let stored = packer.add(id, chunk).map_err(ChunkError::Repo)?;
+                self.counters.blobs_new.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
+                self.counters.bytes_stored.fetch_add(stored, Ordering::Relaxed);
             }
             self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
             self.progress.bytes(len);
             content.push(id);
+            Ok(())
+        });
+        match r {
+            Ok(()) => {}
+            Err(ChunkError::Io(e)) => return FileResult::Unreadable(format!("reading {}: {e}", path.display())),
+            Err(ChunkError::Repo(e)) => return FileResult::Fatal(e.into()),
         }
         self.counters.files_read.fetch_add(1, Ordering::Relaxed);
         self.progress.files_done.fetch_add(1, Ordering::Relaxed);
@@ -355,11 +328,7 @@ impl Pipeline {
     }
 
     /// Builds trees bottom-up as directories complete; returns the root tree.
-    fn assemble(
-        &self,
-        dirs: &Receiver<DirJob>,
-        packer: &mut Packer,
-    ) -> Result<(BlobId, Vec<String>), FilesError> {
+    fn assemble(&self, dirs: &Receiver<DirJob>, packer: &mut Packer) -> Result<(BlobId, Vec<String>), FilesError> {
         let mut done: HashMap<u64, BlobId> = HashMap::new();
         let mut warnings = Vec::new();
         let mut last = None;
@@ -389,28 +358,21 @@ impl Pipeline {
                 };
                 if let NodeKind::File { .. } = kind {
                     self.counters.files.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .bytes_total
-                        .fetch_add(node.meta.size, Ordering::Relaxed);
+                    self.counters.bytes_total.fetch_add(node.meta.size, Ordering::Relaxed);
                 }
-                tree.nodes.push(Node {
-                    name: node.name,
-                    kind,
-                    meta: node.meta,
-                });
+                tree.nodes.push(Node { name: node.name, kind, meta: node.meta });
             }
             self.counters.dirs.fetch_add(1, Ordering::Relaxed);
             let bytes = tree.encode()?;
             let id = blob_id(self.repo.keyring(), &bytes);
             if self.seen.claim(&self.repo, id) {
-                packer.add(id, bytes)?;
+                packer.add(id, &bytes)?;
             }
             done.insert(job.seq, id);
             last = Some(id);
         }
         // The root directory is always the last one emitted.
-        last.map(|id| (id, warnings))
-            .ok_or(FilesError::Internal("the walk produced no root"))
+        last.map(|id| (id, warnings)).ok_or(FilesError::Internal("the walk produced no root"))
     }
 }
 
@@ -436,10 +398,7 @@ impl Walker<'_> {
         for r in roots {
             let mut node = &mut trie;
             for c in r.components().skip(1) {
-                node = node
-                    .children
-                    .entry(c.as_os_str().as_bytes().to_vec())
-                    .or_default();
+                node = node.children.entry(c.as_os_str().as_bytes().to_vec()).or_default();
             }
             node.is_root = true;
         }
@@ -453,28 +412,18 @@ impl Walker<'_> {
     }
 
     /// Emits a directory on the way to a root, holding only what leads to roots.
-    fn walk_virtual(
-        &mut self,
-        trie: &RootTrie,
-        path: &Path,
-        parent: Option<&Tree>,
-    ) -> Result<u64, FilesError> {
+    fn walk_virtual(&mut self, trie: &RootTrie, path: &Path, parent: Option<&Tree>) -> Result<u64, FilesError> {
         let mut nodes = Vec::new();
         for (name, child) in &trie.children {
             let child_path = path.join(std::ffi::OsStr::from_bytes(name));
-            let meta = fs::symlink_metadata(&child_path)
-                .map_err(|e| FilesError::io("reading", &child_path, e))?;
+            let meta = fs::symlink_metadata(&child_path).map_err(|e| FilesError::io("reading", &child_path, e))?;
             let parent_node = parent.and_then(|t| t.find(name));
             let node = if child.is_root {
                 self.entry(name.clone(), &child_path, &meta, parent_node)?
             } else {
                 let sub = self.load_parent_subtree(parent_node)?;
                 let seq = self.walk_virtual(child, &child_path, sub.as_ref())?;
-                Some(PendingNode {
-                    name: name.clone(),
-                    kind: PendingKind::Dir(seq),
-                    meta: from_fs(&meta),
-                })
+                Some(PendingNode { name: name.clone(), kind: PendingKind::Dir(seq), meta: from_fs(&meta) })
             };
             nodes.extend(node);
         }
@@ -484,19 +433,13 @@ impl Walker<'_> {
     fn emit(&mut self, nodes: Vec<PendingNode>) -> Result<u64, FilesError> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.dirs
-            .send(DirJob { seq, nodes })
-            .map_err(|_| FilesError::Internal("tree assembly stopped"))?;
+        self.dirs.send(DirJob { seq, nodes }).map_err(|_| FilesError::Internal("tree assembly stopped"))?;
         Ok(seq)
     }
 
     fn load_parent_subtree(&self, node: Option<&Node>) -> Result<Option<Tree>, FilesError> {
         match node.map(|n| &n.kind) {
-            Some(NodeKind::Dir { subtree }) => match self
-                .pipe
-                .runtime
-                .block_on(self.pipe.repo.load_tree(subtree))
-            {
+            Some(NodeKind::Dir { subtree }) => match self.pipe.runtime.block_on(self.pipe.repo.load_tree(subtree)) {
                 Ok(t) => Ok(Some(t)),
                 // A damaged parent only costs re-reading: never fail the backup for it.
                 Err(e) => {
@@ -516,15 +459,11 @@ impl Walker<'_> {
                 for e in rd {
                     match e {
                         Ok(e) => entries.push((name_bytes(&e.file_name()), e.path())),
-                        Err(e) => self
-                            .warnings
-                            .push(format!("listing {}: {e}", path.display())),
+                        Err(e) => self.warnings.push(format!("listing {}: {e}", path.display())),
                     }
                 }
             }
-            Err(e) => self
-                .warnings
-                .push(format!("listing {}: {e}", path.display())),
+            Err(e) => self.warnings.push(format!("listing {}: {e}", path.display())),
         }
         entries.sort();
         let mut nodes = Vec::with_capacity(entries.len());
@@ -535,8 +474,7 @@ impl Walker<'_> {
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.warnings
-                        .push(format!("reading {}: {e}", child.display()));
+                    self.warnings.push(format!("reading {}: {e}", child.display()));
                     continue;
                 }
             };
@@ -566,12 +504,9 @@ impl Walker<'_> {
             PendingKind::File(self.file_content(path, &m, parent_node)?)
         } else if ft.is_symlink() {
             match fs::read_link(path) {
-                Ok(t) => PendingKind::Other(NodeKind::Symlink {
-                    target: t.as_os_str().as_bytes().to_vec(),
-                }),
+                Ok(t) => PendingKind::Other(NodeKind::Symlink { target: t.as_os_str().as_bytes().to_vec() }),
                 Err(e) => {
-                    self.warnings
-                        .push(format!("reading link {}: {e}", path.display()));
+                    self.warnings.push(format!("reading link {}: {e}", path.display()));
                     return Ok(None);
                 }
             }
@@ -579,33 +514,16 @@ impl Walker<'_> {
             PendingKind::Other(NodeKind::Fifo)
         } else if ft.is_block_device() || ft.is_char_device() {
             use std::os::unix::fs::MetadataExt;
-            PendingKind::Other(NodeKind::Device {
-                rdev: meta.rdev(),
-                block: ft.is_block_device(),
-            })
+            PendingKind::Other(NodeKind::Device { rdev: meta.rdev(), block: ft.is_block_device() })
         } else {
             // Sockets are recreated by their owners; nothing to keep.
             return Ok(None);
         };
-        Ok(Some(PendingNode {
-            name,
-            kind,
-            meta: m,
-        }))
+        Ok(Some(PendingNode { name, kind, meta: m }))
     }
 
-    fn file_content(
-        &mut self,
-        path: &Path,
-        m: &Metadata,
-        parent: Option<&Node>,
-    ) -> Result<Content, FilesError> {
-        if let Some(Node {
-            kind: NodeKind::File { content },
-            meta: old,
-            ..
-        }) = parent
-        {
+    fn file_content(&mut self, path: &Path, m: &Metadata, parent: Option<&Node>) -> Result<Content, FilesError> {
+        if let Some(Node { kind: NodeKind::File { content }, meta: old, .. }) = parent {
             let index = self.pipe.repo.index();
             if unchanged(old, m) && content.iter().all(|b| index.contains(b)) {
                 self.pipe.progress.file_done(m.size);
@@ -614,10 +532,7 @@ impl Walker<'_> {
         }
         let (tx, rx) = bounded(1);
         self.jobs
-            .send(FileJob {
-                path: path.to_owned(),
-                reply: tx,
-            })
+            .send(FileJob { path: path.to_owned(), reply: tx })
             .map_err(|_| FilesError::Internal("file workers stopped"))?;
         Ok(Content::Pending(rx))
     }
@@ -632,17 +547,11 @@ fn count_totals(roots: &[PathBuf], filter: &Filter, progress: &Progress) {
         };
         if meta.is_dir() {
             if let Ok(rd) = fs::read_dir(&p) {
-                stack.extend(
-                    rd.flatten()
-                        .map(|e| e.path())
-                        .filter(|c| !filter.excluded(c)),
-                );
+                stack.extend(rd.flatten().map(|e| e.path()).filter(|c| !filter.excluded(c)));
             }
         } else if meta.is_file() && filter.included(&p) {
             progress.files_total.fetch_add(1, Ordering::Relaxed);
-            progress
-                .bytes_total
-                .fetch_add(meta.len(), Ordering::Relaxed);
+            progress.bytes_total.fetch_add(meta.len(), Ordering::Relaxed);
         }
     }
     progress.totals_known.store(true, Ordering::Relaxed);

@@ -33,10 +33,6 @@ pub enum FilesError {
 impl FilesError {
     /// An I/O error on `path`.
     pub fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
-        FilesError::Io {
-            op,
-            path: path.display().to_string(),
-            source,
-        }
+        FilesError::Io { op, path: path.display().to_string(), source }
     }
 }

@@ -25,20 +25,15 @@ fn build(patterns: &[String]) -> Result<(GlobSet, GlobSet), FilesError> {
     let mut by_path = GlobSetBuilder::new();
     let mut by_name = GlobSetBuilder::new();
     for p in patterns {
-        let glob = Glob::new(p).map_err(|e| FilesError::Pattern {
-            pattern: p.clone(),
-            reason: e.kind().to_string(),
-        })?;
+        let glob =
+            Glob::new(p).map_err(|e| FilesError::Pattern { pattern: p.clone(), reason: e.kind().to_string() })?;
         if p.contains('/') {
             by_path.add(glob)
         } else {
             by_name.add(glob)
         };
     }
-    let err = |e: globset::Error| FilesError::Pattern {
-        pattern: patterns.join(" "),
-        reason: e.to_string(),
-    };
+    let err = |e: globset::Error| FilesError::Pattern { pattern: patterns.join(" "), reason: e.to_string() };
     Ok((by_path.build().map_err(err)?, by_name.build().map_err(err)?))
 }
 
@@ -47,13 +42,7 @@ impl Filter {
     pub fn new(includes: &[String], excludes: &[String]) -> Result<Self, FilesError> {
         let (exclude_path, exclude_name) = build(excludes)?;
         let (include_path, include_name) = build(includes)?;
-        Ok(Filter {
-            exclude_path,
-            exclude_name,
-            include_path,
-            include_name,
-            has_includes: !includes.is_empty(),
-        })
+        Ok(Filter { exclude_path, exclude_name, include_path, include_name, has_includes: !includes.is_empty() })
     }
 
     /// True if the entry at `path` (any kind) is excluded.
@@ -84,15 +73,7 @@ mod tests {
 
     #[test]
     fn names_and_paths() {
-        let f = Filter::new(
-            &[],
-            &[
-                "*.tmp".into(),
-                "/srv/app/cache".into(),
-                "/srv/**/node_modules".into(),
-            ],
-        )
-        .unwrap();
+        let f = Filter::new(&[], &["*.tmp".into(), "/srv/app/cache".into(), "/srv/**/node_modules".into()]).unwrap();
         assert!(f.excluded(Path::new("/srv/app/x.tmp")));
         assert!(f.excluded(Path::new("/srv/app/cache")));
         assert!(f.excluded(Path::new("/srv/a/b/node_modules")));

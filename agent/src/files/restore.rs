@@ -96,21 +96,10 @@ pub async fn restore_files(
             let path = opts.target.join(OsStr::from_bytes(&node.name));
             add_leaf(&mut plan, path, node, &mut HashMap::new());
         }
-        None => {
-            add_tree(
-                repo,
-                &mut plan,
-                &opts.target,
-                &root.tree,
-                &mut HashMap::new(),
-            )
-            .await?
-        }
+        None => add_tree(repo, &mut plan, &opts.target, &root.tree, &mut HashMap::new()).await?,
     }
     let total: u64 = plan.files.iter().map(|f| f.meta.size).sum();
-    progress
-        .files_total
-        .store(plan.files.len() as u64, Ordering::Relaxed);
+    progress.files_total.store(plan.files.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(total, Ordering::Relaxed);
     progress.totals_known.store(true, Ordering::Relaxed);
 
@@ -128,49 +117,27 @@ struct Root {
     dir_meta: Option<Metadata>,
 }
 
-async fn resolve_sub_path(
-    repo: &Repository,
-    snapshot: &Snapshot,
-    sub: Option<&str>,
-) -> Result<Root, FilesError> {
+async fn resolve_sub_path(repo: &Repository, snapshot: &Snapshot, sub: Option<&str>) -> Result<Root, FilesError> {
     let mut tree = repo.load_tree(&snapshot.tree).await?;
     let mut dir_meta = None;
     let Some(sub) = sub else {
-        return Ok(Root {
-            tree,
-            node: None,
-            dir_meta,
-        });
+        return Ok(Root { tree, node: None, dir_meta });
     };
-    let parts: Vec<&str> = sub
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+    let parts: Vec<&str> = sub.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     for (i, part) in parts.iter().enumerate() {
-        let node = tree
-            .find(part.as_bytes())
-            .ok_or_else(|| FilesError::NotInSnapshot(sub.to_owned()))?
-            .clone();
+        let node = tree.find(part.as_bytes()).ok_or_else(|| FilesError::NotInSnapshot(sub.to_owned()))?.clone();
         match node.kind {
             NodeKind::Dir { subtree } => {
                 tree = repo.load_tree(&subtree).await?;
                 dir_meta = Some(node.meta);
             }
             _ if i + 1 == parts.len() => {
-                return Ok(Root {
-                    tree,
-                    node: Some(node),
-                    dir_meta: None,
-                });
+                return Ok(Root { tree, node: Some(node), dir_meta: None });
             }
             _ => return Err(FilesError::NotInSnapshot(sub.to_owned())),
         }
     }
-    Ok(Root {
-        tree,
-        node: None,
-        dir_meta,
-    })
+    Ok(Root { tree, node: None, dir_meta })
 }
 
 /// Adds a tree's entries below `dir` to the plan, depth-first.
@@ -210,11 +177,7 @@ fn add_leaf(plan: &mut Plan, path: PathBuf, node: Node, links: &mut HashMap<(u64
                 }
                 links.insert((node.meta.dev, node.meta.inode), plan.files.len());
             }
-            plan.files.push(PlannedFile {
-                path,
-                meta: node.meta,
-                content,
-            });
+            plan.files.push(PlannedFile { path, meta: node.meta, content });
         }
         other => plan.others.push((path, other, node.meta)),
     }
@@ -252,11 +215,7 @@ fn execute(
                     }
                     None => {
                         failed.entry(i).or_insert_with(|| {
-                            format!(
-                                "{}: {}",
-                                f.path.display(),
-                                RepoError::BlobNotIndexed(id.to_hex())
-                            )
+                            format!("{}: {}", f.path.display(), RepoError::BlobNotIndexed(id.to_hex()))
                         });
                         break;
                     }
@@ -264,10 +223,7 @@ fn execute(
             }
         }
         for (id, targets) in blob_targets {
-            let targets: Targets = targets
-                .into_iter()
-                .filter(|(i, _)| !failed.contains_key(i))
-                .collect();
+            let targets: Targets = targets.into_iter().filter(|(i, _)| !failed.contains_key(i)).collect();
             let Some(loc) = index.get(&id) else { continue };
             if targets.is_empty() {
                 continue;
@@ -280,14 +236,8 @@ fn execute(
         }
     }
 
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let threads = if opts.threads == 0 {
-        (cores * 2).max(4)
-    } else {
-        opts.threads
-    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = if opts.threads == 0 { (cores * 2).max(4) } else { opts.threads };
     let failed = Mutex::new(failed);
     let bytes = AtomicU64::new(0);
     let fatal: Mutex<Option<FilesError>> = Mutex::new(None);
@@ -298,13 +248,8 @@ fn execute(
             let (failed, bytes, fatal, files) = (&failed, &bytes, &fatal, &plan.files);
             s.spawn(move || {
                 for (pack, seal, blobs) in rx {
-                    if let Err(e) = restore_pack(
-                        repo, runtime, pack, &seal, blobs, files, failed, bytes, progress,
-                    ) {
-                        fatal
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
+                    if let Err(e) = restore_pack(repo, runtime, pack, &seal, blobs, files, failed, bytes, progress) {
+                        fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         return;
                     }
                 }
@@ -338,15 +283,11 @@ fn execute(
     }
     for (path, first) in &plan.hardlinks {
         if failed.contains_key(first) {
-            report.failed.push(format!(
-                "{}: hard link to a file that failed",
-                path.display()
-            ));
+            report.failed.push(format!("{}: hard link to a file that failed", path.display()));
             continue;
         }
         replace_non_dir(path)?;
-        fs::hard_link(&plan.files[*first].path, path)
-            .map_err(|e| FilesError::io("linking", path, e))?;
+        fs::hard_link(&plan.files[*first].path, path).map_err(|e| FilesError::io("linking", path, e))?;
         report.others += 1;
     }
     for (path, kind, meta) in &plan.others {
@@ -363,9 +304,7 @@ fn execute(
                     _ => (libc::S_IFIFO, 0),
                 };
                 if let Err(e) = mknod(path, kind_bits | (meta.mode & 0o7777), rdev) {
-                    report
-                        .warnings
-                        .push(format!("creating special file {}: {e}", path.display()));
+                    report.warnings.push(format!("creating special file {}: {e}", path.display()));
                     continue;
                 }
             }
@@ -412,14 +351,11 @@ fn restore_pack(
         }
         let fetched = runtime.block_on(repo.store().get_range(&key, start..end));
         for (blob, targets) in &blobs[i..j] {
-            let data = fetched
-                .as_ref()
-                .map_err(|e| e.to_string())
-                .and_then(|range| {
-                    let r = blob.range();
-                    let slice = &range[(r.start - start) as usize..(r.end - start) as usize];
-                    open_blob(repo.keyring(), seal, blob, slice, &key).map_err(|e| e.to_string())
-                });
+            let data = fetched.as_ref().map_err(|e| e.to_string()).and_then(|range| {
+                let r = blob.range();
+                let slice = &range[(r.start - start) as usize..(r.end - start) as usize];
+                open_blob(repo.keyring(), seal, blob, slice, &key).map_err(|e| e.to_string())
+            });
             match data {
                 Ok(data) => {
                     for &(file, offset) in targets {
@@ -432,9 +368,7 @@ fn restore_pack(
                 Err(why) => {
                     let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
                     for &(file, _) in targets {
-                        failed
-                            .entry(file)
-                            .or_insert_with(|| format!("{}: {why}", files[file].path.display()));
+                        failed.entry(file).or_insert_with(|| format!("{}: {why}", files[file].path.display()));
                     }
                 }
             }
@@ -450,8 +384,7 @@ fn write_at(path: &Path, data: &[u8], offset: u64) -> Result<(), FilesError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| FilesError::io("opening", path, e))?;
-    f.write_all_at(data, offset)
-        .map_err(|e| FilesError::io("writing", path, e))
+    f.write_all_at(data, offset).map_err(|e| FilesError::io("writing", path, e))
 }
 
 /// Creates a directory; an existing directory is kept, an existing file or
@@ -462,10 +395,7 @@ fn make_dir(dir: &Path) -> Result<(), FilesError> {
         Ok(_) => Err(FilesError::io(
             "creating directory",
             dir,
-            io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "a non-directory is in the way",
-            ),
+            io::Error::new(io::ErrorKind::AlreadyExists, "a non-directory is in the way"),
         )),
         Err(_) => fs::create_dir_all(dir).map_err(|e| FilesError::io("creating directory", dir, e)),
     }
@@ -497,19 +427,14 @@ fn create_file(path: &Path, size: u64) -> Result<(), FilesError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| FilesError::io("creating", path, e))?;
-    f.set_len(size)
-        .map_err(|e| FilesError::io("sizing", path, e))
+    f.set_len(size).map_err(|e| FilesError::io("sizing", path, e))
 }
 
 fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: `c` is a valid NUL-terminated path; mknod has no other pointer arguments.
     let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Applies owner (when permitted), mode and times; failures become warnings.
@@ -520,9 +445,7 @@ fn set_meta(path: &Path, meta: &Metadata, is_link: bool, warnings: &mut Vec<Stri
             warnings.push(format!("setting owner of {}: {e}", path.display()));
         }
     }
-    if !is_link
-        && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))
-    {
+    if !is_link && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777)) {
         warnings.push(format!("setting mode of {}: {e}", path.display()));
     }
     let (atime, mtime) = (file_time(meta.atime_ns), file_time(meta.mtime_ns));
@@ -540,21 +463,14 @@ fn delete_extras(target: &Path, wanted: &HashSet<PathBuf>) -> Result<u64, FilesE
         for entry in rd {
             let entry = entry.map_err(|e| FilesError::io("listing", &dir, e))?;
             let path = entry.path();
-            let is_dir = entry
-                .file_type()
-                .map_err(|e| FilesError::io("reading", &path, e))?
-                .is_dir();
+            let is_dir = entry.file_type().map_err(|e| FilesError::io("reading", &path, e))?.is_dir();
             if wanted.contains(&path) {
                 if is_dir {
                     stack.push(path);
                 }
                 continue;
             }
-            let r = if is_dir {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
+            let r = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
             r.map_err(|e| FilesError::io("deleting", &path, e))?;
             deleted += 1;
         }

@@ -62,17 +62,10 @@ impl BackupCommand {
         let BackupSub::Files(args) = self.command;
         let repo = args.repo.open().await?;
         let parent = match &args.parent {
-            Some(p) => Some(
-                repo.find_snapshot(p)
-                    .await
-                    .context("finding the parent snapshot")?
-                    .0,
-            ),
+            Some(p) => Some(repo.find_snapshot(p).await.context("finding the parent snapshot")?.0),
             None => None::<SnapshotId>,
         };
-        let host = args
-            .host
-            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+        let host = args.host.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
         let opts = BackupOptions {
             paths: args.paths,
             includes: args.include,
@@ -85,9 +78,7 @@ impl BackupCommand {
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("backup", progress.clone());
-        let outcome = backup_files(&repo, opts, progress)
-            .await
-            .context("backing up files")?;
+        let outcome = backup_files(&repo, opts, progress).await.context("backing up files")?;
         drop(view);
         let s = &outcome.snapshot.summary;
         eprintln!(

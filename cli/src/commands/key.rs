@@ -40,11 +40,7 @@ impl KeyCommand {
             KeySub::Generate { out } => {
                 let key = MasterKey::generate()?;
                 key.save_new(&out)?;
-                eprintln!(
-                    "wrote master key {} to {}; keep a copy away from the repository",
-                    key.id,
-                    out.display()
-                );
+                eprintln!("wrote master key {} to {}; keep a copy away from the repository", key.id, out.display());
                 Ok(0)
             }
             KeySub::Rotate { repo, new_key_file } => {
@@ -55,10 +51,7 @@ impl KeyCommand {
                     .rotate_master_key(&old, &new)
                     .await
                     .with_context(|| format!("rotating to master key {}", new.id))?;
-                eprintln!(
-                    "repository keys are now wrapped by master key {} (was {})",
-                    new.id, old.id
-                );
+                eprintln!("repository keys are now wrapped by master key {} (was {})", new.id, old.id);
                 Ok(0)
             }
         }

@@ -49,13 +49,7 @@ impl RestoreArgs {
         };
         let report = restore_files(&repo, &snapshot, opts, progress)
             .await
-            .with_context(|| {
-                format!(
-                    "restoring snapshot {} into {}",
-                    id.short(),
-                    self.target.display()
-                )
-            })?;
+            .with_context(|| format!("restoring snapshot {} into {}", id.short(), self.target.display()))?;
         drop(view);
         for w in &report.warnings {
             eprintln!("lifeboat: warning: {w}");
@@ -68,21 +62,14 @@ impl RestoreArgs {
             HumanBytes(report.bytes),
             report.dirs,
             report.others,
-            if self.delete {
-                format!(", {} extra entries deleted", report.deleted)
-            } else {
-                String::new()
-            },
+            if self.delete { format!(", {} extra entries deleted", report.deleted) } else { String::new() },
             started.elapsed().as_secs_f64()
         );
         if !report.failed.is_empty() {
             for f in &report.failed {
                 eprintln!("lifeboat: failed: {f}");
             }
-            bail!(
-                "{} files could not be restored (listed above)",
-                report.failed.len()
-            );
+            bail!("{} files could not be restored (listed above)", report.failed.len());
         }
         Ok(0)
     }

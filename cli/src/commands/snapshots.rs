@@ -30,26 +30,13 @@ impl SnapshotsArgs {
         let repo = self.repo.open().await?;
         let snaps = repo.snapshots().await?;
         if self.json {
-            let rows: Vec<Row> = snaps
-                .iter()
-                .map(|(id, s)| Row {
-                    id: id.to_hex(),
-                    snapshot: s,
-                })
-                .collect();
+            let rows: Vec<Row> = snaps.iter().map(|(id, s)| Row { id: id.to_hex(), snapshot: s }).collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
             return Ok(0);
         }
-        println!(
-            "{:<8}  {:<20}  {:<16}  {:>10}  {:>10}  paths / tags",
-            "id", "time (UTC)", "host", "size", "added"
-        );
+        println!("{:<8}  {:<20}  {:<16}  {:>10}  {:>10}  paths / tags", "id", "time (UTC)", "host", "size", "added");
         for (id, s) in &snaps {
-            let tags = if s.tags.is_empty() {
-                String::new()
-            } else {
-                format!("  [{}]", s.tags.join(", "))
-            };
+            let tags = if s.tags.is_empty() { String::new() } else { format!("  [{}]", s.tags.join(", ")) };
             println!(
                 "{:<8}  {:<20}  {:<16}  {:>10}  {:>10}  {}{}",
                 id.short(),

@@ -29,12 +29,8 @@ impl VerifyArgs {
         let progress = Arc::new(Progress::default());
         if self.read_data {
             let total: u64 = repo.index().packs().iter().map(|p| p.size).sum();
-            progress
-                .bytes_total
-                .store(total, std::sync::atomic::Ordering::Relaxed);
-            progress
-                .totals_known
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            progress.bytes_total.store(total, std::sync::atomic::Ordering::Relaxed);
+            progress.totals_known.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let view = ProgressView::start("verify", progress.clone());
         let p = progress.clone();
@@ -46,11 +42,7 @@ impl VerifyArgs {
             report.trees,
             report.packs,
             if self.read_data {
-                format!(
-                    "; read {} blobs ({})",
-                    report.blobs_read,
-                    HumanBytes(report.bytes_read)
-                )
+                format!("; read {} blobs ({})", report.blobs_read, HumanBytes(report.bytes_read))
             } else {
                 String::new()
             }
@@ -65,10 +57,7 @@ impl VerifyArgs {
             for p in &report.problems {
                 eprintln!("lifeboat: problem: {p}");
             }
-            bail!(
-                "verify found {} problems (listed above)",
-                report.problems.len()
-            );
+            bail!("verify found {} problems (listed above)", report.problems.len());
         }
         eprintln!("no problems found");
         Ok(0)

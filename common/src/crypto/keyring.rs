@@ -44,11 +44,7 @@ pub struct WrappedKeyring {
 impl Keyring {
     /// A new keyring with one fresh data key.
     pub fn generate() -> Result<Self, CryptoError> {
-        let first = DataKey {
-            id: KeyId::random()?,
-            key: Secret32::random()?,
-            created: Utc::now(),
-        };
+        let first = DataKey { id: KeyId::random()?, key: Secret32::random()?, created: Utc::now() };
         let mut seed = [0u8; 8];
         random_fill(&mut seed)?;
         Ok(Keyring {
@@ -61,10 +57,7 @@ impl Keyring {
 
     /// The data key with this id.
     pub fn data_key(&self, id: KeyId) -> Result<&DataKey, CryptoError> {
-        self.data_keys
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or(CryptoError::UnknownDataKey(id))
+        self.data_keys.iter().find(|k| k.id == id).ok_or(CryptoError::UnknownDataKey(id))
     }
 
     /// The key new objects are sealed with.
@@ -74,11 +67,7 @@ impl Keyring {
 
     /// Adds a fresh data key and makes it current; old keys stay for reading.
     pub fn add_data_key(&mut self) -> Result<KeyId, CryptoError> {
-        let k = DataKey {
-            id: KeyId::random()?,
-            key: Secret32::random()?,
-            created: Utc::now(),
-        };
+        let k = DataKey { id: KeyId::random()?, key: Secret32::random()?, created: Utc::now() };
         self.current = k.id;
         self.data_keys.push(k);
         Ok(self.current)
@@ -89,14 +78,9 @@ impl Keyring {
         let mut salt = [0u8; SALT_LEN];
         random_fill(&mut salt)?;
         let cipher = ObjectCipher::derive(&master.key, &salt)?;
-        let mut buf =
-            serde_json::to_vec(self).map_err(|e| CryptoError::Malformed(e.to_string()))?;
+        let mut buf = serde_json::to_vec(self).map_err(|e| CryptoError::Malformed(e.to_string()))?;
         cipher.seal(0, master.id.to_string().as_bytes(), &mut buf)?;
-        Ok(WrappedKeyring {
-            master_key_id: master.id,
-            salt: hex::encode(salt),
-            sealed: hex::encode(buf),
-        })
+        Ok(WrappedKeyring { master_key_id: master.id, salt: hex::encode(salt), sealed: hex::encode(buf) })
     }
 }
 
@@ -104,23 +88,16 @@ impl WrappedKeyring {
     /// Opens the keyring with `master`; a different master key is
     /// [`CryptoError::WrongKey`].
     pub fn unwrap_with(&self, master: &MasterKey) -> Result<Keyring, CryptoError> {
-        let wrong = || CryptoError::WrongKey {
-            have: master.id,
-            wanted: self.master_key_id.to_string(),
-        };
+        let wrong = || CryptoError::WrongKey { have: master.id, wanted: self.master_key_id.to_string() };
         if self.master_key_id != master.id {
             return Err(wrong());
         }
         let mut salt = [0u8; SALT_LEN];
-        hex::decode_to_slice(&self.salt, &mut salt)
-            .map_err(|_| CryptoError::Malformed("keyring salt".into()))?;
-        let mut buf =
-            hex::decode(&self.sealed).map_err(|_| CryptoError::Malformed("keyring body".into()))?;
+        hex::decode_to_slice(&self.salt, &mut salt).map_err(|_| CryptoError::Malformed("keyring salt".into()))?;
+        let mut buf = hex::decode(&self.sealed).map_err(|_| CryptoError::Malformed("keyring body".into()))?;
         let cipher = ObjectCipher::derive(&master.key, &salt)?;
         // Same id but the secret differs: still the wrong key, not corruption we can name better.
-        let plain = cipher
-            .open(0, master.id.to_string().as_bytes(), &mut buf)
-            .map_err(|_| wrong())?;
+        let plain = cipher.open(0, master.id.to_string().as_bytes(), &mut buf).map_err(|_| wrong())?;
         serde_json::from_slice(plain).map_err(|e| CryptoError::Malformed(format!("keyring: {e}")))
     }
 }
@@ -139,17 +116,11 @@ mod tests {
         assert_eq!(back.chunk_id_key, ring.chunk_id_key);
 
         let other = MasterKey::generate().unwrap();
-        assert!(matches!(
-            wrapped.unwrap_with(&other),
-            Err(CryptoError::WrongKey { .. })
-        ));
+        assert!(matches!(wrapped.unwrap_with(&other), Err(CryptoError::WrongKey { .. })));
         // Same id, different secret (a damaged or forged key file).
         let mut forged = other.clone();
         forged.id = master.id;
-        assert!(matches!(
-            wrapped.unwrap_with(&forged),
-            Err(CryptoError::WrongKey { .. })
-        ));
+        assert!(matches!(wrapped.unwrap_with(&forged), Err(CryptoError::WrongKey { .. })));
     }
 
     #[test]

@@ -22,11 +22,7 @@ pub struct MasterKey {
 impl MasterKey {
     /// A fresh random master key.
     pub fn generate() -> Result<Self, CryptoError> {
-        Ok(MasterKey {
-            format: FORMAT.into(),
-            id: KeyId::random()?,
-            key: Secret32::random()?,
-        })
+        Ok(MasterKey { format: FORMAT.into(), id: KeyId::random()?, key: Secret32::random()? })
     }
 
     /// Reads a key file written by [`MasterKey::save_new`].
@@ -36,9 +32,8 @@ impl MasterKey {
             path: path.display().to_string(),
             source,
         })?;
-        let key: MasterKey = toml::from_str(&text).map_err(|e| {
-            CryptoError::Malformed(format!("key file {}: {}", path.display(), e.message()))
-        })?;
+        let key: MasterKey = toml::from_str(&text)
+            .map_err(|e| CryptoError::Malformed(format!("key file {}: {}", path.display(), e.message())))?;
         if key.format != FORMAT {
             return Err(CryptoError::Malformed(format!(
                 "key file {}: format {:?} is not {FORMAT:?}",
@@ -52,11 +47,7 @@ impl MasterKey {
     /// Writes the key to a new file readable only by its owner; refuses to
     /// overwrite an existing file.
     pub fn save_new(&self, path: &Path) -> Result<(), CryptoError> {
-        let io = |op, source| CryptoError::Io {
-            op,
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |op, source| CryptoError::Io { op, path: path.display().to_string(), source };
         let body = toml::to_string(self).map_err(|e| CryptoError::Malformed(e.to_string()))?;
         let text = format!(
             "# Lifeboat master key. Whoever holds this file can read every backup it protects;\n\
@@ -67,9 +58,7 @@ impl MasterKey {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(path).map_err(|e| io("creating", e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io("writing", e))
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| io("writing", e))
     }
 }
 
@@ -89,9 +78,6 @@ mod tests {
         let err = k.save_new(&path).unwrap_err();
         assert!(err.to_string().contains("creating key file"), "{err}");
         std::fs::write(&path, "id = 3").unwrap();
-        assert!(matches!(
-            MasterKey::load(&path),
-            Err(CryptoError::Malformed(_))
-        ));
+        assert!(matches!(MasterKey::load(&path), Err(CryptoError::Malformed(_))));
     }
 }

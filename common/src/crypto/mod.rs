@@ -29,9 +29,7 @@ pub enum CryptoError {
     #[error("authentication failed: the data was altered or sealed with another key")]
     Authentication,
     /// The master key cannot unwrap this keyring.
-    #[error(
-        "wrong key: master key {have} cannot open this repository (its keyring is wrapped by {wanted})"
-    )]
+    #[error("wrong key: master key {have} cannot open this repository (its keyring is wrapped by {wanted})")]
     WrongKey { have: KeyId, wanted: String },
     /// The object names a data key the keyring does not hold.
     #[error("unknown data key {0}: the keyring does not hold it")]
@@ -53,9 +51,7 @@ pub enum CryptoError {
 }
 
 /// The id of a master key or data key: 8 random bytes, shown as 16 hex digits.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct KeyId(pub [u8; 8]);
 
@@ -136,8 +132,7 @@ impl<'de> serde::Deserialize<'de> for Secret32 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let mut b = [0u8; 32];
-        hex::decode_to_slice(&s, &mut b)
-            .map_err(|_| serde::de::Error::custom("a key must be 64 hex digits"))?;
+        hex::decode_to_slice(&s, &mut b).map_err(|_| serde::de::Error::custom("a key must be 64 hex digits"))?;
         Ok(Secret32(b))
     }
 }

@@ -26,9 +26,7 @@ impl ObjectCipher {
         let okm = prk
             .expand(&[HKDF_INFO], &AES_256_GCM)
             .map_err(|_| CryptoError::Malformed("HKDF expansion failed".into()))?;
-        Ok(ObjectCipher {
-            key: LessSafeKey::new(UnboundKey::from(okm)),
-        })
+        Ok(ObjectCipher { key: LessSafeKey::new(UnboundKey::from(okm)) })
     }
 
     /// The 96-bit nonce for a counter: four zero bytes, then the counter.
@@ -46,20 +44,36 @@ impl ObjectCipher {
             .map_err(|_| CryptoError::Malformed("sealing failed".into()))
     }
 
-    /// Decrypts and authenticates `buf` (ciphertext plus tag) in place,
-    /// returning the plaintext slice.
-    pub fn open<'a>(
+    /// Appends `plaintext` sealed (ciphertext then tag) to `out`, without an
+    /// intermediate buffer; `counter` must be unique within this object.
+    pub fn seal_append(
         &self,
         counter: u64,
         aad: &[u8],
-        buf: &'a mut [u8],
-    ) -> Result<&'a mut [u8], CryptoError> {
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        match self.key.seal_in_place_separate_tag(Self::nonce(counter), Aad::from(aad), &mut out[start..]) {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(CryptoError::Malformed("sealing failed".into()))
+            }
+        }
+    }
+
+    /// Decrypts and authenticates `buf` (ciphertext plus tag) in place,
+    /// returning the plaintext slice.
+    pub fn open<'a>(&self, counter: u64, aad: &[u8], buf: &'a mut [u8]) -> Result<&'a mut [u8], CryptoError> {
         if buf.len() < TAG_LEN {
             return Err(CryptoError::Authentication);
         }
-        self.key
-            .open_in_place(Self::nonce(counter), Aad::from(aad), buf)
-            .map_err(|_| CryptoError::Authentication)
+        self.key.open_in_place(Self::nonce(counter), Aad::from(aad), buf).map_err(|_| CryptoError::Authentication)
     }
 }
 
@@ -77,6 +91,9 @@ mod tests {
         assert_eq!(buf.len(), 14 + TAG_LEN);
         let mut copy = buf.clone();
         assert_eq!(c.open(3, b"aad", &mut copy).unwrap(), b"secret payload");
+        let mut appended = b"prefix".to_vec();
+        c.seal_append(3, b"aad", b"secret payload", &mut appended).unwrap();
+        assert_eq!(&appended[6..], &buf[..]);
         // Wrong counter, wrong aad, a flipped bit, another salt: all refused.
         assert!(c.open(4, b"aad", &mut buf.clone()).is_err());
         assert!(c.open(3, b"xxx", &mut buf.clone()).is_err());

@@ -1,9 +1,11 @@
 //! zstd compression, skipped where it does not pay.
 
+use std::borrow::Cow;
+
 /// A blob's stored payload and whether it is compressed.
-pub struct Compressed {
+pub struct Compressed<'a> {
     /// Bytes to seal.
-    pub data: Vec<u8>,
+    pub data: Cow<'a, [u8]>,
     /// True when `data` is zstd-compressed.
     pub compressed: bool,
 }
@@ -14,27 +16,17 @@ const PROBE: usize = 64 * 1024;
 /// Compresses `raw` unless it does not shrink by at least 1/32. Media and
 /// already-compressed files are detected from a cheap probe of the first
 /// 64 KiB at level 1, so they cost almost nothing.
-pub fn compress(raw: Vec<u8>, level: i32) -> Compressed {
+pub fn compress(raw: &[u8], level: i32) -> Compressed<'_> {
+    let stored = Compressed { data: Cow::Borrowed(raw), compressed: false };
     if raw.len() > PROBE * 2 {
-        let probe = zstd::bulk::compress(&raw[..PROBE], 1)
-            .map(|p| p.len())
-            .unwrap_or(PROBE);
+        let probe = zstd::bulk::compress(&raw[..PROBE], 1).map(|p| p.len()).unwrap_or(PROBE);
         if probe >= PROBE - PROBE / 32 {
-            return Compressed {
-                data: raw,
-                compressed: false,
-            };
+            return stored;
         }
     }
-    match zstd::bulk::compress(&raw, level) {
-        Ok(c) if c.len() < raw.len() - raw.len() / 32 => Compressed {
-            data: c,
-            compressed: true,
-        },
-        _ => Compressed {
-            data: raw,
-            compressed: false,
-        },
+    match zstd::bulk::compress(raw, level) {
+        Ok(c) if c.len() < raw.len() - raw.len() / 32 => Compressed { data: Cow::Owned(c), compressed: true },
+        _ => stored,
     }
 }
 
@@ -42,10 +34,7 @@ pub fn compress(raw: Vec<u8>, level: i32) -> Compressed {
 pub fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     let out = zstd::bulk::decompress(data, raw_len)?;
     if out.len() != raw_len {
-        return Err(std::io::Error::other(format!(
-            "decompressed to {} bytes, expected {raw_len}",
-            out.len()
-        )));
+        return Err(std::io::Error::other(format!("decompressed to {} bytes, expected {raw_len}", out.len())));
     }
     Ok(out)
 }
@@ -57,7 +46,7 @@ mod tests {
     #[test]
     fn text_compresses_noise_does_not() {
         let text = b"2026-11-24 INFO request served in 3ms\n".repeat(10_000);
-        let c = compress(text.clone(), 3);
+        let c = compress(&text, 3);
         assert!(c.compressed && c.data.len() < text.len() / 10);
         assert_eq!(decompress(&c.data, text.len()).unwrap(), text);
 
@@ -70,8 +59,8 @@ mod tests {
                 (state >> 24) as u8
             })
             .collect();
-        let n = compress(noise.clone(), 3);
+        let n = compress(&noise, 3);
         assert!(!n.compressed);
-        assert_eq!(n.data, noise);
+        assert_eq!(&n.data[..], &noise[..]);
     }
 }

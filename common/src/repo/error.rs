@@ -19,9 +19,7 @@ pub enum RepoError {
     #[error("a repository already exists at {0}")]
     AlreadyInitialised(String),
     /// The repository uses a format this build does not understand.
-    #[error(
-        "repository format version {found} is not supported (this build reads version {supported})"
-    )]
+    #[error("repository format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
     /// An object failed authentication, decoding or its hash check.
     #[error("object {object} is corrupt: {reason}")]
@@ -43,9 +41,6 @@ pub enum RepoError {
 impl RepoError {
     /// A corruption error naming `object`.
     pub fn corrupt(object: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
-        RepoError::Corrupt {
-            object: object.to_string(),
-            reason: reason.to_string(),
-        }
+        RepoError::Corrupt { object: object.to_string(), reason: reason.to_string() }
     }
 }

@@ -71,11 +71,7 @@ impl Index {
             Some(&p) => p,
             None => {
                 let p = self.packs.len() as u32;
-                self.packs.push(PackInfo {
-                    id: pack.id,
-                    seal: pack.seal,
-                    size: pack.size,
-                });
+                self.packs.push(PackInfo { id: pack.id, seal: pack.seal, size: pack.size });
                 self.pack_pos.insert(pack.id, p);
                 p
             }
@@ -87,10 +83,7 @@ impl Index {
 
     /// Where `id` is stored.
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation<'_>> {
-        self.blobs.get(id).map(|(p, blob)| BlobLocation {
-            pack: &self.packs[*p as usize],
-            blob,
-        })
+        self.blobs.get(id).map(|(p, blob)| BlobLocation { pack: &self.packs[*p as usize], blob })
     }
 
     /// Whether any pack holds `id`.
@@ -110,9 +103,6 @@ impl Index {
 
     /// Every (blob, pack) pair the index holds.
     pub fn blobs(&self) -> impl Iterator<Item = BlobLocation<'_>> {
-        self.blobs.values().map(|(p, blob)| BlobLocation {
-            pack: &self.packs[*p as usize],
-            blob,
-        })
+        self.blobs.values().map(|(p, blob)| BlobLocation { pack: &self.packs[*p as usize], blob })
     }
 }

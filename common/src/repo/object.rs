@@ -14,18 +14,13 @@ const MAGIC: &[u8; 8] = b"LBOBJ\x00\x01\x00";
 const HEADER_LEN: usize = 8 + 8 + SALT_LEN;
 
 /// Seals `payload` as an object of `kind` with the keyring's current data key.
-pub fn seal(
-    keyring: &Keyring,
-    kind: &str,
-    payload: Vec<u8>,
-    level: i32,
-) -> Result<Vec<u8>, RepoError> {
+pub fn seal(keyring: &Keyring, kind: &str, payload: Vec<u8>, level: i32) -> Result<Vec<u8>, RepoError> {
     let key = keyring.current_key()?;
     let mut salt = [0u8; SALT_LEN];
     random_fill(&mut salt)?;
     let cipher = ObjectCipher::derive(&key.key, &salt)?;
     let raw_len = payload.len() as u64;
-    let c = compress(payload, level);
+    let c = compress(&payload, level);
     let mut body = Vec::with_capacity(c.data.len() + 32);
     body.push(u8::from(c.compressed));
     body.extend_from_slice(&raw_len.to_le_bytes());
@@ -42,10 +37,7 @@ pub fn seal(
 /// Opens an object of `kind` named `name` (for error messages).
 pub fn open(keyring: &Keyring, kind: &str, name: &str, bytes: &[u8]) -> Result<Vec<u8>, RepoError> {
     if bytes.len() < HEADER_LEN + 1 + 8 + crate::crypto::TAG_LEN || &bytes[..8] != MAGIC {
-        return Err(RepoError::corrupt(
-            name,
-            "not a Lifeboat object (bad header or truncated)",
-        ));
+        return Err(RepoError::corrupt(name, "not a Lifeboat object (bad header or truncated)"));
     }
     let mut key_id = [0u8; 8];
     key_id.copy_from_slice(&bytes[8..16]);
@@ -60,8 +52,7 @@ pub fn open(keyring: &Keyring, kind: &str, name: &str, bytes: &[u8]) -> Result<V
     let compressed = plain[0] == 1;
     let mut len = [0u8; 8];
     len.copy_from_slice(&plain[1..9]);
-    let raw_len =
-        usize::try_from(u64::from_le_bytes(len)).map_err(|_| RepoError::corrupt(name, "length"))?;
+    let raw_len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| RepoError::corrupt(name, "length"))?;
     if compressed {
         decompress(&plain[9..], raw_len).map_err(|e| RepoError::corrupt(name, e))
     } else {

@@ -65,10 +65,7 @@ pub struct PackSeal {
 
 impl PackSeal {
     fn cipher(&self, keyring: &Keyring) -> Result<ObjectCipher, RepoError> {
-        Ok(ObjectCipher::derive(
-            &keyring.data_key(self.key_id)?.key,
-            &self.salt,
-        )?)
+        Ok(ObjectCipher::derive(&keyring.data_key(self.key_id)?.key, &self.salt)?)
     }
 }
 
@@ -107,25 +104,18 @@ pub struct FinishedPack {
 
 impl PackBuilder {
     /// An empty pack sealed with the keyring's current data key.
-    pub fn new(keyring: &Keyring, capacity: usize) -> Result<Self, RepoError> {
+    /// Built in `buf`, which is cleared first: pass a recycled buffer to avoid allocating.
+    pub fn new(keyring: &Keyring, mut buf: Vec<u8>) -> Result<Self, RepoError> {
         let key = keyring.current_key()?;
         let mut salt = [0u8; SALT_LEN];
         random_fill(&mut salt)?;
-        let seal = PackSeal {
-            key_id: key.id,
-            salt,
-        };
+        let seal = PackSeal { key_id: key.id, salt };
         let cipher = ObjectCipher::derive(&key.key, &salt)?;
-        let mut buf = Vec::with_capacity(capacity + 1024 * 1024);
+        buf.clear();
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&key.id.0);
         buf.extend_from_slice(&salt);
-        Ok(PackBuilder {
-            seal,
-            cipher,
-            buf,
-            blobs: Vec::new(),
-        })
+        Ok(PackBuilder { seal, cipher, buf, blobs: Vec::new() })
     }
 
     /// Bytes so far.
@@ -143,58 +133,32 @@ impl PackBuilder {
         &mut self,
         id: BlobId,
         kind: BlobKind,
-        payload: Compressed,
+        payload: Compressed<'_>,
         raw_len: usize,
     ) -> Result<u32, RepoError> {
-        let offset = u32::try_from(self.buf.len()).map_err(|_| RepoError::Encode {
-            what: "pack",
-            reason: "pack larger than 4 GiB".into(),
-        })?;
-        let mut sealed = payload.data;
-        self.cipher.seal(
-            u64::from(offset),
-            &blob_aad(&id, kind, payload.compressed),
-            &mut sealed,
-        )?;
-        let length = sealed.len() as u32;
-        self.buf.extend_from_slice(&sealed);
-        self.blobs.push(PackBlob {
-            id,
-            kind,
-            offset,
-            length,
-            raw_len: raw_len as u32,
-            compressed: payload.compressed,
-        });
+        let offset = u32::try_from(self.buf.len())
+            .map_err(|_| RepoError::Encode { what: "pack", reason: "pack larger than 4 GiB".into() })?;
+        let aad = blob_aad(&id, kind, payload.compressed);
+        self.cipher.seal_append(u64::from(offset), &aad, &payload.data, &mut self.buf)?;
+        let length = self.buf.len() as u32 - offset;
+        self.blobs.push(PackBlob { id, kind, offset, length, raw_len: raw_len as u32, compressed: payload.compressed });
         Ok(length)
     }
 
     /// Appends the sealed header and returns the finished pack.
     pub fn finish(mut self) -> Result<FinishedPack, RepoError> {
-        let mut header = postcard::to_allocvec(&self.blobs).map_err(|e| RepoError::Encode {
-            what: "pack header",
-            reason: e.to_string(),
-        })?;
+        let mut header = postcard::to_allocvec(&self.blobs)
+            .map_err(|e| RepoError::Encode { what: "pack header", reason: e.to_string() })?;
         self.cipher.seal(HEADER_COUNTER, HEADER_AAD, &mut header)?;
         self.buf.extend_from_slice(&header);
-        self.buf
-            .extend_from_slice(&(header.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
         let id = PackId(*blake3::hash(&self.buf).as_bytes());
-        Ok(FinishedPack {
-            id,
-            bytes: self.buf,
-            blobs: self.blobs,
-            seal: self.seal,
-        })
+        Ok(FinishedPack { id, bytes: self.buf, blobs: self.blobs, seal: self.seal })
     }
 }
 
 /// Parses a whole pack: its seal and its authenticated header.
-pub fn read_header(
-    keyring: &Keyring,
-    name: &str,
-    bytes: &[u8],
-) -> Result<(PackSeal, Vec<PackBlob>), RepoError> {
+pub fn read_header(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<(PackSeal, Vec<PackBlob>), RepoError> {
     let too_short = || RepoError::corrupt(name, format!("truncated: {} bytes", bytes.len()));
     if bytes.len() < PACK_PREFIX_LEN + 4 + TAG_LEN {
         return Err(too_short());
@@ -206,10 +170,7 @@ pub fn read_header(
     key_id.copy_from_slice(&bytes[8..16]);
     let mut salt = [0u8; SALT_LEN];
     salt.copy_from_slice(&bytes[16..PACK_PREFIX_LEN]);
-    let seal = PackSeal {
-        key_id: KeyId(key_id),
-        salt,
-    };
+    let seal = PackSeal { key_id: KeyId(key_id), salt };
     let mut len = [0u8; 4];
     len.copy_from_slice(&bytes[bytes.len() - 4..]);
     let header_len = u32::from_le_bytes(len) as usize;
@@ -222,13 +183,10 @@ pub fn read_header(
         .cipher(keyring)?
         .open(HEADER_COUNTER, HEADER_AAD, &mut header)
         .map_err(|_| RepoError::corrupt(name, "pack header failed authentication"))?;
-    let blobs: Vec<PackBlob> = postcard::from_bytes(plain)
-        .map_err(|e| RepoError::corrupt(name, format!("pack header: {e}")))?;
+    let blobs: Vec<PackBlob> =
+        postcard::from_bytes(plain).map_err(|e| RepoError::corrupt(name, format!("pack header: {e}")))?;
     if blobs.iter().any(|b| b.range().end > start as u64) {
-        return Err(RepoError::corrupt(
-            name,
-            "pack header points past the blob area",
-        ));
+        return Err(RepoError::corrupt(name, "pack header points past the blob area"));
     }
     Ok((seal, blobs))
 }
@@ -242,27 +200,14 @@ pub fn open_blob(
     sealed: &[u8],
     name: &str,
 ) -> Result<Vec<u8>, RepoError> {
-    let what = || {
-        format!(
-            "{name} (blob {} at offset {})",
-            blob.id.short(),
-            blob.offset
-        )
-    };
+    let what = || format!("{name} (blob {} at offset {})", blob.id.short(), blob.offset);
     if sealed.len() != blob.length as usize {
-        return Err(RepoError::corrupt(
-            what(),
-            format!("{} bytes read, {} expected", sealed.len(), blob.length),
-        ));
+        return Err(RepoError::corrupt(what(), format!("{} bytes read, {} expected", sealed.len(), blob.length)));
     }
     let mut buf = sealed.to_vec();
     let plain = seal
         .cipher(keyring)?
-        .open(
-            u64::from(blob.offset),
-            &blob_aad(&blob.id, blob.kind, blob.compressed),
-            &mut buf,
-        )
+        .open(u64::from(blob.offset), &blob_aad(&blob.id, blob.kind, blob.compressed), &mut buf)
         .map_err(|_| RepoError::corrupt(what(), "authentication failed"))?;
     let data = if blob.compressed {
         decompress(plain, blob.raw_len as usize).map_err(|e| RepoError::corrupt(what(), e))?
@@ -285,17 +230,11 @@ mod tests {
     #[test]
     fn build_parse_open() {
         let ring = Keyring::generate().unwrap();
-        let mut pb = PackBuilder::new(&ring, 1024).unwrap();
+        let mut pb = PackBuilder::new(&ring, Vec::new()).unwrap();
         let a = b"alpha ".repeat(1000);
         let b = b"beta".to_vec();
         for d in [&a, &b] {
-            pb.add(
-                blob_id(&ring, d),
-                BlobKind::Data,
-                compress(d.clone(), 3),
-                d.len(),
-            )
-            .unwrap();
+            pb.add(blob_id(&ring, d), BlobKind::Data, compress(d, 3), d.len()).unwrap();
         }
         let pack = pb.finish().unwrap();
         let (seal, blobs) = read_header(&ring, "p", &pack.bytes).unwrap();
@@ -303,28 +242,14 @@ mod tests {
         assert_eq!(seal, pack.seal);
         for (blob, want) in blobs.iter().zip([&a, &b]) {
             let r = blob.range();
-            let got = open_blob(
-                &ring,
-                &seal,
-                blob,
-                &pack.bytes[r.start as usize..r.end as usize],
-                "p",
-            )
-            .unwrap();
+            let got = open_blob(&ring, &seal, blob, &pack.bytes[r.start as usize..r.end as usize], "p").unwrap();
             assert_eq!(&got, want);
         }
         // A flipped byte inside the first blob is detected and named.
         let mut bad = pack.bytes.clone();
         bad[blobs[0].offset as usize + 3] ^= 1;
         let r = blobs[0].range();
-        let err = open_blob(
-            &ring,
-            &seal,
-            &blobs[0],
-            &bad[r.start as usize..r.end as usize],
-            "data/p",
-        )
-        .unwrap_err();
+        let err = open_blob(&ring, &seal, &blobs[0], &bad[r.start as usize..r.end as usize], "data/p").unwrap_err();
         assert!(err.to_string().contains("data/p"), "{err}");
         // Truncation is an error, not a panic.
         for cut in [0, 10, 60, pack.bytes.len() - 1] {

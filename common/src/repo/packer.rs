@@ -1,8 +1,9 @@
 //! Writing blobs from blocking worker threads: per-thread packers feeding a
 //! shared pool of uploaders, with indexes written as packs land.
 //!
-//! Memory stays bounded: each packer holds at most one pack, and the upload
-//! queue holds at most one pack per uploader.
+//! Memory stays bounded and allocation-free in the steady state: each packer
+//! holds at most one pack, the upload queue at most one pack per uploader, and
+//! pack buffers go back to the packers once stored.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,14 +48,21 @@ pub struct UploadStats {
     pub bytes: AtomicU64,
 }
 
-/// A pool of threads storing finished packs and indexing them.
-pub struct PackUploader {
+/// State the uploader threads share.
+struct Shared {
     repo: Repository,
     runtime: Handle,
+    landed: Mutex<Vec<IndexedPack>>,
+    stats: Arc<UploadStats>,
+    /// Stored packs' buffers, for the packers to reuse.
+    spare: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+}
+
+/// A pool of threads storing finished packs and indexing them.
+pub struct PackUploader {
+    shared: Arc<Shared>,
     tx: Option<Sender<FinishedPack>>,
     workers: Vec<JoinHandle<Result<(), RepoError>>>,
-    landed: Arc<Mutex<Vec<IndexedPack>>>,
-    stats: Arc<UploadStats>,
 }
 
 impl PackUploader {
@@ -62,45 +70,37 @@ impl PackUploader {
     pub fn start(repo: &Repository, runtime: Handle, workers: usize) -> Self {
         let workers = workers.max(1);
         let (tx, rx) = bounded::<FinishedPack>(workers);
-        let landed = Arc::new(Mutex::new(Vec::new()));
-        let stats = Arc::new(UploadStats::default());
-        let handles = (0..workers)
-            .map(|_| {
-                let (repo, runtime, rx, landed, stats) = (
-                    repo.clone(),
-                    runtime.clone(),
-                    rx.clone(),
-                    landed.clone(),
-                    stats.clone(),
-                );
-                std::thread::spawn(move || upload_loop(&repo, &runtime, &rx, &landed, &stats))
-            })
-            .collect();
-        PackUploader {
+        let shared = Arc::new(Shared {
             repo: repo.clone(),
             runtime,
-            tx: Some(tx),
-            workers: handles,
-            landed,
-            stats,
-        }
+            landed: Mutex::new(Vec::new()),
+            stats: Arc::new(UploadStats::default()),
+            spare: bounded(workers * 2),
+        });
+        let handles = (0..workers)
+            .map(|_| {
+                let (shared, rx) = (shared.clone(), rx.clone());
+                std::thread::spawn(move || upload_loop(&shared, &rx))
+            })
+            .collect();
+        PackUploader { shared, tx: Some(tx), workers: handles }
     }
 
     /// A packer for one worker thread.
     pub fn packer(&self, kind: BlobKind) -> Packer {
         Packer {
-            repo: self.repo.clone(),
+            repo: self.shared.repo.clone(),
             kind,
-            // Infallible while the uploader lives: `tx` is only taken by `finish`.
             tx: self.tx.clone(),
+            spare: self.shared.spare.1.clone(),
             builder: None,
-            target: self.repo.config().pack_size as usize,
+            target: self.shared.repo.config().pack_size as usize,
         }
     }
 
     /// Live counters.
     pub fn stats(&self) -> Arc<UploadStats> {
-        self.stats.clone()
+        self.shared.stats.clone()
     }
 
     /// Waits for every queued pack to land, then indexes what is left.
@@ -109,16 +109,14 @@ impl PackUploader {
         drop(self.tx.take());
         let mut first_err = None;
         for h in self.workers.drain(..) {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(RepoError::Interrupted("an upload thread panicked")));
+            let r = h.join().unwrap_or(Err(RepoError::Interrupted("an upload thread panicked")));
             if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
         }
         // Index what landed even after a failure: those packs are good.
-        let rest = std::mem::take(&mut *self.landed.lock().unwrap_or_else(|p| p.into_inner()));
-        let indexed = self.runtime.block_on(self.repo.save_index(rest));
+        let rest = std::mem::take(&mut *self.shared.landed.lock().unwrap_or_else(|p| p.into_inner()));
+        let indexed = self.shared.runtime.block_on(self.shared.repo.save_index(rest));
         match first_err {
             Some(e) => Err(e),
             None => indexed.map(|_| ()),
@@ -126,36 +124,23 @@ impl PackUploader {
     }
 }
 
-fn upload_loop(
-    repo: &Repository,
-    runtime: &Handle,
-    rx: &Receiver<FinishedPack>,
-    landed: &Mutex<Vec<IndexedPack>>,
-    stats: &UploadStats,
-) -> Result<(), RepoError> {
+fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) -> Result<(), RepoError> {
     for pack in rx {
         let size = pack.bytes.len() as u64;
-        runtime.block_on(
-            repo.store()
-                .put(&pack_key(&pack.id), Bytes::from(pack.bytes)),
-        )?;
-        stats.packs.fetch_add(1, Ordering::Relaxed);
-        stats.bytes.fetch_add(size, Ordering::Relaxed);
+        let bytes = Bytes::from(pack.bytes);
+        shared.runtime.block_on(shared.repo.store().put(&pack_key(&pack.id), bytes.clone()))?;
+        // The store has let go of its reference: recycle the buffer.
+        if let Ok(buf) = bytes.try_into_mut() {
+            let _ = shared.spare.0.try_send(buf.into());
+        }
+        shared.stats.packs.fetch_add(1, Ordering::Relaxed);
+        shared.stats.bytes.fetch_add(size, Ordering::Relaxed);
         let batch = {
-            let mut l = landed.lock().unwrap_or_else(|p| p.into_inner());
-            l.push(IndexedPack {
-                id: pack.id,
-                seal: pack.seal,
-                size,
-                blobs: pack.blobs,
-            });
-            if l.len() >= INDEX_BATCH {
-                std::mem::take(&mut *l)
-            } else {
-                Vec::new()
-            }
+            let mut l = shared.landed.lock().unwrap_or_else(|p| p.into_inner());
+            l.push(IndexedPack { id: pack.id, seal: pack.seal, size, blobs: pack.blobs });
+            if l.len() >= INDEX_BATCH { std::mem::take(&mut *l) } else { Vec::new() }
         };
-        runtime.block_on(repo.save_index(batch))?;
+        shared.runtime.block_on(shared.repo.save_index(batch))?;
     }
     Ok(())
 }
@@ -165,6 +150,7 @@ pub struct Packer {
     repo: Repository,
     kind: BlobKind,
     tx: Option<Sender<FinishedPack>>,
+    spare: Receiver<Vec<u8>>,
     builder: Option<PackBuilder>,
     target: usize,
 }
@@ -172,14 +158,16 @@ pub struct Packer {
 impl Packer {
     /// Compresses (where it pays), seals and packs a blob; returns the bytes
     /// it will take in the repository.
-    pub fn add(&mut self, id: BlobId, raw: Vec<u8>) -> Result<u64, RepoError> {
-        let raw_len = raw.len();
+    pub fn add(&mut self, id: BlobId, raw: &[u8]) -> Result<u64, RepoError> {
         let payload = compress(raw, self.repo.config().compression_level);
         let mut builder = match self.builder.take() {
             Some(b) => b,
-            None => PackBuilder::new(self.repo.keyring(), self.target)?,
+            None => {
+                let buf = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.target + (1 << 20)));
+                PackBuilder::new(self.repo.keyring(), buf)?
+            }
         };
-        let stored = builder.add(id, self.kind, payload, raw_len)?;
+        let stored = builder.add(id, self.kind, payload, raw.len())?;
         let full = builder.len() >= self.target;
         self.builder = Some(builder);
         if full {
@@ -190,18 +178,12 @@ impl Packer {
 
     /// Sends the pack being built, if any, to the uploaders.
     pub fn flush(&mut self) -> Result<(), RepoError> {
-        let Some(builder) = self.builder.take() else {
-            return Ok(());
-        };
+        let Some(builder) = self.builder.take() else { return Ok(()) };
         if builder.is_empty() {
             return Ok(());
         }
         let pack = builder.finish()?;
         let stopped = || RepoError::Interrupted("the uploaders stopped after an error");
-        self.tx
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(pack)
-            .map_err(|_| stopped())
+        self.tx.as_ref().ok_or_else(stopped)?.send(pack).map_err(|_| stopped())
     }
 }

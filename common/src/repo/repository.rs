@@ -58,27 +58,19 @@ impl Repository {
         let config = RepoConfig::new(hex::encode(random_id_bytes()?));
         let keyring = Keyring::generate()?;
         let wrapped = keyring.wrap(master)?;
-        let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Encode {
-            what: "config",
-            reason: e.to_string(),
-        })?;
+        let config_bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|e| RepoError::Encode { what: "config", reason: e.to_string() })?;
         // Keys first (create-if-absent, so an existing keyring is never
         // replaced): a config without keys would be a repository nobody can open.
         let keys_key = format!("{KEYS_PREFIX}{}", master.id);
-        match store
-            .put_if_absent(&keys_key, json_bytes(&wrapped, "keyring")?)
-            .await
-        {
+        match store.put_if_absent(&keys_key, json_bytes(&wrapped, "keyring")?).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(RepoError::AlreadyInitialised(store.describe()));
             }
             Err(e) => return Err(e.into()),
         }
-        match store
-            .put_if_absent(CONFIG_KEY, Bytes::from(config_bytes))
-            .await
-        {
+        match store.put_if_absent(CONFIG_KEY, Bytes::from(config_bytes)).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 // Another repository was there: take back the keyring we just created.
@@ -87,14 +79,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Repository {
-            inner: Arc::new(Inner {
-                store,
-                config,
-                keyring,
-                index: RwLock::new(Index::default()),
-            }),
-        })
+        Ok(Repository { inner: Arc::new(Inner { store, config, keyring, index: RwLock::new(Index::default()) }) })
     }
 
     /// Opens an existing repository with `master` and loads its index.
@@ -109,28 +94,16 @@ impl Repository {
         let config: RepoConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| RepoError::corrupt(CONFIG_KEY, e))?;
         if config.version != FORMAT_VERSION {
-            return Err(RepoError::UnsupportedVersion {
-                found: config.version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
         }
         let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
-        let repo = Repository {
-            inner: Arc::new(Inner {
-                store,
-                config,
-                keyring,
-                index: RwLock::new(Index::default()),
-            }),
-        };
+        let repo =
+            Repository { inner: Arc::new(Inner { store, config, keyring, index: RwLock::new(Index::default()) }) };
         repo.reload_index().await?;
         Ok(repo)
     }
 
-    async fn unwrap_keyring(
-        store: &dyn ObjectStore,
-        master: &MasterKey,
-    ) -> Result<Keyring, RepoError> {
+    async fn unwrap_keyring(store: &dyn ObjectStore, master: &MasterKey) -> Result<Keyring, RepoError> {
         let own_key = format!("{KEYS_PREFIX}{}", master.id);
         let mut wanted = Vec::new();
         for meta in store.list(KEYS_PREFIX).await? {
@@ -142,35 +115,21 @@ impl Repository {
             }
             wanted.push(wrapped.master_key_id.to_string());
         }
-        Err(CryptoError::WrongKey {
-            have: master.id,
-            wanted: wanted.join(", "),
-        }
-        .into())
+        Err(CryptoError::WrongKey { have: master.id, wanted: wanted.join(", ") }.into())
     }
 
     /// Wraps the keyring under `new` as well, then removes `old`'s copy:
     /// rotating a master key rewrites one small object, no data.
-    pub async fn rotate_master_key(
-        &self,
-        old: &MasterKey,
-        new: &MasterKey,
-    ) -> Result<(), RepoError> {
+    pub async fn rotate_master_key(&self, old: &MasterKey, new: &MasterKey) -> Result<(), RepoError> {
         let wrapped = self.inner.keyring.wrap(new)?;
         let new_key = format!("{KEYS_PREFIX}{}", new.id);
-        self.inner
-            .store
-            .put(&new_key, json_bytes(&wrapped, "keyring")?)
-            .await?;
+        self.inner.store.put(&new_key, json_bytes(&wrapped, "keyring")?).await?;
         // Read back before deleting the old copy, so a failure never leaves no key.
         let check: WrappedKeyring = serde_json::from_slice(&self.inner.store.get(&new_key).await?)
             .map_err(|e| RepoError::corrupt(&new_key, e))?;
         check.unwrap_with(new)?;
         if old.id != new.id {
-            self.inner
-                .store
-                .delete(&format!("{KEYS_PREFIX}{}", old.id))
-                .await?;
+            self.inner.store.delete(&format!("{KEYS_PREFIX}{}", old.id)).await?;
         }
         Ok(())
     }
@@ -228,46 +187,22 @@ impl Repository {
             return Ok(None);
         }
         let file = IndexFile { packs };
-        let payload = postcard::to_allocvec(&file).map_err(|e| RepoError::Encode {
-            what: "index",
-            reason: e.to_string(),
-        })?;
+        let payload =
+            postcard::to_allocvec(&file).map_err(|e| RepoError::Encode { what: "index", reason: e.to_string() })?;
         let id = IndexId(random_id_bytes()?);
-        let sealed = object::seal(
-            &self.inner.keyring,
-            "index",
-            payload,
-            self.inner.config.compression_level,
-        )?;
-        self.inner
-            .store
-            .put(&index_key(&id), Bytes::from(sealed))
-            .await?;
-        self.inner
-            .index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(file);
+        let sealed = object::seal(&self.inner.keyring, "index", payload, self.inner.config.compression_level)?;
+        self.inner.store.put(&index_key(&id), Bytes::from(sealed)).await?;
+        self.inner.index.write().unwrap_or_else(|p| p.into_inner()).add(file);
         Ok(Some(id))
     }
 
     /// Writes a snapshot manifest: the step that makes a backup visible.
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
-        let payload = serde_json::to_vec(snapshot).map_err(|e| RepoError::Encode {
-            what: "snapshot",
-            reason: e.to_string(),
-        })?;
+        let payload =
+            serde_json::to_vec(snapshot).map_err(|e| RepoError::Encode { what: "snapshot", reason: e.to_string() })?;
         let id = SnapshotId(random_id_bytes()?);
-        let sealed = object::seal(
-            &self.inner.keyring,
-            "snapshot",
-            payload,
-            self.inner.config.compression_level,
-        )?;
-        self.inner
-            .store
-            .put_if_absent(&snapshot_key(&id), Bytes::from(sealed))
-            .await?;
+        let sealed = object::seal(&self.inner.keyring, "snapshot", payload, self.inner.config.compression_level)?;
+        self.inner.store.put_if_absent(&snapshot_key(&id), Bytes::from(sealed)).await?;
         Ok(id)
     }
 
@@ -283,11 +218,7 @@ impl Repository {
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
         let mut out = Vec::new();
         for meta in self.inner.store.list(SNAPSHOTS_PREFIX).await? {
-            let Some(id) = meta
-                .key
-                .strip_prefix(SNAPSHOTS_PREFIX)
-                .and_then(|s| s.parse::<SnapshotId>().ok())
-            else {
+            let Some(id) = meta.key.strip_prefix(SNAPSHOTS_PREFIX).and_then(|s| s.parse::<SnapshotId>().ok()) else {
                 continue;
             };
             out.push((id, self.load_snapshot(&id).await?));
@@ -300,21 +231,16 @@ impl Repository {
     pub async fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot), RepoError> {
         let all = self.snapshots().await?;
         if spec == "latest" {
-            return all.into_iter().next_back().ok_or_else(|| {
-                RepoError::SnapshotLookup("latest: the repository has no snapshots".into())
-            });
+            return all
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| RepoError::SnapshotLookup("latest: the repository has no snapshots".into()));
         }
-        let mut matches = all
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&spec.to_lowercase()));
+        let mut matches = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec.to_lowercase()));
         match (matches.next(), matches.next()) {
             (Some(found), None) if !spec.is_empty() => Ok(found),
-            (None, _) => Err(RepoError::SnapshotLookup(format!(
-                "{spec}: no such snapshot"
-            ))),
-            _ => Err(RepoError::SnapshotLookup(format!(
-                "{spec}: prefix matches several snapshots"
-            ))),
+            (None, _) => Err(RepoError::SnapshotLookup(format!("{spec}: no such snapshot"))),
+            _ => Err(RepoError::SnapshotLookup(format!("{spec}: prefix matches several snapshots"))),
         }
     }
 
@@ -322,9 +248,7 @@ impl Repository {
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let (seal, blob, key) = {
             let index = self.index();
-            let loc = index
-                .get(id)
-                .ok_or_else(|| RepoError::BlobNotIndexed(id.to_hex()))?;
+            let loc = index.get(id).ok_or_else(|| RepoError::BlobNotIndexed(id.to_hex()))?;
             (loc.pack.seal, loc.blob.clone(), pack_key(&loc.pack.id))
         };
         let sealed = self.inner.store.get_range(&key, blob.range()).await?;
@@ -339,12 +263,7 @@ impl Repository {
 }
 
 fn json_bytes<T: serde::Serialize>(value: &T, what: &'static str) -> Result<Bytes, RepoError> {
-    serde_json::to_vec_pretty(value)
-        .map(Bytes::from)
-        .map_err(|e| RepoError::Encode {
-            what,
-            reason: e.to_string(),
-        })
+    serde_json::to_vec_pretty(value).map(Bytes::from).map_err(|e| RepoError::Encode { what, reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -358,18 +277,13 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
         let master = MasterKey::generate().unwrap();
         let repo = Repository::init(store.clone(), &master).await.unwrap();
-        assert!(matches!(
-            Repository::init(store.clone(), &master).await,
-            Err(RepoError::AlreadyInitialised(_))
-        ));
+        assert!(matches!(Repository::init(store.clone(), &master).await, Err(RepoError::AlreadyInitialised(_))));
         let chunk_key = repo.keyring().chunk_id_key.clone();
         let reopened = Repository::open(store.clone(), &master).await.unwrap();
         assert_eq!(reopened.keyring().chunk_id_key, chunk_key);
 
         let stranger = MasterKey::generate().unwrap();
-        let err = Repository::open(store.clone(), &stranger)
-            .await
-            .unwrap_err();
+        let err = Repository::open(store.clone(), &stranger).await.unwrap_err();
         assert!(err.to_string().starts_with("wrong key"), "{err}");
 
         let next = MasterKey::generate().unwrap();
@@ -383,9 +297,7 @@ mod tests {
     async fn open_missing_repository() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("nothing")));
-        let err = Repository::open(store, &MasterKey::generate().unwrap())
-            .await
-            .unwrap_err();
+        let err = Repository::open(store, &MasterKey::generate().unwrap()).await.unwrap_err();
         assert!(matches!(err, RepoError::NotInitialised(_)), "{err}");
     }
 }

@@ -88,23 +88,16 @@ pub struct Tree {
 impl Tree {
     /// The stored form.
     pub fn encode(&self) -> Result<Vec<u8>, RepoError> {
-        postcard::to_allocvec(self).map_err(|e| RepoError::Encode {
-            what: "tree",
-            reason: e.to_string(),
-        })
+        postcard::to_allocvec(self).map_err(|e| RepoError::Encode { what: "tree", reason: e.to_string() })
     }
 
     /// Parses a stored tree; `id` names it in errors.
     pub fn decode(id: &BlobId, bytes: &[u8]) -> Result<Self, RepoError> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| RepoError::corrupt(format!("tree {}", id.short()), e))
+        postcard::from_bytes(bytes).map_err(|e| RepoError::corrupt(format!("tree {}", id.short()), e))
     }
 
     /// The entry called `name`.
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
     }
 }

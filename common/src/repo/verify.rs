@@ -49,19 +49,8 @@ pub async fn verify(
     }
 
     // Every indexed pack exists with the size the index records.
-    let stored: HashMap<String, u64> = repo
-        .store()
-        .list("data/")
-        .await?
-        .into_iter()
-        .map(|m| (m.key, m.size))
-        .collect();
-    let indexed: Vec<(PackId, u64)> = repo
-        .index()
-        .packs()
-        .iter()
-        .map(|p| (p.id, p.size))
-        .collect();
+    let stored: HashMap<String, u64> = repo.store().list("data/").await?.into_iter().map(|m| (m.key, m.size)).collect();
+    let indexed: Vec<(PackId, u64)> = repo.index().packs().iter().map(|p| (p.id, p.size)).collect();
     let indexed_keys: HashSet<String> = indexed.iter().map(|(id, _)| pack_key(id)).collect();
     report.unindexed_packs = stored.keys().filter(|k| !indexed_keys.contains(*k)).count() as u64;
     let mut present = Vec::new();
@@ -70,9 +59,9 @@ pub async fn verify(
         let key = pack_key(id);
         match stored.get(&key) {
             None => report.problems.push(format!("pack {key} is missing")),
-            Some(&s) if s != *size => report.problems.push(format!(
-                "pack {key} is {s} bytes, the index says {size} (truncated or altered)"
-            )),
+            Some(&s) if s != *size => {
+                report.problems.push(format!("pack {key} is {s} bytes, the index says {size} (truncated or altered)"))
+            }
             Some(_) => present.push(*id),
         }
     }
@@ -99,9 +88,7 @@ async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<
             let tree = match repo.load_tree(&tree_id).await {
                 Ok(t) => t,
                 Err(e) => {
-                    report
-                        .problems
-                        .push(format!("snapshot {}: directory {path}: {e}", sid.short()));
+                    report.problems.push(format!("snapshot {}: directory {path}: {e}", sid.short()));
                     continue;
                 }
             };
@@ -134,9 +121,7 @@ async fn read_packs(
     report: &mut VerifyReport,
     on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<(), RepoError> {
-    let parallel = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut set = tokio::task::JoinSet::new();
     let mut queue = packs.into_iter();
     loop {
@@ -151,8 +136,7 @@ async fn read_packs(
                 };
                 on_bytes(bytes.len() as u64);
                 let len = bytes.len() as u64;
-                let checked =
-                    tokio::task::spawn_blocking(move || check_pack(&repo, &id, &key, &bytes)).await;
+                let checked = tokio::task::spawn_blocking(move || check_pack(&repo, &id, &key, &bytes)).await;
                 match checked {
                     Ok((blobs, problems)) => (len, blobs, problems),
                     Err(e) => (len, 0, vec![format!("checking pack {id}: {e}")]),
@@ -162,8 +146,7 @@ async fn read_packs(
         let Some(done) = set.join_next().await else {
             break;
         };
-        let (bytes, blobs, problems) =
-            done.unwrap_or_else(|e| (0, 0, vec![format!("verify task failed: {e}")]));
+        let (bytes, blobs, problems) = done.unwrap_or_else(|e| (0, 0, vec![format!("verify task failed: {e}")]));
         report.bytes_read += bytes;
         report.blobs_read += blobs;
         report.problems.extend(problems);
@@ -174,9 +157,7 @@ async fn read_packs(
 fn check_pack(repo: &Repository, id: &PackId, key: &str, bytes: &[u8]) -> (u64, Vec<String>) {
     let mut problems = Vec::new();
     if blake3::hash(bytes).as_bytes() != &id.0 {
-        problems.push(format!(
-            "pack {key}: content does not match its id (altered on storage)"
-        ));
+        problems.push(format!("pack {key}: content does not match its id (altered on storage)"));
     }
     let (seal, blobs) = match read_header(repo.keyring(), key, bytes) {
         Ok(h) => h,
@@ -188,13 +169,7 @@ fn check_pack(repo: &Repository, id: &PackId, key: &str, bytes: &[u8]) -> (u64, 
     let mut checked = 0;
     for blob in &blobs {
         let r = blob.range();
-        match open_blob(
-            repo.keyring(),
-            &seal,
-            blob,
-            &bytes[r.start as usize..r.end as usize],
-            key,
-        ) {
+        match open_blob(repo.keyring(), &seal, blob, &bytes[r.start as usize..r.end as usize], key) {
             Ok(_) => checked += 1,
             Err(e) => problems.push(e.to_string()),
         }

@@ -42,36 +42,19 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
-    fn io_err(
-        &self,
-        op: &'static str,
-        what: impl std::fmt::Display,
-        source: io::Error,
-    ) -> StoreError {
-        StoreError::Io {
-            store: self.describe(),
-            op,
-            what: what.to_string(),
-            source,
-        }
+    fn io_err(&self, op: &'static str, what: impl std::fmt::Display, source: io::Error) -> StoreError {
+        StoreError::Io { store: self.describe(), op, what: what.to_string(), source }
     }
 
     fn not_found(&self, key: &str) -> StoreError {
-        StoreError::NotFound {
-            store: self.describe(),
-            key: key.to_owned(),
-        }
+        StoreError::NotFound { store: self.describe(), key: key.to_owned() }
     }
 
     /// Writes `data` to a fresh temporary file beside `dest` and fsyncs it.
     fn write_temp(&self, dest: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
         let dir = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(|e| self.io_err("creating directory", dir.display(), e))?;
-        let name = format!(
-            "{TEMP_PREFIX}{}-{}",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{TEMP_PREFIX}{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed));
         let tmp = dir.join(name);
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -86,9 +69,7 @@ impl LocalStore {
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.io_err("syncing directory", dir.display(), e))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.io_err("syncing directory", dir.display(), e))
     }
 
     fn put_blocking(&self, key: &str, data: &[u8], if_absent: bool) -> Result<(), StoreError> {
@@ -105,10 +86,7 @@ impl LocalStore {
         match placed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::AlreadyExists {
-                    store: self.describe(),
-                    key: key.to_owned(),
-                });
+                return Err(StoreError::AlreadyExists { store: self.describe(), key: key.to_owned() });
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -118,37 +96,20 @@ impl LocalStore {
         self.sync_dir(dest.parent().unwrap_or(&self.root))
     }
 
-    fn get_range_blocking(
-        &self,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> Result<Bytes, StoreError> {
+    fn get_range_blocking(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
         let path = self.path_of(key)?;
         let mut f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(key)),
             Err(e) => return Err(self.io_err("opening", path.display(), e)),
         };
-        let size = f
-            .metadata()
-            .map_err(|e| self.io_err("reading size of", path.display(), e))?
-            .len();
+        let size = f.metadata().map_err(|e| self.io_err("reading size of", path.display(), e))?.len();
         let range = range.unwrap_or(0..size);
         if range.end > size || range.start > range.end {
-            return Err(StoreError::Truncated {
-                store: self.describe(),
-                key: key.to_owned(),
-                size,
-                wanted: range.end,
-            });
+            return Err(StoreError::Truncated { store: self.describe(), key: key.to_owned(), size, wanted: range.end });
         }
-        let len = usize::try_from(range.end - range.start).map_err(|_| {
-            self.io_err(
-                "reading",
-                path.display(),
-                io::Error::other("range too large"),
-            )
-        })?;
+        let len = usize::try_from(range.end - range.start)
+            .map_err(|_| self.io_err("reading", path.display(), io::Error::other("range too large")))?;
         let mut buf = vec![0u8; len];
         f.seek(SeekFrom::Start(range.start))
             .and_then(|_| f.read_exact(&mut buf))
@@ -162,11 +123,7 @@ impl LocalStore {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let start = if dir_part.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(dir_part)
-        };
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
         let mut out = Vec::new();
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
@@ -182,9 +139,7 @@ impl LocalStore {
                 if name.starts_with(TEMP_PREFIX) {
                     continue;
                 }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| self.io_err("reading", entry.path().display(), e))?;
+                let meta = entry.metadata().map_err(|e| self.io_err("reading", entry.path().display(), e))?;
                 if meta.is_dir() {
                     stack.push(entry.path());
                     continue;
@@ -195,10 +150,7 @@ impl LocalStore {
                 };
                 let Some(key) = rel.to_str() else { continue };
                 if key.starts_with(prefix) {
-                    out.push(ObjectMeta {
-                        key: key.to_owned(),
-                        size: meta.len(),
-                    });
+                    out.push(ObjectMeta { key: key.to_owned(), size: meta.len() });
                 }
             }
         }
@@ -279,31 +231,13 @@ mod tests {
     async fn put_get_list_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        store
-            .put("data/ab/abc", Bytes::from_static(b"hello world"))
-            .await
-            .unwrap();
-        store
-            .put("snapshots/s1", Bytes::from_static(b"s"))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.get("data/ab/abc").await.unwrap(),
-            Bytes::from_static(b"hello world")
-        );
-        assert_eq!(
-            store.get_range("data/ab/abc", 6..11).await.unwrap(),
-            Bytes::from_static(b"world")
-        );
+        store.put("data/ab/abc", Bytes::from_static(b"hello world")).await.unwrap();
+        store.put("snapshots/s1", Bytes::from_static(b"s")).await.unwrap();
+        assert_eq!(store.get("data/ab/abc").await.unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(store.get_range("data/ab/abc", 6..11).await.unwrap(), Bytes::from_static(b"world"));
         assert_eq!(store.head("data/ab/abc").await.unwrap(), 11);
         let listed = store.list("data/").await.unwrap();
-        assert_eq!(
-            listed,
-            vec![ObjectMeta {
-                key: "data/ab/abc".into(),
-                size: 11
-            }]
-        );
+        assert_eq!(listed, vec![ObjectMeta { key: "data/ab/abc".into(), size: 11 }]);
         assert_eq!(store.list("").await.unwrap().len(), 2);
         store.delete("data/ab/abc").await.unwrap();
         store.delete("data/ab/abc").await.unwrap();
@@ -314,19 +248,10 @@ mod tests {
     async fn put_if_absent_refuses_second_write() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        store
-            .put_if_absent("config", Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        let err = store
-            .put_if_absent("config", Bytes::from_static(b"two"))
-            .await
-            .unwrap_err();
+        store.put_if_absent("config", Bytes::from_static(b"one")).await.unwrap();
+        let err = store.put_if_absent("config", Bytes::from_static(b"two")).await.unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
-        assert_eq!(
-            store.get("config").await.unwrap(),
-            Bytes::from_static(b"one")
-        );
+        assert_eq!(store.get("config").await.unwrap(), Bytes::from_static(b"one"));
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -335,21 +260,8 @@ mod tests {
     async fn range_past_end_is_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        store
-            .put("data/x", Bytes::from_static(b"12345"))
-            .await
-            .unwrap();
+        store.put("data/x", Bytes::from_static(b"12345")).await.unwrap();
         let err = store.get_range("data/x", 2..9).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Truncated {
-                    size: 5,
-                    wanted: 9,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, StoreError::Truncated { size: 5, wanted: 9, .. }), "{err}");
     }
 }

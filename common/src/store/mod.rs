@@ -26,12 +26,7 @@ pub enum StoreError {
     AlreadyExists { store: String, key: String },
     /// A ranged read asked for bytes past the object's end (a truncated object).
     #[error("object {key} in {store} is {size} bytes, shorter than the {wanted} bytes asked for")]
-    Truncated {
-        store: String,
-        key: String,
-        size: u64,
-        wanted: u64,
-    },
+    Truncated { store: String, key: String, size: u64, wanted: u64 },
     /// The key is not a valid object name.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
@@ -93,20 +88,14 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
 /// Rejects keys that could escape the store's namespace.
 pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
-    let invalid = |reason| StoreError::InvalidKey {
-        key: key.to_owned(),
-        reason,
-    };
+    let invalid = |reason| StoreError::InvalidKey { key: key.to_owned(), reason };
     if key.is_empty() {
         return Err(invalid("empty"));
     }
     if key.starts_with('/') || key.ends_with('/') {
         return Err(invalid("leading or trailing '/'"));
     }
-    if key
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
+    if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
         return Err(invalid("empty, '.' or '..' component"));
     }
     if key.contains('\0') {

@@ -39,27 +39,11 @@ mod tests {
 
     #[test]
     fn locations() {
-        assert!(
-            open_location("/tmp/repo")
-                .unwrap()
-                .describe()
-                .contains("/tmp/repo")
-        );
-        assert!(
-            open_location("file:///tmp/repo")
-                .unwrap()
-                .describe()
-                .contains("/tmp/repo")
-        );
+        assert!(open_location("/tmp/repo").unwrap().describe().contains("/tmp/repo"));
+        assert!(open_location("file:///tmp/repo").unwrap().describe().contains("/tmp/repo"));
         assert!(open_location("relative/repo").is_ok());
-        assert!(matches!(
-            open_location("file://host/x"),
-            Err(LocationError::Unsupported(_))
-        ));
-        assert!(matches!(
-            open_location("ftp://x"),
-            Err(LocationError::Unsupported(_))
-        ));
+        assert!(matches!(open_location("file://host/x"), Err(LocationError::Unsupported(_))));
+        assert!(matches!(open_location("ftp://x"), Err(LocationError::Unsupported(_))));
         assert!(matches!(open_location(" "), Err(LocationError::Empty)));
     }
 }

@@ -1,0 +1,244 @@
+//! File-tree benchmark: Lifeboat beside restic on the same generated tree,
+//! in the same run. Prints wall time, repository size and peak memory for
+//! each step, and the ratios.
+//!
+//! Run through `deploy/bench-files.sh` (builds release binaries first).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use lifeboat_integration_tests::tree_gen::{TreeSpec, apply_day_of_changes, generate_tree};
+
+struct Measured {
+    secs: f64,
+    peak_rss_kib: i64,
+}
+
+/// Runs a command to completion and returns its wall time and peak RSS.
+fn measure(cmd: &mut Command) -> Result<Measured> {
+    let started = Instant::now();
+    let child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped; the pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = started.elapsed().as_secs_f64();
+    if r != pid {
+        bail!("waiting for {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{cmd:?} failed ({status}): {err}");
+    }
+    Ok(Measured { secs, peak_rss_kib: usage.ru_maxrss })
+}
+
+fn du(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else { continue };
+        if m.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else {
+            total += m.len();
+        }
+    }
+    total
+}
+
+trait Tool {
+    fn name(&self) -> &'static str;
+    fn init(&self) -> Result<()>;
+    fn backup(&self, src: &Path) -> Result<Measured>;
+    fn restore(&self, target: &Path) -> Result<Measured>;
+    fn repo(&self) -> &Path;
+}
+
+struct Lifeboat {
+    bin: PathBuf,
+    repo: PathBuf,
+    key: PathBuf,
+}
+
+impl Lifeboat {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("LIFEBOAT_REPO", &self.repo).env("LIFEBOAT_KEY_FILE", &self.key);
+        c
+    }
+}
+
+impl Tool for Lifeboat {
+    fn name(&self) -> &'static str {
+        "lifeboat"
+    }
+    fn init(&self) -> Result<()> {
+        measure(self.cmd().args(["key", "generate", "--out"]).arg(&self.key))?;
+        measure(self.cmd().args(["repo", "init"]))?;
+        Ok(())
+    }
+    fn backup(&self, src: &Path) -> Result<Measured> {
+        measure(self.cmd().args(["backup", "files"]).arg(src))
+    }
+    fn restore(&self, target: &Path) -> Result<Measured> {
+        measure(self.cmd().args(["restore", "latest", "--target"]).arg(target))
+    }
+    fn repo(&self) -> &Path {
+        &self.repo
+    }
+}
+
+struct Restic {
+    repo: PathBuf,
+}
+
+impl Restic {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("restic");
+        c.env("RESTIC_REPOSITORY", &self.repo)
+            .env("RESTIC_PASSWORD", "benchmark")
+            .env("RESTIC_CACHE_DIR", self.repo.with_extension("cache"))
+            .arg("--quiet");
+        c
+    }
+}
+
+impl Tool for Restic {
+    fn name(&self) -> &'static str {
+        "restic"
+    }
+    fn init(&self) -> Result<()> {
+        measure(self.cmd().arg("init"))?;
+        Ok(())
+    }
+    fn backup(&self, src: &Path) -> Result<Measured> {
+        measure(self.cmd().arg("backup").arg(src))
+    }
+    fn restore(&self, target: &Path) -> Result<Measured> {
+        measure(self.cmd().args(["restore", "latest", "--target"]).arg(target))
+    }
+    fn repo(&self) -> &Path {
+        &self.repo
+    }
+}
+
+struct Row {
+    step: &'static str,
+    results: Vec<(f64, i64, u64)>,
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let work = PathBuf::from(args.next().unwrap_or_else(|| "/tmp/lifeboat-bench-files".into()));
+    let gib: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.0);
+    let bin = std::env::current_exe()?.with_file_name("lifeboat");
+    if !bin.exists() {
+        bail!("{} not found: build it first (cargo build --release -p lifeboat)", bin.display());
+    }
+    which_restic()?;
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    let src = work.join("src");
+    let spec = TreeSpec::app_node(gib);
+    let t = Instant::now();
+    let made = generate_tree(&src, &spec)?;
+    println!(
+        "generated {} files, {:.2} GiB in {:.1}s at {}",
+        made.files,
+        made.bytes as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64(),
+        src.display()
+    );
+
+    let tools: Vec<Box<dyn Tool>> = vec![
+        Box::new(Lifeboat { bin, repo: work.join("lifeboat-repo"), key: work.join("lifeboat.key") }),
+        Box::new(Restic { repo: work.join("restic-repo") }),
+    ];
+    for tool in &tools {
+        tool.init()?;
+    }
+    let mut rows = Vec::new();
+    for (step, change) in [("first backup", false), ("unchanged backup", false), ("after a day of changes", true)] {
+        if change {
+            apply_day_of_changes(&src, &spec)?;
+        }
+        let mut results = Vec::new();
+        for tool in &tools {
+            sync_and_settle();
+            let m = tool.backup(&src).with_context(|| format!("{} {step}", tool.name()))?;
+            results.push((m.secs, m.peak_rss_kib, du(tool.repo())));
+        }
+        rows.push(Row { step, results });
+    }
+    let mut results = Vec::new();
+    for tool in &tools {
+        let target = work.join(format!("restore-{}", tool.name()));
+        sync_and_settle();
+        let m = tool.restore(&target).with_context(|| format!("{} restore", tool.name()))?;
+        results.push((m.secs, m.peak_rss_kib, du(tool.repo())));
+        fs::remove_dir_all(&target).ok();
+    }
+    rows.push(Row { step: "full restore", results });
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\n{:<24} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12} {:>12}",
+        "step", "lifeboat s", "restic s", "speedup", "lb MiB", "restic MiB", "lb repo MiB", "restic MiB"
+    )?;
+    for r in &rows {
+        let (l, x) = (r.results[0], r.results[1]);
+        writeln!(
+            out,
+            "{:<24} {:>10.2} {:>10.2} {:>7.2}x {:>10.1} {:>10.1} {:>12.1} {:>12.1}",
+            r.step,
+            l.0,
+            x.0,
+            x.0 / l.0,
+            l.1 as f64 / 1024.0,
+            x.1 as f64 / 1024.0,
+            l.2 as f64 / (1 << 20) as f64,
+            x.2 as f64 / (1 << 20) as f64
+        )?;
+    }
+    let (lb_repo, restic_repo) = (rows[2].results[0].2, rows[2].results[1].2);
+    let peak = rows.iter().map(|r| r.results[0].1).max().unwrap_or(0);
+    writeln!(
+        out,
+        "\nrepository size lifeboat/restic: {:.3}; lifeboat peak memory {:.1} MiB",
+        lb_repo as f64 / restic_repo as f64,
+        peak as f64 / 1024.0
+    )?;
+    if std::env::var_os("KEEP").is_none() {
+        fs::remove_dir_all(&work).ok();
+    }
+    Ok(())
+}
+
+fn which_restic() -> Result<()> {
+    let ok = Command::new("restic").arg("version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        bail!("restic is not installed: run deploy/services.sh install (apt-get install restic)");
+    }
+    Ok(())
+}
+
+/// Flushes dirty pages so one tool's writes are not charged to the next.
+fn sync_and_settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
