@@ -6,8 +6,26 @@ use std::str::FromStr;
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub [u8; 32]);
+
+        // Hex in human-readable formats (JSON), raw bytes in binary ones.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { self.0.serialize(s) }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; 32]>::deserialize(d).map($name)
+                }
+            }
+        }
 
         impl $name {
             /// Lower-case hex, 64 digits.
@@ -83,5 +101,11 @@ mod tests {
         assert_eq!(id.to_hex().parse::<BlobId>().unwrap(), id);
         assert_eq!(id.short(), "abababab");
         assert!("xyz".parse::<PackId>().is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", id.to_hex()));
+        assert_eq!(serde_json::from_str::<BlobId>(&json).unwrap(), id);
+        let bin = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(bin.len(), 32);
+        assert_eq!(postcard::from_bytes::<BlobId>(&bin).unwrap(), id);
     }
 }
