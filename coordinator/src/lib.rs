@@ -1,1 +1,1 @@
-//! placeholder
+//! The coordinator: policy, schedules, retention, drills and failover (the control-plane issue builds it here).

@@ -99,7 +99,7 @@ fn log_text(r: &mut Xoshiro256PlusPlus, len: usize) -> Vec<u8> {
             x.rotate_left(17) & 0xffff_ffff,
             paths[((x >> 35) % 5) as usize],
             (x >> 38) % 5000,
-            if (x >> 50) % 50 == 0 { 500 } else { 200 },
+            if (x >> 50).is_multiple_of(50) { 500 } else { 200 },
             (x >> 52) % 900
         );
     }

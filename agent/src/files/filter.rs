@@ -47,7 +47,7 @@ impl Filter {
 
     /// True if the entry at `path` (any kind) is excluded.
     pub fn excluded(&self, path: &Path) -> bool {
-        let name = path.file_name().map(|n| Path::new(n));
+        let name = path.file_name().map(Path::new);
         self.exclude_path.is_match(path) || name.is_some_and(|n| self.exclude_name.is_match(n))
     }
 
@@ -57,7 +57,7 @@ impl Filter {
         if !self.has_includes {
             return true;
         }
-        let name = path.file_name().map(|n| Path::new(n));
+        let name = path.file_name().map(Path::new);
         self.include_path.is_match(path) || name.is_some_and(|n| self.include_name.is_match(n))
     }
 }
