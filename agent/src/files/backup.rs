@@ -64,6 +64,7 @@ pub struct BackupOutcome {
 }
 
 /// Backs up file trees into `repo` and writes a snapshot.
+#[tracing::instrument(skip_all, fields(paths = ?opts.paths))]
 pub async fn backup_files(
     repo: &Repository,
     opts: BackupOptions,
@@ -110,6 +111,7 @@ pub async fn backup_files(
         summary,
     };
     let id = repo.save_snapshot(&snapshot).await?;
+    tracing::info!(snapshot = %id, files = snapshot.summary.files, bytes_new = snapshot.summary.bytes_new, "backup saved");
     Ok(BackupOutcome { id, snapshot, warnings })
 }
 

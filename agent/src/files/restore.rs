@@ -81,6 +81,7 @@ struct Plan {
 type Targets = Vec<(usize, u64)>;
 
 /// Restores a snapshot (or part of it) into `opts.target`.
+#[tracing::instrument(skip_all, fields(target = %opts.target.display(), path = ?opts.sub_path))]
 pub async fn restore_files(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -238,17 +239,22 @@ fn execute(
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = if opts.threads == 0 { (cores * 2).max(4) } else { opts.threads };
-    let failed = Mutex::new(failed);
-    let bytes = AtomicU64::new(0);
+    let writer = DataWriter {
+        repo,
+        runtime,
+        files: &plan.files,
+        failed: Mutex::new(failed),
+        bytes: AtomicU64::new(0),
+        progress,
+    };
     let fatal: Mutex<Option<FilesError>> = Mutex::new(None);
     let (tx, rx) = bounded::<(PackId, PackSeal, Vec<(PackBlob, Targets)>)>(threads);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            let rx = rx.clone();
-            let (failed, bytes, fatal, files) = (&failed, &bytes, &fatal, &plan.files);
+            let (rx, writer, fatal) = (rx.clone(), &writer, &fatal);
             s.spawn(move || {
                 for (pack, seal, blobs) in rx {
-                    if let Err(e) = restore_pack(repo, runtime, pack, &seal, blobs, files, failed, bytes, progress) {
+                    if let Err(e) = writer.restore_pack(pack, &seal, blobs) {
                         fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         return;
                     }
@@ -267,9 +273,9 @@ fn execute(
     if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    report.bytes = bytes.load(Ordering::Relaxed);
+    report.bytes = writer.bytes.load(Ordering::Relaxed);
 
-    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
+    let failed = writer.failed.into_inner().unwrap_or_else(|p| p.into_inner());
     for (i, f) in plan.files.iter().enumerate() {
         if let Some(why) = failed.get(&i) {
             // A file with a hole where a chunk should be must not pass for restored.
@@ -326,56 +332,62 @@ fn execute(
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_pack(
-    repo: &Repository,
-    runtime: &Handle,
-    pack: PackId,
-    seal: &PackSeal,
-    blobs: Vec<(PackBlob, Targets)>,
-    files: &[PlannedFile],
-    failed: &Mutex<HashMap<usize, String>>,
-    bytes: &AtomicU64,
-    progress: &Progress,
-) -> Result<(), FilesError> {
-    let key = pack_key(&pack);
-    let mut i = 0;
-    while i < blobs.len() {
-        // Merge neighbouring blobs into one ranged read.
-        let start = u64::from(blobs[i].0.offset);
-        let mut end = blobs[i].0.range().end;
-        let mut j = i + 1;
-        while j < blobs.len() && u64::from(blobs[j].0.offset) <= end + MERGE_GAP {
-            end = end.max(blobs[j].0.range().end);
-            j += 1;
-        }
-        let fetched = runtime.block_on(repo.store().get_range(&key, start..end));
-        for (blob, targets) in &blobs[i..j] {
-            let data = fetched.as_ref().map_err(|e| e.to_string()).and_then(|range| {
-                let r = blob.range();
-                let slice = &range[(r.start - start) as usize..(r.end - start) as usize];
-                open_blob(repo.keyring(), seal, blob, slice, &key).map_err(|e| e.to_string())
-            });
-            match data {
-                Ok(data) => {
-                    for &(file, offset) in targets {
-                        let path = &files[file].path;
-                        write_at(path, &data, offset)?;
-                        bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        progress.bytes(data.len() as u64);
+/// Writes blobs into the files that need them; shared by the restore workers.
+struct DataWriter<'a> {
+    repo: &'a Repository,
+    runtime: &'a Handle,
+    files: &'a [PlannedFile],
+    /// Files that could not be restored, by index, with the reason.
+    failed: Mutex<HashMap<usize, String>>,
+    bytes: AtomicU64,
+    progress: &'a Progress,
+}
+
+impl DataWriter<'_> {
+    /// Fetches the blobs of one pack (neighbours in one ranged read) and
+    /// writes each where it belongs. A bad blob fails only the files that
+    /// need it; an error writing the target stops the restore.
+    fn restore_pack(&self, pack: PackId, seal: &PackSeal, blobs: Vec<(PackBlob, Targets)>) -> Result<(), FilesError> {
+        let (repo, files) = (self.repo, self.files);
+        let key = pack_key(&pack);
+        let mut i = 0;
+        while i < blobs.len() {
+            // Merge neighbouring blobs into one ranged read.
+            let start = u64::from(blobs[i].0.offset);
+            let mut end = blobs[i].0.range().end;
+            let mut j = i + 1;
+            while j < blobs.len() && u64::from(blobs[j].0.offset) <= end + MERGE_GAP {
+                end = end.max(blobs[j].0.range().end);
+                j += 1;
+            }
+            let fetched = self.runtime.block_on(repo.store().get_range(&key, start..end));
+            for (blob, targets) in &blobs[i..j] {
+                let data = fetched.as_ref().map_err(|e| e.to_string()).and_then(|range| {
+                    let r = blob.range();
+                    let slice = &range[(r.start - start) as usize..(r.end - start) as usize];
+                    open_blob(repo.keyring(), seal, blob, slice, &key).map_err(|e| e.to_string())
+                });
+                match data {
+                    Ok(data) => {
+                        for &(file, offset) in targets {
+                            let path = &files[file].path;
+                            write_at(path, &data, offset)?;
+                            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            self.progress.bytes(data.len() as u64);
+                        }
                     }
-                }
-                Err(why) => {
-                    let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
-                    for &(file, _) in targets {
-                        failed.entry(file).or_insert_with(|| format!("{}: {why}", files[file].path.display()));
+                    Err(why) => {
+                        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                        for &(file, _) in targets {
+                            failed.entry(file).or_insert_with(|| format!("{}: {why}", files[file].path.display()));
+                        }
                     }
                 }
             }
+            i = j;
         }
-        i = j;
+        Ok(())
     }
-    Ok(())
 }
 
 fn write_at(path: &Path, data: &[u8], offset: u64) -> Result<(), FilesError> {

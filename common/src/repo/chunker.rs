@@ -66,8 +66,9 @@ impl Chunker {
         mut each: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         // Keep at least `max` bytes ahead of the cursor until end of input, so
-        // every cut is the one FastCDC would make over the whole stream.
-        let cap = self.max * 2;
+        // every cut is the one FastCDC would make over the whole stream; a
+        // buffer of 4×max keeps the tail copied on each refill small.
+        let cap = self.max * 4;
         if self.buf.len() != cap {
             self.buf = vec![0u8; cap];
         }

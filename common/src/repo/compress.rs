@@ -1,6 +1,7 @@
 //! zstd compression, skipped where it does not pay.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 /// A blob's stored payload and whether it is compressed.
 pub struct Compressed<'a> {
@@ -19,15 +20,38 @@ const PROBE: usize = 64 * 1024;
 pub fn compress(raw: &[u8], level: i32) -> Compressed<'_> {
     let stored = Compressed { data: Cow::Borrowed(raw), compressed: false };
     if raw.len() > PROBE * 2 {
-        let probe = zstd::bulk::compress(&raw[..PROBE], 1).map(|p| p.len()).unwrap_or(PROBE);
+        let probe = with_compressor(1, |c| c.compress(&raw[..PROBE])).map(|p| p.len()).unwrap_or(PROBE);
         if probe >= PROBE - PROBE / 32 {
             return stored;
         }
     }
-    match zstd::bulk::compress(raw, level) {
+    match with_compressor(level, |c| c.compress(raw)) {
         Ok(c) if c.len() < raw.len() - raw.len() / 32 => Compressed { data: Cow::Owned(c), compressed: true },
         _ => stored,
     }
+}
+
+thread_local! {
+    /// One zstd context per thread and level: creating one costs more than
+    /// compressing a small chunk.
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_compressor<T>(
+    level: i32,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    COMPRESSORS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let pos = match all.iter().position(|(l, _)| *l == level) {
+            Some(p) => p,
+            None => {
+                all.push((level, zstd::bulk::Compressor::new(level)?));
+                all.len() - 1
+            }
+        };
+        f(&mut all[pos].1)
+    })
 }
 
 /// Decompresses a payload whose original length is `raw_len`.

@@ -83,6 +83,7 @@ impl Repository {
     }
 
     /// Opens an existing repository with `master` and loads its index.
+    #[tracing::instrument(skip_all, fields(store = %store.describe()))]
     pub async fn open(store: Arc<dyn ObjectStore>, master: &MasterKey) -> Result<Self, RepoError> {
         let config_bytes = match store.get(CONFIG_KEY).await {
             Ok(b) => b,

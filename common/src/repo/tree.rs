@@ -91,13 +91,51 @@ impl Tree {
         postcard::to_allocvec(self).map_err(|e| RepoError::Encode { what: "tree", reason: e.to_string() })
     }
 
-    /// Parses a stored tree; `id` names it in errors.
+    /// Parses a stored tree; `id` names it in errors. Names are checked to
+    /// be single path components, sorted and unique, so a forged tree cannot
+    /// make a restore write outside its target.
     pub fn decode(id: &BlobId, bytes: &[u8]) -> Result<Self, RepoError> {
-        postcard::from_bytes(bytes).map_err(|e| RepoError::corrupt(format!("tree {}", id.short()), e))
+        let what = || format!("tree {}", id.short());
+        let tree: Tree = postcard::from_bytes(bytes).map_err(|e| RepoError::corrupt(what(), e))?;
+        for node in &tree.nodes {
+            let n = node.name.as_slice();
+            if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
+                return Err(RepoError::corrupt(
+                    what(),
+                    format!("entry name {:?} is not a file name", node.display_name()),
+                ));
+            }
+        }
+        if tree.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
+            return Err(RepoError::corrupt(what(), "entries are not sorted and unique"));
+        }
+        Ok(tree)
     }
 
     /// The entry called `name`.
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
         self.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &[u8]) -> Node {
+        Node { name: name.to_vec(), kind: NodeKind::Fifo, meta: Metadata::default() }
+    }
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        let id = BlobId([0; 32]);
+        let ok = Tree { nodes: vec![node(b"a"), node(b"b")] };
+        assert_eq!(Tree::decode(&id, &ok.encode().unwrap()).unwrap(), ok);
+        for bad in [&b".."[..], b".", b"", b"a/b", b"nul\0"] {
+            let t = Tree { nodes: vec![node(bad)] };
+            assert!(Tree::decode(&id, &t.encode().unwrap()).is_err(), "{bad:?} accepted");
+        }
+        let unsorted = Tree { nodes: vec![node(b"b"), node(b"a")] };
+        assert!(Tree::decode(&id, &unsorted.encode().unwrap()).is_err());
     }
 }

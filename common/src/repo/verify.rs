@@ -38,6 +38,7 @@ impl VerifyReport {
 
 /// Checks the repository. Problems are collected, not returned as errors,
 /// so one bad object does not hide the others.
+#[tracing::instrument(skip_all, fields(read_data))]
 pub async fn verify(
     repo: &Repository,
     read_data: bool,
