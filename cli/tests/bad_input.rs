@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lifeboat_common::repo::repository::pack_key;
 use lifeboat_common::repo::tree::NodeKind;
-use support::{Env, assert_same_tree_except, make_tree};
+use support::{Env, assert_same_tree_except};
 
 /// The pack (as a path on disk) and byte offset of the first chunk of `file`
 /// in the latest snapshot.
@@ -38,10 +38,7 @@ fn locate_chunk(env: &Env, file: &Path) -> (PathBuf, String, u64) {
 
 #[test]
 fn wrong_key_is_refused_and_nothing_is_written() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, src, _) = Env::with_backup();
     let before = env.repo_state();
     let stranger = env.path("stranger.key");
     env.ok(&["key", "generate", "--out", stranger.to_str().unwrap()]);
@@ -71,10 +68,7 @@ fn key_generate_refuses_to_overwrite() {
 
 #[test]
 fn flipped_byte_is_named_by_verify_and_restore_and_other_files_restore() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, src, _) = Env::with_backup();
     let victim = src.join("media/video-000.mp4");
     let (pack_path, pack_name, offset) = locate_chunk(&env, &victim);
     let mut bytes = fs::read(&pack_path).unwrap();
@@ -95,10 +89,7 @@ fn flipped_byte_is_named_by_verify_and_restore_and_other_files_restore() {
 
 #[test]
 fn truncated_or_deleted_pack_is_named() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, src, _) = Env::with_backup();
     let (pack_path, pack_name, _) = locate_chunk(&env, &src.join("media/video-001.mp4"));
 
     let full = fs::read(&pack_path).unwrap();
@@ -118,10 +109,7 @@ fn truncated_or_deleted_pack_is_named() {
 
 #[test]
 fn truncated_or_deleted_index_is_named() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, _, _) = Env::with_backup();
     let index_dir = env.repo.join("index");
     let index = fs::read_dir(&index_dir).unwrap().next().unwrap().unwrap().path();
     let name = format!("index/{}", index.file_name().unwrap().to_str().unwrap());
@@ -163,10 +151,7 @@ impl Drop for SmallDisk {
 
 #[test]
 fn full_target_disk_is_a_clear_error_and_the_repository_is_untouched() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, _, _) = Env::with_backup();
     let before = env.repo_state();
     let disk = SmallDisk::mount(env.path("tiny"), "4m");
     let err = env.fails(&["restore", "latest", "--target", disk.0.join("out").to_str().unwrap()]);

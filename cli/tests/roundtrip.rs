@@ -8,10 +8,7 @@ use support::{Env, assert_same_tree, make_tree};
 
 #[test]
 fn backup_restore_is_bit_exact_with_metadata() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    let id = env.backup(&[&src]);
+    let (env, src, id) = Env::with_backup();
     assert_eq!(id.len(), 64, "prints the snapshot id: {id:?}");
 
     env.ok(&["verify", "--read-data"]);
@@ -29,10 +26,7 @@ fn backup_restore_is_bit_exact_with_metadata() {
 
 #[test]
 fn unchanged_files_are_not_read_again_and_changes_are_found() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, src, _) = Env::with_backup();
     let second = env.cmd().args(["backup", "files", src.to_str().unwrap()]).output().unwrap();
     assert!(second.status.success());
     let summary = String::from_utf8_lossy(&second.stderr);
@@ -81,10 +75,7 @@ fn excludes_and_tags() {
 
 #[test]
 fn restore_never_deletes_without_delete_and_mirrors_with_it() {
-    let env = Env::new();
-    let src = env.path("src");
-    make_tree(&src);
-    env.backup(&[&src]);
+    let (env, src, _) = Env::with_backup();
     let target = env.path("target");
     fs::create_dir_all(target.join("media")).unwrap();
     fs::write(target.join("keep-me.txt"), "operator's file").unwrap();

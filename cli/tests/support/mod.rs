@@ -31,6 +31,16 @@ impl Env {
         env
     }
 
+    /// A repository holding one backup of [`make_tree`]'s tree at `src`:
+    /// the environment, the tree's path and the snapshot id.
+    pub fn with_backup() -> (Self, PathBuf, String) {
+        let env = Env::new();
+        let src = env.path("src");
+        make_tree(&src);
+        let id = env.backup(&[&src]);
+        (env, src, id)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

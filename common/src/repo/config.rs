@@ -34,7 +34,10 @@ impl RepoConfig {
             id,
             created: Utc::now(),
             chunker: ChunkerParams::default(),
-            compression_level: 3,
+            // On the benchmark tree level 5 stores ~0.3% less than 3 and level
+            // 6 ~0.6% less, for 50% and 60% more compression CPU: 5 keeps the
+            // repository below restic's with the backup speed to spare.
+            compression_level: 5,
             pack_size: 16 * 1024 * 1024,
         }
     }
