@@ -168,6 +168,7 @@ fn missing_repository_and_bad_patterns_are_clear() {
     assert!(!out.status.success() && err.contains("repo init"), "{err}");
     let err = env.fails(&["backup", "files", env.path("no-such-dir").to_str().unwrap()]);
     assert!(err.contains("no-such-dir"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "the cause is said once: {err}");
     let err = env.fails(&["backup", "files", env.dir.path().to_str().unwrap(), "--exclude", "a[b"]);
     assert!(err.contains("a[b"), "{err}");
     let err = env.fails(&["restore", "deadbeef", "--target", env.path("x").to_str().unwrap()]);

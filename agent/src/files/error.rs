@@ -9,12 +9,13 @@ pub enum FilesError {
     #[error(transparent)]
     Repo(#[from] RepoError),
     /// A filesystem call failed on `path`.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: String,
-        #[source]
-        source: std::io::Error,
+        // Part of the message rather than a `source`, so a chained display
+        // does not print it twice.
+        cause: std::io::Error,
     },
     /// An include or exclude pattern is not a valid glob.
     #[error("invalid pattern {pattern:?}: {reason}")]
@@ -32,7 +33,7 @@ pub enum FilesError {
 
 impl FilesError {
     /// An I/O error on `path`.
-    pub fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
-        FilesError::Io { op, path: path.display().to_string(), source }
+    pub fn io(op: &'static str, path: &std::path::Path, cause: std::io::Error) -> Self {
+        FilesError::Io { op, path: path.display().to_string(), cause }
     }
 }

@@ -27,10 +27,10 @@ impl MasterKey {
 
     /// Reads a key file written by [`MasterKey::save_new`].
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CryptoError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| CryptoError::Io {
             op: "reading",
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         let key: MasterKey = toml::from_str(&text)
             .map_err(|e| CryptoError::Malformed(format!("key file {}: {}", path.display(), e.message())))?;
@@ -47,7 +47,7 @@ impl MasterKey {
     /// Writes the key to a new file readable only by its owner; refuses to
     /// overwrite an existing file.
     pub fn save_new(&self, path: &Path) -> Result<(), CryptoError> {
-        let io = |op, source| CryptoError::Io { op, path: path.display().to_string(), source };
+        let io = |op, cause| CryptoError::Io { op, path: path.display().to_string(), cause };
         let body = toml::to_string(self).map_err(|e| CryptoError::Malformed(e.to_string()))?;
         let text = format!(
             "# Lifeboat master key. Whoever holds this file can read every backup it protects;\n\

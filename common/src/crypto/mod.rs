@@ -38,12 +38,13 @@ pub enum CryptoError {
     #[error("malformed key material: {0}")]
     Malformed(String),
     /// Reading or writing a key file failed.
-    #[error("{op} key file {path}: {source}")]
+    #[error("{op} key file {path}: {cause}")]
     Io {
         op: &'static str,
         path: String,
-        #[source]
-        source: std::io::Error,
+        // Part of the message rather than a `source`, so a chained display
+        // does not print it twice.
+        cause: std::io::Error,
     },
     /// The system random generator failed.
     #[error("random number generator failed")]

@@ -149,8 +149,8 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
-    fn io_err(&self, op: &'static str, what: impl std::fmt::Display, source: io::Error) -> StoreError {
-        StoreError::Io { store: self.describe(), op, what: what.to_string(), source }
+    fn io_err(&self, op: &'static str, what: impl std::fmt::Display, cause: io::Error) -> StoreError {
+        StoreError::Io { store: self.describe(), op, what: what.to_string(), cause }
     }
 
     fn not_found(&self, key: &str) -> StoreError {
@@ -294,7 +294,7 @@ async fn blocking<T: Send + 'static>(
             store: "local".into(),
             op: "running",
             what: "blocking task".into(),
-            source: io::Error::other(e.to_string()),
+            cause: io::Error::other(e.to_string()),
         }),
     }
 }

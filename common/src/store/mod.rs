@@ -31,13 +31,14 @@ pub enum StoreError {
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     /// Any I/O failure, naming the object or path involved.
-    #[error("{op} {what} in {store}: {source}")]
+    #[error("{op} {what} in {store}: {cause}")]
     Io {
         store: String,
         op: &'static str,
         what: String,
-        #[source]
-        source: std::io::Error,
+        // Part of the message rather than a `source`, so a chained display
+        // does not print it twice.
+        cause: std::io::Error,
     },
 }
 
