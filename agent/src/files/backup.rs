@@ -181,7 +181,8 @@ impl From<std::io::Error> for ChunkError {
 }
 
 enum FileResult {
-    Done(Vec<BlobId>),
+    /// Read to the end: its chunks and how many bytes they hold.
+    Done(Vec<BlobId>, u64),
     /// The file could not be read; it is left out with this reason.
     Unreadable(String),
     /// The pipeline cannot go on.
@@ -305,8 +306,10 @@ impl Pipeline {
         };
         let keyring = self.repo.keyring();
         let mut content = Vec::new();
+        let mut read = 0u64;
         let r = chunker.chunk_reader(file, |chunk| {
             let len = chunk.len() as u64;
+            read += len;
             let id = blob_id(keyring, chunk);
             if self.seen.claim(&self.repo, id) {
                 let stored = packer.add(id, chunk).map_err(ChunkError::Repo)?;
@@ -326,7 +329,7 @@ impl Pipeline {
         }
         self.counters.files_read.fetch_add(1, Ordering::Relaxed);
         self.progress.files_done.fetch_add(1, Ordering::Relaxed);
-        FileResult::Done(content)
+        FileResult::Done(content, read)
     }
 
     /// Builds trees bottom-up as directories complete; returns the root tree.
@@ -336,7 +339,7 @@ impl Pipeline {
         let mut last = None;
         for job in dirs {
             let mut tree = Tree::default();
-            for node in job.nodes {
+            for mut node in job.nodes {
                 let kind = match node.kind {
                     PendingKind::Other(k) => k,
                     PendingKind::Dir(seq) => match done.remove(&seq) {
@@ -347,7 +350,20 @@ impl Pipeline {
                     },
                     PendingKind::File(Content::Ready(content)) => NodeKind::File { content },
                     PendingKind::File(Content::Pending(rx)) => match rx.recv() {
-                        Ok(FileResult::Done(content)) => NodeKind::File { content },
+                        Ok(FileResult::Done(content, read)) => {
+                            // A file written to while it was read (a live log): record
+                            // what was stored, so a restore is self-consistent.
+                            if read != node.meta.size {
+                                tracing::warn!(
+                                    file = %String::from_utf8_lossy(&node.name),
+                                    stored = read,
+                                    listed = node.meta.size,
+                                    "file changed size while it was read"
+                                );
+                                node.meta.size = read;
+                            }
+                            NodeKind::File { content }
+                        }
                         Ok(FileResult::Unreadable(why)) => {
                             warnings.push(why);
                             continue;
