@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Installs what Lifeboat's build, tests and benchmarks need on a fresh
-# Debian machine. Idempotent; safe to run again.
+# Installs and runs the real services Lifeboat's tests and benchmarks use,
+# on loopback, on a fresh Debian machine. Idempotent; safe to run again.
 #
-#   deploy/services.sh install   build tools (protoc) and the peers the
-#                                benchmarks compare against (restic)
-#   deploy/services.sh check     fail, naming what is missing, if anything is
+#   deploy/services.sh install   packages: protoc (build), restic (benchmark
+#                                peer), the S3 emulator (moto, in a venv)
+#   deploy/services.sh start     start the emulators and wait until they answer
+#   deploy/services.sh stop      stop what `start` started (by PID)
+#   deploy/services.sh status    say what runs where
+#   deploy/services.sh check     fail, naming what is missing
 #
-# Later issues add the real services (etcd, PostgreSQL, Redis, the S3 and
-# Azure emulators) here, started on loopback and stopped by PID.
+# Ports (override with the environment): S3 emulator LIFEBOAT_S3_PORT=9000.
+# State, logs and PID files live in LIFEBOAT_SERVICES_DIR
+# (default /var/tmp/lifeboat-services).
 set -euo pipefail
 
-APT_PACKAGES=(protobuf-compiler restic util-linux)
+DIR="${LIFEBOAT_SERVICES_DIR:-/var/tmp/lifeboat-services}"
+S3_PORT="${LIFEBOAT_S3_PORT:-9000}"
+APT_PACKAGES=(protobuf-compiler restic util-linux python3-venv curl)
+VENV="$DIR/venv"
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -20,6 +27,7 @@ need_root() {
 }
 
 install() {
+    mkdir -p "$DIR"
     local missing=()
     for p in "${APT_PACKAGES[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -30,6 +38,11 @@ install() {
         apt-get -o DPkg::Lock::Timeout=600 update -qq
         DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+    if [ ! -x "$VENV/bin/moto_server" ]; then
+        echo "installing the S3 emulator (moto[server]) into $VENV" >&2
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
+    fi
     check
 }
 
@@ -38,11 +51,53 @@ check() {
     command -v protoc >/dev/null || { echo "missing: protoc (apt-get install protobuf-compiler)" >&2; ok=0; }
     command -v restic >/dev/null || { echo "missing: restic (apt-get install restic)" >&2; ok=0; }
     command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain)" >&2; ok=0; }
+    [ -x "$VENV/bin/moto_server" ] || { echo "missing: the S3 emulator in $VENV (deploy/services.sh install)" >&2; ok=0; }
     [ "$ok" = 1 ] || exit 1
+}
+
+running() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
+
+wait_for() {
+    local name="$1" probe="$2"
+    for _ in $(seq 1 100); do
+        if eval "$probe" >/dev/null 2>&1; then return 0; fi
+        running "$name" || { echo "$name exited; its log:" >&2; tail -20 "$DIR/$name.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$name did not answer within 10 s; its log:" >&2
+    tail -20 "$DIR/$name.log" >&2
+    exit 1
+}
+
+start() {
+    check
+    mkdir -p "$DIR"
+    if ! running s3; then
+        setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$DIR/s3.log" 2>&1 < /dev/null &
+        echo $! > "$DIR/s3.pid"
+    fi
+    wait_for s3 "curl -sf http://127.0.0.1:$S3_PORT/moto-api/"
+    status
+}
+
+stop() {
+    for name in s3; do
+        if running "$name"; then
+            kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+        fi
+        rm -f "$DIR/$name.pid"
+    done
+}
+
+status() {
+    if running s3; then echo "s3 emulator: http://127.0.0.1:$S3_PORT (pid $(cat "$DIR/s3.pid"))"; else echo "s3 emulator: stopped"; fi
 }
 
 case "${1:-install}" in
     install) install ;;
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
     check) check ;;
-    *) echo "usage: $0 install|check" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop|status|check" >&2; exit 2 ;;
 esac

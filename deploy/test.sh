@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/services.sh install
+# The emulators the integration tests talk to, on loopback; they stay up for
+# the next run (`deploy/services.sh stop` stops them, by PID).
+deploy/services.sh start
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

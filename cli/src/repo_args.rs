@@ -21,8 +21,8 @@ pub struct RepoArgs {
 
 impl RepoArgs {
     /// The store, from `--repo`.
-    pub fn store(&self) -> Result<std::sync::Arc<dyn ObjectStore>> {
-        Ok(open_location(self.repo.as_deref().unwrap_or(""))?)
+    pub async fn store(&self) -> Result<std::sync::Arc<dyn ObjectStore>> {
+        Ok(open_location(self.repo.as_deref().unwrap_or("")).await?)
     }
 
     /// The master key, from `--key-file`.
@@ -33,7 +33,7 @@ impl RepoArgs {
 
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository> {
-        let store = self.store()?;
+        let store = self.store().await?;
         let key = self.master_key()?;
         let described = store.describe();
         Repository::open(store, &key).await.with_context(|| format!("opening repository in {described}"))

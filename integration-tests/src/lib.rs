@@ -1,3 +1,4 @@
 //! Shared helpers of Lifeboat's end-to-end tests and benchmarks.
 
+pub mod services;
 pub mod tree_gen;

@@ -27,7 +27,7 @@ impl RepoCommand {
     pub async fn run(self) -> Result<u8> {
         match self.command {
             RepoSub::Init { repo } => {
-                let store = repo.store()?;
+                let store = repo.store().await?;
                 let key = repo.master_key()?;
                 let described = store.describe();
                 let created = Repository::init(store, &key)

@@ -18,14 +18,29 @@ use lifeboat_common::store::LocalStore;
 /// A temporary directory with a key and an initialised repository.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The repository's directory (for a local repository).
     pub repo: PathBuf,
+    /// `--repo` as given to the CLI.
+    pub location: String,
     pub key: PathBuf,
 }
 
 impl Env {
+    /// A local-directory repository in a temporary directory.
     pub fn new() -> Self {
+        Self::init(None)
+    }
+
+    /// A repository at `location` (e.g. an s3:// URL), key in a temporary directory.
+    pub fn new_at(location: &str) -> Self {
+        Self::init(Some(location))
+    }
+
+    fn init(location: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let env = Env { repo: dir.path().join("repo"), key: dir.path().join("key"), dir };
+        let repo = dir.path().join("repo");
+        let location = location.map(str::to_owned).unwrap_or_else(|| repo.display().to_string());
+        let env = Env { repo, location, key: dir.path().join("key"), dir };
         env.ok(&["key", "generate", "--out", env.key.to_str().unwrap()]);
         env.ok(&["repo", "init"]);
         env
@@ -47,7 +62,7 @@ impl Env {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
-        c.env("LIFEBOAT_REPO", &self.repo).env("LIFEBOAT_KEY_FILE", &self.key).env_remove("RUST_LOG");
+        c.env("LIFEBOAT_REPO", &self.location).env("LIFEBOAT_KEY_FILE", &self.key).env_remove("RUST_LOG");
         c
     }
 

@@ -5,7 +5,8 @@
 //! module, so adding a backend touches nothing else.
 
 mod fs;
-mod url;
+mod location;
+mod s3;
 
 use std::ops::Range;
 
@@ -13,7 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use fs::LocalStore;
-pub use url::{LocationError, open_location};
+pub use location::{LocationError, open_location};
+pub use s3::{S3Location, S3Store};
 
 /// What went wrong talking to an object store.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,16 @@ pub enum StoreError {
     /// The key is not a valid object name.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    /// A remote service refused or could not be reached (after bounded retries).
+    #[error("{op} {key} in {store}: {message}")]
+    Remote {
+        store: String,
+        op: &'static str,
+        key: String,
+        /// HTTP status, when the service answered.
+        status: Option<u16>,
+        message: String,
+    },
     /// Any I/O failure, naming the object or path involved.
     #[error("{op} {what} in {store}: {cause}")]
     Io {

@@ -1,0 +1,33 @@
+//! The whole file backup/restore of the CLI against S3 (the emulator from
+//! `deploy/services.sh`): every command works unchanged with an s3:// repository.
+
+mod support;
+
+use lifeboat_integration_tests::services::{create_bucket, s3_endpoint, s3_test_credentials, unique_bucket};
+use support::{Env, assert_same_tree, make_tree};
+
+#[test]
+fn files_round_trip_through_s3() {
+    let endpoint = s3_endpoint();
+    s3_test_credentials();
+    let bucket = unique_bucket("cli");
+    tokio::runtime::Runtime::new().unwrap().block_on(create_bucket(&endpoint, &bucket));
+    let repo = format!("s3://{bucket}/prod/files?endpoint={endpoint}");
+    let env = Env::new_at(&repo);
+
+    let src = env.path("src");
+    make_tree(&src);
+    let id = env.backup(&[&src]);
+    let second = env.cmd().args(["backup", "files", src.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&second.stderr).contains("read 0 files"));
+    env.ok(&["verify", "--read-data"]);
+    let listed = env.ok(&["snapshots"]);
+    assert!(listed.contains(&id[..8]), "{listed}");
+
+    let target = env.path("out");
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    assert_same_tree(&src, &target);
+
+    let err = env.fails(&["repo", "init"]);
+    assert!(err.contains("already exists"), "{err}");
+}

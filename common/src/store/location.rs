@@ -1,0 +1,96 @@
+//! Store locations as operators write them: a path, `file:///path`, or
+//! `s3://bucket/prefix?region=…&endpoint=…`. Secrets never come from here.
+
+use std::sync::Arc;
+
+use super::{LocalStore, ObjectStore, S3Location, S3Store};
+
+/// A store location that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    /// The scheme names a backend this build does not have.
+    #[error("unsupported store location {0:?}: use a directory path, file:///path or s3://bucket/prefix")]
+    Unsupported(String),
+    /// The location is malformed.
+    #[error("invalid store location {location:?}: {reason}")]
+    Invalid { location: String, reason: String },
+    /// Nothing was given.
+    #[error("no repository given: pass --repo or set LIFEBOAT_REPO")]
+    Empty,
+}
+
+/// Parses an `s3://` location.
+pub fn parse_s3(location: &str) -> Result<S3Location, LocationError> {
+    let invalid = |reason: &str| LocationError::Invalid { location: location.to_owned(), reason: reason.to_owned() };
+    let url = url::Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| invalid("no bucket"))?.to_owned();
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("credentials do not belong in the location; use the AWS environment or profile"));
+    }
+    let prefix = url.path().trim_matches('/').to_owned();
+    let (mut region, mut endpoint) = (None, None);
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "region" => region = Some(v.into_owned()),
+            "endpoint" => endpoint = Some(v.into_owned()),
+            other => return Err(invalid(&format!("unknown parameter {other:?} (region, endpoint)"))),
+        }
+    }
+    Ok(S3Location { bucket, prefix, region, endpoint })
+}
+
+/// Opens the store a location names. Remote stores connect lazily: a bad
+/// endpoint is reported by the first request.
+pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, LocationError> {
+    let location = location.trim();
+    if location.is_empty() {
+        return Err(LocationError::Empty);
+    }
+    if let Some(path) = location.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(LocationError::Unsupported(location.to_owned()));
+        }
+        return Ok(Arc::new(LocalStore::new(path)));
+    }
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(S3Store::connect(parse_s3(location)?).await));
+    }
+    if location.contains("://") {
+        return Err(LocationError::Unsupported(location.to_owned()));
+    }
+    Ok(Arc::new(LocalStore::new(location)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn locations() {
+        assert!(open_location("/tmp/repo").await.unwrap().describe().contains("/tmp/repo"));
+        assert!(open_location("file:///tmp/repo").await.unwrap().describe().contains("/tmp/repo"));
+        assert!(open_location("relative/repo").await.is_ok());
+        assert!(matches!(open_location("file://host/x").await, Err(LocationError::Unsupported(_))));
+        assert!(matches!(open_location("ftp://x").await, Err(LocationError::Unsupported(_))));
+        assert!(matches!(open_location(" ").await, Err(LocationError::Empty)));
+    }
+
+    #[test]
+    fn s3_locations() {
+        let l = parse_s3("s3://backups/prod/db?region=eu-central-1&endpoint=http%3A%2F%2F127.0.0.1%3A9000").unwrap();
+        assert_eq!(
+            l,
+            S3Location {
+                bucket: "backups".into(),
+                prefix: "prod/db".into(),
+                region: Some("eu-central-1".into()),
+                endpoint: Some("http://127.0.0.1:9000".into())
+            }
+        );
+        let plain = parse_s3("s3://b?endpoint=http://127.0.0.1:9000").unwrap();
+        assert_eq!((plain.prefix.as_str(), plain.endpoint.as_deref()), ("", Some("http://127.0.0.1:9000")));
+        assert!(parse_s3("s3://key:secret@b/p").is_err());
+        assert!(parse_s3("s3:///p").is_err());
+        assert!(parse_s3("s3://b/p?colour=blue").is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Where the real services of `deploy/services.sh` listen, and a loud
+//! failure when one is not running (tests never skip silently).
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// The S3 emulator's endpoint (`LIFEBOAT_TEST_S3_ENDPOINT`, default
+/// `http://127.0.0.1:9000`); panics with what to run if nothing answers.
+pub fn s3_endpoint() -> String {
+    let endpoint = std::env::var("LIFEBOAT_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
+    require(&endpoint, "the S3 emulator");
+    endpoint
+}
+
+fn require(endpoint: &str, what: &str) {
+    let hostport = endpoint.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
+    let reachable = hostport
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(reachable, "{what} is not running at {endpoint}: start it with `deploy/services.sh start`");
+}
+
+/// Credentials the emulator accepts, set for this process and its children.
+pub fn s3_test_credentials() {
+    // SAFETY (edition 2024 marks set_var unsafe): tests set these once, to
+    // the same values, before starting any thread that reads the environment.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "lifeboat-test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "lifeboat-test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+}
+
+/// A bucket name unique to this test run.
+pub fn unique_bucket(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("lb-{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Creates `bucket` in the emulator at `endpoint`.
+pub async fn create_bucket(endpoint: &str, bucket: &str) {
+    let client = s3_client(endpoint).await;
+    client.create_bucket().bucket(bucket).send().await.expect("creating a test bucket");
+}
+
+/// A plain SDK client for the emulator, for tests that look behind the store.
+pub async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    s3_test_credentials();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared).endpoint_url(endpoint).force_path_style(true).build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
