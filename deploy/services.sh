@@ -3,19 +3,23 @@
 # on loopback, on a fresh Debian machine. Idempotent; safe to run again.
 #
 #   deploy/services.sh install   packages: protoc (build), restic (benchmark
-#                                peer), the S3 emulator (moto, in a venv)
+#                                peer), the S3 emulator (moto, in a venv), the
+#                                Azure Blob emulator (Azurite, from npm)
 #   deploy/services.sh start     start the emulators and wait until they answer
 #   deploy/services.sh stop      stop what `start` started (by PID)
 #   deploy/services.sh status    say what runs where
 #   deploy/services.sh check     fail, naming what is missing
 #
-# Ports (override with the environment): S3 emulator LIFEBOAT_S3_PORT=9000.
+# Ports (override with the environment): S3 emulator LIFEBOAT_S3_PORT=9000,
+# Azure Blob emulator LIFEBOAT_AZURE_PORT=10000.
 # State, logs and PID files live in LIFEBOAT_SERVICES_DIR
 # (default /var/tmp/lifeboat-services).
 set -euo pipefail
 
 DIR="${LIFEBOAT_SERVICES_DIR:-/var/tmp/lifeboat-services}"
 S3_PORT="${LIFEBOAT_S3_PORT:-9000}"
+AZURE_PORT="${LIFEBOAT_AZURE_PORT:-10000}"
+AZURITE="$DIR/azurite"
 APT_PACKAGES=(protobuf-compiler restic util-linux python3-venv curl)
 VENV="$DIR/venv"
 
@@ -43,6 +47,12 @@ install() {
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
     fi
+    if [ ! -x "$AZURITE/node_modules/.bin/azurite-blob" ]; then
+        command -v npm >/dev/null || { echo "missing: npm (Node.js), needed for Azurite" >&2; exit 1; }
+        echo "installing the Azure Blob emulator (azurite) into $AZURITE" >&2
+        mkdir -p "$AZURITE"
+        (cd "$AZURITE" && npm install --no-audit --no-fund --silent 'azurite@^3.35' >/dev/null)
+    fi
     check
 }
 
@@ -52,6 +62,7 @@ check() {
     command -v restic >/dev/null || { echo "missing: restic (apt-get install restic)" >&2; ok=0; }
     command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain)" >&2; ok=0; }
     [ -x "$VENV/bin/moto_server" ] || { echo "missing: the S3 emulator in $VENV (deploy/services.sh install)" >&2; ok=0; }
+    [ -x "$AZURITE/node_modules/.bin/azurite-blob" ] || { echo "missing: Azurite in $AZURITE (deploy/services.sh install)" >&2; ok=0; }
     [ "$ok" = 1 ] || exit 1
 }
 
@@ -77,11 +88,22 @@ start() {
         echo $! > "$DIR/s3.pid"
     fi
     wait_for s3 "curl -sf http://127.0.0.1:$S3_PORT/moto-api/"
+    if ! running azure; then
+        mkdir -p "$DIR/azure-data"
+        # --skipApiVersionCheck: current SDKs speak newer API versions;
+        # --disableTelemetry: the machine has no network.
+        setsid "$AZURITE/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZURE_PORT" \
+            --location "$DIR/azure-data" --silent --disableTelemetry --skipApiVersionCheck --loose \
+            >"$DIR/azure.log" 2>&1 < /dev/null &
+        echo $! > "$DIR/azure.pid"
+    fi
+    # Any HTTP answer (403 without credentials) means it is up.
+    wait_for azure "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$AZURE_PORT/devstoreaccount1)\" != 000 ]"
     status
 }
 
 stop() {
-    for name in s3; do
+    for name in s3 azure; do
         if running "$name"; then
             kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
         fi
@@ -91,6 +113,7 @@ stop() {
 
 status() {
     if running s3; then echo "s3 emulator: http://127.0.0.1:$S3_PORT (pid $(cat "$DIR/s3.pid"))"; else echo "s3 emulator: stopped"; fi
+    if running azure; then echo "azure blob emulator: http://127.0.0.1:$AZURE_PORT/devstoreaccount1 (pid $(cat "$DIR/azure.pid"))"; else echo "azure blob emulator: stopped"; fi
 }
 
 case "${1:-install}" in
