@@ -52,3 +52,27 @@ pub async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::from(&shared).endpoint_url(endpoint).force_path_style(true).build();
     aws_sdk_s3::Client::from_conf(conf)
 }
+
+/// Azurite's blob endpoint (`LIFEBOAT_TEST_AZURE_ENDPOINT`, default
+/// `http://127.0.0.1:10000/devstoreaccount1`); panics with what to run if
+/// nothing answers.
+pub fn azure_endpoint() -> String {
+    let endpoint = std::env::var("LIFEBOAT_TEST_AZURE_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".into());
+    let hostport = endpoint.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
+    require(&hostport, "Azurite (the Azure Blob emulator)");
+    endpoint
+}
+
+/// Azurite's published development account.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's published development key (public, not a secret).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The connection string of Azurite's development account at `endpoint`.
+pub fn azurite_connection_string(endpoint: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
+    )
+}

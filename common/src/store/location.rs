@@ -1,19 +1,25 @@
-//! Store locations as operators write them: a path, `file:///path`, or
-//! `s3://bucket/prefix?region=…&endpoint=…`. Secrets never come from here.
+//! Store locations as operators write them: a path, `file:///path`,
+//! `s3://bucket/prefix?region=…&endpoint=…` or
+//! `azure://account/container/prefix?endpoint=…`. Secrets never come from here.
 
 use std::sync::Arc;
 
-use super::{LocalStore, ObjectStore, S3Location, S3Store};
+use super::{AzureCredential, AzureLocation, AzureStore, LocalStore, ObjectStore, S3Location, S3Store, StoreError};
 
 /// A store location that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LocationError {
     /// The scheme names a backend this build does not have.
-    #[error("unsupported store location {0:?}: use a directory path, file:///path or s3://bucket/prefix")]
+    #[error(
+        "unsupported store location {0:?}: use a directory path, file:///path, s3://bucket/prefix or azure://account/container/prefix"
+    )]
     Unsupported(String),
     /// The location is malformed.
     #[error("invalid store location {location:?}: {reason}")]
     Invalid { location: String, reason: String },
+    /// The store cannot be set up (e.g. no credentials).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Nothing was given.
     #[error("no repository given: pass --repo or set LIFEBOAT_REPO")]
     Empty,
@@ -39,6 +45,34 @@ pub fn parse_s3(location: &str) -> Result<S3Location, LocationError> {
     Ok(S3Location { bucket, prefix, region, endpoint })
 }
 
+/// Parses an `azure://account/container/prefix` location.
+pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
+    let invalid = |reason: &str| LocationError::Invalid { location: location.to_owned(), reason: reason.to_owned() };
+    let url = url::Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
+    let account = url.host_str().filter(|a| !a.is_empty()).ok_or_else(|| invalid("no account"))?.to_owned();
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("credentials do not belong in the location; use AZURE_STORAGE_* variables"));
+    }
+    let path = url.path().trim_matches('/');
+    let (container, prefix) = path.split_once('/').unwrap_or((path, ""));
+    if container.is_empty() {
+        return Err(invalid("no container"));
+    }
+    let mut endpoint = None;
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "endpoint" => endpoint = Some(v.trim_end_matches('/').to_owned()),
+            other => return Err(invalid(&format!("unknown parameter {other:?} (endpoint)"))),
+        }
+    }
+    Ok(AzureLocation {
+        account,
+        container: container.to_owned(),
+        prefix: prefix.trim_matches('/').to_owned(),
+        endpoint,
+    })
+}
+
 /// Opens the store a location names. Remote stores connect lazily: a bad
 /// endpoint is reported by the first request.
 pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, LocationError> {
@@ -54,6 +88,14 @@ pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, Locat
     }
     if location.starts_with("s3://") {
         return Ok(Arc::new(S3Store::connect(parse_s3(location)?).await));
+    }
+    if location.starts_with("azure://") {
+        let mut parsed = parse_azure(location)?;
+        let (credential, endpoint) = AzureCredential::from_env(&parsed.account)?;
+        if parsed.endpoint.is_none() {
+            parsed.endpoint = endpoint;
+        }
+        return Ok(Arc::new(AzureStore::connect(parsed, credential)?));
     }
     if location.contains("://") {
         return Err(LocationError::Unsupported(location.to_owned()));
@@ -92,5 +134,25 @@ mod tests {
         assert!(parse_s3("s3://key:secret@b/p").is_err());
         assert!(parse_s3("s3:///p").is_err());
         assert!(parse_s3("s3://b/p?colour=blue").is_err());
+    }
+
+    #[test]
+    fn azure_locations() {
+        let l = parse_azure(
+            "azure://devstoreaccount1/backups/prod/files?endpoint=http://127.0.0.1:10000/devstoreaccount1/",
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            AzureLocation {
+                account: "devstoreaccount1".into(),
+                container: "backups".into(),
+                prefix: "prod/files".into(),
+                endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into())
+            }
+        );
+        assert_eq!(parse_azure("azure://acct/c").unwrap().prefix, "");
+        assert!(parse_azure("azure://acct").is_err());
+        assert!(parse_azure("azure://acct/c?sig=x").is_err());
     }
 }

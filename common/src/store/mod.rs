@@ -4,6 +4,7 @@
 //! directory here, S3 and Azure Blob beside it) implements it in its own
 //! module, so adding a backend touches nothing else.
 
+mod azure;
 mod fs;
 mod location;
 mod s3;
@@ -13,8 +14,9 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use azure::{AzureCredential, AzureLocation, AzureStore, account_sas};
 pub use fs::LocalStore;
-pub use location::{LocationError, open_location};
+pub use location::{LocationError, open_location, parse_azure, parse_s3};
 pub use s3::{S3Location, S3Store};
 
 /// What went wrong talking to an object store.

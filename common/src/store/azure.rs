@@ -1,0 +1,358 @@
+//! Azure Blob Storage, through the official `azure_storage_blob` 1.x crate.
+//!
+//! That crate has no shared-key authentication, so an account key is used
+//! to sign an account SAS (HMAC-SHA256, as the service specifies) and every
+//! request carries the SAS; a SAS token or a connection string works
+//! directly. Secrets come from the environment, never from the location,
+//! and are never logged.
+
+use std::num::NonZero;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use aws_lc_rs::hmac;
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
+    BlockBlobClientUploadOptions, HttpRange,
+};
+use azure_storage_blob::{BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use url::Url;
+
+use super::{ObjectMeta, ObjectStore, StoreError, check_key};
+
+/// Attempts beyond the first before a request fails.
+const MAX_RETRIES: u32 = 3;
+/// Block size of large uploads, staged in parallel and then committed.
+const BLOCK_SIZE: u64 = 8 << 20;
+/// Service version the signed SAS names.
+const SAS_VERSION: &str = "2022-11-02";
+
+/// Where an Azure repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureLocation {
+    /// Storage account name.
+    pub account: String,
+    /// Container name.
+    pub container: String,
+    /// Blob name prefix, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// Blob endpoint (`BlobEndpoint` of a connection string), e.g.
+    /// `http://127.0.0.1:10000/devstoreaccount1` for Azurite.
+    pub endpoint: Option<String>,
+}
+
+/// How requests are authorised.
+#[derive(Clone)]
+pub enum AzureCredential {
+    /// A shared access signature (query string, without the leading `?`).
+    Sas(String),
+    /// The account key, used to sign an account SAS.
+    AccountKey(String),
+}
+
+impl std::fmt::Debug for AzureCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AzureCredential::Sas(_) => "Sas(..)",
+            AzureCredential::AccountKey(_) => "AccountKey(..)",
+        })
+    }
+}
+
+impl AzureCredential {
+    /// From the environment: `AZURE_STORAGE_CONNECTION_STRING`, else
+    /// `AZURE_STORAGE_SAS_TOKEN`, else `AZURE_STORAGE_KEY`. Also returns the
+    /// connection string's blob endpoint, if it names one.
+    pub fn from_env(account: &str) -> Result<(Self, Option<String>), StoreError> {
+        let missing = |what: String| StoreError::Remote {
+            store: format!("azure account {account}"),
+            op: "authenticating to",
+            key: String::new(),
+            status: None,
+            message: what,
+        };
+        if let Ok(cs) = std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+            let field = |name: &str| {
+                cs.split(';')
+                    .find_map(|part| part.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
+            };
+            let endpoint = field("BlobEndpoint");
+            if let Some(sas) = field("SharedAccessSignature") {
+                return Ok((AzureCredential::Sas(sas.trim_start_matches('?').to_owned()), endpoint));
+            }
+            // An account key may itself end in '=' padding: take the rest of the field.
+            let key = cs.split(';').find_map(|part| part.strip_prefix("AccountKey=").map(str::to_owned));
+            if let Some(key) = key {
+                return Ok((AzureCredential::AccountKey(key), endpoint));
+            }
+            return Err(missing(
+                "AZURE_STORAGE_CONNECTION_STRING has neither AccountKey nor SharedAccessSignature".into(),
+            ));
+        }
+        if let Ok(sas) = std::env::var("AZURE_STORAGE_SAS_TOKEN") {
+            return Ok((AzureCredential::Sas(sas.trim_start_matches('?').to_owned()), None));
+        }
+        if let Ok(key) = std::env::var("AZURE_STORAGE_KEY") {
+            return Ok((AzureCredential::AccountKey(key), None));
+        }
+        Err(missing(
+            "no credentials: set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN".into(),
+        ))
+    }
+}
+
+/// Signs an account SAS for the blob service (read, write, delete, list,
+/// add, create on service, container and object), valid for `hours`.
+pub fn account_sas(account: &str, key_base64: &str, hours: i64) -> Result<String, String> {
+    let key = BASE64.decode(key_base64.trim()).map_err(|_| "the account key is not base64".to_owned())?;
+    let expiry = (chrono::Utc::now() + chrono::Duration::hours(hours)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let (permissions, services, resource_types, protocols) = ("rwdlac", "b", "sco", "https,http");
+    // The string-to-sign of an account SAS, version 2020-12-06 and later:
+    // account, permissions, services, resource types, start, expiry, IP,
+    // protocols, version, encryption scope, each followed by a newline.
+    let to_sign =
+        format!("{account}\n{permissions}\n{services}\n{resource_types}\n\n{expiry}\n\n{protocols}\n{SAS_VERSION}\n\n");
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), to_sign.as_bytes());
+    let sig = BASE64.encode(tag.as_ref());
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("sv", SAS_VERSION)
+        .append_pair("ss", services)
+        .append_pair("srt", resource_types)
+        .append_pair("sp", permissions)
+        .append_pair("se", &expiry)
+        .append_pair("spr", protocols)
+        .append_pair("sig", &sig);
+    Ok(query.finish())
+}
+
+/// An object store in an Azure Blob container.
+pub struct AzureStore {
+    container: BlobContainerClient,
+    /// Container URL with the SAS, for building blob URLs.
+    container_url: Url,
+    location: AzureLocation,
+}
+
+impl std::fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The container URL carries the SAS: never print it.
+        f.debug_struct("AzureStore").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        retry: RetryOptions::exponential(ExponentialRetryOptions {
+            max_retries: MAX_RETRIES,
+            max_total_elapsed: azure_core::time::Duration::seconds(30),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl AzureStore {
+    /// A store for `location` authorised by `credential`; no request is made yet.
+    pub fn connect(location: AzureLocation, credential: AzureCredential) -> Result<Self, StoreError> {
+        let invalid = |message: String| StoreError::Remote {
+            store: format!("azure://{}/{}", location.account, location.container),
+            op: "connecting to",
+            key: String::new(),
+            status: None,
+            message,
+        };
+        let endpoint =
+            location.endpoint.clone().unwrap_or_else(|| format!("https://{}.blob.core.windows.net", location.account));
+        let sas = match &credential {
+            AzureCredential::Sas(s) => s.clone(),
+            AzureCredential::AccountKey(k) => account_sas(&location.account, k, 24 * 7).map_err(invalid)?,
+        };
+        let mut url = Url::parse(&endpoint).map_err(|e| invalid(format!("endpoint {endpoint:?}: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|_| invalid(format!("endpoint {endpoint:?} cannot hold a path")))?
+            .pop_if_empty()
+            .push(&location.container);
+        url.set_query(Some(&sas));
+        let options = BlobContainerClientOptions { client_options: client_options(), ..Default::default() };
+        let container =
+            BlobContainerClient::new(url.clone(), None, Some(options)).map_err(|e| invalid(e.to_string()))?;
+        Ok(AzureStore { container, container_url: url, location })
+    }
+
+    /// Creates the container; an existing one is not an error.
+    pub async fn create_container(&self) -> Result<(), StoreError> {
+        match self.container.create(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { error_code: Some(c), .. } if c == "ContainerAlreadyExists") => {
+                Ok(())
+            }
+            Err(e) => Err(self.error("creating container", &self.location.container, e)),
+        }
+    }
+
+    fn blob_name(&self, key: &str) -> Result<String, StoreError> {
+        check_key(key)?;
+        Ok(if self.location.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.location.prefix) })
+    }
+
+    /// A client for one blob; `/` in names stays a path separator.
+    fn blob(&self, key: &str) -> Result<BlobClient, StoreError> {
+        let name = self.blob_name(key)?;
+        let mut url = self.container_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(name.split('/'));
+        }
+        let options = BlobClientOptions { client_options: client_options(), ..Default::default() };
+        BlobClient::new(url, None, Some(options)).map_err(|e| self.error("addressing", key, e))
+    }
+
+    fn error(&self, op: &'static str, key: &str, err: azure_core::Error) -> StoreError {
+        let status = err.http_status().map(u16::from);
+        let code = match err.kind() {
+            ErrorKind::HttpResponse { error_code, .. } => error_code.clone(),
+            _ => None,
+        };
+        let store = self.describe();
+        let key = key.to_owned();
+        match (status, code.as_deref()) {
+            (_, Some("BlobAlreadyExists")) => StoreError::AlreadyExists { store, key },
+            (_, Some("ContainerNotFound")) => StoreError::Remote {
+                store,
+                op,
+                key,
+                status,
+                message: format!("container {:?} does not exist", self.location.container),
+            },
+            (Some(404), _) => StoreError::NotFound { store, key },
+            (_, Some("AuthenticationFailed")) | (Some(403), _) => StoreError::Remote {
+                store,
+                op,
+                key,
+                status,
+                message: "authentication failed: check the account key or SAS".into(),
+            },
+            _ => StoreError::Remote {
+                store,
+                op,
+                key,
+                status,
+                message: match &code {
+                    Some(c) => format!("{c}: {err}"),
+                    None => format!("{err} (after {MAX_RETRIES} retries)"),
+                },
+            },
+        }
+    }
+
+    async fn upload(&self, key: &str, data: Bytes, if_absent: bool) -> Result<(), StoreError> {
+        let blob = self.blob(key)?;
+        let options = BlockBlobClientUploadOptions {
+            if_none_match: if_absent.then(|| "*".into()),
+            partition_size: NonZero::new(BLOCK_SIZE),
+            parallel: NonZero::new(4),
+            ..Default::default()
+        };
+        blob.upload(data.into(), Some(options)).await.map_err(|e| self.error("writing", key, e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for AzureStore {
+    fn describe(&self) -> String {
+        let mut s = format!("azure://{}/{}/{}", self.location.account, self.location.container, self.location.prefix);
+        if let Some(e) = &self.location.endpoint {
+            s.push_str(&format!(" at {e}"));
+        }
+        s
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.upload(key, data, false).await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.upload(key, data, true).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let blob = self.blob(key)?;
+        let r = blob.download(None).await.map_err(|e| self.error("reading", key, e))?;
+        r.body.collect().await.map_err(|e| self.error("reading", key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        let blob = self.blob(key)?;
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::new(range.start, range.end - range.start)),
+            ..Default::default()
+        };
+        let body = match blob.download(Some(options)).await {
+            Ok(r) => r.body.collect().await.map_err(|e| self.error("reading", key, e))?,
+            Err(e) if e.http_status().map(u16::from) == Some(416) => Bytes::new(),
+            Err(e) => return Err(self.error("reading", key, e)),
+        };
+        if (body.len() as u64) < range.end - range.start {
+            let size = self.head(key).await?;
+            return Err(StoreError::Truncated { store: self.describe(), key: key.to_owned(), size, wanted: range.end });
+        }
+        Ok(body)
+    }
+
+    async fn head(&self, key: &str) -> Result<u64, StoreError> {
+        let blob = self.blob(key)?;
+        let props = blob.get_properties(None).await.map_err(|e| self.error("reading size of", key, e))?;
+        let len = props.content_length().map_err(|e| self.error("reading size of", key, e))?;
+        Ok(len.unwrap_or(0))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let base = if self.location.prefix.is_empty() { String::new() } else { format!("{}/", self.location.prefix) };
+        let options =
+            BlobContainerClientListBlobsOptions { prefix: Some(format!("{base}{prefix}")), ..Default::default() };
+        let mut items = self.container.list_blobs(Some(options)).map_err(|e| self.error("listing", prefix, e))?;
+        let mut out = Vec::new();
+        while let Some(item) = items.try_next().await.map_err(|e| self.error("listing", prefix, e))? {
+            let Some(name) = item.name else { continue };
+            let Some(key) = name.strip_prefix(&base) else { continue };
+            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
+            out.push(ObjectMeta { key: key.to_owned(), size });
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let blob = self.blob(key)?;
+        match blob.delete(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.error("deleting", key, e) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_sas_has_the_fields_the_service_checks() {
+        let sas = account_sas("devstoreaccount1", &BASE64.encode(b"secret key"), 1).unwrap();
+        for field in ["sv=2022-11-02", "ss=b", "srt=sco", "sp=rwdlac", "spr=https%2Chttp", "se=", "sig="] {
+            assert!(sas.contains(field), "{field} missing from {sas}");
+        }
+        assert!(account_sas("a", "not base64!", 1).is_err());
+    }
+}
