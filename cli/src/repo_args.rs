@@ -6,14 +6,17 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lifeboat_common::crypto::MasterKey;
 use lifeboat_common::repo::Repository;
-use lifeboat_common::store::{ObjectStore, open_location};
+use lifeboat_common::store::{ObjectStore, open_locations};
 
 /// Where the repository is and which key opens it.
 #[derive(Args, Debug, Clone)]
 pub struct RepoArgs {
-    /// Repository location: a directory or file:///path.
-    #[arg(long, env = "LIFEBOAT_REPO")]
-    pub repo: Option<String>,
+    /// Repository location: a directory, file:///path, s3://bucket/prefix or
+    /// azure://account/container/prefix. Repeat it (or separate with commas
+    /// in LIFEBOAT_REPO) for a repository replicated across stores: writes
+    /// go to all, reads fall back in order; the first is the primary.
+    #[arg(long, env = "LIFEBOAT_REPO", value_delimiter = ',')]
+    pub repo: Vec<String>,
     /// Master key file (see `lifeboat key generate`).
     #[arg(long, env = "LIFEBOAT_KEY_FILE")]
     pub key_file: Option<PathBuf>,
@@ -22,7 +25,7 @@ pub struct RepoArgs {
 impl RepoArgs {
     /// The store, from `--repo`.
     pub async fn store(&self) -> Result<std::sync::Arc<dyn ObjectStore>> {
-        Ok(open_location(self.repo.as_deref().unwrap_or("")).await?)
+        Ok(open_locations(&self.repo).await?)
     }
 
     /// The master key, from `--key-file`.

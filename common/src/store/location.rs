@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use super::{AzureCredential, AzureLocation, AzureStore, LocalStore, ObjectStore, S3Location, S3Store, StoreError};
+use super::{
+    AzureCredential, AzureLocation, AzureStore, LocalStore, ObjectStore, ReplicatedStore, S3Location, S3Store,
+    StoreError,
+};
 
 /// A store location that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,23 @@ pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
         prefix: prefix.trim_matches('/').to_owned(),
         endpoint,
     })
+}
+
+/// Opens one store, or a replicated store over several (the first is the
+/// primary), from the locations given.
+pub async fn open_locations(locations: &[String]) -> Result<Arc<dyn ObjectStore>, LocationError> {
+    let locations: Vec<&str> = locations.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+    match locations.as_slice() {
+        [] => Err(LocationError::Empty),
+        [one] => open_location(one).await,
+        many => {
+            let mut stores = Vec::with_capacity(many.len());
+            for l in many {
+                stores.push(open_location(l).await?);
+            }
+            Ok(Arc::new(ReplicatedStore::new(stores)))
+        }
+    }
 }
 
 /// Opens the store a location names. Remote stores connect lazily: a bad

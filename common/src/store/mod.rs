@@ -7,6 +7,7 @@
 mod azure;
 mod fs;
 mod location;
+mod replicated;
 mod s3;
 
 use std::ops::Range;
@@ -16,7 +17,8 @@ use bytes::Bytes;
 
 pub use azure::{AzureCredential, AzureLocation, AzureStore, account_sas};
 pub use fs::LocalStore;
-pub use location::{LocationError, open_location, parse_azure, parse_s3};
+pub use location::{LocationError, open_location, open_locations, parse_azure, parse_s3};
+pub use replicated::ReplicatedStore;
 pub use s3::{S3Location, S3Store};
 
 /// What went wrong talking to an object store.
