@@ -3,7 +3,7 @@
 
 mod support;
 
-use lifeboat_integration_tests::services::{create_bucket, s3_endpoint, s3_test_credentials, unique_bucket};
+use lifeboat_integration_tests::services::{create_bucket, s3_client, s3_endpoint, s3_test_credentials, unique_bucket};
 use support::{Env, assert_same_tree, make_tree};
 
 #[test]
@@ -30,4 +30,30 @@ fn files_round_trip_through_s3() {
 
     let err = env.fails(&["repo", "init"]);
     assert!(err.contains("already exists"), "{err}");
+
+    // Packs moved to Glacier: a restore says they must be rehydrated, and
+    // `repo rehydrate` brings them back (the emulator restores at once).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = s3_client(&endpoint).await;
+        let listed = client.list_objects_v2().bucket(&bucket).prefix("prod/files/data/").send().await.unwrap();
+        for obj in listed.contents() {
+            let key = obj.key().unwrap();
+            client
+                .copy_object()
+                .bucket(&bucket)
+                .key(key)
+                .copy_source(format!("{bucket}/{key}"))
+                .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let cold = env.path("cold");
+    let err = env.fails(&["restore", &id, "--target", cold.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    assert!(err.contains("rehydrate"), "{err}");
+    env.ok(&["repo", "rehydrate"]);
+    env.ok(&["restore", &id, "--target", cold.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    assert_same_tree(&src, &cold);
 }

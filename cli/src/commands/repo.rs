@@ -20,6 +20,12 @@ enum RepoSub {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Start bringing every data pack back from an archive tier (S3 Glacier
+    /// restore, Azure tier change to Hot); restores can read them once done.
+    Rehydrate {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
 }
 
 impl RepoCommand {
@@ -38,6 +44,16 @@ impl RepoCommand {
                     &created.config().id[..16],
                     key.id
                 );
+                Ok(0)
+            }
+            RepoSub::Rehydrate { repo } => {
+                let opened = repo.open().await?;
+                let store = opened.store();
+                let packs = store.list("data/").await.context("listing packs")?;
+                for meta in &packs {
+                    store.start_rehydrate(&meta.key).await.with_context(|| format!("rehydrating {}", meta.key))?;
+                }
+                eprintln!("rehydration started for {} packs in {}", packs.len(), store.describe());
                 Ok(0)
             }
         }

@@ -14,7 +14,7 @@ use aws_lc_rs::hmac;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions};
 use azure_storage_blob::models::{
-    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
+    AccessTier, BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
     BlockBlobClientUploadOptions, HttpRange,
 };
 use azure_storage_blob::{BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions};
@@ -197,6 +197,13 @@ impl AzureStore {
         }
     }
 
+    /// Moves a blob to another access tier (Hot, Cool, Cold, Archive).
+    pub async fn set_access_tier(&self, key: &str, tier: AccessTier) -> Result<(), StoreError> {
+        let blob = self.blob(key)?;
+        blob.set_tier(tier, None).await.map_err(|e| self.error("changing the tier of", key, e))?;
+        Ok(())
+    }
+
     fn blob_name(&self, key: &str) -> Result<String, StoreError> {
         check_key(key)?;
         Ok(if self.location.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.location.prefix) })
@@ -223,6 +230,7 @@ impl AzureStore {
         let key = key.to_owned();
         match (status, code.as_deref()) {
             (_, Some("BlobAlreadyExists")) => StoreError::AlreadyExists { store, key },
+            (_, Some("BlobArchived")) => StoreError::Archived { store, key },
             (_, Some("ContainerNotFound")) => StoreError::Remote {
                 store,
                 op,
@@ -329,6 +337,10 @@ impl ObjectStore for AzureStore {
             out.push(ObjectMeta { key: key.to_owned(), size });
         }
         Ok(out)
+    }
+
+    async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
+        self.set_access_tier(key, AccessTier::Hot).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

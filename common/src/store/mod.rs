@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use azure::{AzureCredential, AzureLocation, AzureStore, account_sas};
+/// Azure access tiers, for [`AzureStore::set_access_tier`].
+pub use azure_storage_blob::models::AccessTier;
 pub use fs::LocalStore;
 pub use location::{LocationError, open_location, open_locations, parse_azure, parse_s3};
 pub use replicated::ReplicatedStore;
@@ -36,6 +38,12 @@ pub enum StoreError {
     /// The key is not a valid object name.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    /// The object sits in an archive tier and must be rehydrated before it
+    /// can be read.
+    #[error(
+        "object {key} in {store} is in the archive tier: it must be rehydrated before it can be read (`lifeboat repo rehydrate` starts that; it takes hours on the real services)"
+    )]
+    Archived { store: String, key: String },
     /// A remote service refused or could not be reached (after bounded retries).
     #[error("{op} {key} in {store}: {message}")]
     Remote {
@@ -101,6 +109,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes an object; deleting an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Starts bringing an archived object back to a readable tier. Stores
+    /// without archive tiers have nothing to do.
+    async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
+        let _ = key;
+        Ok(())
+    }
 }
 
 /// Rejects keys that could escape the store's namespace.

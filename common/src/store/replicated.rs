@@ -143,6 +143,10 @@ impl ObjectStore for ReplicatedStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.write_all(|s| async move { s.delete(key).await }).await
     }
+
+    async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
+        self.write_all(|s| async move { s.start_rehydrate(key).await }).await
+    }
 }
 
 #[cfg(test)]

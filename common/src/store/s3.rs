@@ -15,7 +15,9 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters, ObjectIdentifier, RestoreRequest, Tier,
+};
 use bytes::Bytes;
 
 use super::{ObjectMeta, ObjectStore, StoreError, check_key};
@@ -86,6 +88,9 @@ impl S3Store {
             SdkError::ServiceError(s) => s.err().code().map(str::to_owned),
             _ => None,
         };
+        if code.as_deref() == Some("InvalidObjectState") {
+            return StoreError::Archived { store: self.describe(), key: key.to_owned() };
+        }
         if code.as_deref() == Some("NoSuchBucket") {
             let message = format!("bucket {:?} does not exist", self.location.bucket);
             return StoreError::Remote { store: self.describe(), op, key: key.to_owned(), status, message };
@@ -348,6 +353,33 @@ impl ObjectStore for S3Store {
             }
         }
         Ok(out)
+    }
+
+    async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        let request = RestoreRequest::builder().days(7).glacier_job_parameters(
+            GlacierJobParameters::builder().tier(Tier::Standard).build().map_err(|e| StoreError::Remote {
+                store: self.describe(),
+                op: "rehydrating",
+                key: key.to_owned(),
+                status: None,
+                message: e.to_string(),
+            })?,
+        );
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.location.bucket)
+            .key(&full)
+            .restore_request(request.build())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already being restored: nothing more to start.
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("RestoreAlreadyInProgress") => Ok(()),
+            Err(e) => Err(self.remote("rehydrating", key, e)),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
