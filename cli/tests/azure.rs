@@ -3,24 +3,15 @@
 
 mod support;
 
-use lifeboat_common::store::{AzureCredential, AzureLocation, AzureStore};
 use lifeboat_integration_tests::services::{
-    AZURITE_ACCOUNT, AZURITE_KEY, azure_endpoint, azurite_connection_string, unique_bucket,
+    AZURITE_ACCOUNT, azure_container, azure_endpoint, azurite_connection_string,
 };
 use support::{Env, assert_same_tree, make_tree};
 
 #[test]
 fn files_round_trip_through_azure() {
     let endpoint = azure_endpoint();
-    let container = unique_bucket("cli");
-    let location = AzureLocation {
-        account: AZURITE_ACCOUNT.into(),
-        container: container.clone(),
-        prefix: String::new(),
-        endpoint: Some(endpoint.clone()),
-    };
-    let admin = AzureStore::connect(location, AzureCredential::AccountKey(AZURITE_KEY.into())).unwrap();
-    tokio::runtime::Runtime::new().unwrap().block_on(admin.create_container()).unwrap();
+    let container = tokio::runtime::Runtime::new().unwrap().block_on(azure_container(&endpoint, "cli"));
     // SAFETY: set once, before any thread of this test reads the environment.
     unsafe { std::env::set_var("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(&endpoint)) };
     let env = Env::new_at(&format!("azure://{AZURITE_ACCOUNT}/{container}/prod/files"));

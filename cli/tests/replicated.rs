@@ -5,9 +5,8 @@
 
 mod support;
 
-use lifeboat_common::store::{AzureCredential, AzureLocation, AzureStore};
 use lifeboat_integration_tests::services::{
-    AZURITE_ACCOUNT, AZURITE_KEY, azure_endpoint, azurite_connection_string, create_bucket, s3_endpoint,
+    AZURITE_ACCOUNT, azure_container, azure_endpoint, azurite_connection_string, create_bucket, s3_endpoint,
     s3_test_credentials, unique_bucket,
 };
 use support::{Env, assert_same_tree, make_tree};
@@ -16,17 +15,10 @@ use support::{Env, assert_same_tree, make_tree};
 fn replicated_s3_and_azure() {
     let (s3, azure) = (s3_endpoint(), azure_endpoint());
     s3_test_credentials();
-    let (bucket, container) = (unique_bucket("rep"), unique_bucket("rep"));
+    let bucket = unique_bucket("rep");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(create_bucket(&s3, &bucket));
-    let location = AzureLocation {
-        account: AZURITE_ACCOUNT.into(),
-        container: container.clone(),
-        prefix: String::new(),
-        endpoint: Some(azure.clone()),
-    };
-    let admin = AzureStore::connect(location, AzureCredential::AccountKey(AZURITE_KEY.into())).unwrap();
-    rt.block_on(admin.create_container()).unwrap();
+    let container = rt.block_on(azure_container(&azure, "rep"));
     // SAFETY: set once, before any thread of this test reads the environment.
     unsafe { std::env::set_var("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(&azure)) };
 

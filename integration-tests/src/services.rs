@@ -76,3 +76,18 @@ pub fn azurite_connection_string(endpoint: &str) -> String {
         "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
     )
 }
+
+/// Creates a fresh container in Azurite at `endpoint` and returns its name.
+pub async fn azure_container(endpoint: &str, tag: &str) -> String {
+    use lifeboat_common::store::{AzureCredential, AzureLocation, AzureStore};
+    let container = unique_bucket(tag);
+    let location = AzureLocation {
+        account: AZURITE_ACCOUNT.into(),
+        container: container.clone(),
+        prefix: String::new(),
+        endpoint: Some(endpoint.into()),
+    };
+    let admin = AzureStore::connect(location, AzureCredential::AccountKey(AZURITE_KEY.into())).expect("Azurite client");
+    admin.create_container().await.expect("creating a test container");
+    container
+}

@@ -79,6 +79,17 @@ impl S3Store {
         Ok(if self.location.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.location.prefix) })
     }
 
+    /// A failure with no HTTP status (client-side, or a body that broke off).
+    fn failed(&self, op: &'static str, key: &str, message: impl std::fmt::Display) -> StoreError {
+        StoreError::Remote {
+            store: self.describe(),
+            op,
+            key: key.to_owned(),
+            status: None,
+            message: message.to_string(),
+        }
+    }
+
     fn remote<E>(&self, op: &'static str, key: &str, err: SdkError<E>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -156,15 +167,7 @@ impl S3Store {
                     CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build(),
                 ),
                 Ok((_, Err(e))) => failure = Some(self.remote("uploading part of", key, e)),
-                Err(e) => {
-                    failure = Some(StoreError::Remote {
-                        store: self.describe(),
-                        op: "uploading part of",
-                        key: key.to_owned(),
-                        status: None,
-                        message: e.to_string(),
-                    })
-                }
+                Err(e) => failure = Some(self.failed("uploading part of", key, e)),
             }
         }
         if let Some(err) = failure {
@@ -262,13 +265,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.remote("reading", key, e))?;
-        let body = out.body.collect().await.map_err(|e| StoreError::Remote {
-            store: self.describe(),
-            op: "reading",
-            key: key.to_owned(),
-            status: None,
-            message: error_chain(&e),
-        })?;
+        let body = out.body.collect().await.map_err(|e| self.failed("reading", key, error_chain(&e)))?;
         Ok(body.into_bytes())
     }
 
@@ -298,18 +295,7 @@ impl ObjectStore for S3Store {
             }
             Err(e) => return Err(self.remote("reading", key, e)),
         };
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Remote {
-                store: self.describe(),
-                op: "reading",
-                key: key.to_owned(),
-                status: None,
-                message: error_chain(&e),
-            })?
-            .into_bytes();
+        let body = out.body.collect().await.map_err(|e| self.failed("reading", key, error_chain(&e)))?.into_bytes();
         // A range past the end comes back short rather than refused.
         if (body.len() as u64) < range.end - range.start {
             return Err(StoreError::Truncated {
@@ -358,13 +344,10 @@ impl ObjectStore for S3Store {
     async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full_key(key)?;
         let request = RestoreRequest::builder().days(7).glacier_job_parameters(
-            GlacierJobParameters::builder().tier(Tier::Standard).build().map_err(|e| StoreError::Remote {
-                store: self.describe(),
-                op: "rehydrating",
-                key: key.to_owned(),
-                status: None,
-                message: e.to_string(),
-            })?,
+            GlacierJobParameters::builder()
+                .tier(Tier::Standard)
+                .build()
+                .map_err(|e| self.failed("rehydrating", key, e))?,
         );
         match self
             .client
@@ -403,23 +386,14 @@ impl S3Store {
                 .iter()
                 .map(|k| {
                     let full = self.full_key(k)?;
-                    ObjectIdentifier::builder().key(full).build().map_err(|e| StoreError::Remote {
-                        store: self.describe(),
-                        op: "deleting",
-                        key: k.clone(),
-                        status: None,
-                        message: e.to_string(),
-                    })
+                    ObjectIdentifier::builder().key(full).build().map_err(|e| self.failed("deleting", k, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let delete =
-                Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| StoreError::Remote {
-                    store: self.describe(),
-                    op: "deleting",
-                    key: batch[0].clone(),
-                    status: None,
-                    message: e.to_string(),
-                })?;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.failed("deleting", &batch[0], e))?;
             let out = self
                 .client
                 .delete_objects()
@@ -429,13 +403,7 @@ impl S3Store {
                 .await
                 .map_err(|e| self.remote("deleting", &batch[0], e))?;
             if let Some(err) = out.errors().first() {
-                return Err(StoreError::Remote {
-                    store: self.describe(),
-                    op: "deleting",
-                    key: err.key().unwrap_or_default().to_owned(),
-                    status: None,
-                    message: err.message().unwrap_or("refused").to_owned(),
-                });
+                return Err(self.failed("deleting", err.key().unwrap_or_default(), err.message().unwrap_or("refused")));
             }
         }
         Ok(())
