@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use lifeboat_integration_tests::services;
 use lifeboat_integration_tests::tree_gen::{TreeSpec, apply_day_of_changes, generate_tree};
 
 struct Measured {
@@ -59,24 +60,69 @@ fn du(path: &Path) -> u64 {
     total
 }
 
+/// Where a tool's repository lives.
+#[derive(Clone)]
+enum Repo {
+    Local(PathBuf),
+    /// The S3 emulator: endpoint, bucket, prefix.
+    S3 {
+        endpoint: String,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl Repo {
+    fn for_lifeboat(&self) -> String {
+        match self {
+            Repo::Local(p) => p.display().to_string(),
+            Repo::S3 { endpoint, bucket, prefix } => format!("s3://{bucket}/{prefix}?endpoint={endpoint}"),
+        }
+    }
+
+    fn for_restic(&self) -> String {
+        match self {
+            Repo::Local(p) => p.display().to_string(),
+            Repo::S3 { endpoint, bucket, prefix } => format!("s3:{endpoint}/{bucket}/{prefix}"),
+        }
+    }
+
+    /// Bytes the repository takes in its store.
+    fn stored_bytes(&self, rt: &tokio::runtime::Runtime) -> u64 {
+        match self {
+            Repo::Local(p) => du(p),
+            Repo::S3 { endpoint, bucket, prefix } => rt.block_on(async {
+                let client = services::s3_client(endpoint).await;
+                let mut pages =
+                    client.list_objects_v2().bucket(bucket).prefix(format!("{prefix}/")).into_paginator().send();
+                let mut total = 0u64;
+                while let Some(Ok(page)) = pages.next().await {
+                    total += page.contents().iter().map(|o| o.size().unwrap_or(0).max(0) as u64).sum::<u64>();
+                }
+                total
+            }),
+        }
+    }
+}
+
 trait Tool {
     fn name(&self) -> &'static str;
     fn init(&self) -> Result<()>;
     fn backup(&self, src: &Path) -> Result<Measured>;
     fn restore(&self, target: &Path) -> Result<Measured>;
-    fn repo(&self) -> &Path;
+    fn repo(&self) -> &Repo;
 }
 
 struct Lifeboat {
     bin: PathBuf,
-    repo: PathBuf,
+    repo: Repo,
     key: PathBuf,
 }
 
 impl Lifeboat {
     fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
-        c.env("LIFEBOAT_REPO", &self.repo).env("LIFEBOAT_KEY_FILE", &self.key);
+        c.env("LIFEBOAT_REPO", self.repo.for_lifeboat()).env("LIFEBOAT_KEY_FILE", &self.key);
         c
     }
 }
@@ -96,21 +142,22 @@ impl Tool for Lifeboat {
     fn restore(&self, target: &Path) -> Result<Measured> {
         measure(self.cmd().args(["restore", "latest", "--target"]).arg(target))
     }
-    fn repo(&self) -> &Path {
+    fn repo(&self) -> &Repo {
         &self.repo
     }
 }
 
 struct Restic {
-    repo: PathBuf,
+    repo: Repo,
+    cache: PathBuf,
 }
 
 impl Restic {
     fn cmd(&self) -> Command {
         let mut c = Command::new("restic");
-        c.env("RESTIC_REPOSITORY", &self.repo)
+        c.env("RESTIC_REPOSITORY", self.repo.for_restic())
             .env("RESTIC_PASSWORD", "benchmark")
-            .env("RESTIC_CACHE_DIR", self.repo.with_extension("cache"))
+            .env("RESTIC_CACHE_DIR", &self.cache)
             .arg("--quiet");
         c
     }
@@ -130,7 +177,7 @@ impl Tool for Restic {
     fn restore(&self, target: &Path) -> Result<Measured> {
         measure(self.cmd().args(["restore", "latest", "--target"]).arg(target))
     }
-    fn repo(&self) -> &Path {
+    fn repo(&self) -> &Repo {
         &self.repo
     }
 }
@@ -145,6 +192,18 @@ fn main() -> Result<()> {
     let work = PathBuf::from(args.next().unwrap_or_else(|| "/tmp/lifeboat-bench-files".into()));
     let gib: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.0);
     let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3).max(1);
+    let on_s3 = match args.next().as_deref() {
+        None | Some("local") => false,
+        Some("s3") => true,
+        Some(other) => bail!("unknown store {other:?}: local or s3"),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let s3 = if on_s3 {
+        services::s3_test_credentials();
+        Some(services::s3_endpoint())
+    } else {
+        None
+    };
     let bin = std::env::current_exe()?.with_file_name("lifeboat");
     if !bin.exists() {
         bail!("{} not found: build it first (cargo build --release -p lifeboat)", bin.display());
@@ -161,7 +220,7 @@ fn main() -> Result<()> {
     let mut all: Vec<Vec<Row>> = Vec::new();
     for run in 0..runs {
         // Nothing is deleted until the end, so no step pays for another's deletions.
-        let rows = run_once(&work.join(format!("run-{run}")), &spec, &bin)?;
+        let rows = run_once(&work.join(format!("run-{run}")), &spec, &bin, &rt, s3.as_deref())?;
         print_rows(&format!("run {} of {runs}", run + 1), &rows)?;
         all.push(rows);
     }
@@ -185,7 +244,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn run_once(work: &Path, spec: &TreeSpec, bin: &Path) -> Result<Vec<Row>> {
+fn run_once(
+    work: &Path,
+    spec: &TreeSpec,
+    bin: &Path,
+    rt: &tokio::runtime::Runtime,
+    s3: Option<&str>,
+) -> Result<Vec<Row>> {
     let src = work.join("src");
     let t = Instant::now();
     let made = generate_tree(&src, spec)?;
@@ -196,9 +261,17 @@ fn run_once(work: &Path, spec: &TreeSpec, bin: &Path) -> Result<Vec<Row>> {
         t.elapsed().as_secs_f64(),
         src.display()
     );
+    let bucket = services::unique_bucket("bench");
+    let repo = |name: &str| match s3 {
+        Some(endpoint) => Repo::S3 { endpoint: endpoint.to_owned(), bucket: bucket.clone(), prefix: name.to_owned() },
+        None => Repo::Local(work.join(format!("{name}-repo"))),
+    };
+    if let Some(endpoint) = s3 {
+        rt.block_on(services::create_bucket(endpoint, &bucket));
+    }
     let tools: Vec<Box<dyn Tool>> = vec![
-        Box::new(Lifeboat { bin: bin.to_owned(), repo: work.join("lifeboat-repo"), key: work.join("lifeboat.key") }),
-        Box::new(Restic { repo: work.join("restic-repo") }),
+        Box::new(Lifeboat { bin: bin.to_owned(), repo: repo("lifeboat"), key: work.join("lifeboat.key") }),
+        Box::new(Restic { repo: repo("restic"), cache: work.join("restic-cache") }),
     ];
     for tool in &tools {
         tool.init()?;
@@ -212,7 +285,7 @@ fn run_once(work: &Path, spec: &TreeSpec, bin: &Path) -> Result<Vec<Row>> {
         for tool in &tools {
             sync_and_settle();
             let m = tool.backup(&src).with_context(|| format!("{} {step}", tool.name()))?;
-            results.push((m.secs, m.peak_rss_kib, du(tool.repo())));
+            results.push((m.secs, m.peak_rss_kib, tool.repo().stored_bytes(rt)));
         }
         rows.push(Row { step, results });
     }
@@ -222,10 +295,52 @@ fn run_once(work: &Path, spec: &TreeSpec, bin: &Path) -> Result<Vec<Row>> {
         sync_and_settle();
         drop_caches();
         let m = tool.restore(&target).with_context(|| format!("{} restore", tool.name()))?;
-        results.push((m.secs, m.peak_rss_kib, du(tool.repo())));
+        results.push((m.secs, m.peak_rss_kib, tool.repo().stored_bytes(rt)));
     }
     rows.push(Row { step: "full restore", results });
+    if let Some(endpoint) = s3 {
+        replicated_write(work, &src, bin, rt, endpoint, &bucket)?;
+    }
     Ok(rows)
+}
+
+/// Lifeboat's first backup to S3 alone, then to S3 + Azure with every copy
+/// required (policy `all`), and the ratio.
+fn replicated_write(
+    work: &Path,
+    src: &Path,
+    bin: &Path,
+    rt: &tokio::runtime::Runtime,
+    s3: &str,
+    bucket: &str,
+) -> Result<()> {
+    let azure = services::azure_endpoint();
+    let container = rt.block_on(services::azure_container(&azure, "bench"));
+    let single = format!("s3://{bucket}/single?endpoint={s3}");
+    let replicated = format!("s3://{bucket}/rep?endpoint={s3},azure://{}/{container}/rep", services::AZURITE_ACCOUNT);
+    let mut secs = Vec::new();
+    for (name, location) in [("single", &single), ("replicated", &replicated)] {
+        let key = work.join(format!("{name}.key"));
+        let cmd = |args: &[&str]| {
+            let mut c = Command::new(bin);
+            c.args(args)
+                .env("LIFEBOAT_REPO", location)
+                .env("LIFEBOAT_KEY_FILE", &key)
+                .env("AZURE_STORAGE_CONNECTION_STRING", services::azurite_connection_string(&azure));
+            c
+        };
+        measure(&mut cmd(&["key", "generate", "--out", key.to_str().unwrap_or_default()]))?;
+        measure(&mut cmd(&["repo", "init"]))?;
+        sync_and_settle();
+        secs.push(measure(cmd(&["backup", "files"]).arg(src))?.secs);
+    }
+    println!(
+        "lifeboat first backup to S3 alone {:.2}s, to S3 + Azure (policy all) {:.2}s: replicated/single {:.2}",
+        secs[0],
+        secs[1],
+        secs[1] / secs[0]
+    );
+    Ok(())
 }
 
 fn print_rows(title: &str, rows: &[Row]) -> Result<()> {
