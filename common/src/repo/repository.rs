@@ -50,6 +50,8 @@ struct Inner {
     config: RepoConfig,
     keyring: Keyring,
     index: RwLock<Index>,
+    /// Index objects the last load could not read, each error as text.
+    index_problems: RwLock<Vec<String>>,
 }
 
 impl Repository {
@@ -79,7 +81,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Repository { inner: Arc::new(Inner { store, config, keyring, index: RwLock::new(Index::default()) }) })
+        Ok(Self::from_parts(store, config, keyring))
     }
 
     /// Opens an existing repository with `master` and loads its index.
@@ -98,10 +100,21 @@ impl Repository {
             return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
         }
         let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
-        let repo =
-            Repository { inner: Arc::new(Inner { store, config, keyring, index: RwLock::new(Index::default()) }) };
+        let repo = Self::from_parts(store, config, keyring);
         repo.reload_index().await?;
         Ok(repo)
+    }
+
+    fn from_parts(store: Arc<dyn ObjectStore>, config: RepoConfig, keyring: Keyring) -> Self {
+        Repository {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                keyring,
+                index: RwLock::new(Index::default()),
+                index_problems: RwLock::new(Vec::new()),
+            }),
+        }
     }
 
     async fn unwrap_keyring(store: &dyn ObjectStore, master: &MasterKey) -> Result<Keyring, RepoError> {
@@ -137,8 +150,9 @@ impl Repository {
 
     /// Re-reads every index object. An unreadable index object does not stop
     /// the repository from opening (what it listed becomes unreachable, and
-    /// `verify` reports it); the errors are returned and logged.
-    pub async fn reload_index(&self) -> Result<Vec<RepoError>, RepoError> {
+    /// `verify` reports it); the errors are logged and kept for
+    /// [`Repository::index_problems`].
+    pub async fn reload_index(&self) -> Result<(), RepoError> {
         let mut index = Index::default();
         let mut problems = Vec::new();
         for meta in self.inner.store.list(INDEX_PREFIX).await? {
@@ -146,12 +160,18 @@ impl Repository {
                 Ok(file) => index.add(file),
                 Err(e) => {
                     tracing::warn!(object = %meta.key, error = %e, "skipping unreadable index object");
-                    problems.push(e);
+                    problems.push(e.to_string());
                 }
             }
         }
         *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = index;
-        Ok(problems)
+        *self.inner.index_problems.write().unwrap_or_else(|p| p.into_inner()) = problems;
+        Ok(())
+    }
+
+    /// Index objects the last index load could not read, each naming the object.
+    pub fn index_problems(&self) -> Vec<String> {
+        self.inner.index_problems.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Reads and opens one index object.

@@ -45,9 +45,8 @@ pub async fn verify(
     on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<VerifyReport, RepoError> {
     let mut report = VerifyReport::default();
-    for e in repo.reload_index().await? {
-        report.problems.push(e.to_string());
-    }
+    // Unreadable index objects were found when the repository was opened.
+    report.problems.extend(repo.index_problems());
 
     // Every indexed pack exists with the size the index records.
     let stored: HashMap<String, u64> = repo.store().list("data/").await?.into_iter().map(|m| (m.key, m.size)).collect();
