@@ -28,21 +28,32 @@ pub enum LocationError {
     Empty,
 }
 
+fn invalid(location: &str, reason: &str) -> LocationError {
+    LocationError::Invalid { location: location.to_owned(), reason: reason.to_owned() }
+}
+
+/// Parses a remote location's URL and its host part (`host` names it: bucket
+/// or account), refusing credentials in it; `secrets` says where they belong.
+fn parse_remote(location: &str, host: &str, secrets: &str) -> Result<(url::Url, String), LocationError> {
+    let url = url::Url::parse(location).map_err(|e| invalid(location, &e.to_string()))?;
+    let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid(location, &format!("no {host}")))?;
+    let name = name.to_owned();
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(location, &format!("credentials do not belong in the location; use {secrets}")));
+    }
+    Ok((url, name))
+}
+
 /// Parses an `s3://` location.
 pub fn parse_s3(location: &str) -> Result<S3Location, LocationError> {
-    let invalid = |reason: &str| LocationError::Invalid { location: location.to_owned(), reason: reason.to_owned() };
-    let url = url::Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
-    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| invalid("no bucket"))?.to_owned();
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("credentials do not belong in the location; use the AWS environment or profile"));
-    }
+    let (url, bucket) = parse_remote(location, "bucket", "the AWS environment or profile")?;
     let prefix = url.path().trim_matches('/').to_owned();
     let (mut region, mut endpoint) = (None, None);
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
             "region" => region = Some(v.into_owned()),
             "endpoint" => endpoint = Some(v.into_owned()),
-            other => return Err(invalid(&format!("unknown parameter {other:?} (region, endpoint)"))),
+            other => return Err(invalid(location, &format!("unknown parameter {other:?} (region, endpoint)"))),
         }
     }
     Ok(S3Location { bucket, prefix, region, endpoint })
@@ -50,22 +61,17 @@ pub fn parse_s3(location: &str) -> Result<S3Location, LocationError> {
 
 /// Parses an `azure://account/container/prefix` location.
 pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
-    let invalid = |reason: &str| LocationError::Invalid { location: location.to_owned(), reason: reason.to_owned() };
-    let url = url::Url::parse(location).map_err(|e| invalid(&e.to_string()))?;
-    let account = url.host_str().filter(|a| !a.is_empty()).ok_or_else(|| invalid("no account"))?.to_owned();
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("credentials do not belong in the location; use AZURE_STORAGE_* variables"));
-    }
+    let (url, account) = parse_remote(location, "account", "AZURE_STORAGE_* variables")?;
     let path = url.path().trim_matches('/');
     let (container, prefix) = path.split_once('/').unwrap_or((path, ""));
     if container.is_empty() {
-        return Err(invalid("no container"));
+        return Err(invalid(location, "no container"));
     }
     let mut endpoint = None;
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
             "endpoint" => endpoint = Some(v.trim_end_matches('/').to_owned()),
-            other => return Err(invalid(&format!("unknown parameter {other:?} (endpoint)"))),
+            other => return Err(invalid(location, &format!("unknown parameter {other:?} (endpoint)"))),
         }
     }
     Ok(AzureLocation {
