@@ -91,3 +91,76 @@ pub async fn azure_container(endpoint: &str, tag: &str) -> String {
     admin.create_container().await.expect("creating a test container");
     container
 }
+
+/// An Azurite of one test's own, on its own port and data directory, that
+/// the test can kill (SIGKILL) and start again with its data intact. Azurite
+/// saves its metadata every 5 s, so a test waits [`AZURITE_SAVE_INTERVAL`]
+/// before a kill whose survivors it checks.
+pub struct OwnAzurite {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// How long Azurite may hold metadata in memory before saving it.
+pub const AZURITE_SAVE_INTERVAL: Duration = Duration::from_secs(6);
+
+impl OwnAzurite {
+    /// A port that nothing listens on yet, and the data directory; not started.
+    pub fn new(dir: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("finding a free port");
+        OwnAzurite { port, dir: dir.to_owned(), child: None }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The blob endpoint (answers only while started).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// Starts it and waits until it answers.
+    pub fn start(&mut self) {
+        let services = std::env::var("LIFEBOAT_SERVICES_DIR").unwrap_or_else(|_| "/var/tmp/lifeboat-services".into());
+        let bin = std::path::Path::new(&services).join("azurite/node_modules/.bin/azurite-blob");
+        assert!(bin.exists(), "Azurite is not installed at {}: run `deploy/services.sh install`", bin.display());
+        let child = std::process::Command::new(&bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string(), "--location"])
+            .arg(&self.dir)
+            .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting Azurite");
+        self.child = Some(child);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        for _ in 0..200 {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Azurite did not start on port {}", self.port);
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Azurite's launcher is node itself: the pid is the server.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnAzurite {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -11,6 +11,7 @@ use lifeboat_agent::progress::Progress;
 use lifeboat_common::repo::SnapshotId;
 
 use crate::progress::ProgressView;
+use crate::repo_args::settle;
 use crate::{EXIT_PARTIAL, RepoArgs};
 
 /// Backup commands, one per source kind.
@@ -60,7 +61,7 @@ impl BackupCommand {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
         let BackupSub::Files(args) = self.command;
-        let repo = args.repo.open().await?;
+        let (repo, stores) = args.repo.open_with_stores().await?;
         let parent = match &args.parent {
             Some(p) => Some(repo.find_snapshot(p).await.context("finding the parent snapshot")?.0),
             None => None::<SnapshotId>,
@@ -95,6 +96,7 @@ impl BackupCommand {
             s.duration_secs,
         );
         println!("{}", outcome.id);
+        settle(&stores).await?;
         if outcome.warnings.is_empty() {
             return Ok(0);
         }

@@ -46,12 +46,13 @@ impl KeyCommand {
             KeySub::Rotate { repo, new_key_file } => {
                 let old = repo.master_key()?;
                 let new = MasterKey::load(&new_key_file)?;
-                let opened = repo.open().await?;
+                let (opened, stores) = repo.open_with_stores().await?;
                 opened
                     .rotate_master_key(&old, &new)
                     .await
                     .with_context(|| format!("rotating to master key {}", new.id))?;
                 eprintln!("repository keys are now wrapped by master key {} (was {})", new.id, old.id);
+                crate::repo_args::settle(&stores).await?;
                 Ok(0)
             }
         }

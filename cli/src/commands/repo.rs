@@ -1,10 +1,19 @@
-//! `lifeboat repo …`: creating a repository.
+//! `lifeboat repo …`: creating a repository, archive rehydration, and the
+//! stores of a replicated repository.
 
-use anyhow::{Context, Result};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use indicatif::HumanBytes;
+use lifeboat_agent::progress::Progress;
 use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::replicas::{ReconcileOptions, ReconcileReport, reconcile};
+use lifeboat_common::store::OpenedStore;
 
 use crate::RepoArgs;
+use crate::progress::ProgressView;
+use crate::repo_args::settle;
 
 /// Repository commands.
 #[derive(Args)]
@@ -26,6 +35,21 @@ enum RepoSub {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Bring the stores of a replicated repository into agreement: drain
+    /// the outbox, then copy every missing or damaged object from a good
+    /// copy. Never deletes unless asked.
+    Sync {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Read every copy of every pack (finds same-size damage; otherwise
+        /// packs are compared by size).
+        #[arg(long)]
+        read_data: bool,
+        /// Delete objects the primary lacks from the other stores, instead
+        /// of copying them to the primary. Do not run during a backup.
+        #[arg(long)]
+        delete_extra: bool,
+    },
 }
 
 impl RepoCommand {
@@ -33,7 +57,8 @@ impl RepoCommand {
     pub async fn run(self) -> Result<u8> {
         match self.command {
             RepoSub::Init { repo } => {
-                let store = repo.store().await?;
+                let stores = repo.stores().await?;
+                let store = stores.store();
                 let key = repo.master_key()?;
                 let described = store.describe();
                 let created = Repository::init(store, &key)
@@ -44,6 +69,7 @@ impl RepoCommand {
                     &created.config().id[..16],
                     key.id
                 );
+                settle(&stores).await?;
                 Ok(0)
             }
             RepoSub::Rehydrate { repo } => {
@@ -56,6 +82,49 @@ impl RepoCommand {
                 eprintln!("rehydration started for {} packs in {}", packs.len(), store.describe());
                 Ok(0)
             }
+            RepoSub::Sync { repo, read_data, delete_extra } => {
+                let (opened, stores) = repo.open_with_stores().await?;
+                if matches!(stores, OpenedStore::Single(_)) {
+                    bail!("repo sync needs a replicated repository: give --repo more than once");
+                }
+                settle(&stores).await?;
+                let opts = ReconcileOptions { read_data, repair: true, delete_extra };
+                let report = run_reconcile(&opened, &stores, opts).await?;
+                eprintln!(
+                    "copied {} objects ({}), deleted {}",
+                    report.copied,
+                    HumanBytes(report.bytes_copied),
+                    report.deleted
+                );
+                if !report.unrepaired.is_empty() {
+                    for p in &report.unrepaired {
+                        eprintln!("lifeboat: problem: {p}");
+                    }
+                    bail!("{} problems could not be mended (listed above)", report.unrepaired.len());
+                }
+                eprintln!("the stores agree");
+                Ok(0)
+            }
         }
     }
+}
+
+/// Compares (and with `opts.repair` mends) the member stores, with a
+/// progress bar, and prints what differed.
+pub async fn run_reconcile(repo: &Repository, stores: &OpenedStore, opts: ReconcileOptions) -> Result<ReconcileReport> {
+    let progress = Arc::new(Progress::default());
+    let view = ProgressView::start("comparing stores", progress.clone());
+    let p = progress.clone();
+    let report = reconcile(repo, &stores.members(), opts, Arc::new(move |n| p.bytes(n))).await?;
+    drop(view);
+    eprintln!(
+        "compared {} objects across {} stores ({} read)",
+        report.objects,
+        report.stores.len(),
+        HumanBytes(report.bytes_read)
+    );
+    for p in &report.problems {
+        eprintln!("lifeboat: {}: {p}", if opts.repair { "mending" } else { "problem" });
+    }
+    Ok(report)
 }

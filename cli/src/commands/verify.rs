@@ -8,7 +8,10 @@ use indicatif::HumanBytes;
 use lifeboat_agent::progress::Progress;
 use lifeboat_common::repo::verify::verify;
 
+use lifeboat_common::repo::replicas::ReconcileOptions;
+
 use crate::RepoArgs;
+use crate::commands::repo::run_reconcile;
 use crate::progress::ProgressView;
 
 /// Checks that every referenced object exists and the indexes agree; with
@@ -20,12 +23,16 @@ pub struct VerifyArgs {
     /// Read and authenticate every pack.
     #[arg(long)]
     read_data: bool,
+    /// Also compare the stores of a replicated repository object by object
+    /// (with --read-data, every copy of every pack is read and hashed).
+    #[arg(long)]
+    stores: bool,
 }
 
 impl VerifyArgs {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
-        let repo = self.repo.open().await?;
+        let (repo, stores) = self.repo.open_with_stores().await?;
         let progress = Arc::new(Progress::default());
         if self.read_data {
             let total: u64 = repo.index().packs().iter().map(|p| p.size).sum();
@@ -53,11 +60,16 @@ impl VerifyArgs {
                 report.unindexed_packs
             );
         }
-        if !report.ok() {
-            for p in &report.problems {
-                eprintln!("lifeboat: problem: {p}");
-            }
-            bail!("verify found {} problems (listed above)", report.problems.len());
+        let mut problems = report.problems.len();
+        for p in &report.problems {
+            eprintln!("lifeboat: problem: {p}");
+        }
+        if self.stores {
+            let opts = ReconcileOptions { read_data: self.read_data, ..Default::default() };
+            problems += run_reconcile(&repo, &stores, opts).await?.problems.len();
+        }
+        if problems > 0 {
+            bail!("verify found {problems} problems (listed above)");
         }
         eprintln!("no problems found");
         Ok(0)

@@ -23,24 +23,32 @@ pub struct Env {
     /// `--repo` as given to the CLI.
     pub location: String,
     pub key: PathBuf,
+    /// Extra environment for every command.
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
     /// A local-directory repository in a temporary directory.
     pub fn new() -> Self {
-        Self::init(None)
+        Self::init(None, &[])
     }
 
     /// A repository at `location` (e.g. an s3:// URL), key in a temporary directory.
     pub fn new_at(location: &str) -> Self {
-        Self::init(Some(location))
+        Self::init(Some(location), &[])
     }
 
-    fn init(location: Option<&str>) -> Self {
+    /// A repository at `location`, every command run with `vars` set.
+    pub fn new_with(location: &str, vars: &[(&str, &str)]) -> Self {
+        Self::init(Some(location), vars)
+    }
+
+    fn init(location: Option<&str>, vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         let location = location.map(str::to_owned).unwrap_or_else(|| repo.display().to_string());
-        let env = Env { repo, location, key: dir.path().join("key"), dir };
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = Env { repo, location, key: dir.path().join("key"), dir, vars };
         env.ok(&["key", "generate", "--out", env.key.to_str().unwrap()]);
         env.ok(&["repo", "init"]);
         env
@@ -62,7 +70,11 @@ impl Env {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
-        c.env("LIFEBOAT_REPO", &self.location).env("LIFEBOAT_KEY_FILE", &self.key).env_remove("RUST_LOG");
+        c.env("LIFEBOAT_REPO", &self.location)
+            .env("LIFEBOAT_KEY_FILE", &self.key)
+            .env("LIFEBOAT_STATE_DIR", self.path("state"))
+            .env_remove("RUST_LOG");
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -16,6 +16,7 @@ pub mod index;
 pub mod object;
 pub mod pack;
 pub mod packer;
+pub mod replicas;
 pub mod repository;
 pub mod snapshot;
 pub mod tree;

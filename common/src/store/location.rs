@@ -2,11 +2,12 @@
 //! `s3://bucket/prefix?region=…&endpoint=…` or
 //! `azure://account/container/prefix?endpoint=…`. Secrets never come from here.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
     AzureCredential, AzureLocation, AzureStore, LocalStore, ObjectStore, ReplicatedStore, S3Location, S3Store,
-    StoreError,
+    StoreError, WritePolicy,
 };
 
 /// A store location that cannot be used.
@@ -82,19 +83,59 @@ pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
     })
 }
 
+/// How a repository spanning several stores is written.
+#[derive(Debug, Clone, Default)]
+pub struct Replication {
+    /// When a write is acknowledged.
+    pub policy: WritePolicy,
+    /// The outbox directory (default: under the state directory).
+    pub outbox: Option<PathBuf>,
+}
+
+/// The store a list of locations names.
+#[derive(Debug, Clone)]
+pub enum OpenedStore {
+    /// One location.
+    Single(Arc<dyn ObjectStore>),
+    /// Several, replicated (the first is the primary).
+    Replicated(Arc<ReplicatedStore>),
+}
+
+impl OpenedStore {
+    /// The store to hand to the repository.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        match self {
+            OpenedStore::Single(s) => s.clone(),
+            OpenedStore::Replicated(r) => r.clone(),
+        }
+    }
+
+    /// Every member store, primary first (one for a single location).
+    pub fn members(&self) -> Vec<Arc<dyn ObjectStore>> {
+        match self {
+            OpenedStore::Single(s) => vec![s.clone()],
+            OpenedStore::Replicated(r) => r.stores(),
+        }
+    }
+}
+
 /// Opens one store, or a replicated store over several (the first is the
-/// primary), from the locations given.
-pub async fn open_locations(locations: &[String]) -> Result<Arc<dyn ObjectStore>, LocationError> {
+/// primary), from the locations given. Must run inside a Tokio runtime.
+pub async fn open_locations(locations: &[String], replication: &Replication) -> Result<OpenedStore, LocationError> {
     let locations: Vec<&str> = locations.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
     match locations.as_slice() {
         [] => Err(LocationError::Empty),
-        [one] => open_location(one).await,
+        [one] => Ok(OpenedStore::Single(open_location(one).await?)),
         many => {
             let mut stores = Vec::with_capacity(many.len());
             for l in many {
                 stores.push(open_location(l).await?);
             }
-            Ok(Arc::new(ReplicatedStore::new(stores)))
+            Ok(OpenedStore::Replicated(Arc::new(ReplicatedStore::new(
+                stores,
+                replication.policy,
+                replication.outbox.clone(),
+            ))))
         }
     }
 }

@@ -7,6 +7,7 @@
 mod azure;
 mod fs;
 mod location;
+mod outbox;
 mod replicated;
 mod s3;
 
@@ -19,8 +20,9 @@ pub use azure::{AzureCredential, AzureLocation, AzureStore, account_sas};
 /// Azure access tiers, for [`AzureStore::set_access_tier`].
 pub use azure_storage_blob::models::AccessTier;
 pub use fs::LocalStore;
-pub use location::{LocationError, open_location, open_locations, parse_azure, parse_s3};
-pub use replicated::ReplicatedStore;
+pub use location::{LocationError, OpenedStore, Replication, open_location, open_locations, parse_azure, parse_s3};
+pub use outbox::{CopyLag, DrainOutcome, Outbox, state_dir};
+pub use replicated::{ReplicatedStore, WritePolicy};
 pub use s3::{S3Location, S3Store};
 
 /// What went wrong talking to an object store.
