@@ -25,6 +25,7 @@ fn azure_store(endpoint: &str, container: &str) -> AzureStore {
         container: container.into(),
         prefix: "repo".into(),
         endpoint: Some(endpoint.into()),
+        data_tier: None,
     };
     AzureStore::connect(location, AzureCredential::AccountKey(AZURITE_KEY.into())).unwrap()
 }

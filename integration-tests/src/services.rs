@@ -86,6 +86,7 @@ pub async fn azure_container(endpoint: &str, tag: &str) -> String {
         container: container.clone(),
         prefix: String::new(),
         endpoint: Some(endpoint.into()),
+        data_tier: None,
     };
     let admin = AzureStore::connect(location, AzureCredential::AccountKey(AZURITE_KEY.into())).expect("Azurite client");
     admin.create_container().await.expect("creating a test container");

@@ -25,8 +25,14 @@ async fn s3_glacier_object_is_named_and_rehydrated() {
         .send()
         .await
         .unwrap();
-    let store =
-        S3Store::connect(S3Location { bucket, prefix: "repo".into(), region: None, endpoint: Some(endpoint) }).await;
+    let store = S3Store::connect(S3Location {
+        bucket,
+        prefix: "repo".into(),
+        region: None,
+        endpoint: Some(endpoint),
+        data_class: None,
+    })
+    .await;
     let err = store.get("data/ab/pack").await.unwrap_err();
     assert!(matches!(err, StoreError::Archived { .. }), "{err}");
     assert!(err.to_string().contains("rehydrate"), "{err}");
@@ -43,6 +49,7 @@ async fn azure_archived_blob_is_named_and_rehydrated() {
             container: unique_bucket("arch"),
             prefix: "repo".into(),
             endpoint: Some(endpoint),
+            data_tier: None,
         },
         AzureCredential::AccountKey(AZURITE_KEY.into()),
     )

@@ -13,6 +13,7 @@ fn store(endpoint: &str, container: &str, prefix: &str, credential: AzureCredent
             container: container.into(),
             prefix: prefix.into(),
             endpoint: Some(endpoint.into()),
+            data_tier: None,
         },
         credential,
     )

@@ -64,6 +64,7 @@ async fn s3_store_against_the_emulator() {
             prefix: prefix.into(),
             region: None,
             endpoint: Some(endpoint.clone()),
+            data_class: None,
         })
         .await;
         conformance(&store).await;
@@ -80,6 +81,7 @@ async fn s3_missing_bucket_and_unreachable_endpoint_fail_clearly_and_quickly() {
             prefix: String::new(),
             region: None,
             endpoint: Some(endpoint.clone()),
+            data_class: None,
         })
         .await,
     );
@@ -92,6 +94,7 @@ async fn s3_missing_bucket_and_unreachable_endpoint_fail_clearly_and_quickly() {
         prefix: String::new(),
         region: None,
         endpoint: Some("http://127.0.0.1:9".into()),
+        data_class: None,
     })
     .await;
     let started = Instant::now();

@@ -10,6 +10,7 @@ use lifeboat_agent::progress::Progress;
 use lifeboat_common::repo::Repository;
 use lifeboat_common::repo::replicas::{ReconcileOptions, ReconcileReport, reconcile};
 use lifeboat_common::store::OpenedStore;
+use lifeboat_common::store::lifecycle::Lifecycle;
 
 use crate::RepoArgs;
 use crate::progress::ProgressView;
@@ -34,6 +35,23 @@ enum RepoSub {
     Rehydrate {
         #[command(flatten)]
         repo: RepoArgs,
+    },
+    /// Move data objects to colder storage tiers as they age (S3 bucket
+    /// lifecycle rules; Azure tier changes of the blobs old enough). Metadata
+    /// stays hot. Defaults are the seed's: warm after 8 days, cold after 31,
+    /// archive after 91.
+    Lifecycle {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Days before the warm tier (S3 Standard-IA, Azure Cool).
+        #[arg(long, default_value_t = 8)]
+        warm_after: u32,
+        /// Days before the cold tier (S3 Glacier, Azure Cold).
+        #[arg(long, default_value_t = 31)]
+        cold_after: u32,
+        /// Days before the archive tier (S3 Glacier Deep Archive, Azure Archive).
+        #[arg(long, default_value_t = 91)]
+        archive_after: u32,
     },
     /// Bring the stores of a replicated repository into agreement: drain
     /// the outbox, then copy every missing or damaged object from a good
@@ -80,6 +98,24 @@ impl RepoCommand {
                     store.start_rehydrate(&meta.key).await.with_context(|| format!("rehydrating {}", meta.key))?;
                 }
                 eprintln!("rehydration started for {} packs in {}", packs.len(), store.describe());
+                Ok(0)
+            }
+            RepoSub::Lifecycle { repo, warm_after, cold_after, archive_after } => {
+                let lifecycle = Lifecycle {
+                    warm_after: Some(warm_after),
+                    cold_after: Some(cold_after),
+                    archive_after: Some(archive_after),
+                };
+                lifecycle.validate()?;
+                let opened = repo.open().await?;
+                let outcomes =
+                    opened.store().apply_lifecycle(&lifecycle).await.context("applying the storage lifecycle")?;
+                for o in outcomes {
+                    eprintln!("{}: {}", o.store, o.summary);
+                    for a in o.adjustments {
+                        eprintln!("  note: {a}");
+                    }
+                }
                 Ok(0)
             }
             RepoSub::Sync { repo, read_data, delete_extra } => {

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use url::Url;
 
+use super::lifecycle::{Lifecycle, LifecycleOutcome, StorageTier, TIERED_PREFIXES, is_tiered};
 use super::{ObjectMeta, ObjectStore, StoreError, check_key};
 
 /// Attempts beyond the first before a request fails.
@@ -45,6 +46,29 @@ pub struct AzureLocation {
     /// Blob endpoint (`BlobEndpoint` of a connection string), e.g.
     /// `http://127.0.0.1:10000/devstoreaccount1` for Azurite.
     pub endpoint: Option<String>,
+    /// Access tier data blobs are written in (default: the account's, Hot);
+    /// metadata is always Hot.
+    pub data_tier: Option<StorageTier>,
+}
+
+/// Azure's access tier for a tier.
+fn azure_tier(tier: StorageTier) -> AccessTier {
+    match tier {
+        StorageTier::Hot => AccessTier::Hot,
+        StorageTier::Warm => AccessTier::Cool,
+        StorageTier::Cold => AccessTier::Cold,
+        StorageTier::Archive => AccessTier::Archive,
+    }
+}
+
+/// Which tier an Azure access tier is (unknown tiers count as hot, so they are never skipped).
+fn tier_of(tier: &AccessTier) -> StorageTier {
+    match tier {
+        AccessTier::Cool => StorageTier::Warm,
+        AccessTier::Cold => StorageTier::Cold,
+        AccessTier::Archive => StorageTier::Archive,
+        _ => StorageTier::Hot,
+    }
 }
 
 /// How requests are authorised.
@@ -265,6 +289,7 @@ impl AzureStore {
             if_none_match: if_absent.then(|| "*".into()),
             partition_size: NonZero::new(BLOCK_SIZE),
             parallel: NonZero::new(4),
+            tier: self.location.data_tier.filter(|_| is_tiered(key)).map(azure_tier),
             ..Default::default()
         };
         blob.upload(data.into(), Some(options)).await.map_err(|e| self.error("writing", key, e))?;
@@ -341,6 +366,44 @@ impl ObjectStore for AzureStore {
 
     async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
         self.set_access_tier(key, AccessTier::Hot).await
+    }
+
+    /// Azure's lifecycle management is an account-level (management-plane)
+    /// policy, so the tiers are applied here: each data blob older than a
+    /// transition moves to that tier. Blobs only ever move colder.
+    async fn apply_lifecycle(&self, lifecycle: &Lifecycle) -> Result<Vec<LifecycleOutcome>, StoreError> {
+        let base = if self.location.prefix.is_empty() { String::new() } else { format!("{}/", self.location.prefix) };
+        let now = azure_core::time::OffsetDateTime::now_utc();
+        let mut moved: std::collections::BTreeMap<StorageTier, u64> = Default::default();
+        let mut examined = 0u64;
+        for prefix in TIERED_PREFIXES {
+            let options =
+                BlobContainerClientListBlobsOptions { prefix: Some(format!("{base}{prefix}")), ..Default::default() };
+            let mut items = self.container.list_blobs(Some(options)).map_err(|e| self.error("listing", prefix, e))?;
+            while let Some(item) = items.try_next().await.map_err(|e| self.error("listing", prefix, e))? {
+                let Some(key) = item.name.as_ref().and_then(|n| n.strip_prefix(&base)).map(str::to_owned) else {
+                    continue;
+                };
+                examined += 1;
+                let props = item.properties.unwrap_or_default();
+                let age = props.last_modified.map_or(0, |t| (now - t).whole_days().max(0) as u32);
+                let current = props.access_tier.as_ref().map_or(StorageTier::Hot, tier_of);
+                let wanted = lifecycle.tier_for_age(age);
+                if wanted > current {
+                    self.set_access_tier(&key, azure_tier(wanted)).await?;
+                    *moved.entry(wanted).or_default() += 1;
+                }
+            }
+        }
+        let moves: Vec<String> = moved.iter().map(|(t, n)| format!("{n} to {}", azure_tier(*t))).collect();
+        Ok(vec![LifecycleOutcome {
+            store: self.describe(),
+            summary: format!(
+                "{examined} data blobs examined, {}; metadata stays Hot",
+                if moves.is_empty() { "none moved".into() } else { format!("moved {}", moves.join(", ")) }
+            ),
+            adjustments: Vec::new(),
+        }])
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -49,15 +49,18 @@ fn parse_remote(location: &str, host: &str, secrets: &str) -> Result<(url::Url, 
 pub fn parse_s3(location: &str) -> Result<S3Location, LocationError> {
     let (url, bucket) = parse_remote(location, "bucket", "the AWS environment or profile")?;
     let prefix = url.path().trim_matches('/').to_owned();
-    let (mut region, mut endpoint) = (None, None);
+    let (mut region, mut endpoint, mut data_class) = (None, None, None);
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
             "region" => region = Some(v.into_owned()),
             "endpoint" => endpoint = Some(v.into_owned()),
-            other => return Err(invalid(location, &format!("unknown parameter {other:?} (region, endpoint)"))),
+            "data_class" => data_class = Some(v.parse().map_err(|e: String| invalid(location, &e))?),
+            other => {
+                return Err(invalid(location, &format!("unknown parameter {other:?} (region, endpoint, data_class)")));
+            }
         }
     }
-    Ok(S3Location { bucket, prefix, region, endpoint })
+    Ok(S3Location { bucket, prefix, region, endpoint, data_class })
 }
 
 /// Parses an `azure://account/container/prefix` location.
@@ -68,11 +71,12 @@ pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
     if container.is_empty() {
         return Err(invalid(location, "no container"));
     }
-    let mut endpoint = None;
+    let (mut endpoint, mut data_tier) = (None, None);
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
             "endpoint" => endpoint = Some(v.trim_end_matches('/').to_owned()),
-            other => return Err(invalid(location, &format!("unknown parameter {other:?} (endpoint)"))),
+            "data_tier" => data_tier = Some(v.parse().map_err(|e: String| invalid(location, &e))?),
+            other => return Err(invalid(location, &format!("unknown parameter {other:?} (endpoint, data_tier)"))),
         }
     }
     Ok(AzureLocation {
@@ -80,6 +84,7 @@ pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
         container: container.to_owned(),
         prefix: prefix.trim_matches('/').to_owned(),
         endpoint,
+        data_tier,
     })
 }
 
@@ -173,6 +178,7 @@ pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, Locat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::lifecycle::StorageTier;
 
     #[tokio::test]
     async fn locations() {
@@ -193,7 +199,8 @@ mod tests {
                 bucket: "backups".into(),
                 prefix: "prod/db".into(),
                 region: Some("eu-central-1".into()),
-                endpoint: Some("http://127.0.0.1:9000".into())
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                data_class: None,
             }
         );
         let plain = parse_s3("s3://b?endpoint=http://127.0.0.1:9000").unwrap();
@@ -201,6 +208,8 @@ mod tests {
         assert!(parse_s3("s3://key:secret@b/p").is_err());
         assert!(parse_s3("s3:///p").is_err());
         assert!(parse_s3("s3://b/p?colour=blue").is_err());
+        assert_eq!(parse_s3("s3://b/p?data_class=standard_ia").unwrap().data_class, Some(StorageTier::Warm));
+        assert!(parse_s3("s3://b/p?data_class=tepid").is_err());
     }
 
     #[test]
@@ -215,11 +224,13 @@ mod tests {
                 account: "devstoreaccount1".into(),
                 container: "backups".into(),
                 prefix: "prod/files".into(),
-                endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into())
+                endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
+                data_tier: None,
             }
         );
         assert_eq!(parse_azure("azure://acct/c").unwrap().prefix, "");
         assert!(parse_azure("azure://acct").is_err());
         assert!(parse_azure("azure://acct/c?sig=x").is_err());
+        assert_eq!(parse_azure("azure://acct/c?data_tier=Cool").unwrap().data_tier, Some(StorageTier::Warm));
     }
 }

@@ -6,6 +6,7 @@
 
 mod azure;
 mod fs;
+pub mod lifecycle;
 mod location;
 mod outbox;
 mod replicated;
@@ -15,6 +16,8 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+use lifecycle::{Lifecycle, LifecycleOutcome};
 
 pub use azure::{AzureCredential, AzureLocation, AzureStore, account_sas};
 /// Azure access tiers, for [`AzureStore::set_access_tier`].
@@ -111,6 +114,17 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes an object; deleting an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Moves the store's data objects through `lifecycle` (metadata stays
+    /// hot), by the service's own rules where it has them.
+    async fn apply_lifecycle(&self, lifecycle: &Lifecycle) -> Result<Vec<LifecycleOutcome>, StoreError> {
+        let _ = lifecycle;
+        Ok(vec![LifecycleOutcome {
+            store: self.describe(),
+            summary: "no storage tiers here: nothing to do".into(),
+            adjustments: Vec::new(),
+        }])
+    }
 
     /// Starts bringing an archived object back to a readable tier. Stores
     /// without archive tiers have nothing to do.

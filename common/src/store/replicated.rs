@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::lifecycle::{Lifecycle, LifecycleOutcome};
 use super::outbox::{CopyLag, Outbox};
 use super::{ObjectMeta, ObjectStore, StoreError};
 
@@ -296,6 +297,14 @@ impl ObjectStore for ReplicatedStore {
 
     async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
         self.write_all(|s| async move { s.start_rehydrate(key).await }).await
+    }
+
+    async fn apply_lifecycle(&self, lifecycle: &Lifecycle) -> Result<Vec<LifecycleOutcome>, StoreError> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            out.extend(m.store.apply_lifecycle(lifecycle).await?);
+        }
+        Ok(out)
     }
 }
 

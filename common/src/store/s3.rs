@@ -16,10 +16,13 @@ use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters, ObjectIdentifier, RestoreRequest, Tier,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, CompletedMultipartUpload, CompletedPart, Delete,
+    ExpirationStatus, GlacierJobParameters, LifecycleRule, LifecycleRuleFilter, ObjectIdentifier, RestoreRequest,
+    StorageClass, Tier, Transition, TransitionStorageClass,
 };
 use bytes::Bytes;
 
+use super::lifecycle::{Lifecycle, LifecycleOutcome, StorageTier, TIERED_PREFIXES, is_tiered};
 use super::{ObjectMeta, ObjectStore, StoreError, check_key};
 
 /// Objects larger than this go up as a multipart upload with parallel parts.
@@ -40,6 +43,42 @@ pub struct S3Location {
     pub region: Option<String>,
     /// Custom endpoint for S3-compatible services; implies path-style addressing.
     pub endpoint: Option<String>,
+    /// Storage class data objects are written in (default STANDARD);
+    /// metadata is always STANDARD.
+    pub data_class: Option<StorageTier>,
+}
+
+/// S3's storage class for a tier.
+fn s3_class(tier: StorageTier) -> StorageClass {
+    match tier {
+        StorageTier::Hot => StorageClass::Standard,
+        StorageTier::Warm => StorageClass::StandardIa,
+        StorageTier::Cold => StorageClass::Glacier,
+        StorageTier::Archive => StorageClass::DeepArchive,
+    }
+}
+
+/// The lifecycle as S3 transitions, moved later where S3 insists: objects
+/// reach Standard-IA no sooner than 30 days after creation, and spend at
+/// least 30 days there before a colder class.
+fn s3_transitions(lifecycle: &Lifecycle) -> (Vec<(TransitionStorageClass, i32)>, Vec<String>) {
+    let (mut out, mut notes) = (Vec::new(), Vec::new());
+    let mut earliest = 0u32;
+    for (tier, days) in lifecycle.transitions() {
+        let (class, min_here, gap_after) = match tier {
+            StorageTier::Hot => continue,
+            StorageTier::Warm => (TransitionStorageClass::StandardIa, 30, 30),
+            StorageTier::Cold => (TransitionStorageClass::Glacier, 0, 1),
+            StorageTier::Archive => (TransitionStorageClass::DeepArchive, 0, 1),
+        };
+        let at = days.max(min_here).max(earliest);
+        if at != days {
+            notes.push(format!("{tier:?} tier ({class}) moved from day {days} to day {at}: S3's minimum"));
+        }
+        out.push((class, at as i32));
+        earliest = at + gap_after;
+    }
+    (out, notes)
 }
 
 /// An object store in an S3 bucket.
@@ -72,6 +111,11 @@ impl S3Store {
             conf = conf.endpoint_url(endpoint).force_path_style(true);
         }
         S3Store { client: Client::from_conf(conf.build()), location }
+    }
+
+    /// The storage class to write `key` in (None: the bucket's default, STANDARD).
+    fn class_for(&self, key: &str) -> Option<StorageClass> {
+        self.location.data_class.filter(|_| is_tiered(key)).map(s3_class)
     }
 
     fn full_key(&self, key: &str) -> Result<String, StoreError> {
@@ -136,6 +180,7 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.location.bucket)
             .key(full)
+            .set_storage_class(self.class_for(key))
             .send()
             .await
             .map_err(|e| self.remote("starting upload of", key, e))?;
@@ -226,6 +271,7 @@ impl ObjectStore for S3Store {
             .put_object()
             .bucket(&self.location.bucket)
             .key(&full)
+            .set_storage_class(self.class_for(key))
             .body(ByteStream::from(data))
             .send()
             .await
@@ -242,6 +288,7 @@ impl ObjectStore for S3Store {
             .put_object()
             .bucket(&self.location.bucket)
             .key(&full)
+            .set_storage_class(self.class_for(key))
             .if_none_match("*")
             .body(ByteStream::from(data))
             .send()
@@ -339,6 +386,56 @@ impl ObjectStore for S3Store {
             }
         }
         Ok(out)
+    }
+
+    /// Bucket lifecycle rules, one per data prefix of this repository,
+    /// replacing earlier Lifeboat rules for the same prefix and keeping
+    /// every other rule of the bucket.
+    async fn apply_lifecycle(&self, lifecycle: &Lifecycle) -> Result<Vec<LifecycleOutcome>, StoreError> {
+        let bucket = &self.location.bucket;
+        let base = if self.location.prefix.is_empty() { String::new() } else { format!("{}/", self.location.prefix) };
+        let rule_id = |prefix: &str| format!("lifeboat:{base}{prefix}");
+        let ours: Vec<String> = TIERED_PREFIXES.iter().map(|p| rule_id(p)).collect();
+        let existing = match self.client.get_bucket_lifecycle_configuration().bucket(bucket).send().await {
+            Ok(out) => out.rules.unwrap_or_default(),
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
+            Err(e) => return Err(self.remote("reading the lifecycle of", bucket, e)),
+        };
+        let mut rules: Vec<LifecycleRule> =
+            existing.into_iter().filter(|r| !r.id().is_some_and(|id| ours.iter().any(|o| o == id))).collect();
+        let (transitions, adjustments) = s3_transitions(lifecycle);
+        let invalid = |e: aws_sdk_s3::error::BuildError| self.failed("building the lifecycle of", bucket, e);
+        for prefix in TIERED_PREFIXES {
+            let mut rule = LifecycleRule::builder()
+                .id(rule_id(prefix))
+                .filter(LifecycleRuleFilter::builder().prefix(format!("{base}{prefix}")).build())
+                .status(ExpirationStatus::Enabled)
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder().days_after_initiation(7).build(),
+                );
+            for (class, days) in &transitions {
+                rule = rule.transitions(Transition::builder().storage_class(class.clone()).days(*days).build());
+            }
+            rules.push(rule.build().map_err(invalid)?);
+        }
+        let config = BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build().map_err(invalid)?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .lifecycle_configuration(config)
+            .send()
+            .await
+            .map_err(|e| self.remote("setting the lifecycle of", bucket, e))?;
+        let steps: Vec<String> = transitions.iter().map(|(c, d)| format!("{c} after {d} days")).collect();
+        Ok(vec![LifecycleOutcome {
+            store: self.describe(),
+            summary: format!(
+                "bucket lifecycle rules for {} set: {}; metadata stays STANDARD",
+                TIERED_PREFIXES.iter().map(|p| format!("{base}{p}")).collect::<Vec<_>>().join(", "),
+                if steps.is_empty() { "no transitions".into() } else { steps.join(", ") }
+            ),
+            adjustments,
+        }])
     }
 
     async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
