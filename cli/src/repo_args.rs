@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::HumanBytes;
 use lifeboat_common::crypto::MasterKey;
 use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::cache::default_cache_root;
 use lifeboat_common::store::{OpenedStore, Replication, WritePolicy, open_locations};
 
 /// Where the repository is and which key opens it.
@@ -32,6 +33,10 @@ pub struct RepoArgs {
     /// $LIFEBOAT_STATE_DIR, $XDG_STATE_HOME/lifeboat or ~/.local/state/lifeboat).
     #[arg(long, env = "LIFEBOAT_OUTBOX")]
     pub outbox: Option<PathBuf>,
+    /// Do not keep a local cache of a remote repository's metadata (indexes,
+    /// snapshots, trees; under $LIFEBOAT_CACHE_DIR, else ~/.cache/lifeboat).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 fn parse_policy(s: &str) -> Result<WritePolicy, String> {
@@ -62,7 +67,10 @@ impl RepoArgs {
         let key = self.master_key()?;
         let store = stores.store();
         let described = store.describe();
-        let repo = Repository::open(store, &key).await.with_context(|| format!("opening repository in {described}"))?;
+        let cache = (!self.no_cache && !store.is_local()).then(default_cache_root);
+        let repo = Repository::open_cached(store, &key, cache.as_deref())
+            .await
+            .with_context(|| format!("opening repository in {described}"))?;
         Ok((repo, stores))
     }
 }

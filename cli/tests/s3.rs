@@ -57,3 +57,56 @@ fn files_round_trip_through_s3() {
     env.ok(&["restore", &id, "--target", cold.to_str().unwrap(), "--path", src.to_str().unwrap()]);
     assert_same_tree(&src, &cold);
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn metadata_cache_serves_reads_and_a_damaged_entry_is_fetched_again() {
+    let endpoint = s3_endpoint();
+    s3_test_credentials();
+    let bucket = unique_bucket("cache");
+    tokio::runtime::Runtime::new().unwrap().block_on(create_bucket(&endpoint, &bucket));
+    let env = Env::new_at(&format!("s3://{bucket}/repo?endpoint={endpoint}"));
+    let src = env.path("src");
+    make_tree(&src);
+    let id = env.backup(&[&src]);
+
+    // Indexes, the snapshot and the tree packs were kept while writing.
+    let cache = env.path("cache");
+    let cached = files_under(&cache);
+    for kind in ["/index/", "/snapshots/", "/data/"] {
+        assert!(cached.iter().any(|p| p.to_string_lossy().contains(kind)), "no {kind} in the cache: {cached:?}");
+    }
+
+    // Damage every cached object: each is detected, dropped and fetched again.
+    for path in &cached {
+        let mut bytes = std::fs::read(path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(path, &bytes).unwrap();
+    }
+    assert!(env.ok(&["snapshots"]).contains(&id[..8]));
+    let target = env.path("out");
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    assert_same_tree(&src, &target);
+    let second = env.run(&["backup", "files", src.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("read 0 files"), "the parent's trees were not usable");
+    env.ok(&["verify"]);
+
+    // Without the cache, the same answers straight from the store.
+    std::fs::remove_dir_all(&cache).unwrap();
+    assert!(env.ok(&["snapshots", "--no-cache"]).contains(&id[..8]));
+    assert!(!cache.exists(), "--no-cache wrote a cache");
+}

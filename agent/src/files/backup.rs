@@ -219,7 +219,7 @@ impl Pipeline {
     }
 
     fn run(self, roots: &[PathBuf], parent: Option<Tree>) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
-        let uploader = PackUploader::start(&self.repo, self.runtime.clone(), 2);
+        let uploader = PackUploader::start(&self.repo, self.runtime.clone(), self.repo.store().parallelism());
         let (job_tx, job_rx) = bounded::<FileJob>(self.threads * 4);
         let (dir_tx, dir_rx) = bounded::<DirJob>(4096);
         let mut tree_packer = uploader.packer(BlobKind::Tree);

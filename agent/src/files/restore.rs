@@ -238,7 +238,7 @@ fn execute(
     }
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let threads = if opts.threads == 0 { (cores * 2).max(4) } else { opts.threads };
+    let threads = if opts.threads == 0 { (cores * 2).max(repo.store().parallelism()).max(4) } else { opts.threads };
     let writer = DataWriter {
         repo,
         runtime,

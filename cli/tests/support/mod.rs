@@ -73,6 +73,7 @@ impl Env {
         c.env("LIFEBOAT_REPO", &self.location)
             .env("LIFEBOAT_KEY_FILE", &self.key)
             .env("LIFEBOAT_STATE_DIR", self.path("state"))
+            .env("LIFEBOAT_CACHE_DIR", self.path("cache"))
             .env_remove("RUST_LOG");
         c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c

@@ -86,6 +86,11 @@ impl Index {
         self.blobs.get(id).map(|(p, blob)| BlobLocation { pack: &self.packs[*p as usize], blob })
     }
 
+    /// Whether the pack is indexed.
+    pub fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
     /// Whether any pack holds `id`.
     pub fn contains(&self, id: &BlobId) -> bool {
         self.blobs.contains_key(id)

@@ -7,6 +7,7 @@
 //! - `index/<id>`: which blob is in which pack;
 //! - `snapshots/<id>`: manifests, written last, which make a backup visible.
 
+pub mod cache;
 pub mod chunker;
 pub mod compress;
 pub mod config;

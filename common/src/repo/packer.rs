@@ -69,7 +69,8 @@ impl PackUploader {
     /// Starts `workers` upload threads that run store calls on `runtime`.
     pub fn start(repo: &Repository, runtime: Handle, workers: usize) -> Self {
         let workers = workers.max(1);
-        let (tx, rx) = bounded::<FinishedPack>(workers);
+        // A short queue: packs waiting here are memory, not progress.
+        let (tx, rx) = bounded::<FinishedPack>(2);
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             runtime,
@@ -129,6 +130,9 @@ fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) -> Result<(), RepoE
         let size = pack.bytes.len() as u64;
         let bytes = Bytes::from(pack.bytes);
         shared.runtime.block_on(shared.repo.store().put(&pack_key(&pack.id), bytes.clone()))?;
+        if pack.blobs.first().is_some_and(|b| b.kind == BlobKind::Tree) {
+            shared.repo.cache_tree_pack(&pack.id, &bytes);
+        }
         // The store has let go of its reference: recycle the buffer.
         if let Ok(buf) = bytes.try_into_mut() {
             let _ = shared.spare.0.try_send(buf.into());

@@ -1,18 +1,22 @@
 //! Opening, initialising and reading a repository.
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::crypto::{CryptoError, Keyring, MasterKey, WrappedKeyring};
 use crate::store::{ObjectStore, StoreError};
 
+use super::cache::MetadataCache;
 use super::config::{FORMAT_VERSION, RepoConfig};
 use super::error::RepoError;
 use super::id::{BlobId, IndexId, PackId, SnapshotId, random_id_bytes};
 use super::index::{Index, IndexFile, IndexedPack};
 use super::object;
-use super::pack::open_blob;
+use super::pack::{BlobKind, open_blob};
 use super::snapshot::Snapshot;
 use super::tree::Tree;
 
@@ -21,6 +25,8 @@ const KEYS_PREFIX: &str = "keys/";
 const INDEX_PREFIX: &str = "index/";
 const SNAPSHOTS_PREFIX: &str = "snapshots/";
 const DATA_PREFIX: &str = "data/";
+/// Metadata objects fetched at once when loading indexes and snapshots.
+const METADATA_FETCHES: usize = 16;
 
 /// Store key of a pack.
 pub fn pack_key(id: &PackId) -> String {
@@ -52,6 +58,8 @@ struct Inner {
     index: RwLock<Index>,
     /// Index objects the last load could not read, each error as text.
     index_problems: RwLock<Vec<String>>,
+    /// Local copies of metadata, for remote stores.
+    cache: Option<MetadataCache>,
 }
 
 impl Repository {
@@ -81,12 +89,22 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Self::from_parts(store, config, keyring))
+        Ok(Self::from_parts(store, config, keyring, None))
     }
 
     /// Opens an existing repository with `master` and loads its index.
-    #[tracing::instrument(skip_all, fields(store = %store.describe()))]
     pub async fn open(store: Arc<dyn ObjectStore>, master: &MasterKey) -> Result<Self, RepoError> {
+        Self::open_cached(store, master, None).await
+    }
+
+    /// Opens a repository keeping a local metadata cache (indexes,
+    /// snapshots, tree packs) under `cache_root`, if given.
+    #[tracing::instrument(skip_all, fields(store = %store.describe()))]
+    pub async fn open_cached(
+        store: Arc<dyn ObjectStore>,
+        master: &MasterKey,
+        cache_root: Option<&Path>,
+    ) -> Result<Self, RepoError> {
         let config_bytes = match store.get(CONFIG_KEY).await {
             Ok(b) => b,
             Err(StoreError::NotFound { .. }) => {
@@ -100,12 +118,18 @@ impl Repository {
             return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
         }
         let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
-        let repo = Self::from_parts(store, config, keyring);
+        let cache = cache_root.map(|root| MetadataCache::new(root, &config.id));
+        let repo = Self::from_parts(store, config, keyring, cache);
         repo.reload_index().await?;
         Ok(repo)
     }
 
-    fn from_parts(store: Arc<dyn ObjectStore>, config: RepoConfig, keyring: Keyring) -> Self {
+    fn from_parts(
+        store: Arc<dyn ObjectStore>,
+        config: RepoConfig,
+        keyring: Keyring,
+        cache: Option<MetadataCache>,
+    ) -> Self {
         Repository {
             inner: Arc::new(Inner {
                 store,
@@ -113,7 +137,48 @@ impl Repository {
                 keyring,
                 index: RwLock::new(Index::default()),
                 index_problems: RwLock::new(Vec::new()),
+                cache,
             }),
+        }
+    }
+
+    /// Reads and opens a sealed metadata object, from the cache when it
+    /// holds a copy that authenticates.
+    async fn read_sealed(&self, key: &str, kind: &str) -> Result<Vec<u8>, RepoError> {
+        let cache = self.inner.cache.as_ref();
+        if let Some(bytes) = cache.and_then(|c| c.get(key)) {
+            match object::open(&self.inner.keyring, kind, key, &bytes) {
+                Ok(plain) => return Ok(plain),
+                Err(_) => cache.into_iter().for_each(|c| c.remove(key)),
+            }
+        }
+        let bytes = self.inner.store.get(key).await?;
+        let plain = object::open(&self.inner.keyring, kind, key, &bytes)?;
+        if let Some(c) = cache {
+            c.put(key, &bytes);
+        }
+        Ok(plain)
+    }
+
+    /// Writes a metadata object, and keeps a copy in the cache.
+    async fn write_through(&self, key: &str, sealed: Vec<u8>, if_absent: bool) -> Result<(), RepoError> {
+        let bytes = Bytes::from(sealed);
+        if if_absent {
+            self.inner.store.put_if_absent(key, bytes.clone()).await?;
+        } else {
+            self.inner.store.put(key, bytes.clone()).await?;
+        }
+        if let Some(c) = &self.inner.cache {
+            c.put(key, &bytes);
+        }
+        Ok(())
+    }
+
+    /// Keeps a copy of a tree pack just stored, so the next backup's parent
+    /// trees are read locally.
+    pub fn cache_tree_pack(&self, id: &PackId, bytes: &[u8]) {
+        if let Some(c) = &self.inner.cache {
+            c.put(&pack_key(id), bytes);
         }
     }
 
@@ -155,14 +220,25 @@ impl Repository {
     pub async fn reload_index(&self) -> Result<(), RepoError> {
         let mut index = Index::default();
         let mut problems = Vec::new();
-        for meta in self.inner.store.list(INDEX_PREFIX).await? {
-            match self.read_index_object(&meta.key).await {
+        let keys: Vec<String> = self.inner.store.list(INDEX_PREFIX).await?.into_iter().map(|m| m.key).collect();
+        let mut loaded = futures::stream::iter(&keys)
+            .map(|key| async move { (key, self.read_index_object(key).await) })
+            .buffer_unordered(METADATA_FETCHES);
+        while let Some((key, result)) = loaded.next().await {
+            match result {
                 Ok(file) => index.add(file),
                 Err(e) => {
-                    tracing::warn!(object = %meta.key, error = %e, "skipping unreadable index object");
+                    tracing::warn!(object = %key, error = %e, "skipping unreadable index object");
                     problems.push(e.to_string());
                 }
             }
+        }
+        if let Some(c) = &self.inner.cache {
+            let listed: HashSet<&str> = keys.iter().map(String::as_str).collect();
+            c.retain(INDEX_PREFIX, |k| listed.contains(k));
+            c.retain(DATA_PREFIX, |k| {
+                k.rsplit('/').next().and_then(|h| h.parse::<PackId>().ok()).is_some_and(|id| index.has_pack(&id))
+            });
         }
         *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.inner.index_problems.write().unwrap_or_else(|p| p.into_inner()) = problems;
@@ -176,8 +252,7 @@ impl Repository {
 
     /// Reads and opens one index object.
     pub async fn read_index_object(&self, key: &str) -> Result<IndexFile, RepoError> {
-        let bytes = self.inner.store.get(key).await?;
-        let plain = object::open(&self.inner.keyring, "index", key, &bytes)?;
+        let plain = self.read_sealed(key, "index").await?;
         postcard::from_bytes(&plain).map_err(|e| RepoError::corrupt(key, e))
     }
 
@@ -212,7 +287,7 @@ impl Repository {
             postcard::to_allocvec(&file).map_err(|e| RepoError::Encode { what: "index", reason: e.to_string() })?;
         let id = IndexId(random_id_bytes()?);
         let sealed = object::seal(&self.inner.keyring, "index", payload, self.inner.config.compression_level)?;
-        self.inner.store.put(&index_key(&id), Bytes::from(sealed)).await?;
+        self.write_through(&index_key(&id), sealed, false).await?;
         self.inner.index.write().unwrap_or_else(|p| p.into_inner()).add(file);
         Ok(Some(id))
     }
@@ -223,27 +298,33 @@ impl Repository {
             serde_json::to_vec(snapshot).map_err(|e| RepoError::Encode { what: "snapshot", reason: e.to_string() })?;
         let id = SnapshotId(random_id_bytes()?);
         let sealed = object::seal(&self.inner.keyring, "snapshot", payload, self.inner.config.compression_level)?;
-        self.inner.store.put_if_absent(&snapshot_key(&id), Bytes::from(sealed)).await?;
+        self.write_through(&snapshot_key(&id), sealed, true).await?;
         Ok(id)
     }
 
     /// Loads one snapshot manifest.
     pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let key = snapshot_key(id);
-        let bytes = self.inner.store.get(&key).await?;
-        let plain = object::open(&self.inner.keyring, "snapshot", &key, &bytes)?;
+        let plain = self.read_sealed(&key, "snapshot").await?;
         serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&key, e))
     }
 
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
-        let mut out = Vec::new();
-        for meta in self.inner.store.list(SNAPSHOTS_PREFIX).await? {
-            let Some(id) = meta.key.strip_prefix(SNAPSHOTS_PREFIX).and_then(|s| s.parse::<SnapshotId>().ok()) else {
-                continue;
-            };
-            out.push((id, self.load_snapshot(&id).await?));
+        let listed = self.inner.store.list(SNAPSHOTS_PREFIX).await?;
+        let ids: Vec<SnapshotId> = listed
+            .iter()
+            .filter_map(|m| m.key.strip_prefix(SNAPSHOTS_PREFIX).and_then(|s| s.parse::<SnapshotId>().ok()))
+            .collect();
+        if let Some(c) = &self.inner.cache {
+            let keys: HashSet<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+            c.retain(SNAPSHOTS_PREFIX, |k| keys.contains(k));
         }
+        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(ids)
+            .map(|id| async move { Ok::<_, RepoError>((id, self.load_snapshot(&id).await?)) })
+            .buffer_unordered(METADATA_FETCHES)
+            .try_collect()
+            .await?;
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }
@@ -265,13 +346,30 @@ impl Repository {
         }
     }
 
-    /// Reads one blob through the index with a ranged request.
+    /// Reads one blob through the index with a ranged request; a tree blob
+    /// comes from its cached pack, when the repository has a cache.
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
-        let (seal, blob, key) = {
+        let (seal, blob, pack_id) = {
             let index = self.index();
             let loc = index.get(id).ok_or_else(|| RepoError::BlobNotIndexed(id.to_hex()))?;
-            (loc.pack.seal, loc.blob.clone(), pack_key(&loc.pack.id))
+            (loc.pack.seal, loc.blob.clone(), loc.pack.id)
         };
+        let key = pack_key(&pack_id);
+        if let (Some(cache), BlobKind::Tree) = (&self.inner.cache, blob.kind) {
+            let range = blob.range();
+            let (start, end) = (range.start as usize, range.end as usize);
+            if let Some(pack) = cache.get(&key).filter(|p| p.len() >= end) {
+                if let Ok(plain) = open_blob(&self.inner.keyring, &seal, &blob, &pack[start..end], &key) {
+                    return Ok(plain);
+                }
+                cache.remove(&key);
+            }
+            let pack = self.inner.store.get(&key).await?;
+            if blake3::hash(&pack).as_bytes() == &pack_id.0 && pack.len() >= end {
+                cache.put(&key, &pack);
+                return open_blob(&self.inner.keyring, &seal, &blob, &pack[start..end], &key);
+            }
+        }
         let sealed = self.inner.store.get_range(&key, blob.range()).await?;
         open_blob(&self.inner.keyring, &seal, &blob, &sealed, &key)
     }

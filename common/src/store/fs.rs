@@ -305,6 +305,14 @@ impl ObjectStore for LocalStore {
         format!("local directory {}", self.root.display())
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn parallelism(&self) -> usize {
+        2
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let (this, key) = (self.clone(), key.to_owned());
         blocking(move || this.put_blocking(&key, &data, false)).await

@@ -93,6 +93,17 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// A short human description of the store (path or URL, never a secret).
     fn describe(&self) -> String;
 
+    /// Whether the store is on this machine's disks (no cache needed).
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    /// How many requests are worth having in flight at once: remote stores
+    /// are latency-bound and want many, a local disk few.
+    fn parallelism(&self) -> usize {
+        8
+    }
+
     /// Writes an object, replacing any previous one atomically.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
 

@@ -225,6 +225,14 @@ impl ObjectStore for ReplicatedStore {
         format!("replicated [{}]", parts.join(", "))
     }
 
+    fn is_local(&self) -> bool {
+        self.members.iter().all(|m| m.store.is_local())
+    }
+
+    fn parallelism(&self) -> usize {
+        self.members.iter().map(|m| m.store.parallelism()).max().unwrap_or(1)
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         if self.policy == WritePolicy::Primary {
             return self.put_spooled(key, data, false).await;
