@@ -79,7 +79,7 @@ pub fn azurite_connection_string(endpoint: &str) -> String {
 
 /// Creates a fresh container in Azurite at `endpoint` and returns its name.
 pub async fn azure_container(endpoint: &str, tag: &str) -> String {
-    use lifeboat_common::store::{AzureCredential, AzureLocation, AzureStore};
+    use lifeboat_common::store::{AzureCredential, AzureLocation, AzureStore, ObjectStore};
     let container = unique_bucket(tag);
     let location = AzureLocation {
         account: AZURITE_ACCOUNT.into(),

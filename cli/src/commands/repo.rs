@@ -79,6 +79,7 @@ impl RepoCommand {
                 let store = stores.store();
                 let key = repo.master_key()?;
                 let described = store.describe();
+                store.create_container().await.with_context(|| format!("preparing {described}"))?;
                 let created = Repository::init(store, &key)
                     .await
                     .with_context(|| format!("initialising repository in {described}"))?;

@@ -29,8 +29,10 @@ use super::{ObjectMeta, ObjectStore, StoreError, check_key};
 
 /// Attempts beyond the first before a request fails.
 const MAX_RETRIES: u32 = 3;
-/// Block size of large uploads, staged in parallel and then committed.
-const BLOCK_SIZE: u64 = 8 << 20;
+/// Objects up to this size (every pack) go up in one Put Blob and come
+/// down in one Get Blob; larger ones are staged in blocks of this size in
+/// parallel and committed, or read in ranges of it.
+const BLOCK_SIZE: u64 = 32 << 20;
 /// Service version the signed SAS names.
 const SAS_VERSION: &str = "2022-11-02";
 
@@ -210,17 +212,6 @@ impl AzureStore {
         Ok(AzureStore { container, container_url: url, location })
     }
 
-    /// Creates the container; an existing one is not an error.
-    pub async fn create_container(&self) -> Result<(), StoreError> {
-        match self.container.create(None).await {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { error_code: Some(c), .. } if c == "ContainerAlreadyExists") => {
-                Ok(())
-            }
-            Err(e) => Err(self.error("creating container", &self.location.container, e)),
-        }
-    }
-
     /// Moves a blob to another access tier (Hot, Cool, Cold, Archive).
     pub async fn set_access_tier(&self, key: &str, tier: AccessTier) -> Result<(), StoreError> {
         let blob = self.blob(key)?;
@@ -307,6 +298,16 @@ impl ObjectStore for AzureStore {
         s
     }
 
+    async fn create_container(&self) -> Result<(), StoreError> {
+        match self.container.create(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { error_code: Some(c), .. } if c == "ContainerAlreadyExists") => {
+                Ok(())
+            }
+            Err(e) => Err(self.error("creating container", &self.location.container, e)),
+        }
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.upload(key, data, false).await
     }
@@ -317,7 +318,9 @@ impl ObjectStore for AzureStore {
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let blob = self.blob(key)?;
-        let r = blob.download(None).await.map_err(|e| self.error("reading", key, e))?;
+        let options =
+            BlobClientDownloadOptions { partition_size: NonZero::new(BLOCK_SIZE as usize), ..Default::default() };
+        let r = blob.download(Some(options)).await.map_err(|e| self.error("reading", key, e))?;
         r.body.collect().await.map_err(|e| self.error("reading", key, e))
     }
 
@@ -328,6 +331,7 @@ impl ObjectStore for AzureStore {
         let blob = self.blob(key)?;
         let options = BlobClientDownloadOptions {
             range: Some(HttpRange::new(range.start, range.end - range.start)),
+            partition_size: NonZero::new(BLOCK_SIZE as usize),
             ..Default::default()
         };
         let body = match blob.download(Some(options)).await {

@@ -104,6 +104,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         8
     }
 
+    /// Creates the container the store lives in (bucket, Azure container)
+    /// if it does not exist yet; `repo init` calls it.
+    async fn create_container(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Writes an object, replacing any previous one atomically.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
 

@@ -229,6 +229,13 @@ impl ObjectStore for ReplicatedStore {
         self.members.iter().all(|m| m.store.is_local())
     }
 
+    async fn create_container(&self) -> Result<(), StoreError> {
+        for m in &self.members {
+            m.store.create_container().await?;
+        }
+        Ok(())
+    }
+
     fn parallelism(&self) -> usize {
         self.members.iter().map(|m| m.store.parallelism()).max().unwrap_or(1)
     }

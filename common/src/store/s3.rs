@@ -16,9 +16,9 @@ use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, CompletedMultipartUpload, CompletedPart, Delete,
-    ExpirationStatus, GlacierJobParameters, LifecycleRule, LifecycleRuleFilter, ObjectIdentifier, RestoreRequest,
-    StorageClass, Tier, Transition, TransitionStorageClass,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, CompletedMultipartUpload,
+    CompletedPart, CreateBucketConfiguration, Delete, ExpirationStatus, GlacierJobParameters, LifecycleRule,
+    LifecycleRuleFilter, ObjectIdentifier, RestoreRequest, StorageClass, Tier, Transition, TransitionStorageClass,
 };
 use bytes::Bytes;
 
@@ -260,6 +260,30 @@ impl ObjectStore for S3Store {
             s.push_str(&format!(" at {e}"));
         }
         s
+    }
+
+    async fn create_container(&self) -> Result<(), StoreError> {
+        let bucket = &self.location.bucket;
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+            Err(e) => return Err(self.remote("checking bucket", bucket, e)),
+        }
+        let region = self.client.config().region().map(|r| r.as_ref().to_owned());
+        let mut create = self.client.create_bucket().bucket(bucket);
+        // us-east-1 is the one region that refuses an explicit constraint.
+        if let Some(region) = region.filter(|r| r != "us-east-1") {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        match create.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) => Err(self.remote("creating bucket", bucket, e)),
+        }
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
