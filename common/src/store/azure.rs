@@ -8,11 +8,16 @@
 
 use std::num::NonZero;
 use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
+use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions};
+use azure_identity::{
+    AzureCliCredential, ClientSecretCredential, ManagedIdentityCredential, WorkloadIdentityCredential,
+};
 use azure_storage_blob::models::{
     AccessTier, BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
     BlockBlobClientUploadOptions, HttpRange,
@@ -80,6 +85,9 @@ pub enum AzureCredential {
     Sas(String),
     /// The account key, used to sign an account SAS.
     AccountKey(String),
+    /// An Entra ID token credential (service principal, workload identity,
+    /// managed identity, Azure CLI); the service requires https for these.
+    Entra(Arc<dyn TokenCredential>),
 }
 
 impl std::fmt::Debug for AzureCredential {
@@ -87,8 +95,38 @@ impl std::fmt::Debug for AzureCredential {
         f.write_str(match self {
             AzureCredential::Sas(_) => "Sas(..)",
             AzureCredential::AccountKey(_) => "AccountKey(..)",
+            AzureCredential::Entra(_) => "Entra(..)",
         })
     }
+}
+
+/// An Entra ID credential from the environment, the way Azure's own tools
+/// look for one: a service principal secret (`AZURE_TENANT_ID`,
+/// `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), a workload identity
+/// (`AZURE_FEDERATED_TOKEN_FILE`), or, when `AZURE_STORAGE_AUTH` says so,
+/// the machine's managed identity (`managed-identity`) or the Azure CLI's
+/// login (`azure-cli`). None when the environment names none. `env` reads
+/// one variable.
+fn entra_from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<Arc<dyn TokenCredential>>, String> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let credential: Arc<dyn TokenCredential> =
+        match (var("AZURE_TENANT_ID"), var("AZURE_CLIENT_ID"), var("AZURE_CLIENT_SECRET")) {
+            (Some(tenant), Some(client), Some(secret)) => {
+                ClientSecretCredential::new(&tenant, client, secret.into(), None).map_err(|e| e.to_string())?
+            }
+            _ if var("AZURE_FEDERATED_TOKEN_FILE").is_some() => {
+                WorkloadIdentityCredential::new(None).map_err(|e| e.to_string())?
+            }
+            _ => match var("AZURE_STORAGE_AUTH").as_deref() {
+                Some("managed-identity") => ManagedIdentityCredential::new(None).map_err(|e| e.to_string())?,
+                Some("azure-cli") => AzureCliCredential::new(None).map_err(|e| e.to_string())?,
+                Some(other) => {
+                    return Err(format!("AZURE_STORAGE_AUTH={other:?} is not one of managed-identity, azure-cli"));
+                }
+                None => return Ok(None),
+            },
+        };
+    Ok(Some(credential))
 }
 
 impl AzureCredential {
@@ -127,8 +165,11 @@ impl AzureCredential {
         if let Ok(key) = std::env::var("AZURE_STORAGE_KEY") {
             return Ok((AzureCredential::AccountKey(key), None));
         }
+        if let Some(token) = entra_from_env(|name| std::env::var(name).ok()).map_err(missing)? {
+            return Ok((AzureCredential::Entra(token), None));
+        }
         Err(missing(
-            "no credentials: set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN".into(),
+            "no credentials: set AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or an Entra ID identity (AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE, or AZURE_STORAGE_AUTH=managed-identity|azure-cli)".into(),
         ))
     }
 }
@@ -161,8 +202,10 @@ pub fn account_sas(account: &str, key_base64: &str, hours: i64) -> Result<String
 /// An object store in an Azure Blob container.
 pub struct AzureStore {
     container: BlobContainerClient,
-    /// Container URL with the SAS, for building blob URLs.
+    /// Container URL (with the SAS, if that is the credential), for building blob URLs.
     container_url: Url,
+    /// The Entra ID credential, if that is how requests are authorised.
+    token: Option<Arc<dyn TokenCredential>>,
     location: AzureLocation,
 }
 
@@ -196,20 +239,26 @@ impl AzureStore {
         };
         let endpoint =
             location.endpoint.clone().unwrap_or_else(|| format!("https://{}.blob.core.windows.net", location.account));
-        let sas = match &credential {
-            AzureCredential::Sas(s) => s.clone(),
-            AzureCredential::AccountKey(k) => account_sas(&location.account, k, 24 * 7).map_err(invalid)?,
+        let (sas, token) = match credential {
+            AzureCredential::Sas(s) => (Some(s), None),
+            AzureCredential::AccountKey(k) => {
+                (Some(account_sas(&location.account, &k, 24 * 7).map_err(invalid)?), None)
+            }
+            AzureCredential::Entra(t) => (None, Some(t)),
         };
         let mut url = Url::parse(&endpoint).map_err(|e| invalid(format!("endpoint {endpoint:?}: {e}")))?;
+        if token.is_some() && url.scheme() != "https" {
+            return Err(invalid(format!("Entra ID credentials need an https endpoint, not {endpoint:?}")));
+        }
         url.path_segments_mut()
             .map_err(|_| invalid(format!("endpoint {endpoint:?} cannot hold a path")))?
             .pop_if_empty()
             .push(&location.container);
-        url.set_query(Some(&sas));
+        url.set_query(sas.as_deref());
         let options = BlobContainerClientOptions { client_options: client_options(), ..Default::default() };
         let container =
-            BlobContainerClient::new(url.clone(), None, Some(options)).map_err(|e| invalid(e.to_string()))?;
-        Ok(AzureStore { container, container_url: url, location })
+            BlobContainerClient::new(url.clone(), token.clone(), Some(options)).map_err(|e| invalid(e.to_string()))?;
+        Ok(AzureStore { container, container_url: url, token, location })
     }
 
     /// Moves a blob to another access tier (Hot, Cool, Cold, Archive).
@@ -232,7 +281,7 @@ impl AzureStore {
             segments.extend(name.split('/'));
         }
         let options = BlobClientOptions { client_options: client_options(), ..Default::default() };
-        BlobClient::new(url, None, Some(options)).map_err(|e| self.error("addressing", key, e))
+        BlobClient::new(url, self.token.clone(), Some(options)).map_err(|e| self.error("addressing", key, e))
     }
 
     fn error(&self, op: &'static str, key: &str, err: azure_core::Error) -> StoreError {
@@ -259,7 +308,7 @@ impl AzureStore {
                 op,
                 key,
                 status,
-                message: "authentication failed: check the account key or SAS".into(),
+                message: "authentication failed: check the account key, SAS or Entra ID identity (and its role on the container)".into(),
             },
             _ => StoreError::Remote {
                 store,
@@ -433,5 +482,34 @@ mod tests {
             assert!(sas.contains(field), "{field} missing from {sas}");
         }
         assert!(account_sas("a", "not base64!", 1).is_err());
+    }
+
+    #[test]
+    fn entra_credentials_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert!(entra_from_env(env(&[])).unwrap().is_none());
+        let principal = env(&[
+            ("AZURE_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            ("AZURE_CLIENT_ID", "app"),
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+        ]);
+        let token = entra_from_env(principal).unwrap().expect("a service principal credential");
+        assert!(entra_from_env(env(&[("AZURE_STORAGE_AUTH", "telepathy")])).is_err());
+
+        // Bearer tokens never travel over plain http.
+        let location = AzureLocation {
+            account: "acct".into(),
+            container: "c".into(),
+            prefix: String::new(),
+            endpoint: Some("http://127.0.0.1:10000/acct".into()),
+            data_tier: None,
+        };
+        let err = AzureStore::connect(location.clone(), AzureCredential::Entra(token.clone())).unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let https = AzureLocation { endpoint: None, ..location };
+        let store = AzureStore::connect(https, AzureCredential::Entra(token)).unwrap();
+        assert!(!format!("{store:?}").contains("s3cret"));
     }
 }
