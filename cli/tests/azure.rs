@@ -4,7 +4,7 @@
 mod support;
 
 use lifeboat_integration_tests::services::{
-    AZURITE_ACCOUNT, azure_container, azure_endpoint, azurite_connection_string,
+    AZURITE_ACCOUNT, AZURITE_KEY, azure_container, azure_endpoint, azurite_connection_string,
 };
 use support::{Env, assert_same_tree, make_tree};
 
@@ -25,4 +25,27 @@ fn files_round_trip_through_azure() {
     assert_same_tree(&src, &target);
     let err = env.fails(&["repo", "init"]);
     assert!(err.contains("already exists"), "{err}");
+
+    // The account key from a file (container-secret style), endpoint in the location.
+    let located = format!("azure://{AZURITE_ACCOUNT}/{container}/prod/files?endpoint={endpoint}");
+    let key_file = env.path("azure-key");
+    std::fs::write(&key_file, format!("{AZURITE_KEY}\n")).unwrap();
+    let with_key_file = |key_file: &std::path::Path| {
+        env.cmd()
+            .args(["snapshots"])
+            .env("LIFEBOAT_REPO", &located)
+            .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+            .env("AZURE_STORAGE_KEY_FILE", key_file)
+            .output()
+            .unwrap()
+    };
+    let out = with_key_file(&key_file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id[..8]));
+    // A wrong key is refused with one clear line; a missing file is named.
+    std::fs::write(&key_file, "d3Jvbmcga2V5").unwrap();
+    let err = String::from_utf8(with_key_file(&key_file).stderr).unwrap();
+    assert!(err.contains("authentication failed") && err.lines().count() == 1, "{err}");
+    let err = String::from_utf8(with_key_file(&env.path("no-such-file")).stderr).unwrap();
+    assert!(err.contains("AZURE_STORAGE_KEY_FILE") && err.contains("no-such-file"), "{err}");
 }

@@ -129,10 +129,23 @@ fn entra_from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<Arc<dyn
     Ok(Some(credential))
 }
 
+/// A secret from variable `name`, or from the file `name_FILE` names (the
+/// convention of container secrets), trimmed.
+fn secret_from_env(name: &str) -> Result<Option<String>, String> {
+    if let Ok(v) = std::env::var(name) {
+        return Ok(Some(v));
+    }
+    let Ok(path) = std::env::var(format!("{name}_FILE")) else { return Ok(None) };
+    std::fs::read_to_string(&path)
+        .map(|s| Some(s.trim().to_owned()))
+        .map_err(|e| format!("reading {name}_FILE {path}: {e}"))
+}
+
 impl AzureCredential {
     /// From the environment: `AZURE_STORAGE_CONNECTION_STRING`, else
-    /// `AZURE_STORAGE_SAS_TOKEN`, else `AZURE_STORAGE_KEY`. Also returns the
-    /// connection string's blob endpoint, if it names one.
+    /// `AZURE_STORAGE_SAS_TOKEN`, else `AZURE_STORAGE_KEY` (each also from
+    /// the file a `…_FILE` variable names), else an Entra ID identity. Also
+    /// returns the connection string's blob endpoint, if it names one.
     pub fn from_env(account: &str) -> Result<(Self, Option<String>), StoreError> {
         let missing = |what: String| StoreError::Remote {
             store: format!("azure account {account}"),
@@ -141,7 +154,8 @@ impl AzureCredential {
             status: None,
             message: what,
         };
-        if let Ok(cs) = std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+        let secret = |name: &str| secret_from_env(name).map_err(missing);
+        if let Some(cs) = secret("AZURE_STORAGE_CONNECTION_STRING")? {
             let field = |name: &str| {
                 cs.split(';')
                     .find_map(|part| part.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
@@ -159,10 +173,10 @@ impl AzureCredential {
                 "AZURE_STORAGE_CONNECTION_STRING has neither AccountKey nor SharedAccessSignature".into(),
             ));
         }
-        if let Ok(sas) = std::env::var("AZURE_STORAGE_SAS_TOKEN") {
+        if let Some(sas) = secret("AZURE_STORAGE_SAS_TOKEN")? {
             return Ok((AzureCredential::Sas(sas.trim_start_matches('?').to_owned()), None));
         }
-        if let Ok(key) = std::env::var("AZURE_STORAGE_KEY") {
+        if let Some(key) = secret("AZURE_STORAGE_KEY")? {
             return Ok((AzureCredential::AccountKey(key), None));
         }
         if let Some(token) = entra_from_env(|name| std::env::var(name).ok()).map_err(missing)? {
