@@ -56,9 +56,11 @@ fn s3_storage_classes_and_lifecycle_rules() {
         assert_eq!(class_of(meta), "STANDARD", "{meta} must stay in the hot class");
     }
 
-    // Twice: the second run replaces Lifeboat's rules instead of adding more.
-    for _ in 0..2 {
-        let out = env.run(&["repo", "lifecycle"]);
+    // Twice (from the example policy, then the built-in seed default): the
+    // second run replaces Lifeboat's rules instead of adding more.
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/policy.yaml");
+    for args in [&["repo", "lifecycle", "--policy", policy][..], &["repo", "lifecycle"]] {
+        let out = env.run(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
         assert!(err.contains("from day 8 to day 30"), "S3's 30-day minimum is explained:\n{err}");
@@ -79,6 +81,17 @@ fn s3_storage_classes_and_lifecycle_rules() {
 
     let bad = env.fails(&["repo", "lifecycle", "--warm-after", "40", "--cold-after", "10"]);
     assert!(bad.contains("cannot come before"), "{bad}");
+    // A malformed policy: one line naming the file, the tier and the field; the rules stay.
+    let malformed = env.path("bad.yaml");
+    std::fs::write(&malformed, "storage_lifecycle:\n  warm:\n    age: 8-30 dayz\n    storage_class: S3 Standard-IA\n")
+        .unwrap();
+    let bad = env.fails(&["repo", "lifecycle", "--policy", malformed.to_str().unwrap()]);
+    assert!(
+        bad.contains("bad.yaml") && bad.contains("storage_lifecycle.warm: age") && bad.lines().count() == 1,
+        "{bad}"
+    );
+    let after = rt.block_on(client.get_bucket_lifecycle_configuration().bucket(&bucket).send()).unwrap();
+    assert_eq!(after.rules().len(), 3);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Lifeboat's shared core: the repository format (chunking, packs, indexes,
-//! snapshots, keys and crypto) and the object stores it lives in.
+//! snapshots, keys and crypto), the object stores it lives in, and the
+//! operator's policy types.
 
 pub mod crypto;
+pub mod policy;
 pub mod repo;
 pub mod store;

@@ -1,12 +1,14 @@
 //! `lifeboat repo …`: creating a repository, archive rehydration, and the
 //! stores of a replicated repository.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::HumanBytes;
 use lifeboat_agent::progress::Progress;
+use lifeboat_common::policy::storage_lifecycle_from_yaml;
 use lifeboat_common::repo::Repository;
 use lifeboat_common::repo::replicas::{ReconcileOptions, ReconcileReport, reconcile};
 use lifeboat_common::store::OpenedStore;
@@ -38,20 +40,23 @@ enum RepoSub {
     },
     /// Move data objects to colder storage tiers as they age (S3 bucket
     /// lifecycle rules; Azure tier changes of the blobs old enough). Metadata
-    /// stays hot. Defaults are the seed's: warm after 8 days, cold after 31,
-    /// archive after 91.
+    /// stays hot. Without --policy or days, the seed's lifecycle: warm after
+    /// 8 days, cold after 31, archive after 91.
     Lifecycle {
         #[command(flatten)]
         repo: RepoArgs,
+        /// A policy file with a `storage_lifecycle` block shaped like the seed's.
+        #[arg(long, conflicts_with_all = ["warm_after", "cold_after", "archive_after"])]
+        policy: Option<PathBuf>,
         /// Days before the warm tier (S3 Standard-IA, Azure Cool).
-        #[arg(long, default_value_t = 8)]
-        warm_after: u32,
+        #[arg(long)]
+        warm_after: Option<u32>,
         /// Days before the cold tier (S3 Glacier, Azure Cold).
-        #[arg(long, default_value_t = 31)]
-        cold_after: u32,
+        #[arg(long)]
+        cold_after: Option<u32>,
         /// Days before the archive tier (S3 Glacier Deep Archive, Azure Archive).
-        #[arg(long, default_value_t = 91)]
-        archive_after: u32,
+        #[arg(long)]
+        archive_after: Option<u32>,
     },
     /// Bring the stores of a replicated repository into agreement: drain
     /// the outbox, then copy every missing or damaged object from a good
@@ -101,11 +106,21 @@ impl RepoCommand {
                 eprintln!("rehydration started for {} packs in {}", packs.len(), store.describe());
                 Ok(0)
             }
-            RepoSub::Lifecycle { repo, warm_after, cold_after, archive_after } => {
-                let lifecycle = Lifecycle {
-                    warm_after: Some(warm_after),
-                    cold_after: Some(cold_after),
-                    archive_after: Some(archive_after),
+            RepoSub::Lifecycle { repo, policy, warm_after, cold_after, archive_after } => {
+                let lifecycle = match policy {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading policy {}", path.display()))?;
+                        storage_lifecycle_from_yaml(&text).with_context(|| format!("policy {}", path.display()))?
+                    }
+                    None => {
+                        let seed = Lifecycle::default();
+                        Lifecycle {
+                            warm_after: warm_after.or(seed.warm_after),
+                            cold_after: cold_after.or(seed.cold_after),
+                            archive_after: archive_after.or(seed.archive_after),
+                        }
+                    }
                 };
                 lifecycle.validate()?;
                 let opened = repo.open().await?;
