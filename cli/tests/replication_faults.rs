@@ -139,6 +139,8 @@ fn policy_primary_outlives_a_dead_secondary_and_a_killed_agent() {
     let first = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let waiting = outbox_entries(&state);
     assert!(waiting > 0, "nothing in the outbox");
+    let status = env.ok(&["repo", "status"]);
+    assert!(status.contains(&format!("{waiting} objects")) && status.contains(&container), "{status}");
 
     // A second backup is killed mid-way (the agent dies too).
     let big = env.path("big");
@@ -162,6 +164,7 @@ fn policy_primary_outlives_a_dead_secondary_and_a_killed_agent() {
     let err = stderr_of(&out);
     assert!(out.status.success() && !err.contains("copy lag"), "{err}");
     assert_eq!(outbox_entries(&state), 0, "the outbox did not drain");
+    assert!(env.ok(&["repo", "status"]).contains(": 0 objects"));
 
     // The secondary alone holds every snapshot, readable.
     let alone = |args: &[&str]| env.cmd().args(args).env("LIFEBOAT_REPO", &secondary).output().unwrap();

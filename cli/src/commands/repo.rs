@@ -58,6 +58,12 @@ enum RepoSub {
         #[arg(long)]
         archive_after: Option<u32>,
     },
+    /// Show the stores, the write policy and the copy lag (what waits in
+    /// the outbox for each secondary), without copying anything.
+    Status {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
     /// Bring the stores of a replicated repository into agreement: drain
     /// the outbox, then copy every missing or damaged object from a good
     /// copy. Never deletes unless asked.
@@ -131,6 +137,25 @@ impl RepoCommand {
                     for a in o.adjustments {
                         eprintln!("  note: {a}");
                     }
+                }
+                Ok(0)
+            }
+            RepoSub::Status { repo } => {
+                let stores = repo.stores().await?;
+                for (i, store) in stores.members().iter().enumerate() {
+                    println!("{} {}", if i == 0 { "primary  " } else { "secondary" }, store.describe());
+                }
+                let OpenedStore::Replicated(r) = &stores else { return Ok(0) };
+                println!("write policy {:?}, outbox {}", r.policy(), r.outbox().root().display());
+                for lag in r.outbox().lag().await.context("reading the outbox")? {
+                    let age = lag.oldest.and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+                    println!(
+                        "copy lag to {}: {} objects, {}, oldest {}",
+                        lag.store,
+                        lag.objects,
+                        HumanBytes(lag.bytes),
+                        age.map_or("-".into(), |a| format!("{}s", a.as_secs()))
+                    );
                 }
                 Ok(0)
             }

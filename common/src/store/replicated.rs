@@ -229,9 +229,16 @@ impl ObjectStore for ReplicatedStore {
         self.members.iter().all(|m| m.store.is_local())
     }
 
+    /// With policy `primary` only the primary must answer: a secondary
+    /// that is down now gets its copies (and should get its container) later.
     async fn create_container(&self) -> Result<(), StoreError> {
-        for m in &self.members {
-            m.store.create_container().await?;
+        for (i, m) in self.members.iter().enumerate() {
+            match m.store.create_container().await {
+                Err(e) if i > 0 && self.policy == WritePolicy::Primary => {
+                    tracing::warn!(store = %m.store.describe(), error = %e, "secondary not ready; its copies wait in the outbox");
+                }
+                r => r?,
+            }
         }
         Ok(())
     }

@@ -185,9 +185,26 @@ impl Tool for Restic {
     }
 }
 
+/// One tool's figures for one step.
+#[derive(Clone, Copy)]
+struct Figures {
+    secs: f64,
+    peak_rss_kib: i64,
+    stored: u64,
+    /// Requests the S3 emulator served during the step (0 on a local disk).
+    requests: u64,
+}
+
 struct Row {
     step: &'static str,
-    results: Vec<(f64, i64, u64)>,
+    results: Vec<Figures>,
+}
+
+/// Requests the S3 emulator has logged so far (one access-log line each).
+fn s3_requests() -> u64 {
+    let dir = std::env::var("LIFEBOAT_SERVICES_DIR").unwrap_or_else(|_| "/var/tmp/lifeboat-services".into());
+    fs::read(Path::new(&dir).join("s3.log"))
+        .map_or(0, |log| log.split(|b| *b == b'\n').filter(|l| l.windows(5).any(|w| w == b"HTTP/")).count() as u64)
 }
 
 fn main() -> Result<()> {
@@ -233,8 +250,8 @@ fn main() -> Result<()> {
             step: all[0][step].step,
             results: (0..2)
                 .map(|tool| {
-                    let mut v: Vec<(f64, i64, u64)> = all.iter().map(|rows| rows[step].results[tool]).collect();
-                    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let mut v: Vec<Figures> = all.iter().map(|rows| rows[step].results[tool]).collect();
+                    v.sort_by(|a, b| a.secs.total_cmp(&b.secs));
                     v[v.len() / 2]
                 })
                 .collect(),
@@ -287,8 +304,15 @@ fn run_once(
         let mut results = Vec::new();
         for tool in &tools {
             sync_and_settle();
+            let before = s3_requests();
             let m = tool.backup(&src).with_context(|| format!("{} {step}", tool.name()))?;
-            results.push((m.secs, m.peak_rss_kib, tool.repo().stored_bytes(rt)));
+            let requests = s3_requests() - before;
+            results.push(Figures {
+                secs: m.secs,
+                peak_rss_kib: m.peak_rss_kib,
+                stored: tool.repo().stored_bytes(rt),
+                requests,
+            });
         }
         rows.push(Row { step, results });
     }
@@ -297,8 +321,15 @@ fn run_once(
         let target = work.join(format!("restore-{}", tool.name()));
         sync_and_settle();
         drop_caches();
+        let before = s3_requests();
         let m = tool.restore(&target).with_context(|| format!("{} restore", tool.name()))?;
-        results.push((m.secs, m.peak_rss_kib, tool.repo().stored_bytes(rt)));
+        let requests = s3_requests() - before;
+        results.push(Figures {
+            secs: m.secs,
+            peak_rss_kib: m.peak_rss_kib,
+            stored: tool.repo().stored_bytes(rt),
+            requests,
+        });
     }
     rows.push(Row { step: "full restore", results });
     if let Some(endpoint) = s3 {
@@ -383,27 +414,38 @@ fn print_rows(title: &str, rows: &[Row]) -> Result<()> {
     writeln!(out, "\n{title}")?;
     writeln!(
         out,
-        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12} {:>12}",
-        "step", "lifeboat s", "restic s", "speedup", "lb MiB", "restic MiB", "lb repo MiB", "restic MiB"
+        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8}",
+        "step",
+        "lifeboat s",
+        "restic s",
+        "speedup",
+        "lb MiB",
+        "restic MiB",
+        "lb repo MiB",
+        "restic MiB",
+        "lb req",
+        "rs req"
     )?;
     for r in rows {
         let (l, x) = (r.results[0], r.results[1]);
         writeln!(
             out,
-            "{:<24} {:>10.2} {:>10.2} {:>7.2}x {:>10.1} {:>10.1} {:>12.1} {:>12.1}",
+            "{:<24} {:>10.2} {:>10.2} {:>7.2}x {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>8} {:>8}",
             r.step,
-            l.0,
-            x.0,
-            x.0 / l.0,
-            l.1 as f64 / 1024.0,
-            x.1 as f64 / 1024.0,
-            l.2 as f64 / (1 << 20) as f64,
-            x.2 as f64 / (1 << 20) as f64
+            l.secs,
+            x.secs,
+            x.secs / l.secs,
+            l.peak_rss_kib as f64 / 1024.0,
+            x.peak_rss_kib as f64 / 1024.0,
+            l.stored as f64 / (1 << 20) as f64,
+            x.stored as f64 / (1 << 20) as f64,
+            l.requests,
+            x.requests
         )?;
     }
     let last = rows.len() - 2;
-    let (lb_repo, restic_repo) = (rows[last].results[0].2, rows[last].results[1].2);
-    let peak = rows.iter().map(|r| r.results[0].1).max().unwrap_or(0);
+    let (lb_repo, restic_repo) = (rows[last].results[0].stored, rows[last].results[1].stored);
+    let peak = rows.iter().map(|r| r.results[0].peak_rss_kib).max().unwrap_or(0);
     writeln!(
         out,
         "repository size lifeboat/restic: {:.3}; lifeboat peak memory {:.1} MiB",
