@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::HumanBytes;
 use lifeboat_common::crypto::MasterKey;
+use lifeboat_common::dirs::cache_dir;
 use lifeboat_common::repo::Repository;
-use lifeboat_common::repo::cache::default_cache_root;
 use lifeboat_common::store::{OpenedStore, Replication, WritePolicy, open_locations};
 
 /// Where the repository is and which key opens it.
@@ -67,7 +67,7 @@ impl RepoArgs {
         let key = self.master_key()?;
         let store = stores.store();
         let described = store.describe();
-        let cache = (!self.no_cache && !store.is_local()).then(default_cache_root);
+        let cache = (!self.no_cache && !store.is_local()).then(cache_dir);
         let repo = Repository::open_cached(store, &key, cache.as_deref())
             .await
             .with_context(|| format!("opening repository in {described}"))?;

@@ -9,18 +9,14 @@ use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
 };
 use lifeboat_integration_tests::services::{
-    AZURITE_ACCOUNT, azure_container, azure_endpoint, azurite_connection_string, create_bucket, s3_client, s3_endpoint,
-    s3_test_credentials, unique_bucket,
+    AZURITE_ACCOUNT, azure_container, azure_endpoint, azurite_connection_string, s3_client, s3_test_bucket,
 };
 use support::{Env, assert_same_tree, make_tree};
 
 #[test]
 fn s3_storage_classes_and_lifecycle_rules() {
-    let s3 = s3_endpoint();
-    s3_test_credentials();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let bucket = unique_bucket("tiers");
-    rt.block_on(create_bucket(&s3, &bucket));
+    let (s3, bucket) = s3_test_bucket(&rt, "tiers");
     let client = rt.block_on(s3_client(&s3));
     // A rule of the bucket's owner, which Lifeboat must keep.
     let foreign = LifecycleRule::builder()

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use lifeboat_common::store::{AzureCredential, AzureLocation, AzureStore, ObjectStore, open_location};
 use lifeboat_integration_tests::services::{
     AZURITE_ACCOUNT, AZURITE_KEY, AZURITE_SAVE_INTERVAL, OwnAzurite, azure_container, azure_endpoint,
-    azurite_connection_string, create_bucket, s3_endpoint, s3_test_credentials, unique_bucket,
+    azurite_connection_string, s3_test_bucket, unique_bucket,
 };
 use lifeboat_integration_tests::tree_gen::{TreeSpec, generate_tree};
 use support::{Env, assert_same_tree, make_tree};
@@ -55,11 +55,8 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 #[test]
 fn primary_killed_mid_backup_fails_cleanly_and_a_rerun_succeeds() {
-    let s3 = s3_endpoint();
-    s3_test_credentials();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let bucket = unique_bucket("kill");
-    rt.block_on(create_bucket(&s3, &bucket));
+    let (s3, bucket) = s3_test_bucket(&rt, "kill");
     let data = tempfile::tempdir().unwrap();
     let mut azurite = OwnAzurite::new(data.path());
     azurite.start();
@@ -112,11 +109,8 @@ fn primary_killed_mid_backup_fails_cleanly_and_a_rerun_succeeds() {
 
 #[test]
 fn policy_primary_outlives_a_dead_secondary_and_a_killed_agent() {
-    let s3 = s3_endpoint();
-    s3_test_credentials();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let bucket = unique_bucket("outbox");
-    rt.block_on(create_bucket(&s3, &bucket));
+    let (s3, bucket) = s3_test_bucket(&rt, "outbox");
     let data = tempfile::tempdir().unwrap();
     // The secondary is down from the start: nothing listens on its port yet.
     let mut azurite = OwnAzurite::new(data.path());
@@ -183,11 +177,9 @@ fn policy_primary_outlives_a_dead_secondary_and_a_killed_agent() {
 
 #[test]
 fn a_copy_damaged_in_one_store_is_named_and_mended() {
-    let (s3, azure) = (s3_endpoint(), azure_endpoint());
-    s3_test_credentials();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let bucket = unique_bucket("mend");
-    rt.block_on(create_bucket(&s3, &bucket));
+    let (s3, bucket) = s3_test_bucket(&rt, "mend");
+    let azure = azure_endpoint();
     let container = rt.block_on(azure_container(&azure, "mend"));
     let primary = format!("s3://{bucket}/repo?endpoint={s3}");
     let secondary = format!("azure://{AZURITE_ACCOUNT}/{container}/repo");

@@ -3,15 +3,12 @@
 
 mod support;
 
-use lifeboat_integration_tests::services::{create_bucket, s3_client, s3_endpoint, s3_test_credentials, unique_bucket};
+use lifeboat_integration_tests::services::{s3_client, s3_test_bucket};
 use support::{Env, assert_same_tree, make_tree};
 
 #[test]
 fn files_round_trip_through_s3() {
-    let endpoint = s3_endpoint();
-    s3_test_credentials();
-    let bucket = unique_bucket("cli");
-    tokio::runtime::Runtime::new().unwrap().block_on(create_bucket(&endpoint, &bucket));
+    let (endpoint, bucket) = s3_test_bucket(&tokio::runtime::Runtime::new().unwrap(), "cli");
     let repo = format!("s3://{bucket}/prod/files?endpoint={endpoint}");
     let env = Env::new_at(&repo);
 
@@ -74,10 +71,7 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn metadata_cache_serves_reads_and_a_damaged_entry_is_fetched_again() {
-    let endpoint = s3_endpoint();
-    s3_test_credentials();
-    let bucket = unique_bucket("cache");
-    tokio::runtime::Runtime::new().unwrap().block_on(create_bucket(&endpoint, &bucket));
+    let (endpoint, bucket) = s3_test_bucket(&tokio::runtime::Runtime::new().unwrap(), "cache");
     let env = Env::new_at(&format!("s3://{bucket}/repo?endpoint={endpoint}"));
     let src = env.path("src");
     make_tree(&src);

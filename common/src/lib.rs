@@ -3,6 +3,7 @@
 //! operator's policy types.
 
 pub mod crypto;
+pub mod dirs;
 pub mod policy;
 pub mod repo;
 pub mod store;

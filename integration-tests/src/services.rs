@@ -39,6 +39,16 @@ pub fn unique_bucket(tag: &str) -> String {
     format!("lb-{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
+/// The S3 emulator's endpoint and a fresh bucket in it named after `tag`,
+/// with the test credentials set.
+pub fn s3_test_bucket(rt: &tokio::runtime::Runtime, tag: &str) -> (String, String) {
+    let endpoint = s3_endpoint();
+    s3_test_credentials();
+    let bucket = unique_bucket(tag);
+    rt.block_on(create_bucket(&endpoint, &bucket));
+    (endpoint, bucket)
+}
+
 /// Creates `bucket` in the emulator at `endpoint`.
 pub async fn create_bucket(endpoint: &str, bucket: &str) {
     let client = s3_client(endpoint).await;

@@ -24,22 +24,6 @@ pub struct MetadataCache {
     dir: PathBuf,
 }
 
-/// Where caches live: `LIFEBOAT_CACHE_DIR`, else `$XDG_CACHE_HOME/lifeboat`,
-/// else `~/.cache/lifeboat`, else `/var/cache/lifeboat`.
-pub fn default_cache_root() -> PathBuf {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = env("LIFEBOAT_CACHE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = env("XDG_CACHE_HOME") {
-        return dir.join("lifeboat");
-    }
-    match env("HOME") {
-        Some(home) => home.join(".cache/lifeboat"),
-        None => PathBuf::from("/var/cache/lifeboat"),
-    }
-}
-
 impl MetadataCache {
     /// The cache of repository `repo_id` under `root`; created on first write.
     pub fn new(root: &Path, repo_id: &str) -> Self {

@@ -83,27 +83,10 @@ fn store_id(describe: &str) -> String {
     blake3::hash(describe.as_bytes()).to_hex()[..16].to_owned()
 }
 
-/// Where Lifeboat keeps local state: `LIFEBOAT_STATE_DIR`, else
-/// `$XDG_STATE_HOME/lifeboat`, else `~/.local/state/lifeboat`, else
-/// `/var/lib/lifeboat`.
-pub fn state_dir() -> PathBuf {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = env("LIFEBOAT_STATE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = env("XDG_STATE_HOME") {
-        return dir.join("lifeboat");
-    }
-    match env("HOME") {
-        Some(home) => home.join(".local/state/lifeboat"),
-        None => PathBuf::from("/var/lib/lifeboat"),
-    }
-}
-
 impl Outbox {
     /// The default outbox of the repository whose primary is `primary`.
     pub fn default_root(primary: &dyn ObjectStore) -> PathBuf {
-        state_dir().join("outbox").join(store_id(&primary.describe()))
+        crate::dirs::state_dir().join("outbox").join(store_id(&primary.describe()))
     }
 
     /// An outbox at `root` for `targets`; directories are created on the first write.

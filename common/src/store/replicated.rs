@@ -81,14 +81,14 @@ fn store_unreachable(e: &StoreError) -> bool {
 
 impl ReplicatedStore {
     /// Stores in order of preference (the first is the primary), the write
-    /// policy, and the outbox directory (default: under [`super::state_dir`]).
+    /// policy, and the outbox directory (default: under [`crate::dirs::state_dir`]).
     /// With policy `primary` this starts the background copier, so it must
     /// be called inside a Tokio runtime.
     pub fn new(stores: Vec<Arc<dyn ObjectStore>>, policy: WritePolicy, outbox: Option<PathBuf>) -> Self {
         let root = match (outbox, stores.first()) {
             (Some(dir), _) => dir,
             (None, Some(primary)) => Outbox::default_root(primary.as_ref()),
-            (None, None) => super::state_dir().join("outbox/none"),
+            (None, None) => crate::dirs::state_dir().join("outbox/none"),
         };
         let outbox = Arc::new(Outbox::new(root, stores.iter().skip(1).cloned().collect()));
         let wake = Arc::new(Notify::new());

@@ -200,6 +200,14 @@ struct Row {
     results: Vec<Figures>,
 }
 
+/// Runs one measured step of `tool` and collects its figures.
+fn figures(tool: &dyn Tool, rt: &tokio::runtime::Runtime, step: impl FnOnce() -> Result<Measured>) -> Result<Figures> {
+    let before = s3_requests();
+    let m = step()?;
+    let requests = s3_requests() - before;
+    Ok(Figures { secs: m.secs, peak_rss_kib: m.peak_rss_kib, stored: tool.repo().stored_bytes(rt), requests })
+}
+
 /// Requests the S3 emulator has logged so far (one access-log line each).
 fn s3_requests() -> u64 {
     let dir = std::env::var("LIFEBOAT_SERVICES_DIR").unwrap_or_else(|_| "/var/tmp/lifeboat-services".into());
@@ -304,15 +312,9 @@ fn run_once(
         let mut results = Vec::new();
         for tool in &tools {
             sync_and_settle();
-            let before = s3_requests();
-            let m = tool.backup(&src).with_context(|| format!("{} {step}", tool.name()))?;
-            let requests = s3_requests() - before;
-            results.push(Figures {
-                secs: m.secs,
-                peak_rss_kib: m.peak_rss_kib,
-                stored: tool.repo().stored_bytes(rt),
-                requests,
-            });
+            results.push(
+                figures(tool.as_ref(), rt, || tool.backup(&src)).with_context(|| format!("{} {step}", tool.name()))?,
+            );
         }
         rows.push(Row { step, results });
     }
@@ -321,15 +323,9 @@ fn run_once(
         let target = work.join(format!("restore-{}", tool.name()));
         sync_and_settle();
         drop_caches();
-        let before = s3_requests();
-        let m = tool.restore(&target).with_context(|| format!("{} restore", tool.name()))?;
-        let requests = s3_requests() - before;
-        results.push(Figures {
-            secs: m.secs,
-            peak_rss_kib: m.peak_rss_kib,
-            stored: tool.repo().stored_bytes(rt),
-            requests,
-        });
+        results.push(
+            figures(tool.as_ref(), rt, || tool.restore(&target)).with_context(|| format!("{} restore", tool.name()))?,
+        );
     }
     rows.push(Row { step: "full restore", results });
     if let Some(endpoint) = s3 {
