@@ -6,7 +6,6 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use lifeboat_common::repo::repository::pack_key;
 use lifeboat_common::repo::tree::NodeKind;
 use support::{Env, assert_same_tree_except};
 
@@ -26,7 +25,7 @@ fn locate_chunk(env: &Env, file: &Path) -> (PathBuf, String, u64) {
                 NodeKind::File { content } if i + 1 == parts.len() => {
                     let index = repo.index();
                     let loc = index.get(&content[0]).unwrap();
-                    let key = pack_key(&loc.pack.id);
+                    let key = loc.pack.key();
                     return (env.repo.join(&key), key, u64::from(loc.blob.offset));
                 }
                 _ => panic!("unexpected node"),

@@ -109,12 +109,13 @@ fn azure_blobs_move_to_archive_and_metadata_stays_hot() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("to Archive") && err.contains("metadata stays Hot"), "{err}");
 
-    // Metadata is still readable; the restore names a pack to rehydrate.
-    assert!(env.ok(&["snapshots"]).contains(&id[..8]));
+    // Metadata and trees are still readable straight from the store (no
+    // cache); the restore names a data pack to rehydrate.
+    assert!(env.ok(&["snapshots", "--no-cache"]).contains(&id[..8]));
     let target = env.path("out");
     let restore = ["restore", &id, "--target", target.to_str().unwrap(), "--path", src.to_str().unwrap()];
-    let err = env.fails(&restore);
-    assert!(err.contains("rehydrated") && err.contains("data/"), "{err}");
+    let err = env.fails(&[&restore[..], &["--no-cache"]].concat());
+    assert!(err.contains("rehydrated") && err.contains("data/") && !err.contains("tree/"), "{err}");
 
     env.ok(&["repo", "rehydrate"]);
     env.ok(&restore);

@@ -138,7 +138,7 @@ fn policy_primary_outlives_a_dead_secondary_and_a_killed_agent() {
 
     // A second backup is killed mid-way (the agent dies too).
     let big = env.path("big");
-    generate_tree(&big, &TreeSpec { media_files: 6, media_size: 16 << 20, ..TreeSpec::small() }).unwrap();
+    generate_tree(&big, &TreeSpec { media_files: 12, media_size: 16 << 20, ..TreeSpec::small() }).unwrap();
     let mut cmd = env.cmd();
     cmd.args(["backup", "files", big.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();

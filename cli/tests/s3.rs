@@ -80,7 +80,7 @@ fn metadata_cache_serves_reads_and_a_damaged_entry_is_fetched_again() {
     // Indexes, the snapshot and the tree packs were kept while writing.
     let cache = env.path("cache");
     let cached = files_under(&cache);
-    for kind in ["/index/", "/snapshots/", "/data/"] {
+    for kind in ["/index/", "/snapshots/", "/tree/"] {
         assert!(cached.iter().any(|p| p.to_string_lossy().contains(kind)), "no {kind} in the cache: {cached:?}");
     }
 

@@ -114,7 +114,7 @@ pub struct OwnAzurite {
 }
 
 /// How long Azurite may hold metadata in memory before saving it.
-pub const AZURITE_SAVE_INTERVAL: Duration = Duration::from_secs(6);
+pub const AZURITE_SAVE_INTERVAL: Duration = Duration::from_secs(8);
 
 impl OwnAzurite {
     /// A port that nothing listens on yet, and the data directory; not started.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::bounded;
-use lifeboat_common::repo::pack::{PackBlob, PackSeal, open_blob};
+use lifeboat_common::repo::pack::{BlobKind, PackBlob, PackSeal, open_blob};
 use lifeboat_common::repo::repository::pack_key;
 use lifeboat_common::repo::snapshot::Snapshot;
 use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
@@ -349,7 +349,8 @@ impl DataWriter<'_> {
     /// need it; an error writing the target stops the restore.
     fn restore_pack(&self, pack: PackId, seal: &PackSeal, blobs: Vec<(PackBlob, Targets)>) -> Result<(), FilesError> {
         let (repo, files) = (self.repo, self.files);
-        let key = pack_key(&pack);
+        // File contents are data blobs, and data blobs live in data packs.
+        let key = pack_key(&pack, BlobKind::Data);
         let mut i = 0;
         while i < blobs.len() {
             // Merge neighbouring blobs into one ranged read.

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::HumanBytes;
 use lifeboat_agent::progress::Progress;
+use lifeboat_common::crypto::MasterKey;
 use lifeboat_common::policy::storage_lifecycle_from_yaml;
 use lifeboat_common::repo::Repository;
 use lifeboat_common::repo::replicas::{ReconcileOptions, ReconcileReport, reconcile};
@@ -74,8 +75,9 @@ enum RepoSub {
         /// packs are compared by size).
         #[arg(long)]
         read_data: bool,
-        /// Delete objects the primary lacks from the other stores, instead
-        /// of copying them to the primary. Do not run during a backup.
+        /// Delete packs that the primary lacks and no index in any store
+        /// refers to (left by interrupted backups), instead of copying them
+        /// to the primary. Do not run during a backup.
         #[arg(long)]
         delete_extra: bool,
     },
@@ -105,6 +107,7 @@ impl RepoCommand {
             RepoSub::Rehydrate { repo } => {
                 let opened = repo.open().await?;
                 let store = opened.store();
+                // Tree packs never leave the hot tier; data packs may.
                 let packs = store.list("data/").await.context("listing packs")?;
                 for meta in &packs {
                     store.start_rehydrate(&meta.key).await.with_context(|| format!("rehydrating {}", meta.key))?;
@@ -166,7 +169,7 @@ impl RepoCommand {
                 }
                 settle(&stores).await?;
                 let opts = ReconcileOptions { read_data, repair: true, delete_extra };
-                let report = run_reconcile(&opened, &stores, opts).await?;
+                let report = run_reconcile(&opened, &repo.master_key()?, &stores, opts).await?;
                 eprintln!(
                     "copied {} objects ({}), deleted {}",
                     report.copied,
@@ -188,11 +191,16 @@ impl RepoCommand {
 
 /// Compares (and with `opts.repair` mends) the member stores, with a
 /// progress bar, and prints what differed.
-pub async fn run_reconcile(repo: &Repository, stores: &OpenedStore, opts: ReconcileOptions) -> Result<ReconcileReport> {
+pub async fn run_reconcile(
+    repo: &Repository,
+    master: &MasterKey,
+    stores: &OpenedStore,
+    opts: ReconcileOptions,
+) -> Result<ReconcileReport> {
     let progress = Arc::new(Progress::default());
     let view = ProgressView::start("comparing stores", progress.clone());
     let p = progress.clone();
-    let report = reconcile(repo, &stores.members(), opts, Arc::new(move |n| p.bytes(n))).await?;
+    let report = reconcile(repo, Some(master), &stores.members(), opts, Arc::new(move |n| p.bytes(n))).await?;
     drop(view);
     eprintln!(
         "compared {} objects across {} stores ({} read)",

@@ -32,7 +32,10 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
-        let (repo, stores) = self.repo.open_with_stores().await?;
+        // Straight from the store: a verified local copy must not vouch for
+        // a damaged remote one.
+        let args = RepoArgs { no_cache: true, ..self.repo.clone() };
+        let (repo, stores) = args.open_with_stores().await?;
         let progress = Arc::new(Progress::default());
         if self.read_data {
             let total: u64 = repo.index().packs().iter().map(|p| p.size).sum();
@@ -66,7 +69,7 @@ impl VerifyArgs {
         }
         if self.stores {
             let opts = ReconcileOptions { read_data: self.read_data, ..Default::default() };
-            problems += run_reconcile(&repo, &stores, opts).await?.problems.len();
+            problems += run_reconcile(&repo, &args.master_key()?, &stores, opts).await?.problems.len();
         }
         if problems > 0 {
             bail!("verify found {problems} problems (listed above)");

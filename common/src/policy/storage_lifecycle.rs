@@ -29,7 +29,12 @@ pub enum PolicyError {
     Missing,
     /// A tier is wrong.
     #[error("storage_lifecycle.{tier}: {reason}")]
-    Tier { tier: String, reason: String },
+    Tier {
+        /// The tier's name in the block.
+        tier: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -86,7 +91,7 @@ pub fn storage_lifecycle_from_yaml(text: &str) -> Result<Lifecycle, PolicyError>
             StorageTier::Cold => lifecycle.cold_after = Some(*from),
             StorageTier::Archive => lifecycle.archive_after = Some(*from),
         }
-        expect_from = to.map_or(u32::MAX, |t| t + 1);
+        expect_from = to.map_or(u32::MAX, |t| t.saturating_add(1));
         last_tier = Some(*tier);
     }
     Ok(lifecycle)

@@ -25,24 +25,29 @@ pub struct MetadataCache {
 }
 
 impl MetadataCache {
-    /// The cache of repository `repo_id` under `root`; created on first write.
-    pub fn new(root: &Path, repo_id: &str) -> Self {
-        MetadataCache { dir: root.join(repo_id) }
+    /// The cache of repository `repo_id` under `root`; created on first
+    /// write. None unless the id is 64 hex digits: it comes from the
+    /// store's unauthenticated config and becomes a directory name.
+    pub fn new(root: &Path, repo_id: &str) -> Option<Self> {
+        let valid = repo_id.len() == 64 && repo_id.bytes().all(|b| b.is_ascii_hexdigit());
+        valid.then(|| MetadataCache { dir: root.join(repo_id) })
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(key)
+    /// Where `key` is cached; None for a key that could leave the cache
+    /// directory (keys come from listings of a store nobody vouches for).
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        crate::store::check_key(key).ok().map(|_| self.dir.join(key))
     }
 
     /// The cached copy of `key`, if any.
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        fs::read(self.path(key)).ok().map(Bytes::from)
+        fs::read(self.path(key)?).ok().map(Bytes::from)
     }
 
     /// Caches `data` as `key`. Failures only cost a later fetch, so they
     /// are logged, not returned.
     pub fn put(&self, key: &str, data: &[u8]) {
-        let dest = self.path(key);
+        let Some(dest) = self.path(key) else { return };
         let write = || -> io::Result<()> {
             let dir = dest.parent().unwrap_or(&self.dir);
             fs::create_dir_all(dir)?;
@@ -60,7 +65,9 @@ impl MetadataCache {
 
     /// Drops the cached copy of `key` (found damaged).
     pub fn remove(&self, key: &str) {
-        let _ = fs::remove_file(self.path(key));
+        if let Some(path) = self.path(key) {
+            let _ = fs::remove_file(path);
+        }
     }
 
     /// Drops every cached object under `prefix` (a directory such as
@@ -71,7 +78,7 @@ impl MetadataCache {
             let Ok(entries) = fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 let path = entry.path();
-                if path.is_dir() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(path);
                     continue;
                 }
@@ -91,7 +98,10 @@ mod tests {
     #[test]
     fn put_get_remove_retain() {
         let root = tempfile::tempdir().unwrap();
-        let cache = MetadataCache::new(root.path(), "repo1");
+        assert!(MetadataCache::new(root.path(), "../../etc").is_none());
+        let cache = MetadataCache::new(root.path(), &"ab".repeat(32)).unwrap();
+        cache.put("index/../../escape", b"x");
+        assert!(!root.path().join("escape").exists() && cache.get("index/../../escape").is_none());
         assert!(cache.get("index/a").is_none());
         cache.put("index/a", b"a");
         cache.put("index/b", b"b");

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::id::{BlobId, PackId};
-use super::pack::{PackBlob, PackSeal};
+use super::pack::{BlobKind, PackBlob, PackSeal};
+use super::repository::pack_key;
 
 /// One pack as an index object records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +47,15 @@ pub struct PackInfo {
     pub seal: PackSeal,
     /// Stored size.
     pub size: u64,
+    /// What its blobs are (a pack holds one kind).
+    pub kind: BlobKind,
+}
+
+impl PackInfo {
+    /// Its key in the store.
+    pub fn key(&self) -> String {
+        pack_key(&self.id, self.kind)
+    }
 }
 
 /// All index objects merged: blob id → pack and position.
@@ -71,7 +81,8 @@ impl Index {
             Some(&p) => p,
             None => {
                 let p = self.packs.len() as u32;
-                self.packs.push(PackInfo { id: pack.id, seal: pack.seal, size: pack.size });
+                let kind = pack.blobs.first().map_or(BlobKind::Data, |b| b.kind);
+                self.packs.push(PackInfo { id: pack.id, seal: pack.seal, size: pack.size, kind });
                 self.pack_pos.insert(pack.id, p);
                 p
             }

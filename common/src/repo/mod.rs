@@ -3,7 +3,9 @@
 //! Objects in the store:
 //! - `config`: format version and tunables, in clear;
 //! - `keys/<master key id>`: the keyring wrapped by one master key;
-//! - `data/<2 hex>/<pack id>`: packs of sealed blobs (file chunks or trees);
+//! - `data/<2 hex>/<pack id>`: packs of sealed file chunks;
+//! - `tree/<2 hex>/<pack id>`: packs of sealed directory trees (kept apart
+//!   so storage tiers never move what a restore needs to plan);
 //! - `index/<id>`: which blob is in which pack;
 //! - `snapshots/<id>`: manifests, written last, which make a backup visible.
 

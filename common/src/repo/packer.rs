@@ -129,8 +129,9 @@ fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) -> Result<(), RepoE
     for pack in rx {
         let size = pack.bytes.len() as u64;
         let bytes = Bytes::from(pack.bytes);
-        shared.runtime.block_on(shared.repo.store().put(&pack_key(&pack.id), bytes.clone()))?;
-        if pack.blobs.first().is_some_and(|b| b.kind == BlobKind::Tree) {
+        let kind = pack.blobs.first().map_or(BlobKind::Data, |b| b.kind);
+        shared.runtime.block_on(shared.repo.store().put(&pack_key(&pack.id, kind), bytes.clone()))?;
+        if kind == BlobKind::Tree {
             shared.repo.cache_tree_pack(&pack.id, &bytes);
         }
         // The store has let go of its reference: recycle the buffer.

@@ -25,14 +25,23 @@ const KEYS_PREFIX: &str = "keys/";
 const INDEX_PREFIX: &str = "index/";
 const SNAPSHOTS_PREFIX: &str = "snapshots/";
 const DATA_PREFIX: &str = "data/";
+const TREE_PREFIX: &str = "tree/";
 /// Metadata objects fetched at once when loading indexes and snapshots.
 const METADATA_FETCHES: usize = 16;
 
-/// Store key of a pack.
-pub fn pack_key(id: &PackId) -> String {
+/// Store key of a pack: data packs under `data/`, tree packs under
+/// `tree/`, so storage tiers can move data and keep every tree hot.
+pub fn pack_key(id: &PackId, kind: BlobKind) -> String {
     let hex = id.to_hex();
-    format!("{DATA_PREFIX}{}/{hex}", &hex[..2])
+    let prefix = match kind {
+        BlobKind::Data => DATA_PREFIX,
+        BlobKind::Tree => TREE_PREFIX,
+    };
+    format!("{prefix}{}/{hex}", &hex[..2])
 }
+
+/// Prefixes under which packs live.
+pub const PACK_PREFIXES: [&str; 2] = [DATA_PREFIX, TREE_PREFIX];
 
 /// Store key of an index object.
 pub fn index_key(id: &IndexId) -> String {
@@ -118,7 +127,7 @@ impl Repository {
             return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
         }
         let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
-        let cache = cache_root.map(|root| MetadataCache::new(root, &config.id));
+        let cache = cache_root.and_then(|root| MetadataCache::new(root, &config.id));
         let repo = Self::from_parts(store, config, keyring, cache);
         repo.reload_index().await?;
         Ok(repo)
@@ -153,7 +162,19 @@ impl Repository {
             }
         }
         let bytes = self.inner.store.get(key).await?;
-        let plain = object::open(&self.inner.keyring, kind, key, &bytes)?;
+        let (bytes, plain) = match object::open(&self.inner.keyring, kind, key, &bytes) {
+            Ok(plain) => (bytes, plain),
+            // Damaged where it was read first: another store may hold a good copy.
+            Err(first) => self
+                .inner
+                .store
+                .get_copies(key)
+                .await
+                .into_iter()
+                .flatten()
+                .find_map(|b| object::open(&self.inner.keyring, kind, key, &b).ok().map(|p| (b, p)))
+                .ok_or(first)?,
+        };
         if let Some(c) = cache {
             c.put(key, &bytes);
         }
@@ -178,20 +199,35 @@ impl Repository {
     /// trees are read locally.
     pub fn cache_tree_pack(&self, id: &PackId, bytes: &[u8]) {
         if let Some(c) = &self.inner.cache {
-            c.put(&pack_key(id), bytes);
+            c.put(&pack_key(id, BlobKind::Tree), bytes);
         }
     }
 
     async fn unwrap_keyring(store: &dyn ObjectStore, master: &MasterKey) -> Result<Keyring, RepoError> {
         let own_key = format!("{KEYS_PREFIX}{}", master.id);
         let mut wanted = Vec::new();
+        let unwrap = |bytes: &[u8]| -> Result<Keyring, RepoError> {
+            let wrapped: WrappedKeyring = serde_json::from_slice(bytes).map_err(|e| RepoError::corrupt(&own_key, e))?;
+            wrapped.unwrap_with(master).map_err(|_| {
+                RepoError::corrupt(
+                    &own_key,
+                    "master key with this id does not open it: the key file is not the one that wrapped it, or the object is damaged",
+                )
+            })
+        };
         for meta in store.list(KEYS_PREFIX).await? {
             let bytes = store.get(&meta.key).await?;
+            if meta.key == own_key {
+                let first = match unwrap(&bytes) {
+                    Ok(keyring) => return Ok(keyring),
+                    Err(e) => e,
+                };
+                // Damaged where it was read first: another store may hold a good copy.
+                let copies = store.get_copies(&own_key).await;
+                return copies.into_iter().flatten().find_map(|b| unwrap(&b).ok()).ok_or(first);
+            }
             let wrapped: WrappedKeyring =
                 serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(&meta.key, e))?;
-            if meta.key == own_key {
-                return Ok(wrapped.unwrap_with(master)?);
-            }
             wanted.push(wrapped.master_key_id.to_string());
         }
         Err(CryptoError::WrongKey { have: master.id, wanted: wanted.join(", ") }.into())
@@ -236,7 +272,7 @@ impl Repository {
         if let Some(c) = &self.inner.cache {
             let listed: HashSet<&str> = keys.iter().map(String::as_str).collect();
             c.retain(INDEX_PREFIX, |k| listed.contains(k));
-            c.retain(DATA_PREFIX, |k| {
+            c.retain(TREE_PREFIX, |k| {
                 k.rsplit('/').next().and_then(|h| h.parse::<PackId>().ok()).is_some_and(|id| index.has_pack(&id))
             });
         }
@@ -349,12 +385,11 @@ impl Repository {
     /// Reads one blob through the index with a ranged request; a tree blob
     /// comes from its cached pack, when the repository has a cache.
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
-        let (seal, blob, pack_id) = {
+        let (seal, blob, pack_id, key) = {
             let index = self.index();
             let loc = index.get(id).ok_or_else(|| RepoError::BlobNotIndexed(id.to_hex()))?;
-            (loc.pack.seal, loc.blob.clone(), loc.pack.id)
+            (loc.pack.seal, loc.blob.clone(), loc.pack.id, loc.pack.key())
         };
-        let key = pack_key(&pack_id);
         if let (Some(cache), BlobKind::Tree) = (&self.inner.cache, blob.kind) {
             let range = blob.range();
             let (start, end) = (range.start as usize, range.end as usize);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::error::RepoError;
 use super::id::{BlobId, PackId};
 use super::pack::{open_blob, read_header};
-use super::repository::{Repository, pack_key};
+use super::repository::{PACK_PREFIXES, Repository};
 use super::tree::NodeKind;
 
 /// What `verify` found.
@@ -49,20 +49,22 @@ pub async fn verify(
     report.problems.extend(repo.index_problems());
 
     // Every indexed pack exists with the size the index records.
-    let stored: HashMap<String, u64> = repo.store().list("data/").await?.into_iter().map(|m| (m.key, m.size)).collect();
-    let indexed: Vec<(PackId, u64)> = repo.index().packs().iter().map(|p| (p.id, p.size)).collect();
-    let indexed_keys: HashSet<String> = indexed.iter().map(|(id, _)| pack_key(id)).collect();
-    report.unindexed_packs = stored.keys().filter(|k| !indexed_keys.contains(*k)).count() as u64;
+    let mut stored: HashMap<String, u64> = HashMap::new();
+    for prefix in PACK_PREFIXES {
+        stored.extend(repo.store().list(prefix).await?.into_iter().map(|m| (m.key, m.size)));
+    }
+    let indexed: Vec<(PackId, String, u64)> = repo.index().packs().iter().map(|p| (p.id, p.key(), p.size)).collect();
+    let indexed_keys: HashSet<&str> = indexed.iter().map(|(_, key, _)| key.as_str()).collect();
+    report.unindexed_packs = stored.keys().filter(|k| !indexed_keys.contains(k.as_str())).count() as u64;
     let mut present = Vec::new();
-    for (id, size) in &indexed {
+    for (id, key, size) in &indexed {
         report.packs += 1;
-        let key = pack_key(id);
-        match stored.get(&key) {
+        match stored.get(key) {
             None => report.problems.push(format!("pack {key} is missing")),
             Some(&s) if s != *size => {
                 report.problems.push(format!("pack {key} is {s} bytes, the index says {size} (truncated or altered)"))
             }
-            Some(_) => present.push(*id),
+            Some(_) => present.push((*id, key.clone())),
         }
     }
 
@@ -117,7 +119,7 @@ async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<
 /// Downloads each pack, checks its hash, header and every blob.
 async fn read_packs(
     repo: &Repository,
-    packs: Vec<PackId>,
+    packs: Vec<(PackId, String)>,
     report: &mut VerifyReport,
     on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<(), RepoError> {
@@ -126,10 +128,9 @@ async fn read_packs(
     let mut queue = packs.into_iter();
     loop {
         while set.len() < parallel {
-            let Some(id) = queue.next() else { break };
+            let Some((id, key)) = queue.next() else { break };
             let (repo, on_bytes) = (repo.clone(), on_bytes.clone());
             set.spawn(async move {
-                let key = pack_key(&id);
                 let bytes = match repo.store().get(&key).await {
                     Ok(b) => b,
                     Err(e) => return (0, 0, vec![e.to_string()]),

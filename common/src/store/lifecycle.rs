@@ -6,7 +6,12 @@
 
 use std::str::FromStr;
 
-/// Key prefixes of the objects a lifecycle may move to colder tiers.
+/// The longest age a lifecycle may name (a century), so day counts stay
+/// far inside what every service accepts.
+pub const MAX_DAYS: u32 = 36_500;
+
+/// Key prefixes of the objects a lifecycle may move to colder tiers (data
+/// packs and WAL; tree packs live under `tree/` and stay hot).
 pub const TIERED_PREFIXES: &[&str] = &["data/", "wal/"];
 
 /// Whether objects under `key` may leave the hot tier.
@@ -76,9 +81,13 @@ impl Lifecycle {
         .collect()
     }
 
-    /// Checks that colder tiers come no sooner (equal days skip a tier).
+    /// Checks that colder tiers come no sooner (equal days skip a tier),
+    /// and that every day is within a century.
     pub fn validate(&self) -> Result<(), InvalidLifecycle> {
         let t = self.transitions();
+        if let Some((tier, days)) = t.iter().find(|(_, d)| *d > MAX_DAYS) {
+            return Err(InvalidLifecycle(format!("{tier:?} after {days} days: at most {MAX_DAYS} days")));
+        }
         match t.windows(2).find(|w| w[1].1 < w[0].1) {
             Some(w) => Err(InvalidLifecycle(format!(
                 "{:?} after {} days cannot come before {:?} after {} days",

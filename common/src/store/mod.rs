@@ -123,6 +123,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Reads `range` of an object; a range past the end is [`StoreError::Truncated`].
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
 
+    /// Every store's copy of an object, in order of preference, for a
+    /// caller that found the first one damaged and can tell a good copy
+    /// (one store has one copy; a replicated store one per member).
+    async fn get_copies(&self, key: &str) -> Vec<Result<Bytes, StoreError>> {
+        vec![self.get(key).await]
+    }
+
     /// Size of an object, or [`StoreError::NotFound`].
     async fn head(&self, key: &str) -> Result<u64, StoreError>;
 

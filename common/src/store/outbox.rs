@@ -122,6 +122,11 @@ impl Outbox {
         futures::future::try_join_all(writes).await.map(drop)
     }
 
+    /// Whether a copy of `key` is waiting for any target.
+    pub fn is_pending(&self, key: &str) -> bool {
+        self.targets.iter().any(|t| t.spool.root().join(PUT).join(key).exists())
+    }
+
     /// Forgets a spooled copy (the primary refused the object).
     pub async fn discard_put(&self, key: &str) {
         for t in &self.targets {
@@ -178,27 +183,54 @@ impl Outbox {
     }
 }
 
+/// When a spooled copy is sent: what other objects refer to goes first, so
+/// a secondary never holds a snapshot whose index or packs are still
+/// waiting here (the drain stops at the first failure).
+fn send_order(key: &str) -> u8 {
+    let key = &key[PUT.len()..];
+    if key.starts_with("snapshots/") {
+        2
+    } else if key.starts_with("index/") {
+        1
+    } else {
+        0
+    }
+}
+
+/// Size and modification time of a spool entry: if they change while the
+/// entry is being copied, it was spooled again and must be sent again.
+fn stamp(t: &Target, entry: &str) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(t.spool.root().join(entry)).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
 async fn drain_target(t: &Target) -> DrainOutcome {
     let _pass = t.pass.lock().await;
     let mut outcome = DrainOutcome { store: t.store.describe(), copied: 0, deleted: 0, error: None };
     let result: Result<(), StoreError> = async {
         let pending = t.spool.list(PUT).await?;
-        let copied = futures::stream::iter(pending)
-            .map(|entry| async move {
-                let key = &entry.key[PUT.len()..];
-                let data = match t.spool.get(&entry.key).await {
-                    Ok(d) => d,
-                    // Replaced by a deletion meanwhile.
-                    Err(e) if e.is_not_found() => return Ok(0),
-                    Err(e) => return Err(e),
-                };
-                t.store.put(key, data).await?;
-                t.spool.delete(&entry.key).await?;
-                Ok::<u64, StoreError>(1)
-            })
-            .buffer_unordered(DRAIN_CONCURRENCY)
-            .try_fold(0u64, |n, c| async move { Ok(n + c) });
-        outcome.copied = copied.await?;
+        for rank in 0..=2 {
+            let batch: Vec<_> = pending.iter().filter(|e| send_order(&e.key) == rank).cloned().collect();
+            let copied = futures::stream::iter(batch)
+                .map(|entry| async move {
+                    let key = &entry.key[PUT.len()..];
+                    let before = stamp(t, &entry.key);
+                    let data = match t.spool.get(&entry.key).await {
+                        Ok(d) => d,
+                        // Replaced by a deletion meanwhile.
+                        Err(e) if e.is_not_found() => return Ok(0),
+                        Err(e) => return Err(e),
+                    };
+                    t.store.put(key, data).await?;
+                    if stamp(t, &entry.key) == before {
+                        t.spool.delete(&entry.key).await?;
+                    }
+                    Ok::<u64, StoreError>(1)
+                })
+                .buffer_unordered(DRAIN_CONCURRENCY)
+                .try_fold(0u64, |n, c| async move { Ok(n + c) });
+            outcome.copied += copied.await?;
+        }
         for entry in t.spool.list(DELETE).await? {
             t.store.delete(&entry.key[DELETE.len()..]).await?;
             t.spool.delete(&entry.key).await?;

@@ -138,7 +138,11 @@ impl ReplicatedStore {
     {
         let mut first_err: Option<StoreError> = None;
         let mut not_found: Option<StoreError> = None;
-        for m in self.members.iter().filter(|m| !m.down.load(Ordering::Relaxed)) {
+        // Stores that failed earlier are skipped, unless all have: then
+        // each gets another chance rather than the read failing outright.
+        let live: Vec<&Member> = self.members.iter().filter(|m| !m.down.load(Ordering::Relaxed)).collect();
+        let candidates = if live.is_empty() { self.members.iter().collect() } else { live };
+        for m in candidates {
             match f(m.store.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
@@ -182,9 +186,13 @@ impl ReplicatedStore {
             primary.put_if_absent(key, data.clone()).await?;
             self.outbox.enqueue_put(key, data).await?;
         } else {
+            // An older copy still waiting is left alone if the primary refuses this one.
+            let was_pending = self.outbox.is_pending(key);
             self.outbox.enqueue_put(key, data.clone()).await?;
             if let Err(e) = primary.put(key, data).await {
-                self.outbox.discard_put(key).await;
+                if !was_pending {
+                    self.outbox.discard_put(key).await;
+                }
                 return Err(e);
             }
         }
@@ -289,11 +297,17 @@ impl ObjectStore for ReplicatedStore {
             .await;
         match read {
             Err(e) => match self.outbox.get(key).await {
-                Some(b) if range.end <= b.len() as u64 => Ok(b.slice(range.start as usize..range.end as usize)),
+                Some(b) if range.start <= range.end && range.end <= b.len() as u64 => {
+                    Ok(b.slice(range.start as usize..range.end as usize))
+                }
                 _ => Err(e),
             },
             ok => ok,
         }
+    }
+
+    async fn get_copies(&self, key: &str) -> Vec<Result<Bytes, StoreError>> {
+        futures::future::join_all(self.members.iter().map(|m| m.store.get(key))).await
     }
 
     async fn head(&self, key: &str) -> Result<u64, StoreError> {

@@ -75,8 +75,8 @@ fn s3_transitions(lifecycle: &Lifecycle) -> (Vec<(TransitionStorageClass, i32)>,
         if at != days {
             notes.push(format!("{tier:?} tier ({class}) moved from day {days} to day {at}: S3's minimum"));
         }
-        out.push((class, at as i32));
-        earliest = at + gap_after;
+        out.push((class, i32::try_from(at).unwrap_or(i32::MAX)));
+        earliest = at.saturating_add(gap_after);
     }
     (out, notes)
 }
