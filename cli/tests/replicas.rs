@@ -90,3 +90,31 @@ fn stores_are_judged_copy_by_copy() {
     assert_eq!(fs::read(a.join("notes/x")).unwrap(), b"one");
     assert_eq!(fs::read(b.join("notes/x")).unwrap(), b"two");
 }
+
+#[test]
+fn restore_reads_a_good_copy_when_the_primary_one_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let env = Env::new_at(&format!("{},{}", a.display(), b.display()));
+    let src = env.path("src");
+    make_tree(&src);
+    let id = env.backup(&[&src]);
+    // Flip a byte in every data pack of the primary.
+    for pack in objects(&a, "data") {
+        let mut bytes = fs::read(a.join(&pack)).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        fs::write(a.join(&pack), bytes).unwrap();
+    }
+    let target = env.path("out");
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    support::assert_same_tree(&src, &target);
+    // The primary alone cannot do it: the damage is real.
+    let out = env
+        .cmd()
+        .args(["restore", &id, "--target", env.path("alone").to_str().unwrap(), "--path", src.to_str().unwrap()])
+        .env("LIFEBOAT_REPO", &a)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

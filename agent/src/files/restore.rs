@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use crossbeam_channel::bounded;
 use lifeboat_common::repo::pack::{BlobKind, PackBlob, PackSeal, open_blob};
 use lifeboat_common::repo::repository::pack_key;
@@ -351,6 +352,8 @@ impl DataWriter<'_> {
         let (repo, files) = (self.repo, self.files);
         // File contents are data blobs, and data blobs live in data packs.
         let key = pack_key(&pack, BlobKind::Data);
+        // Whole copies from every store, fetched only if a blob read first is damaged.
+        let mut copies: Option<Vec<Bytes>> = None;
         let mut i = 0;
         while i < blobs.len() {
             // Merge neighbouring blobs into one ranged read.
@@ -363,10 +366,20 @@ impl DataWriter<'_> {
             }
             let fetched = self.runtime.block_on(repo.store().get_range(&key, start..end));
             for (blob, targets) in &blobs[i..j] {
+                let r = blob.range();
                 let data = fetched.as_ref().map_err(|e| e.to_string()).and_then(|range| {
-                    let r = blob.range();
                     let slice = &range[(r.start - start) as usize..(r.end - start) as usize];
                     open_blob(repo.keyring(), seal, blob, slice, &key).map_err(|e| e.to_string())
+                });
+                let data = data.or_else(|why| {
+                    let copies = copies.get_or_insert_with(|| {
+                        self.runtime.block_on(repo.store().get_copies(&key)).into_iter().flatten().collect()
+                    });
+                    copies
+                        .iter()
+                        .filter_map(|c| c.get(r.start as usize..r.end as usize))
+                        .find_map(|slice| open_blob(repo.keyring(), seal, blob, slice, &key).ok())
+                        .ok_or(why)
                 });
                 match data {
                     Ok(data) => {
