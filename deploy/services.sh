@@ -89,6 +89,10 @@ start() {
     fi
     wait_for s3 "curl -sf http://127.0.0.1:$S3_PORT/moto-api/"
     if ! running azure; then
+        # Scratch data like moto's (which lives in memory): every test and
+        # benchmark makes its own container, so a fresh start begins empty
+        # instead of piling up gigabytes across runs.
+        rm -rf "$DIR/azure-data"
         mkdir -p "$DIR/azure-data"
         # --skipApiVersionCheck: current SDKs speak newer API versions;
         # --disableTelemetry: the machine has no network.

@@ -55,6 +55,20 @@ pub async fn create_bucket(endpoint: &str, bucket: &str) {
     client.create_bucket().bucket(bucket).send().await.expect("creating a test bucket");
 }
 
+/// Deletes `bucket` and everything in it (best effort: a benchmark's clean-up).
+pub async fn delete_bucket(endpoint: &str, bucket: &str) {
+    let client = s3_client(endpoint).await;
+    let mut pages = client.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(Ok(page)) = pages.next().await {
+        for obj in page.contents() {
+            if let Some(key) = obj.key() {
+                let _ = client.delete_object().bucket(bucket).key(key).send().await;
+            }
+        }
+    }
+    let _ = client.delete_bucket().bucket(bucket).send().await;
+}
+
 /// A plain SDK client for the emulator, for tests that look behind the store.
 pub async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     s3_test_credentials();
@@ -85,6 +99,19 @@ pub fn azurite_connection_string(endpoint: &str) -> String {
     format!(
         "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
     )
+}
+
+/// Deletes a container of Azurite at `endpoint` (best effort).
+pub async fn delete_container(endpoint: &str, container: &str) {
+    let mut url = url::Url::parse(endpoint).expect("Azurite endpoint");
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push(container);
+    }
+    let sas = lifeboat_common::store::account_sas(AZURITE_ACCOUNT, AZURITE_KEY, 1).expect("signing a SAS");
+    url.set_query(Some(&sas));
+    if let Ok(client) = azure_storage_blob::BlobContainerClient::new(url, None, None) {
+        let _ = client.delete(None).await;
+    }
 }
 
 /// Creates a fresh container in Azurite at `endpoint` and returns its name.

@@ -330,6 +330,9 @@ fn run_once(
     rows.push(Row { step: "full restore", results });
     if let Some(endpoint) = s3 {
         replicated_write(work, &src, bin, rt, endpoint, &bucket)?;
+        // The emulators keep what they are given (moto in memory and temp
+        // files): a benchmark leaves nothing behind.
+        rt.block_on(services::delete_bucket(endpoint, &bucket));
     }
     Ok(rows)
 }
@@ -402,6 +405,7 @@ fn replicated_write(
         secs[2] / secs[0],
         secs[2] / secs[1]
     );
+    rt.block_on(services::delete_container(&azure, &container));
     Ok(())
 }
 
