@@ -426,6 +426,8 @@ fn print_rows(title: &str, rows: &[Row]) -> Result<()> {
         "lb req",
         "rs req"
     )?;
+    // Requests are counted on the S3 emulator only.
+    let count = |n: u64| if n == 0 { "-".to_owned() } else { n.to_string() };
     for r in rows {
         let (l, x) = (r.results[0], r.results[1]);
         writeln!(
@@ -439,8 +441,8 @@ fn print_rows(title: &str, rows: &[Row]) -> Result<()> {
             x.peak_rss_kib as f64 / 1024.0,
             l.stored as f64 / (1 << 20) as f64,
             x.stored as f64 / (1 << 20) as f64,
-            l.requests,
-            x.requests
+            count(l.requests),
+            count(x.requests)
         )?;
     }
     let last = rows.len() - 2;
