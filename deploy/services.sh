@@ -2,9 +2,10 @@
 # Installs and runs the real services Lifeboat's tests and benchmarks use,
 # on loopback, on a fresh Debian machine. Idempotent; safe to run again.
 #
-#   deploy/services.sh install   packages: protoc (build), restic (benchmark
-#                                peer), the S3 emulator (moto, in a venv), the
-#                                Azure Blob emulator (Azurite, from npm)
+#   deploy/services.sh install   packages: protoc (build), restic and pgBackRest
+#                                (benchmark peers), PostgreSQL 15 (tests make
+#                                their own clusters), the S3 emulator (moto, in
+#                                a venv), the Azure Blob emulator (Azurite, npm)
 #   deploy/services.sh start     start the emulators and wait until they answer
 #   deploy/services.sh stop      stop what `start` started (by PID)
 #   deploy/services.sh status    say what runs where
@@ -20,7 +21,10 @@ DIR="${LIFEBOAT_SERVICES_DIR:-/var/tmp/lifeboat-services}"
 S3_PORT="${LIFEBOAT_S3_PORT:-9000}"
 AZURE_PORT="${LIFEBOAT_AZURE_PORT:-10000}"
 AZURITE="$DIR/azurite"
-APT_PACKAGES=(protobuf-compiler restic util-linux python3-venv curl)
+# PostgreSQL 15 server and tools (tests make their own clusters with initdb,
+# run as the `postgres` user) and pgBackRest (the benchmark peer).
+APT_PACKAGES=(protobuf-compiler restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest)
+PG_BIN="${LIFEBOAT_PG_BIN:-/usr/lib/postgresql/15/bin}"
 VENV="$DIR/venv"
 
 need_root() {
@@ -40,7 +44,7 @@ install() {
         need_root
         echo "installing: ${missing[*]}" >&2
         apt-get -o DPkg::Lock::Timeout=600 update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends --no-upgrade "${missing[@]}" >/dev/null
     fi
     if [ ! -x "$VENV/bin/moto_server" ]; then
         echo "installing the S3 emulator (moto[server]) into $VENV" >&2
@@ -63,6 +67,8 @@ check() {
     command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain)" >&2; ok=0; }
     [ -x "$VENV/bin/moto_server" ] || { echo "missing: the S3 emulator in $VENV (deploy/services.sh install)" >&2; ok=0; }
     [ -x "$AZURITE/node_modules/.bin/azurite-blob" ] || { echo "missing: Azurite in $AZURITE (deploy/services.sh install)" >&2; ok=0; }
+    [ -x "$PG_BIN/initdb" ] || { echo "missing: PostgreSQL 15 in $PG_BIN (deploy/services.sh install)" >&2; ok=0; }
+    id postgres >/dev/null 2>&1 || { echo "missing: the postgres system user (comes with postgresql-15)" >&2; ok=0; }
     [ "$ok" = 1 ] || exit 1
 }
 

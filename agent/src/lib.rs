@@ -3,3 +3,4 @@
 
 pub mod files;
 pub mod progress;
+pub mod repo_args;

@@ -17,6 +17,7 @@ pub mod error;
 pub mod id;
 pub mod index;
 pub mod object;
+pub mod open;
 pub mod pack;
 pub mod packer;
 pub mod replicas;
