@@ -2,5 +2,6 @@
 //! daemon and the `lifeboat` CLI both call this library.
 
 pub mod files;
+pub mod postgres;
 pub mod progress;
 pub mod repo_args;

@@ -30,7 +30,7 @@ enum Command {
     /// List snapshots.
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// Restore a snapshot.
-    Restore(commands::restore::RestoreArgs),
+    Restore(commands::restore::RestoreCommand),
     /// Check the repository's integrity.
     Verify(commands::verify::VerifyArgs),
 }

@@ -63,6 +63,43 @@ pub struct BackupOutcome {
     pub warnings: Vec<String>,
 }
 
+/// File trees stored in the repository, not yet named by a snapshot.
+#[derive(Debug)]
+pub struct Captured {
+    /// When the capture started.
+    pub started: chrono::DateTime<Utc>,
+    /// The roots, absolute.
+    pub paths: Vec<String>,
+    /// Root tree.
+    pub tree: BlobId,
+    /// Parent snapshot used to skip unchanged files.
+    pub parent: Option<SnapshotId>,
+    /// What was stored.
+    pub summary: BackupSummary,
+    /// Entries skipped because they could not be read.
+    pub warnings: Vec<String>,
+}
+
+impl Captured {
+    /// The manifest for these trees, from a source of kind `source`.
+    pub fn snapshot(self, source: &str, hostname: String, tags: Vec<String>) -> (Snapshot, Vec<String>) {
+        let mut summary = self.summary;
+        summary.duration_secs = (Utc::now() - self.started).num_milliseconds() as f64 / 1000.0;
+        let snapshot = Snapshot {
+            time: self.started,
+            hostname,
+            source: source.into(),
+            paths: self.paths,
+            tags,
+            tree: self.tree,
+            parent: self.parent,
+            summary,
+            postgres: None,
+        };
+        (snapshot, self.warnings)
+    }
+}
+
 /// Backs up file trees into `repo` and writes a snapshot.
 #[tracing::instrument(skip_all, fields(paths = ?opts.paths))]
 pub async fn backup_files(
@@ -70,6 +107,22 @@ pub async fn backup_files(
     opts: BackupOptions,
     progress: Arc<Progress>,
 ) -> Result<BackupOutcome, FilesError> {
+    let (hostname, tags) = (opts.hostname.clone(), opts.tags.clone());
+    let captured = capture(repo, opts, "files", progress).await?;
+    let (snapshot, warnings) = captured.snapshot("files", hostname, tags);
+    let id = repo.save_snapshot(&snapshot).await?;
+    tracing::info!(snapshot = %id, files = snapshot.summary.files, bytes_new = snapshot.summary.bytes_new, "backup saved");
+    Ok(BackupOutcome { id, snapshot, warnings })
+}
+
+/// Stores file trees in `repo` without writing a snapshot; `source` is the
+/// kind of snapshot whose parent may be used to skip unchanged files.
+pub async fn capture(
+    repo: &Repository,
+    opts: BackupOptions,
+    source: &str,
+    progress: Arc<Progress>,
+) -> Result<Captured, FilesError> {
     let roots = normalise_roots(&opts.paths)?;
     let filter = Filter::new(&opts.includes, &opts.excludes)?;
     let started = Utc::now();
@@ -82,7 +135,7 @@ pub async fn backup_files(
             .await?
             .into_iter()
             .rev()
-            .find(|(_, s)| s.source == "files" && s.hostname == opts.hostname && s.paths == path_strings),
+            .find(|(_, s)| s.source == source && s.hostname == opts.hostname && s.paths == path_strings),
     };
     let parent_tree = match &parent {
         Some((_, snap)) if !opts.force => Some(repo.load_tree(&snap.tree).await?),
@@ -98,21 +151,8 @@ pub async fn backup_files(
             Pipeline::new(repo, runtime, filter, progress, opts.threads).run(&roots, parent_tree)
         })
     };
-    let (tree, mut summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
-    summary.duration_secs = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
-    let snapshot = Snapshot {
-        time: started,
-        hostname: opts.hostname,
-        source: "files".into(),
-        paths: path_strings,
-        tags: opts.tags,
-        tree,
-        parent: parent.map(|(id, _)| id),
-        summary,
-    };
-    let id = repo.save_snapshot(&snapshot).await?;
-    tracing::info!(snapshot = %id, files = snapshot.summary.files, bytes_new = snapshot.summary.bytes_new, "backup saved");
-    Ok(BackupOutcome { id, snapshot, warnings })
+    let (tree, summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
+    Ok(Captured { started, paths: path_strings, tree, parent: parent.map(|(id, _)| id), summary, warnings })
 }
 
 /// Makes roots absolute, checks they exist, and drops roots inside others.

@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::HumanBytes;
 use lifeboat_agent::files::{BackupOptions, backup_files};
+use lifeboat_agent::postgres::basebackup::{PgBackupOptions, backup_postgres};
+use lifeboat_agent::postgres::connect::ConnectArgs;
 use lifeboat_agent::progress::Progress;
 use lifeboat_common::repo::SnapshotId;
 
@@ -25,6 +27,69 @@ pub struct BackupCommand {
 enum BackupSub {
     /// Back up file trees; prints the new snapshot's id on stdout.
     Files(FilesArgs),
+    /// Take a base backup of a running PostgreSQL cluster (WAL must be
+    /// archived with `lifeboat-agent wal-push`); prints the backup's id.
+    Postgres(PostgresArgs),
+}
+
+#[derive(Args)]
+struct PostgresArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// The cluster's data directory.
+    #[arg(long, env = "PGDATA")]
+    pgdata: PathBuf,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Tag the backup; repeatable.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// File worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl PostgresArgs {
+    async fn run(self) -> Result<u8> {
+        let (repo, stores) = self.repo.open_with_stores().await?;
+        let opts = PgBackupOptions {
+            pgdata: self.pgdata.clone(),
+            connect: self.connect,
+            hostname: self.hostname.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
+            tags: self.tag,
+            threads: self.threads,
+        };
+        let progress = Arc::new(Progress::with_totals());
+        let view = ProgressView::start("base backup", progress.clone());
+        let outcome = backup_postgres(&repo, opts, progress)
+            .await
+            .with_context(|| format!("backing up PostgreSQL at {}", self.pgdata.display()))?;
+        drop(view);
+        let s = &outcome.snapshot.summary;
+        if let Some(pg) = &outcome.snapshot.postgres {
+            eprintln!(
+                "base backup {} saved: WAL {} .. {} on timeline {}; {} files ({}), {} new ({} stored) in {:.1}s",
+                outcome.id.short(),
+                pg.start_lsn,
+                pg.stop_lsn,
+                pg.timeline,
+                s.files,
+                HumanBytes(s.bytes_total),
+                HumanBytes(s.bytes_new),
+                HumanBytes(s.bytes_stored),
+                s.duration_secs
+            );
+        }
+        println!("{}", outcome.id);
+        settle(&stores).await?;
+        for w in &outcome.warnings {
+            eprintln!("lifeboat: warning: {w}");
+        }
+        Ok(if outcome.warnings.is_empty() { 0 } else { EXIT_PARTIAL })
+    }
 }
 
 #[derive(Args)]
@@ -60,7 +125,10 @@ struct FilesArgs {
 impl BackupCommand {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
-        let BackupSub::Files(args) = self.command;
+        let args = match self.command {
+            BackupSub::Files(args) => args,
+            BackupSub::Postgres(args) => return args.run().await,
+        };
         let (repo, stores) = args.repo.open_with_stores().await?;
         let parent = match &args.parent {
             Some(p) => Some(repo.find_snapshot(p).await.context("finding the parent snapshot")?.0),

@@ -1,10 +1,12 @@
-//! `lifeboat restore SNAPSHOT --target DIR`.
+//! `lifeboat restore SNAPSHOT --target DIR`, and `lifeboat restore postgres …`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres};
 use indicatif::HumanBytes;
 use lifeboat_agent::files::{RestoreOptions, restore_files};
 use lifeboat_agent::progress::Progress;
@@ -12,16 +14,140 @@ use lifeboat_agent::progress::Progress;
 use crate::RepoArgs;
 use crate::progress::ProgressView;
 
+/// Restores a snapshot into a directory, or a PostgreSQL cluster to a point.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RestoreCommand {
+    #[command(subcommand)]
+    sub: Option<RestoreSub>,
+    #[command(flatten)]
+    files: RestoreArgs,
+}
+
+#[derive(Subcommand)]
+enum RestoreSub {
+    /// Restore a PostgreSQL base backup into a new data directory, set to
+    /// recover from the archived WAL to the target when it starts.
+    Postgres(PgRestoreArgs),
+}
+
+#[derive(Args)]
+struct PgRestoreArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// The new data directory (must be empty or absent).
+    #[arg(long)]
+    target_dir: PathBuf,
+    /// Recover to this time (RFC 3339, e.g. 2026-11-24T10:00:00Z).
+    #[arg(long, conflicts_with_all = ["to_lsn", "latest"])]
+    to_time: Option<DateTime<Utc>>,
+    /// Recover to this WAL position (X/Y).
+    #[arg(long, conflicts_with = "latest")]
+    to_lsn: Option<String>,
+    /// Recover to the end of the archived WAL (the default).
+    #[arg(long)]
+    latest: bool,
+    /// Start from this base backup (id or prefix) instead of the newest that fits.
+    #[arg(long)]
+    from_backup: Option<String>,
+    /// The lifeboat-agent binary PostgreSQL runs to fetch WAL (default: beside this one).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+    /// Worker threads (default: automatic).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl RestoreCommand {
+    /// Runs the command.
+    pub async fn run(self) -> Result<u8> {
+        match self.sub {
+            Some(RestoreSub::Postgres(pg)) => pg.run().await,
+            None => self.files.run().await,
+        }
+    }
+}
+
+/// A word as one shell argument.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl PgRestoreArgs {
+    async fn run(self) -> Result<u8> {
+        let repo = self.repo.open().await?;
+        let agent = match self.agent_bin {
+            Some(p) => p,
+            None => std::env::current_exe().context("locating this binary")?.with_file_name("lifeboat-agent"),
+        };
+        let agent = std::path::absolute(&agent).with_context(|| format!("resolving {}", agent.display()))?;
+        // PostgreSQL runs the command with its own environment: name the
+        // repository and key explicitly.
+        let mut command = vec![sh_quote(&agent.display().to_string()), "wal-fetch".to_owned()];
+        for location in &self.repo.repo {
+            command.push(format!("--repo={}", sh_quote(location)));
+        }
+        if let Some(key) = &self.repo.key_file {
+            let key = std::path::absolute(key).with_context(|| format!("resolving {}", key.display()))?;
+            command.push(format!("--key-file={}", sh_quote(&key.display().to_string())));
+        }
+        command.extend(["%f".to_owned(), "%p".to_owned()]);
+        let target = match (self.to_time, self.to_lsn) {
+            (Some(t), _) => RecoveryTarget::Time(t),
+            (None, Some(l)) => RecoveryTarget::Lsn(l),
+            (None, None) => RecoveryTarget::Latest,
+        };
+        let opts = PgRestoreOptions {
+            target_dir: self.target_dir.clone(),
+            from_backup: self.from_backup,
+            target: target.clone(),
+            restore_command: command.join(" "),
+            threads: self.threads,
+        };
+        let started = std::time::Instant::now();
+        let progress = Arc::new(Progress::default());
+        let view = ProgressView::start("restore", progress.clone());
+        let outcome = restore_postgres(&repo, opts, progress)
+            .await
+            .with_context(|| format!("restoring PostgreSQL into {}", self.target_dir.display()))?;
+        drop(view);
+        if !outcome.files.failed.is_empty() {
+            for f in &outcome.files.failed {
+                eprintln!("lifeboat: failed: {f}");
+            }
+            bail!("{} files of the base backup could not be restored (listed above)", outcome.files.failed.len());
+        }
+        eprintln!(
+            "restored base backup {} (WAL {} .. {}, timeline {}) into {}: {} files ({}) in {:.1}s; start PostgreSQL on it to recover to {}",
+            outcome.backup.short(),
+            outcome.postgres.start_lsn,
+            outcome.postgres.stop_lsn,
+            outcome.postgres.timeline,
+            self.target_dir.display(),
+            outcome.files.files,
+            HumanBytes(outcome.files.bytes),
+            started.elapsed().as_secs_f64(),
+            match target {
+                RecoveryTarget::Latest => "the end of the archived WAL".to_owned(),
+                RecoveryTarget::Time(t) => t.to_rfc3339(),
+                RecoveryTarget::Lsn(l) => l,
+            }
+        );
+        Ok(0)
+    }
+}
+
 /// Restores a snapshot into a directory.
 #[derive(Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
     repo: RepoArgs,
     /// Snapshot id, unique id prefix, or `latest`.
-    snapshot: String,
+    #[arg(required = true)]
+    snapshot: Option<String>,
     /// Directory to restore into (created if missing).
-    #[arg(long)]
-    target: PathBuf,
+    #[arg(long, required = true)]
+    target: Option<PathBuf>,
     /// Restore only this absolute path of the snapshot; its contents land directly in the target.
     #[arg(long)]
     path: Option<String>,
@@ -35,21 +161,25 @@ pub struct RestoreArgs {
 
 impl RestoreArgs {
     /// Runs the command.
-    pub async fn run(self) -> Result<u8> {
+    async fn run(self) -> Result<u8> {
+        // Required by clap unless a subcommand is given.
+        let (Some(spec), Some(target)) = (self.snapshot.as_deref(), self.target.clone()) else {
+            bail!("give a snapshot and --target, or `restore postgres`");
+        };
         let repo = self.repo.open().await?;
-        let (id, snapshot) = repo.find_snapshot(&self.snapshot).await?;
+        let (id, snapshot) = repo.find_snapshot(spec).await?;
         let started = std::time::Instant::now();
         let progress = Arc::new(Progress::default());
         let view = ProgressView::start("restore", progress.clone());
         let opts = RestoreOptions {
-            target: self.target.clone(),
+            target: target.clone(),
             sub_path: self.path.clone(),
             delete: self.delete,
             threads: self.threads,
         };
         let report = restore_files(&repo, &snapshot, opts, progress)
             .await
-            .with_context(|| format!("restoring snapshot {} into {}", id.short(), self.target.display()))?;
+            .with_context(|| format!("restoring snapshot {} into {}", id.short(), target.display()))?;
         drop(view);
         for w in &report.warnings {
             eprintln!("lifeboat: warning: {w}");
@@ -57,7 +187,7 @@ impl RestoreArgs {
         eprintln!(
             "restored snapshot {} into {}: {} files ({}), {} dirs, {} links and special files{} in {:.1}s",
             id.short(),
-            self.target.display(),
+            target.display(),
             report.files,
             HumanBytes(report.bytes),
             report.dirs,

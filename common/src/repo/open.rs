@@ -35,7 +35,7 @@ pub enum OpenError {
     #[error("no key file given: pass --key-file or set LIFEBOAT_KEY_FILE")]
     NoKeyFile,
     /// The key file cannot be read.
-    #[error("master key {path}: {cause}")]
+    #[error("{cause}")]
     Key {
         /// The key file.
         path: PathBuf,
@@ -63,6 +63,18 @@ impl RepoSpec {
     pub fn master_key(&self) -> Result<MasterKey, OpenError> {
         let path = self.key_file.as_ref().ok_or(OpenError::NoKeyFile)?;
         MasterKey::load(path).map_err(|cause| OpenError::Key { path: path.clone(), cause })
+    }
+
+    /// Opens the repository without loading its index (single objects only, e.g. WAL).
+    pub async fn open_for_objects(&self) -> Result<(Repository, OpenedStore), OpenError> {
+        let stores = self.stores().await?;
+        let key = self.master_key()?;
+        let store = stores.store();
+        let described = store.describe();
+        let repo = Repository::open_for_objects(store, &key)
+            .await
+            .map_err(|cause| OpenError::Repo { store: described, cause })?;
+        Ok((repo, stores))
     }
 
     /// Opens the repository, keeping hold of its stores.

@@ -106,6 +106,15 @@ impl Repository {
         Self::open_cached(store, master, None).await
     }
 
+    /// Opens a repository without loading its index: enough to read and
+    /// write single sealed objects (WAL files), not blobs. Cheap enough to
+    /// run once per archived WAL segment.
+    pub async fn open_for_objects(store: Arc<dyn ObjectStore>, master: &MasterKey) -> Result<Self, RepoError> {
+        let config = Self::read_config(store.as_ref()).await?;
+        let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
+        Ok(Self::from_parts(store, config, keyring, None))
+    }
+
     /// Opens a repository keeping a local metadata cache (indexes,
     /// snapshots, tree packs) under `cache_root`, if given.
     #[tracing::instrument(skip_all, fields(store = %store.describe()))]
@@ -114,6 +123,15 @@ impl Repository {
         master: &MasterKey,
         cache_root: Option<&Path>,
     ) -> Result<Self, RepoError> {
+        let config = Self::read_config(store.as_ref()).await?;
+        let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
+        let cache = cache_root.and_then(|root| MetadataCache::new(root, &config.id));
+        let repo = Self::from_parts(store, config, keyring, cache);
+        repo.reload_index().await?;
+        Ok(repo)
+    }
+
+    async fn read_config(store: &dyn ObjectStore) -> Result<RepoConfig, RepoError> {
         let config_bytes = match store.get(CONFIG_KEY).await {
             Ok(b) => b,
             Err(StoreError::NotFound { .. }) => {
@@ -126,11 +144,7 @@ impl Repository {
         if config.version != FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
         }
-        let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
-        let cache = cache_root.and_then(|root| MetadataCache::new(root, &config.id));
-        let repo = Self::from_parts(store, config, keyring, cache);
-        repo.reload_index().await?;
-        Ok(repo)
+        Ok(config)
     }
 
     fn from_parts(

@@ -49,4 +49,35 @@ pub struct Snapshot {
     pub parent: Option<SnapshotId>,
     /// What the backup did.
     pub summary: BackupSummary,
+    /// For a PostgreSQL base backup: what recovery needs to know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresBackup>,
+}
+
+/// A PostgreSQL base backup's manifest: where its WAL starts and stops, and
+/// the files PostgreSQL hands back at the end of a non-exclusive backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostgresBackup {
+    /// The data directory backed up.
+    pub pgdata: String,
+    /// `pg_backup_start` LSN.
+    pub start_lsn: String,
+    /// `pg_backup_stop` LSN.
+    pub stop_lsn: String,
+    /// Timeline the backup started on.
+    pub timeline: u32,
+    /// WAL file holding the start LSN.
+    pub start_wal: String,
+    /// WAL file holding the stop LSN.
+    pub stop_wal: String,
+    /// `server_version_num`.
+    pub version: u32,
+    /// `pg_control_system().system_identifier`, as text.
+    pub system_identifier: String,
+    /// When `pg_backup_stop` returned.
+    pub stop_time: DateTime<Utc>,
+    /// Contents of `backup_label` to write into the restored data directory.
+    pub backup_label: String,
+    /// Contents of `tablespace_map` (empty without tablespaces).
+    pub tablespace_map: String,
 }

@@ -1,0 +1,84 @@
+//! `lifeboat-agent`: the per-node agent. Today it is PostgreSQL's archive
+//! and restore command; the control-plane daemon joins it later.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use lifeboat_agent::postgres::wal::{self, Pushed};
+use lifeboat_agent::repo_args::RepoArgs;
+
+/// Lifeboat's agent.
+#[derive(Parser)]
+#[command(name = "lifeboat-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Archive one WAL file: archive_command = 'lifeboat-agent wal-push %p'.
+    /// Exits 0 only once the file is durable in the repository.
+    WalPush {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The WAL file (PostgreSQL's %p).
+        path: PathBuf,
+    },
+    /// Restore one WAL file: restore_command = 'lifeboat-agent wal-fetch %f %p'.
+    /// Exits 1 without a message when the repository does not have it, as
+    /// PostgreSQL expects at the end of the archive.
+    WalFetch {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The WAL file's name (PostgreSQL's %f).
+        name: String,
+        /// Where to write it (PostgreSQL's %p).
+        dest: PathBuf,
+    },
+}
+
+async fn run(command: Command) -> Result<u8> {
+    match command {
+        Command::WalPush { repo, path } => {
+            let (repo, _stores) = repo.spec().open_for_objects().await?;
+            let pushed = wal::push(&repo, &path).await.with_context(|| format!("archiving {}", path.display()))?;
+            if pushed == Pushed::AlreadyThere {
+                tracing::info!(path = %path.display(), "already archived with the same content");
+            }
+            Ok(0)
+        }
+        Command::WalFetch { repo, name, dest } => {
+            let (repo, _stores) = repo.spec().open_for_objects().await?;
+            let found = wal::fetch(&repo, &name, &dest).await.with_context(|| format!("restoring WAL file {name}"))?;
+            Ok(if found { 0 } else { 1 })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeboat-agent: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("lifeboat-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

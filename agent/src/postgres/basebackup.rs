@@ -1,0 +1,138 @@
+//! Base backups of a running cluster through the non-exclusive backup API:
+//! `pg_backup_start` on a session held open for the whole backup, the data
+//! directory captured by the file pipeline (so a second backup stores only
+//! what changed), then `pg_backup_stop`, whose `backup_label` and
+//! `tablespace_map` are kept in the snapshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use lifeboat_common::repo::snapshot::PostgresBackup;
+use lifeboat_common::repo::{Repository, SnapshotId};
+
+use super::PgError;
+use super::connect::ConnectArgs;
+use crate::files::{BackupOptions, BackupOutcome, capture};
+use crate::progress::Progress;
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct PgBackupOptions {
+    /// The cluster's data directory, as this machine sees it.
+    pub pgdata: PathBuf,
+    /// How to reach the server.
+    pub connect: ConnectArgs,
+    /// Host name to record.
+    pub hostname: String,
+    /// Operator tags.
+    pub tags: Vec<String>,
+    /// File worker threads (0: one per core).
+    pub threads: usize,
+}
+
+/// Entries PostgreSQL's documentation says to leave out of a base backup,
+/// relative to the data directory: recreated at start, or meaningless on
+/// another server. The directories themselves are kept (empty).
+const EXCLUDED_IN_PGDATA: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "tablespace_map",
+    "backup_label.old",
+    "pg_wal/*",
+    "pg_replslot/*",
+    "pg_dynshmem/*",
+    "pg_notify/*",
+    "pg_serial/*",
+    "pg_snapshots/*",
+    "pg_stat_tmp/*",
+    "pg_subtrans/*",
+];
+
+/// Names left out anywhere: temporary files and relation cache init files.
+const EXCLUDED_NAMES: &[&str] = &["pgsql_tmp*", "pg_internal.init"];
+
+/// Takes a base backup and writes its snapshot.
+#[tracing::instrument(skip_all, fields(pgdata = %opts.pgdata.display()))]
+pub async fn backup_postgres(
+    repo: &Repository,
+    opts: PgBackupOptions,
+    progress: Arc<Progress>,
+) -> Result<BackupOutcome, PgError> {
+    let pgdata = std::fs::canonicalize(&opts.pgdata).map_err(PgError::io("resolving", &opts.pgdata))?;
+    let client = opts.connect.connect().await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('data_directory'), current_setting('server_version_num')::int, \
+             (SELECT system_identifier::text FROM pg_control_system())",
+            &[],
+        )
+        .await
+        .map_err(PgError::db("reading the cluster's identity"))?;
+    let (data_directory, version, system_identifier): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+    if std::fs::canonicalize(&data_directory).ok().as_ref() != Some(&pgdata) {
+        return Err(PgError::Usage(format!(
+            "{} serves data directory {data_directory}, not {}",
+            opts.connect.describe(),
+            pgdata.display()
+        )));
+    }
+
+    let label = format!("lifeboat {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ"));
+    // Held open until pg_backup_stop: a non-exclusive backup ends with its session.
+    let start = client
+        .query_one(
+            "SELECT lsn::text, pg_walfile_name(lsn), (SELECT timeline_id FROM pg_control_checkpoint()) \
+             FROM pg_backup_start($1, true) AS lsn",
+            &[&label],
+        )
+        .await
+        .map_err(PgError::db("starting the backup (pg_backup_start)"))?;
+    let (start_lsn, start_wal, timeline): (String, String, i32) = (start.get(0), start.get(1), start.get(2));
+    tracing::info!(%start_lsn, %start_wal, "backup started");
+
+    let root = pgdata.display().to_string();
+    let mut excludes: Vec<String> = EXCLUDED_IN_PGDATA.iter().map(|e| format!("{root}/{e}")).collect();
+    excludes.extend(EXCLUDED_NAMES.iter().map(|e| e.to_string()));
+    let files = BackupOptions {
+        paths: vec![pgdata.clone()],
+        includes: Vec::new(),
+        excludes,
+        tags: opts.tags.clone(),
+        hostname: opts.hostname.clone(),
+        // Pages change in place within a timestamp's granularity: read
+        // everything, and let deduplication keep what did not change.
+        force: true,
+        parent: None::<SnapshotId>,
+        threads: opts.threads,
+    };
+    let captured = capture(repo, files, "postgres", progress).await;
+
+    // Always end the backup, even when the capture failed.
+    let stop = client
+        .query_one("SELECT lsn::text, pg_walfile_name(lsn), labelfile, spcmapfile FROM pg_backup_stop(true)", &[])
+        .await
+        .map_err(PgError::db("stopping the backup (pg_backup_stop)"))?;
+    let captured = captured?;
+    let (stop_lsn, stop_wal, backup_label, tablespace_map): (String, String, String, String) =
+        (stop.get(0), stop.get(1), stop.get(2), stop.get(3));
+    tracing::info!(%stop_lsn, %stop_wal, "backup stopped; its WAL is archived");
+
+    let (mut snapshot, warnings) = captured.snapshot("postgres", opts.hostname, opts.tags);
+    snapshot.postgres = Some(PostgresBackup {
+        pgdata: root,
+        start_lsn,
+        stop_lsn,
+        timeline: u32::try_from(timeline).unwrap_or_default(),
+        start_wal,
+        stop_wal,
+        version: u32::try_from(version).unwrap_or_default(),
+        system_identifier,
+        stop_time: Utc::now(),
+        backup_label,
+        tablespace_map,
+    });
+    let id = repo.save_snapshot(&snapshot).await?;
+    Ok(BackupOutcome { id, snapshot, warnings })
+}

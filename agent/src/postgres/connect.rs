@@ -1,0 +1,59 @@
+//! Connecting to PostgreSQL with libpq-style options and environment.
+
+use clap::Args;
+use tokio_postgres::{Client, NoTls};
+
+use super::PgError;
+
+/// libpq-style connection options; unset ones come from `PGHOST`,
+/// `PGPORT`, `PGUSER`, `PGDATABASE`, then libpq's defaults.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectArgs {
+    /// Server host, or a Unix socket directory (starts with /).
+    #[arg(long, env = "PGHOST")]
+    pub host: Option<String>,
+    /// Server port.
+    #[arg(long, env = "PGPORT")]
+    pub port: Option<u16>,
+    /// User to connect as (needs the pg_backup_start/stop privileges).
+    #[arg(long, env = "PGUSER")]
+    pub user: Option<String>,
+    /// Database to connect to.
+    #[arg(long, env = "PGDATABASE")]
+    pub dbname: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The driver configuration.
+    pub fn config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(self.host.as_deref().unwrap_or("/var/run/postgresql"));
+        c.port(self.port.unwrap_or(5432));
+        let user = self.user.clone().unwrap_or_else(|| "postgres".into());
+        c.dbname(self.dbname.as_deref().unwrap_or(&user));
+        c.user(&user);
+        c.application_name("lifeboat");
+        c
+    }
+
+    /// A short description for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "postgres at {}:{}",
+            self.host.as_deref().unwrap_or("/var/run/postgresql"),
+            self.port.unwrap_or(5432)
+        )
+    }
+
+    /// Connects; the connection is driven on the current runtime.
+    pub async fn connect(&self) -> Result<Client, PgError> {
+        let (client, connection) =
+            self.config().connect(NoTls).await.map_err(PgError::db(format!("connecting to {}", self.describe())))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+}

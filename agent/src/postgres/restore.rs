@@ -1,0 +1,164 @@
+//! Restoring a base backup into a data directory that PostgreSQL recovers
+//! from the archived WAL: the files, `backup_label` and `tablespace_map`,
+//! `recovery.signal`, and the recovery settings (restore command, target).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use lifeboat_common::repo::snapshot::{PostgresBackup, Snapshot};
+use lifeboat_common::repo::{Repository, SnapshotId};
+
+use super::PgError;
+use crate::files::{RestoreOptions, RestoreReport, restore_files};
+use crate::progress::Progress;
+
+/// Where recovery should stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the archived WAL.
+    Latest,
+    /// A point in time (UTC).
+    Time(DateTime<Utc>),
+    /// A WAL position, `X/Y`.
+    Lsn(String),
+}
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct PgRestoreOptions {
+    /// The new data directory (must be empty or absent).
+    pub target_dir: PathBuf,
+    /// A backup id or prefix; default: the newest that can reach the target.
+    pub from_backup: Option<String>,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// The shell command PostgreSQL runs to fetch WAL (`%f`, `%p` included).
+    pub restore_command: String,
+    /// Worker threads (0: automatic).
+    pub threads: usize,
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct PgRestoreOutcome {
+    /// The base backup used.
+    pub backup: SnapshotId,
+    /// Its manifest.
+    pub postgres: PostgresBackup,
+    /// The file restore.
+    pub files: RestoreReport,
+}
+
+/// `X/Y` as one number, for ordering.
+pub fn parse_lsn(lsn: &str) -> Option<u64> {
+    let (hi, lo) = lsn.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The base backup to start from: the one named, or the newest that ended
+/// before the target.
+async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotId, Snapshot, PostgresBackup), PgError> {
+    if let Some(spec) = &opts.from_backup {
+        let (id, snap) = repo.find_snapshot(spec).await?;
+        let pg = snap.postgres.clone();
+        let pg = pg.ok_or_else(|| PgError::Usage(format!("snapshot {} is not a PostgreSQL backup", id.short())))?;
+        return Ok((id, snap, pg));
+    }
+    let backups: Vec<(SnapshotId, Snapshot)> =
+        repo.snapshots().await?.into_iter().filter(|(_, s)| s.postgres.is_some()).collect();
+    let usable = backups.into_iter().rev().find_map(|(id, s)| {
+        let pg = s.postgres.clone()?;
+        let fits = match &opts.target {
+            RecoveryTarget::Latest => true,
+            RecoveryTarget::Time(t) => pg.stop_time <= *t,
+            RecoveryTarget::Lsn(l) => parse_lsn(&pg.stop_lsn).zip(parse_lsn(l)).is_some_and(|(stop, l)| stop <= l),
+        };
+        fits.then_some((id, s, pg))
+    });
+    usable.ok_or_else(|| PgError::Usage(format!("no PostgreSQL base backup in the repository ends before {:?}", opts.target)))
+}
+
+/// A value as a quoted string literal of postgresql.conf.
+fn conf_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Restores a base backup into `opts.target_dir`, ready for PostgreSQL to
+/// start and recover to the target.
+#[tracing::instrument(skip_all, fields(target = %opts.target_dir.display()))]
+pub async fn restore_postgres(
+    repo: &Repository,
+    opts: PgRestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<PgRestoreOutcome, PgError> {
+    let (id, snapshot, pg) = choose(repo, &opts).await?;
+    let target = &opts.target_dir;
+    if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(PgError::Usage(format!("{} is not empty: restore into a new directory", target.display())));
+    }
+    let files = restore_files(
+        repo,
+        &snapshot,
+        RestoreOptions {
+            target: target.clone(),
+            sub_path: Some(pg.pgdata.clone()),
+            delete: false,
+            threads: opts.threads,
+        },
+        progress,
+    )
+    .await?;
+
+    let write = |name: &str, content: &str| -> Result<(), PgError> {
+        let path = target.join(name);
+        std::fs::write(&path, content).map_err(PgError::io("writing", &path))?;
+        owned_like_target(target, &path)
+    };
+    write("backup_label", &pg.backup_label)?;
+    if !pg.tablespace_map.is_empty() {
+        write("tablespace_map", &pg.tablespace_map)?;
+    }
+    write("recovery.signal", "")?;
+    let mut settings = format!(
+        "\n# Added by lifeboat restore postgres from backup {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        id.short(),
+        conf_literal(&opts.restore_command)
+    );
+    match &opts.target {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Time(t) => {
+            settings.push_str(&format!("recovery_target_time = {}\n", conf_literal(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())));
+        }
+        RecoveryTarget::Lsn(l) => settings.push_str(&format!("recovery_target_lsn = {}\n", conf_literal(l))),
+    }
+    if opts.target != RecoveryTarget::Latest {
+        settings.push_str("recovery_target_action = 'promote'\n");
+    }
+    let auto = target.join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+    conf.push_str(&settings);
+    write("postgresql.auto.conf", &conf)?;
+    Ok(PgRestoreOutcome { backup: id, postgres: pg, files })
+}
+
+/// Gives a file written into the restored data directory the directory's
+/// owner, so the server (not root) can read it.
+fn owned_like_target(target: &Path, path: &Path) -> Result<(), PgError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(target).map_err(PgError::io("reading", target))?;
+    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid())).map_err(PgError::io("changing owner of", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_and_literals() {
+        assert!(parse_lsn("0/3000028") < parse_lsn("1/0"));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert!(parse_lsn("nonsense").is_none());
+        assert_eq!(conf_literal("a 'b' c"), "'a ''b'' c'");
+    }
+}

@@ -1,0 +1,106 @@
+//! WAL archiving: one sealed object per WAL file, `wal/<timeline>/<name>`,
+//! written create-if-absent so a file archived twice is checked, never
+//! replaced.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use lifeboat_common::repo::{Repository, object};
+use lifeboat_common::store::StoreError;
+
+use super::PgError;
+
+/// zstd level for WAL: archiving must keep up with a busy primary, and WAL
+/// (mostly page images and zero-filled tails) compresses well even at 3.
+const WAL_COMPRESSION: i32 = 3;
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored now.
+    Stored,
+    /// Already stored with the same content (PostgreSQL retried).
+    AlreadyThere,
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+}
+
+/// The store key of WAL file `name`: a segment (`000000010000000000000003`,
+/// optionally `.partial`), a timeline history (`00000002.history`) or a
+/// backup history file (`….00000028.backup`).
+pub fn wal_key(name: &str) -> Result<String, PgError> {
+    let bad = || PgError::BadWalName(name.to_owned());
+    let valid = match name.split_once('.') {
+        None => name.len() == 24 && is_hex(name),
+        Some((seg, "partial")) => seg.len() == 24 && is_hex(seg),
+        Some((tli, "history")) => tli.len() == 8 && is_hex(tli),
+        Some((seg, rest)) => {
+            seg.len() == 24 && is_hex(seg) && rest.strip_suffix(".backup").is_some_and(|o| o.len() == 8 && is_hex(o))
+        }
+    };
+    if !valid {
+        return Err(bad());
+    }
+    Ok(format!("wal/{}/{name}", &name[..8]))
+}
+
+/// Archives the WAL file at `path` (PostgreSQL's `%p`). Returns once the
+/// file is durable in the repository by its write policy. A file already
+/// archived with the same content succeeds; with different content fails.
+#[tracing::instrument(skip(repo))]
+pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, PgError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| PgError::BadWalName(path.display().to_string()))?
+        .to_owned();
+    let key = wal_key(&name)?;
+    let content = tokio::fs::read(path).await.map_err(PgError::io("reading", path))?;
+    let digest = blake3::hash(&content);
+    let sealed = object::seal(repo.keyring(), "wal", content, WAL_COMPRESSION)?;
+    match repo.store().put_if_absent(&key, Bytes::from(sealed)).await {
+        Ok(()) => Ok(Pushed::Stored),
+        Err(StoreError::AlreadyExists { .. }) => {
+            let existing = repo.store().get(&key).await?;
+            let plain = object::open(repo.keyring(), "wal", &key, &existing)?;
+            if blake3::hash(&plain) == digest { Ok(Pushed::AlreadyThere) } else { Err(PgError::Conflict { name }) }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`).
+/// Returns false, writing nothing, when the repository does not have it.
+#[tracing::instrument(skip(repo))]
+pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, PgError> {
+    let key = wal_key(name)?;
+    let sealed = match repo.store().get(&key).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let plain = object::open(repo.keyring(), "wal", &key, &sealed)?;
+    // Whole or not at all: PostgreSQL must never read a half-written segment.
+    let tmp = dest.with_extension("lifeboat-tmp");
+    tokio::fs::write(&tmp, &plain).await.map_err(PgError::io("writing", &tmp))?;
+    tokio::fs::rename(&tmp, dest).await.map_err(PgError::io("placing", dest))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_names() {
+        assert_eq!(wal_key("000000010000000000000003").unwrap(), "wal/00000001/000000010000000000000003");
+        assert_eq!(wal_key("00000002.history").unwrap(), "wal/00000002/00000002.history");
+        wal_key("000000010000000000000003.partial").unwrap();
+        wal_key("000000010000000000000002.00000028.backup").unwrap();
+        for bad in ["", "../etc/passwd", "00000001000000000000003", "0000000100000000000000zz", "00000002.history.x", "000000010000000000000002.28.backup", "000000010000000000000003.partial/.."] {
+            assert!(wal_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
