@@ -1,4 +1,5 @@
 //! Shared helpers of Lifeboat's end-to-end tests and benchmarks.
 
+pub mod postgres;
 pub mod services;
 pub mod tree_gen;

@@ -38,11 +38,7 @@ impl ConnectArgs {
 
     /// A short description for messages.
     pub fn describe(&self) -> String {
-        format!(
-            "postgres at {}:{}",
-            self.host.as_deref().unwrap_or("/var/run/postgresql"),
-            self.port.unwrap_or(5432)
-        )
+        format!("postgres at {}:{}", self.host.as_deref().unwrap_or("/var/run/postgresql"), self.port.unwrap_or(5432))
     }
 
     /// Connects; the connection is driven on the current runtime.

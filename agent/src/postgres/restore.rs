@@ -76,7 +76,9 @@ async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotI
         };
         fits.then_some((id, s, pg))
     });
-    usable.ok_or_else(|| PgError::Usage(format!("no PostgreSQL base backup in the repository ends before {:?}", opts.target)))
+    usable.ok_or_else(|| {
+        PgError::Usage(format!("no PostgreSQL base backup in the repository ends before {:?}", opts.target))
+    })
 }
 
 /// A value as a quoted string literal of postgresql.conf.
@@ -128,7 +130,10 @@ pub async fn restore_postgres(
     match &opts.target {
         RecoveryTarget::Latest => {}
         RecoveryTarget::Time(t) => {
-            settings.push_str(&format!("recovery_target_time = {}\n", conf_literal(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())));
+            settings.push_str(&format!(
+                "recovery_target_time = {}\n",
+                conf_literal(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+            ));
         }
         RecoveryTarget::Lsn(l) => settings.push_str(&format!("recovery_target_lsn = {}\n", conf_literal(l))),
     }

@@ -99,7 +99,15 @@ mod tests {
         assert_eq!(wal_key("00000002.history").unwrap(), "wal/00000002/00000002.history");
         wal_key("000000010000000000000003.partial").unwrap();
         wal_key("000000010000000000000002.00000028.backup").unwrap();
-        for bad in ["", "../etc/passwd", "00000001000000000000003", "0000000100000000000000zz", "00000002.history.x", "000000010000000000000002.28.backup", "000000010000000000000003.partial/.."] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "00000001000000000000003",
+            "0000000100000000000000zz",
+            "00000002.history.x",
+            "000000010000000000000002.28.backup",
+            "000000010000000000000003.partial/..",
+        ] {
             assert!(wal_key(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres};
 use indicatif::HumanBytes;
 use lifeboat_agent::files::{RestoreOptions, restore_files};
+use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres};
 use lifeboat_agent::progress::Progress;
 
 use crate::RepoArgs;
