@@ -120,3 +120,112 @@ fn base_backup_under_load_restores_and_recovers_to_the_latest_commit() {
         String::from_utf8_lossy(&amcheck.stderr)
     );
 }
+
+/// A primary with WAL archiving and one base backup, and the environment.
+fn primary_with_backup() -> (Env, Cluster) {
+    let env = env_for_postgres();
+    let mut pg = Cluster::init(env.dir.path(), "primary", &archive_conf(&env));
+    pg.start();
+    pg.sql("CREATE TABLE events (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let mut args =
+        vec!["backup".to_owned(), "postgres".to_owned(), "--pgdata".to_owned(), pg.pgdata.display().to_string()];
+    args.extend(pg.conn_args());
+    let out = env.cmd().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (env, pg)
+}
+
+/// Restores into a new directory with `target` arguments, starts it, waits
+/// until it has promoted, and returns it (the primary must be stopped).
+fn restore_and_start(env: &Env, pg: &Cluster, name: &str, target: &[&str]) -> Cluster {
+    let dir = env.path(name);
+    let mut args = vec!["restore", "postgres", "--target-dir", dir.to_str().unwrap()];
+    args.extend(target);
+    let out = env.cmd().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut restored = Cluster::existing(&dir, &pg.run_dir, pg.port);
+    restored.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restored.sql("SELECT pg_is_in_recovery()") == "t" {
+        assert!(Instant::now() < deadline, "recovery did not finish:\n{}", restored.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    restored
+}
+
+#[test]
+fn point_in_time_restore_to_a_time_and_to_an_lsn() {
+    let (env, mut pg) = primary_with_backup();
+    // Ten transactions, 200 ms apart; remember the time and LSN after the fourth.
+    let (mut cut_time, mut cut_lsn) = (String::new(), String::new());
+    for n in 1..=10 {
+        pg.sql(&format!("INSERT INTO events(n) VALUES ({n})"));
+        if n == 4 {
+            std::thread::sleep(Duration::from_millis(100));
+            cut_time =
+                pg.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+            cut_lsn = pg.sql("SELECT pg_current_wal_lsn()");
+            std::thread::sleep(Duration::from_millis(100));
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    archive_current_wal(&pg);
+    pg.stop();
+
+    let mut at_time = restore_and_start(&env, &pg, "by-time", &["--to-time", &cut_time]);
+    assert_eq!(at_time.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,3,4", "{}", at_time.log());
+    at_time.stop();
+
+    let at_lsn = restore_and_start(&env, &pg, "by-lsn", &["--to-lsn", &cut_lsn]);
+    assert_eq!(at_lsn.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,3,4");
+}
+
+#[test]
+fn wal_push_is_idempotent_refuses_changed_content_and_fetch_of_the_unknown_is_quiet() {
+    let (env, mut pg) = primary_with_backup();
+    let segment = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    archive_current_wal(&pg);
+    pg.stop();
+    let agent = workspace_bin("lifeboat-agent");
+    let repo_args = [format!("--repo={}", env.repo.display()), format!("--key-file={}", env.key.display())];
+    let push =
+        |path: &std::path::Path| Command::new(&agent).arg("wal-push").args(&repo_args).arg(path).output().unwrap();
+    let fetch = |name: &str, dest: &std::path::Path| {
+        Command::new(&agent).arg("wal-fetch").args(&repo_args).arg(name).arg(dest).output().unwrap()
+    };
+
+    // The archived segment, fetched back whole, under its own name.
+    let copies = env.path("copies");
+    std::fs::create_dir_all(&copies).unwrap();
+    let wal = copies.join(&segment);
+    assert!(fetch(&segment, &wal).status.success());
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 16 << 20);
+    // PostgreSQL retrying a push that had succeeded: fine.
+    let out = push(&wal);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Same name, other content: refused, loudly, and the stored one is kept.
+    let original = std::fs::read(&wal).unwrap();
+    let mut bytes = original.clone();
+    bytes[100] ^= 0xff;
+    std::fs::write(&wal, &bytes).unwrap();
+    let out = push(&wal);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&segment) && err.contains("different content"), "{err}");
+    let fetched = env.path("fetched");
+    assert!(fetch(&segment, &fetched).status.success());
+    assert_eq!(std::fs::read(&fetched).unwrap(), original);
+
+    // Asking for a segment nobody archived: exit 1, nothing on stderr, nothing written.
+    let absent = env.path("absent");
+    let out = Command::new(&agent)
+        .arg("wal-fetch")
+        .args(&repo_args)
+        .args(["0000000100000099000000AA"])
+        .arg(&absent)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!absent.exists());
+}
