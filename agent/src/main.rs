@@ -40,6 +40,9 @@ enum Command {
     },
 }
 
+/// Exit status of `wal-fetch` that makes PostgreSQL abort recovery.
+const WAL_FETCH_FATAL: u8 = 126;
+
 async fn run(command: Command) -> Result<u8> {
     match command {
         Command::WalPush { repo, path } => {
@@ -51,9 +54,22 @@ async fn run(command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::WalFetch { repo, name, dest } => {
-            let (repo, _stores) = repo.spec().open_for_objects().await?;
-            let found = wal::fetch(&repo, &name, &dest).await.with_context(|| format!("restoring WAL file {name}"))?;
-            Ok(if found { 0 } else { 1 })
+            let fetched = async {
+                let (repo, _stores) = repo.spec().open_for_objects().await?;
+                wal::fetch(&repo, &name, &dest).await.with_context(|| format!("restoring WAL file {name}"))
+            };
+            match fetched.await {
+                Ok(true) => Ok(0),
+                Ok(false) => Ok(1),
+                // PostgreSQL takes exit 1 for "no such file" and ends
+                // recovery there, promoting with data missing; a status
+                // above 125 makes it stop instead, which is what a damaged
+                // or unreachable archive calls for.
+                Err(e) => {
+                    eprintln!("lifeboat-agent: error: {e:#}");
+                    Ok(WAL_FETCH_FATAL)
+                }
+            }
         }
     }
 }

@@ -229,3 +229,38 @@ fn wal_push_is_idempotent_refuses_changed_content_and_fetch_of_the_unknown_is_qu
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!absent.exists());
 }
+
+#[test]
+fn a_gap_in_the_archive_is_found_before_restoring_and_a_damaged_segment_stops_recovery() {
+    let (env, mut pg) = primary_with_backup();
+    let mut segments = Vec::new();
+    for n in 1..=3 {
+        pg.sql(&format!("INSERT INTO events(n) VALUES ({n})"));
+        segments.push(pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        archive_current_wal(&pg);
+    }
+    pg.stop();
+    let object = |segment: &str| env.repo.join("wal").join(&segment[..8]).join(segment);
+
+    // The middle segment lost: refused before anything is written.
+    let lost = object(&segments[1]);
+    let kept = std::fs::read(&lost).unwrap();
+    std::fs::remove_file(&lost).unwrap();
+    let dir = env.path("gap");
+    let err = env.fails(&["restore", "postgres", "--latest", "--target-dir", dir.to_str().unwrap()]);
+    assert!(err.contains(&segments[1]) && err.contains("missing"), "{err}");
+    assert!(std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()), "files were restored anyway");
+
+    // Back, but damaged: recovery stops at it, naming it, instead of promoting early.
+    let mut damaged = kept;
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x01;
+    std::fs::write(&lost, damaged).unwrap();
+    let dir = env.path("damaged");
+    env.ok(&["restore", "postgres", "--latest", "--target-dir", dir.to_str().unwrap()]);
+    let mut restored = Cluster::existing(&dir, &pg.run_dir, pg.port);
+    let up = restored.start_waiting(Duration::from_secs(30));
+    let log = restored.log();
+    assert!(!up || restored.sql("SELECT pg_is_in_recovery()") == "t", "recovery went past a damaged segment:\n{log}");
+    assert!(log.contains(&segments[1]), "the damaged segment is not named:\n{log}");
+}

@@ -65,12 +65,14 @@ pub async fn backup_postgres(
     let row = client
         .query_one(
             "SELECT current_setting('data_directory'), current_setting('server_version_num')::int, \
-             (SELECT system_identifier::text FROM pg_control_system())",
+             (SELECT system_identifier::text FROM pg_control_system()), \
+             (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')",
             &[],
         )
         .await
         .map_err(PgError::db("reading the cluster's identity"))?;
-    let (data_directory, version, system_identifier): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+    let (data_directory, version, system_identifier, wal_segment_size): (String, i32, String, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     if std::fs::canonicalize(&data_directory).ok().as_ref() != Some(&pgdata) {
         return Err(PgError::Usage(format!(
             "{} serves data directory {data_directory}, not {}",
@@ -128,6 +130,7 @@ pub async fn backup_postgres(
         start_wal,
         stop_wal,
         version: u32::try_from(version).unwrap_or_default(),
+        wal_segment_size: u64::try_from(wal_segment_size).unwrap_or(16 << 20),
         system_identifier,
         stop_time: Utc::now(),
         backup_label,

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::repo::snapshot::{PostgresBackup, Snapshot};
 use lifeboat_common::repo::{Repository, SnapshotId};
 
-use super::PgError;
+use super::{PgError, wal};
 use crate::files::{RestoreOptions, RestoreReport, restore_files};
 use crate::progress::Progress;
 
@@ -81,6 +81,13 @@ async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotI
     })
 }
 
+/// The first LSN of WAL segment `name`.
+fn segment_start(name: &str, segment_size: u64) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    Some((log << 32) + seg * segment_size)
+}
+
 /// A value as a quoted string literal of postgresql.conf.
 fn conf_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -95,6 +102,26 @@ pub async fn restore_postgres(
     progress: Arc<Progress>,
 ) -> Result<PgRestoreOutcome, PgError> {
     let (id, snapshot, pg) = choose(repo, &opts).await?;
+    // Before restoring anything: is the WAL there to make it consistent and
+    // to reach the target?
+    let archived = wal::archived_segments(repo, pg.timeline).await?;
+    let (last, gap) = wal::check_chain(&archived, &pg.start_wal, &pg.stop_wal, pg.wal_segment_size)?;
+    if let Some(missing) = gap {
+        let message = format!(
+            "WAL segment {missing} is missing from the repository while later segments exist: recovery would stop at the end of {last}"
+        );
+        let blocks = match &opts.target {
+            RecoveryTarget::Latest => true,
+            RecoveryTarget::Lsn(l) => {
+                parse_lsn(l).zip(segment_start(&missing, pg.wal_segment_size)).is_some_and(|(l, s)| l >= s)
+            }
+            RecoveryTarget::Time(_) => false,
+        };
+        if blocks {
+            return Err(PgError::Usage(message));
+        }
+        tracing::warn!("{message}");
+    }
     let target = &opts.target_dir;
     if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
         return Err(PgError::Usage(format!("{} is not empty: restore into a new directory", target.display())));

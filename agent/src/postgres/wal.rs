@@ -89,9 +89,89 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, P
     Ok(true)
 }
 
+/// The segment after `name` (same timeline), for segments of `segment_size` bytes.
+pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
+    if name.len() != 24 || !is_hex(name) || segment_size == 0 {
+        return None;
+    }
+    let per_log = 0x1_0000_0000u64 / segment_size;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    let (log, seg) = if seg + 1 >= per_log { (log + 1, 0) } else { (log, seg + 1) };
+    Some(format!("{}{log:08X}{seg:08X}", &name[..8]))
+}
+
+/// The archived segments of `timeline` (names, sorted).
+pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<String>, PgError> {
+    let prefix = format!("wal/{timeline:08X}/");
+    let mut names: Vec<String> = repo
+        .store()
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|m| m.key.strip_prefix(&prefix).map(str::to_owned))
+        .filter(|n| n.len() == 24 && is_hex(n))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Checks, before anything is restored, that the archive holds every
+/// segment from `start` to `stop` (what makes a base backup consistent),
+/// and returns the last segment of the unbroken run that follows, with the
+/// first segment missing before later ones, if the run has a gap.
+pub fn check_chain(
+    archived: &[String],
+    start: &str,
+    stop: &str,
+    segment_size: u64,
+) -> Result<(String, Option<String>), PgError> {
+    let have: std::collections::HashSet<&str> = archived.iter().map(String::as_str).collect();
+    let mut cur = start.to_owned();
+    loop {
+        if !have.contains(cur.as_str()) {
+            return Err(PgError::Usage(format!(
+                "WAL segment {cur} is missing from the repository: the base backup needs every segment from {start} to {stop} to be consistent"
+            )));
+        }
+        if cur.as_str() >= stop {
+            break;
+        }
+        cur = next_segment(&cur, segment_size).ok_or_else(|| PgError::BadWalName(cur.clone()))?;
+    }
+    loop {
+        let Some(next) = next_segment(&cur, segment_size) else { break };
+        if !have.contains(next.as_str()) {
+            let later = archived.iter().any(|n| n.as_str() > next.as_str());
+            return Ok((cur, later.then_some(next)));
+        }
+        cur = next;
+    }
+    Ok((cur, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_and_gaps() {
+        let mb16 = 16 << 20;
+        assert_eq!(next_segment("0000000100000000000000FF", mb16).unwrap(), "000000010000000100000000");
+        assert_eq!(next_segment("000000010000000000000003", mb16).unwrap(), "000000010000000000000004");
+        let names = |r: std::ops::RangeInclusive<u32>| -> Vec<String> {
+            r.map(|s| format!("0000000100000000{s:08X}")).collect()
+        };
+        let mut archived = names(2..=9);
+        let (last, gap) = check_chain(&archived, &archived[0].clone(), &archived[1].clone(), mb16).unwrap();
+        assert_eq!((last.as_str(), gap), ("000000010000000000000009", None));
+        archived.remove(4);
+        let (last, gap) = check_chain(&archived, &archived[0].clone(), &archived[1].clone(), mb16).unwrap();
+        assert_eq!(last, "000000010000000000000005");
+        assert_eq!(gap.as_deref(), Some("000000010000000000000006"));
+        let err = check_chain(&archived, "000000010000000000000001", "000000010000000000000003", mb16).unwrap_err();
+        assert!(err.to_string().contains("000000010000000000000001 is missing"), "{err}");
+    }
 
     #[test]
     fn wal_names() {

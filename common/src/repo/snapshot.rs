@@ -72,6 +72,9 @@ pub struct PostgresBackup {
     pub stop_wal: String,
     /// `server_version_num`.
     pub version: u32,
+    /// WAL segment size in bytes.
+    #[serde(default = "default_wal_segment_size")]
+    pub wal_segment_size: u64,
     /// `pg_control_system().system_identifier`, as text.
     pub system_identifier: String,
     /// When `pg_backup_stop` returned.
@@ -80,4 +83,9 @@ pub struct PostgresBackup {
     pub backup_label: String,
     /// Contents of `tablespace_map` (empty without tablespaces).
     pub tablespace_map: String,
+}
+
+/// PostgreSQL's default WAL segment size (16 MiB).
+fn default_wal_segment_size() -> u64 {
+    16 << 20
 }
