@@ -139,8 +139,7 @@ pub fn check_chain(
         }
         cur = next_segment(&cur, segment_size).ok_or_else(|| PgError::BadWalName(cur.clone()))?;
     }
-    loop {
-        let Some(next) = next_segment(&cur, segment_size) else { break };
+    while let Some(next) = next_segment(&cur, segment_size) {
         if !have.contains(next.as_str()) {
             let later = archived.iter().any(|n| n.as_str() > next.as_str());
             return Ok((cur, later.then_some(next)));
