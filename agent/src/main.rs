@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use lifeboat_agent::postgres::archive;
 use lifeboat_agent::postgres::wal::{self, Pushed};
 use lifeboat_agent::repo_args::RepoArgs;
 
@@ -26,6 +27,14 @@ enum Command {
         repo: RepoArgs,
         /// The WAL file (PostgreSQL's %p).
         path: PathBuf,
+        /// Also push up to this many more segments PostgreSQL has marked
+        /// ready, in parallel, so later calls return at once (0: off).
+        #[arg(long, default_value_t = 8)]
+        ahead: usize,
+        /// Where markers of segments pushed ahead are kept (default: under
+        /// the state directory, one per cluster).
+        #[arg(long)]
+        spool: Option<PathBuf>,
     },
     /// Restore one WAL file: restore_command = 'lifeboat-agent wal-fetch %f %p'.
     /// Exits 1 without a message when the repository does not have it, as
@@ -45,9 +54,12 @@ const WAL_FETCH_FATAL: u8 = 126;
 
 async fn run(command: Command) -> Result<u8> {
     match command {
-        Command::WalPush { repo, path } => {
+        Command::WalPush { repo, path, ahead, spool } => {
             let (repo, _stores) = repo.spec().open_for_objects().await?;
-            let pushed = wal::push(&repo, &path).await.with_context(|| format!("archiving {}", path.display()))?;
+            let spool = spool.unwrap_or_else(|| archive::default_spool(&path));
+            let pushed = archive::push_ahead(&repo, &path, &spool, ahead)
+                .await
+                .with_context(|| format!("archiving {}", path.display()))?;
             if pushed == Pushed::AlreadyThere {
                 tracing::info!(path = %path.display(), "already archived with the same content");
             }

@@ -264,3 +264,20 @@ fn a_gap_in_the_archive_is_found_before_restoring_and_a_damaged_segment_stops_re
     assert!(!up || restored.sql("SELECT pg_is_in_recovery()") == "t", "recovery went past a damaged segment:\n{log}");
     assert!(log.contains(&segments[1]), "the damaged segment is not named:\n{log}");
 }
+
+#[test]
+fn a_burst_of_wal_is_archived_ahead_and_recovered_whole() {
+    let (env, mut pg) = primary_with_backup();
+    pg.sql("CREATE TABLE burst AS SELECT g, repeat(md5(g::text), 4) AS pad FROM generate_series(1, 300000) g");
+    pg.sql("INSERT INTO events(n) VALUES (42)");
+    let segments_before = pg.sql("SELECT count(*) FROM pg_ls_waldir()");
+    archive_current_wal(&pg);
+    let failed = pg.sql("SELECT failed_count FROM pg_stat_archiver");
+    assert_eq!(failed, "0", "archiving failed:\n{}", pg.log());
+    pg.stop();
+    assert!(segments_before.parse::<u32>().unwrap() > 5, "the burst made too little WAL to test anything");
+
+    let restored = restore_and_start(&env, &pg, "after-burst", &["--latest"]);
+    assert_eq!(restored.sql("SELECT count(*) FROM burst"), "300000");
+    assert_eq!(restored.sql("SELECT count(*) FROM events WHERE n = 42"), "1");
+}

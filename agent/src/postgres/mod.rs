@@ -2,6 +2,7 @@
 //! archiving (`wal-push` / `wal-fetch`), and restore to a recoverable data
 //! directory.
 
+pub mod archive;
 pub mod basebackup;
 pub mod connect;
 mod error;

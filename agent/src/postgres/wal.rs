@@ -51,6 +51,11 @@ pub fn wal_key(name: &str) -> Result<String, PgError> {
 /// archived with the same content succeeds; with different content fails.
 #[tracing::instrument(skip(repo))]
 pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, PgError> {
+    push_hashed(repo, path).await.map(|(p, _)| p)
+}
+
+/// [`push`], also returning the BLAKE3 hash of the file's content.
+pub async fn push_hashed(repo: &Repository, path: &Path) -> Result<(Pushed, blake3::Hash), PgError> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -58,14 +63,25 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, PgError> {
         .to_owned();
     let key = wal_key(&name)?;
     let content = tokio::fs::read(path).await.map_err(PgError::io("reading", path))?;
-    let digest = blake3::hash(&content);
-    let sealed = object::seal(repo.keyring(), "wal", content, WAL_COMPRESSION)?;
+    // Hashing, compressing and sealing 16 MiB is CPU work: off the async threads.
+    let r = repo.clone();
+    let sealed = tokio::task::spawn_blocking(move || {
+        let digest = blake3::hash(&content);
+        object::seal(r.keyring(), "wal", content, WAL_COMPRESSION).map(|s| (s, digest))
+    })
+    .await
+    .map_err(|_| PgError::Usage("sealing a WAL file panicked".into()))?;
+    let (sealed, digest) = sealed?;
     match repo.store().put_if_absent(&key, Bytes::from(sealed)).await {
-        Ok(()) => Ok(Pushed::Stored),
+        Ok(()) => Ok((Pushed::Stored, digest)),
         Err(StoreError::AlreadyExists { .. }) => {
             let existing = repo.store().get(&key).await?;
             let plain = object::open(repo.keyring(), "wal", &key, &existing)?;
-            if blake3::hash(&plain) == digest { Ok(Pushed::AlreadyThere) } else { Err(PgError::Conflict { name }) }
+            if blake3::hash(&plain) == digest {
+                Ok((Pushed::AlreadyThere, digest))
+            } else {
+                Err(PgError::Conflict { name })
+            }
         }
         Err(e) => Err(e.into()),
     }
