@@ -45,10 +45,9 @@ pub async fn push_ahead(repo: &Repository, path: &Path, spool: &Path, ahead: usi
             // Best effort: a failure here is retried when PostgreSQL asks for it.
             if let Ok((_, digest)) = push_hashed(&repo, &other).await
                 && let Some(n) = other.file_name()
+                && std::fs::create_dir_all(&spool).is_ok()
             {
-                if std::fs::create_dir_all(&spool).is_ok() {
-                    let _ = std::fs::write(spool.join(n), digest.to_hex().as_bytes());
-                }
+                let _ = std::fs::write(spool.join(n), digest.to_hex().as_bytes());
             }
         });
     }
