@@ -27,6 +27,8 @@ enum Command {
     Repo(commands::repo::RepoCommand),
     /// Back a source up.
     Backup(commands::backup::BackupCommand),
+    /// List backups of a source kind with what they can recover.
+    Backups(commands::backups::BackupsCommand),
     /// List snapshots.
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// Restore a snapshot.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
             Command::Key(c) => c.run().await,
             Command::Repo(c) => c.run().await,
             Command::Backup(c) => c.run().await,
+            Command::Backups(c) => c.run().await,
             Command::Snapshots(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Verify(c) => c.run().await,

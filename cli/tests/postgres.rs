@@ -277,6 +277,20 @@ fn a_burst_of_wal_is_archived_ahead_and_recovered_whole() {
     pg.stop();
     assert!(segments_before.parse::<u32>().unwrap() > 5, "the burst made too little WAL to test anything");
 
+    // The listing sees the backup and how far the archived WAL reaches.
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&["backups", "postgres", "--json"])).unwrap();
+    let backup = &listed[0];
+    assert_eq!(backup["timeline"], 1);
+    assert!(backup["unusable"].is_null() && backup["wal_gap_at"].is_null(), "{listed}");
+    let reach = backup["recoverable_to_lsn"].as_str().unwrap();
+    let lsn = |s: &str| {
+        s.split_once('/')
+            .map(|(h, l)| (u64::from_str_radix(h, 16).unwrap() << 32) | u64::from_str_radix(l, 16).unwrap())
+            .unwrap()
+    };
+    assert!(lsn(reach) > lsn(backup["stop_lsn"].as_str().unwrap()) + (3 << 24), "{listed}");
+    assert!(env.ok(&["backups", "postgres"]).contains(&backup["id"].as_str().unwrap()[..8]));
+
     let restored = restore_and_start(&env, &pg, "after-burst", &["--latest"]);
     assert_eq!(restored.sql("SELECT count(*) FROM burst"), "300000");
     assert_eq!(restored.sql("SELECT count(*) FROM events WHERE n = 42"), "1");

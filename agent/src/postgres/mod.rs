@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod basebackup;
+pub mod catalog;
 pub mod connect;
 mod error;
 pub mod restore;

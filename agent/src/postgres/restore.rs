@@ -82,7 +82,7 @@ async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotI
 }
 
 /// The first LSN of WAL segment `name`.
-fn segment_start(name: &str, segment_size: u64) -> Option<u64> {
+pub fn segment_start(name: &str, segment_size: u64) -> Option<u64> {
     let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
     let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
     Some((log << 32) + seg * segment_size)

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod backup;
+pub mod backups;
 pub mod key;
 pub mod repo;
 pub mod restore;
