@@ -295,3 +295,28 @@ fn a_burst_of_wal_is_archived_ahead_and_recovered_whole() {
     assert_eq!(restored.sql("SELECT count(*) FROM burst"), "300000");
     assert_eq!(restored.sql("SELECT count(*) FROM events WHERE n = 42"), "1");
 }
+
+#[test]
+fn a_promoted_branch_gets_a_new_timeline_that_archives_and_recovers() {
+    let (env, mut pg) = primary_with_backup();
+    pg.sql("INSERT INTO events(n) VALUES (1), (2)");
+    let cut = pg.sql("SELECT pg_current_wal_lsn()");
+    pg.sql("INSERT INTO events(n) VALUES (3)");
+    archive_current_wal(&pg);
+    pg.stop();
+
+    // Recover to the cut and promote: a new timeline branches off there,
+    // archiving into the same repository.
+    let mut branch = restore_and_start(&env, &pg, "branch", &["--to-lsn", &cut]);
+    assert!(branch.sql("SELECT pg_walfile_name(pg_current_wal_lsn())").starts_with("00000002"), "{}", branch.log());
+    branch.sql("INSERT INTO events(n) VALUES (10)");
+    archive_current_wal(&branch);
+    let history = env.repo.join("wal/00000002/00000002.history");
+    assert!(history.exists(), "the timeline history was not archived");
+    branch.stop();
+
+    // From the same base backup, --latest follows the newest timeline.
+    let followed = restore_and_start(&env, &pg, "followed", &["--latest"]);
+    assert_eq!(followed.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,10");
+    assert!(followed.sql("SELECT pg_walfile_name(pg_current_wal_lsn())").starts_with("00000003"));
+}
