@@ -1,5 +1,6 @@
 //! Shared helpers of Lifeboat's end-to-end tests and benchmarks.
 
+pub mod bench;
 pub mod postgres;
 pub mod services;
 pub mod tree_gen;

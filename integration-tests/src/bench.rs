@@ -1,0 +1,75 @@
+//! What every benchmark binary measures with: wall time, CPU and peak
+//! memory of a child process, directory sizes, and a cold page cache.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// What one measured command took.
+pub struct Measured {
+    /// Wall time.
+    pub secs: f64,
+    /// Peak resident memory.
+    pub peak_rss_kib: i64,
+    /// User + system CPU time.
+    pub cpu_secs: f64,
+}
+
+/// Runs a command to completion and returns its wall time and peak RSS.
+pub fn measure(cmd: &mut Command) -> Result<Measured> {
+    let started = Instant::now();
+    let child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped; the pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = started.elapsed().as_secs_f64();
+    if r != pid {
+        bail!("waiting for {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{cmd:?} failed ({status}): {err}");
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Measured { secs, peak_rss_kib: usage.ru_maxrss, cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime) })
+}
+
+pub fn du(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else { continue };
+        if m.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else {
+            total += m.len();
+        }
+    }
+    total
+}
+/// Empties the page cache, so a restore reads its repository from disk as it
+/// would after a disaster, not from memory the backup just filled (which
+/// would favour whichever tool's writes stayed cached).
+pub fn drop_caches() {
+    if fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
+        eprintln!("note: cannot drop the page cache (not root): restores read a warm repository");
+    }
+}
+
+/// Flushes dirty pages so one tool's writes are not charged to the next.
+pub fn sync_and_settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
