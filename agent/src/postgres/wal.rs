@@ -11,8 +11,8 @@ use lifeboat_common::store::StoreError;
 use super::PgError;
 
 /// zstd level for WAL: archiving must keep up with a busy primary, and WAL
-/// (mostly page images and zero-filled tails) compresses well even at 3.
-const WAL_COMPRESSION: i32 = 3;
+/// (mostly page images and zero-filled tails) compresses well even at 1.
+const WAL_COMPRESSION: i32 = 1;
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

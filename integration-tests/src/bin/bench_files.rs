@@ -15,7 +15,6 @@ use lifeboat_integration_tests::bench::{Measured, drop_caches, du, measure, sync
 use lifeboat_integration_tests::services;
 use lifeboat_integration_tests::tree_gen::{TreeSpec, apply_day_of_changes, generate_tree};
 
-
 /// Where a tool's repository lives.
 #[derive(Clone)]
 enum Repo {
@@ -417,4 +416,3 @@ fn which_restic() -> Result<()> {
     }
     Ok(())
 }
-

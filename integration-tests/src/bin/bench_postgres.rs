@@ -67,7 +67,11 @@ fn main() -> Result<()> {
     pg.sql("INSERT INTO hot SELECT g, 0, repeat('n', 100) FROM generate_series(1, 20000) g");
     pg.sql("CHECKPOINT");
     let db_bytes: u64 = pg.sql("SELECT pg_database_size('postgres')").parse()?;
-    println!("database {:.2} GiB ({rows} history rows) made in {:.1}s", db_bytes as f64 / (1u64 << 30) as f64, t.elapsed().as_secs_f64());
+    println!(
+        "database {:.2} GiB ({rows} history rows) made in {:.1}s",
+        db_bytes as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64()
+    );
 
     // pgBackRest on the same cluster.
     let pgbr_repo = work.join("pgbackrest-repo");
@@ -119,7 +123,8 @@ fn main() -> Result<()> {
         sync_and_settle();
         let l = measure(&mut lb_backup()).with_context(|| format!("lifeboat {step}"))?;
         sync_and_settle();
-        let b = measure(&mut pgbr(&["backup", &format!("--type={pgbr_type}")])).with_context(|| format!("pgbackrest {step}"))?;
+        let b = measure(&mut pgbr(&["backup", &format!("--type={pgbr_type}")]))
+            .with_context(|| format!("pgbackrest {step}"))?;
         rows_out.push((step, l, b, du(&repo) - lb_before, du(&pgbr_repo) - br_before));
     }
 
@@ -129,7 +134,8 @@ fn main() -> Result<()> {
     give_to_postgres(&br_target);
     sync_and_settle();
     drop_caches();
-    let l = measure(&mut lb(&["restore", "postgres", "--latest", "--target-dir", lb_target.to_str().unwrap_or_default()]))?;
+    let l =
+        measure(&mut lb(&["restore", "postgres", "--latest", "--target-dir", lb_target.to_str().unwrap_or_default()]))?;
     sync_and_settle();
     drop_caches();
     let b = measure(pgbr(&["restore"]).arg(format!("--pg1-path={}", br_target.display())))?;
@@ -166,7 +172,11 @@ fn main() -> Result<()> {
                 }
                 _ => {
                     let mut c = as_postgres(&agent);
-                    c.args(["wal-push", &format!("--repo={}", repo.display()), &format!("--key-file={}", key.display())]);
+                    c.args([
+                        "wal-push",
+                        &format!("--repo={}", repo.display()),
+                        &format!("--key-file={}", key.display()),
+                    ]);
                     c.args(["--ahead", if tool == "lifeboat" { "0" } else { "8" }]);
                     c.arg(format!("--spool={}", dir.join("spool").display())).arg(&path);
                     c
@@ -174,12 +184,18 @@ fn main() -> Result<()> {
             };
             measure(&mut c).with_context(|| format!("{tool} archiving {n}"))?;
             // PostgreSQL marks a segment done once its command succeeds.
-            let _ = fs::rename(dir.join("archive_status").join(format!("{n}.ready")), dir.join("archive_status").join(format!("{n}.done")));
+            let _ = fs::rename(
+                dir.join("archive_status").join(format!("{n}.ready")),
+                dir.join("archive_status").join(format!("{n}.done")),
+            );
         }
         rates.push((tool, BURST as f64 / started.elapsed().as_secs_f64()));
     }
 
-    println!("\n{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>14} {:>14}", "step", "lifeboat s", "pgbackrest s", "speedup", "lb MiB", "pgbr MiB", "lb stored MiB", "pgbr stored MiB");
+    println!(
+        "\n{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>14} {:>14}",
+        "step", "lifeboat s", "pgbackrest s", "speedup", "lb MiB", "pgbr MiB", "lb stored MiB", "pgbr stored MiB"
+    );
     for (step, l, b, ls, bs) in &rows_out {
         println!(
             "{step:<16} {:>12.2} {:>12.2} {:>7.2}x {:>10.1} {:>10.1} {:>14.1} {:>14.1}",
@@ -196,7 +212,10 @@ fn main() -> Result<()> {
     println!("second backup stored: lifeboat/pgbackrest {:.3}", second.3 as f64 / second.4.max(1) as f64);
     let pgbr_rate = rates.iter().find(|r| r.0 == "pgbackrest").map_or(1.0, |r| r.1);
     for (tool, rate) in &rates {
-        println!("WAL push, one call per segment: {tool:<15} {rate:>7.1} segments/s ({:.2}x pgbackrest)", rate / pgbr_rate);
+        println!(
+            "WAL push, one call per segment: {tool:<15} {rate:>7.1} segments/s ({:.2}x pgbackrest)",
+            rate / pgbr_rate
+        );
     }
     if std::env::var_os("KEEP").is_none() {
         fs::remove_dir_all(&work).ok();
