@@ -88,25 +88,5 @@ async fn run(command: Command) -> Result<u8> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("lifeboat-agent: error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("lifeboat-agent: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    lifeboat_agent::entry::run("lifeboat-agent", run(cli.command))
 }

@@ -42,21 +42,7 @@ pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("lifeboat: error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    lifeboat_agent::entry::run("lifeboat", async move {
         match cli.command {
             Command::Key(c) => c.run().await,
             Command::Repo(c) => c.run().await,
@@ -66,12 +52,5 @@ fn main() -> ExitCode {
             Command::Restore(c) => c.run().await,
             Command::Verify(c) => c.run().await,
         }
-    });
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("lifeboat: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -91,21 +91,8 @@ fn base_backup_under_load_restores_and_recovers_to_the_latest_commit() {
     archive_current_wal(&pg);
     pg.stop();
 
-    let restored_dir = env.path("restored");
-    let out = env
-        .cmd()
-        .args(["restore", "postgres", "--latest", "--target-dir", restored_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut restored = Cluster::existing(&restored_dir, &pg.run_dir, pg.port);
-    restored.start();
     // Recovery ends, then the server promotes and accepts writes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while restored.sql("SELECT pg_is_in_recovery()") == "t" {
-        assert!(Instant::now() < deadline, "recovery did not finish:\n{}", restored.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let restored = restore_and_start(&env, &pg, "restored", &["--latest"]);
     assert_eq!(restored.sql("SELECT count(*) FROM marks WHERE label = 'after the backup'"), "1");
     assert_eq!(restored.sql("SELECT sum(abalance) FROM pgbench_accounts"), accounts);
     assert_eq!(restored.sql("SELECT count(*) FROM pgbench_history"), history);

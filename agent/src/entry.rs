@@ -1,0 +1,32 @@
+//! What every Lifeboat binary does around its command: logs to stderr
+//! (`RUST_LOG`, default warnings), a Tokio runtime, and one line per error.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Runs `command` on a fresh runtime and turns its result into the exit
+/// status; an error is printed as `NAME: error: …` (its whole chain).
+pub fn run<E: Display>(name: &str, command: impl Future<Output = Result<u8, E>>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
