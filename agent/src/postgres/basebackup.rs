@@ -53,6 +53,12 @@ const EXCLUDED_IN_PGDATA: &[&str] = &[
 /// Names left out anywhere: temporary files and relation cache init files.
 const EXCLUDED_NAMES: &[&str] = &["pgsql_tmp*", "pg_internal.init"];
 
+/// Column `i` of a result row, as `T`; a server answering with another
+/// type is an error, not a panic.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize) -> Result<T, PgError> {
+    row.try_get(i).map_err(PgError::db(format!("reading column {i} of the server's answer")))
+}
+
 /// Takes a base backup and writes its snapshot.
 #[tracing::instrument(skip_all, fields(pgdata = %opts.pgdata.display()))]
 pub async fn backup_postgres(
@@ -72,7 +78,7 @@ pub async fn backup_postgres(
         .await
         .map_err(PgError::db("reading the cluster's identity"))?;
     let (data_directory, version, system_identifier, wal_segment_size): (String, i32, String, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+        (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?);
     if std::fs::canonicalize(&data_directory).ok().as_ref() != Some(&pgdata) {
         return Err(PgError::Usage(format!(
             "{} serves data directory {data_directory}, not {}",
@@ -91,7 +97,7 @@ pub async fn backup_postgres(
         )
         .await
         .map_err(PgError::db("starting the backup (pg_backup_start)"))?;
-    let (start_lsn, start_wal, timeline): (String, String, i32) = (start.get(0), start.get(1), start.get(2));
+    let (start_lsn, start_wal, timeline): (String, String, i32) = (col(&start, 0)?, col(&start, 1)?, col(&start, 2)?);
     tracing::info!(%start_lsn, %start_wal, "backup started");
 
     let root = pgdata.display().to_string();
@@ -118,7 +124,7 @@ pub async fn backup_postgres(
         .map_err(PgError::db("stopping the backup (pg_backup_stop)"))?;
     let captured = captured?;
     let (stop_lsn, stop_wal, backup_label, tablespace_map): (String, String, String, String) =
-        (stop.get(0), stop.get(1), stop.get(2), stop.get(3));
+        (col(&stop, 0)?, col(&stop, 1)?, col(&stop, 2)?, col(&stop, 3)?);
     tracing::info!(%stop_lsn, %stop_wal, "backup stopped; its WAL is archived");
 
     let (mut snapshot, warnings) = captured.snapshot("postgres", opts.hostname, opts.tags);
