@@ -22,6 +22,12 @@ fn require(endpoint: &str, what: &str) {
     assert!(reachable, "{what} is not running at {endpoint}: start it with `deploy/services.sh start`");
 }
 
+/// Where `deploy/services.sh` keeps state, logs and PID files
+/// (`LIFEBOAT_SERVICES_DIR`, default `/var/tmp/lifeboat-services`).
+pub fn services_dir() -> std::path::PathBuf {
+    std::env::var_os("LIFEBOAT_SERVICES_DIR").map_or_else(|| "/var/tmp/lifeboat-services".into(), Into::into)
+}
+
 /// Credentials the emulator accepts, set for this process and its children.
 pub fn s3_test_credentials() {
     // SAFETY (edition 2024 marks set_var unsafe): tests set these once, to
@@ -165,8 +171,7 @@ impl OwnAzurite {
 
     /// Starts it and waits until it answers.
     pub fn start(&mut self) {
-        let services = std::env::var("LIFEBOAT_SERVICES_DIR").unwrap_or_else(|_| "/var/tmp/lifeboat-services".into());
-        let bin = std::path::Path::new(&services).join("azurite/node_modules/.bin/azurite-blob");
+        let bin = services_dir().join("azurite/node_modules/.bin/azurite-blob");
         assert!(bin.exists(), "Azurite is not installed at {}: run `deploy/services.sh install`", bin.display());
         let child = std::process::Command::new(&bin)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string(), "--location"])

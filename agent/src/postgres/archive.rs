@@ -11,18 +11,13 @@ use std::path::{Path, PathBuf};
 use lifeboat_common::repo::Repository;
 
 use super::PgError;
-use super::wal::{Pushed, push_hashed, wal_key};
+use super::wal::{Pushed, is_segment, push_hashed, wal_name};
 
 /// Archives `path` and up to `ahead` more ready segments; `spool` holds the
 /// markers of segments already pushed ahead.
 #[tracing::instrument(skip(repo))]
 pub async fn push_ahead(repo: &Repository, path: &Path, spool: &Path, ahead: usize) -> Result<Pushed, PgError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| PgError::BadWalName(path.display().to_string()))?
-        .to_owned();
-    wal_key(&name)?;
+    let name = wal_name(path)?;
     let marker = spool.join(&name);
     if let Ok(expected) = std::fs::read_to_string(&marker) {
         let content = tokio::fs::read(path).await.map_err(PgError::io("reading", path))?;
@@ -66,7 +61,7 @@ fn ready_segments(path: &Path, name: &str, ahead: usize) -> Vec<PathBuf> {
     let mut names: Vec<String> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
-        .filter(|n| n.as_str() != name && n.len() == 24 && wal_key(n).is_ok())
+        .filter(|n| n.as_str() != name && is_segment(n))
         .collect();
     names.sort();
     names.into_iter().take(ahead).map(|n| pg_wal.join(n)).collect()

@@ -4,7 +4,7 @@
 use lifeboat_common::repo::Repository;
 use serde::Serialize;
 
-use super::restore::segment_start;
+use super::wal::segment_start;
 use super::{PgError, wal};
 
 /// One base backup.

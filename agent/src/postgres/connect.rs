@@ -27,8 +27,8 @@ impl ConnectArgs {
     /// The driver configuration.
     pub fn config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host(self.host.as_deref().unwrap_or("/var/run/postgresql"));
-        c.port(self.port.unwrap_or(5432));
+        c.host(self.host());
+        c.port(self.port());
         let user = self.user.clone().unwrap_or_else(|| "postgres".into());
         c.dbname(self.dbname.as_deref().unwrap_or(&user));
         c.user(&user);
@@ -38,7 +38,17 @@ impl ConnectArgs {
 
     /// A short description for messages.
     pub fn describe(&self) -> String {
-        format!("postgres at {}:{}", self.host.as_deref().unwrap_or("/var/run/postgresql"), self.port.unwrap_or(5432))
+        format!("postgres at {}:{}", self.host(), self.port())
+    }
+
+    /// The host or socket directory, libpq's default if unset.
+    fn host(&self) -> &str {
+        self.host.as_deref().unwrap_or("/var/run/postgresql")
+    }
+
+    /// The port, libpq's default if unset.
+    fn port(&self) -> u16 {
+        self.port.unwrap_or(5432)
     }
 
     /// Connects; the connection is driven on the current runtime.

@@ -81,13 +81,6 @@ async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotI
     })
 }
 
-/// The first LSN of WAL segment `name`.
-pub fn segment_start(name: &str, segment_size: u64) -> Option<u64> {
-    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    Some((log << 32) + seg * segment_size)
-}
-
 /// A value as a quoted string literal of postgresql.conf.
 fn conf_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -113,7 +106,7 @@ pub async fn restore_postgres(
         let blocks = match &opts.target {
             RecoveryTarget::Latest => true,
             RecoveryTarget::Lsn(l) => {
-                parse_lsn(l).zip(segment_start(&missing, pg.wal_segment_size)).is_some_and(|(l, s)| l >= s)
+                parse_lsn(l).zip(wal::segment_start(&missing, pg.wal_segment_size)).is_some_and(|(l, s)| l >= s)
             }
             RecoveryTarget::Time(_) => false,
         };

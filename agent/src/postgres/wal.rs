@@ -27,18 +27,43 @@ fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
 }
 
+/// Whether `name` is a whole WAL segment's name (24 upper-case hex digits).
+pub fn is_segment(name: &str) -> bool {
+    name.len() == 24 && is_hex(name)
+}
+
+/// A segment name's log and segment numbers.
+fn log_and_seg(name: &str) -> Option<(u64, u64)> {
+    if !is_segment(name) {
+        return None;
+    }
+    Some((u64::from_str_radix(&name[8..16], 16).ok()?, u64::from_str_radix(&name[16..24], 16).ok()?))
+}
+
+/// The first LSN of WAL segment `name`.
+pub fn segment_start(name: &str, segment_size: u64) -> Option<u64> {
+    let (log, seg) = log_and_seg(name)?;
+    Some((log << 32) + seg * segment_size)
+}
+
+/// The WAL file name of `path` (PostgreSQL's `%p`), checked.
+pub fn wal_name(path: &Path) -> Result<String, PgError> {
+    let name =
+        path.file_name().and_then(|n| n.to_str()).ok_or_else(|| PgError::BadWalName(path.display().to_string()))?;
+    wal_key(name)?;
+    Ok(name.to_owned())
+}
+
 /// The store key of WAL file `name`: a segment (`000000010000000000000003`,
 /// optionally `.partial`), a timeline history (`00000002.history`) or a
 /// backup history file (`….00000028.backup`).
 pub fn wal_key(name: &str) -> Result<String, PgError> {
     let bad = || PgError::BadWalName(name.to_owned());
     let valid = match name.split_once('.') {
-        None => name.len() == 24 && is_hex(name),
-        Some((seg, "partial")) => seg.len() == 24 && is_hex(seg),
+        None => is_segment(name),
+        Some((seg, "partial")) => is_segment(seg),
         Some((tli, "history")) => tli.len() == 8 && is_hex(tli),
-        Some((seg, rest)) => {
-            seg.len() == 24 && is_hex(seg) && rest.strip_suffix(".backup").is_some_and(|o| o.len() == 8 && is_hex(o))
-        }
+        Some((seg, rest)) => is_segment(seg) && rest.strip_suffix(".backup").is_some_and(|o| o.len() == 8 && is_hex(o)),
     };
     if !valid {
         return Err(bad());
@@ -56,11 +81,7 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, PgError> {
 
 /// [`push`], also returning the BLAKE3 hash of the file's content.
 pub async fn push_hashed(repo: &Repository, path: &Path) -> Result<(Pushed, blake3::Hash), PgError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| PgError::BadWalName(path.display().to_string()))?
-        .to_owned();
+    let name = wal_name(path)?;
     let key = wal_key(&name)?;
     let content = tokio::fs::read(path).await.map_err(PgError::io("reading", path))?;
     // Hashing, compressing and sealing 16 MiB is CPU work: off the async threads.
@@ -107,12 +128,8 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, P
 
 /// The segment after `name` (same timeline), for segments of `segment_size` bytes.
 pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
-    if name.len() != 24 || !is_hex(name) || segment_size == 0 {
-        return None;
-    }
-    let per_log = 0x1_0000_0000u64 / segment_size;
-    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    let per_log = 0x1_0000_0000u64.checked_div(segment_size)?;
+    let (log, seg) = log_and_seg(name)?;
     let (log, seg) = if seg + 1 >= per_log { (log + 1, 0) } else { (log, seg + 1) };
     Some(format!("{}{log:08X}{seg:08X}", &name[..8]))
 }
@@ -126,7 +143,7 @@ pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<S
         .await?
         .into_iter()
         .filter_map(|m| m.key.strip_prefix(&prefix).map(str::to_owned))
-        .filter(|n| n.len() == 24 && is_hex(n))
+        .filter(|n| is_segment(n))
         .collect();
     names.sort();
     Ok(names)

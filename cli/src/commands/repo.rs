@@ -151,7 +151,7 @@ impl RepoCommand {
                 let OpenedStore::Replicated(r) = &stores else { return Ok(0) };
                 println!("write policy {:?}, outbox {}", r.policy(), r.outbox().root().display());
                 for lag in r.outbox().lag().await.context("reading the outbox")? {
-                    let age = lag.oldest.and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+                    let age = lag.oldest_age();
                     println!(
                         "copy lag to {}: {} objects, {}, oldest {}",
                         lag.store,

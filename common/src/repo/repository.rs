@@ -176,19 +176,9 @@ impl Repository {
             }
         }
         let bytes = self.inner.store.get(key).await?;
-        let (bytes, plain) = match object::open(&self.inner.keyring, kind, key, &bytes) {
-            Ok(plain) => (bytes, plain),
-            // Damaged where it was read first: another store may hold a good copy.
-            Err(first) => self
-                .inner
-                .store
-                .get_copies(key)
-                .await
-                .into_iter()
-                .flatten()
-                .find_map(|b| object::open(&self.inner.keyring, kind, key, &b).ok().map(|p| (b, p)))
-                .ok_or(first)?,
-        };
+        let (bytes, plain) =
+            sound_copy(self.inner.store.as_ref(), key, bytes, |b| object::open(&self.inner.keyring, kind, key, b))
+                .await?;
         if let Some(c) = cache {
             c.put(key, &bytes);
         }
@@ -232,13 +222,7 @@ impl Repository {
         for meta in store.list(KEYS_PREFIX).await? {
             let bytes = store.get(&meta.key).await?;
             if meta.key == own_key {
-                let first = match unwrap(&bytes) {
-                    Ok(keyring) => return Ok(keyring),
-                    Err(e) => e,
-                };
-                // Damaged where it was read first: another store may hold a good copy.
-                let copies = store.get_copies(&own_key).await;
-                return copies.into_iter().flatten().find_map(|b| unwrap(&b).ok()).ok_or(first);
+                return Ok(sound_copy(store, &own_key, bytes, unwrap).await?.1);
             }
             let wrapped: WrappedKeyring =
                 serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(&meta.key, e))?;
@@ -428,6 +412,23 @@ impl Repository {
         let bytes = self.read_blob(id).await?;
         Tree::decode(id, &bytes)
     }
+}
+
+/// `first` (the copy of `key` read already) if `judge` accepts it, else
+/// the first other store's copy it accepts: an object damaged where it was
+/// read first may be whole in another store of a replicated repository.
+async fn sound_copy<T>(
+    store: &dyn ObjectStore,
+    key: &str,
+    first: Bytes,
+    judge: impl Fn(&[u8]) -> Result<T, RepoError>,
+) -> Result<(Bytes, T), RepoError> {
+    let first_err = match judge(&first) {
+        Ok(v) => return Ok((first, v)),
+        Err(e) => e,
+    };
+    let copies = store.get_copies(key).await;
+    copies.into_iter().flatten().find_map(|b| judge(&b).ok().map(|v| (b, v))).ok_or(first_err)
 }
 
 fn json_bytes<T: serde::Serialize>(value: &T, what: &'static str) -> Result<Bytes, RepoError> {

@@ -37,6 +37,13 @@ pub struct CopyLag {
     pub oldest: Option<SystemTime>,
 }
 
+impl CopyLag {
+    /// How long the oldest waiting entry has waited.
+    pub fn oldest_age(&self) -> Option<std::time::Duration> {
+        self.oldest.and_then(|t| SystemTime::now().duration_since(t).ok())
+    }
+}
+
 /// What one drain pass did for one store.
 #[derive(Debug)]
 pub struct DrainOutcome {

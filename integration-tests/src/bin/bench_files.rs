@@ -162,8 +162,7 @@ fn figures(tool: &dyn Tool, rt: &tokio::runtime::Runtime, step: impl FnOnce() ->
 
 /// Requests the S3 emulator has logged so far (one access-log line each).
 fn s3_requests() -> u64 {
-    let dir = std::env::var("LIFEBOAT_SERVICES_DIR").unwrap_or_else(|_| "/var/tmp/lifeboat-services".into());
-    fs::read(Path::new(&dir).join("s3.log"))
+    fs::read(services::services_dir().join("s3.log"))
         .map_or(0, |log| log.split(|b| *b == b'\n').filter(|l| l.windows(5).any(|w| w == b"HTTP/")).count() as u64)
 }
 
@@ -291,8 +290,7 @@ fn run_once(
 
 /// CPU seconds a service from `deploy/services.sh` (by its PID file) has used so far.
 fn service_cpu_secs(name: &str) -> f64 {
-    let dir = std::env::var("LIFEBOAT_SERVICES_DIR").unwrap_or_else(|_| "/var/tmp/lifeboat-services".into());
-    let pid = fs::read_to_string(Path::new(&dir).join(format!("{name}.pid"))).unwrap_or_default();
+    let pid = fs::read_to_string(services::services_dir().join(format!("{name}.pid"))).unwrap_or_default();
     let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
     // Fields after the parenthesised command name, from `state` (field 3)
     // on: utime and stime (fields 14 and 15) are at positions 11 and 12.
