@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lifeboat_agent::postgres::archive;
+use lifeboat_agent::postgres::connect::ConnectArgs;
+use lifeboat_agent::postgres::stream::{self, StreamOptions, StreamStatus};
 use lifeboat_agent::postgres::wal::{self, Pushed};
 use lifeboat_agent::repo_args::RepoArgs;
 
@@ -19,6 +21,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// The commands are PostgreSQL's WAL ones for now; more kinds join them.
+#[allow(clippy::enum_variant_names)]
 enum Command {
     /// Archive one WAL file: archive_command = 'lifeboat-agent wal-push %p'.
     /// Exits 0 only once the file is durable in the repository.
@@ -46,6 +50,32 @@ enum Command {
         name: String,
         /// Where to write it (PostgreSQL's %p).
         dest: PathBuf,
+    },
+    /// Stream WAL from the server through a physical replication slot into
+    /// the repository, in the foreground, until interrupted.
+    WalStream {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// The physical replication slot (created if absent; it keeps on
+        /// the server all WAL not yet in the repository).
+        #[arg(long)]
+        slot: String,
+        /// Store each received byte at once and report it flushed only then:
+        /// list the application name in synchronous_standby_names for RPO 0.
+        #[arg(long)]
+        synchronous: bool,
+        /// Seconds between uploads of the segment being written (not synchronous).
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// The name the server sees (for synchronous_standby_names).
+        #[arg(long, default_value = "lifeboat")]
+        application_name: String,
+        /// Rewrite this JSON file every second with the streaming status
+        /// (positions, lag in bytes and seconds, age of the newest stored WAL).
+        #[arg(long)]
+        status_file: Option<PathBuf>,
     },
 }
 
@@ -83,7 +113,57 @@ async fn run(command: Command) -> Result<u8> {
                 }
             }
         }
+        Command::WalStream { repo, connect, slot, synchronous, interval, application_name, status_file } => {
+            if !(interval > 0.0 && interval.is_finite()) {
+                anyhow::bail!("--interval must be a positive number of seconds");
+            }
+            let interval = std::time::Duration::from_secs_f64(interval);
+            wal_stream(repo, connect, StreamOptions { slot, synchronous, interval, application_name, status_file })
+                .await
+        }
     }
+}
+
+/// Streams until SIGINT or SIGTERM, printing the status every ten seconds.
+async fn wal_stream(repo: RepoArgs, connect: ConnectArgs, opts: StreamOptions) -> Result<u8> {
+    let (repo, _stores) = repo.spec().open_for_objects().await?;
+    let (tx, mut rx) = tokio::sync::watch::channel(StreamStatus::default());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let printer = tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let s = rx.borrow_and_update().clone();
+            let line = format!(
+                "timeline {} stored {} received {} server {}: lag {} bytes, {:.1} s; {} segments, {} partial uploads",
+                s.timeline,
+                s.stored_lsn,
+                s.received_lsn,
+                s.server_lsn,
+                s.lag_bytes,
+                s.lag_seconds,
+                s.segments_stored,
+                s.partial_uploads
+            );
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+    });
+    println!("streaming WAL from {} through slot {} into {}", connect.describe(), opts.slot, repo.store().describe());
+    let streamed = stream::stream_wal(&repo, &connect, &opts, tx, shutdown).await;
+    printer.abort();
+    streamed.with_context(|| format!("streaming WAL from {} through slot {}", connect.describe(), opts.slot))?;
+    println!("stopped; every byte received is stored");
+    Ok(0)
 }
 
 fn main() -> ExitCode {

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lifeboat_agent::postgres::restore::parse_lsn;
 use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, workspace_bin};
 use support::Env;
 
@@ -114,11 +115,7 @@ fn primary_with_backup() -> (Env, Cluster) {
     let mut pg = Cluster::init(env.dir.path(), "primary", &archive_conf(&env));
     pg.start();
     pg.sql("CREATE TABLE events (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
-    let mut args =
-        vec!["backup".to_owned(), "postgres".to_owned(), "--pgdata".to_owned(), pg.pgdata.display().to_string()];
-    args.extend(pg.conn_args());
-    let out = env.cmd().args(&args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    base_backup(&env, &pg);
     (env, pg)
 }
 
@@ -306,4 +303,142 @@ fn a_promoted_branch_gets_a_new_timeline_that_archives_and_recovers() {
     let followed = restore_and_start(&env, &pg, "followed", &["--latest"]);
     assert_eq!(followed.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,10");
     assert!(followed.sql("SELECT pg_walfile_name(pg_current_wal_lsn())").starts_with("00000003"));
+}
+
+/// `lifeboat-agent wal-stream` for a cluster, with its status file.
+struct Streamer {
+    child: std::process::Child,
+    status: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Streamer {
+    fn start(env: &Env, pg: &Cluster, name: &str, extra: &[&str]) -> Self {
+        let status = env.path(&format!("{name}.status.json"));
+        let log = env.path(&format!("{name}.log"));
+        let _ = std::fs::remove_file(&status);
+        let child = Command::new(workspace_bin("lifeboat-agent"))
+            .arg("wal-stream")
+            .args(["--repo", env.repo.to_str().unwrap(), "--key-file", env.key.to_str().unwrap()])
+            .args(pg.conn_args())
+            .args(["--slot", "lifeboat", "--interval", "1", "--status-file", status.to_str().unwrap()])
+            .args(extra)
+            .env("LIFEBOAT_STATE_DIR", env.path("state"))
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(env.path(&format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let streamer = Streamer { child, status, log };
+        streamer.wait_for(Duration::from_secs(30), |s| s["connected"] == true);
+        streamer
+    }
+
+    /// Waits until the status satisfies `ok`; returns how long that took.
+    fn wait_for(&self, within: Duration, ok: impl Fn(&serde_json::Value) -> bool) -> Duration {
+        let started = Instant::now();
+        loop {
+            let status = std::fs::read(&self.status).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if status.as_ref().is_some_and(&ok) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "wal-stream status {status:?} not reached in {within:?}:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the repository holds WAL up to `lsn`.
+    fn wait_stored(&self, lsn: &str, within: Duration) -> Duration {
+        let want = parse_lsn(lsn).unwrap();
+        self.wait_for(within, |s| s["stored_lsn"].as_str().and_then(parse_lsn).is_some_and(|l| l >= want))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster with no archive_command: only the streamer takes its WAL.
+fn streamed_primary(conf: &str) -> (Env, Cluster) {
+    let env = env_for_postgres();
+    let mut pg = Cluster::init(env.dir.path(), "primary", conf);
+    pg.start();
+    (env, pg)
+}
+
+fn base_backup(env: &Env, pg: &Cluster) {
+    let mut args =
+        vec!["backup".to_owned(), "postgres".to_owned(), "--pgdata".to_owned(), pg.pgdata.display().to_string()];
+    args.extend(pg.conn_args());
+    let out = env.cmd().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn streaming_stores_a_commit_within_seconds_and_the_slot_covers_the_agent_being_killed() {
+    let (env, mut pg) = streamed_primary("");
+    let mut streamer = Streamer::start(&env, &pg, "stream", &[]);
+    base_backup(&env, &pg);
+    pg.sql("CREATE TABLE events (n int PRIMARY KEY, pad text)");
+    pg.sql("INSERT INTO events SELECT g, 'before' FROM generate_series(1, 1000) g");
+
+    // The agent dies; the slot keeps the WAL written meanwhile (several
+    // segments of it) on the primary until the agent is back.
+    streamer.kill();
+    pg.sql("INSERT INTO events SELECT g, repeat('x', 200) FROM generate_series(1001, 150000) g");
+    let held = pg.sql("SELECT pg_walfile_name(restart_lsn) FROM pg_replication_slots WHERE slot_name = 'lifeboat'");
+    let now = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(held < now, "the slot holds WAL from {held}, the server is at {now}");
+    let mut streamer = Streamer::start(&env, &pg, "stream-again", &[]);
+
+    // A commit reaches the repository within seconds, with no segment
+    // switch and no archive_command.
+    pg.sql("INSERT INTO events VALUES (0, 'the last commit')");
+    let lsn = pg.sql("SELECT pg_current_wal_lsn()");
+    let took = streamer.wait_stored(&lsn, Duration::from_secs(15));
+    eprintln!("commit at {lsn} stored after {took:?}");
+    pg.kill();
+    streamer.kill();
+    let segments = std::fs::read_dir(env.repo.join("wal/00000001")).unwrap().count();
+    assert!(segments >= 3, "{segments} WAL objects");
+
+    let restored = restore_and_start(&env, &pg, "restored", &["--latest"]);
+    assert_eq!(restored.sql("SELECT count(*) FROM events"), "150001");
+    assert_eq!(restored.sql("SELECT pad FROM events WHERE n = 0"), "the last commit");
+}
+
+#[test]
+fn synchronous_streaming_loses_no_commit_when_the_primary_and_the_agent_die_together() {
+    let (env, mut pg) = streamed_primary("synchronous_standby_names = 'lifeboat_sync'\nsynchronous_commit = on\n");
+    let mut streamer = Streamer::start(&env, &pg, "sync", &["--synchronous", "--application-name", "lifeboat_sync"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'lifeboat_sync' AND sync_state = 'sync'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the agent never became a synchronous standby");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    base_backup(&env, &pg);
+    pg.sql("CREATE TABLE events (n int PRIMARY KEY)");
+    for n in 1..=20 {
+        pg.sql(&format!("INSERT INTO events VALUES ({n})"));
+    }
+    // Acknowledged commits are in the repository: SIGKILL both at once.
+    pg.kill();
+    streamer.kill();
+
+    let restored = restore_and_start(&env, &pg, "restored", &["--latest"]);
+    assert_eq!(restored.sql("SELECT count(*), max(n) FROM events"), "20|20");
 }

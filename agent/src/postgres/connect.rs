@@ -29,9 +29,12 @@ impl ConnectArgs {
         let mut c = tokio_postgres::Config::new();
         c.host(self.host());
         c.port(self.port());
-        let user = self.user.clone().unwrap_or_else(|| "postgres".into());
+        let user = self.user_or_default();
         c.dbname(self.dbname.as_deref().unwrap_or(&user));
         c.user(&user);
+        if let Some(pw) = self.password() {
+            c.password(pw);
+        }
         c.application_name("lifeboat");
         c
     }
@@ -41,13 +44,25 @@ impl ConnectArgs {
         format!("postgres at {}:{}", self.host(), self.port())
     }
 
+    /// The user, libpq's default (`postgres` here: Lifeboat runs as root
+    /// or as a service user, never as the database owner's login) if unset.
+    pub(crate) fn user_or_default(&self) -> String {
+        self.user.clone().unwrap_or_else(|| "postgres".into())
+    }
+
+    /// The password, from `PGPASSWORD` as libpq reads it (never a flag,
+    /// which every user of the machine could see).
+    pub(crate) fn password(&self) -> Option<String> {
+        std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty())
+    }
+
     /// The host or socket directory, libpq's default if unset.
-    fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         self.host.as_deref().unwrap_or("/var/run/postgresql")
     }
 
     /// The port, libpq's default if unset.
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port.unwrap_or(5432)
     }
 

@@ -18,6 +18,9 @@ pub enum PgError {
         /// The driver's error.
         cause: tokio_postgres::Error,
     },
+    /// The replication connection failed or the server refused a command.
+    #[error("replication: {0}")]
+    Replication(String),
     /// Capturing or restoring the files failed.
     #[error(transparent)]
     Files(#[from] FilesError),

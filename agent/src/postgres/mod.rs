@@ -1,5 +1,6 @@
 //! PostgreSQL: base backups through the non-exclusive backup API, WAL
-//! archiving (`wal-push` / `wal-fetch`), and restore to a recoverable data
+//! archiving (`wal-push` / `wal-fetch`), WAL streaming through a
+//! replication slot (`wal-stream`), and restore to a recoverable data
 //! directory.
 
 pub mod archive;
@@ -7,7 +8,9 @@ pub mod basebackup;
 pub mod catalog;
 pub mod connect;
 mod error;
+pub mod replication;
 pub mod restore;
+pub mod stream;
 pub mod wal;
 
 pub use error::PgError;

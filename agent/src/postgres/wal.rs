@@ -82,18 +82,29 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, PgError> {
 /// [`push`], also returning the BLAKE3 hash of the file's content.
 pub async fn push_hashed(repo: &Repository, path: &Path) -> Result<(Pushed, blake3::Hash), PgError> {
     let name = wal_name(path)?;
-    let key = wal_key(&name)?;
     let content = tokio::fs::read(path).await.map_err(PgError::io("reading", path))?;
-    // Hashing, compressing and sealing 16 MiB is CPU work: off the async threads.
+    push_content(repo, &name, content).await
+}
+
+/// Compresses and seals WAL content, off the async threads (hashing,
+/// compressing and sealing 16 MiB is CPU work); also returns its hash.
+pub async fn seal(repo: &Repository, content: Vec<u8>) -> Result<(Bytes, blake3::Hash), PgError> {
     let r = repo.clone();
     let sealed = tokio::task::spawn_blocking(move || {
         let digest = blake3::hash(&content);
-        object::seal(r.keyring(), "wal", content, WAL_COMPRESSION).map(|s| (s, digest))
+        object::seal(r.keyring(), "wal", content, WAL_COMPRESSION).map(|s| (Bytes::from(s), digest))
     })
     .await
     .map_err(|_| PgError::Usage("sealing a WAL file panicked".into()))?;
-    let (sealed, digest) = sealed?;
-    match repo.store().put_if_absent(&key, Bytes::from(sealed)).await {
+    Ok(sealed?)
+}
+
+/// Archives WAL file `name` with `content`: create-if-absent, and the same
+/// content already stored under that name counts as success.
+pub async fn push_content(repo: &Repository, name: &str, content: Vec<u8>) -> Result<(Pushed, blake3::Hash), PgError> {
+    let key = wal_key(name)?;
+    let (sealed, digest) = seal(repo, content).await?;
+    match repo.store().put_if_absent(&key, sealed).await {
         Ok(()) => Ok((Pushed::Stored, digest)),
         Err(StoreError::AlreadyExists { .. }) => {
             let existing = repo.store().get(&key).await?;
@@ -101,20 +112,30 @@ pub async fn push_hashed(repo: &Repository, path: &Path) -> Result<(Pushed, blak
             if blake3::hash(&plain) == digest {
                 Ok((Pushed::AlreadyThere, digest))
             } else {
-                Err(PgError::Conflict { name })
+                Err(PgError::Conflict { name: name.to_owned() })
             }
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`).
-/// Returns false, writing nothing, when the repository does not have it.
+/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`). A
+/// segment only streamed so far comes from its `.partial` upload (the end
+/// of the WAL there is). Returns false, writing nothing, when the
+/// repository has neither.
 #[tracing::instrument(skip(repo))]
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, PgError> {
-    let key = wal_key(name)?;
+    let mut key = wal_key(name)?;
     let sealed = match repo.store().get(&key).await {
         Ok(b) => b,
+        Err(e) if e.is_not_found() && is_segment(name) => {
+            key = wal_key(&format!("{name}.partial"))?;
+            match repo.store().get(&key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
         Err(e) if e.is_not_found() => return Ok(false),
         Err(e) => return Err(e.into()),
     };
@@ -134,7 +155,9 @@ pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
     Some(format!("{}{log:08X}{seg:08X}", &name[..8]))
 }
 
-/// The archived segments of `timeline` (names, sorted).
+/// The archived segments of `timeline` (names, sorted), counting a
+/// segment streamed only in part (`.partial`) as present: it is where
+/// recovery ends.
 pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<String>, PgError> {
     let prefix = format!("wal/{timeline:08X}/");
     let mut names: Vec<String> = repo
@@ -142,10 +165,11 @@ pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<S
         .list(&prefix)
         .await?
         .into_iter()
-        .filter_map(|m| m.key.strip_prefix(&prefix).map(str::to_owned))
+        .filter_map(|m| m.key.strip_prefix(&prefix).map(|n| n.strip_suffix(".partial").unwrap_or(n).to_owned()))
         .filter(|n| is_segment(n))
         .collect();
     names.sort();
+    names.dedup();
     Ok(names)
 }
 
