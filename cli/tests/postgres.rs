@@ -442,3 +442,72 @@ fn synchronous_streaming_loses_no_commit_when_the_primary_and_the_agent_die_toge
     let restored = restore_and_start(&env, &pg, "restored", &["--latest"]);
     assert_eq!(restored.sql("SELECT count(*), max(n) FROM events"), "20|20");
 }
+
+/// `1.5 MiB` and the like, as bytes.
+fn human_bytes(text: &str) -> f64 {
+    let (n, unit) = text.trim().split_once(' ').unwrap_or((text.trim(), "B"));
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other:?}"),
+    };
+    n.parse::<f64>().unwrap() * scale
+}
+
+#[test]
+fn restore_starts_the_server_and_a_delta_restore_rewrites_only_what_differs() {
+    let (env, mut pg) = primary_with_backup();
+    pg.sql("CREATE TABLE big AS SELECT g AS n, md5(g::text) AS pad FROM generate_series(1, 300000) g");
+    // Frozen and left alone by autovacuum, so the restored server does not
+    // rewrite its pages by itself (hint bits, visibility map).
+    pg.sql("ALTER TABLE big SET (autovacuum_enabled = off)");
+    pg.sql("VACUUM FREEZE big");
+    base_backup(&env, &pg);
+    pg.sql("INSERT INTO events(n) VALUES (1)");
+    let expected = pg.sql("SELECT count(*), md5(string_agg(pad, ',' ORDER BY n)) FROM big");
+    let rel = pg.sql("SELECT pg_relation_filepath('big')");
+    archive_current_wal(&pg);
+    pg.stop();
+
+    let dir = env.path("restored");
+    // Each recovery promotes to a new timeline; the first one's history is
+    // archived, so the second follows it and promotes past it.
+    let restore = |extra: &[&str], timeline: &str| {
+        let mut args = vec!["restore", "postgres", "--target-dir", dir.to_str().unwrap(), "--latest", "--start"];
+        args.extend(extra);
+        let out = env.cmd().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("recovery reached") && err.contains(&format!("timeline {timeline},")), "{err}");
+        (Cluster::running(&dir, &pg.run_dir, pg.port), err)
+    };
+    let (mut restored, _) = restore(&[], "2");
+    assert_eq!(restored.sql("SELECT count(*) FROM events WHERE n = 1"), "1");
+    restored.stop();
+
+    // Damage one page of the big table and leave a stray file: a delta
+    // restore puts back that page's chunk, removes the stray, and keeps
+    // the rest where it is.
+    let file = dir.join(&rel);
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 8192], 8192 * 10).unwrap();
+    std::fs::write(dir.join("stray"), b"not PostgreSQL's").unwrap();
+    let (restored, err) = restore(&["--delta"], "3");
+    let written = err.split("files (").nth(1).and_then(|r| r.split(" written").next()).unwrap();
+    let reused = err.split("written, ").nth(1).and_then(|r| r.split(" already there").next()).unwrap();
+    assert!(human_bytes(written) * 4.0 < human_bytes(reused), "written {written}, reused {reused}: {err}");
+    assert!(!dir.join("stray").exists());
+    assert_eq!(restored.sql("SELECT count(*), md5(string_agg(pad, ',' ORDER BY n)) FROM big"), expected);
+    assert_eq!(restored.sql("SELECT count(*) FROM events WHERE n = 1"), "1");
+
+    // Over a running server, a delta restore refuses to start.
+    let out = env
+        .cmd()
+        .args(["restore", "postgres", "--target-dir", dir.to_str().unwrap(), "--latest", "--delta"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("postmaster.pid"));
+}

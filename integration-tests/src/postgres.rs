@@ -62,6 +62,8 @@ pub struct Cluster {
     /// Its port.
     pub port: u16,
     server: Option<Child>,
+    /// Started by someone else's pg_ctl (e.g. `lifeboat restore --start`).
+    external: bool,
 }
 
 impl Cluster {
@@ -85,12 +87,24 @@ impl Cluster {
         let mut f =
             std::fs::OpenOptions::new().append(true).open(pgdata.join("postgresql.conf")).expect("postgresql.conf");
         std::io::Write::write_all(&mut f, format!("{base}{conf}\n").as_bytes()).expect("writing postgresql.conf");
-        Cluster { pgdata, run_dir, port, server: None }
+        Cluster { pgdata, run_dir, port, server: None, external: false }
     }
 
     /// A cluster around an existing (e.g. restored) data directory.
     pub fn existing(pgdata: &Path, run_dir: &Path, port: u16) -> Self {
-        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None }
+        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: false }
+    }
+
+    /// A cluster already running, started by pg_ctl elsewhere; stopped on drop.
+    pub fn running(pgdata: &Path, run_dir: &Path, port: u16) -> Self {
+        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: true }
+    }
+
+    fn pg_ctl_stop(&mut self, mode: &str) {
+        if std::mem::take(&mut self.external) {
+            let _ =
+                as_postgres(&pg_bin("pg_ctl")).arg("-D").arg(&self.pgdata).args(["stop", "-m", mode, "-w"]).output();
+        }
     }
 
     /// Starts the server in the foreground of a child process (so a test can
@@ -136,6 +150,7 @@ impl Cluster {
 
     /// Kills the postmaster with SIGKILL (backends follow when they notice).
     pub fn kill(&mut self) {
+        self.pg_ctl_stop("immediate");
         if let Some(mut c) = self.server.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -144,6 +159,7 @@ impl Cluster {
 
     /// A fast, clean shutdown.
     pub fn stop(&mut self) {
+        self.pg_ctl_stop("fast");
         if self.server.is_some() {
             let _ =
                 as_postgres(&pg_bin("pg_ctl")).arg("-D").arg(&self.pgdata).args(["stop", "-m", "fast", "-w"]).output();

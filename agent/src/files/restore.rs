@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use crossbeam_channel::bounded;
-use lifeboat_common::repo::pack::{BlobKind, PackBlob, PackSeal, open_blob};
+use lifeboat_common::repo::chunker::Chunker;
+use lifeboat_common::repo::pack::{BlobKind, PackBlob, PackSeal, blob_id, open_blob};
 use lifeboat_common::repo::repository::pack_key;
 use lifeboat_common::repo::snapshot::Snapshot;
 use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
@@ -37,6 +38,9 @@ pub struct RestoreOptions {
     pub sub_path: Option<String>,
     /// Remove entries in the target that the snapshot does not have.
     pub delete: bool,
+    /// Keep what files already in the target hold where it matches the
+    /// snapshot (chunk by chunk, checked by content hash) and write only the rest.
+    pub delta: bool,
     /// Worker threads (0: one per core, at least 2).
     pub threads: usize,
 }
@@ -52,6 +56,8 @@ pub struct RestoreReport {
     pub others: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Bytes already in the target with the right content (`delta`), not written.
+    pub bytes_reused: u64,
     /// Entries removed from the target (`delete`).
     pub deleted: u64,
     /// Files that could not be restored, each with the reason (naming the object).
@@ -197,8 +203,11 @@ fn execute(
         make_dir(dir)?;
         report.dirs += 1;
     }
-    for f in &plan.files {
-        create_file(&f.path, f.meta.size)?;
+    // Chunked before anything is written: an existing file is kept (not
+    // truncated) and each chunk already at its place is left alone.
+    let reusable = if opts.delta { existing_chunks(repo, &plan.files, opts.threads) } else { Vec::new() };
+    for (i, f) in plan.files.iter().enumerate() {
+        create_file(&f.path, f.meta.size, reusable.get(i).is_some_and(|c| !c.is_empty()))?;
     }
 
     // Which blob goes where, grouped by pack.
@@ -209,10 +218,15 @@ fn execute(
         let mut blob_targets: HashMap<BlobId, Targets> = HashMap::new();
         for (i, f) in plan.files.iter().enumerate() {
             let mut offset = 0u64;
+            let there = reusable.get(i);
             for id in &f.content {
                 match index.get(id) {
                     Some(loc) => {
-                        blob_targets.entry(*id).or_default().push((i, offset));
+                        if there.is_some_and(|c| c.contains(&(offset, *id))) {
+                            report.bytes_reused += u64::from(loc.blob.raw_len);
+                        } else {
+                            blob_targets.entry(*id).or_default().push((i, offset));
+                        }
                         offset += u64::from(loc.blob.raw_len);
                     }
                     None => {
@@ -441,14 +455,52 @@ fn replace_non_dir(path: &Path) -> Result<(), FilesError> {
     }
 }
 
-fn create_file(path: &Path, size: u64) -> Result<(), FilesError> {
+/// The chunks each planned file's current occupant of the target holds,
+/// by offset and content id (empty where there is no regular file), cut
+/// and hashed as a backup would, on `threads` threads.
+fn existing_chunks(repo: &Repository, files: &[PlannedFile], threads: usize) -> Vec<HashSet<(u64, BlobId)>> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = if threads == 0 { cores } else { threads }.clamp(1, files.len().max(1));
+    let next = AtomicU64::new(0);
+    let found: Mutex<Vec<HashSet<(u64, BlobId)>>> = Mutex::new(vec![HashSet::new(); files.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut chunker = Chunker::new(repo.config().chunker, repo.keyring().chunker_seed);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(f) = files.get(i) else { return };
+                    let Ok(meta) = fs::symlink_metadata(&f.path) else { continue };
+                    if !meta.is_file() || f.content.is_empty() {
+                        continue;
+                    }
+                    let Ok(file) = fs::File::open(&f.path) else { continue };
+                    let mut chunks = HashSet::new();
+                    let mut offset = 0u64;
+                    let read = chunker.chunk_reader(file, |chunk| -> io::Result<()> {
+                        chunks.insert((offset, blob_id(repo.keyring(), chunk)));
+                        offset += chunk.len() as u64;
+                        Ok(())
+                    });
+                    if read.is_ok() {
+                        found.lock().unwrap_or_else(|p| p.into_inner())[i] = chunks;
+                    }
+                }
+            });
+        }
+    });
+    found.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates (or, with `keep`, reuses without truncating) a regular file of `size` bytes.
+fn create_file(path: &Path, size: u64, keep: bool) -> Result<(), FilesError> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         replace_non_dir(path)?;
     }
     let f = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(!keep)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)

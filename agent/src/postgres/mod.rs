@@ -10,6 +10,7 @@ pub mod connect;
 mod error;
 pub mod replication;
 pub mod restore;
+pub mod startup;
 pub mod stream;
 pub mod wal;
 

@@ -35,6 +35,10 @@ pub struct PgRestoreOptions {
     pub target: RecoveryTarget,
     /// The shell command PostgreSQL runs to fetch WAL (`%f`, `%p` included).
     pub restore_command: String,
+    /// Reuse the files already in the target where their content matches
+    /// (checked by hash) and remove what the backup does not have; without
+    /// it the target must be empty.
+    pub delta: bool,
     /// Worker threads (0: automatic).
     pub threads: usize,
 }
@@ -116,8 +120,18 @@ pub async fn restore_postgres(
         tracing::warn!("{message}");
     }
     let target = &opts.target_dir;
-    if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(PgError::Usage(format!("{} is not empty: restore into a new directory", target.display())));
+    if opts.delta {
+        if target.join("postmaster.pid").exists() {
+            return Err(PgError::Usage(format!(
+                "{} has a postmaster.pid: stop the server using it first (or remove the file if it crashed)",
+                target.display()
+            )));
+        }
+    } else if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(PgError::Usage(format!(
+            "{} is not empty: restore into a new directory, or give --delta to reuse what matches",
+            target.display()
+        )));
     }
     let files = restore_files(
         repo,
@@ -125,7 +139,10 @@ pub async fn restore_postgres(
         RestoreOptions {
             target: target.clone(),
             sub_path: Some(pg.pgdata.clone()),
-            delete: false,
+            // A delta restore leaves nothing of the old cluster behind
+            // (stale WAL in pg_wal would confuse recovery).
+            delete: opts.delta,
+            delta: opts.delta,
             threads: opts.threads,
         },
         progress,

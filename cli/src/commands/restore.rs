@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use indicatif::HumanBytes;
 use lifeboat_agent::files::{RestoreOptions, restore_files};
 use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres};
+use lifeboat_agent::postgres::startup::{StartOptions, start_and_wait};
 use lifeboat_agent::progress::Progress;
 
 use crate::RepoArgs;
@@ -53,6 +54,23 @@ struct PgRestoreArgs {
     /// The lifeboat-agent binary PostgreSQL runs to fetch WAL (default: beside this one).
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Restore over an existing data directory (its server stopped): keep
+    /// files whose content matches, rewrite only what differs, delete the rest.
+    #[arg(long)]
+    delta: bool,
+    /// Then start the server (as the directory's owner, with pg_ctl) and
+    /// wait until recovery ends, printing the point it reached.
+    #[arg(long)]
+    start: bool,
+    /// Directory of pg_ctl (default: the backup's PostgreSQL version's).
+    #[arg(long, requires = "start")]
+    pg_bin: Option<PathBuf>,
+    /// Role to connect as to watch recovery.
+    #[arg(long, default_value = "postgres", requires = "start")]
+    pg_user: String,
+    /// Seconds recovery may take before giving up waiting.
+    #[arg(long, default_value_t = 3600, requires = "start")]
+    start_timeout: u64,
     /// Worker threads (default: automatic).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -102,6 +120,7 @@ impl PgRestoreArgs {
             from_backup: self.from_backup,
             target: target.clone(),
             restore_command: command.join(" "),
+            delta: self.delta,
             threads: self.threads,
         };
         let started = std::time::Instant::now();
@@ -118,7 +137,7 @@ impl PgRestoreArgs {
             bail!("{} files of the base backup could not be restored (listed above)", outcome.files.failed.len());
         }
         eprintln!(
-            "restored base backup {} (WAL {} .. {}, timeline {}) into {}: {} files ({}) in {:.1}s; start PostgreSQL on it to recover to {}",
+            "restored base backup {} (WAL {} .. {}, timeline {}) into {}: {} files ({} written{}) in {:.1}s; start PostgreSQL on it to recover to {}",
             outcome.backup.short(),
             outcome.postgres.start_lsn,
             outcome.postgres.stop_lsn,
@@ -126,6 +145,11 @@ impl PgRestoreArgs {
             self.target_dir.display(),
             outcome.files.files,
             HumanBytes(outcome.files.bytes),
+            if self.delta {
+                format!(", {} already there, {} removed", HumanBytes(outcome.files.bytes_reused), outcome.files.deleted)
+            } else {
+                String::new()
+            },
             started.elapsed().as_secs_f64(),
             match target {
                 RecoveryTarget::Latest => "the end of the archived WAL".to_owned(),
@@ -133,6 +157,24 @@ impl PgRestoreArgs {
                 RecoveryTarget::Lsn(l) => l,
             }
         );
+        if self.start {
+            let opts = StartOptions {
+                pg_bin: self.pg_bin,
+                user: self.pg_user,
+                timeout: std::time::Duration::from_secs(self.start_timeout),
+            };
+            let reached = start_and_wait(&self.target_dir, outcome.postgres.version, &opts)
+                .await
+                .with_context(|| format!("starting PostgreSQL on {}", self.target_dir.display()))?;
+            eprintln!(
+                "recovery reached {} (last commit replayed: {}); the server runs on timeline {}, log in {}, {:.1}s in all",
+                reached.lsn,
+                reached.last_commit.as_deref().unwrap_or("none"),
+                reached.timeline,
+                reached.log.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(0)
     }
 }
@@ -154,6 +196,10 @@ pub struct RestoreArgs {
     /// Make the target exactly the snapshot: delete what the snapshot does not have.
     #[arg(long)]
     delete: bool,
+    /// Keep what files in the target already hold where it matches (checked
+    /// by content hash, chunk by chunk) and write only what differs.
+    #[arg(long)]
+    delta: bool,
     /// Worker threads (default: two per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -175,6 +221,7 @@ impl RestoreArgs {
             target: target.clone(),
             sub_path: self.path.clone(),
             delete: self.delete,
+            delta: self.delta,
             threads: self.threads,
         };
         let report = restore_files(&repo, &snapshot, opts, progress)
@@ -185,11 +232,12 @@ impl RestoreArgs {
             eprintln!("lifeboat: warning: {w}");
         }
         eprintln!(
-            "restored snapshot {} into {}: {} files ({}), {} dirs, {} links and special files{} in {:.1}s",
+            "restored snapshot {} into {}: {} files ({} written{}), {} dirs, {} links and special files{} in {:.1}s",
             id.short(),
             target.display(),
             report.files,
             HumanBytes(report.bytes),
+            if self.delta { format!(", {} already there", HumanBytes(report.bytes_reused)) } else { String::new() },
             report.dirs,
             report.others,
             if self.delete { format!(", {} extra entries deleted", report.deleted) } else { String::new() },

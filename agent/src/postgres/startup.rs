@@ -1,0 +1,139 @@
+//! Starting a restored cluster and waiting until recovery has reached its
+//! target, to report the point actually reached (which may be short of the
+//! target, or past it to the end of a transaction).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::PgError;
+use super::connect::ConnectArgs;
+
+/// How to start the server.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Directory of `pg_ctl` (default: the backup's major version's, as
+    /// Debian installs it, else `PATH`).
+    pub pg_bin: Option<PathBuf>,
+    /// Role to connect as once the server accepts connections.
+    pub user: String,
+    /// How long recovery may take.
+    pub timeout: Duration,
+}
+
+/// Where recovery ended.
+#[derive(Debug, Clone)]
+pub struct RecoveryReached {
+    /// The last WAL position replayed.
+    pub lsn: String,
+    /// Commit time of the last transaction replayed, if any was.
+    pub last_commit: Option<String>,
+    /// The timeline the server now runs on.
+    pub timeline: u32,
+    /// The server's log file.
+    pub log: PathBuf,
+}
+
+fn pg_ctl(opts: &StartOptions, version: u32) -> PathBuf {
+    if let Some(dir) = &opts.pg_bin {
+        return dir.join("pg_ctl");
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", version / 10000));
+    if debian.exists() { debian } else { PathBuf::from("pg_ctl") }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Starts PostgreSQL on `pgdata` (as the directory's owner) and waits
+/// until recovery has ended and the server promoted.
+pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) -> Result<RecoveryReached, PgError> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+
+    let log = pgdata.join("lifeboat-start.log");
+    let started = Instant::now();
+    let program = pg_ctl(opts, version);
+    let mut cmd = Command::new(&program);
+    cmd.arg("-D").arg(pgdata).arg("-l").arg(&log).args(["-w", "-t"]).arg(opts.timeout.as_secs().to_string());
+    cmd.arg("start");
+    let meta = std::fs::metadata(pgdata).map_err(PgError::io("reading", pgdata))?;
+    // The server refuses to run as root: run it as the owner of its files.
+    if is_root() && meta.uid() != 0 {
+        cmd.uid(meta.uid()).gid(meta.gid());
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|_| PgError::Usage("running pg_ctl panicked".into()))?
+        .map_err(PgError::io("running", &program))?;
+    if !out.status.success() {
+        return Err(PgError::Usage(format!(
+            "the server did not start on {} ({}):\n{}",
+            pgdata.display(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log_tail(&log)
+        )));
+    }
+
+    let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).map_err(PgError::io("reading", pgdata))?;
+    let lines: Vec<&str> = pid_file.lines().collect();
+    let port = lines.get(3).and_then(|p| p.trim().parse().ok());
+    let socket_dir = lines.get(4).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let listen = lines.get(5).and_then(|s| s.split(',').next()).map(str::trim).filter(|s| !s.is_empty());
+    let host = match (socket_dir, listen) {
+        (Some(dir), _) => dir.to_owned(),
+        (None, Some("*") | None) => "127.0.0.1".to_owned(),
+        (None, Some(addr)) => addr.to_owned(),
+    };
+    let connect =
+        ConnectArgs { host: Some(host), port, user: Some(opts.user.clone()), dbname: Some("postgres".into()) };
+
+    loop {
+        let remaining = opts.timeout.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(PgError::Usage(format!(
+                "recovery of {} did not end within {:?}:\n{}",
+                pgdata.display(),
+                opts.timeout,
+                log_tail(&log)
+            )));
+        }
+        if !pgdata.join("postmaster.pid").exists() {
+            return Err(PgError::Usage(format!(
+                "the server on {} stopped during recovery:\n{}",
+                pgdata.display(),
+                log_tail(&log)
+            )));
+        }
+        if let Ok(client) = connect.connect().await
+            && let Ok(row) = client.query_one("SELECT pg_is_in_recovery()", &[]).await
+            && row.try_get::<_, bool>(0).is_ok_and(|r| !r)
+        {
+            let row = client
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text, \
+                     substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                    &[],
+                )
+                .await
+                .map_err(PgError::db(format!("reading where recovery of {} ended", pgdata.display())))?;
+            let timeline: Option<String> = row.try_get(2).ok();
+            return Ok(RecoveryReached {
+                lsn: row.try_get::<_, Option<String>>(0).ok().flatten().unwrap_or_default(),
+                last_commit: row.try_get(1).ok().flatten(),
+                timeline: timeline.and_then(|t| u32::from_str_radix(&t, 16).ok()).unwrap_or_default(),
+                log,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
