@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use lifeboat_agent::postgres::archive;
 use lifeboat_agent::postgres::connect::ConnectArgs;
 use lifeboat_agent::postgres::stream::{self, StreamOptions, StreamStatus};
-use lifeboat_agent::postgres::wal::{self, Pushed};
+use lifeboat_agent::postgres::wal::Pushed;
+use lifeboat_agent::postgres::{archive, prefetch};
 use lifeboat_agent::repo_args::RepoArgs;
 
 /// Lifeboat's agent.
@@ -50,6 +50,13 @@ enum Command {
         name: String,
         /// Where to write it (PostgreSQL's %p).
         dest: PathBuf,
+        /// Also fetch up to this many following segments, in parallel, into
+        /// a spool beside pg_wal, for the next calls to take at once (0: off).
+        #[arg(long, default_value_t = 8)]
+        ahead: usize,
+        /// The cluster's WAL segment size in bytes (to name the next segments).
+        #[arg(long, default_value_t = 16 << 20)]
+        segment_size: u64,
     },
     /// Stream WAL from the server through a physical replication slot into
     /// the repository, in the foreground, until interrupted.
@@ -95,10 +102,13 @@ async fn run(command: Command) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::WalFetch { repo, name, dest } => {
+        Command::WalFetch { repo, name, dest, ahead, segment_size } => {
             let fetched = async {
                 let (repo, _stores) = repo.spec().open_for_objects().await?;
-                wal::fetch(&repo, &name, &dest).await.with_context(|| format!("restoring WAL file {name}"))
+                let spool = prefetch::spool_for(&repo, &dest);
+                prefetch::fetch_ahead(&repo, &name, &dest, &spool, ahead, segment_size)
+                    .await
+                    .with_context(|| format!("restoring WAL file {name}"))
             };
             match fetched.await {
                 Ok(true) => Ok(0),

@@ -8,6 +8,7 @@ pub mod basebackup;
 pub mod catalog;
 pub mod connect;
 mod error;
+pub mod prefetch;
 pub mod replication;
 pub mod restore;
 pub mod startup;

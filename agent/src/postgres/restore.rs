@@ -33,7 +33,8 @@ pub struct PgRestoreOptions {
     pub from_backup: Option<String>,
     /// Where recovery stops.
     pub target: RecoveryTarget,
-    /// The shell command PostgreSQL runs to fetch WAL (`%f`, `%p` included).
+    /// `lifeboat-agent wal-fetch` with its repository options, as a shell
+    /// command: the segment size, `%f` and `%p` are added here.
     pub restore_command: String,
     /// Reuse the files already in the target where their content matches
     /// (checked by hash) and remove what the backup does not have; without
@@ -162,7 +163,7 @@ pub async fn restore_postgres(
     let mut settings = format!(
         "\n# Added by lifeboat restore postgres from backup {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
         id.short(),
-        conf_literal(&opts.restore_command)
+        conf_literal(&format!("{} --segment-size={} %f %p", opts.restore_command, pg.wal_segment_size))
     );
     match &opts.target {
         RecoveryTarget::Latest => {}

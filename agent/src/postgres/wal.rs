@@ -119,32 +119,51 @@ pub async fn push_content(repo: &Repository, name: &str, content: Vec<u8>) -> Re
     }
 }
 
-/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`). A
-/// segment only streamed so far comes from its `.partial` upload (the end
-/// of the WAL there is). Returns false, writing nothing, when the
-/// repository has neither.
+/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`).
+/// Returns false, writing nothing, when the repository does not have it.
 #[tracing::instrument(skip(repo))]
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, PgError> {
-    let mut key = wal_key(name)?;
-    let sealed = match repo.store().get(&key).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() && is_segment(name) => {
-            key = wal_key(&format!("{name}.partial"))?;
-            match repo.store().get(&key).await {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => return Ok(false),
-                Err(e) => return Err(e.into()),
+    match read(repo, name).await? {
+        Some(found) => write_whole(dest, &found.content).await.map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// A WAL file read back from the repository.
+pub struct Fetched {
+    /// Its content.
+    pub content: Vec<u8>,
+    /// Whether it is a segment streamed only in part so far (its `.partial`).
+    pub partial: bool,
+}
+
+/// Reads WAL file `name`. A segment only streamed so far comes from its
+/// `.partial` upload (the end of the WAL there is). `None` when the
+/// repository has neither.
+pub async fn read(repo: &Repository, name: &str) -> Result<Option<Fetched>, PgError> {
+    let mut keys = vec![(wal_key(name)?, false)];
+    if is_segment(name) {
+        keys.push((wal_key(&format!("{name}.partial"))?, true));
+    }
+    for (key, partial) in keys {
+        match repo.store().get(&key).await {
+            Ok(sealed) => {
+                let content = object::open(repo.keyring(), "wal", &key, &sealed)?;
+                return Ok(Some(Fetched { content, partial }));
             }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.is_not_found() => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    let plain = object::open(repo.keyring(), "wal", &key, &sealed)?;
-    // Whole or not at all: PostgreSQL must never read a half-written segment.
+    }
+    Ok(None)
+}
+
+/// Writes `content` to `dest` whole or not at all: PostgreSQL must never
+/// read a half-written segment.
+pub async fn write_whole(dest: &Path, content: &[u8]) -> Result<(), PgError> {
     let tmp = dest.with_extension("lifeboat-tmp");
-    tokio::fs::write(&tmp, &plain).await.map_err(PgError::io("writing", &tmp))?;
-    tokio::fs::rename(&tmp, dest).await.map_err(PgError::io("placing", dest))?;
-    Ok(true)
+    tokio::fs::write(&tmp, content).await.map_err(PgError::io("writing", &tmp))?;
+    tokio::fs::rename(&tmp, dest).await.map_err(PgError::io("placing", dest))
 }
 
 /// The segment after `name` (same timeline), for segments of `segment_size` bytes.

@@ -109,7 +109,6 @@ impl PgRestoreArgs {
             let key = std::path::absolute(key).with_context(|| format!("resolving {}", key.display()))?;
             command.push(format!("--key-file={}", sh_quote(&key.display().to_string())));
         }
-        command.extend(["%f".to_owned(), "%p".to_owned()]);
         let target = match (self.to_time, self.to_lsn) {
             (Some(t), _) => RecoveryTarget::Time(t),
             (None, Some(l)) => RecoveryTarget::Lsn(l),
