@@ -511,3 +511,37 @@ fn restore_starts_the_server_and_a_delta_restore_rewrites_only_what_differs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("postmaster.pid"));
 }
+
+#[test]
+fn a_corrupt_page_is_reported_by_file_and_block_and_the_backup_completes_marked() {
+    let env = env_for_postgres();
+    let mut pg = Cluster::init(env.dir.path(), "primary", &format!("{}autovacuum = off\n", archive_conf(&env)));
+    pg.start();
+    pg.sql("CREATE TABLE t AS SELECT g AS n, md5(g::text) AS pad FROM generate_series(1, 20000) g");
+    let rel = pg.sql("SELECT pg_relation_filepath('t')");
+    pg.sql("CHECKPOINT");
+    pg.stop();
+    // Bit rot in block 5, on disk only (the server is down, nothing reads it after).
+    let f = std::fs::OpenOptions::new().write(true).open(pg.pgdata.join(&rel)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xFF; 16], 5 * 8192 + 4000).unwrap();
+    pg.start();
+
+    let mut args =
+        vec!["backup".to_owned(), "postgres".to_owned(), "--pgdata".to_owned(), pg.pgdata.display().to_string()];
+    args.extend(pg.conn_args());
+    let out = env.cmd().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("page checksum mismatch in {rel} block 5 ")), "{err}");
+    assert!(err.contains("page checksums verified on"), "{err}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&["backups", "postgres", "--json"])).unwrap();
+    let backup = listed.as_array().unwrap().iter().find(|b| b["id"] == id.as_str()).unwrap();
+    assert_eq!(backup["corrupt_pages"].as_array().unwrap().len(), 1, "{backup}");
+    assert_eq!(backup["corrupt_pages"][0]["file"], rel.as_str());
+    assert_eq!(backup["corrupt_pages"][0]["block"], 5);
+    assert!(backup["pages_verified"].as_u64().unwrap() > 100, "{backup}");
+    let table = env.ok(&["backups", "postgres"]);
+    assert!(table.contains("1 CORRUPT PAGES"), "{table}");
+}

@@ -50,6 +50,16 @@ pub struct BackupOptions {
     pub parent: Option<SnapshotId>,
     /// File worker threads (0: one per core).
     pub threads: usize,
+    /// A check run over each file's bytes as they are read.
+    pub content_check: Option<Arc<dyn ContentCheck>>,
+}
+
+/// A check that sees a file's bytes as the backup reads them, so checking
+/// costs no second read (PostgreSQL's page checksums are one).
+pub trait ContentCheck: Send + Sync + std::fmt::Debug {
+    /// The checker for one file, or `None` for files it does not check; it
+    /// is called with the file's bytes in order, in pieces of any size.
+    fn for_file(&self, path: &Path) -> Option<Box<dyn FnMut(&[u8]) + Send>>;
 }
 
 /// Result of a backup: the snapshot, and what could not be read.
@@ -148,7 +158,7 @@ pub async fn capture(
         let progress = progress.clone();
         let roots = roots.clone();
         tokio::task::spawn_blocking(move || {
-            Pipeline::new(repo, runtime, filter, progress, opts.threads).run(&roots, parent_tree)
+            Pipeline::new(repo, runtime, filter, progress, opts.threads, opts.content_check).run(&roots, parent_tree)
         })
     };
     let (tree, summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
@@ -249,13 +259,22 @@ struct Pipeline {
     threads: usize,
     seen: SeenBlobs,
     counters: Counters,
+    content_check: Option<Arc<dyn ContentCheck>>,
 }
 
 impl Pipeline {
-    fn new(repo: Repository, runtime: Handle, filter: Filter, progress: Arc<Progress>, threads: usize) -> Self {
+    fn new(
+        repo: Repository,
+        runtime: Handle,
+        filter: Filter,
+        progress: Arc<Progress>,
+        threads: usize,
+        content_check: Option<Arc<dyn ContentCheck>>,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let threads = if threads == 0 { cores.max(2) } else { threads };
-        Pipeline { repo, runtime, filter, progress, threads, seen: SeenBlobs::default(), counters: Counters::default() }
+        let (seen, counters) = (SeenBlobs::default(), Counters::default());
+        Pipeline { repo, runtime, filter, progress, threads, seen, counters, content_check }
     }
 
     fn run(self, roots: &[PathBuf], parent: Option<Tree>) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
@@ -347,7 +366,11 @@ impl Pipeline {
         let keyring = self.repo.keyring();
         let mut content = Vec::new();
         let mut read = 0u64;
+        let mut check = self.content_check.as_ref().and_then(|c| c.for_file(path));
         let r = chunker.chunk_reader(file, |chunk| {
+            if let Some(check) = check.as_mut() {
+                check(chunk);
+            }
             let len = chunk.len() as u64;
             read += len;
             let id = blob_id(keyring, chunk);

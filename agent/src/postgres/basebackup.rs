@@ -12,8 +12,9 @@ use lifeboat_common::repo::snapshot::PostgresBackup;
 use lifeboat_common::repo::{Repository, SnapshotId};
 
 use super::PgError;
+use super::checksum::{PAGE_SIZE, PageChecks};
 use super::connect::ConnectArgs;
-use crate::files::{BackupOptions, BackupOutcome, capture};
+use crate::files::{BackupOptions, BackupOutcome, ContentCheck, capture};
 use crate::progress::Progress;
 
 /// What to back up.
@@ -72,13 +73,15 @@ pub async fn backup_postgres(
         .query_one(
             "SELECT current_setting('data_directory'), current_setting('server_version_num')::int, \
              (SELECT system_identifier::text FROM pg_control_system()), \
-             (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')",
-            &[],
+             (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
+             current_setting('data_checksums') = 'on' AND current_setting('block_size')::int = $1",
+            &[&(PAGE_SIZE as i32)],
         )
         .await
         .map_err(PgError::db("reading the cluster's identity"))?;
     let (data_directory, version, system_identifier, wal_segment_size): (String, i32, String, i64) =
         (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?);
+    let verify_pages: bool = col(&row, 4)?;
     if std::fs::canonicalize(&data_directory).ok().as_ref() != Some(&pgdata) {
         return Err(PgError::Usage(format!(
             "{} serves data directory {data_directory}, not {}",
@@ -100,6 +103,10 @@ pub async fn backup_postgres(
     let (start_lsn, start_wal, timeline): (String, String, i32) = (col(&start, 0)?, col(&start, 1)?, col(&start, 2)?);
     tracing::info!(%start_lsn, %start_wal, "backup started");
 
+    let checks = verify_pages.then(|| {
+        let start = super::restore::parse_lsn(&start_lsn).unwrap_or(u64::MAX);
+        Arc::new(PageChecks::new(pgdata.clone(), start))
+    });
     let root = pgdata.display().to_string();
     let mut excludes: Vec<String> = EXCLUDED_IN_PGDATA.iter().map(|e| format!("{root}/{e}")).collect();
     excludes.extend(EXCLUDED_NAMES.iter().map(|e| e.to_string()));
@@ -114,6 +121,7 @@ pub async fn backup_postgres(
         force: true,
         parent: None::<SnapshotId>,
         threads: opts.threads,
+        content_check: checks.clone().map(|c| c as Arc<dyn ContentCheck>),
     };
     let captured = capture(repo, files, "postgres", progress).await;
 
@@ -127,6 +135,7 @@ pub async fn backup_postgres(
         (col(&stop, 0)?, col(&stop, 1)?, col(&stop, 2)?, col(&stop, 3)?);
     tracing::info!(%stop_lsn, %stop_wal, "backup stopped; its WAL is archived");
 
+    let (pages_verified, corrupt_pages) = checks.map(|c| c.results()).unwrap_or_default();
     let (mut snapshot, warnings) = captured.snapshot("postgres", opts.hostname, opts.tags);
     snapshot.postgres = Some(PostgresBackup {
         pgdata: root,
@@ -141,6 +150,8 @@ pub async fn backup_postgres(
         stop_time: Utc::now(),
         backup_label,
         tablespace_map,
+        pages_verified,
+        corrupt_pages,
     });
     let id = repo.save_snapshot(&snapshot).await?;
     Ok(BackupOutcome { id, snapshot, warnings })

@@ -36,6 +36,10 @@ pub struct BaseBackup {
     pub wal_gap_at: Option<String>,
     /// Why it cannot be restored, if it cannot (its own WAL is missing).
     pub unusable: Option<String>,
+    /// Pages whose checksum was verified while it was taken.
+    pub pages_verified: u64,
+    /// Pages that failed their checksum (held as read).
+    pub corrupt_pages: Vec<lifeboat_common::repo::snapshot::CorruptPage>,
 }
 
 /// Every PostgreSQL base backup, oldest first, with how far each recovers.
@@ -70,6 +74,8 @@ pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>, PgError>
             recoverable_to_lsn: to,
             wal_gap_at: gap,
             unusable,
+            pages_verified: pg.pages_verified,
+            corrupt_pages: pg.corrupt_pages,
         });
     }
     Ok(out)

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod basebackup;
 pub mod catalog;
+pub mod checksum;
 pub mod connect;
 mod error;
 pub mod prefetch;

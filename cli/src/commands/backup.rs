@@ -88,7 +88,18 @@ impl PostgresArgs {
         for w in &outcome.warnings {
             eprintln!("lifeboat: warning: {w}");
         }
-        Ok(if outcome.warnings.is_empty() { 0 } else { EXIT_PARTIAL })
+        let corrupt = outcome.snapshot.postgres.as_ref().map_or(&[][..], |pg| &pg.corrupt_pages[..]);
+        match outcome.snapshot.postgres.as_ref().map_or(0, |pg| pg.pages_verified) {
+            0 if corrupt.is_empty() => eprintln!("page checksums not verified: the cluster has no data checksums"),
+            n => eprintln!("page checksums verified on {n} pages"),
+        }
+        for page in corrupt {
+            eprintln!(
+                "lifeboat: warning: page checksum mismatch in {} block {} (stored {:#06x}, content has {:#06x}); the backup holds the page as read and is marked",
+                page.file, page.block, page.found, page.expected
+            );
+        }
+        Ok(if outcome.warnings.is_empty() && corrupt.is_empty() { 0 } else { EXIT_PARTIAL })
     }
 }
 
@@ -144,6 +155,7 @@ impl BackupCommand {
             force: args.force,
             parent,
             threads: args.threads,
+            content_check: None,
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("backup", progress.clone());

@@ -49,6 +49,13 @@ impl BackupsCommand {
                 }
                 (None, None) => "-".into(),
             };
+            let window = match b.corrupt_pages.len() {
+                0 => window,
+                n => format!(
+                    "{window}; {n} CORRUPT PAGES (first: {} block {})",
+                    b.corrupt_pages[0].file, b.corrupt_pages[0].block
+                ),
+            };
             println!(
                 "{:<10} {:<20} {:<20} {:>3} {:<23} {:>10} {:>10}  {window}",
                 &b.id[..8],

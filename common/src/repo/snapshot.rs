@@ -83,6 +83,26 @@ pub struct PostgresBackup {
     pub backup_label: String,
     /// Contents of `tablespace_map` (empty without tablespaces).
     pub tablespace_map: String,
+    /// Pages whose checksum was verified as they were read (0: the cluster
+    /// has no data checksums).
+    #[serde(default)]
+    pub pages_verified: u64,
+    /// Pages whose checksum did not match: the backup holds them as read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrupt_pages: Vec<CorruptPage>,
+}
+
+/// A data page that failed its checksum during a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptPage {
+    /// The relation file, relative to the data directory.
+    pub file: String,
+    /// Block number in the relation.
+    pub block: u64,
+    /// The checksum the page's content has.
+    pub expected: u16,
+    /// The checksum stored in the page.
+    pub found: u16,
 }
 
 /// PostgreSQL's default WAL segment size (16 MiB).
