@@ -59,8 +59,11 @@ pub struct BackupOptions {
 pub trait ContentCheck: Send + Sync + std::fmt::Debug {
     /// The checker for one file, or `None` for files it does not check; it
     /// is called with the file's bytes in order, in pieces of any size.
-    fn for_file(&self, path: &Path) -> Option<Box<dyn FnMut(&[u8]) + Send>>;
+    fn for_file(&self, path: &Path) -> Option<FileChecker>;
 }
+
+/// One file's checker: called with the file's bytes in order.
+pub type FileChecker = Box<dyn FnMut(&[u8]) + Send>;
 
 /// Result of a backup: the snapshot, and what could not be read.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use lifeboat_common::repo::snapshot::CorruptPage;
 
-use crate::files::ContentCheck;
+use crate::files::{ContentCheck, FileChecker};
 
 /// The page size whose checksums this verifies (PostgreSQL's default BLCKSZ).
 pub const PAGE_SIZE: usize = 8192;
@@ -119,7 +119,7 @@ impl PageChecks {
 }
 
 impl ContentCheck for PageChecks {
-    fn for_file(&self, path: &Path) -> Option<Box<dyn FnMut(&[u8]) + Send>> {
+    fn for_file(&self, path: &Path) -> Option<FileChecker> {
         let relative = path.strip_prefix(&self.pgdata).ok()?;
         let first_block = relation_first_block(relative)?;
         let mut file = FilePages {
