@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lifeboat_agent::postgres::restore::parse_lsn;
-use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, workspace_bin};
+use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir, workspace_bin};
 use support::Env;
 
 /// A local repository and key the postgres user (running archive_command) can use.
@@ -544,4 +544,53 @@ fn a_corrupt_page_is_reported_by_file_and_block_and_the_backup_completes_marked(
     assert!(backup["pages_verified"].as_u64().unwrap() > 100, "{backup}");
     let table = env.ok(&["backups", "postgres"]);
     assert!(table.contains("1 CORRUPT PAGES"), "{table}");
+}
+
+#[test]
+fn tablespaces_are_backed_up_and_restored_where_mapped() {
+    let env = env_for_postgres();
+    let ts = postgres_dir(env.dir.path(), "ts");
+    let mut pg = Cluster::init(env.dir.path(), "primary", &archive_conf(&env));
+    pg.start();
+    pg.sql(&format!("CREATE TABLESPACE extra LOCATION '{}'", ts.display()));
+    pg.sql("CREATE TABLE far (n int) TABLESPACE extra");
+    pg.sql("INSERT INTO far SELECT generate_series(1, 10000)");
+    base_backup(&env, &pg);
+    pg.sql("INSERT INTO far SELECT generate_series(10001, 10100)");
+    archive_current_wal(&pg);
+    pg.stop();
+
+    // Where the tablespace was is not empty: refused before anything is written.
+    let dir = env.path("restored");
+    let out =
+        env.cmd().args(["restore", "postgres", "--target-dir", dir.to_str().unwrap(), "--latest"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("{} is not empty", ts.display())), "{err}");
+    assert!(!dir.exists());
+
+    let moved = postgres_dir(env.dir.path(), "ts-moved");
+    let mapping = format!("extra={}", moved.display());
+    let restored = restore_and_start(&env, &pg, "restored", &["--latest", "--tablespace-map", &mapping]);
+    assert_eq!(restored.sql("SELECT count(*) FROM far"), "10100");
+    assert_eq!(
+        restored.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"),
+        moved.display().to_string()
+    );
+    let bad = env
+        .cmd()
+        .args([
+            "restore",
+            "postgres",
+            "--target-dir",
+            env.path("other").to_str().unwrap(),
+            "--tablespace-map",
+            "nope=/tmp/x",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no tablespace \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

@@ -66,6 +66,20 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
+impl RestoreReport {
+    /// Adds another restore's counts (e.g. of a second root) to this one.
+    pub fn absorb(&mut self, other: RestoreReport) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.others += other.others;
+        self.bytes += other.bytes;
+        self.bytes_reused += other.bytes_reused;
+        self.deleted += other.deleted;
+        self.failed.extend(other.failed);
+        self.warnings.extend(other.warnings);
+    }
+}
+
 struct PlannedFile {
     path: PathBuf,
     meta: Metadata,

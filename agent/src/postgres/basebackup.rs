@@ -1,6 +1,6 @@
 //! Base backups of a running cluster through the non-exclusive backup API:
 //! `pg_backup_start` on a session held open for the whole backup, the data
-//! directory captured by the file pipeline (so a second backup stores only
+//! directory and every tablespace captured by the file pipeline (so a second backup stores only
 //! what changed), then `pg_backup_stop`, whose `backup_label` and
 //! `tablespace_map` are kept in the snapshot.
 
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
-use lifeboat_common::repo::snapshot::PostgresBackup;
+use lifeboat_common::repo::snapshot::{PostgresBackup, Tablespace};
 use lifeboat_common::repo::{Repository, SnapshotId};
 
 use super::PgError;
@@ -90,6 +90,26 @@ pub async fn backup_postgres(
         )));
     }
 
+    let rows = client
+        .query(
+            "SELECT oid::int8, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+             WHERE pg_tablespace_location(oid) <> '' ORDER BY oid",
+            &[],
+        )
+        .await
+        .map_err(PgError::db("listing tablespaces"))?;
+    let mut tablespaces = Vec::new();
+    for row in &rows {
+        let oid: i64 = col(row, 0)?;
+        let location: String = col(row, 2)?;
+        let resolved = std::fs::canonicalize(&location).map_err(PgError::io("resolving tablespace", &location))?;
+        tablespaces.push(Tablespace {
+            oid: u32::try_from(oid).unwrap_or_default(),
+            name: col(row, 1)?,
+            location: resolved.display().to_string(),
+        });
+    }
+
     let label = format!("lifeboat {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ"));
     // Held open until pg_backup_stop: a non-exclusive backup ends with its session.
     let start = client
@@ -105,13 +125,14 @@ pub async fn backup_postgres(
 
     let checks = verify_pages.then(|| {
         let start = super::restore::parse_lsn(&start_lsn).unwrap_or(u64::MAX);
-        Arc::new(PageChecks::new(pgdata.clone(), start))
+        let roots = tablespaces.iter().map(|t| (t.oid, PathBuf::from(&t.location))).collect();
+        Arc::new(PageChecks::new(pgdata.clone(), roots, start))
     });
     let root = pgdata.display().to_string();
     let mut excludes: Vec<String> = EXCLUDED_IN_PGDATA.iter().map(|e| format!("{root}/{e}")).collect();
     excludes.extend(EXCLUDED_NAMES.iter().map(|e| e.to_string()));
     let files = BackupOptions {
-        paths: vec![pgdata.clone()],
+        paths: std::iter::once(pgdata.clone()).chain(tablespaces.iter().map(|t| PathBuf::from(&t.location))).collect(),
         includes: Vec::new(),
         excludes,
         tags: opts.tags.clone(),
@@ -150,6 +171,7 @@ pub async fn backup_postgres(
         stop_time: Utc::now(),
         backup_label,
         tablespace_map,
+        tablespaces,
         pages_verified,
         corrupt_pages,
     });

@@ -99,14 +99,26 @@ struct Found {
 #[derive(Debug)]
 pub struct PageChecks {
     pgdata: PathBuf,
+    /// Tablespace directories by OID, whose files are named as under `pg_tblspc/<oid>`.
+    tablespaces: Vec<(u32, PathBuf)>,
     start_lsn: u64,
     found: Arc<Mutex<Found>>,
 }
 
 impl PageChecks {
-    /// Checks for a backup of `pgdata` that started at `start_lsn`.
-    pub fn new(pgdata: PathBuf, start_lsn: u64) -> Self {
-        PageChecks { pgdata, start_lsn, found: Arc::default() }
+    /// Checks for a backup of `pgdata` and its `tablespaces` that started at `start_lsn`.
+    pub fn new(pgdata: PathBuf, tablespaces: Vec<(u32, PathBuf)>, start_lsn: u64) -> Self {
+        PageChecks { pgdata, tablespaces, start_lsn, found: Arc::default() }
+    }
+
+    /// `path` as PostgreSQL names it from the data directory.
+    fn relative(&self, path: &Path) -> Option<PathBuf> {
+        if let Ok(r) = path.strip_prefix(&self.pgdata) {
+            return Some(r.to_owned());
+        }
+        self.tablespaces.iter().find_map(|(oid, dir)| {
+            path.strip_prefix(dir).ok().map(|r| Path::new("pg_tblspc").join(oid.to_string()).join(r))
+        })
     }
 
     /// Pages verified, and those that failed (sorted by file and block).
@@ -120,8 +132,8 @@ impl PageChecks {
 
 impl ContentCheck for PageChecks {
     fn for_file(&self, path: &Path) -> Option<FileChecker> {
-        let relative = path.strip_prefix(&self.pgdata).ok()?;
-        let first_block = relation_first_block(relative)?;
+        let relative = self.relative(path)?;
+        let first_block = relation_first_block(&relative)?;
         let mut file = FilePages {
             path: path.to_owned(),
             relative: relative.display().to_string(),

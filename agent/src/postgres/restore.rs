@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lifeboat_common::repo::snapshot::{PostgresBackup, Snapshot};
+use lifeboat_common::repo::snapshot::{PostgresBackup, Snapshot, Tablespace};
 use lifeboat_common::repo::{Repository, SnapshotId};
 
 use super::{PgError, wal};
@@ -40,6 +40,8 @@ pub struct PgRestoreOptions {
     /// (checked by hash) and remove what the backup does not have; without
     /// it the target must be empty.
     pub delta: bool,
+    /// Where to put tablespaces, by OID or name (default: where they were).
+    pub tablespace_map: Vec<(String, PathBuf)>,
     /// Worker threads (0: automatic).
     pub threads: usize,
 }
@@ -86,6 +88,29 @@ async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotI
     })
 }
 
+/// Where each tablespace of the backup goes: as mapped (by OID or name),
+/// else where it was.
+fn tablespace_targets(pg: &PostgresBackup, map: &[(String, PathBuf)]) -> Result<Vec<(Tablespace, PathBuf)>, PgError> {
+    for (key, _) in map {
+        if !pg.tablespaces.iter().any(|t| t.oid.to_string() == *key || t.name == *key) {
+            let known: Vec<String> = pg.tablespaces.iter().map(|t| format!("{} ({})", t.name, t.oid)).collect();
+            return Err(PgError::Usage(format!(
+                "the backup has no tablespace {key:?} to map (it has: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )));
+        }
+    }
+    pg.tablespaces
+        .iter()
+        .map(|t| {
+            let mapped = map.iter().find(|(k, _)| t.oid.to_string() == *k || t.name == *k).map(|(_, d)| d.clone());
+            let dir = mapped.unwrap_or_else(|| PathBuf::from(&t.location));
+            let dir = std::path::absolute(&dir).map_err(PgError::io("resolving", &dir))?;
+            Ok((t.clone(), dir))
+        })
+        .collect()
+}
+
 /// A value as a quoted string literal of postgresql.conf.
 fn conf_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -121,34 +146,45 @@ pub async fn restore_postgres(
         tracing::warn!("{message}");
     }
     let target = &opts.target_dir;
-    if opts.delta {
-        if target.join("postmaster.pid").exists() {
-            return Err(PgError::Usage(format!(
-                "{} has a postmaster.pid: stop the server using it first (or remove the file if it crashed)",
-                target.display()
-            )));
-        }
-    } else if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
+    if opts.delta && target.join("postmaster.pid").exists() {
         return Err(PgError::Usage(format!(
-            "{} is not empty: restore into a new directory, or give --delta to reuse what matches",
+            "{} has a postmaster.pid: stop the server using it first (or remove the file if it crashed)",
             target.display()
         )));
     }
-    let files = restore_files(
-        repo,
-        &snapshot,
-        RestoreOptions {
-            target: target.clone(),
-            sub_path: Some(pg.pgdata.clone()),
-            // A delta restore leaves nothing of the old cluster behind
-            // (stale WAL in pg_wal would confuse recovery).
-            delete: opts.delta,
-            delta: opts.delta,
-            threads: opts.threads,
-        },
-        progress,
-    )
-    .await?;
+    let tablespaces = tablespace_targets(&pg, &opts.tablespace_map)?;
+    let roots = std::iter::once((pg.pgdata.clone(), target.clone()))
+        .chain(tablespaces.iter().map(|(t, dir)| (t.location.clone(), dir.clone())));
+    let roots: Vec<(String, PathBuf)> = roots.collect();
+    if !opts.delta {
+        for (_, dir) in &roots {
+            if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+                return Err(PgError::Usage(format!(
+                    "{} is not empty: restore into new directories (--tablespace-map moves tablespaces), or give --delta to reuse what matches",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let mut files = RestoreReport::default();
+    for (sub_path, dir) in roots {
+        let restored = restore_files(
+            repo,
+            &snapshot,
+            RestoreOptions {
+                target: dir,
+                sub_path: Some(sub_path),
+                // A delta restore leaves nothing of the old cluster behind
+                // (stale WAL in pg_wal would confuse recovery).
+                delete: opts.delta,
+                delta: opts.delta,
+                threads: opts.threads,
+            },
+            progress.clone(),
+        )
+        .await?;
+        files.absorb(restored);
+    }
 
     let write = |name: &str, content: &str| -> Result<(), PgError> {
         let path = target.join(name);
@@ -156,7 +192,11 @@ pub async fn restore_postgres(
         owned_like_target(target, &path)
     };
     write("backup_label", &pg.backup_label)?;
-    if !pg.tablespace_map.is_empty() {
+    // PostgreSQL makes pg_tblspc's links from this file when it starts.
+    if !tablespaces.is_empty() {
+        let map: String = tablespaces.iter().map(|(t, dir)| format!("{} {}\n", t.oid, dir.display())).collect();
+        write("tablespace_map", &map)?;
+    } else if !pg.tablespace_map.is_empty() {
         write("tablespace_map", &pg.tablespace_map)?;
     }
     write("recovery.signal", "")?;

@@ -58,6 +58,9 @@ struct PgRestoreArgs {
     /// files whose content matches, rewrite only what differs, delete the rest.
     #[arg(long)]
     delta: bool,
+    /// Put a tablespace (by name or OID) in another directory: NAME=DIR; repeatable.
+    #[arg(long, value_parser = parse_tablespace_map)]
+    tablespace_map: Vec<(String, PathBuf)>,
     /// Then start the server (as the directory's owner, with pg_ctl) and
     /// wait until recovery ends, printing the point it reached.
     #[arg(long)]
@@ -83,6 +86,14 @@ impl RestoreCommand {
             Some(RestoreSub::Postgres(pg)) => pg.run().await,
             None => self.files.run().await,
         }
+    }
+}
+
+/// `NAME=DIR` of --tablespace-map.
+fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_owned(), PathBuf::from(dir))),
+        _ => Err(format!("{s:?} is not NAME=DIR")),
     }
 }
 
@@ -120,6 +131,7 @@ impl PgRestoreArgs {
             target: target.clone(),
             restore_command: command.join(" "),
             delta: self.delta,
+            tablespace_map: self.tablespace_map,
             threads: self.threads,
         };
         let started = std::time::Instant::now();

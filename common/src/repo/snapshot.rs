@@ -83,6 +83,9 @@ pub struct PostgresBackup {
     pub backup_label: String,
     /// Contents of `tablespace_map` (empty without tablespaces).
     pub tablespace_map: String,
+    /// Tablespaces outside the data directory, captured beside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
     /// Pages whose checksum was verified as they were read (0: the cluster
     /// has no data checksums).
     #[serde(default)]
@@ -90,6 +93,17 @@ pub struct PostgresBackup {
     /// Pages whose checksum did not match: the backup holds them as read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrupt_pages: Vec<CorruptPage>,
+}
+
+/// A tablespace of a PostgreSQL backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    /// Its OID (the name of its link in `pg_tblspc`).
+    pub oid: u32,
+    /// Its name.
+    pub name: String,
+    /// Its directory on the backed-up server: its path in the snapshot.
+    pub location: String,
 }
 
 /// A data page that failed its checksum during a backup.
