@@ -29,3 +29,62 @@ fn wal_commands_fail_clearly() {
     assert_eq!(out.status.code(), Some(126), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lifeboat-agent: error:"));
 }
+
+#[tokio::test]
+async fn wal_push_killed_mid_upload_leaves_nothing_half_written_and_the_retry_succeeds() {
+    use std::sync::Arc;
+
+    use lifeboat_common::crypto::MasterKey;
+    use lifeboat_common::repo::Repository;
+    use lifeboat_common::store::LocalStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let master = MasterKey::generate().unwrap();
+    master.save_new(&key).unwrap();
+    Repository::init(Arc::new(LocalStore::new(dir.path().join("repo"))), &master).await.unwrap();
+    let repo_args = [format!("--repo={}", dir.path().join("repo").display()), format!("--key-file={}", key.display())];
+
+    // A segment that takes a moment to compress and seal (little repeats).
+    let pg_wal = dir.path().join("pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let segment: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let fetched = dir.path().join("fetched");
+    let state = dir.path().join("state");
+
+    for (i, delay_ms) in [2, 10, 30, 80, 200].into_iter().enumerate() {
+        let name = &format!("0000000100000000000000{:02X}", i + 1);
+        std::fs::write(pg_wal.join(name), &segment).unwrap();
+        let mut push = agent()
+            .env("LIFEBOAT_STATE_DIR", &state)
+            .arg("wal-push")
+            .args(&repo_args)
+            .arg(pg_wal.join(name))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        push.kill().unwrap();
+        push.wait().unwrap();
+        // Absent (exit 1) or whole: never a damaged object.
+        let out = agent().arg("wal-fetch").args(&repo_args).arg(name).arg(&fetched).output().unwrap();
+        match out.status.code() {
+            Some(1) => assert!(!fetched.exists()),
+            Some(0) => assert!(std::fs::read(&fetched).unwrap() == segment, "a different segment came back"),
+            other => panic!("fetch after a kill at {delay_ms} ms: {other:?} {}", String::from_utf8_lossy(&out.stderr)),
+        }
+        // PostgreSQL retries: that succeeds whether or not the kill landed first.
+        let out = agent()
+            .env("LIFEBOAT_STATE_DIR", &state)
+            .arg("wal-push")
+            .args(&repo_args)
+            .arg(pg_wal.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::remove_file(&fetched).ok();
+        let out = agent().arg("wal-fetch").args(&repo_args).arg(name).arg(&fetched).output().unwrap();
+        assert!(out.status.success());
+        assert!(std::fs::read(&fetched).unwrap() == segment);
+        std::fs::remove_file(&fetched).ok();
+    }
+}
