@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lifeboat_agent::postgres::restore::parse_lsn;
-use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir, workspace_bin};
+use lifeboat_integration_tests::postgres::{
+    Cluster, as_postgres, give_to_postgres, pg_bin, postgres_dir, workspace_bin,
+};
 use support::Env;
 
 /// A local repository and key the postgres user (running archive_command) can use.
@@ -593,4 +595,65 @@ fn tablespaces_are_backed_up_and_restored_where_mapped() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+#[test]
+fn streaming_from_a_standby_follows_its_promotion_onto_the_new_timeline() {
+    let (env, mut primary) = primary_with_backup();
+    primary.sql("INSERT INTO events(n) VALUES (1)");
+
+    // A streaming standby of the primary, made by pg_basebackup.
+    let standby_dir = postgres_dir(env.dir.path(), "standby");
+    let run_dir = postgres_dir(env.dir.path(), "standby-run");
+    let pgdata = standby_dir.join("data");
+    let out = as_postgres(&pg_bin("pg_basebackup"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ])
+        .arg("-D")
+        .arg(&pgdata)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut auto = std::fs::OpenOptions::new().append(true).open(pgdata.join("postgresql.auto.conf")).unwrap();
+    std::io::Write::write_all(
+        &mut auto,
+        format!("port = {port}\nunix_socket_directories = '{}'\n", run_dir.display()).as_bytes(),
+    )
+    .unwrap();
+    let mut standby = Cluster::existing(&pgdata, &run_dir, port);
+    standby.start();
+
+    // The agent streams from the standby, through a slot there.
+    let mut streamer = Streamer::start(&env, &standby, "stream", &[]);
+    primary.sql("INSERT INTO events(n) VALUES (2)");
+    let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+    streamer.wait_stored(&lsn, Duration::from_secs(30));
+
+    // Promoted, the standby ends timeline 1 and writes on 2; the agent follows.
+    assert_eq!(standby.sql("SELECT pg_promote()"), "t");
+    primary.kill();
+    standby.sql("INSERT INTO events(n) VALUES (3)");
+    let lsn = standby.sql("SELECT pg_current_wal_lsn()");
+    let want = parse_lsn(&lsn).unwrap();
+    streamer.wait_for(Duration::from_secs(30), |s| {
+        s["timeline"] == 2 && s["stored_lsn"].as_str().and_then(parse_lsn).is_some_and(|l| l >= want)
+    });
+    assert!(env.repo.join("wal/00000002/00000002.history").exists(), "the new timeline's history was not stored");
+    standby.kill();
+    streamer.kill();
+
+    let restored = restore_and_start(&env, &primary, "restored", &["--latest"]);
+    assert_eq!(restored.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,3");
 }

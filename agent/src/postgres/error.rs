@@ -31,7 +31,7 @@ pub enum PgError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Not a name PostgreSQL gives WAL files.
-    #[error("{0:?} is not a WAL file name (segment, .partial, .history or .backup)")]
+    #[error("{0:?} is not a WAL file name (segment, .partial, .stream, .history or .backup)")]
     BadWalName(String),
     /// A WAL file already archived with other content.
     #[error(

@@ -4,8 +4,8 @@
 //! next segments into a spool beside `pg_wal` (same file system, so handing
 //! one over is a rename), and later calls take them from there.
 //!
-//! Only whole segments are spooled: a `.partial` may still grow while the
-//! streamer runs, so it is always read fresh.
+//! Only whole segments are spooled: one streamed in part may still grow
+//! while the streamer runs, so it is always read fresh.
 
 use std::path::{Path, PathBuf};
 
@@ -114,7 +114,7 @@ mod tests {
             wal::push_content(&repo, n, vec![i as u8; 4096]).await.unwrap();
         }
         // The fourth is only streamed so far: never spooled.
-        let partial = format!("{}.partial", names[3]);
+        let partial = format!("{}{}", names[3], wal::STREAMING_SUFFIX);
         let key = wal::wal_key(&partial).unwrap();
         let moved = repo.store().get(&wal::wal_key(&names[3]).unwrap()).await.unwrap();
         repo.store().put(&key, moved).await.unwrap();

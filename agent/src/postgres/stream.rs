@@ -1,7 +1,7 @@
 //! WAL streaming: the agent is a physical standby of the primary, through a
 //! replication slot, and stores what it receives in the repository: every
 //! completed segment as the archive would, and the segment being written as
-//! `<name>.partial`, replaced every few seconds (or at once, in synchronous
+//! `<name>.stream`, replaced every few seconds (or at once, in synchronous
 //! mode). It reports a position flushed only once the repository holds it,
 //! so the slot keeps on the primary every byte not yet stored (nothing is
 //! lost while the agent is down), and a synchronous standby entry for it
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::PgError;
 use super::connect::ConnectArgs;
 use super::replication::{ReplicationConn, Streamed, format_lsn};
-use super::wal::{self, Pushed};
+use super::wal::{self, Pushed, STREAMING_SUFFIX};
 
 /// Completed segments waiting for upload before reading pauses (memory bound).
 const MAX_QUEUED: usize = 4;
@@ -107,11 +107,11 @@ impl Job {
                 if pushed == Pushed::AlreadyThere {
                     tracing::debug!(%name, "segment already archived");
                 }
-                repo.store().delete(&wal::wal_key(&format!("{name}.partial"))?).await?;
+                repo.store().delete(&wal::wal_key(&format!("{name}{STREAMING_SUFFIX}"))?).await?;
             }
             Job::Partial { name, content, .. } => {
                 let (sealed, _) = wal::seal(repo, content.clone()).await?;
-                repo.store().put(&wal::wal_key(&format!("{name}.partial"))?, sealed).await?;
+                repo.store().put(&wal::wal_key(&format!("{name}{STREAMING_SUFFIX}"))?, sealed).await?;
             }
             Job::History { name, content } => {
                 wal::push_content(repo, name, content.clone()).await?;
@@ -362,8 +362,8 @@ async fn session(
                         ending = Some(Err(PgError::Replication("the server ended the stream".into())));
                         continue;
                     };
-                    // The old timeline's last segment stays partial, as
-                    // PostgreSQL's own archiver leaves it at a promotion.
+                    // The old timeline's last segment stays partial (a
+                    // promoted server archives its own copy as `.partial`).
                     if !seg.data.is_empty() {
                         let mut content = std::mem::take(&mut seg.data);
                         let end = seg.start + content.len() as u64;

@@ -54,14 +54,19 @@ pub fn wal_name(path: &Path) -> Result<String, PgError> {
     Ok(name.to_owned())
 }
 
+/// Suffix of the object holding a segment streamed only in part so far.
+/// (Not PostgreSQL's `.partial`: that is the abandoned tail of a timeline
+/// a promoted standby archives, and the two must not collide.)
+pub const STREAMING_SUFFIX: &str = ".stream";
+
 /// The store key of WAL file `name`: a segment (`000000010000000000000003`,
-/// optionally `.partial`), a timeline history (`00000002.history`) or a
-/// backup history file (`….00000028.backup`).
+/// optionally `.partial`, or `.stream` while streamed), a timeline history
+/// (`00000002.history`) or a backup history file (`….00000028.backup`).
 pub fn wal_key(name: &str) -> Result<String, PgError> {
     let bad = || PgError::BadWalName(name.to_owned());
     let valid = match name.split_once('.') {
         None => is_segment(name),
-        Some((seg, "partial")) => is_segment(seg),
+        Some((seg, "partial" | "stream")) => is_segment(seg),
         Some((tli, "history")) => tli.len() == 8 && is_hex(tli),
         Some((seg, rest)) => is_segment(seg) && rest.strip_suffix(".backup").is_some_and(|o| o.len() == 8 && is_hex(o)),
     };
@@ -133,17 +138,17 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, P
 pub struct Fetched {
     /// Its content.
     pub content: Vec<u8>,
-    /// Whether it is a segment streamed only in part so far (its `.partial`).
+    /// Whether it is a segment streamed only in part so far.
     pub partial: bool,
 }
 
 /// Reads WAL file `name`. A segment only streamed so far comes from its
-/// `.partial` upload (the end of the WAL there is). `None` when the
+/// latest upload (the end of the WAL there is). `None` when the
 /// repository has neither.
 pub async fn read(repo: &Repository, name: &str) -> Result<Option<Fetched>, PgError> {
     let mut keys = vec![(wal_key(name)?, false)];
     if is_segment(name) {
-        keys.push((wal_key(&format!("{name}.partial"))?, true));
+        keys.push((wal_key(&format!("{name}{STREAMING_SUFFIX}"))?, true));
     }
     for (key, partial) in keys {
         match repo.store().get(&key).await {
@@ -175,8 +180,7 @@ pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
 }
 
 /// The archived segments of `timeline` (names, sorted), counting a
-/// segment streamed only in part (`.partial`) as present: it is where
-/// recovery ends.
+/// segment streamed only in part as present: it is where recovery ends.
 pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<String>, PgError> {
     let prefix = format!("wal/{timeline:08X}/");
     let mut names: Vec<String> = repo
@@ -184,7 +188,7 @@ pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<S
         .list(&prefix)
         .await?
         .into_iter()
-        .filter_map(|m| m.key.strip_prefix(&prefix).map(|n| n.strip_suffix(".partial").unwrap_or(n).to_owned()))
+        .filter_map(|m| m.key.strip_prefix(&prefix).map(|n| n.strip_suffix(STREAMING_SUFFIX).unwrap_or(n).to_owned()))
         .filter(|n| is_segment(n))
         .collect();
     names.sort();
@@ -253,6 +257,7 @@ mod tests {
         assert_eq!(wal_key("000000010000000000000003").unwrap(), "wal/00000001/000000010000000000000003");
         assert_eq!(wal_key("00000002.history").unwrap(), "wal/00000002/00000002.history");
         wal_key("000000010000000000000003.partial").unwrap();
+        wal_key("000000010000000000000003.stream").unwrap();
         wal_key("000000010000000000000002.00000028.backup").unwrap();
         for bad in [
             "",
