@@ -4,7 +4,7 @@ mod support;
 
 use std::fs;
 
-use support::{Env, assert_same_tree, make_tree};
+use support::{Env, assert_same_tree, make_tree, settle_times};
 
 #[test]
 fn backup_restore_is_bit_exact_with_metadata() {
@@ -26,7 +26,11 @@ fn backup_restore_is_bit_exact_with_metadata() {
 
 #[test]
 fn unchanged_files_are_not_read_again_and_changes_are_found() {
-    let (env, src, _) = Env::with_backup();
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    settle_times();
+    env.backup(&[&src]);
     let second = env.cmd().args(["backup", "files", src.to_str().unwrap()]).output().unwrap();
     assert!(second.status.success());
     let summary = String::from_utf8_lossy(&second.stderr);

@@ -4,7 +4,7 @@
 mod support;
 
 use lifeboat_integration_tests::services::{s3_client, s3_test_bucket};
-use support::{Env, assert_same_tree, make_tree};
+use support::{Env, assert_same_tree, make_tree, settle_times};
 
 #[test]
 fn files_round_trip_through_s3() {
@@ -14,6 +14,7 @@ fn files_round_trip_through_s3() {
 
     let src = env.path("src");
     make_tree(&src);
+    settle_times();
     let id = env.backup(&[&src]);
     let second = env.cmd().args(["backup", "files", src.to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&second.stderr).contains("read 0 files"));
@@ -75,6 +76,7 @@ fn metadata_cache_serves_reads_and_a_damaged_entry_is_fetched_again() {
     let env = Env::new_at(&format!("s3://{bucket}/repo?endpoint={endpoint}"));
     let src = env.path("src");
     make_tree(&src);
+    settle_times();
     let id = env.backup(&[&src]);
 
     // Indexes, the snapshot and the tree packs were kept while writing.

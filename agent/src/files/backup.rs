@@ -31,6 +31,10 @@ use super::filter::{Filter, name_bytes};
 use super::meta::{from_fs, unchanged};
 use crate::progress::Progress;
 
+/// How much older than the parent snapshot's start a file's times must be
+/// for its metadata to prove it unchanged (clock ticks are coarser than ns).
+const TIMESTAMP_MARGIN_NS: i64 = 1_000_000_000;
+
 /// What to back up and how.
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -52,6 +56,8 @@ pub struct BackupOptions {
     pub threads: usize,
     /// A check run over each file's bytes as they are read.
     pub content_check: Option<Arc<dyn ContentCheck>>,
+    /// zstd level for file data (default: the repository's).
+    pub compression_level: Option<i32>,
 }
 
 /// A check that sees a file's bytes as the backup reads them, so checking
@@ -154,6 +160,11 @@ pub async fn capture(
         Some((_, snap)) if !opts.force => Some(repo.load_tree(&snap.tree).await?),
         _ => None,
     };
+    // A write in the same clock tick as the parent's read leaves the times
+    // as they were: only times well before the parent began prove a file
+    // unchanged since.
+    let trust_before_ns =
+        parent.as_ref().and_then(|(_, snap)| snap.time.timestamp_nanos_opt()).map(|ns| ns - TIMESTAMP_MARGIN_NS);
 
     let runtime = Handle::current();
     let job = {
@@ -161,7 +172,10 @@ pub async fn capture(
         let progress = progress.clone();
         let roots = roots.clone();
         tokio::task::spawn_blocking(move || {
-            Pipeline::new(repo, runtime, filter, progress, opts.threads, opts.content_check).run(&roots, parent_tree)
+            let mut pipeline = Pipeline::new(repo, runtime, filter, progress, opts.threads, opts.content_check);
+            pipeline.compression_level = opts.compression_level;
+            pipeline.trust_before_ns = trust_before_ns;
+            pipeline.run(&roots, parent_tree)
         })
     };
     let (tree, summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
@@ -263,6 +277,9 @@ struct Pipeline {
     seen: SeenBlobs,
     counters: Counters,
     content_check: Option<Arc<dyn ContentCheck>>,
+    compression_level: Option<i32>,
+    /// Parent entries whose times are not before this are read again.
+    trust_before_ns: Option<i64>,
 }
 
 impl Pipeline {
@@ -277,7 +294,18 @@ impl Pipeline {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let threads = if threads == 0 { cores.max(2) } else { threads };
         let (seen, counters) = (SeenBlobs::default(), Counters::default());
-        Pipeline { repo, runtime, filter, progress, threads, seen, counters, content_check }
+        Pipeline {
+            repo,
+            runtime,
+            filter,
+            progress,
+            threads,
+            seen,
+            counters,
+            content_check,
+            compression_level: None,
+            trust_before_ns: None,
+        }
     }
 
     fn run(self, roots: &[PathBuf], parent: Option<Tree>) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
@@ -294,6 +322,9 @@ impl Pipeline {
                 .map(|_| {
                     let rx = job_rx.clone();
                     let mut packer = uploader.packer(BlobKind::Data);
+                    if let Some(level) = self.compression_level {
+                        packer = packer.with_compression_level(level);
+                    }
                     let mut chunker = Chunker::new(self.repo.config().chunker, self.repo.keyring().chunker_seed);
                     let this = &self;
                     s.spawn(move || {
@@ -609,7 +640,8 @@ impl Walker<'_> {
     fn file_content(&mut self, path: &Path, m: &Metadata, parent: Option<&Node>) -> Result<Content, FilesError> {
         if let Some(Node { kind: NodeKind::File { content }, meta: old, .. }) = parent {
             let index = self.pipe.repo.index();
-            if unchanged(old, m) && content.iter().all(|b| index.contains(b)) {
+            let settled = self.pipe.trust_before_ns.is_some_and(|t| old.mtime_ns < t && old.ctime_ns < t);
+            if settled && unchanged(old, m) && content.iter().all(|b| index.contains(b)) {
                 self.pipe.progress.file_done(m.size);
                 return Ok(Content::Ready(content.clone()));
             }

@@ -50,6 +50,10 @@ struct PostgresArgs {
     /// File worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// zstd level for the data (default: the repository's for files, 1 for
+    /// PostgreSQL, whose backups must be fast and whose pages compress well at 1).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    compression_level: Option<i32>,
 }
 
 impl PostgresArgs {
@@ -61,6 +65,7 @@ impl PostgresArgs {
             hostname: self.hostname.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
             tags: self.tag,
             threads: self.threads,
+            compression_level: self.compression_level,
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("base backup", progress.clone());
@@ -131,6 +136,10 @@ struct FilesArgs {
     /// File worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// zstd level for the data (default: the repository's for files, 1 for
+    /// PostgreSQL, whose backups must be fast and whose pages compress well at 1).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    compression_level: Option<i32>,
 }
 
 impl BackupCommand {
@@ -156,6 +165,7 @@ impl BackupCommand {
             parent,
             threads: args.threads,
             content_check: None,
+            compression_level: args.compression_level,
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("backup", progress.clone());

@@ -215,3 +215,10 @@ pub fn make_tree(root: &Path) {
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
     fs::set_permissions(odd.join("empty"), fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// Waits until files written just now have times a backup trusts to prove
+/// them unchanged later (times within a second of a backup's start do not:
+/// a write in the same clock tick keeps them).
+pub fn settle_times() {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+}

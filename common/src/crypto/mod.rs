@@ -93,9 +93,9 @@ impl From<KeyId> for String {
     }
 }
 
-/// Fills `buf` from the operating system's CSPRNG (through aws-lc).
+/// Fills `buf` from the operating system's CSPRNG (`getrandom(2)`).
 pub fn random_fill(buf: &mut [u8]) -> Result<(), CryptoError> {
-    aws_lc_rs::rand::fill(buf).map_err(|_| CryptoError::Random)
+    getrandom::fill(buf).map_err(|_| CryptoError::Random)
 }
 
 /// A 32-byte secret that is zeroed when dropped and never printed.

@@ -96,6 +96,7 @@ impl PackUploader {
             spare: self.shared.spare.1.clone(),
             builder: None,
             target: self.shared.repo.config().pack_size as usize,
+            level: self.shared.repo.config().compression_level,
         }
     }
 
@@ -158,13 +159,21 @@ pub struct Packer {
     spare: Receiver<Vec<u8>>,
     builder: Option<PackBuilder>,
     target: usize,
+    level: i32,
 }
 
 impl Packer {
+    /// Compresses at `level` instead of the repository's default (a source
+    /// whose backups must be fast, like a database, trades a little size).
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.level = level;
+        self
+    }
+
     /// Compresses (where it pays), seals and packs a blob; returns the bytes
     /// it will take in the repository.
     pub fn add(&mut self, id: BlobId, raw: &[u8]) -> Result<u64, RepoError> {
-        let payload = compress(raw, self.repo.config().compression_level);
+        let payload = compress(raw, self.level);
         let mut builder = match self.builder.take() {
             Some(b) => b,
             None => {
