@@ -58,14 +58,30 @@ pub struct BackupOptions {
     pub content_check: Option<Arc<dyn ContentCheck>>,
     /// zstd level for file data (default: the repository's).
     pub compression_level: Option<i32>,
+    /// Files cut into fixed-size chunks instead of by content.
+    pub fixed_chunks: Option<Arc<dyn FixedChunks>>,
 }
+
+/// Files cut into fixed-size chunks at fixed offsets instead of by content:
+/// data updated in place in fixed-size pages (database files), where a
+/// changed page changes one chunk, and a large file is read as ranges in
+/// parallel (content-defined cuts need the bytes before them).
+pub trait FixedChunks: Send + Sync + std::fmt::Debug {
+    /// The chunk size for `path`, or `None` to chunk it by content.
+    fn chunk_size(&self, path: &Path) -> Option<usize>;
+}
+
+/// Bytes of a fixed-chunk file one worker reads before the next range
+/// goes to another (a multiple of any sensible chunk size).
+const RANGE_BYTES: u64 = 64 << 20;
 
 /// A check that sees a file's bytes as the backup reads them, so checking
 /// costs no second read (PostgreSQL's page checksums are one).
 pub trait ContentCheck: Send + Sync + std::fmt::Debug {
-    /// The checker for one file, or `None` for files it does not check; it
-    /// is called with the file's bytes in order, in pieces of any size.
-    fn for_file(&self, path: &Path) -> Option<FileChecker>;
+    /// The checker for one file from byte `offset` on (a file read in
+    /// ranges gets one per range), or `None` for files it does not check; it
+    /// is called with the bytes in order, in pieces of any size.
+    fn for_file(&self, path: &Path, offset: u64) -> Option<FileChecker>;
 }
 
 /// One file's checker: called with the file's bytes in order.
@@ -175,6 +191,7 @@ pub async fn capture(
             let mut pipeline = Pipeline::new(repo, runtime, filter, progress, opts.threads, opts.content_check);
             pipeline.compression_level = opts.compression_level;
             pipeline.trust_before_ns = trust_before_ns;
+            pipeline.fixed_chunks = opts.fixed_chunks;
             pipeline.run(&roots, parent_tree)
         })
     };
@@ -205,10 +222,11 @@ fn normalise_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(kept)
 }
 
-/// A file's content: known already, or being read by a worker.
+/// A file's content: known already, or being read by workers (one per
+/// range, in order).
 enum Content {
     Ready(Vec<BlobId>),
-    Pending(Receiver<FileResult>),
+    Pending(Vec<Receiver<FileResult>>),
 }
 
 enum PendingKind {
@@ -232,6 +250,11 @@ struct DirJob {
 
 struct FileJob {
     path: PathBuf,
+    /// Where to start reading, and how much to read (`None`: to the end).
+    start: u64,
+    len: Option<u64>,
+    /// Fixed chunk size, or `None` for content-defined chunks.
+    fixed: Option<usize>,
     reply: Sender<FileResult>,
 }
 
@@ -280,6 +303,7 @@ struct Pipeline {
     compression_level: Option<i32>,
     /// Parent entries whose times are not before this are read again.
     trust_before_ns: Option<i64>,
+    fixed_chunks: Option<Arc<dyn FixedChunks>>,
 }
 
 impl Pipeline {
@@ -305,6 +329,7 @@ impl Pipeline {
             content_check,
             compression_level: None,
             trust_before_ns: None,
+            fixed_chunks: None,
         }
     }
 
@@ -329,7 +354,7 @@ impl Pipeline {
                     let this = &self;
                     s.spawn(move || {
                         for job in rx {
-                            let r = this.read_file(&job.path, &mut chunker, &mut packer);
+                            let r = this.read_file(&job, &mut chunker, &mut packer);
                             let fatal = matches!(r, FileResult::Fatal(_));
                             let _ = job.reply.send(r);
                             if fatal {
@@ -391,17 +416,18 @@ impl Pipeline {
         }
     }
 
-    /// Reads, chunks and stores one file; runs on a file worker.
-    fn read_file(&self, path: &Path, chunker: &mut Chunker, packer: &mut Packer) -> FileResult {
-        let file = match fs::File::open(path) {
+    /// Reads, chunks and stores one file (or one range of it); runs on a file worker.
+    fn read_file(&self, job: &FileJob, chunker: &mut Chunker, packer: &mut Packer) -> FileResult {
+        let path = &job.path;
+        let mut file = match fs::File::open(path) {
             Ok(f) => f,
             Err(e) => return FileResult::Unreadable(format!("opening {}: {e}", path.display())),
         };
         let keyring = self.repo.keyring();
         let mut content = Vec::new();
         let mut read = 0u64;
-        let mut check = self.content_check.as_ref().and_then(|c| c.for_file(path));
-        let r = chunker.chunk_reader(file, |chunk| {
+        let mut check = self.content_check.as_ref().and_then(|c| c.for_file(path, job.start));
+        let mut each = |chunk: &[u8]| -> Result<(), ChunkError> {
             if let Some(check) = check.as_mut() {
                 check(chunk);
             }
@@ -418,14 +444,26 @@ impl Pipeline {
             self.progress.bytes(len);
             content.push(id);
             Ok(())
-        });
+        };
+        let r = match job.fixed {
+            Some(size) => {
+                use std::io::{Read, Seek, SeekFrom};
+                match file.seek(SeekFrom::Start(job.start)) {
+                    Ok(_) => read_fixed(file.take(job.len.unwrap_or(u64::MAX)), size, &mut each),
+                    Err(e) => Err(ChunkError::Io(e)),
+                }
+            }
+            None => chunker.chunk_reader(file, &mut each),
+        };
         match r {
             Ok(()) => {}
             Err(ChunkError::Io(e)) => return FileResult::Unreadable(format!("reading {}: {e}", path.display())),
             Err(ChunkError::Repo(e)) => return FileResult::Fatal(e.into()),
         }
-        self.counters.files_read.fetch_add(1, Ordering::Relaxed);
-        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        if job.start == 0 {
+            self.counters.files_read.fetch_add(1, Ordering::Relaxed);
+            self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        }
         FileResult::Done(content, read)
     }
 
@@ -446,7 +484,7 @@ impl Pipeline {
                         }
                     },
                     PendingKind::File(Content::Ready(content)) => NodeKind::File { content },
-                    PendingKind::File(Content::Pending(rx)) => match rx.recv() {
+                    PendingKind::File(Content::Pending(parts)) => match receive_parts(parts) {
                         Ok(FileResult::Done(content, read)) => {
                             // A file written to while it was read (a live log): record
                             // what was stored, so a restore is self-consistent.
@@ -646,12 +684,68 @@ impl Walker<'_> {
                 return Ok(Content::Ready(content.clone()));
             }
         }
-        let (tx, rx) = bounded(1);
-        self.jobs
-            .send(FileJob { path: path.to_owned(), reply: tx })
-            .map_err(|_| FilesError::Internal("file workers stopped"))?;
-        Ok(Content::Pending(rx))
+        let fixed = self.pipe.fixed_chunks.as_ref().and_then(|f| f.chunk_size(path)).filter(|&s| s > 0);
+        let step = fixed.map(|s| (RANGE_BYTES / s as u64).max(1) * s as u64);
+        let mut ranges = vec![(0, None)];
+        if let Some(step) = step {
+            // The last range reads to the end, wherever that is by then.
+            ranges = (0..m.size.div_ceil(step).max(1)).map(|i| (i * step, Some(step))).collect();
+            if let Some(last) = ranges.last_mut() {
+                last.1 = None;
+            }
+        }
+        let mut parts = Vec::with_capacity(ranges.len());
+        for (start, len) in ranges {
+            let (tx, rx) = bounded(1);
+            self.jobs
+                .send(FileJob { path: path.to_owned(), start, len, fixed, reply: tx })
+                .map_err(|_| FilesError::Internal("file workers stopped"))?;
+            parts.push(rx);
+        }
+        Ok(Content::Pending(parts))
     }
+}
+
+/// Cuts `source` into `size`-byte chunks (the last may be shorter).
+pub(super) fn read_fixed<E: From<std::io::Error>>(
+    mut source: impl std::io::Read,
+    size: usize,
+    each: &mut impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = vec![0u8; size];
+    loop {
+        let mut filled = 0;
+        while filled < size {
+            match source.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        each(&buf[..filled])?;
+        if filled < size {
+            return Ok(());
+        }
+    }
+}
+
+/// A file's content from the results of its ranges, in order.
+fn receive_parts(parts: Vec<Receiver<FileResult>>) -> Result<FileResult, crossbeam_channel::RecvError> {
+    let (mut content, mut read) = (Vec::new(), 0);
+    for rx in parts {
+        match rx.recv()? {
+            FileResult::Done(c, r) => {
+                content.extend(c);
+                read += r;
+            }
+            other => return Ok(other),
+        }
+    }
+    Ok(FileResult::Done(content, read))
 }
 
 /// Counts files and bytes up front so progress can show an ETA.

@@ -6,7 +6,9 @@ mod filter;
 mod meta;
 mod restore;
 
-pub use backup::{BackupOptions, BackupOutcome, Captured, ContentCheck, FileChecker, backup_files, capture};
+pub use backup::{
+    BackupOptions, BackupOutcome, Captured, ContentCheck, FileChecker, FixedChunks, backup_files, capture,
+};
 pub use error::FilesError;
 pub use filter::Filter;
 pub use restore::{RestoreOptions, RestoreReport, restore_files};

@@ -23,6 +23,7 @@ use lifeboat_common::repo::{BlobId, PackId, RepoError, Repository};
 use tokio::runtime::Handle;
 
 use super::FilesError;
+use super::backup::{FixedChunks, read_fixed};
 use super::meta::file_time;
 use crate::progress::Progress;
 
@@ -41,6 +42,9 @@ pub struct RestoreOptions {
     /// Keep what files already in the target hold where it matches the
     /// snapshot (chunk by chunk, checked by content hash) and write only the rest.
     pub delta: bool,
+    /// Files the backup cut into fixed-size chunks (`delta` must cut the
+    /// target's files the same way to recognise them).
+    pub fixed_chunks: Option<Arc<dyn FixedChunks>>,
     /// Worker threads (0: one per core, at least 2).
     pub threads: usize,
 }
@@ -219,7 +223,11 @@ fn execute(
     }
     // Chunked before anything is written: an existing file is kept (not
     // truncated) and each chunk already at its place is left alone.
-    let reusable = if opts.delta { existing_chunks(repo, &plan.files, opts.threads) } else { Vec::new() };
+    let reusable = if opts.delta {
+        existing_chunks(repo, &plan.files, opts.threads, opts.fixed_chunks.as_deref())
+    } else {
+        Vec::new()
+    };
     for (i, f) in plan.files.iter().enumerate() {
         create_file(&f.path, f.meta.size, reusable.get(i).is_some_and(|c| !c.is_empty()))?;
     }
@@ -472,7 +480,12 @@ fn replace_non_dir(path: &Path) -> Result<(), FilesError> {
 /// The chunks each planned file's current occupant of the target holds,
 /// by offset and content id (empty where there is no regular file), cut
 /// and hashed as a backup would, on `threads` threads.
-fn existing_chunks(repo: &Repository, files: &[PlannedFile], threads: usize) -> Vec<HashSet<(u64, BlobId)>> {
+fn existing_chunks(
+    repo: &Repository,
+    files: &[PlannedFile],
+    threads: usize,
+    fixed: Option<&dyn FixedChunks>,
+) -> Vec<HashSet<(u64, BlobId)>> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = if threads == 0 { cores } else { threads }.clamp(1, files.len().max(1));
     let next = AtomicU64::new(0);
@@ -491,11 +504,15 @@ fn existing_chunks(repo: &Repository, files: &[PlannedFile], threads: usize) -> 
                     let Ok(file) = fs::File::open(&f.path) else { continue };
                     let mut chunks = HashSet::new();
                     let mut offset = 0u64;
-                    let read = chunker.chunk_reader(file, |chunk| -> io::Result<()> {
+                    let mut each = |chunk: &[u8]| -> io::Result<()> {
                         chunks.insert((offset, blob_id(repo.keyring(), chunk)));
                         offset += chunk.len() as u64;
                         Ok(())
-                    });
+                    };
+                    let read = match fixed.and_then(|policy| policy.chunk_size(&f.path)) {
+                        Some(size) => read_fixed(file, size, &mut each),
+                        None => chunker.chunk_reader(file, &mut each),
+                    };
                     if read.is_ok() {
                         found.lock().unwrap_or_else(|p| p.into_inner())[i] = chunks;
                     }

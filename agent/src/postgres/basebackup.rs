@@ -12,8 +12,9 @@ use lifeboat_common::repo::snapshot::{PostgresBackup, Tablespace};
 use lifeboat_common::repo::{Repository, SnapshotId};
 
 use super::PgError;
-use super::checksum::{PAGE_SIZE, PageChecks};
+use super::checksum::PageChecks;
 use super::connect::ConnectArgs;
+use super::relfile::{PAGE_SIZE, RelationFiles};
 use crate::files::{BackupOptions, BackupOutcome, ContentCheck, capture};
 use crate::progress::Progress;
 
@@ -129,10 +130,11 @@ pub async fn backup_postgres(
     let (start_lsn, start_wal, timeline): (String, String, i32) = (col(&start, 0)?, col(&start, 1)?, col(&start, 2)?);
     tracing::info!(%start_lsn, %start_wal, "backup started");
 
+    let relations =
+        RelationFiles::new(pgdata.clone(), tablespaces.iter().map(|t| (t.oid, PathBuf::from(&t.location))).collect());
     let checks = verify_pages.then(|| {
         let start = super::restore::parse_lsn(&start_lsn).unwrap_or(u64::MAX);
-        let roots = tablespaces.iter().map(|t| (t.oid, PathBuf::from(&t.location))).collect();
-        Arc::new(PageChecks::new(pgdata.clone(), roots, start))
+        Arc::new(PageChecks::new(relations.clone(), start))
     });
     let root = pgdata.display().to_string();
     let mut excludes: Vec<String> = EXCLUDED_IN_PGDATA.iter().map(|e| format!("{root}/{e}")).collect();
@@ -152,6 +154,7 @@ pub async fn backup_postgres(
         threads: opts.threads,
         content_check: checks.clone().map(|c| c as Arc<dyn ContentCheck>),
         compression_level: Some(opts.compression_level.unwrap_or(PG_COMPRESSION_LEVEL)),
+        fixed_chunks: Some(Arc::new(relations)),
     };
     let captured = capture(repo, files, "postgres", progress).await;
 

@@ -13,12 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use lifeboat_common::repo::snapshot::CorruptPage;
 
+use super::relfile::{PAGE_SIZE, RelationFiles};
 use crate::files::{ContentCheck, FileChecker};
 
-/// The page size whose checksums this verifies (PostgreSQL's default BLCKSZ).
-pub const PAGE_SIZE: usize = 8192;
-/// Blocks per 1 GiB relation segment file.
-const SEGMENT_BLOCKS: u64 = (1 << 30) / PAGE_SIZE as u64;
 const FNV_PRIME: u32 = 16_777_619;
 /// Each lane's starting state, part of the format.
 const LANE_SEEDS: [u32; 32] = [
@@ -71,21 +68,6 @@ fn is_new(page: &[u8]) -> bool {
     u16::from_ne_bytes([page[14], page[15]]) == 0
 }
 
-/// Whether a path under the data directory is a relation file (main, fsm,
-/// vm or init fork, any 1 GiB segment), and its first block number.
-fn relation_first_block(relative: &Path) -> Option<u64> {
-    let top = relative.iter().next()?.to_str()?;
-    let in_relation_dir = matches!(top, "global" | "base" | "pg_tblspc");
-    let name = relative.file_name()?.to_str()?;
-    let (stem, segment) = match name.split_once('.') {
-        Some((stem, seg)) => (stem, seg.parse::<u64>().ok()?),
-        None => (name, 0),
-    };
-    let oid = stem.strip_suffix("_fsm").or(stem.strip_suffix("_vm")).or(stem.strip_suffix("_init")).unwrap_or(stem);
-    let valid = in_relation_dir && !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit());
-    valid.then_some(segment * SEGMENT_BLOCKS)
-}
-
 /// What the verification found, shared by every file's checker.
 #[derive(Debug, Default)]
 struct Found {
@@ -98,27 +80,15 @@ struct Found {
 /// rewrites those whole, and a read racing a write may see them torn).
 #[derive(Debug)]
 pub struct PageChecks {
-    pgdata: PathBuf,
-    /// Tablespace directories by OID, whose files are named as under `pg_tblspc/<oid>`.
-    tablespaces: Vec<(u32, PathBuf)>,
+    files: RelationFiles,
     start_lsn: u64,
     found: Arc<Mutex<Found>>,
 }
 
 impl PageChecks {
-    /// Checks for a backup of `pgdata` and its `tablespaces` that started at `start_lsn`.
-    pub fn new(pgdata: PathBuf, tablespaces: Vec<(u32, PathBuf)>, start_lsn: u64) -> Self {
-        PageChecks { pgdata, tablespaces, start_lsn, found: Arc::default() }
-    }
-
-    /// `path` as PostgreSQL names it from the data directory.
-    fn relative(&self, path: &Path) -> Option<PathBuf> {
-        if let Ok(r) = path.strip_prefix(&self.pgdata) {
-            return Some(r.to_owned());
-        }
-        self.tablespaces.iter().find_map(|(oid, dir)| {
-            path.strip_prefix(dir).ok().map(|r| Path::new("pg_tblspc").join(oid.to_string()).join(r))
-        })
+    /// Checks for a backup of `files` that started at `start_lsn`.
+    pub fn new(files: RelationFiles, start_lsn: u64) -> Self {
+        PageChecks { files, start_lsn, found: Arc::default() }
     }
 
     /// Pages verified, and those that failed (sorted by file and block).
@@ -131,14 +101,17 @@ impl PageChecks {
 }
 
 impl ContentCheck for PageChecks {
-    fn for_file(&self, path: &Path) -> Option<FileChecker> {
-        let relative = self.relative(path)?;
-        let first_block = relation_first_block(&relative)?;
+    fn for_file(&self, path: &Path, offset: u64) -> Option<FileChecker> {
+        let first_block = self.files.first_block(path)?;
+        let relative = self.files.relative(path)?;
+        if !offset.is_multiple_of(PAGE_SIZE as u64) {
+            return None;
+        }
         let mut file = FilePages {
             path: path.to_owned(),
             relative: relative.display().to_string(),
             first_block,
-            next: 0,
+            next: offset / PAGE_SIZE as u64,
             partial: Vec::with_capacity(PAGE_SIZE),
             start_lsn: self.start_lsn,
             verified: 0,
@@ -223,18 +196,6 @@ impl Drop for FilePages {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relation_files_are_recognised() {
-        assert_eq!(relation_first_block(Path::new("base/5/16384")), Some(0));
-        assert_eq!(relation_first_block(Path::new("base/5/16384.2")), Some(2 * SEGMENT_BLOCKS));
-        assert_eq!(relation_first_block(Path::new("base/5/16384_fsm")), Some(0));
-        assert_eq!(relation_first_block(Path::new("global/1262_vm")), Some(0));
-        assert_eq!(relation_first_block(Path::new("pg_tblspc/16390/PG_15_202209061/5/16391.1")), Some(SEGMENT_BLOCKS));
-        for not in ["global/pg_control", "base/5/pg_filenode.map", "base/5/PG_VERSION", "pg_xact/0000", "base/5/x.1"] {
-            assert_eq!(relation_first_block(Path::new(not)), None, "{not}");
-        }
-    }
 
     #[test]
     fn damage_changes_the_checksum_and_new_pages_are_skipped() {

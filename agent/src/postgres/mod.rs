@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod connect;
 mod error;
 pub mod prefetch;
+pub mod relfile;
 pub mod replication;
 pub mod restore;
 pub mod startup;

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::repo::snapshot::{PostgresBackup, Snapshot, Tablespace};
 use lifeboat_common::repo::{Repository, SnapshotId};
 
+use super::relfile::RelationFiles;
 use super::{PgError, wal};
-use crate::files::{RestoreOptions, RestoreReport, restore_files};
+use crate::files::{FixedChunks, RestoreOptions, RestoreReport, restore_files};
 use crate::progress::Progress;
 
 /// Where recovery should stop.
@@ -166,6 +167,9 @@ pub async fn restore_postgres(
             }
         }
     }
+    // The target's relation files as the backup cut them, for --delta.
+    let relations: Arc<dyn FixedChunks> =
+        Arc::new(RelationFiles::new(target.clone(), tablespaces.iter().map(|(t, dir)| (t.oid, dir.clone())).collect()));
     let mut files = RestoreReport::default();
     for (sub_path, dir) in roots {
         let restored = restore_files(
@@ -178,6 +182,7 @@ pub async fn restore_postgres(
                 // (stale WAL in pg_wal would confuse recovery).
                 delete: opts.delta,
                 delta: opts.delta,
+                fixed_chunks: Some(relations.clone()),
                 threads: opts.threads,
             },
             progress.clone(),

@@ -166,6 +166,7 @@ impl BackupCommand {
             threads: args.threads,
             content_check: None,
             compression_level: args.compression_level,
+            fixed_chunks: None,
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("backup", progress.clone());

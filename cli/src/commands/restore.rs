@@ -233,6 +233,7 @@ impl RestoreArgs {
             sub_path: self.path.clone(),
             delete: self.delete,
             delta: self.delta,
+            fixed_chunks: None,
             threads: self.threads,
         };
         let report = restore_files(&repo, &snapshot, opts, progress)
