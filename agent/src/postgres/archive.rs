@@ -19,13 +19,21 @@ use super::wal::{Pushed, is_segment, push_hashed, wal_name};
 pub async fn push_ahead(repo: &Repository, path: &Path, spool: &Path, ahead: usize) -> Result<Pushed, PgError> {
     let name = wal_name(path)?;
     let marker = spool.join(&name);
-    if let Ok(expected) = std::fs::read_to_string(&marker) {
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        let (expected, identity) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+        // The same file, untouched since it was read for pushing (PostgreSQL
+        // never writes a segment it has marked ready): nothing to read again.
+        if !identity.is_empty() && file_identity(path).as_deref() == Some(identity) {
+            let _ = std::fs::remove_file(&marker);
+            return Ok(Pushed::AlreadyThere);
+        }
+        let expected = expected.to_owned();
         let content = tokio::fs::read(path).await.map_err(PgError::io("reading", path))?;
         let actual = tokio::task::spawn_blocking(move || blake3::hash(&content).to_hex().to_string())
             .await
             .map_err(|_| PgError::Usage("hashing a WAL file panicked".into()))?;
         let _ = std::fs::remove_file(&marker);
-        if actual == expected.trim() {
+        if actual == expected {
             return Ok(Pushed::AlreadyThere);
         }
         // Changed since it was pushed ahead: push it the normal way (which
@@ -38,17 +46,35 @@ pub async fn push_ahead(repo: &Repository, path: &Path, spool: &Path, ahead: usi
         let (repo, spool) = (repo.clone(), spool.to_owned());
         jobs.spawn(async move {
             // Best effort: a failure here is retried when PostgreSQL asks for it.
+            // The identity is taken before the read, so a change during it shows.
+            let identity = file_identity(&other).unwrap_or_default();
             if let Ok((_, digest)) = push_hashed(&repo, &other).await
                 && let Some(n) = other.file_name()
                 && std::fs::create_dir_all(&spool).is_ok()
             {
-                let _ = std::fs::write(spool.join(n), digest.to_hex().as_bytes());
+                let _ = std::fs::write(spool.join(n), format!("{} {identity}", digest.to_hex()));
             }
         });
     }
     let ours = push_hashed(repo, path).await.map(|(p, _)| p);
     while jobs.join_next().await.is_some() {}
     ours
+}
+
+/// A file's identity and last change (device, inode, size, change and
+/// modification times in ns), which any write alters.
+fn file_identity(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    Some(format!(
+        "{}:{}:{}:{}:{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        ns(m.ctime(), m.ctime_nsec()),
+        ns(m.mtime(), m.mtime_nsec())
+    ))
 }
 
 /// The next segments PostgreSQL has marked ready after `name`, oldest first.
@@ -107,7 +133,9 @@ mod tests {
         assert_eq!(push_ahead(&repo, &pg_wal.join(&names[1]), &spool, 0).await.unwrap(), Pushed::AlreadyThere);
         assert!(!spool.join(&names[1]).exists(), "a used marker is removed");
 
-        // A file that changed after it was pushed ahead is not waved through.
+        // A file that changed after it was pushed ahead (later than the
+        // kernel's coarse clock tick, as any real change is) is not waved through.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(pg_wal.join(&names[2]), vec![9u8; 4096]).unwrap();
         let err = push_ahead(&repo, &pg_wal.join(&names[2]), &spool, 0).await.unwrap_err();
         assert!(matches!(err, PgError::Conflict { .. }), "{err}");
