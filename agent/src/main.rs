@@ -92,7 +92,7 @@ const WAL_FETCH_FATAL: u8 = 126;
 async fn run(command: Command) -> Result<u8> {
     match command {
         Command::WalPush { repo, path, ahead, spool } => {
-            let (repo, _stores) = repo.spec().open_for_objects().await?;
+            let (repo, _stores) = repo.spec()?.open_for_objects().await?;
             let spool = spool.unwrap_or_else(|| archive::default_spool(&path));
             let pushed = archive::push_ahead(&repo, &path, &spool, ahead)
                 .await
@@ -104,7 +104,7 @@ async fn run(command: Command) -> Result<u8> {
         }
         Command::WalFetch { repo, name, dest, ahead, segment_size } => {
             let fetched = async {
-                let (repo, _stores) = repo.spec().open_for_objects().await?;
+                let (repo, _stores) = repo.spec()?.open_for_objects().await?;
                 let spool = prefetch::spool_for(&repo, &dest);
                 prefetch::fetch_ahead(&repo, &name, &dest, &spool, ahead, segment_size)
                     .await
@@ -136,7 +136,7 @@ async fn run(command: Command) -> Result<u8> {
 
 /// Streams until SIGINT or SIGTERM, printing the status every ten seconds.
 async fn wal_stream(repo: RepoArgs, connect: ConnectArgs, opts: StreamOptions) -> Result<u8> {
-    let (repo, _stores) = repo.spec().open_for_objects().await?;
+    let (repo, _stores) = repo.spec()?.open_for_objects().await?;
     let (tx, mut rx) = tokio::sync::watch::channel(StreamStatus::default());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

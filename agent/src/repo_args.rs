@@ -1,5 +1,7 @@
 //! `--repo`, `--key-file` and the replication flags, shared by the
-//! `lifeboat` CLI and the `lifeboat-agent` binary.
+//! `lifeboat` CLI and the `lifeboat-agent` binary, and the `--config` file
+//! that can hold them (PostgreSQL runs archive_command with a bare
+//! environment: one file path is easier to get right than four flags).
 
 use std::path::PathBuf;
 
@@ -24,8 +26,8 @@ pub struct RepoArgs {
     /// For a replicated repository: acknowledge writes when every store has
     /// them (`all`), or when the primary has them and the copies for the
     /// others are in the local outbox (`primary`), copied in the background.
-    #[arg(long, env = "LIFEBOAT_WRITE_POLICY", default_value = "all", value_parser = parse_policy)]
-    pub write_policy: WritePolicy,
+    #[arg(long, env = "LIFEBOAT_WRITE_POLICY", value_parser = parse_policy)]
+    pub write_policy: Option<WritePolicy>,
     /// Outbox directory for policy `primary` (default: under
     /// $LIFEBOAT_STATE_DIR, $XDG_STATE_HOME/lifeboat or ~/.local/state/lifeboat).
     #[arg(long, env = "LIFEBOAT_OUTBOX")]
@@ -34,6 +36,38 @@ pub struct RepoArgs {
     /// snapshots, trees; under $LIFEBOAT_CACHE_DIR, else ~/.cache/lifeboat).
     #[arg(long)]
     pub no_cache: bool,
+    /// A TOML file with any of `repo` (a location or a list), `key_file`,
+    /// `write_policy`, `outbox` and `no_cache`, for what the flags and the
+    /// environment leave unset.
+    #[arg(long, env = "LIFEBOAT_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    repo: Option<Locations>,
+    key_file: Option<PathBuf>,
+    write_policy: Option<String>,
+    outbox: Option<PathBuf>,
+    no_cache: Option<bool>,
+}
+
+/// One location or several.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Locations {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ConfigFile {
+    fn load(path: &std::path::Path) -> Result<Self, OpenError> {
+        let bad = |reason: String| OpenError::Config { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| bad(e.to_string()))
+    }
 }
 
 fn parse_policy(s: &str) -> Result<WritePolicy, String> {
@@ -41,34 +75,51 @@ fn parse_policy(s: &str) -> Result<WritePolicy, String> {
 }
 
 impl RepoArgs {
-    /// What the flags name.
-    pub fn spec(&self) -> RepoSpec {
-        RepoSpec {
-            locations: self.repo.clone(),
-            key_file: self.key_file.clone(),
-            write_policy: self.write_policy,
-            outbox: self.outbox.clone(),
-            no_cache: self.no_cache,
-        }
+    /// What the flags (then the environment, then the `--config` file) name.
+    pub fn spec(&self) -> Result<RepoSpec, OpenError> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let write_policy = match (self.write_policy, &file.write_policy) {
+            (Some(p), _) => p,
+            (None, Some(text)) => text.parse().map_err(|reason| OpenError::Config {
+                path: self.config.clone().unwrap_or_default(),
+                reason: format!("write_policy: {reason}"),
+            })?,
+            (None, None) => WritePolicy::All,
+        };
+        let locations = match (self.repo.is_empty(), file.repo) {
+            (false, _) | (true, None) => self.repo.clone(),
+            (true, Some(Locations::One(l))) => vec![l],
+            (true, Some(Locations::Many(l))) => l,
+        };
+        Ok(RepoSpec {
+            locations,
+            key_file: self.key_file.clone().or(file.key_file),
+            write_policy,
+            outbox: self.outbox.clone().or(file.outbox),
+            no_cache: self.no_cache || file.no_cache.unwrap_or(false),
+        })
     }
 
     /// The store (or stores), from `--repo`.
     pub async fn stores(&self) -> Result<OpenedStore, OpenError> {
-        self.spec().stores().await
+        self.spec()?.stores().await
     }
 
     /// The master key, from `--key-file`.
     pub fn master_key(&self) -> Result<MasterKey, OpenError> {
-        self.spec().master_key()
+        self.spec()?.master_key()
     }
 
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository, OpenError> {
-        Ok(self.spec().open().await?.0)
+        Ok(self.spec()?.open().await?.0)
     }
 
     /// Opens the repository, keeping hold of its stores.
     pub async fn open_with_stores(&self) -> Result<(Repository, OpenedStore), OpenError> {
-        self.spec().open().await
+        self.spec()?.open().await
     }
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 fn agent() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat-agent"));
-    c.env_remove("LIFEBOAT_REPO").env_remove("LIFEBOAT_KEY_FILE");
+    c.env_remove("LIFEBOAT_REPO").env_remove("LIFEBOAT_KEY_FILE").env_remove("LIFEBOAT_CONFIG");
     c
 }
 
@@ -87,4 +87,53 @@ async fn wal_push_killed_mid_upload_leaves_nothing_half_written_and_the_retry_su
         assert!(std::fs::read(&fetched).unwrap() == segment);
         std::fs::remove_file(&fetched).ok();
     }
+}
+
+#[tokio::test]
+async fn a_config_file_names_the_repository_and_a_malformed_one_is_refused() {
+    use std::sync::Arc;
+
+    use lifeboat_common::crypto::MasterKey;
+    use lifeboat_common::repo::Repository;
+    use lifeboat_common::store::LocalStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (key, repo) = (dir.path().join("key"), dir.path().join("repo"));
+    let master = MasterKey::generate().unwrap();
+    master.save_new(&key).unwrap();
+    Repository::init(Arc::new(LocalStore::new(repo.clone())), &master).await.unwrap();
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(&config, format!("repo = {:?}\nkey_file = {:?}\n", repo.display().to_string(), key)).unwrap();
+
+    let segment = dir.path().join("000000010000000000000007");
+    std::fs::write(&segment, vec![7u8; 8192]).unwrap();
+    let out = agent()
+        .env("LIFEBOAT_STATE_DIR", dir.path().join("state"))
+        .args(["wal-push", "--config"])
+        .arg(&config)
+        .arg(&segment)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fetched = dir.path().join("fetched");
+    let out = agent()
+        .env("LIFEBOAT_CONFIG", &config)
+        .args(["wal-fetch", "000000010000000000000007"])
+        .arg(&fetched)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&fetched).unwrap(), vec![7u8; 8192]);
+
+    std::fs::write(&config, "repo = 5\nkey_flie = \"x\"\n").unwrap();
+    let out = agent()
+        .args(["wal-fetch", "--config"])
+        .arg(&config)
+        .arg("000000010000000000000007")
+        .arg(&fetched)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(err.contains(&format!("configuration file {}", config.display())), "{err}");
 }

@@ -32,8 +32,16 @@ pub enum OpenError {
     #[error(transparent)]
     Location(#[from] LocationError),
     /// No key file was named.
-    #[error("no key file given: pass --key-file or set LIFEBOAT_KEY_FILE")]
+    #[error("no key file given: pass --key-file, set LIFEBOAT_KEY_FILE or name key_file in the --config file")]
     NoKeyFile,
+    /// The configuration file cannot be read or parsed.
+    #[error("configuration file {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The key file cannot be read.
     #[error("{cause}")]
     Key {

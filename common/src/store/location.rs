@@ -25,7 +25,7 @@ pub enum LocationError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Nothing was given.
-    #[error("no repository given: pass --repo or set LIFEBOAT_REPO")]
+    #[error("no repository given: pass --repo, set LIFEBOAT_REPO or name repo in the --config file")]
     Empty,
 }
 
