@@ -32,7 +32,7 @@ enum Command {
     /// List snapshots.
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// Restore a snapshot.
-    Restore(commands::restore::RestoreCommand),
+    Restore(Box<commands::restore::RestoreCommand>),
     /// Check the repository's integrity.
     Verify(commands::verify::VerifyArgs),
 }
