@@ -269,12 +269,12 @@ fn a_burst_of_wal_is_archived_ahead_and_recovered_whole() {
     assert_eq!(backup["timeline"], 1);
     assert!(backup["unusable"].is_null() && backup["wal_gap_at"].is_null(), "{listed}");
     let reach = backup["recoverable_to_lsn"].as_str().unwrap();
-    let lsn = |s: &str| {
-        s.split_once('/')
-            .map(|(h, l)| (u64::from_str_radix(h, 16).unwrap() << 32) | u64::from_str_radix(l, 16).unwrap())
-            .unwrap()
-    };
+    let lsn = |s: &str| parse_lsn(s).unwrap();
     assert!(lsn(reach) > lsn(backup["stop_lsn"].as_str().unwrap()) + (3 << 24), "{listed}");
+    // ... and until about when: no earlier than the backup, no later than now.
+    let time = |v: &serde_json::Value| v.as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let until = time(&backup["recoverable_to_time"]);
+    assert!(until >= time(&backup["stop_time"]) && until <= chrono::Utc::now(), "{listed}");
     assert!(env.ok(&["backups", "postgres"]).contains(&backup["id"].as_str().unwrap()[..8]));
 
     let restored = restore_and_start(&env, &pg, "after-burst", &["--latest"]);

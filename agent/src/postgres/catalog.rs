@@ -32,6 +32,9 @@ pub struct BaseBackup {
     pub bytes_stored: u64,
     /// The last LSN reachable from it with the WAL present without a gap.
     pub recoverable_to_lsn: Option<String>,
+    /// About the latest time reachable: when the last segment of that
+    /// unbroken WAL was stored (its commits are no later).
+    pub recoverable_to_time: Option<chrono::DateTime<chrono::Utc>>,
     /// The first segment missing before later ones, if the archive has a gap.
     pub wal_gap_at: Option<String>,
     /// Why it cannot be restored, if it cannot (its own WAL is missing).
@@ -50,15 +53,19 @@ pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>, PgError>
         let Some(pg) = snap.postgres else { continue };
         let archived = match segments_by_timeline.entry(pg.timeline) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(wal::archived_segments(repo, pg.timeline).await?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(wal::archived_segment_times(repo, pg.timeline).await?)
+            }
         };
-        let (to, gap, unusable) =
-            match wal::check_chain(archived.as_slice(), &pg.start_wal, &pg.stop_wal, pg.wal_segment_size) {
+        let names: Vec<String> = archived.keys().cloned().collect();
+        let (to, to_time, gap, unusable) =
+            match wal::check_chain(&names, &pg.start_wal, &pg.stop_wal, pg.wal_segment_size) {
                 Ok((last, gap)) => {
                     let end = segment_start(&last, pg.wal_segment_size).map(|s| s + pg.wal_segment_size);
-                    (end.map(|e| format!("{:X}/{:X}", e >> 32, e & 0xFFFF_FFFF)), gap, None)
+                    let at = archived.get(&last).copied().flatten();
+                    (end.map(|e| format!("{:X}/{:X}", e >> 32, e & 0xFFFF_FFFF)), at, gap, None)
                 }
-                Err(e) => (None, None, Some(e.to_string())),
+                Err(e) => (None, None, None, Some(e.to_string())),
             };
         out.push(BaseBackup {
             id: id.to_hex(),
@@ -72,6 +79,7 @@ pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>, PgError>
             bytes_total: snap.summary.bytes_total,
             bytes_stored: snap.summary.bytes_stored,
             recoverable_to_lsn: to,
+            recoverable_to_time: to_time.map(|t| t.max(pg.stop_time)),
             wal_gap_at: gap,
             unusable,
             pages_verified: pg.pages_verified,

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use lifeboat_common::repo::{Repository, object};
 use lifeboat_common::store::StoreError;
 
@@ -182,18 +183,25 @@ pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
 /// The archived segments of `timeline` (names, sorted), counting a
 /// segment streamed only in part as present: it is where recovery ends.
 pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<String>, PgError> {
+    Ok(archived_segment_times(repo, timeline).await?.into_keys().collect())
+}
+
+/// [`archived_segments`] with when each was last stored, if the store says.
+pub async fn archived_segment_times(
+    repo: &Repository,
+    timeline: u32,
+) -> Result<std::collections::BTreeMap<String, Option<DateTime<Utc>>>, PgError> {
     let prefix = format!("wal/{timeline:08X}/");
-    let mut names: Vec<String> = repo
-        .store()
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|m| m.key.strip_prefix(&prefix).map(|n| n.strip_suffix(STREAMING_SUFFIX).unwrap_or(n).to_owned()))
-        .filter(|n| is_segment(n))
-        .collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
+    let mut out = std::collections::BTreeMap::new();
+    for meta in repo.store().list(&prefix).await? {
+        let Some(name) = meta.key.strip_prefix(&prefix) else { continue };
+        let name = name.strip_suffix(STREAMING_SUFFIX).unwrap_or(name);
+        if is_segment(name) {
+            let at: &mut Option<DateTime<Utc>> = out.entry(name.to_owned()).or_default();
+            *at = (*at).max(meta.modified);
+        }
+    }
+    Ok(out)
 }
 
 /// Checks, before anything is restored, that the archive holds every

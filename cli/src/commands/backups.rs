@@ -45,7 +45,17 @@ impl BackupsCommand {
                 (Some(why), _) => format!("unusable: {why}"),
                 (None, Some(to)) => {
                     let gap = b.wal_gap_at.as_deref().map(|g| format!(" (gap at {g})")).unwrap_or_default();
-                    format!("{} .. LSN {to}{gap}", b.stop_lsn)
+                    let until = b
+                        .recoverable_to_time
+                        .map(|t| {
+                            format!(
+                                ", {} .. ~{}",
+                                b.stop_time.format("%Y-%m-%d %H:%M:%S"),
+                                t.format("%Y-%m-%d %H:%M:%S")
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!("LSN {} .. {to}{until}{gap}", b.stop_lsn)
                 }
                 (None, None) => "-".into(),
             };

@@ -425,8 +425,12 @@ impl ObjectStore for AzureStore {
         while let Some(item) = items.try_next().await.map_err(|e| self.error("listing", prefix, e))? {
             let Some(name) = item.name else { continue };
             let Some(key) = name.strip_prefix(&base) else { continue };
-            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
-            out.push(ObjectMeta { key: key.to_owned(), size });
+            let size = item.properties.as_ref().and_then(|p| p.content_length).unwrap_or(0);
+            let modified = item
+                .properties
+                .and_then(|p| p.last_modified)
+                .and_then(|t| chrono::DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()));
+            out.push(ObjectMeta { key: key.to_owned(), size, modified });
         }
         Ok(out)
     }

@@ -276,7 +276,8 @@ impl LocalStore {
                 };
                 let Some(key) = rel.to_str() else { continue };
                 if key.starts_with(prefix) {
-                    out.push(ObjectMeta { key: key.to_owned(), size: meta.len() });
+                    let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
+                    out.push(ObjectMeta { key: key.to_owned(), size: meta.len(), modified });
                 }
             }
         }
@@ -371,7 +372,9 @@ mod tests {
         assert_eq!(store.get_range("data/ab/abc", 6..11).await.unwrap(), Bytes::from_static(b"world"));
         assert_eq!(store.head("data/ab/abc").await.unwrap(), 11);
         let listed = store.list("data/").await.unwrap();
-        assert_eq!(listed, vec![ObjectMeta { key: "data/ab/abc".into(), size: 11 }]);
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].key.as_str(), listed[0].size), ("data/ab/abc", 11));
+        assert!(listed[0].modified.is_some());
         assert_eq!(store.list("").await.unwrap().len(), 2);
         store.delete("data/ab/abc").await.unwrap();
         store.delete("data/ab/abc").await.unwrap();

@@ -85,6 +85,8 @@ pub struct ObjectMeta {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// When it was last written, if the store says.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A flat namespace of immutable objects addressed by `/`-separated keys.

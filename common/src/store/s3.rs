@@ -406,7 +406,9 @@ impl ObjectStore for S3Store {
             let page = page.map_err(|e| self.remote("listing", prefix, e))?;
             for obj in page.contents() {
                 let Some(key) = obj.key().and_then(|k| k.strip_prefix(&base)) else { continue };
-                out.push(ObjectMeta { key: key.to_owned(), size: obj.size().unwrap_or(0).max(0) as u64 });
+                let modified =
+                    obj.last_modified().and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                out.push(ObjectMeta { key: key.to_owned(), size: obj.size().unwrap_or(0).max(0) as u64, modified });
             }
         }
         Ok(out)
