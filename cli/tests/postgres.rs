@@ -363,6 +363,13 @@ impl Streamer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops it with SIGTERM, as a service manager would; returns its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid, which it has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for Streamer {
@@ -652,7 +659,10 @@ fn streaming_from_a_standby_follows_its_promotion_onto_the_new_timeline() {
     });
     assert!(env.repo.join("wal/00000002/00000002.history").exists(), "the new timeline's history was not stored");
     standby.kill();
-    streamer.kill();
+    // Its server gone, the agent retries; SIGTERM stops it cleanly.
+    assert!(streamer.terminate().success(), "{}", std::fs::read_to_string(&streamer.log).unwrap_or_default());
+    let out = std::fs::read_to_string(env.path("stream.out")).unwrap();
+    assert!(out.contains("stopped; every byte received is stored"), "{out}");
 
     let restored = restore_and_start(&env, &primary, "restored", &["--latest"]);
     assert_eq!(restored.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,3");

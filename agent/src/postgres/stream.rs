@@ -196,6 +196,24 @@ impl Progress {
     }
 }
 
+/// The caller's stop signal, which completes once and then never again
+/// (a finished future must not be polled).
+struct Shutdown<'a, F: Future<Output = ()>> {
+    future: std::pin::Pin<&'a mut F>,
+    done: bool,
+}
+
+impl<F: Future<Output = ()>> Shutdown<'_, F> {
+    /// Completes when the stop is asked for; pending forever after.
+    async fn requested(&mut self) {
+        if self.done {
+            std::future::pending::<()>().await;
+        }
+        self.future.as_mut().await;
+        self.done = true;
+    }
+}
+
 /// Streams WAL into `repo` until `shutdown` completes, reconnecting after
 /// failures. Fails only if the first connection cannot be made (a wrong
 /// host, user or password is better reported than retried forever) or a
@@ -215,7 +233,7 @@ pub async fn stream_wal(
         last_stored_at: None,
         heard: VecDeque::new(),
     };
-    let mut shutdown = pin!(shutdown);
+    let mut shutdown = Shutdown { future: pin!(shutdown), done: false };
     let mut ever_connected = false;
     loop {
         let outcome = session(repo, connect, opts, &mut progress, &status, &mut shutdown, &mut ever_connected).await;
@@ -225,6 +243,7 @@ pub async fn stream_wal(
                 progress.publish(&status, opts.status_file.as_ref());
                 return Ok(());
             }
+            Err(e) if shutdown.done => return Err(e),
             Err(e @ PgError::Conflict { .. }) => return Err(e),
             Err(e) if !ever_connected => return Err(e),
             Err(e) => {
@@ -235,7 +254,7 @@ pub async fn stream_wal(
         }
         tokio::select! {
             () = tokio::time::sleep(RETRY_DELAY) => {}
-            () = &mut shutdown => return Ok(()),
+            () = shutdown.requested() => return Ok(()),
         }
     }
 }
@@ -248,7 +267,7 @@ async fn session(
     opts: &StreamOptions,
     progress: &mut Progress,
     status: &watch::Sender<StreamStatus>,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    shutdown: &mut Shutdown<'_, impl Future<Output = ()>>,
     ever_connected: &mut bool,
 ) -> Result<(), PgError> {
     let mut conn = ReplicationConn::connect(connect, &opts.application_name).await?;
@@ -408,6 +427,9 @@ async fn session(
                         progress.publish(status, opts.status_file.as_ref());
                     }
                     Err(e @ PgError::Conflict { .. }) => return Err(e),
+                    // Stopping anyway: the slot keeps what is not stored
+                    // for the next run, so there is no waiting out the store.
+                    Err(e) if ending.is_some() => return Err(e),
                     Err(e) => {
                         // The bytes are still here (and in the slot): try again.
                         tracing::warn!(error = %e, "storing WAL failed; retrying");
@@ -427,7 +449,9 @@ async fn session(
                 }
                 progress.publish(status, opts.status_file.as_ref());
             }
-            () = shutdown.as_mut(), if ending.is_none() => ending = Some(Ok(())),
+            () = shutdown.requested() => {
+                ending.get_or_insert(Ok(()));
+            }
         }
     }
 }
