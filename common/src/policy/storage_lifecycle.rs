@@ -24,9 +24,9 @@ pub enum PolicyError {
     /// Not YAML, or not the expected shape.
     #[error("policy is not valid YAML of the expected shape: {0}")]
     Syntax(String),
-    /// The document has no `storage_lifecycle` block.
-    #[error("policy has no storage_lifecycle block")]
-    Missing,
+    /// The document lacks a block the caller needs.
+    #[error("policy has no {0} block")]
+    MissingBlock(&'static str),
     /// A tier is wrong.
     #[error("storage_lifecycle.{tier}: {reason}")]
     Tier {
@@ -55,7 +55,7 @@ struct TierSpec {
 /// Reads the `storage_lifecycle` block of a policy document.
 pub fn storage_lifecycle_from_yaml(text: &str) -> Result<Lifecycle, PolicyError> {
     let doc: Document = serde_norway::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
-    let tiers = doc.storage_lifecycle.ok_or(PolicyError::Missing)?;
+    let tiers = doc.storage_lifecycle.ok_or(PolicyError::MissingBlock("storage_lifecycle"))?;
     let mut parsed = Vec::new();
     for (name, spec) in &tiers {
         let bad = |reason: String| PolicyError::Tier { tier: name.clone(), reason };
