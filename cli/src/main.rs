@@ -35,6 +35,8 @@ enum Command {
     Restore(Box<commands::restore::RestoreCommand>),
     /// Check the repository's integrity.
     Verify(commands::verify::VerifyArgs),
+    /// The coordinator's audit log of admin calls.
+    Audit(commands::audit::AuditCommand),
 }
 
 /// Exit code for "done, but some entries could not be read".
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             Command::Snapshots(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Verify(c) => c.run().await,
+            Command::Audit(c) => c.run().await,
         }
     })
 }

@@ -2,6 +2,7 @@
 //! snapshots, keys and crypto), the object stores it lives in, and the
 //! operator's policy types.
 
+pub mod audit;
 pub mod crypto;
 pub mod dirs;
 pub mod policy;

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod audit;
 pub mod backup;
 pub mod backups;
 pub mod key;

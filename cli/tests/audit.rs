@@ -1,0 +1,42 @@
+//! `lifeboat audit verify` over a log written by the coordinator's writer.
+
+mod support;
+
+use lifeboat_common::audit::{AuditLog, AuditRecord};
+use support::Env;
+
+#[test]
+fn audit_verify_passes_a_sound_log_and_names_the_edited_line() {
+    let env = Env::new();
+    let path = env.path("audit.log");
+    let log = AuditLog::open(&path).unwrap();
+    let mut head = String::new();
+    for (who, result) in
+        [("admin:alice", "ok"), ("agent:db-1", "denied: agents may not call Admin"), ("admin:bob", "ok")]
+    {
+        let record = AuditRecord {
+            principal: who.into(),
+            role: None,
+            action: "Admin/RunBackup".into(),
+            target: Some("database.full".into()),
+            result: result.into(),
+        };
+        head = log.append(record).unwrap().hash;
+    }
+    let file = path.to_str().unwrap();
+    let out = env.ok(&["audit", "verify", file, "--head", &head]);
+    assert!(out.contains("3 entries, chain intact"), "{out}");
+
+    // The refusal rewritten as a success.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("denied: agents may not call Admin", "ok")).unwrap();
+    let err = env.fails(&["audit", "verify", file]);
+    assert!(err.contains("line 2") && err.contains("edited"), "{err}");
+
+    // Cut short: the chain left is sound, but it does not end at the head kept elsewhere.
+    let first = text.lines().next().unwrap().to_owned() + "\n";
+    std::fs::write(&path, first).unwrap();
+    env.ok(&["audit", "verify", file]);
+    let err = env.fails(&["audit", "verify", file, "--head", &head]);
+    assert!(err.contains("rewritten or cut short"), "{err}");
+}
