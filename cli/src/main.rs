@@ -37,6 +37,8 @@ enum Command {
     Verify(commands::verify::VerifyArgs),
     /// The coordinator's audit log of admin calls.
     Audit(commands::audit::AuditCommand),
+    /// Certificates for the control plane's mutual TLS.
+    Certs(commands::certs::CertsCommand),
 }
 
 /// Exit code for "done, but some entries could not be read".
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
             Command::Restore(c) => c.run().await,
             Command::Verify(c) => c.run().await,
             Command::Audit(c) => c.run().await,
+            Command::Certs(c) => c.run().await,
         }
     })
 }

@@ -8,3 +8,4 @@ pub mod dirs;
 pub mod policy;
 pub mod repo;
 pub mod store;
+pub mod tls;

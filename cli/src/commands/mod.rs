@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod backups;
+pub mod certs;
 pub mod key;
 pub mod repo;
 pub mod restore;

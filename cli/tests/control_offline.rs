@@ -1,4 +1,5 @@
-//! `lifeboat audit verify` over a log written by the coordinator's writer.
+//! The control plane's offline commands: `lifeboat audit verify` over a log
+//! written by the coordinator's writer, and `lifeboat certs init`.
 
 mod support;
 
@@ -39,4 +40,21 @@ fn audit_verify_passes_a_sound_log_and_names_the_edited_line() {
     env.ok(&["audit", "verify", file]);
     let err = env.fails(&["audit", "verify", file, "--head", &head]);
     assert!(err.contains("rewritten or cut short"), "{err}");
+}
+
+#[test]
+fn certs_init_makes_a_ca_and_one_certificate_of_each_kind_and_never_replaces_them() {
+    let env = Env::new();
+    let dir = env.path("certs");
+    let out = env.ok(&["certs", "init", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    for kind in ["coordinator-", "agent-", "admin-admin"] {
+        assert!(out.lines().any(|l| l.contains(kind)), "{kind} missing: {out}");
+    }
+    let more = env.ok(&["certs", "init", "--dir", dir.to_str().unwrap(), "--agent", "db-2"]);
+    assert_eq!(more.trim(), dir.join("agent-db-2.pem").display().to_string());
+    let err = env.fails(&["certs", "init", "--dir", dir.to_str().unwrap(), "--agent", "db-2"]);
+    assert!(err.contains("exists already"), "{err}");
+    let err = env.fails(&["certs", "init", "--dir", dir.to_str().unwrap(), "--admin", "../root"]);
+    assert!(err.contains("letters, digits"), "{err}");
 }
