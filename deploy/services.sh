@@ -5,7 +5,9 @@
 #   deploy/services.sh install   packages: protoc (build), restic and pgBackRest
 #                                (benchmark peers), PostgreSQL 15 (tests make
 #                                their own clusters), the S3 emulator (moto, in
-#                                a venv), the Azure Blob emulator (Azurite, npm)
+#                                a venv), the Azure Blob emulator (Azurite, npm),
+#                                etcd (tests of the control plane start their own
+#                                clusters of it, on ports of their own)
 #   deploy/services.sh start     start the emulators and wait until they answer
 #   deploy/services.sh stop      stop what `start` started (by PID)
 #   deploy/services.sh status    say what runs where
@@ -21,9 +23,12 @@ DIR="${LIFEBOAT_SERVICES_DIR:-/var/tmp/lifeboat-services}"
 S3_PORT="${LIFEBOAT_S3_PORT:-9000}"
 AZURE_PORT="${LIFEBOAT_AZURE_PORT:-10000}"
 AZURITE="$DIR/azurite"
-# PostgreSQL 15 server and tools (tests make their own clusters with initdb,
-# run as the `postgres` user) and pgBackRest (the benchmark peer).
-APT_PACKAGES=(protobuf-compiler restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest)
+# protoc with its well-known types (libprotobuf-dev: etcd-client's protos
+# import google/protobuf/descriptor.proto), PostgreSQL 15 server and tools
+# (tests make their own clusters with initdb, run as the `postgres` user),
+# pgBackRest (the benchmark peer) and etcd (control-plane tests start their
+# own clusters).
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client)
 PG_BIN="${LIFEBOAT_PG_BIN:-/usr/lib/postgresql/15/bin}"
 VENV="$DIR/venv"
 
@@ -64,6 +69,7 @@ check() {
     local ok=1
     command -v protoc >/dev/null || { echo "missing: protoc (apt-get install protobuf-compiler)" >&2; ok=0; }
     command -v restic >/dev/null || { echo "missing: restic (apt-get install restic)" >&2; ok=0; }
+    command -v etcd >/dev/null || { echo "missing: etcd (apt-get install etcd-server)" >&2; ok=0; }
     command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain)" >&2; ok=0; }
     [ -x "$VENV/bin/moto_server" ] || { echo "missing: the S3 emulator in $VENV (deploy/services.sh install)" >&2; ok=0; }
     [ -x "$AZURITE/node_modules/.bin/azurite-blob" ] || { echo "missing: Azurite in $AZURITE (deploy/services.sh install)" >&2; ok=0; }

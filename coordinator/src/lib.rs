@@ -2,3 +2,4 @@
 //! control-plane issue builds it here, piece by piece).
 
 pub mod authz;
+pub mod election;

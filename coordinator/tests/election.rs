@@ -1,0 +1,110 @@
+//! Leader election against a real 3-member etcd cluster: a paused leader
+//! (its process frozen, as SIGSTOP would) is replaced within two lease TTLs
+//! and, once it runs again, commits nothing.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lifeboat_coordinator::election::{ElectionConfig, Elector};
+use lifeboat_integration_tests::etcd::EtcdCluster;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn config(cluster: &EtcdCluster, name: &str) -> ElectionConfig {
+    ElectionConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/lifeboat/test".into(),
+        name: name.into(),
+        url: format!("https://{name}.invalid:7443"),
+        ttl: TTL,
+    }
+}
+
+/// What the test asks of a coordinator running on a thread of its own.
+enum Ask {
+    Put(String, String, mpsc::Sender<Result<(), String>>),
+    /// Block the thread, runtime and all, like SIGSTOP.
+    Freeze(Duration),
+    IsLost(mpsc::Sender<bool>),
+}
+
+/// A leader on its own thread and runtime, which the test can freeze.
+fn leader_thread(config: ElectionConfig) -> (mpsc::Sender<Ask>, i64) {
+    let (tx, rx) = mpsc::channel::<Ask>();
+    let (term_tx, term_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let elector = Elector::connect(config).await.unwrap();
+            let leadership = elector.try_lead().await.unwrap().expect("the first candidate leads");
+            term_tx.send(leadership.term()).unwrap();
+            loop {
+                // Poll for asks without blocking the runtime (the lease is
+                // kept alive meanwhile), except when told to freeze.
+                match rx.try_recv() {
+                    Ok(Ask::Put(k, v, reply)) => {
+                        let _ = reply.send(leadership.fenced_put(&k, v).await.map_err(|e| e.to_string()));
+                    }
+                    Ok(Ask::Freeze(d)) => std::thread::sleep(d),
+                    Ok(Ask::IsLost(reply)) => {
+                        let _ = reply.send(leadership.is_lost());
+                    }
+                    Err(mpsc::TryRecvError::Empty) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+        });
+    });
+    (tx, term_rx.recv().unwrap())
+}
+
+fn put(a: &mpsc::Sender<Ask>, k: &str, v: &str) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel();
+    a.send(Ask::Put(k.into(), v.into(), tx)).unwrap();
+    rx.recv().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_leader_is_replaced_within_two_ttls_and_then_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 3);
+    let (a, a_term) = leader_thread(config(&cluster, "a"));
+    put(&a, "/lifeboat/test/state/x", "a1").unwrap();
+
+    let b = Elector::connect(config(&cluster, "b")).await.unwrap();
+    assert!(b.try_lead().await.unwrap().is_none(), "two leaders at once");
+    let led = b.leader().await.unwrap().unwrap();
+    assert_eq!((led.name.as_str(), led.term), ("a", a_term));
+
+    a.send(Ask::Freeze(TTL * 3)).unwrap();
+    let frozen = Instant::now();
+    let lead_b = tokio::time::timeout(TTL * 3, b.campaign()).await.expect("no new leader").unwrap();
+    let took = frozen.elapsed();
+    eprintln!("new leader after {took:?} (TTL {TTL:?})");
+    assert!(took < TTL * 2, "a new leader took {took:?}, over twice the TTL");
+    assert!(lead_b.term() > a_term);
+    lead_b.fenced_put("/lifeboat/test/state/x", "b1").await.unwrap();
+
+    // Thawed, the old leader still thinks it leads for a moment: its
+    // writes are fenced off all the same.
+    let err = put(&a, "/lifeboat/test/state/x", "a2").unwrap_err();
+    assert!(err.contains("not the leader"), "{err}");
+    let mut check = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let value = check.get("/lifeboat/test/state/x", None).await.unwrap();
+    assert_eq!(value.kvs()[0].value(), b"b1");
+    let deadline = Instant::now() + TTL * 2;
+    loop {
+        let (tx, rx) = mpsc::channel();
+        a.send(Ask::IsLost(tx)).unwrap();
+        if rx.recv().unwrap() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old leader never noticed it lost the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lead_b.fenced_put("/lifeboat/test/state/y", "b2").await.unwrap();
+    lead_b.resign().await;
+    // Resigned: the next candidate leads at once, not after a TTL.
+    let c = Elector::connect(config(&cluster, "c")).await.unwrap();
+    assert!(c.try_lead().await.unwrap().is_some());
+}
