@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How soon a failed lease renewal is tried again.
+const RETRY_SOON: Duration = Duration::from_millis(100);
+
 /// What can go wrong electing or acting as leader.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
@@ -125,11 +128,14 @@ impl Elector {
         Ok(Some(Leadership { client, key, term, lease, lost, keeper }))
     }
 
-    /// Waits until this coordinator leads (retrying every third of the TTL).
-    pub async fn campaign(&self) -> Result<Leadership, ElectionError> {
+    /// Waits until this coordinator leads, trying every third of the TTL,
+    /// through etcd being unreachable or without quorum meanwhile.
+    pub async fn campaign(&self) -> Leadership {
         loop {
-            if let Some(l) = self.try_lead().await? {
-                return Ok(l);
+            match self.try_lead().await {
+                Ok(Some(l)) => return l,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot campaign for leadership; retrying"),
             }
             tokio::time::sleep(self.config.ttl / 3).await;
         }
@@ -146,8 +152,11 @@ fn etcd(config: &ElectionConfig, cause: etcd_client::Error) -> ElectionError {
 async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
     let mut last_renewed = tokio::time::Instant::now();
     let mut channel = None;
+    let mut failed = false;
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        // After a failure, again at once: the client's next attempt may go
+        // to another member (a stream sticks to the member it opened on).
+        tokio::time::sleep(if failed { RETRY_SOON } else { ttl / 3 }).await;
         if channel.is_none() {
             channel = client.lease_keep_alive(lease).await.ok();
         }
@@ -161,6 +170,7 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::
             }
             None => None,
         };
+        failed = alive.is_none();
         match alive {
             Some(true) => last_renewed = tokio::time::Instant::now(),
             Some(false) => break,

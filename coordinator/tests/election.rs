@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use lifeboat_coordinator::election::{ElectionConfig, Elector};
+use lifeboat_coordinator::election::{ElectionConfig, ElectionError, Elector};
 use lifeboat_integration_tests::etcd::EtcdCluster;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -78,7 +78,7 @@ async fn a_frozen_leader_is_replaced_within_two_ttls_and_then_commits_nothing() 
 
     a.send(Ask::Freeze(TTL * 3)).unwrap();
     let frozen = Instant::now();
-    let lead_b = tokio::time::timeout(TTL * 3, b.campaign()).await.expect("no new leader").unwrap();
+    let lead_b = tokio::time::timeout(TTL * 3, b.campaign()).await.expect("no new leader");
     let took = frozen.elapsed();
     eprintln!("new leader after {took:?} (TTL {TTL:?})");
     assert!(took < TTL * 2, "a new leader took {took:?}, over twice the TTL");
@@ -107,4 +107,60 @@ async fn a_frozen_leader_is_replaced_within_two_ttls_and_then_commits_nothing() 
     // Resigned: the next candidate leads at once, not after a TTL.
     let c = Elector::connect(config(&cluster, "c")).await.unwrap();
     assert!(c.try_lead().await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_member_down_changes_nothing_and_without_quorum_nothing_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = EtcdCluster::start(dir.path(), 3);
+    let a = Elector::connect(config(&cluster, "a")).await.unwrap();
+    let mut lead = a.try_lead().await.unwrap().unwrap();
+
+    cluster.kill(2);
+    // Requests may need a retry while the client notices the dead member.
+    let mut wrote = false;
+    for _ in 0..10 {
+        if lead.fenced_put("/lifeboat/test/state/x", "one down").await.is_ok() {
+            wrote = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(wrote, "writes failed with one member of three down");
+    tokio::time::sleep(TTL * 2).await;
+    assert!(!lead.is_lost(), "the lease lapsed with one member of three down");
+
+    // Quorum lost: writes fail, and the leader learns it lost its lease.
+    // (A write the old raft leader took in before it noticed may still
+    // commit once quorum returns, in order, while this term still held:
+    // that is not two leaders.)
+    cluster.kill(1);
+    assert!(lead.fenced_put("/lifeboat/test/state/x", "no quorum").await.is_err());
+    tokio::time::timeout(TTL * 3, lead.lost()).await.expect("the leader never noticed quorum was lost");
+
+    // Quorum back: a new term, and the old one commits nothing more.
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_healthy(Duration::from_secs(30));
+    let new = tokio::time::timeout(TTL * 5, a.campaign()).await.expect("no leader after quorum returned");
+    assert!(new.term() > lead.term());
+    let mut wrote = false;
+    for _ in 0..10 {
+        if new.fenced_put("/lifeboat/test/state/y", "back").await.is_ok() {
+            wrote = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(wrote, "the new term cannot write");
+    for _ in 0..3 {
+        match lead.fenced_put("/lifeboat/test/state/y", "old term").await {
+            Err(ElectionError::NotLeader { .. }) => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(()) => panic!("the old term wrote after a new one began"),
+        }
+    }
+    let mut check = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    let value = check.get("/lifeboat/test/state/y", None).await.unwrap();
+    assert_eq!(value.kvs()[0].value(), b"back");
 }
