@@ -230,15 +230,35 @@ impl Leadership {
 
     /// Applies `ops` atomically, only if this term still holds the leadership.
     pub async fn fenced(&self, ops: Vec<TxnOp>) -> Result<(), ElectionError> {
-        let txn =
-            Txn::new().when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.term)]).and_then(ops);
+        match self.fenced_if(Vec::new(), ops).await? {
+            true => Ok(()),
+            false => Err(ElectionError::NotLeader { term: self.term }),
+        }
+    }
+
+    /// Applies `ops` atomically if this term still holds the leadership and
+    /// `compares` hold; `Ok(false)` when a compare did not (nothing written),
+    /// [`ElectionError::NotLeader`] when the term is over.
+    pub async fn fenced_if(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, ElectionError> {
+        let inner = Txn::new().when(compares).and_then(ops);
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.term)])
+            .and_then([TxnOp::txn(inner)]);
         let resp = self
             .client
             .clone()
             .txn(txn)
             .await
             .map_err(|cause| ElectionError::Etcd { endpoints: "the leader's etcd connection".into(), cause })?;
-        if resp.succeeded() { Ok(()) } else { Err(ElectionError::NotLeader { term: self.term }) }
+        if !resp.succeeded() {
+            return Err(ElectionError::NotLeader { term: self.term });
+        }
+        Ok(resp.op_responses().into_iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded())))
+    }
+
+    /// A client for reads (any member answers; reads need no fencing).
+    pub fn reader(&self) -> Client {
+        self.client.clone()
     }
 
     /// Steps down at once (the lease is revoked, so a successor need not

@@ -1,0 +1,83 @@
+//! The scheduler against real etcd: a slot becomes one job, however many
+//! ticks or leaders see it, and an outage's missed slots become one run.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lifeboat_common::policy::backup_schedules_from_yaml;
+use lifeboat_coordinator::election::{ElectionConfig, ElectionError, Elector};
+use lifeboat_coordinator::scheduler::Scheduler;
+use lifeboat_integration_tests::etcd::EtcdCluster;
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 1);
+    let config = |name: &str| ElectionConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/lifeboat/sched".into(),
+        name: name.into(),
+        url: format!("https://{name}.invalid"),
+        ttl: Duration::from_secs(2),
+    };
+    let policy = "backup_schedules:\n  database:\n    full:\n      cron: \"0 2 * * 0\"\n      priority: 1\n    transaction_logs:\n      interval: 5m\n";
+    let schedules = backup_schedules_from_yaml(policy).unwrap();
+    let scheduler = Scheduler::new("/lifeboat/sched");
+    let a = Elector::connect(config("a")).await.unwrap();
+    let lead_a = a.try_lead().await.unwrap().unwrap();
+
+    // First seen: nothing runs at once.
+    assert!(scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:00:00Z")).await.unwrap().is_empty());
+    assert!(scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:04:00Z")).await.unwrap().is_empty());
+    let made = scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:05:00Z")).await.unwrap();
+    let ids: Vec<&str> = made.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["database.transaction_logs@2026-11-21T00:05:00+00:00"]);
+    assert!(scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:05:30Z")).await.unwrap().is_empty());
+
+    // Leadership moves: the old term makes nothing, the new one makes the
+    // slot's job once, even when two of its ticks race.
+    lead_a.resign().await;
+    let b = Elector::connect(config("b")).await.unwrap();
+    let lead_b = b.try_lead().await.unwrap().unwrap();
+    let stale = a.try_lead().await.unwrap();
+    assert!(stale.is_none());
+    let a_again = Elector::connect(config("a")).await.unwrap();
+    assert!(a_again.try_lead().await.unwrap().is_none(), "b leads");
+    let now = at("2026-11-21T00:10:00Z");
+    let (one, two) = tokio::join!(scheduler.tick(&lead_b, &schedules, now), scheduler.tick(&lead_b, &schedules, now));
+    assert_eq!(one.unwrap().len() + two.unwrap().len(), 1, "a slot made two jobs");
+
+    // Three weeks down: one run per schedule, for the latest slot.
+    let made = scheduler.tick(&lead_b, &schedules, at("2026-12-12T09:31:00Z")).await.unwrap();
+    let mut ids: Vec<String> = made.iter().map(|j| j.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["database.full@2026-12-06T02:00:00+00:00", "database.transaction_logs@2026-12-12T09:30:00+00:00"]);
+    assert_eq!(made.iter().find(|j| j.schedule_id == "database.full").unwrap().priority, 1);
+
+    // A deposed leader's tick fails and writes nothing: b's key goes (as
+    // when its lease expires) and c leads, while b still holds its term.
+    let mut check = etcd_client::Client::connect(cluster.endpoints(), None).await.unwrap();
+    check.delete("/lifeboat/sched/leader", None).await.unwrap();
+    let c = Elector::connect(config("c")).await.unwrap();
+    let _lead_c = c.try_lead().await.unwrap().unwrap();
+    let jobs_before = check
+        .get("/lifeboat/sched/jobs/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .kvs()
+        .len();
+    let err = scheduler.tick(&lead_b, &schedules, at("2026-12-12T09:40:00Z")).await.unwrap_err();
+    assert!(matches!(err, ElectionError::NotLeader { .. }), "{err}");
+    let jobs_after = check
+        .get("/lifeboat/sched/jobs/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .kvs()
+        .len();
+    assert_eq!(jobs_before, jobs_after);
+    assert_eq!(jobs_after, 4);
+}
