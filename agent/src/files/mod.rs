@@ -5,6 +5,7 @@ mod error;
 mod filter;
 mod meta;
 mod restore;
+mod watch;
 
 pub use backup::{
     BackupOptions, BackupOutcome, Captured, ContentCheck, FileChecker, FixedChunks, backup_files, capture,
@@ -12,3 +13,4 @@ pub use backup::{
 pub use error::FilesError;
 pub use filter::Filter;
 pub use restore::{RestoreOptions, RestoreReport, restore_files};
+pub use watch::ChangeWatcher;

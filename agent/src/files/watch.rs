@@ -1,0 +1,94 @@
+//! "On change" schedules (the seed's `configs: { on_change: true }`): the
+//! paths a source covers are watched (inotify), and a burst of changes (an
+//! editor's save, a deploy touching many files) becomes one trigger once it
+//! has been quiet for the settling time.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::mpsc;
+
+use super::FilesError;
+
+/// Watches paths and reports settled bursts of changes.
+pub struct ChangeWatcher {
+    // Kept alive: dropping it stops the watching.
+    _debouncer: Debouncer<RecommendedWatcher>,
+    rx: mpsc::UnboundedReceiver<Result<Vec<PathBuf>, String>>,
+    settle: Duration,
+}
+
+impl std::fmt::Debug for ChangeWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeWatcher").finish_non_exhaustive()
+    }
+}
+
+impl ChangeWatcher {
+    /// Watches `paths` (directories recursively) and reports changes once
+    /// they have settled for `settle`.
+    pub fn new(paths: &[PathBuf], settle: Duration) -> Result<Self, FilesError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut debouncer = new_debouncer(settle, move |res: DebounceEventResult| {
+            let batch = res.map(|events| events.into_iter().map(|e| e.path).collect()).map_err(|e| e.to_string());
+            let _ = tx.send(batch);
+        })
+        .map_err(|e| FilesError::Usage(format!("cannot watch for changes: {e}")))?;
+        for path in paths {
+            debouncer
+                .watcher()
+                .watch(path, RecursiveMode::Recursive)
+                .map_err(|e| FilesError::Usage(format!("cannot watch {} for changes: {e}", path.display())))?;
+        }
+        Ok(ChangeWatcher { _debouncer: debouncer, rx, settle })
+    }
+
+    /// The next settled burst: the paths that changed, sorted, each once.
+    /// `None` once the watcher has stopped.
+    pub async fn next(&mut self) -> Option<Result<Vec<PathBuf>, FilesError>> {
+        let mut changed = BTreeSet::new();
+        let mut batch = self.rx.recv().await?;
+        // The debouncer settles each path on its own: gather its batches
+        // until the whole burst has been quiet for the settling time.
+        loop {
+            match batch {
+                Ok(paths) => changed.extend(paths),
+                Err(e) => return Some(Err(FilesError::Usage(format!("watching for changes: {e}")))),
+            }
+            match tokio::time::timeout(self.settle, self.rx.recv()).await {
+                Ok(Some(next)) => batch = next,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Some(Ok(changed.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_changes_becomes_one_trigger_and_quiet_stays_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(conf.join("sites")).unwrap();
+        let mut watcher = ChangeWatcher::new(std::slice::from_ref(&conf), Duration::from_millis(300)).unwrap();
+
+        for i in 0..20 {
+            std::fs::write(conf.join("sites").join(format!("site-{i}.conf")), format!("v{i}")).unwrap();
+            std::fs::write(conf.join("main.conf"), format!("include {i}")).unwrap();
+        }
+        let changed = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap().unwrap();
+        assert!(changed.contains(&conf.join("main.conf")), "{changed:?}");
+        assert!(changed.iter().filter(|p| p.ends_with("main.conf")).count() == 1);
+        // Nothing more until something changes again.
+        assert!(tokio::time::timeout(Duration::from_millis(900), watcher.next()).await.is_err());
+        std::fs::write(conf.join("main.conf"), "again").unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(changed, vec![conf.join("main.conf")]);
+    }
+}
