@@ -3,4 +3,5 @@
 
 pub mod authz;
 pub mod election;
+pub mod lag;
 pub mod scheduler;
