@@ -5,3 +5,4 @@ pub mod authz;
 pub mod election;
 pub mod lag;
 pub mod scheduler;
+pub mod state;

@@ -1,18 +1,17 @@
 //! Turning policy into jobs, exactly once.
 //!
-//! Each schedule's last slot is kept in etcd at
-//! `<prefix>/schedules/<id>/last_slot`. A due slot becomes a job in one
-//! transaction that also moves the last slot from the value read to the
-//! new one, fenced by the leader's term: two leaders in a row (or one
+//! Each schedule's last slot is kept in the state (etcd, or the embedded
+//! database) at `<prefix>/schedules/<id>/last_slot`. A due slot becomes a
+//! job in one transaction that also moves the last slot from the value read
+//! to the new one, fenced on etcd by the leader's term: two leaders in a row (or one
 //! deposed and one new) cannot both create it, and however many slots an
 //! outage missed, the transaction makes one job, for the latest.
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Compare, CompareOp, TxnOp};
 use lifeboat_common::policy::Schedule;
 use serde::{Deserialize, Serialize};
 
-use crate::election::{ElectionError, Leadership};
+use crate::state::{Condition, State, StateError};
 
 /// A job as stored, until an agent takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,31 +54,26 @@ impl Scheduler {
     /// its first run). Returns the jobs this call made.
     pub async fn tick(
         &self,
-        leader: &Leadership,
+        state: State<'_>,
         schedules: &[Schedule],
         now: DateTime<Utc>,
-    ) -> Result<Vec<JobRecord>, ElectionError> {
+    ) -> Result<Vec<JobRecord>, StateError> {
         let mut made = Vec::new();
-        let mut reader = leader.reader();
         for schedule in schedules {
             let key = self.last_slot_key(schedule);
-            let read = reader
-                .get(key.clone(), None)
-                .await
-                .map_err(|cause| ElectionError::Etcd { endpoints: "the leader's etcd connection".into(), cause })?;
-            let stored = read.kvs().first().map(|kv| (kv.mod_revision(), kv.value().to_vec()));
+            let stored = state.get(&key).await?;
             let last = stored
                 .as_ref()
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .and_then(|v| std::str::from_utf8(&v.value).ok())
                 .and_then(|v| v.parse::<DateTime<Utc>>().ok());
-            // Unchanged since read, or still absent: the compare that makes
+            // Unchanged since read, or still absent: the condition that makes
             // the slot move, and so the job, happen once.
             let unchanged = match &stored {
-                Some((rev, _)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some(v) => Condition::Revision(key.clone(), v.revision),
+                None => Condition::Absent(key.clone()),
             };
             let Some(last) = last else {
-                leader.fenced_if(vec![unchanged], vec![TxnOp::put(key, now.to_rfc3339(), None)]).await?;
+                state.commit_if(&[unchanged], &[(key, now.to_rfc3339().into_bytes())]).await?;
                 continue;
             };
             let Some(slot) = schedule.trigger.due(last, now) else { continue };
@@ -90,11 +84,11 @@ impl Scheduler {
                 priority: schedule.priority,
                 created: now,
             };
+            let job_key = self.job_key(&job.id);
             let value = serde_json::to_vec(&job).unwrap_or_default();
-            let ops = vec![TxnOp::put(key, slot.to_rfc3339(), None), TxnOp::put(self.job_key(&job.id), value, None)];
             // Also never over a job of the same id (a slot run already).
-            let absent = Compare::create_revision(self.job_key(&job.id), CompareOp::Equal, 0);
-            if leader.fenced_if(vec![unchanged, absent], ops).await? {
+            let conditions = [unchanged, Condition::Absent(job_key.clone())];
+            if state.commit_if(&conditions, &[(key, slot.to_rfc3339().into_bytes()), (job_key, value)]).await? {
                 tracing::info!(job = %job.id, "job due");
                 made.push(job);
             }

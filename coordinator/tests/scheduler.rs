@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::policy::backup_schedules_from_yaml;
 use lifeboat_coordinator::election::{ElectionConfig, ElectionError, Elector};
 use lifeboat_coordinator::scheduler::Scheduler;
+use lifeboat_coordinator::state::{EmbeddedState, State, StateError};
 use lifeboat_integration_tests::etcd::EtcdCluster;
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -31,12 +32,12 @@ async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
     let lead_a = a.try_lead().await.unwrap().unwrap();
 
     // First seen: nothing runs at once.
-    assert!(scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:00:00Z")).await.unwrap().is_empty());
-    assert!(scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:04:00Z")).await.unwrap().is_empty());
-    let made = scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:05:00Z")).await.unwrap();
+    assert!(scheduler.tick(State::Etcd(&lead_a), &schedules, at("2026-11-21T00:00:00Z")).await.unwrap().is_empty());
+    assert!(scheduler.tick(State::Etcd(&lead_a), &schedules, at("2026-11-21T00:04:00Z")).await.unwrap().is_empty());
+    let made = scheduler.tick(State::Etcd(&lead_a), &schedules, at("2026-11-21T00:05:00Z")).await.unwrap();
     let ids: Vec<&str> = made.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["database.transaction_logs@2026-11-21T00:05:00+00:00"]);
-    assert!(scheduler.tick(&lead_a, &schedules, at("2026-11-21T00:05:30Z")).await.unwrap().is_empty());
+    assert!(scheduler.tick(State::Etcd(&lead_a), &schedules, at("2026-11-21T00:05:30Z")).await.unwrap().is_empty());
 
     // Leadership moves: the old term makes nothing, the new one makes the
     // slot's job once, even when two of its ticks race.
@@ -48,11 +49,14 @@ async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
     let a_again = Elector::connect(config("a")).await.unwrap();
     assert!(a_again.try_lead().await.unwrap().is_none(), "b leads");
     let now = at("2026-11-21T00:10:00Z");
-    let (one, two) = tokio::join!(scheduler.tick(&lead_b, &schedules, now), scheduler.tick(&lead_b, &schedules, now));
+    let (one, two) = tokio::join!(
+        scheduler.tick(State::Etcd(&lead_b), &schedules, now),
+        scheduler.tick(State::Etcd(&lead_b), &schedules, now)
+    );
     assert_eq!(one.unwrap().len() + two.unwrap().len(), 1, "a slot made two jobs");
 
     // Three weeks down: one run per schedule, for the latest slot.
-    let made = scheduler.tick(&lead_b, &schedules, at("2026-12-12T09:31:00Z")).await.unwrap();
+    let made = scheduler.tick(State::Etcd(&lead_b), &schedules, at("2026-12-12T09:31:00Z")).await.unwrap();
     let mut ids: Vec<String> = made.iter().map(|j| j.id.clone()).collect();
     ids.sort();
     assert_eq!(ids, ["database.full@2026-12-06T02:00:00+00:00", "database.transaction_logs@2026-12-12T09:30:00+00:00"]);
@@ -70,8 +74,8 @@ async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
         .unwrap()
         .kvs()
         .len();
-    let err = scheduler.tick(&lead_b, &schedules, at("2026-12-12T09:40:00Z")).await.unwrap_err();
-    assert!(matches!(err, ElectionError::NotLeader { .. }), "{err}");
+    let err = scheduler.tick(State::Etcd(&lead_b), &schedules, at("2026-12-12T09:40:00Z")).await.unwrap_err();
+    assert!(matches!(err, StateError::Election(ElectionError::NotLeader { .. })), "{err}");
     let jobs_after = check
         .get("/lifeboat/sched/jobs/", Some(etcd_client::GetOptions::new().with_prefix()))
         .await
@@ -80,4 +84,32 @@ async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
         .len();
     assert_eq!(jobs_before, jobs_after);
     assert_eq!(jobs_after, 4);
+}
+
+#[tokio::test]
+async fn without_etcd_the_embedded_state_makes_each_slot_one_job_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let schedules =
+        backup_schedules_from_yaml("backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n").unwrap();
+    let scheduler = Scheduler::new("/lifeboat");
+    {
+        let db = EmbeddedState::open(&path).unwrap();
+        assert!(scheduler.tick(State::Embedded(&db), &schedules, at("2026-11-20T12:00:00Z")).await.unwrap().is_empty());
+        let made = scheduler.tick(State::Embedded(&db), &schedules, at("2026-11-21T03:00:00Z")).await.unwrap();
+        assert_eq!(made.len(), 1);
+        // Two ticks racing on one store: the slot is taken once.
+        let now = at("2026-11-22T03:00:05Z");
+        let (one, two) = tokio::join!(
+            scheduler.tick(State::Embedded(&db), &schedules, now),
+            scheduler.tick(State::Embedded(&db), &schedules, now)
+        );
+        assert_eq!(one.unwrap().len() + two.unwrap().len(), 1);
+    }
+    // Restarted (the database is on disk): the slot already run is not run again.
+    let db = EmbeddedState::open(&path).unwrap();
+    assert!(scheduler.tick(State::Embedded(&db), &schedules, at("2026-11-22T03:10:00Z")).await.unwrap().is_empty());
+    let made = scheduler.tick(State::Embedded(&db), &schedules, at("2026-11-25T09:00:00Z")).await.unwrap();
+    let ids: Vec<&str> = made.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["files.media@2026-11-25T03:00:00+00:00"]);
 }
