@@ -109,6 +109,18 @@ async fn a_frozen_leader_is_replaced_within_two_ttls_and_then_commits_nothing() 
     assert!(c.try_lead().await.unwrap().is_some());
 }
 
+/// A fenced write, retried for a couple of seconds while the client
+/// notices which members are down or back.
+async fn put_soon(lead: &lifeboat_coordinator::election::Leadership, key: &str, value: &str) -> bool {
+    for _ in 0..10 {
+        if lead.fenced_put(key, value).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_member_down_changes_nothing_and_without_quorum_nothing_commits() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,16 +129,7 @@ async fn one_member_down_changes_nothing_and_without_quorum_nothing_commits() {
     let mut lead = a.try_lead().await.unwrap().unwrap();
 
     cluster.kill(2);
-    // Requests may need a retry while the client notices the dead member.
-    let mut wrote = false;
-    for _ in 0..10 {
-        if lead.fenced_put("/lifeboat/test/state/x", "one down").await.is_ok() {
-            wrote = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(wrote, "writes failed with one member of three down");
+    assert!(put_soon(&lead, "/lifeboat/test/state/x", "one down").await, "writes failed with one member of three down");
     tokio::time::sleep(TTL * 2).await;
     assert!(!lead.is_lost(), "the lease lapsed with one member of three down");
 
@@ -144,15 +147,7 @@ async fn one_member_down_changes_nothing_and_without_quorum_nothing_commits() {
     cluster.wait_healthy(Duration::from_secs(30));
     let new = tokio::time::timeout(TTL * 5, a.campaign()).await.expect("no leader after quorum returned");
     assert!(new.term() > lead.term());
-    let mut wrote = false;
-    for _ in 0..10 {
-        if new.fenced_put("/lifeboat/test/state/y", "back").await.is_ok() {
-            wrote = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(wrote, "the new term cannot write");
+    assert!(put_soon(&new, "/lifeboat/test/state/y", "back").await, "the new term cannot write");
     for _ in 0..3 {
         match lead.fenced_put("/lifeboat/test/state/y", "old term").await {
             Err(ElectionError::NotLeader { .. }) => break,

@@ -68,20 +68,14 @@ async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
     check.delete("/lifeboat/sched/leader", None).await.unwrap();
     let c = Elector::connect(config("c")).await.unwrap();
     let _lead_c = c.try_lead().await.unwrap().unwrap();
-    let jobs_before = check
-        .get("/lifeboat/sched/jobs/", Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap()
-        .kvs()
-        .len();
+    let jobs = |mut c: etcd_client::Client| async move {
+        let prefix = Some(etcd_client::GetOptions::new().with_prefix());
+        c.get("/lifeboat/sched/jobs/", prefix).await.unwrap().kvs().len()
+    };
+    let jobs_before = jobs(check.clone()).await;
     let err = scheduler.tick(State::Etcd(&lead_b), &schedules, at("2026-12-12T09:40:00Z")).await.unwrap_err();
     assert!(matches!(err, StateError::Election(ElectionError::NotLeader { .. })), "{err}");
-    let jobs_after = check
-        .get("/lifeboat/sched/jobs/", Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap()
-        .kvs()
-        .len();
+    let jobs_after = jobs(check).await;
     assert_eq!(jobs_before, jobs_after);
     assert_eq!(jobs_after, 4);
 }
