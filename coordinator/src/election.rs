@@ -142,6 +142,13 @@ impl Elector {
     }
 }
 
+impl ElectionError {
+    /// A failure on the leader's own etcd connection.
+    pub(crate) fn on_leader_connection(cause: etcd_client::Error) -> Self {
+        ElectionError::Etcd { endpoints: "the leader's etcd connection".into(), cause }
+    }
+}
+
 fn etcd(config: &ElectionConfig, cause: etcd_client::Error) -> ElectionError {
     ElectionError::Etcd { endpoints: config.endpoints.join(","), cause }
 }
@@ -244,12 +251,7 @@ impl Leadership {
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.term)])
             .and_then([TxnOp::txn(inner)]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|cause| ElectionError::Etcd { endpoints: "the leader's etcd connection".into(), cause })?;
+        let resp = self.client.clone().txn(txn).await.map_err(ElectionError::on_leader_connection)?;
         if !resp.succeeded() {
             return Err(ElectionError::NotLeader { term: self.term });
         }

@@ -128,11 +128,7 @@ impl State<'_> {
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
         match self {
             State::Etcd(leader) => {
-                let resp = leader
-                    .reader()
-                    .get(key, None)
-                    .await
-                    .map_err(|cause| ElectionError::Etcd { endpoints: "the leader's etcd connection".into(), cause })?;
+                let resp = leader.reader().get(key, None).await.map_err(ElectionError::on_leader_connection)?;
                 Ok(resp.kvs().first().map(|kv| Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() }))
             }
             State::Embedded(db) => db.get(key),

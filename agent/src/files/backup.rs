@@ -188,11 +188,7 @@ pub async fn capture(
         let progress = progress.clone();
         let roots = roots.clone();
         tokio::task::spawn_blocking(move || {
-            let mut pipeline = Pipeline::new(repo, runtime, filter, progress, opts.threads, opts.content_check);
-            pipeline.compression_level = opts.compression_level;
-            pipeline.trust_before_ns = trust_before_ns;
-            pipeline.fixed_chunks = opts.fixed_chunks;
-            pipeline.run(&roots, parent_tree)
+            Pipeline::new(repo, runtime, filter, progress, &opts, trust_before_ns).run(&roots, parent_tree)
         })
     };
     let (tree, summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
@@ -312,11 +308,11 @@ impl Pipeline {
         runtime: Handle,
         filter: Filter,
         progress: Arc<Progress>,
-        threads: usize,
-        content_check: Option<Arc<dyn ContentCheck>>,
+        opts: &BackupOptions,
+        trust_before_ns: Option<i64>,
     ) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let threads = if threads == 0 { cores.max(2) } else { threads };
+        let threads = if opts.threads == 0 { cores.max(2) } else { opts.threads };
         let (seen, counters) = (SeenBlobs::default(), Counters::default());
         Pipeline {
             repo,
@@ -326,10 +322,10 @@ impl Pipeline {
             threads,
             seen,
             counters,
-            content_check,
-            compression_level: None,
-            trust_before_ns: None,
-            fixed_chunks: None,
+            content_check: opts.content_check.clone(),
+            compression_level: opts.compression_level,
+            trust_before_ns,
+            fixed_chunks: opts.fixed_chunks.clone(),
         }
     }
 

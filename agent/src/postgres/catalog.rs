@@ -4,6 +4,7 @@
 use lifeboat_common::repo::Repository;
 use serde::Serialize;
 
+use super::replication::format_lsn;
 use super::wal::segment_start;
 use super::{PgError, wal};
 
@@ -63,7 +64,7 @@ pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>, PgError>
                 Ok((last, gap)) => {
                     let end = segment_start(&last, pg.wal_segment_size).map(|s| s + pg.wal_segment_size);
                     let at = archived.get(&last).copied().flatten();
-                    (end.map(|e| format!("{:X}/{:X}", e >> 32, e & 0xFFFF_FFFF)), at, gap, None)
+                    (end.map(format_lsn), at, gap, None)
                 }
                 Err(e) => (None, None, None, Some(e.to_string())),
             };

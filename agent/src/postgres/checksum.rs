@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use lifeboat_common::repo::snapshot::CorruptPage;
 
-use super::relfile::{PAGE_SIZE, RelationFiles};
+use super::relfile::{PAGE_SIZE, RelationFiles, relation_first_block};
 use crate::files::{ContentCheck, FileChecker};
 
 const FNV_PRIME: u32 = 16_777_619;
@@ -102,8 +102,8 @@ impl PageChecks {
 
 impl ContentCheck for PageChecks {
     fn for_file(&self, path: &Path, offset: u64) -> Option<FileChecker> {
-        let first_block = self.files.first_block(path)?;
         let relative = self.files.relative(path)?;
+        let first_block = relation_first_block(&relative)?;
         if !offset.is_multiple_of(PAGE_SIZE as u64) {
             return None;
         }

@@ -132,14 +132,16 @@ struct Segment {
 }
 
 impl Segment {
-    fn name(&self, size: u64) -> String {
-        let per_log = 0x1_0000_0000u64 / size;
-        let n = self.start / size;
-        format!("{:08X}{:08X}{:08X}", self.timeline, n / per_log, n % per_log)
-    }
-
     fn end(&self) -> u64 {
         self.start + self.data.len() as u64
+    }
+
+    /// The upload of what was received so far.
+    fn partial(&self, size: u64) -> Job {
+        let mut content = Vec::with_capacity(size as usize);
+        content.extend_from_slice(&self.data);
+        content.resize(size as usize, 0);
+        Job::Partial { name: wal::segment_name(self.timeline, self.start, size), content, end: self.end() }
     }
 }
 
@@ -310,14 +312,7 @@ async fn session(
         let pending = seg.end() > progress.stored;
         if inflight.is_none() && retry_at.is_none_or(|t| now >= t) {
             let partial_due = pending && (ending.is_some() || opts.synchronous || now >= last_partial + opts.interval);
-            let job = queue.pop_front().or_else(|| {
-                partial_due.then(|| {
-                    let mut content = Vec::with_capacity(seg_size as usize);
-                    content.extend_from_slice(&seg.data);
-                    content.resize(seg_size as usize, 0);
-                    Job::Partial { name: seg.name(seg_size), content, end: seg.end() }
-                })
-            });
+            let job = queue.pop_front().or_else(|| partial_due.then(|| seg.partial(seg_size)));
             if let Some(job) = job {
                 if matches!(job, Job::Partial { .. }) {
                     last_partial = now;
@@ -363,7 +358,8 @@ async fn session(
                         if seg.data.len() as u64 == seg_size {
                             let next = Segment { timeline, start: seg.start + seg_size, data: Vec::new() };
                             let done = std::mem::replace(&mut seg, next);
-                            queue.push_back(Job::Segment { name: done.name(seg_size), end: done.end(), content: done.data });
+                            let name = wal::segment_name(done.timeline, done.start, seg_size);
+                            queue.push_back(Job::Segment { name, end: done.end(), content: done.data });
                         }
                     }
                     progress.received = progress.received.max(seg.end());
@@ -384,10 +380,7 @@ async fn session(
                     // The old timeline's last segment stays partial (a
                     // promoted server archives its own copy as `.partial`).
                     if !seg.data.is_empty() {
-                        let mut content = std::mem::take(&mut seg.data);
-                        let end = seg.start + content.len() as u64;
-                        content.resize(seg_size as usize, 0);
-                        queue.push_back(Job::Partial { name: seg.name(seg_size), content, end });
+                        queue.push_back(seg.partial(seg_size));
                     }
                     match conn.timeline_history(next).await {
                         Ok((name, content)) => queue.push_back(Job::History { name, content }),

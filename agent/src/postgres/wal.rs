@@ -47,6 +47,14 @@ pub fn segment_start(name: &str, segment_size: u64) -> Option<u64> {
     Some((log << 32) + seg * segment_size)
 }
 
+/// The name of the segment of `timeline` holding `lsn` (the inverse of
+/// [`segment_start`]).
+pub fn segment_name(timeline: u32, lsn: u64, segment_size: u64) -> String {
+    let n = lsn / segment_size;
+    let per_log = 0x1_0000_0000u64 / segment_size;
+    format!("{timeline:08X}{:08X}{:08X}", n / per_log, n % per_log)
+}
+
 /// The WAL file name of `path` (PostgreSQL's `%p`), checked.
 pub fn wal_name(path: &Path) -> Result<String, PgError> {
     let name =
@@ -246,6 +254,10 @@ mod tests {
         let mb16 = 16 << 20;
         assert_eq!(next_segment("0000000100000000000000FF", mb16).unwrap(), "000000010000000100000000");
         assert_eq!(next_segment("000000010000000000000003", mb16).unwrap(), "000000010000000000000004");
+        for name in ["0000000100000000000000FF", "000000020000000A00000003"] {
+            let tli = u32::from_str_radix(&name[..8], 16).unwrap();
+            assert_eq!(segment_name(tli, segment_start(name, mb16).unwrap() + 5, mb16), name);
+        }
         let names = |r: std::ops::RangeInclusive<u32>| -> Vec<String> {
             r.map(|s| format!("0000000100000000{s:08X}")).collect()
         };
