@@ -5,6 +5,7 @@
 //! can rebuild the chain from there on: comparing the head with a copy kept
 //! elsewhere, `verify --head`, catches that and a cut-off tail.)
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -121,6 +122,11 @@ impl AuditLog {
         Ok(AuditLog { path: path.to_owned(), tail: Mutex::new(Tail { file, seq, hash }) })
     }
 
+    /// Its file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends one entry and syncs it to disk before returning it.
     pub fn append(&self, record: AuditRecord) -> Result<AuditEntry, AuditError> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,9 +156,20 @@ pub struct Verified {
 
 /// Checks every entry of the log at `path` follows from the ones before.
 pub fn verify(path: &Path) -> Result<Verified, AuditError> {
+    Ok(walk(path, 0)?.0)
+}
+
+/// Checks the whole log, and returns its last `n` entries, oldest first.
+pub fn tail(path: &Path, n: usize) -> Result<(Verified, Vec<AuditEntry>), AuditError> {
+    let (verified, kept) = walk(path, n)?;
+    Ok((verified, kept.into()))
+}
+
+fn walk(path: &Path, keep: usize) -> Result<(Verified, VecDeque<AuditEntry>), AuditError> {
     let file = File::open(path).map_err(|cause| AuditError::Io { op: "reading", path: path.to_owned(), cause })?;
     let broken = |line: u64, reason: String| AuditError::Broken { path: path.to_owned(), line, reason };
     let (mut seq, mut head) = (0u64, GENESIS.to_owned());
+    let mut kept = VecDeque::with_capacity(keep.min(1024));
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let n = i as u64 + 1;
         let line = line.map_err(|cause| AuditError::Io { op: "reading", path: path.to_owned(), cause })?;
@@ -170,9 +187,15 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
             return Err(broken(n, "its content does not match its hash: it was edited".into()));
         }
         seq = entry.seq;
-        head = entry.hash;
+        head.clone_from(&entry.hash);
+        if keep > 0 {
+            if kept.len() == keep {
+                kept.pop_front();
+            }
+            kept.push_back(entry);
+        }
     }
-    Ok(Verified { entries: seq, head })
+    Ok((Verified { entries: seq, head }, kept))
 }
 
 #[cfg(test)]

@@ -87,6 +87,11 @@ impl Elector {
         Ok(Elector { client, config })
     }
 
+    /// A client for reads (a follower's view of the state).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     fn leader_key(&self) -> String {
         format!("{}/leader", self.config.prefix)
     }
@@ -238,15 +243,16 @@ impl Leadership {
     /// Applies `ops` atomically, only if this term still holds the leadership.
     pub async fn fenced(&self, ops: Vec<TxnOp>) -> Result<(), ElectionError> {
         match self.fenced_if(Vec::new(), ops).await? {
-            true => Ok(()),
-            false => Err(ElectionError::NotLeader { term: self.term }),
+            Some(_) => Ok(()),
+            None => Err(ElectionError::NotLeader { term: self.term }),
         }
     }
 
     /// Applies `ops` atomically if this term still holds the leadership and
-    /// `compares` hold; `Ok(false)` when a compare did not (nothing written),
-    /// [`ElectionError::NotLeader`] when the term is over.
-    pub async fn fenced_if(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, ElectionError> {
+    /// `compares` hold: the revision written at, `Ok(None)` when a compare
+    /// did not hold (nothing written), [`ElectionError::NotLeader`] when the
+    /// term is over.
+    pub async fn fenced_if(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<Option<i64>, ElectionError> {
         let inner = Txn::new().when(compares).and_then(ops);
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.term)])
@@ -255,7 +261,9 @@ impl Leadership {
         if !resp.succeeded() {
             return Err(ElectionError::NotLeader { term: self.term });
         }
-        Ok(resp.op_responses().into_iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded())))
+        let applied =
+            resp.op_responses().into_iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded()));
+        Ok(applied.then(|| resp.header().map_or(0, |h| h.revision())))
     }
 
     /// A client for reads (any member answers; reads need no fencing).

@@ -1,8 +1,14 @@
-//! The coordinator: policy, schedules, retention, drills and failover (the
-//! control-plane issue builds it here, piece by piece).
+//! The coordinator: policy, schedules, jobs and the control plane. One
+//! leads (elected through etcd, or alone on an embedded store); agents
+//! attach to it over mutual TLS and run what it assigns.
 
+pub mod agents;
 pub mod authz;
+pub mod config;
+pub mod core;
 pub mod election;
+pub mod jobs;
 pub mod lag;
 pub mod scheduler;
+pub mod service;
 pub mod state;

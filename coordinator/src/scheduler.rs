@@ -1,98 +1,140 @@
 //! Turning policy into jobs, exactly once.
 //!
-//! Each schedule's last slot is kept in the state (etcd, or the embedded
-//! database) at `<prefix>/schedules/<id>/last_slot`. A due slot becomes a
-//! job in one transaction that also moves the last slot from the value read
-//! to the new one, fenced on etcd by the leader's term: two leaders in a row (or one
-//! deposed and one new) cannot both create it, and however many slots an
-//! outage missed, the transaction makes one job, for the latest.
+//! A schedule applies to each source bound to it (a target). Each target's
+//! last slot is kept in the state at
+//! `<prefix>/schedules/<schedule>/<host>/<source>/last_slot`. A due slot
+//! becomes a job in one transaction that also moves the last slot from the
+//! value read to the new one, fenced on etcd by the leader's term: two
+//! leaders in a row (or one deposed and one new) cannot both create it, and
+//! however many slots an outage missed, the transaction makes one job, for
+//! the latest. The leader keeps the slots it read in memory, so a tick with
+//! nothing due reads nothing.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use lifeboat_common::policy::Schedule;
-use serde::{Deserialize, Serialize};
 
-use crate::state::{Condition, State, StateError};
+use crate::jobs::{JobBook, JobKind, JobRecord};
+use crate::state::{Condition, Op, State, StateError};
 
-/// A job as stored, until an agent takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// `<schedule id>@<slot, RFC 3339>`: the same slot always names the same job.
-    pub id: String,
-    /// The schedule that made it.
-    pub schedule_id: String,
-    /// The slot it is for.
-    pub slot: DateTime<Utc>,
-    /// 1 (critical) .. 4 (low).
-    pub priority: u8,
-    /// When it was made.
-    pub created: DateTime<Utc>,
+/// One schedule applied to one source.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The schedule.
+    pub schedule: &'a Schedule,
+    /// The agent.
+    pub host: &'a str,
+    /// The source on it.
+    pub source_id: &'a str,
 }
 
-/// Where the scheduler keeps its keys.
+/// A job made by the scheduler, and the revision it was stored at.
+#[derive(Debug, Clone)]
+pub struct Made {
+    /// The job.
+    pub job: JobRecord,
+    /// Its revision in the state.
+    pub revision: i64,
+}
+
+/// Where the scheduler keeps its keys, and the slots it has read.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     prefix: String,
+    /// Last slot and revision by key, as read or written by this leader.
+    slots: HashMap<String, (Option<DateTime<Utc>>, i64)>,
 }
 
 impl Scheduler {
     /// A scheduler keeping state under `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Scheduler { prefix: prefix.into() }
+        Scheduler { prefix: prefix.into(), slots: HashMap::new() }
     }
 
-    fn last_slot_key(&self, schedule: &Schedule) -> String {
-        format!("{}/schedules/{}/last_slot", self.prefix, schedule.id())
+    fn last_slot_key(&self, target: &Target<'_>) -> String {
+        format!("{}/schedules/{}/{}/{}/last_slot", self.prefix, target.schedule.id(), target.host, target.source_id)
     }
 
-    /// The key of a job.
-    pub fn job_key(&self, id: &str) -> String {
-        format!("{}/jobs/{id}", self.prefix)
+    /// Forgets what was read: the next tick reads every slot again (a new term).
+    pub fn forget(&mut self) {
+        self.slots.clear();
     }
 
-    /// Makes the jobs that are due at `now`, as the leader. A schedule never
+    async fn last_slot(
+        &mut self,
+        state: State<'_>,
+        key: &str,
+    ) -> Result<(Option<DateTime<Utc>>, Option<i64>), StateError> {
+        if let Some((slot, revision)) = self.slots.get(key) {
+            return Ok((*slot, Some(*revision)));
+        }
+        let stored = state.get(key).await?;
+        let slot = stored
+            .as_ref()
+            .and_then(|v| std::str::from_utf8(&v.value).ok())
+            .and_then(|v| v.parse::<DateTime<Utc>>().ok());
+        if let Some(v) = &stored {
+            self.slots.insert(key.to_owned(), (slot, v.revision));
+        }
+        Ok((slot, stored.map(|v| v.revision)))
+    }
+
+    /// Makes the jobs that are due at `now`, as the leader. A target never
     /// seen before starts counting from `now` (its first slot after now is
     /// its first run). Returns the jobs this call made.
-    pub async fn tick(
-        &self,
-        state: State<'_>,
-        schedules: &[Schedule],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<JobRecord>, StateError> {
+    pub async fn tick(&mut self, state: State<'_>, targets: &[Target<'_>], now: DateTime<Utc>) -> Result<Vec<Made>, StateError> {
         let mut made = Vec::new();
-        for schedule in schedules {
-            let key = self.last_slot_key(schedule);
-            let stored = state.get(&key).await?;
-            let last = stored
-                .as_ref()
-                .and_then(|v| std::str::from_utf8(&v.value).ok())
-                .and_then(|v| v.parse::<DateTime<Utc>>().ok());
+        for target in targets {
+            let key = self.last_slot_key(target);
+            let (last, revision) = self.last_slot(state, &key).await?;
             // Unchanged since read, or still absent: the condition that makes
             // the slot move, and so the job, happen once.
-            let unchanged = match &stored {
-                Some(v) => Condition::Revision(key.clone(), v.revision),
+            let unchanged = match revision {
+                Some(rev) => Condition::Revision(key.clone(), rev),
                 None => Condition::Absent(key.clone()),
             };
             let Some(last) = last else {
-                state.commit_if(&[unchanged], &[(key, now.to_rfc3339().into_bytes())]).await?;
+                let written = state.commit_if(&[unchanged], &[Op::Put(key.clone(), now.to_rfc3339().into_bytes())]).await?;
+                self.remember(key, written, Some(now));
                 continue;
             };
-            let Some(slot) = schedule.trigger.due(last, now) else { continue };
-            let job = JobRecord {
-                id: format!("{}@{}", schedule.id(), slot.to_rfc3339()),
-                schedule_id: schedule.id(),
-                slot,
-                priority: schedule.priority,
-                created: now,
-            };
-            let job_key = self.job_key(&job.id);
+            let Some(slot) = target.schedule.trigger.due(last, now) else { continue };
+            let mut job = JobRecord::new(
+                format!("{}@{}/{}@{}", target.schedule.id(), target.host, target.source_id, slot.to_rfc3339()),
+                target.host,
+                target.source_id,
+                JobKind::Backup,
+                target.schedule.priority,
+                now,
+            );
+            job.schedule_id = Some(target.schedule.id());
+            job.slot = Some(slot);
+            let job_key = JobBook::key(&self.prefix, &job.id);
             let value = serde_json::to_vec(&job).unwrap_or_default();
             // Also never over a job of the same id (a slot run already).
             let conditions = [unchanged, Condition::Absent(job_key.clone())];
-            if state.commit_if(&conditions, &[(key, slot.to_rfc3339().into_bytes()), (job_key, value)]).await? {
+            let ops = [Op::Put(key.clone(), slot.to_rfc3339().into_bytes()), Op::Put(job_key, value)];
+            let written = state.commit_if(&conditions, &ops).await?;
+            self.remember(key, written, Some(slot));
+            if let Some(revision) = written {
                 tracing::info!(job = %job.id, "job due");
-                made.push(job);
+                made.push(Made { job, revision });
             }
         }
         Ok(made)
+    }
+
+    /// Keeps what was written, or, when a condition failed (someone else
+    /// wrote first), drops the cached value so the next tick reads it.
+    fn remember(&mut self, key: String, written: Option<i64>, slot: Option<DateTime<Utc>>) {
+        match written {
+            Some(revision) => {
+                self.slots.insert(key, (slot, revision));
+            }
+            None => {
+                self.slots.remove(&key);
+            }
+        }
     }
 }

@@ -40,6 +40,15 @@ pub struct Versioned {
     pub revision: i64,
 }
 
+/// One change of a conditional write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets a key.
+    Put(String, Vec<u8>),
+    /// Removes a key (absent already: nothing).
+    Delete(String),
+}
+
 /// What a conditional write checks first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
@@ -84,10 +93,31 @@ impl EmbeddedState {
         }))
     }
 
-    fn commit_if(&self, conditions: &[Condition], puts: &[(String, Vec<u8>)]) -> Result<bool, StateError> {
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StateError> {
+        let fail = self.fail();
+        let txn = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        let table = match txn.open_table(VALUES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(fail(e.into())),
+        };
+        let mut found = Vec::new();
+        for row in table.range(prefix..).map_err(|e| fail(e.into()))? {
+            let (key, value) = row.map_err(|e| fail(e.into()))?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            let (revision, value) = value.value();
+            let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+            found.push((key.value().to_owned(), Versioned { value: value.to_vec(), revision }));
+        }
+        Ok(found)
+    }
+
+    fn commit_if(&self, conditions: &[Condition], ops: &[Op]) -> Result<Option<i64>, StateError> {
         let fail = self.fail();
         let txn = self.db.begin_write().map_err(|e| fail(e.into()))?;
-        {
+        let revision = {
             let mut values = txn.open_table(VALUES).map_err(|e| fail(e.into()))?;
             for condition in conditions {
                 let holds = match condition {
@@ -98,46 +128,71 @@ impl EmbeddedState {
                         .is_some_and(|v| i64::try_from(v.value().0).ok() == Some(*rev)),
                 };
                 if !holds {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
             let mut meta = txn.open_table(META).map_err(|e| fail(e.into()))?;
             let revision = meta.get("revision").map_err(|e| fail(e.into()))?.map_or(0, |v| v.value()) + 1;
             meta.insert("revision", revision).map_err(|e| fail(e.into()))?;
-            for (k, v) in puts {
-                values.insert(k.as_str(), (revision, v.as_slice())).map_err(|e| fail(e.into()))?;
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => values.insert(k.as_str(), (revision, v.as_slice())).map(drop),
+                    Op::Delete(k) => values.remove(k.as_str()).map(drop),
+                }
+                .map_err(|e| fail(e.into()))?;
             }
-        }
+            revision
+        };
         // Dropped without commit when a condition failed: nothing written.
         txn.commit().map_err(|e| fail(e.into()))?;
-        Ok(true)
+        Ok(Some(i64::try_from(revision).unwrap_or(i64::MAX)))
     }
 }
 
-/// Where the state is, for one leader.
-#[derive(Debug, Clone, Copy)]
+/// Where the state is, for one leader (or, read only, for a follower).
+#[derive(Clone, Copy)]
 pub enum State<'a> {
     /// etcd, written under this leadership.
     Etcd(&'a Leadership),
+    /// etcd, read only: a follower's view.
+    Follower(&'a etcd_client::Client),
     /// The embedded database (its coordinator always leads).
     Embedded(&'a EmbeddedState),
+}
+
+impl std::fmt::Debug for State<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Etcd(leader) => f.debug_tuple("Etcd").field(leader).finish(),
+            State::Follower(_) => f.write_str("Follower"),
+            State::Embedded(db) => f.debug_tuple("Embedded").field(db).finish(),
+        }
+    }
 }
 
 impl State<'_> {
     /// The value of `key`, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>, StateError> {
         match self {
-            State::Etcd(leader) => {
-                let resp = leader.reader().get(key, None).await.map_err(ElectionError::on_leader_connection)?;
-                Ok(resp.kvs().first().map(|kv| Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() }))
-            }
             State::Embedded(db) => db.get(key),
+            State::Etcd(leader) => etcd_get(leader.reader(), key).await,
+            State::Follower(client) => etcd_get((*client).clone(), key).await,
         }
     }
 
-    /// Writes every `puts` at once if every condition holds (and, on etcd,
-    /// the leadership does); `Ok(false)` when a condition did not.
-    pub async fn commit_if(&self, conditions: &[Condition], puts: &[(String, Vec<u8>)]) -> Result<bool, StateError> {
+    /// Every key under `prefix`, in key order, with its value.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StateError> {
+        match self {
+            State::Etcd(leader) => etcd_list(leader.reader(), prefix).await,
+            State::Follower(client) => etcd_list((*client).clone(), prefix).await,
+            State::Embedded(db) => db.list(prefix),
+        }
+    }
+
+    /// Applies every op at once if every condition holds (and, on etcd, the
+    /// leadership does): the revision written at, or `None` when a condition
+    /// did not hold (nothing written).
+    pub async fn commit_if(&self, conditions: &[Condition], ops: &[Op]) -> Result<Option<i64>, StateError> {
         match self {
             State::Etcd(leader) => {
                 let compares = conditions
@@ -147,10 +202,35 @@ impl State<'_> {
                         Condition::Revision(k, rev) => Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev),
                     })
                     .collect();
-                let ops = puts.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None)).collect();
+                let ops = ops
+                    .iter()
+                    .map(|op| match op {
+                        Op::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                        Op::Delete(k) => TxnOp::delete(k.as_str(), None),
+                    })
+                    .collect();
                 Ok(leader.fenced_if(compares, ops).await?)
             }
-            State::Embedded(db) => db.commit_if(conditions, puts),
+            State::Follower(_) => Err(ElectionError::NotLeader { term: 0 }.into()),
+            State::Embedded(db) => db.commit_if(conditions, ops),
         }
     }
+}
+
+async fn etcd_get(mut client: etcd_client::Client, key: &str) -> Result<Option<Versioned>, StateError> {
+    let resp = client.get(key, None).await.map_err(ElectionError::on_leader_connection)?;
+    Ok(resp.kvs().first().map(|kv| Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() }))
+}
+
+async fn etcd_list(mut client: etcd_client::Client, prefix: &str) -> Result<Vec<(String, Versioned)>, StateError> {
+    let options = Some(etcd_client::GetOptions::new().with_prefix());
+    let resp = client.get(prefix, options).await.map_err(ElectionError::on_leader_connection)?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            (key, Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() })
+        })
+        .collect())
 }

@@ -62,6 +62,21 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The identity a DER certificate carries, if it carries exactly one of ours.
+    pub fn from_cert_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        let mut ours = san.value.general_names.iter().filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
+            _ => None,
+        });
+        let first = ours.next()?;
+        // A certificate naming two principals names none.
+        ours.next().is_none().then_some(first)
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.kind.as_str(), self.name)

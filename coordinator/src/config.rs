@@ -1,0 +1,200 @@
+//! The coordinator's configuration file (TOML), and the policy file it names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lifeboat_common::policy::{PolicyError, Schedule, backup_schedules_from_yaml};
+use serde::Deserialize;
+
+use crate::authz::{Role, RoleMap};
+
+/// What is wrong with a configuration or policy file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("reading {path}: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// It is not valid; the reason names the line where the parser can.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
+}
+
+/// The mutual-TLS files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The deployment's CA: the only one trusted.
+    pub ca: PathBuf,
+    /// This process's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+/// etcd, when the state is shared by several coordinators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// Client URLs of the members.
+    pub endpoints: Vec<String>,
+    /// Every key of this deployment is under it.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Lease TTL: how long a silent leader stays leader.
+    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+fn default_prefix() -> String {
+    "/lifeboat".into()
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(3)
+}
+
+/// `lifeboat-coordinator run --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// This coordinator's name (its certificate's).
+    pub name: String,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where agents and clients reach it (default: `https://<listen>`).
+    pub url: Option<String>,
+    /// The region it serves.
+    #[serde(default)]
+    pub region: String,
+    /// Its own files: the embedded state and the audit log.
+    pub state_dir: PathBuf,
+    /// The policy (the seed's YAML blocks).
+    pub policy: PathBuf,
+    /// Mutual TLS.
+    pub tls: TlsFiles,
+    /// Shared state and leader election; absent: embedded state, always leader.
+    pub etcd: Option<EtcdSettings>,
+    /// Operators' logins and their roles.
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
+    /// How often agents send heartbeats.
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// An agent silent this long is lost.
+    #[serde(default = "default_lost_after", deserialize_with = "duration")]
+    pub lost_after: Duration,
+    /// How far WAL may fall behind before it is an alert (the seed's `max_lag_minutes`).
+    #[serde(default = "default_wal_lag", deserialize_with = "duration")]
+    pub wal_max_lag: Duration,
+    /// Attempts of a failing job before it is failed for good.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Wait before a failed job is tried again (doubled each attempt).
+    #[serde(default = "default_retry", deserialize_with = "duration")]
+    pub retry_after: Duration,
+    /// How long finished jobs are remembered.
+    #[serde(default = "default_history", deserialize_with = "duration")]
+    pub job_history: Duration,
+}
+
+/// A duration written as humans do: `5s`, `10m`, `7days`.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lost_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_wal_lag() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_retry() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_history() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+impl CoordinatorConfig {
+    /// Reads and checks the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
+        let invalid = |reason: String| ConfigError::Invalid { path: path.to_owned(), reason };
+        let config: CoordinatorConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.role_map().map_err(invalid)?;
+        if config.heartbeat.is_zero() || config.lost_after <= config.heartbeat {
+            return Err(invalid("lost_after must be longer than heartbeat".into()));
+        }
+        if let Some(etcd) = &config.etcd
+            && (etcd.endpoints.is_empty() || etcd.ttl < Duration::from_secs(1))
+        {
+            return Err(invalid("etcd needs endpoints and a ttl of at least 1s".into()));
+        }
+        Ok(config)
+    }
+
+    /// The URL agents and clients use.
+    pub fn url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| format!("https://{}", self.listen))
+    }
+
+    /// The roles, checked.
+    pub fn role_map(&self) -> Result<RoleMap, String> {
+        let pairs = self
+            .roles
+            .iter()
+            .map(|(login, role)| role.parse::<Role>().map(|r| (login.clone(), r)).map_err(|e| format!("roles.{login}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RoleMap::new(pairs))
+    }
+
+    /// The policy file, resolved against the configuration file's directory.
+    pub fn policy_path(&self, config_path: &Path) -> PathBuf {
+        config_path.parent().map_or_else(|| self.policy.clone(), |dir| dir.join(&self.policy))
+    }
+}
+
+/// The policy in force.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its schedules.
+    pub schedules: Vec<Schedule>,
+}
+
+impl Policy {
+    /// Reads the policy file; a malformed one is refused with the line.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
+        let schedules = backup_schedules_from_yaml(&text).map_err(|e: PolicyError| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Policy { path: path.to_owned(), schedules })
+    }
+
+    /// The schedule of id `group.name`.
+    pub fn schedule(&self, id: &str) -> Option<&Schedule> {
+        self.schedules.iter().find(|s| s.id() == id)
+    }
+}

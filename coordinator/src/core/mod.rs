@@ -1,0 +1,263 @@
+//! The coordinator's core: one task that owns the control-plane state.
+//! gRPC handlers send it events (an agent attached, a message from an
+//! agent, an operator's query) and it answers them in order, so no two
+//! handlers ever race on a job. As leader it also ticks every second:
+//! scheduling, dispatching, noticing lost agents. As follower it answers
+//! reads from etcd and points writers at the leader.
+
+mod term;
+mod views;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use lifeboat_proto::v1;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+
+use crate::config::{CoordinatorConfig, Policy};
+use crate::election::{ElectionConfig, Elector, LeaderInfo};
+use crate::state::{EmbeddedState, State, StateError};
+
+pub use term::ASSIGN_QUEUE;
+
+/// Where this coordinator stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Not yet known.
+    Starting,
+    /// It leads, in this term.
+    Leader {
+        /// The term.
+        term: i64,
+    },
+    /// Another leads (or no one does yet).
+    Follower {
+        /// The leader, if there is one.
+        leader: Option<LeaderInfo>,
+    },
+}
+
+/// The answer to an operator's call.
+pub type Reply<T> = oneshot::Sender<Result<T, Status>>;
+
+/// Messages to the agent on one stream.
+pub type AgentTx = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
+
+/// An operator's call, for the core to answer.
+#[derive(Debug)]
+pub enum Query {
+    /// `Status`.
+    Status(Reply<v1::StatusReply>),
+    /// `ListAgents`.
+    Agents(Reply<v1::ListAgentsReply>),
+    /// `ListJobs`.
+    Jobs(v1::ListJobsRequest, Reply<v1::ListJobsReply>),
+    /// `RunBackup`, asked for by `by`.
+    RunBackup(v1::RunBackupRequest, String, Reply<v1::JobReply>),
+    /// `Restore`, asked for by `by`.
+    Restore(v1::RestoreRequest, String, Reply<v1::JobReply>),
+    /// `CancelJob`, asked for by `by`.
+    Cancel(v1::CancelJobRequest, String, Reply<v1::CancelJobReply>),
+}
+
+/// What the core is told.
+#[derive(Debug)]
+pub enum Event {
+    /// An agent said hello on a new stream.
+    Attach {
+        /// Its hello (the host already checked against its certificate).
+        hello: v1::Hello,
+        /// The stream's number, to tell it from a later one of the same host.
+        session: u64,
+        /// Where its messages go.
+        tx: AgentTx,
+    },
+    /// A message on an attached stream.
+    FromAgent {
+        /// The agent.
+        host: String,
+        /// The stream.
+        session: u64,
+        /// The message.
+        body: v1::agent_message::Body,
+    },
+    /// A stream ended.
+    Detached {
+        /// The agent.
+        host: String,
+        /// The stream.
+        session: u64,
+    },
+    /// An operator's call.
+    Query(Query),
+}
+
+/// What the gRPC handlers share with the core.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: CoordinatorConfig,
+    /// Where this coordinator stands.
+    pub role: watch::Receiver<NodeRole>,
+    /// Why it is not scheduling, when it is not.
+    pub degraded: Mutex<Option<String>>,
+    /// The policy in force.
+    pub policy: RwLock<Arc<Policy>>,
+    /// The core's inbox.
+    pub events: mpsc::Sender<Event>,
+}
+
+impl Shared {
+    /// Why it is not scheduling, when it is not.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_degraded(&self, why: Option<String>) {
+        let mut slot = self.degraded.lock().unwrap_or_else(|p| p.into_inner());
+        if *slot != why {
+            match &why {
+                Some(w) => tracing::error!(reason = %w, "not scheduling"),
+                None => tracing::info!("scheduling again"),
+            }
+            *slot = why;
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks the core, and waits for its answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Query) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Query(make(tx))).await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+        rx.await.map_err(|_| Status::unavailable("the coordinator is stopping"))?
+    }
+}
+
+/// Where the state lives.
+pub enum Backend {
+    /// One coordinator, always leader.
+    Embedded(EmbeddedState),
+    /// Shared through etcd, led by whoever the election picks.
+    Etcd(Elector),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Embedded(_) => f.write_str("Backend::Embedded"),
+            Backend::Etcd(_) => f.write_str("Backend::Etcd"),
+        }
+    }
+}
+
+/// Opens the state the configuration names.
+pub async fn open_backend(config: &CoordinatorConfig) -> Result<Backend, StateError> {
+    match &config.etcd {
+        None => {
+            std::fs::create_dir_all(&config.state_dir).map_err(|e| StateError::Embedded {
+                path: config.state_dir.display().to_string(),
+                cause: Box::new(redb::Error::Io(e)),
+            })?;
+            Ok(Backend::Embedded(EmbeddedState::open(&config.state_dir.join("state.redb"))?))
+        }
+        Some(etcd) => {
+            let election = ElectionConfig {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+                name: config.name.clone(),
+                url: config.url(),
+                ttl: etcd.ttl,
+            };
+            Ok(Backend::Etcd(Elector::connect(election).await?))
+        }
+    }
+}
+
+/// The key prefix of this deployment.
+fn prefix(config: &CoordinatorConfig) -> String {
+    config.etcd.as_ref().map_or_else(|| "/lifeboat".to_owned(), |e| e.prefix.clone())
+}
+
+/// Starts the core; returns what the handlers share with it.
+pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc<Shared> {
+    let (role_tx, role) = watch::channel(NodeRole::Starting);
+    let (events, inbox) = mpsc::channel(4096);
+    let shared = Arc::new(Shared {
+        config,
+        role,
+        degraded: Mutex::new(None),
+        policy: RwLock::new(Arc::new(policy)),
+        events,
+    });
+    tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
+    shared
+}
+
+async fn run(shared: Arc<Shared>, backend: Backend, role: watch::Sender<NodeRole>, mut inbox: mpsc::Receiver<Event>) {
+    let prefix = prefix(&shared.config);
+    match backend {
+        Backend::Embedded(db) => {
+            // One coordinator: every start is a new term, so assignments
+            // made before a restart are told apart.
+            let term = chrono::Utc::now().timestamp_millis();
+            role.send_replace(NodeRole::Leader { term });
+            term::lead(&shared, State::Embedded(&db), term, &prefix, &mut inbox, || false).await;
+        }
+        Backend::Etcd(elector) => loop {
+            let leadership = follow(&shared, &elector, &role, &prefix, &mut inbox).await;
+            let Some(leadership) = leadership else { return };
+            let term = leadership.term();
+            role.send_replace(NodeRole::Leader { term });
+            shared.set_degraded(None);
+            term::lead(&shared, State::Etcd(&leadership), term, &prefix, &mut inbox, || leadership.is_lost()).await;
+            tracing::warn!(term, "leadership lost; following");
+            role.send_replace(NodeRole::Follower { leader: None });
+            // Revoke at once, if etcd still hears us: the next leader need not wait out the TTL.
+            leadership.resign().await;
+        },
+    }
+}
+
+/// Follows until this coordinator wins the election, answering queries from
+/// etcd meanwhile. `None` when the inbox closed (shutting down).
+async fn follow(
+    shared: &Shared,
+    elector: &Elector,
+    role: &watch::Sender<NodeRole>,
+    prefix: &str,
+    inbox: &mut mpsc::Receiver<Event>,
+) -> Option<crate::election::Leadership> {
+    let reader = elector.client();
+    let campaign = elector.campaign();
+    tokio::pin!(campaign);
+    let mut look = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            leadership = &mut campaign => return Some(leadership),
+            event = inbox.recv() => {
+                let event = event?;
+                let now = role.borrow().clone();
+                views::follower_event(shared, State::Follower(&reader), prefix, &now, event).await;
+            }
+            _ = look.tick() => {
+                match elector.leader().await {
+                    Ok(leader) => {
+                        shared.set_degraded(None);
+                        role.send_if_modified(|r| {
+                            let new = NodeRole::Follower { leader: leader.clone() };
+                            let changed = *r != new;
+                            *r = new;
+                            changed
+                        });
+                    }
+                    Err(e) => shared.set_degraded(Some(format!("cannot reach etcd to follow the leader: {e}"))),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! One term as leader: the agents attached here, the jobs, the ticks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lifeboat_proto::v1;
+use lifeboat_proto::v1::agent_message::Body;
+use lifeboat_proto::v1::coordinator_message::Body as Out;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::views;
+use super::{AgentTx, Event, NodeRole, Query, Shared};
+use crate::agents::AgentRecord;
+use crate::election::ElectionError;
+use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarget};
+use crate::scheduler::{Scheduler, Target};
+use crate::state::{Op, State, StateError};
+
+/// Messages buffered for one agent's stream; an agent that lets this many
+/// pile up is dropped (it reconnects, and its jobs are reconciled then).
+pub const ASSIGN_QUEUE: usize = 64;
+
+/// How often agents' heartbeat state is written to the state store (it is
+/// kept in memory between: followers' and a new leader's view lags by this).
+const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// How often finished jobs past the history are forgotten.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+struct Session {
+    id: u64,
+    tx: AgentTx,
+}
+
+/// Whether to go on leading after an error.
+enum Flow {
+    Go,
+    StepDown,
+}
+
+struct Term<'a> {
+    shared: &'a Shared,
+    state: State<'a>,
+    term: i64,
+    prefix: &'a str,
+    started: DateTime<Utc>,
+    jobs: JobBook,
+    scheduler: Scheduler,
+    agents: HashMap<String, AgentRecord>,
+    sessions: HashMap<String, Session>,
+    /// The latest progress of running jobs (not stored: it is transient).
+    progress: HashMap<String, v1::Progress>,
+    /// Agents whose record changed since it was last written.
+    dirty: BTreeSet<String>,
+    last_flush: tokio::time::Instant,
+    last_expire: tokio::time::Instant,
+}
+
+/// Leads until the term ends (`is_lost`, or a fenced write refused) or the
+/// inbox closes.
+pub(super) async fn lead(
+    shared: &Shared,
+    state: State<'_>,
+    term: i64,
+    prefix: &str,
+    inbox: &mut mpsc::Receiver<Event>,
+    is_lost: impl Fn() -> bool,
+) {
+    let mut t = loop {
+        match Term::load(shared, state, term, prefix).await {
+            Ok(t) => break t,
+            Err(e) if is_not_leader(&e) || is_lost() => return,
+            Err(e) => {
+                shared.set_degraded(Some(format!("cannot read the state to start leading: {e}")));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(term, agents = t.agents.len(), jobs = t.jobs.iter().count(), "leading");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let outcome = tokio::select! {
+            event = inbox.recv() => match event {
+                Some(event) => t.handle(event).await,
+                None => return,
+            },
+            _ = tick.tick() => {
+                if is_lost() {
+                    return;
+                }
+                t.tick().await
+            }
+        };
+        if let Err(e) = outcome
+            && let Flow::StepDown = t.failed(e)
+        {
+            return;
+        }
+    }
+}
+
+fn is_not_leader(e: &StateError) -> bool {
+    matches!(e, StateError::Election(ElectionError::NotLeader { .. }))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Records of strings, numbers and times always serialise.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl<'a> Term<'a> {
+    async fn load(shared: &'a Shared, state: State<'a>, term: i64, prefix: &'a str) -> Result<Self, StateError> {
+        let jobs = JobBook::load(state, prefix).await?;
+        let agents = views::load_agents(state, prefix).await?;
+        let now = tokio::time::Instant::now();
+        Ok(Term {
+            shared,
+            state,
+            term,
+            prefix,
+            started: Utc::now(),
+            jobs,
+            scheduler: Scheduler::new(prefix),
+            agents,
+            sessions: HashMap::new(),
+            progress: HashMap::new(),
+            dirty: BTreeSet::new(),
+            last_flush: now,
+            last_expire: now,
+        })
+    }
+
+    fn failed(&self, e: StateError) -> Flow {
+        if is_not_leader(&e) {
+            tracing::warn!(term = self.term, "a fenced write was refused: another coordinator leads");
+            return Flow::StepDown;
+        }
+        self.shared.set_degraded(Some(format!("cannot write the state: {e}")));
+        Flow::Go
+    }
+
+    async fn handle(&mut self, event: Event) -> Result<(), StateError> {
+        match event {
+            Event::Attach { hello, session, tx } => self.attach(hello, session, tx).await,
+            Event::FromAgent { host, session, body } => {
+                if self.sessions.get(&host).is_none_or(|s| s.id != session) {
+                    return Ok(()); // A stream replaced by a newer one.
+                }
+                self.from_agent(&host, body).await
+            }
+            Event::Detached { host, session } => {
+                if self.sessions.get(&host).is_some_and(|s| s.id == session) {
+                    self.sessions.remove(&host);
+                    if let Some(agent) = self.agents.get_mut(&host) {
+                        agent.attached_to = None;
+                        agent.last_seen = Utc::now();
+                    }
+                    tracing::info!(host, "agent detached");
+                    self.write_agent(&host).await?;
+                }
+                Ok(())
+            }
+            Event::Query(query) => self.query(query).await,
+        }
+    }
+
+    async fn attach(&mut self, hello: v1::Hello, session: u64, tx: AgentTx) -> Result<(), StateError> {
+        let now = Utc::now();
+        let host = hello.host.clone();
+        let mut record = AgentRecord::from_hello(&hello, self.agents.get(&host), now);
+        record.attached_to = Some(self.shared.config.name.clone());
+        self.agents.insert(host.clone(), record);
+        let welcome = v1::Welcome {
+            coordinator: self.shared.config.name.clone(),
+            term: u64::try_from(self.term).unwrap_or_default(),
+            heartbeat_seconds: u32::try_from(self.shared.config.heartbeat.as_secs()).unwrap_or(5),
+        };
+        if tx.try_send(Ok(v1::CoordinatorMessage { body: Some(Out::Welcome(welcome)) })).is_err() {
+            return Ok(());
+        }
+        self.sessions.insert(host.clone(), Session { id: session, tx });
+        tracing::info!(host, sources = hello.sources.len(), running = hello.running_jobs.len(), "agent attached");
+        self.write_agent(&host).await?;
+        // Jobs this host ran that it no longer has: it restarted, or never
+        // got the assignment. That attempt failed.
+        let still: BTreeSet<&str> = hello.running_jobs.iter().map(String::as_str).collect();
+        let lost: Vec<String> = self
+            .jobs
+            .of_host(&host)
+            .filter(|j| j.state == JobState::Running && !still.contains(j.id.as_str()))
+            .map(|j| j.id.clone())
+            .collect();
+        for id in lost {
+            self.attempt_failed(&id, "interrupted: the agent restarted or lost its connection before it finished").await?;
+        }
+        self.dispatch(&host).await
+    }
+
+    async fn from_agent(&mut self, host: &str, body: Body) -> Result<(), StateError> {
+        let now = Utc::now();
+        if let Some(agent) = self.agents.get_mut(host) {
+            if agent.lost {
+                tracing::info!(host, "agent back");
+                self.dirty.insert(host.to_owned());
+            }
+            agent.last_seen = now;
+            agent.lost = false;
+        }
+        match body {
+            Body::Hello(_) => Ok(()),
+            Body::Heartbeat(beat) => {
+                if let Some(agent) = self.agents.get_mut(host) {
+                    agent.heard(&beat, now);
+                    self.dirty.insert(host.to_owned());
+                }
+                Ok(())
+            }
+            Body::Progress(p) => {
+                if let Some(progress) = p.progress {
+                    self.progress.insert(p.job_id, progress);
+                }
+                Ok(())
+            }
+            Body::Result(result) => {
+                self.finished(host, result).await?;
+                self.dispatch(host).await
+            }
+            Body::Changed(changed) => {
+                self.changed(host, &changed.source_id, now).await?;
+                self.dispatch(host).await
+            }
+        }
+    }
+
+    async fn finished(&mut self, host: &str, result: v1::JobResult) -> Result<(), StateError> {
+        let Some(job) = self.jobs.get(&result.job_id) else {
+            tracing::warn!(host, job = result.job_id, "result for a job not known here");
+            return Ok(());
+        };
+        if job.host != host || job.state != JobState::Running {
+            tracing::warn!(host, job = result.job_id, state = ?job.state, "result for a job not running there: ignored");
+            return Ok(());
+        }
+        self.progress.remove(&result.job_id);
+        if !result.ok {
+            let reason = if result.error.is_empty() { "failed".to_owned() } else { result.error };
+            return self.attempt_failed(&result.job_id, &reason).await;
+        }
+        let finished = DateTime::from_timestamp_millis(result.finished_unix_ms).unwrap_or_else(Utc::now);
+        let made = result.snapshot.map(|s| BackupMade {
+            snapshot_id: s.snapshot_id,
+            files: s.files,
+            bytes_read: s.bytes_read,
+            bytes_new_stored: s.bytes_new_stored,
+        });
+        let job = self
+            .jobs
+            .update(self.state, &result.job_id, |j| {
+                j.state = JobState::Succeeded;
+                j.finished = Some(finished);
+                j.error = None;
+                j.made = made;
+            })
+            .await?;
+        if let Some(job) = job {
+            tracing::info!(host, job = job.id, attempt = job.attempt, "job succeeded");
+            if let (JobKind::Backup, Some(made)) = (job.kind, &job.made)
+                && let Some(source) = self.agents.get_mut(host).and_then(|a| a.sources.get_mut(&job.source_id))
+            {
+                source.last_backup = Some(finished);
+                source.last_snapshot_id.clone_from(&made.snapshot_id);
+                self.write_agent(host).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An attempt failed: queued again after a back-off, or failed for good.
+    async fn attempt_failed(&mut self, id: &str, reason: &str) -> Result<(), StateError> {
+        let config = &self.shared.config;
+        let (max, retry_after) = (config.max_attempts, config.retry_after);
+        let now = Utc::now();
+        let job = self
+            .jobs
+            .update(self.state, id, |j| {
+                j.error = Some(reason.to_owned());
+                if j.cancel_requested {
+                    j.state = JobState::Cancelled;
+                    j.finished = Some(now);
+                } else if j.attempt < max {
+                    j.state = JobState::Queued;
+                    let wait = retry_after.saturating_mul(1 << j.attempt.saturating_sub(1).min(16));
+                    j.not_before = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+                } else {
+                    j.state = JobState::Failed;
+                    j.finished = Some(now);
+                }
+            })
+            .await?;
+        if let Some(job) = job {
+            tracing::warn!(job = job.id, attempt = job.attempt, state = ?job.state, reason, "job attempt failed");
+        }
+        Ok(())
+    }
+
+    /// A watched source changed: one more run of its on-change schedule,
+    /// unless one is already waiting.
+    async fn changed(&mut self, host: &str, source_id: &str, now: DateTime<Utc>) -> Result<(), StateError> {
+        let policy = self.shared.policy();
+        let Some(source) = self.agents.get(host).and_then(|a| a.sources.get(source_id)) else { return Ok(()) };
+        let Some(schedule) = source
+            .schedules
+            .iter()
+            .filter_map(|id| policy.schedule(id))
+            .find(|s| matches!(s.trigger, lifeboat_common::policy::Trigger::OnChange))
+        else {
+            tracing::warn!(host, source_id, "change reported for a source with no on-change schedule");
+            return Ok(());
+        };
+        let schedule_id = schedule.id();
+        let waiting = self
+            .jobs
+            .of_host(host)
+            .any(|j| j.source_id == source_id && j.state == JobState::Queued && j.schedule_id.as_deref() == Some(&schedule_id));
+        if waiting {
+            return Ok(());
+        }
+        let mut job = JobRecord::new(
+            format!("{schedule_id}@{host}/{source_id}@{}", now.to_rfc3339()),
+            host,
+            source_id,
+            JobKind::Backup,
+            schedule.priority,
+            now,
+        );
+        job.schedule_id = Some(schedule_id);
+        job.slot = Some(now);
+        self.jobs.create(self.state, job).await?;
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), StateError> {
+        let now = Utc::now();
+        self.schedule(now).await?;
+        self.notice_lost(now).await?;
+        let hosts: Vec<String> = self.sessions.keys().cloned().collect();
+        for host in hosts {
+            self.dispatch(&host).await?;
+        }
+        if self.last_flush.elapsed() >= FLUSH_EVERY {
+            for host in std::mem::take(&mut self.dirty) {
+                self.write_agent(&host).await?;
+            }
+            self.last_flush = tokio::time::Instant::now();
+        }
+        if self.last_expire.elapsed() >= EXPIRE_EVERY {
+            let horizon = chrono::Duration::from_std(self.shared.config.job_history).unwrap_or_default();
+            self.jobs.expire(self.state, now - horizon).await?;
+            self.last_expire = tokio::time::Instant::now();
+        }
+        self.shared.set_degraded(None);
+        Ok(())
+    }
+
+    async fn schedule(&mut self, now: DateTime<Utc>) -> Result<(), StateError> {
+        let policy = self.shared.policy();
+        let mut targets = Vec::new();
+        for agent in self.agents.values() {
+            for source in agent.sources.values() {
+                for id in &source.schedules {
+                    match policy.schedule(id) {
+                        Some(schedule) => targets.push(Target { schedule, host: &agent.host, source_id: &source.id }),
+                        None => tracing::debug!(host = agent.host, source = source.id, schedule = id, "no such schedule"),
+                    }
+                }
+            }
+        }
+        let made = self.scheduler.tick(self.state, &targets, now).await?;
+        for made in made {
+            // An older run of the same schedule still waiting (its agent
+            // away) is superseded: one run catches up, not one per slot.
+            let older: Vec<String> = self
+                .jobs
+                .of_host(&made.job.host)
+                .filter(|j| {
+                    j.state == JobState::Queued
+                        && j.source_id == made.job.source_id
+                        && j.schedule_id == made.job.schedule_id
+                })
+                .map(|j| j.id.clone())
+                .collect();
+            self.jobs.adopt(made.job, made.revision);
+            for id in older {
+                self.jobs
+                    .update(self.state, &id, |j| {
+                        j.state = JobState::Cancelled;
+                        j.finished = Some(now);
+                        j.error = Some("superseded by a later slot".into());
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Agents silent past the deadline are lost; what they were running failed.
+    async fn notice_lost(&mut self, now: DateTime<Utc>) -> Result<(), StateError> {
+        let lost_after = chrono::Duration::from_std(self.shared.config.lost_after).unwrap_or_default();
+        let newly: Vec<String> = self
+            .agents
+            .values()
+            // Agents get a whole deadline from the start of the term to find the new leader.
+            .filter(|a| !a.lost && a.last_seen.max(self.started) + lost_after < now)
+            .map(|a| a.host.clone())
+            .collect();
+        for host in newly {
+            tracing::warn!(host, "agent lost: silent past the deadline");
+            // A stream still open but silent (the agent hung) is dropped too.
+            self.sessions.remove(&host);
+            if let Some(agent) = self.agents.get_mut(&host) {
+                agent.lost = true;
+                agent.attached_to = None;
+            }
+            self.write_agent(&host).await?;
+            let running: Vec<String> =
+                self.jobs.of_host(&host).filter(|j| j.state == JobState::Running).map(|j| j.id.clone()).collect();
+            for id in running {
+                self.attempt_failed(&id, "the agent was lost while running it").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns the host's waiting jobs, most urgent first, up to its limit.
+    async fn dispatch(&mut self, host: &str) -> Result<(), StateError> {
+        let Some(session) = self.sessions.get(host) else { return Ok(()) };
+        let max = self.agents.get(host).map_or(1, |a| a.max_jobs.max(1)) as usize;
+        let now = Utc::now();
+        let running = self.jobs.of_host(host).filter(|j| j.state == JobState::Running).count();
+        if running >= max {
+            return Ok(());
+        }
+        let mut waiting: Vec<&JobRecord> = self.jobs.of_host(host).filter(|j| j.assignable(now)).collect();
+        waiting.sort_by(|a, b| (a.priority, a.created, &a.id).cmp(&(b.priority, b.created, &b.id)));
+        let ids: Vec<String> = waiting.iter().take(max - running).map(|j| j.id.clone()).collect();
+        let tx = session.tx.clone();
+        let term = self.term;
+        for id in ids {
+            let job = self
+                .jobs
+                .update(self.state, &id, |j| {
+                    j.state = JobState::Running;
+                    j.attempt += 1;
+                    j.term = term;
+                    j.started = Some(now);
+                    j.not_before = None;
+                })
+                .await?;
+            let Some(job) = job else { continue };
+            tracing::info!(host, job = job.id, attempt = job.attempt, priority = job.priority, "job assigned");
+            let message = v1::CoordinatorMessage { body: Some(Out::Assign(views::assignment(&job))) };
+            if tx.try_send(Ok(message)).is_err() {
+                // The stream is gone or stuck: the agent's next hello reconciles it.
+                tracing::warn!(host, job = job.id, "could not send the assignment; dropping the stream");
+                self.sessions.remove(host);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_agent(&mut self, host: &str) -> Result<(), StateError> {
+        let Some(agent) = self.agents.get(host) else { return Ok(()) };
+        let put = Op::Put(AgentRecord::key(self.prefix, host), encode(agent));
+        self.dirty.remove(host);
+        match self.state.commit_if(&[], &[put]).await? {
+            Some(_) => Ok(()),
+            None => Err(StateError::Election(ElectionError::NotLeader { term: self.term })),
+        }
+    }
+
+    async fn query(&mut self, query: Query) -> Result<(), StateError> {
+        let role = NodeRole::Leader { term: self.term };
+        match query {
+            Query::Status(reply) => {
+                let connected = |h: &str| self.sessions.contains_key(h);
+                let status = views::status(self.shared, &role, self.agents.values(), connected, Utc::now());
+                reply.send(Ok(status)).ok();
+            }
+            Query::Agents(reply) => {
+                let agents =
+                    self.agents.values().map(|a| a.to_proto(self.sessions.contains_key(&a.host))).collect();
+                reply.send(Ok(v1::ListAgentsReply { agents })).ok();
+            }
+            Query::Jobs(request, reply) => {
+                let jobs = views::list_jobs(self.jobs.iter(), &request, &self.progress);
+                reply.send(Ok(v1::ListJobsReply { jobs })).ok();
+            }
+            Query::RunBackup(request, by, reply) => {
+                let job = self.run_by_hand(&request.host, &request.source_id, JobKind::Backup, None, by).await;
+                reply.send(job).ok();
+            }
+            Query::Restore(request, by, reply) => {
+                let spec = request.spec.unwrap_or_default();
+                let target = RestoreTarget {
+                    snapshot: spec.snapshot,
+                    target_dir: spec.target_dir,
+                    path: spec.path,
+                    latest: spec.latest,
+                    to_time: spec.to_time,
+                    to_lsn: spec.to_lsn,
+                    delta: spec.delta,
+                };
+                let job = self.run_by_hand(&request.host, &request.source_id, JobKind::Restore, Some(target), by).await;
+                reply.send(job).ok();
+            }
+            Query::Cancel(request, by, reply) => {
+                let job = self.cancel(&request.job_id, &request.reason, &by).await;
+                reply.send(job).ok();
+            }
+        }
+        Ok(())
+    }
+
+    /// A backup or restore an operator asked for, queued at once.
+    async fn run_by_hand(
+        &mut self,
+        host: &str,
+        source_id: &str,
+        kind: JobKind,
+        restore: Option<RestoreTarget>,
+        by: String,
+    ) -> Result<v1::JobReply, Status> {
+        let Some(source) = self.agents.get(host).and_then(|a| a.sources.get(source_id)) else {
+            return Err(Status::not_found(format!("no source {source_id:?} on host {host:?}")));
+        };
+        if kind == JobKind::Restore && restore.as_ref().is_none_or(|r| r.target_dir.is_empty()) {
+            return Err(Status::invalid_argument("a restore needs a target directory"));
+        }
+        let policy = self.shared.policy();
+        // By hand comes before the schedules of the source: an operator is waiting.
+        let priority =
+            source.schedules.iter().filter_map(|id| policy.schedule(id)).map(|s| s.priority).min().unwrap_or(3).min(2);
+        let now = Utc::now();
+        let mut nonce = [0u8; 6];
+        lifeboat_common::crypto::random_fill(&mut nonce).map_err(|e| Status::internal(e.to_string()))?;
+        let kind_name = if kind == JobKind::Backup { "backup" } else { "restore" };
+        let id = format!("{kind_name}-{}@{host}/{source_id}", hex::encode(nonce));
+        let mut job = JobRecord::new(id, host, source_id, kind, priority, now);
+        job.restore = restore;
+        job.requested_by = Some(by);
+        let made = self.jobs.create(self.state, job.clone()).await;
+        match made {
+            Ok(true) => {}
+            Ok(false) => return Err(Status::already_exists("a job of that id exists")),
+            Err(e) => return Err(self.refused(e)),
+        }
+        if let Err(e) = self.dispatch(host).await {
+            return Err(self.refused(e));
+        }
+        let job = self.jobs.get(&job.id).cloned().unwrap_or(job);
+        Ok(v1::JobReply { job: Some(views::job(&job, self.progress.get(&job.id))) })
+    }
+
+    async fn cancel(&mut self, id: &str, reason: &str, by: &str) -> Result<v1::CancelJobReply, Status> {
+        let Some(job) = self.jobs.get(id).cloned() else {
+            return Err(Status::not_found(format!("no job {id:?}")));
+        };
+        if job.state.is_final() {
+            return Err(Status::failed_precondition(format!("job {id} is {:?} already", job.state)));
+        }
+        let why = format!("cancelled by {by}: {reason}");
+        let now = Utc::now();
+        let updated = self
+            .jobs
+            .update(self.state, id, |j| match j.state {
+                JobState::Queued => {
+                    j.state = JobState::Cancelled;
+                    j.finished = Some(now);
+                    j.error = Some(why.clone());
+                }
+                _ => j.cancel_requested = true,
+            })
+            .await
+            .map_err(|e| self.refused(e))?;
+        let Some(updated) = updated else { return Err(Status::aborted("the job changed meanwhile; try again")) };
+        if updated.state == JobState::Running
+            && let Some(session) = self.sessions.get(&updated.host)
+        {
+            let cancel = v1::JobCancel { job_id: id.to_owned(), reason: why };
+            session.tx.try_send(Ok(v1::CoordinatorMessage { body: Some(Out::Cancel(cancel)) })).ok();
+        }
+        Ok(v1::CancelJobReply { job: Some(views::job(&updated, self.progress.get(id))) })
+    }
+
+    /// An operator's write that the state refused, as the caller sees it.
+    fn refused(&self, e: StateError) -> Status {
+        if is_not_leader(&e) {
+            Status::unavailable("this coordinator just stopped leading; try the new leader")
+        } else {
+            self.shared.set_degraded(Some(format!("cannot write the state: {e}")));
+            Status::unavailable(format!("cannot write the state: {e}"))
+        }
+    }
+}

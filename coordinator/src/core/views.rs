@@ -1,0 +1,246 @@
+//! Answers to operators' reads, built the same way by the leader (from
+//! memory) and by followers (from the state store), and a follower's
+//! answer to everything else: where the leader is.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use lifeboat_proto::v1;
+use lifeboat_proto::v1::coordinator_message::Body as Out;
+use tonic::Status;
+
+use super::{Event, NodeRole, Query, Shared};
+use crate::agents::AgentRecord;
+use crate::jobs::{JobBook, JobKind, JobRecord, JobState};
+use crate::lag::{Finding, assess};
+use crate::state::{State, StateError};
+
+/// The metadata key a follower's refusal carries the leader's URL in.
+pub const LEADER_URL_KEY: &str = "lifeboat-leader-url";
+
+/// Every agent stored under `prefix`.
+pub(super) async fn load_agents(
+    state: State<'_>,
+    prefix: &str,
+) -> Result<HashMap<String, AgentRecord>, StateError> {
+    let mut agents = HashMap::new();
+    for (key, stored) in state.list(&format!("{prefix}/agents/")).await? {
+        match serde_json::from_slice::<AgentRecord>(&stored.value) {
+            Ok(agent) => {
+                agents.insert(agent.host.clone(), agent);
+            }
+            Err(e) => tracing::warn!(key, error = %e, "unreadable agent record left alone"),
+        }
+    }
+    Ok(agents)
+}
+
+fn unix_ms(t: Option<DateTime<Utc>>) -> i64 {
+    t.map_or(0, |t| t.timestamp_millis())
+}
+
+/// `Status`: who leads, and each source against its RPO.
+pub(super) fn status<'a>(
+    shared: &Shared,
+    role: &NodeRole,
+    agents: impl Iterator<Item = &'a AgentRecord>,
+    connected: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> v1::StatusReply {
+    let config = &shared.config;
+    let policy = shared.policy();
+    let (leader, leader_url, term) = match role {
+        NodeRole::Leader { term } => (config.name.clone(), config.url(), *term),
+        NodeRole::Follower { leader: Some(l) } => (l.name.clone(), l.url.clone(), l.term),
+        _ => (String::new(), String::new(), 0),
+    };
+    let mut sources = Vec::new();
+    let mut agents: Vec<&AgentRecord> = agents.collect();
+    agents.sort_by(|a, b| a.host.cmp(&b.host));
+    for agent in agents {
+        // Silence while attached counts from now: the stream is up.
+        let heard = if connected(&agent.host) { now } else { agent.last_seen };
+        for source in agent.sources.values() {
+            let limits = source.limits(config.wal_max_lag, config.lost_after);
+            let findings = assess(&source.report(heard, now), &limits, now);
+            let point = source.last_backup.map(|b| (now - b).num_milliseconds() as f64 / 1000.0);
+            let wal_age = source.wal.as_ref().and_then(|w| w.newest_stored_age_seconds);
+            let lag = match (point, wal_age) {
+                (Some(p), Some(w)) => p.min(w),
+                (p, w) => p.or(w).unwrap_or(-1.0),
+            };
+            let next_runs = source
+                .schedules
+                .iter()
+                .filter_map(|id| policy.schedule(id))
+                .filter_map(|s| s.trigger.next_after(now).map(|at| v1::NextRun { schedule_id: s.id(), at_unix: at.timestamp() }))
+                .collect();
+            sources.push(v1::SourceStatus {
+                host: agent.host.clone(),
+                source_id: source.id.clone(),
+                kind: source.kind,
+                last_backup_unix: source.last_backup.map_or(0, |t| t.timestamp()),
+                last_snapshot_id: source.last_snapshot_id.clone(),
+                rpo_seconds: u32::try_from(limits.rpo.as_secs()).unwrap_or(u32::MAX),
+                lag_seconds: lag,
+                rpo_breached: findings.iter().any(|f| matches!(f, Finding::RpoBreached { .. } | Finding::NeverBackedUp)),
+                wal: source.wal_proto(),
+                next_runs,
+            });
+        }
+    }
+    v1::StatusReply {
+        coordinator: config.name.clone(),
+        leader,
+        leader_url,
+        term: u64::try_from(term).unwrap_or_default(),
+        degraded: shared.degraded().unwrap_or_default(),
+        sources,
+    }
+}
+
+fn kind(kind: JobKind) -> v1::JobKind {
+    match kind {
+        JobKind::Backup => v1::JobKind::Backup,
+        JobKind::Restore => v1::JobKind::Restore,
+    }
+}
+
+fn state(state: JobState) -> v1::JobState {
+    match state {
+        JobState::Queued => v1::JobState::Queued,
+        JobState::Running => v1::JobState::Running,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Cancelled => v1::JobState::Cancelled,
+    }
+}
+
+/// A job as an agent is given it.
+pub(super) fn assignment(job: &JobRecord) -> v1::JobAssignment {
+    v1::JobAssignment {
+        job_id: job.id.clone(),
+        source_id: job.source_id.clone(),
+        kind: kind(job.kind).into(),
+        schedule_id: job.schedule_id.clone().unwrap_or_default(),
+        slot_unix: job.slot.map_or(0, |s| s.timestamp()),
+        priority: job.priority.into(),
+        attempt: job.attempt,
+        term: u64::try_from(job.term).unwrap_or_default(),
+        restore: job.restore.as_ref().map(|r| v1::RestoreSpec {
+            snapshot: r.snapshot.clone(),
+            target_dir: r.target_dir.clone(),
+            path: r.path.clone(),
+            latest: r.latest,
+            to_time: r.to_time.clone(),
+            to_lsn: r.to_lsn.clone(),
+            delta: r.delta,
+        }),
+    }
+}
+
+/// A job as operators see it.
+pub(super) fn job(job: &JobRecord, progress: Option<&v1::Progress>) -> v1::Job {
+    let result = job.state.is_final().then(|| v1::JobResult {
+        job_id: job.id.clone(),
+        ok: job.state == JobState::Succeeded,
+        error: job.error.clone().unwrap_or_default(),
+        snapshot: job.made.as_ref().map(|m| v1::SnapshotSummary {
+            snapshot_id: m.snapshot_id.clone(),
+            files: m.files,
+            bytes_read: m.bytes_read,
+            bytes_new_stored: m.bytes_new_stored,
+            ..Default::default()
+        }),
+        finished_unix_ms: unix_ms(job.finished),
+    });
+    v1::Job {
+        assignment: Some(assignment(job)),
+        host: job.host.clone(),
+        state: state(job.state).into(),
+        progress: progress.cloned(),
+        result,
+        created_unix_ms: job.created.timestamp_millis(),
+    }
+}
+
+/// `ListJobs`: newest first.
+pub(super) fn list_jobs<'a>(
+    jobs: impl Iterator<Item = &'a JobRecord>,
+    request: &v1::ListJobsRequest,
+    progress: &HashMap<String, v1::Progress>,
+) -> Vec<v1::Job> {
+    let mut picked: Vec<&JobRecord> = jobs
+        .filter(|j| request.host.is_empty() || j.host == request.host)
+        .filter(|j| !request.active || !j.state.is_final())
+        .collect();
+    picked.sort_by(|a, b| (b.created, &b.id).cmp(&(a.created, &a.id)));
+    let limit = if request.limit == 0 { 100 } else { request.limit as usize };
+    picked.into_iter().take(limit).map(|j| job(j, progress.get(&j.id))).collect()
+}
+
+/// The refusal of a write on a follower, naming the leader.
+pub fn not_leader(role: &NodeRole) -> Status {
+    match role {
+        NodeRole::Follower { leader: Some(leader) } => {
+            let mut status = Status::failed_precondition(format!(
+                "not the leader: {} leads (term {}) at {}",
+                leader.name, leader.term, leader.url
+            ));
+            if let Ok(url) = leader.url.parse() {
+                status.metadata_mut().insert(LEADER_URL_KEY, url);
+            }
+            status
+        }
+        _ => Status::unavailable("no coordinator leads right now (election under way, or etcd unreachable)"),
+    }
+}
+
+/// A follower's answer to an event.
+pub(super) async fn follower_event(shared: &Shared, state: State<'_>, prefix: &str, role: &NodeRole, event: Event) {
+    match event {
+        Event::Attach { tx, .. } => {
+            // The handler redirects before this; a race with losing the lead lands here.
+            let leader_url = match role {
+                NodeRole::Follower { leader: Some(l) } => l.url.clone(),
+                _ => String::new(),
+            };
+            let redirect = v1::Redirect { leader_url, reason: "this coordinator does not lead".into() };
+            tx.try_send(Ok(v1::CoordinatorMessage { body: Some(Out::Redirect(redirect)) })).ok();
+        }
+        Event::FromAgent { .. } | Event::Detached { .. } => {}
+        Event::Query(query) => answer_as_follower(shared, state, prefix, role, query).await,
+    }
+}
+
+async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, role: &NodeRole, query: Query) {
+    let unreadable = |e: StateError| Status::unavailable(format!("cannot read the state: {e}"));
+    match query {
+        Query::Status(reply) => {
+            let agents = load_agents(state, prefix).await.map_err(unreadable);
+            let status = agents.map(|a| {
+                status(shared, role, a.values(), |h| a.get(h).is_some_and(|r| r.attached_to.is_some()), Utc::now())
+            });
+            reply.send(status).ok();
+        }
+        Query::Agents(reply) => {
+            let agents = load_agents(state, prefix).await.map_err(unreadable).map(|a| v1::ListAgentsReply {
+                agents: a.values().map(|r| r.to_proto(r.attached_to.is_some())).collect(),
+            });
+            reply.send(agents).ok();
+        }
+        Query::Jobs(request, reply) => {
+            let jobs = JobBook::load(state, prefix)
+                .await
+                .map_err(unreadable)
+                .map(|book| v1::ListJobsReply { jobs: list_jobs(book.iter(), &request, &HashMap::new()) });
+            reply.send(jobs).ok();
+        }
+        Query::RunBackup(_, _, reply) | Query::Restore(_, _, reply) => {
+            reply.send(Err(not_leader(role))).ok();
+        }
+        Query::Cancel(_, _, reply) => {
+            reply.send(Err(not_leader(role))).ok();
+        }
+    }
+}

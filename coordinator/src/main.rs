@@ -1,0 +1,134 @@
+//! `lifeboat-coordinator`: the control plane's server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use lifeboat_common::audit::AuditLog;
+use lifeboat_coordinator::config::{CoordinatorConfig, Policy};
+use lifeboat_coordinator::core::{self, Shared};
+use lifeboat_coordinator::service::Gate;
+use lifeboat_coordinator::service::listener;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Lifeboat's coordinator.
+#[derive(Parser)]
+#[command(name = "lifeboat-coordinator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator (SIGHUP reloads the policy; a malformed one is
+    /// refused and the one in force stays).
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, env = "LIFEBOAT_COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and the policy it names, then exit.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config_path: &Path) -> Result<(CoordinatorConfig, Policy)> {
+    let config = CoordinatorConfig::load(config_path)?;
+    let policy = Policy::load(&config.policy_path(config_path)).context("the policy is refused")?;
+    Ok((config, policy))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check { config } => {
+            let (config, policy) = load(&config)?;
+            println!("{}: ok; policy {}: {} schedules", config.name, policy.path.display(), policy.schedules.len());
+            Ok(())
+        }
+        Command::Run { config: config_path } => serve(&config_path).await,
+    }
+}
+
+async fn serve(config_path: &Path) -> Result<()> {
+    let (config, policy) = load(config_path)?;
+    let tls = lifeboat_common::tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
+        .context("the coordinator's TLS files")?;
+    let audit_path = config.state_dir.join("audit.log");
+    let audit = Arc::new(AuditLog::open(&audit_path).with_context(|| format!("audit log {}", audit_path.display()))?);
+    let gate = Arc::new(Gate::new(config.role_map().map_err(anyhow::Error::msg)?, audit));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let backend = core::open_backend(&config).await.context("opening the control-plane state")?;
+    tracing::info!(
+        name = config.name,
+        listen = %config.listen,
+        url = config.url(),
+        state = if config.etcd.is_some() { "etcd" } else { "embedded" },
+        schedules = policy.schedules.len(),
+        "coordinator starting"
+    );
+    let shared = core::start(config, policy, backend);
+    tokio::spawn(reload_on_hangup(shared.clone(), config_path.to_owned()));
+    listener::serve(listener, tls, shared, gate, shutdown()).await?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// SIGHUP: the policy is read again; a malformed one is refused, naming
+/// the line, and the one in force stays.
+async fn reload_on_hangup(shared: Arc<Shared>, config_path: PathBuf) {
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    while hangups.recv().await.is_some() {
+        let path = shared.config.policy_path(&config_path);
+        match Policy::load(&path) {
+            Ok(policy) => {
+                tracing::info!(path = %path.display(), schedules = policy.schedules.len(), "policy reloaded");
+                *shared.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+            }
+            Err(e) => tracing::error!(error = %e, "policy reload refused; the policy in force stays"),
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
