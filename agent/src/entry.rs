@@ -10,6 +10,7 @@ use std::process::ExitCode;
 pub fn run<E: Display>(name: &str, command: impl Future<Output = Result<u8, E>>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -1,11 +1,12 @@
-//! `lifeboat-agent`: the per-node agent. Today it is PostgreSQL's archive
-//! and restore command; the control-plane daemon joins it later.
+//! `lifeboat-agent`: the per-node agent: the daemon the coordinator drives
+//! (`run`), and PostgreSQL's archive and restore commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use lifeboat_agent::daemon::{self, config::AgentConfig};
 use lifeboat_agent::postgres::connect::ConnectArgs;
 use lifeboat_agent::postgres::stream::{self, StreamOptions, StreamStatus};
 use lifeboat_agent::postgres::wal::Pushed;
@@ -21,9 +22,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-// The commands are PostgreSQL's WAL ones for now; more kinds join them.
-#[allow(clippy::enum_variant_names)]
 enum Command {
+    /// Run as a daemon: attach to the leading coordinator over mutual TLS,
+    /// run the jobs it assigns, stream WAL and watch sources as configured.
+    Run {
+        /// The agent's configuration file (TOML).
+        #[arg(long, env = "LIFEBOAT_AGENT_CONFIG")]
+        config: PathBuf,
+    },
     /// Archive one WAL file: archive_command = 'lifeboat-agent wal-push %p'.
     /// Exits 0 only once the file is durable in the repository.
     WalPush {
@@ -91,6 +97,22 @@ const WAL_FETCH_FATAL: u8 = 126;
 
 async fn run(command: Command) -> Result<u8> {
     match command {
+        Command::Run { config } => {
+            let config = AgentConfig::load(&config)?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                stop.send_replace(true);
+            });
+            let host = config.host.clone();
+            daemon::run(config, stopped).await.with_context(|| format!("agent {host}"))?;
+            Ok(0)
+        }
         Command::WalPush { repo, path, ahead, spool } => {
             let (repo, _stores) = repo.spec()?.open_for_objects().await?;
             let spool = spool.unwrap_or_else(|| archive::default_spool(&path));

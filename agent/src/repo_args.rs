@@ -12,7 +12,7 @@ use lifeboat_common::repo::open::{OpenError, RepoSpec};
 use lifeboat_common::store::{OpenedStore, WritePolicy};
 
 /// Where the repository is and which key opens it.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct RepoArgs {
     /// Repository location: a directory, file:///path, s3://bucket/prefix or
     /// azure://account/container/prefix. Repeat it (or separate with commas
@@ -43,24 +43,34 @@ pub struct RepoArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The `--config` file.
-#[derive(Debug, Default, serde::Deserialize)]
+/// The repository settings of a `--config` file (and of the agent
+/// daemon's `[repository]` table).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
-    repo: Option<Locations>,
-    key_file: Option<PathBuf>,
-    write_policy: Option<String>,
-    outbox: Option<PathBuf>,
-    no_cache: Option<bool>,
+pub struct RepoSettings {
+    /// A location, or several (the first is the primary).
+    pub repo: Option<Locations>,
+    /// The master key file.
+    pub key_file: Option<PathBuf>,
+    /// `all` or `primary`.
+    pub write_policy: Option<String>,
+    /// The outbox directory.
+    pub outbox: Option<PathBuf>,
+    /// No local metadata cache.
+    pub no_cache: Option<bool>,
 }
 
 /// One location or several.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(untagged)]
-enum Locations {
+pub enum Locations {
+    /// One.
     One(String),
+    /// Several.
     Many(Vec<String>),
 }
+
+type ConfigFile = RepoSettings;
 
 impl ConfigFile {
     fn load(path: &std::path::Path) -> Result<Self, OpenError> {
@@ -81,10 +91,15 @@ impl RepoArgs {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
+        self.spec_with(file, self.config.as_deref().unwrap_or(std::path::Path::new("")))
+    }
+
+    /// What the flags name, then `file` (read from `origin`, named in errors).
+    pub fn spec_with(&self, file: RepoSettings, origin: &std::path::Path) -> Result<RepoSpec, OpenError> {
         let write_policy = match (self.write_policy, &file.write_policy) {
             (Some(p), _) => p,
             (None, Some(text)) => text.parse().map_err(|reason| OpenError::Config {
-                path: self.config.clone().unwrap_or_default(),
+                path: origin.to_owned(),
                 reason: format!("write_policy: {reason}"),
             })?,
             (None, None) => WritePolicy::All,

@@ -1,5 +1,7 @@
 //! `lifeboat`: the operator's command-line client. The repository commands
-//! here work offline, with nothing but the repository and the master key.
+//! work offline, with nothing but the repository and the master key; the
+//! control commands (`status`, `agents`, `jobs`, `backup run`, ...) are the
+//! coordinator's admin client over mutual TLS.
 
 mod commands;
 mod progress;
@@ -39,12 +41,27 @@ enum Command {
     Audit(commands::audit::AuditCommand),
     /// Certificates for the control plane's mutual TLS.
     Certs(commands::certs::CertsCommand),
+    /// The coordinator's view: leader, sources against their RPO, next runs
+    /// (exit 2 when a source is behind its RPO or scheduling is degraded).
+    Status(commands::control::StatusArgs),
+    /// The agents the coordinator knows.
+    Agents(commands::control::AgentsArgs),
+    /// Jobs, newest first.
+    Jobs(commands::control::JobsArgs),
+    /// Cancel a queued or running job.
+    Cancel(commands::control::CancelArgs),
 }
 
 /// Exit code for "done, but some entries could not be read".
 pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
+    // `lifeboat jobs | head` ends quietly, as command-line tools do, rather
+    // than panicking on a closed pipe.
+    // SAFETY: at start-up, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     lifeboat_agent::entry::run("lifeboat", async move {
         match cli.command {
@@ -57,6 +74,10 @@ fn main() -> ExitCode {
             Command::Verify(c) => c.run().await,
             Command::Audit(c) => c.run().await,
             Command::Certs(c) => c.run().await,
+            Command::Status(c) => c.run().await,
+            Command::Agents(c) => c.run().await,
+            Command::Jobs(c) => c.run().await,
+            Command::Cancel(c) => c.run().await,
         }
     })
 }

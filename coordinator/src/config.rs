@@ -139,7 +139,14 @@ impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
         let invalid = |reason: String| ConfigError::Invalid { path: path.to_owned(), reason };
-        let config: CoordinatorConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut config: CoordinatorConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        // Relative paths are taken from the file's directory, not the working one.
+        let base = path.parent().unwrap_or(Path::new("")).to_owned();
+        for p in [&mut config.state_dir, &mut config.policy, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         config.role_map().map_err(invalid)?;
         if config.heartbeat.is_zero() || config.lost_after <= config.heartbeat {
             return Err(invalid("lost_after must be longer than heartbeat".into()));
@@ -165,11 +172,6 @@ impl CoordinatorConfig {
             .map(|(login, role)| role.parse::<Role>().map(|r| (login.clone(), r)).map_err(|e| format!("roles.{login}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RoleMap::new(pairs))
-    }
-
-    /// The policy file, resolved against the configuration file's directory.
-    pub fn policy_path(&self, config_path: &Path) -> PathBuf {
-        config_path.parent().map_or_else(|| self.policy.clone(), |dir| dir.join(&self.policy))
     }
 }
 

@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -64,7 +65,7 @@ fn main() -> std::process::ExitCode {
 
 fn load(config_path: &Path) -> Result<(CoordinatorConfig, Policy)> {
     let config = CoordinatorConfig::load(config_path)?;
-    let policy = Policy::load(&config.policy_path(config_path)).context("the policy is refused")?;
+    let policy = Policy::load(&config.policy).context("the policy is refused")?;
     Ok((config, policy))
 }
 
@@ -99,7 +100,7 @@ async fn serve(config_path: &Path) -> Result<()> {
         "coordinator starting"
     );
     let shared = core::start(config, policy, backend);
-    tokio::spawn(reload_on_hangup(shared.clone(), config_path.to_owned()));
+    tokio::spawn(reload_on_hangup(shared.clone()));
     listener::serve(listener, tls, shared, gate, shutdown()).await?;
     tracing::info!("coordinator stopped");
     Ok(())
@@ -107,10 +108,10 @@ async fn serve(config_path: &Path) -> Result<()> {
 
 /// SIGHUP: the policy is read again; a malformed one is refused, naming
 /// the line, and the one in force stays.
-async fn reload_on_hangup(shared: Arc<Shared>, config_path: PathBuf) {
+async fn reload_on_hangup(shared: Arc<Shared>) {
     let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
     while hangups.recv().await.is_some() {
-        let path = shared.config.policy_path(&config_path);
+        let path = shared.config.policy.clone();
         match Policy::load(&path) {
             Ok(policy) => {
                 tracing::info!(path = %path.display(), schedules = policy.schedules.len(), "policy reloaded");

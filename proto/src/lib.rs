@@ -3,6 +3,7 @@
 /// Version 1 of the protocol.
 pub mod v1 {
     tonic::include_proto!("lifeboat.v1");
+    include!(concat!(env!("OUT_DIR"), "/lifeboat.v1.serde.rs"));
 
     /// The encoded descriptors of every message and service, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lifeboat_descriptor");

@@ -1,14 +1,14 @@
 //! "On change" schedules (the seed's `configs: { on_change: true }`): the
 //! paths a source covers are watched (inotify), and a burst of changes (an
 //! editor's save, a deploy touching many files) becomes one trigger once it
-//! has been quiet for the settling time.
+//! has been quiet for the settling time. Reads are not changes: a backup
+//! reading the files must not trigger the next one.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::FilesError;
@@ -16,7 +16,7 @@ use super::FilesError;
 /// Watches paths and reports settled bursts of changes.
 pub struct ChangeWatcher {
     // Kept alive: dropping it stops the watching.
-    _debouncer: Debouncer<RecommendedWatcher>,
+    _watcher: RecommendedWatcher,
     rx: mpsc::UnboundedReceiver<Result<Vec<PathBuf>, String>>,
     settle: Duration,
 }
@@ -32,18 +32,22 @@ impl ChangeWatcher {
     /// they have settled for `settle`.
     pub fn new(paths: &[PathBuf], settle: Duration) -> Result<Self, FilesError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut debouncer = new_debouncer(settle, move |res: DebounceEventResult| {
-            let batch = res.map(|events| events.into_iter().map(|e| e.path).collect()).map_err(|e| e.to_string());
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
+            let batch = match res {
+                // Opening and reading (a backup, a grep) change nothing.
+                Ok(event) if matches!(event.kind, EventKind::Access(_)) => return,
+                Ok(event) => Ok(event.paths),
+                Err(e) => Err(e.to_string()),
+            };
             let _ = tx.send(batch);
         })
         .map_err(|e| FilesError::Usage(format!("cannot watch for changes: {e}")))?;
         for path in paths {
-            debouncer
-                .watcher()
+            watcher
                 .watch(path, RecursiveMode::Recursive)
                 .map_err(|e| FilesError::Usage(format!("cannot watch {} for changes: {e}", path.display())))?;
         }
-        Ok(ChangeWatcher { _debouncer: debouncer, rx, settle })
+        Ok(ChangeWatcher { _watcher: watcher, rx, settle })
     }
 
     /// The next settled burst: the paths that changed, sorted, each once.
@@ -51,8 +55,7 @@ impl ChangeWatcher {
     pub async fn next(&mut self) -> Option<Result<Vec<PathBuf>, FilesError>> {
         let mut changed = BTreeSet::new();
         let mut batch = self.rx.recv().await?;
-        // The debouncer settles each path on its own: gather its batches
-        // until the whole burst has been quiet for the settling time.
+        // Gather events until the whole burst has been quiet for the settling time.
         loop {
             match batch {
                 Ok(paths) => changed.extend(paths),
@@ -85,7 +88,10 @@ mod tests {
         let changed = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap().unwrap();
         assert!(changed.contains(&conf.join("main.conf")), "{changed:?}");
         assert!(changed.iter().filter(|p| p.ends_with("main.conf")).count() == 1);
-        // Nothing more until something changes again.
+        // Nothing more until something changes again; reading is not changing.
+        for i in 0..20 {
+            std::fs::read(conf.join("sites").join(format!("site-{i}.conf"))).unwrap();
+        }
         assert!(tokio::time::timeout(Duration::from_millis(900), watcher.next()).await.is_err());
         std::fs::write(conf.join("main.conf"), "again").unwrap();
         let changed = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap().unwrap();

@@ -25,6 +25,26 @@ pub enum RecoveryTarget {
     Lsn(String),
 }
 
+/// A word as one shell argument.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `restore_command` that fetches WAL with `agent` from the repository
+/// at `locations`: named explicitly, as PostgreSQL runs the command with
+/// its own environment.
+pub fn wal_fetch_command(agent: &Path, locations: &[String], key_file: Option<&Path>) -> std::io::Result<String> {
+    let mut command = vec![sh_quote(&agent.display().to_string()), "wal-fetch".to_owned()];
+    for location in locations {
+        command.push(format!("--repo={}", sh_quote(location)));
+    }
+    if let Some(key) = key_file {
+        let key = std::path::absolute(key)?;
+        command.push(format!("--key-file={}", sh_quote(&key.display().to_string())));
+    }
+    Ok(command.join(" "))
+}
+
 /// What to restore and where.
 #[derive(Debug, Clone)]
 pub struct PgRestoreOptions {

@@ -6,6 +6,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lifeboat_common::audit::verify;
 
+use super::control::ControlArgs;
+
 /// The audit log of admin calls.
 #[derive(Args)]
 pub struct AuditCommand {
@@ -17,6 +19,37 @@ pub struct AuditCommand {
 enum AuditSub {
     /// Check that no entry was edited, removed, inserted or reordered.
     Verify(VerifyArgs),
+    /// The coordinator's newest entries (needs the admin role).
+    Log(LogArgs),
+}
+
+#[derive(Args)]
+struct LogArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// At most this many entries, newest last.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+impl LogArgs {
+    async fn run(self) -> Result<u8> {
+        let control = self.control.connect()?;
+        let limit = self.limit;
+        let reply = control.call(|mut c| async move { c.audit(lifeboat_proto::v1::AuditRequest { limit }).await }).await?;
+        if self.control.json {
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            return Ok(0);
+        }
+        for e in &reply.entries {
+            let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(e.time_unix_ms).unwrap_or_default();
+            let role = if e.role.is_empty() { String::new() } else { format!(" ({})", e.role) };
+            let target = if e.target.is_empty() { String::new() } else { format!(" {}", e.target) };
+            println!("{:>6} {} {}{role} {}{target}: {}", e.seq, time.format("%Y-%m-%d %H:%M:%S"), e.principal, e.action, e.result);
+        }
+        println!("head {}", reply.head);
+        Ok(0)
+    }
 }
 
 #[derive(Args)]
@@ -35,7 +68,10 @@ struct VerifyArgs {
 impl AuditCommand {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
-        let AuditSub::Verify(args) = self.sub;
+        let args = match self.sub {
+            AuditSub::Verify(args) => args,
+            AuditSub::Log(args) => return args.run().await,
+        };
         let verified = verify(&args.file).with_context(|| format!("verifying {}", args.file.display()))?;
         if let Some(head) = &args.head
             && !head.eq_ignore_ascii_case(&verified.head)

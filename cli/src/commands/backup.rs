@@ -12,6 +12,7 @@ use lifeboat_agent::postgres::connect::ConnectArgs;
 use lifeboat_agent::progress::Progress;
 use lifeboat_common::repo::SnapshotId;
 
+use super::control::{ControlArgs, follow, parse_target};
 use crate::progress::ProgressView;
 use crate::repo_args::settle;
 use crate::{EXIT_PARTIAL, RepoArgs};
@@ -30,6 +31,35 @@ enum BackupSub {
     /// Take a base backup of a running PostgreSQL cluster (WAL must be
     /// archived with `lifeboat-agent wal-push`); prints the backup's id.
     Postgres(PostgresArgs),
+    /// Ask the coordinator to back a source up now, on its agent.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// The source, as HOST/SOURCE.
+    #[arg(value_parser = parse_target)]
+    target: (String, String),
+    /// Wait for the backup to finish (exit 1 if it fails); prints the snapshot id.
+    #[arg(long)]
+    wait: bool,
+}
+
+impl RunArgs {
+    async fn run(self) -> Result<u8> {
+        let control = self.control.connect()?;
+        let (host, source_id) = self.target;
+        let request = lifeboat_proto::v1::RunBackupRequest { host, source_id };
+        let reply = control
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.run_backup(request).await }
+            })
+            .await?;
+        follow(&control, self.control.json, reply, self.wait).await
+    }
 }
 
 #[derive(Args)]
@@ -148,6 +178,7 @@ impl BackupCommand {
         let args = match self.command {
             BackupSub::Files(args) => args,
             BackupSub::Postgres(args) => return args.run().await,
+            BackupSub::Run(args) => return args.run().await,
         };
         let (repo, stores) = args.repo.open_with_stores().await?;
         let parent = match &args.parent {

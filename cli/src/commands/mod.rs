@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod backups;
 pub mod certs;
+pub mod control;
 pub mod key;
 pub mod repo;
 pub mod restore;

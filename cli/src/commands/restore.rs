@@ -6,9 +6,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+
+use super::control::{ControlArgs, follow, parse_target};
 use indicatif::HumanBytes;
 use lifeboat_agent::files::{RestoreOptions, restore_files};
-use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres};
+use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres, wal_fetch_command};
 use lifeboat_agent::postgres::startup::{StartOptions, start_and_wait};
 use lifeboat_agent::progress::Progress;
 
@@ -30,6 +32,64 @@ enum RestoreSub {
     /// Restore a PostgreSQL base backup into a new data directory, set to
     /// recover from the archived WAL to the target when it starts.
     Postgres(PgRestoreArgs),
+    /// Ask the coordinator to have a source's agent restore it (files: a
+    /// snapshot, or a path of it; PostgreSQL: a base backup and WAL to a target).
+    Agent(AgentRestoreArgs),
+}
+
+#[derive(Args)]
+struct AgentRestoreArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// The source, as HOST/SOURCE; the restore runs on that host's agent.
+    #[arg(value_parser = parse_target)]
+    target: (String, String),
+    /// Where to restore to, on the agent's host.
+    #[arg(long)]
+    target_dir: String,
+    /// Snapshot or backup id (or prefix); default: the newest that fits.
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Files: only this absolute path of the snapshot.
+    #[arg(long)]
+    path: Option<String>,
+    /// PostgreSQL: recover to this time (RFC 3339).
+    #[arg(long, conflicts_with = "to_lsn")]
+    to_time: Option<String>,
+    /// PostgreSQL: recover to this LSN.
+    #[arg(long)]
+    to_lsn: Option<String>,
+    /// Keep what is in place and right; write only what differs.
+    #[arg(long)]
+    delta: bool,
+    /// Wait for the restore to finish (exit 1 if it fails).
+    #[arg(long)]
+    wait: bool,
+}
+
+impl AgentRestoreArgs {
+    async fn run(self) -> Result<u8> {
+        let control = self.control.connect()?;
+        let (host, source_id) = self.target;
+        let latest = self.to_time.is_none() && self.to_lsn.is_none();
+        let spec = lifeboat_proto::v1::RestoreSpec {
+            snapshot: self.snapshot.unwrap_or_default(),
+            target_dir: self.target_dir,
+            path: self.path.unwrap_or_default(),
+            latest,
+            to_time: self.to_time.unwrap_or_default(),
+            to_lsn: self.to_lsn.unwrap_or_default(),
+            delta: self.delta,
+        };
+        let request = lifeboat_proto::v1::RestoreRequest { host, source_id, spec: Some(spec) };
+        let reply = control
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.restore(request).await }
+            })
+            .await?;
+        follow(&control, self.control.json, reply, self.wait).await
+    }
 }
 
 #[derive(Args)]
@@ -84,6 +144,7 @@ impl RestoreCommand {
     pub async fn run(self) -> Result<u8> {
         match self.sub {
             Some(RestoreSub::Postgres(pg)) => pg.run().await,
+            Some(RestoreSub::Agent(a)) => a.run().await,
             None => self.files.run().await,
         }
     }
@@ -97,11 +158,6 @@ fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-/// A word as one shell argument.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 impl PgRestoreArgs {
     async fn run(self) -> Result<u8> {
         let repo = self.repo.open().await?;
@@ -110,16 +166,8 @@ impl PgRestoreArgs {
             None => std::env::current_exe().context("locating this binary")?.with_file_name("lifeboat-agent"),
         };
         let agent = std::path::absolute(&agent).with_context(|| format!("resolving {}", agent.display()))?;
-        // PostgreSQL runs the command with its own environment: name the
-        // repository and key explicitly.
-        let mut command = vec![sh_quote(&agent.display().to_string()), "wal-fetch".to_owned()];
-        for location in &self.repo.repo {
-            command.push(format!("--repo={}", sh_quote(location)));
-        }
-        if let Some(key) = &self.repo.key_file {
-            let key = std::path::absolute(key).with_context(|| format!("resolving {}", key.display()))?;
-            command.push(format!("--key-file={}", sh_quote(&key.display().to_string())));
-        }
+        let command = wal_fetch_command(&agent, &self.repo.repo, self.repo.key_file.as_deref())
+            .context("resolving the key file for restore_command")?;
         let target = match (self.to_time, self.to_lsn) {
             (Some(t), _) => RecoveryTarget::Time(t),
             (None, Some(l)) => RecoveryTarget::Lsn(l),
@@ -129,7 +177,7 @@ impl PgRestoreArgs {
             target_dir: self.target_dir.clone(),
             from_backup: self.from_backup,
             target: target.clone(),
-            restore_command: command.join(" "),
+            restore_command: command,
             delta: self.delta,
             tablespace_map: self.tablespace_map,
             threads: self.threads,

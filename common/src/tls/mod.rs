@@ -2,9 +2,11 @@
 //! CA (pinned; the system trust store is never used), TLS 1.3 only, and the
 //! identity each certificate carries as a `lifeboat://<kind>/<name>` URI.
 
+mod channel;
 mod dev_ca;
 mod identity;
 
+pub use channel::channel;
 pub use dev_ca::{DevCaRequest, issue_dev_certs};
 pub use identity::{Identity, IdentityKind};
 

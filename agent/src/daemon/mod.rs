@@ -1,0 +1,329 @@
+//! `lifeboat-agent run`: the agent as a daemon. It keeps one stream open to
+//! the leading coordinator (following redirects, reconnecting with back-off
+//! and jitter), runs the jobs it is given, reports progress and results,
+//! and, whatever the coordinator's state, keeps streaming WAL and watching
+//! the sources that report changes.
+
+pub mod config;
+mod jobs;
+mod session;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::open::{OpenError, RepoSpec};
+use lifeboat_common::store::OpenedStore;
+use lifeboat_proto::v1;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use self::config::{AgentConfig, SourceConfig};
+use crate::postgres::stream::{StreamOptions, StreamStatus, stream_wal};
+use crate::progress::Progress;
+use crate::repo_args::RepoArgs;
+
+/// How long a finished job's result is re-sent on every reconnect: the
+/// coordinator may not have received it before the stream broke.
+const RESULT_KEPT: Duration = Duration::from_secs(600);
+
+/// What stops the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration file is unreadable or invalid.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The repository cannot be opened.
+    #[error("opening the repository: {0}")]
+    Repo(#[from] OpenError),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] lifeboat_common::tls::TlsError),
+}
+
+/// A job being run.
+struct Running {
+    attempt: u32,
+    progress: Arc<Progress>,
+    task: JoinHandle<()>,
+}
+
+/// A finished job's result, kept until it is surely delivered.
+struct Finished {
+    result: v1::JobResult,
+    at: tokio::time::Instant,
+}
+
+/// What the sessions and the jobs share.
+#[derive(Default)]
+struct Book {
+    running: HashMap<String, Running>,
+    finished: VecDeque<Finished>,
+    /// Results not yet sent on the current stream.
+    unsent: VecDeque<v1::JobResult>,
+    /// Sources that changed and were not yet reported.
+    changed: BTreeSet<String>,
+    /// The newest backup of each source: snapshot id and when.
+    last_backup: HashMap<String, (String, i64)>,
+    /// Assignments taken, by job and attempt, so a repeat is not run twice.
+    taken: BTreeSet<(String, u32)>,
+}
+
+/// The running agent.
+pub struct Agent {
+    config: AgentConfig,
+    repo: Repository,
+    stores: OpenedStore,
+    spec: RepoSpec,
+    tls: rustls::ClientConfig,
+    book: Mutex<Book>,
+    /// Wakes the session when there is something to send.
+    wake: Notify,
+    /// WAL streaming status by source.
+    wal: HashMap<String, watch::Receiver<StreamStatus>>,
+}
+
+impl Agent {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn source(&self, id: &str) -> Option<&SourceConfig> {
+        self.config.sources.iter().find(|s| s.id == id)
+    }
+
+    /// The hello for a new stream: who this is, and what it still runs (or
+    /// finished without the coordinator surely knowing).
+    fn hello(&self) -> v1::Hello {
+        let mut book = self.book();
+        book.finished.retain(|f| f.at.elapsed() < RESULT_KEPT);
+        // Everything finished recently goes again on the new stream.
+        let again: Vec<v1::JobResult> = book.finished.iter().map(|f| f.result.clone()).collect();
+        book.unsent = again.into();
+        let mut running: Vec<String> = book.running.keys().cloned().collect();
+        running.extend(book.unsent.iter().map(|r| r.job_id.clone()));
+        v1::Hello {
+            host: self.config.host.clone(),
+            region: self.config.region.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            sources: self.config.sources.iter().map(SourceConfig::to_proto).collect(),
+            running_jobs: running,
+            max_jobs: self.config.max_jobs,
+        }
+    }
+
+    fn heartbeat(&self) -> v1::Heartbeat {
+        let book = self.book();
+        let sources = self
+            .config
+            .sources
+            .iter()
+            .map(|s| {
+                let (last_snapshot_id, last_backup_unix) = book.last_backup.get(&s.id).cloned().unwrap_or_default();
+                let status = self.wal.get(&s.id).map(|rx| rx.borrow().clone());
+                v1::SourceState {
+                    source_id: s.id.clone(),
+                    last_snapshot_id,
+                    last_backup_unix,
+                    error: status.as_ref().and_then(|w| (!w.connected).then(|| w.last_error.clone()).flatten()).unwrap_or_default(),
+                    wal: status.map(|w| v1::WalLag {
+                        connected: w.connected,
+                        timeline: w.timeline,
+                        stored_lsn: w.stored_lsn,
+                        server_lsn: w.server_lsn,
+                        lag_bytes: w.lag_bytes,
+                        lag_seconds: w.lag_seconds,
+                        newest_stored_age_seconds: w.newest_stored_age_seconds.unwrap_or(-1.0),
+                    }),
+                }
+            })
+            .collect();
+        v1::Heartbeat {
+            sent_unix_ms: Utc::now().timestamp_millis(),
+            sources,
+            running_jobs: book.running.keys().cloned().collect(),
+        }
+    }
+
+    /// Progress of every running job.
+    fn progress(&self) -> Vec<v1::JobProgress> {
+        self.book()
+            .running
+            .iter()
+            .map(|(id, r)| {
+                let p = r.progress.snapshot();
+                v1::JobProgress {
+                    job_id: id.clone(),
+                    progress: Some(v1::Progress {
+                        operation: String::new(),
+                        files_done: p.files_done,
+                        files_total: p.files_total,
+                        bytes_done: p.bytes_done,
+                        bytes_total: p.bytes_total,
+                        totals_known: p.totals_known,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes what is waiting to be sent.
+    fn take_outgoing(&self) -> Vec<v1::agent_message::Body> {
+        let mut book = self.book();
+        let mut out: Vec<v1::agent_message::Body> =
+            book.unsent.drain(..).map(v1::agent_message::Body::Result).collect();
+        out.extend(
+            std::mem::take(&mut book.changed)
+                .into_iter()
+                .map(|source_id| v1::agent_message::Body::Changed(v1::Changed { source_id })),
+        );
+        out
+    }
+
+    /// Puts back what could not be sent.
+    fn put_back(&self, bodies: Vec<v1::agent_message::Body>) {
+        let mut book = self.book();
+        for body in bodies.into_iter().rev() {
+            match body {
+                v1::agent_message::Body::Result(r) => book.unsent.push_front(r),
+                v1::agent_message::Body::Changed(c) => {
+                    book.changed.insert(c.source_id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn finish(&self, id: &str, result: v1::JobResult) {
+        let mut book = self.book();
+        book.running.remove(id);
+        book.finished.push_back(Finished { result: result.clone(), at: tokio::time::Instant::now() });
+        book.unsent.push_back(result);
+        drop(book);
+        self.wake.notify_one();
+    }
+}
+
+/// Opens the repository and runs the agent until `shutdown` is set.
+pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let spec = RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
+    let (repo, stores) = spec.open().await?;
+    let tls = lifeboat_common::tls::client_config(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+    let mut wal = HashMap::new();
+    let mut streams = Vec::new();
+    for source in &config.sources {
+        if let (Some(stream), config::SourceKind::Postgres) = (&source.wal_stream, source.kind) {
+            let (tx, rx) = watch::channel(StreamStatus::default());
+            wal.insert(source.id.clone(), rx);
+            let options = StreamOptions {
+                slot: stream.slot.clone(),
+                synchronous: stream.synchronous,
+                interval: stream.interval,
+                application_name: stream.application_name.clone(),
+                status_file: None,
+            };
+            streams.push(tokio::spawn(keep_streaming(
+                repo.clone(),
+                source.clone(),
+                options,
+                tx,
+                shutdown.clone(),
+            )));
+        }
+    }
+    let agent = Arc::new(Agent {
+        config,
+        repo,
+        stores,
+        spec,
+        tls,
+        book: Mutex::new(Book::default()),
+        wake: Notify::new(),
+        wal,
+    });
+    agent.learn_last_backups().await;
+    let mut watchers = Vec::new();
+    for source in agent.config.sources.iter().filter(|s| s.watch) {
+        watchers.push(tokio::spawn(watch_source(agent.clone(), source.clone())));
+    }
+    tracing::info!(host = agent.config.host, sources = agent.config.sources.len(), "agent running");
+    tokio::select! {
+        _ = session::keep_attached(agent.clone()) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    tracing::info!("agent stopping");
+    for w in watchers {
+        w.abort();
+    }
+    for s in streams {
+        // Each stores what it received before it returns.
+        s.await.ok();
+    }
+    let running: Vec<JoinHandle<()>> = agent.book().running.drain().map(|(_, r)| r.task).collect();
+    for task in running {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Streams WAL for one source for as long as the agent runs, retrying
+/// after failures: this goes on whether or not a coordinator is reachable.
+async fn keep_streaming(
+    repo: Repository,
+    source: SourceConfig,
+    options: StreamOptions,
+    status: watch::Sender<StreamStatus>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let connect = source.connect();
+    loop {
+        let mut stop = shutdown.clone();
+        let stopping = async move {
+            stop.wait_for(|s| *s).await.ok();
+        };
+        match stream_wal(&repo, &connect, &options, status.clone(), stopping).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(source = source.id, error = %e, "WAL streaming failed; retrying in 10s");
+                status.send_modify(|s| {
+                    s.connected = false;
+                    s.last_error = Some(e.to_string());
+                });
+            }
+        }
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reports each (debounced) change of a watched source.
+async fn watch_source(agent: Arc<Agent>, source: SourceConfig) {
+    let mut watcher = match crate::files::ChangeWatcher::new(&source.paths, Duration::from_secs(2)) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(source = source.id, error = %e, "cannot watch the source for changes");
+            return;
+        }
+    };
+    while let Some(changed) = watcher.next().await {
+        match changed {
+            Ok(paths) => {
+                tracing::info!(source = source.id, paths = paths.len(), "source changed");
+                agent.book().changed.insert(source.id.clone());
+                agent.wake.notify_one();
+            }
+            Err(e) => tracing::warn!(source = source.id, error = %e, "watching for changes"),
+        }
+    }
+}
