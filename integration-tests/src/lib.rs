@@ -1,6 +1,7 @@
 //! Shared helpers of Lifeboat's end-to-end tests and benchmarks.
 
 pub mod bench;
+pub mod control;
 pub mod etcd;
 pub mod postgres;
 pub mod services;

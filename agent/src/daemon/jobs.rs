@@ -89,7 +89,8 @@ impl Agent {
         job: &v1::JobAssignment,
         progress: Arc<Progress>,
     ) -> Result<v1::SnapshotSummary, String> {
-        let mut tags = vec![source.tag()];
+        // The job's id too: a job that ran twice would show as two snapshots.
+        let mut tags = vec![source.tag(), format!("job:{}", job.job_id)];
         if !job.schedule_id.is_empty() {
             tags.push(format!("schedule:{}", job.schedule_id));
         }

@@ -217,11 +217,21 @@ async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, rol
     let unreadable = |e: StateError| Status::unavailable(format!("cannot read the state: {e}"));
     match query {
         Query::Status(reply) => {
-            let agents = load_agents(state, prefix).await.map_err(unreadable);
-            let status = agents.map(|a| {
-                status(shared, role, a.values(), |h| a.get(h).is_some_and(|r| r.attached_to.is_some()), Utc::now())
-            });
-            reply.send(status).ok();
+            // Without the state (etcd without quorum), status still says who
+            // answers and why nothing is known.
+            let status = match load_agents(state, prefix).await {
+                Ok(a) => {
+                    status(shared, role, a.values(), |h| a.get(h).is_some_and(|r| r.attached_to.is_some()), Utc::now())
+                }
+                Err(e) => {
+                    let mut s = status(shared, role, std::iter::empty(), |_| false, Utc::now());
+                    if s.degraded.is_empty() {
+                        s.degraded = format!("cannot read the state: {e}");
+                    }
+                    s
+                }
+            };
+            reply.send(Ok(status)).ok();
         }
         Query::Agents(reply) => {
             let agents = load_agents(state, prefix).await.map_err(unreadable).map(|a| v1::ListAgentsReply {

@@ -1,0 +1,247 @@
+//! Real control-plane processes for tests and benchmarks: a development CA
+//! and certificates, a repository, coordinator and agent configuration
+//! files, the processes themselves (killable with SIGKILL, pausable with
+//! SIGSTOP), and the `lifeboat` admin client with `--json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
+
+use crate::postgres::workspace_bin;
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A running coordinator or agent.
+pub struct Proc {
+    child: Option<Child>,
+    /// Its log (stderr and stdout).
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(bin: &str, config: &Path, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(workspace_bin(bin))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        Proc { child: Some(child), log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// SIGSTOP: frozen, sockets open (a partition, from the others' side).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
+        self.kill();
+    }
+}
+
+/// A deployment's files: CA and certificates, a repository and its key.
+pub struct Deployment {
+    /// Where everything is.
+    pub dir: PathBuf,
+    /// `lifeboat certs init`'s directory.
+    pub certs: PathBuf,
+    /// The repository.
+    pub repo: PathBuf,
+    /// Its master key.
+    pub key: PathBuf,
+}
+
+/// etcd for coordinators.
+pub struct EtcdSettings {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix.
+    pub prefix: String,
+    /// Lease TTL in seconds.
+    pub ttl_secs: u64,
+}
+
+impl Deployment {
+    /// Certificates for `coordinators` (on 127.0.0.1), `agents` and the
+    /// operators `alice` (operator), `vera` (viewer) and `root` (admin);
+    /// an initialised repository.
+    pub fn new(dir: &Path, coordinators: &[&str], agents: &[&str]) -> Self {
+        let certs = dir.join("certs");
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        issue_dev_certs(
+            &certs,
+            &DevCaRequest {
+                coordinators: owned(coordinators),
+                hosts: vec!["127.0.0.1".into(), "localhost".into()],
+                agents: owned(agents),
+                admins: owned(&["alice", "vera", "root"]),
+                days: 2,
+            },
+        )
+        .expect("issuing certificates");
+        let (repo, key) = (dir.join("repo"), dir.join("master.key"));
+        let lifeboat = workspace_bin("lifeboat");
+        let run = |args: &[&str]| {
+            let out = Command::new(&lifeboat).args(args).output().expect("running lifeboat");
+            assert!(out.status.success(), "lifeboat {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["key", "generate", "--out", key.to_str().unwrap_or_default()]);
+        run(&["repo", "init", "--repo", repo.to_str().unwrap_or_default(), "--key-file", key.to_str().unwrap_or_default()]);
+        Deployment { dir: dir.to_owned(), certs, repo, key }
+    }
+
+    /// Writes a policy file.
+    pub fn policy(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, yaml).expect("writing the policy");
+        path
+    }
+
+    /// Writes coordinator `name`'s configuration, listening on `port`.
+    pub fn coordinator_config(&self, name: &str, port: u16, policy: &Path, etcd: Option<&EtcdSettings>) -> PathBuf {
+        let c = &self.certs;
+        let mut text = format!(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\npolicy = \"{policy}\"\n\
+             heartbeat = \"1s\"\nlost_after = \"6s\"\nretry_after = \"1s\"\n\
+             [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             [roles]\nalice = \"operator\"\nvera = \"viewer\"\nroot = \"admin\"\n",
+            state = self.dir.join(format!("coordinator-{name}")).display(),
+            policy = policy.display(),
+            ca = c.join("ca.pem").display(),
+            cert = c.join(format!("coordinator-{name}.pem")).display(),
+            key = c.join(format!("coordinator-{name}.key")).display(),
+        );
+        if let Some(e) = etcd {
+            let endpoints: Vec<String> = e.endpoints.iter().map(|u| format!("\"{u}\"")).collect();
+            text.push_str(&format!(
+                "[etcd]\nendpoints = [{}]\nprefix = \"{}\"\nttl = \"{}s\"\n",
+                endpoints.join(", "),
+                e.prefix,
+                e.ttl_secs
+            ));
+        }
+        let path = self.dir.join(format!("coordinator-{name}.toml"));
+        std::fs::write(&path, text).expect("writing the coordinator's configuration");
+        path
+    }
+
+    /// Writes agent `host`'s configuration; `sources` is TOML (`[[source]]` tables).
+    pub fn agent_config(&self, host: &str, coordinators: &[String], sources: &str) -> PathBuf {
+        let c = &self.certs;
+        let urls: Vec<String> = coordinators.iter().map(|u| format!("\"{u}\"")).collect();
+        let text = format!(
+            "host = \"{host}\"\ncoordinators = [{urls}]\nmax_jobs = 1\n\
+             [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             [repository]\nrepo = \"{repo}\"\nkey_file = \"{master}\"\n{sources}",
+            urls = urls.join(", "),
+            ca = c.join("ca.pem").display(),
+            cert = c.join(format!("agent-{host}.pem")).display(),
+            key = c.join(format!("agent-{host}.key")).display(),
+            repo = self.repo.display(),
+            master = self.key.display(),
+        );
+        let path = self.dir.join(format!("agent-{host}.toml"));
+        std::fs::write(&path, text).expect("writing the agent's configuration");
+        path
+    }
+
+    /// Starts a coordinator.
+    pub fn start_coordinator(&self, config: &Path) -> Proc {
+        let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("coordinator");
+        Proc::spawn("lifeboat-coordinator", config, self.dir.join(format!("{stem}.log")))
+    }
+
+    /// Starts an agent.
+    pub fn start_agent(&self, config: &Path) -> Proc {
+        let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("agent");
+        Proc::spawn("lifeboat-agent", config, self.dir.join(format!("{stem}.log")))
+    }
+
+    /// Runs `lifeboat ARGS --coordinator URL` as operator `login`.
+    pub fn admin(&self, url: &str, login: &str, args: &[&str]) -> Output {
+        Command::new(workspace_bin("lifeboat"))
+            .args(args)
+            .arg("--coordinator")
+            .arg(url)
+            .arg("--certs")
+            .arg(&self.certs)
+            .arg("--login")
+            .arg(login)
+            .output()
+            .expect("running lifeboat")
+    }
+
+    /// Runs `lifeboat ARGS --json` as `login` and parses what it printed;
+    /// `None` when it failed.
+    pub fn admin_json(&self, url: &str, login: &str, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.admin(url, login, &all);
+        if !out.status.success() && out.status.code() != Some(2) {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}

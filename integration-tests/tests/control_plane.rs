@@ -1,0 +1,179 @@
+//! The control plane as real processes: coordinators (embedded state, or
+//! three sharing a three-member etcd cluster), agents backing up real file
+//! trees into a real repository, the `lifeboat` admin client over mutual
+//! TLS; processes are killed with SIGKILL and paused with SIGSTOP.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
+use lifeboat_integration_tests::control::{Deployment, free_port, wait_for};
+use lifeboat_integration_tests::postgres::workspace_bin;
+use serde_json::Value;
+
+fn jobs(d: &Deployment, url: &str) -> Vec<Value> {
+    d.admin_json(url, "vera", &["jobs", "--limit", "1000"])
+        .and_then(|v| v.get("jobs").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+}
+
+fn field<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, k| v.get(k).unwrap_or(&Value::Null))
+}
+
+fn job_id(job: &Value) -> String {
+    field(job, &["assignment", "jobId"]).as_str().unwrap_or_default().to_owned()
+}
+
+fn job_state(job: &Value) -> String {
+    job.get("state").and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+/// Snapshots by the job tag they carry, from the repository itself.
+fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
+    let out = Command::new(workspace_bin("lifeboat"))
+        .args(["snapshots", "--json", "--repo"])
+        .arg(&d.repo)
+        .arg("--key-file")
+        .arg(&d.key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut per_job = HashMap::new();
+    for s in listed.as_array().unwrap() {
+        for tag in s["tags"].as_array().unwrap() {
+            if let Some(job) = tag.as_str().and_then(|t| t.strip_prefix("job:")) {
+                *per_job.entry(job.to_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+    per_job
+}
+
+fn files_source(dir: &std::path::Path, schedules: &str) -> String {
+    format!("[[source]]\nid = \"docs\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [{schedules}]\nrpo = \"1h\"\n", dir.display())
+}
+
+#[test]
+fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_strangers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      interval: \"3s\"\n      retention_days: 30\n");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
+    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.media\""));
+    let _agent = d.start_agent(&agent_config);
+
+    // The schedule runs by itself; status shows the backup against the RPO.
+    let done = wait_for(Duration::from_secs(60), "a scheduled backup", || {
+        jobs(&d, &url).into_iter().find(|j| job_state(j) == "JOB_STATE_SUCCEEDED")
+    });
+    assert!(job_id(&done).starts_with("files.media@node1/docs@"), "{done}");
+    let status = d.admin_json(&url, "vera", &["status"]).unwrap();
+    assert_eq!(status["leader"], "c1");
+    let source = &status["sources"][0];
+    assert_eq!(source["sourceId"], "docs");
+    assert!(source.get("rpoBreached").is_none(), "{status}");
+    assert!(!source["lastSnapshotId"].as_str().unwrap().is_empty());
+
+    // By hand, as an operator, waiting for it: the snapshot is in the repository.
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snapshot = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(snapshot.len(), 64, "{snapshot}");
+    let per_job = snapshots_per_job(&d);
+    assert!(per_job.values().all(|n| *n == 1), "a job ran twice: {per_job:?}");
+
+    // A restore on the agent, asked for by the operator.
+    let target = tmp.path().join("restored");
+    let out = d.admin(
+        &url,
+        "alice",
+        &["restore", "agent", "node1/docs", "--target-dir", target.to_str().unwrap(), "--snapshot", &snapshot, "--wait"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored = walk_find(&target, "a.txt").expect("a.txt restored");
+    assert_eq!(std::fs::read(restored).unwrap(), std::fs::read(data.join("a.txt")).unwrap());
+
+    // Refusals: a viewer starting a restore, an agent calling Admin, a
+    // certificate from another CA, an expired certificate.
+    let out = d.admin(&url, "vera", &["restore", "agent", "node1/docs", "--target-dir", "/tmp/x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("permission denied") && err.contains("Restore needs operator"), "{err}");
+
+    let certs = &d.certs;
+    let as_agent = Command::new(workspace_bin("lifeboat"))
+        .args(["status", "--coordinator", &url, "--tls-ca"])
+        .arg(certs.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(certs.join("agent-node1.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("agent-node1.key"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&as_agent.stderr);
+    assert!(!as_agent.status.success() && err.contains("may call only AgentControl"), "{err}");
+
+    let stranger = tmp.path().join("stranger");
+    issue_dev_certs(&stranger, &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["alice".into()], days: 2 }).unwrap();
+    let foreign = Command::new(workspace_bin("lifeboat"))
+        .args(["status", "--coordinator", &url, "--tls-ca"])
+        .arg(certs.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(stranger.join("admin-alice.pem"))
+        .arg("--tls-key")
+        .arg(stranger.join("admin-alice.key"))
+        .output()
+        .unwrap();
+    assert!(!foreign.status.success(), "a certificate from another CA was let in");
+
+    issue_dev_certs(certs, &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["stale".into()], days: 0 }).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let expired = d.admin(&url, "stale", &["status"]);
+    assert!(!expired.status.success(), "an expired certificate was let in");
+
+    // Each refusal is in the audit log, which the admin reads and which verifies.
+    let audit = wait_for(Duration::from_secs(10), "the handshake refusals in the audit log", || {
+        let log = d.admin_json(&url, "root", &["audit", "log", "--limit", "200"])?;
+        let entries = log["entries"].as_array()?.clone();
+        let handshakes = entries.iter().filter(|e| e["action"] == "tls-handshake").count();
+        (handshakes >= 2).then_some(entries)
+    });
+    let denied = |action: &str, who: &str| {
+        audit.iter().any(|e| e["action"] == action && e["principal"].as_str().is_some_and(|p| p.contains(who)) && e["result"].as_str().is_some_and(|r| r.starts_with("denied")))
+    };
+    assert!(denied("Admin/Restore", "admin:vera"), "{audit:?}");
+    assert!(denied("Admin/Status", "agent:node1"), "{audit:?}");
+    let handshakes: Vec<&str> = audit.iter().filter(|e| e["action"] == "tls-handshake").filter_map(|e| e["result"].as_str()).collect();
+    // The stranger's CA has our CA's name but not its key.
+    assert!(handshakes.iter().any(|r| r.contains("BadSignature") || r.contains("UnknownIssuer")), "{handshakes:?}");
+    assert!(handshakes.iter().any(|r| r.to_lowercase().contains("expired")), "{handshakes:?}");
+    assert!(audit.iter().any(|e| e["action"] == "Admin/RunBackup" && e["result"] == "ok" && e["principal"] == "admin:alice"));
+    let verified = Command::new(workspace_bin("lifeboat"))
+        .args(["audit", "verify"])
+        .arg(tmp.path().join("coordinator-c1/audit.log"))
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}
+
+fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if path.is_dir()
+            && let Some(found) = walk_find(&path, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
