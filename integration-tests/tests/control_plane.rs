@@ -177,3 +177,114 @@ fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+#[test]
+fn a_malformed_policy_is_refused_at_start_and_on_reload_and_the_old_one_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
+    let bad = "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * *\"\n";
+    let policy = d.policy("policy.yaml", bad);
+    let port = free_port();
+    let config = d.coordinator_config("c1", port, &policy, None);
+    let mut refused = d.start_coordinator(&config);
+    wait_for(Duration::from_secs(20), "the coordinator to refuse the policy", || (!refused.running()).then_some(()));
+    let log = refused.log_text();
+    assert!(log.contains("policy") && log.contains("line 4"), "{log}");
+
+    let good = "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n";
+    std::fs::write(&policy, good).unwrap();
+    let coordinator = d.start_coordinator(&config);
+    let url = format!("https://127.0.0.1:{port}");
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.media\", \"files.hourly\""));
+    let _agent = d.start_agent(&agent_config);
+    let schedules = |d: &Deployment| -> Vec<String> {
+        let status = d.admin_json(&url, "vera", &["status"]).unwrap_or_default();
+        let runs = field(&status, &["sources"]).get(0).and_then(|s| s.get("nextRuns")).and_then(Value::as_array).cloned();
+        let mut ids: Vec<String> = runs.unwrap_or_default().iter().filter_map(|r| r["scheduleId"].as_str().map(str::to_owned)).collect();
+        ids.sort();
+        ids
+    };
+    wait_for(Duration::from_secs(30), "the agent's source in status", || (schedules(&d) == ["files.media"]).then_some(()));
+
+    // A broken edit, then SIGHUP: refused, named, and the schedule in force stays.
+    std::fs::write(&policy, "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n     oops: 1\n").unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(coordinator.pid(), libc::SIGHUP) };
+    wait_for(Duration::from_secs(10), "the reload to be refused", || coordinator.log_text().contains("policy reload refused").then_some(()));
+    assert!(coordinator.log_text().contains("line 5"), "{}", coordinator.log_text());
+    assert_eq!(schedules(&d), ["files.media"]);
+
+    // A good edit is taken.
+    std::fs::write(&policy, format!("{good}    hourly:\n      cron: \"0 * * * *\"\n      priority: 1\n")).unwrap();
+    unsafe { libc::kill(coordinator.pid(), libc::SIGHUP) };
+    wait_for(Duration::from_secs(10), "the new schedule", || (schedules(&d) == ["files.hourly", "files.media"]).then_some(()));
+}
+
+/// Writes `n` files of `mb` MiB of incompressible bytes.
+fn random_tree(dir: &std::path::Path, n: usize, mb: usize) {
+    use rand_core::{RngCore, SeedableRng};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut buf = vec![0u8; mb << 20];
+    for i in 0..n {
+        rng.fill_bytes(&mut buf);
+        std::fs::write(dir.join(format!("blob-{i}")), &buf).unwrap();
+    }
+}
+
+#[test]
+fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_sound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
+    let data = tmp.path().join("big");
+    random_tree(&data, 12, 64);
+    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
+    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, ""));
+    let mut agent = d.start_agent(&agent_config);
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(&url, "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = job_id(&job);
+    let find = |d: &Deployment| jobs(d, &url).into_iter().find(|j| job_id(j) == id);
+    wait_for(Duration::from_secs(30), "the backup to run", || find(&d).filter(|j| job_state(j) == "JOB_STATE_RUNNING"));
+    std::thread::sleep(Duration::from_millis(700));
+    agent.kill();
+
+    // Silent past the deadline: the agent is lost and the attempt failed;
+    // the job waits to be retried.
+    let retried = wait_for(Duration::from_secs(30), "the lost agent's job to be queued again", || {
+        find(&d).filter(|j| job_state(j) == "JOB_STATE_QUEUED")
+    });
+    assert_eq!(field(&retried, &["assignment", "attempt"]), 1, "{retried}");
+    let agents = d.admin_json(&url, "vera", &["agents"]).unwrap();
+    assert_eq!(agents["agents"][0]["lost"], true, "{agents}");
+
+    // Back: the retry runs and succeeds.
+    let _agent = d.start_agent(&agent_config);
+    let done = wait_for(Duration::from_secs(120), "the retry to succeed", || {
+        find(&d).filter(|j| job_state(j) == "JOB_STATE_SUCCEEDED" || job_state(j) == "JOB_STATE_FAILED")
+    });
+    assert_eq!(job_state(&done), "JOB_STATE_SUCCEEDED", "{done}");
+    assert_eq!(field(&done, &["assignment", "attempt"]), 2, "{done}");
+    assert_eq!(snapshots_per_job(&d).get(&id), Some(&1));
+
+    // What the killed attempt left behind does not harm the repository.
+    let verify = Command::new(workspace_bin("lifeboat"))
+        .args(["verify", "--repo"])
+        .arg(&d.repo)
+        .arg("--key-file")
+        .arg(&d.key)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+}
