@@ -288,3 +288,95 @@ fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_s
         .unwrap();
     assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
 }
+
+/// Counts of the log lines that follow a commit: a job made, a job assigned.
+fn commits(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("job due") || l.contains("job assigned")).count()
+}
+
+#[test]
+fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_paused_leader_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd_dir = tmp.path().join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let mut etcd = lifeboat_integration_tests::etcd::EtcdCluster::start(&etcd_dir, 3);
+    let names = ["c1", "c2", "c3"];
+    let d = Deployment::new(tmp.path(), &names, &["node1", "node2"]);
+    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      interval: \"2s\"\n");
+    let ttl = 2;
+    let settings = lifeboat_integration_tests::control::EtcdSettings {
+        endpoints: etcd.endpoints(),
+        prefix: "/lifeboat/test".into(),
+        ttl_secs: ttl,
+    };
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
+    let mut coordinators: Vec<_> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| d.start_coordinator(&d.coordinator_config(name, *port, &policy, Some(&settings))))
+        .collect();
+    let mut agents = Vec::new();
+    for host in ["node1", "node2"] {
+        let data = tmp.path().join(format!("data-{host}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("f"), host).unwrap();
+        agents.push(d.start_agent(&d.agent_config(host, &urls, &files_source(&data, "\"files.media\""))));
+    }
+    let leader_seen_by = |d: &Deployment, i: usize| -> Option<String> {
+        let status = d.admin_json(&urls[i], "vera", &["status"])?;
+        status["leader"].as_str().map(str::to_owned)
+    };
+    let index = |name: &str| names.iter().position(|n| *n == name).unwrap();
+    let first = wait_for(Duration::from_secs(30), "a leader", || leader_seen_by(&d, 0));
+    let l1 = index(&first);
+    let succeeded = |d: &Deployment, url: &str| jobs(d, url).iter().filter(|j| job_state(j) == "JOB_STATE_SUCCEEDED").count();
+    wait_for(Duration::from_secs(60), "scheduled backups on both agents", || (succeeded(&d, &urls[l1]) >= 4).then_some(()));
+
+    // SIGKILL the leader: another leads within two TTLs.
+    let killed_at = std::time::Instant::now();
+    coordinators[l1].kill();
+    let other = (l1 + 1) % 3;
+    let second = wait_for(Duration::from_secs(20), "a new leader", || leader_seen_by(&d, other).filter(|l| *l != first && !l.is_empty()));
+    let failover = killed_at.elapsed();
+    eprintln!("new leader {second} {failover:?} after the leader was killed (TTL {ttl}s)");
+    assert!(failover <= Duration::from_secs(2 * ttl + 1), "failover took {failover:?}");
+    let l2 = index(&second);
+    // Both agents attach to it, and its schedule goes on.
+    wait_for(Duration::from_secs(30), "both agents on the new leader", || {
+        let agents = d.admin_json(&urls[l2], "vera", &["agents"])?;
+        let attached = agents["agents"].as_array()?.iter().filter(|a| a["connected"] == true).count();
+        (attached == 2).then_some(())
+    });
+    let before = succeeded(&d, &urls[l2]);
+    wait_for(Duration::from_secs(30), "backups under the new leader", || (succeeded(&d, &urls[l2]) >= before + 2).then_some(()));
+
+    // SIGSTOP the new leader (a partition): a third takes over; resumed,
+    // the paused one commits nothing and follows.
+    let l3_index = (0..3).find(|i| *i != l1 && *i != l2).unwrap();
+    let commits_before = commits(&coordinators[l2].log_text());
+    coordinators[l2].pause();
+    let third = wait_for(Duration::from_secs(20), "a leader after the pause", || {
+        leader_seen_by(&d, l3_index).filter(|l| *l == names[l3_index])
+    });
+    let before = succeeded(&d, &urls[l3_index]);
+    wait_for(Duration::from_secs(40), "backups under the third leader", || {
+        (succeeded(&d, &urls[l3_index]) >= before + 2).then_some(())
+    });
+    coordinators[l2].resume();
+    wait_for(Duration::from_secs(20), "the resumed coordinator to follow", || {
+        leader_seen_by(&d, l2).filter(|l| *l == third)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(commits(&coordinators[l2].log_text()), commits_before, "the deposed leader committed after it was paused");
+
+    // Every job ran once: one snapshot per job, and none failed.
+    let all = jobs(&d, &urls[l3_index]);
+    assert!(all.iter().all(|j| job_state(j) != "JOB_STATE_FAILED"), "{all:?}");
+    let per_job = snapshots_per_job(&d);
+    assert!(per_job.values().all(|n| *n == 1), "a job ran twice: {per_job:?}");
+    let done: Vec<String> = all.iter().filter(|j| job_state(j) == "JOB_STATE_SUCCEEDED").map(job_id).collect();
+    assert!(done.iter().all(|id| per_job.contains_key(id)), "a succeeded job without its snapshot");
+    drop(agents);
+    etcd.kill(0);
+}

@@ -16,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Agent;
 
 /// The first back-off, and the longest.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How often running jobs' progress is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);

@@ -26,8 +26,10 @@ pub fn channel(url: &str, config: rustls::ClientConfig) -> Result<Channel, TlsEr
         .map_err(|e| TlsError::Config(format!("{url}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
+        // A peer that stopped answering (paused, partitioned) is noticed in
+        // seconds, so an agent moves on to the new leader.
+        .http2_keep_alive_interval(Duration::from_secs(3))
+        .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true);
     let mut config = config;
     config.alpn_protocols = vec![b"h2".to_vec()];
