@@ -380,3 +380,89 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
     drop(agents);
     etcd.kill(0);
 }
+
+fn wal_segments(d: &Deployment) -> usize {
+    std::fs::read_dir(d.repo.join("wal/00000001")).map_or(0, |r| r.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().contains('.')).count())
+}
+
+#[test]
+fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_still_archived() {
+    use lifeboat_integration_tests::postgres::Cluster;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd_dir = tmp.path().join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let mut etcd = lifeboat_integration_tests::etcd::EtcdCluster::start(&etcd_dir, 3);
+    let names = ["c1", "c2", "c3"];
+    let d = Deployment::new(tmp.path(), &names, &["db1"]);
+    let mut pg = Cluster::init(tmp.path(), "pg", "");
+    pg.start();
+    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      interval: \"2s\"\n");
+    let settings = lifeboat_integration_tests::control::EtcdSettings {
+        endpoints: etcd.endpoints(),
+        prefix: "/lifeboat/quorum".into(),
+        ttl_secs: 2,
+    };
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
+    let _coordinators: Vec<_> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| d.start_coordinator(&d.coordinator_config(name, *port, &policy, Some(&settings))))
+        .collect();
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "x").unwrap();
+    let sources = format!(
+        "{}[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {}\npg_user = \"postgres\"\nrpo = \"5m\"\n[source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\n",
+        files_source(&data, "\"files.media\""),
+        pg.pgdata.display(),
+        pg.port
+    );
+    let _agent = d.start_agent(&d.agent_config("db1", &urls, &sources));
+    let leader = |d: &Deployment| -> Option<usize> {
+        let status = d.admin_json(&urls[0], "vera", &["status"])?;
+        names.iter().position(|n| status["leader"] == *n)
+    };
+    let l = wait_for(Duration::from_secs(30), "a leader", || leader(&d));
+    let succeeded = |d: &Deployment| jobs(d, &urls[l]).iter().filter(|j| job_state(j) == "JOB_STATE_SUCCEEDED").count();
+    wait_for(Duration::from_secs(60), "scheduled backups", || (succeeded(&d) >= 2).then_some(()));
+    wait_for(Duration::from_secs(30), "WAL streaming", || {
+        let status = d.admin_json(&urls[l], "vera", &["status"])?;
+        let pg = status["sources"].as_array()?.iter().find(|s| s["sourceId"] == "pg")?.clone();
+        (pg["wal"]["connected"] == true).then_some(())
+    });
+
+    // Two of three members gone: no quorum.
+    etcd.kill(1);
+    etcd.kill(2);
+    for url in &urls {
+        wait_for(Duration::from_secs(30), "every coordinator to say it is degraded", || {
+            let status = d.admin_json(url, "vera", &["status"])?;
+            let why = status["degraded"].as_str()?.to_owned();
+            why.contains("etcd").then_some(())
+        });
+    }
+    // Scheduling has stopped: no new snapshot while quorum is lost.
+    std::thread::sleep(Duration::from_secs(3));
+    let snapshots_then = snapshots_per_job(&d).len();
+    // WAL goes on being archived meanwhile.
+    let segments_then = wal_segments(&d);
+    for i in 0..3 {
+        pg.sql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS n"));
+        pg.sql("SELECT pg_switch_wal()");
+    }
+    wait_for(Duration::from_secs(30), "WAL archived without a coordinator", || (wal_segments(&d) >= segments_then + 3).then_some(()));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(snapshots_per_job(&d).len(), snapshots_then, "a backup was scheduled without quorum");
+
+    // Quorum back: a leader, no longer degraded, and schedules run again.
+    etcd.restart(1);
+    etcd.restart(2);
+    etcd.wait_healthy(Duration::from_secs(30));
+    let l = wait_for(Duration::from_secs(30), "a leader again", || leader(&d));
+    wait_for(Duration::from_secs(30), "scheduling again", || {
+        let status = d.admin_json(&urls[l], "vera", &["status"])?;
+        status.get("degraded").is_none().then_some(())
+    });
+    wait_for(Duration::from_secs(60), "backups again", || (snapshots_per_job(&d).len() >= snapshots_then + 2).then_some(()));
+}
