@@ -80,8 +80,21 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// One socket per agent: take the hard limit on descriptors, not the soft one.
+fn raise_descriptor_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 async fn serve(config_path: &Path) -> Result<()> {
     let (config, policy) = load(config_path)?;
+    raise_descriptor_limit();
     let tls = lifeboat_common::tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
         .context("the coordinator's TLS files")?;
     let audit_path = config.state_dir.join("audit.log");

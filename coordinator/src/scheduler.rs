@@ -44,21 +44,25 @@ pub struct Scheduler {
     prefix: String,
     /// Last slot and revision by key, as read or written by this leader.
     slots: HashMap<String, (Option<DateTime<Utc>>, i64)>,
+    /// When each target is next due: before then a tick skips it without
+    /// working out its trigger (thousands of targets, every second).
+    next_due: HashMap<String, DateTime<Utc>>,
 }
 
 impl Scheduler {
     /// A scheduler keeping state under `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Scheduler { prefix: prefix.into(), slots: HashMap::new() }
+        Scheduler { prefix: prefix.into(), slots: HashMap::new(), next_due: HashMap::new() }
     }
 
     fn last_slot_key(&self, target: &Target<'_>) -> String {
         format!("{}/schedules/{}/{}/{}/last_slot", self.prefix, target.schedule.id(), target.host, target.source_id)
     }
 
-    /// Forgets what was read: the next tick reads every slot again (a new term).
-    pub fn forget(&mut self) {
-        self.slots.clear();
+    /// Forgets when targets are next due (the policy changed: a schedule's
+    /// trigger may have).
+    pub fn policy_changed(&mut self) {
+        self.next_due.clear();
     }
 
     async fn last_slot(
@@ -87,6 +91,9 @@ impl Scheduler {
         let mut made = Vec::new();
         for target in targets {
             let key = self.last_slot_key(target);
+            if self.next_due.get(&key).is_some_and(|due| now < *due) {
+                continue;
+            }
             let (last, revision) = self.last_slot(state, &key).await?;
             // Unchanged since read, or still absent: the condition that makes
             // the slot move, and so the job, happen once.
@@ -99,7 +106,12 @@ impl Scheduler {
                 self.remember(key, written, Some(now));
                 continue;
             };
-            let Some(slot) = target.schedule.trigger.due(last, now) else { continue };
+            let Some(slot) = target.schedule.trigger.due(last, now) else {
+                // On change: never due by time (a far date keeps it skipped).
+                let next = target.schedule.trigger.next_after(last).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                self.next_due.insert(key, next);
+                continue;
+            };
             let mut job = JobRecord::new(
                 format!("{}@{}/{}@{}", target.schedule.id(), target.host, target.source_id, slot.to_rfc3339()),
                 target.host,
@@ -128,6 +140,7 @@ impl Scheduler {
     /// Keeps what was written, or, when a condition failed (someone else
     /// wrote first), drops the cached value so the next tick reads it.
     fn remember(&mut self, key: String, written: Option<i64>, slot: Option<DateTime<Utc>>) {
+        self.next_due.remove(&key);
         match written {
             Some(revision) => {
                 self.slots.insert(key, (slot, revision));

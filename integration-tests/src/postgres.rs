@@ -216,7 +216,11 @@ impl Drop for Cluster {
 /// workspace binary for `cargo test --workspace`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    // Tests run from target/<profile>/deps, benchmarks from target/<profile>.
+    let mut dir = exe.parent().expect("target/<profile>");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let bin = dir.join(name);
     assert!(bin.exists(), "{} not built: run `cargo build --workspace` first", bin.display());
     bin

@@ -24,7 +24,12 @@ pub const ASSIGN_QUEUE: usize = 64;
 
 /// How often agents' heartbeat state is written to the state store (it is
 /// kept in memory between: followers' and a new leader's view lags by this).
+/// An agent attaching, leaving, being lost or backed up is written at the
+/// next tick.
 const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Agent records per transaction (etcd allows 128 operations by default).
+const RECORDS_PER_TXN: usize = 100;
 
 /// How often finished jobs past the history are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
@@ -52,8 +57,12 @@ struct Term<'a> {
     sessions: HashMap<String, Session>,
     /// The latest progress of running jobs (not stored: it is transient).
     progress: HashMap<String, v1::Progress>,
+    /// The policy the scheduler last worked from.
+    policy: std::sync::Arc<crate::config::Policy>,
     /// Agents whose record changed since it was last written.
     dirty: BTreeSet<String>,
+    /// Whether a change among them is one to write at the next tick.
+    urgent: bool,
     last_flush: tokio::time::Instant,
     last_expire: tokio::time::Instant,
 }
@@ -124,10 +133,12 @@ impl<'a> Term<'a> {
             started: Utc::now(),
             jobs,
             scheduler: Scheduler::new(prefix),
+            policy: shared.policy(),
             agents,
             sessions: HashMap::new(),
             progress: HashMap::new(),
             dirty: BTreeSet::new(),
+            urgent: false,
             last_flush: now,
             last_expire: now,
         })
@@ -159,7 +170,7 @@ impl<'a> Term<'a> {
                         agent.last_seen = Utc::now();
                     }
                     tracing::info!(host, "agent detached");
-                    self.write_agent(&host).await?;
+                    self.changed_agent(&host);
                 }
                 Ok(())
             }
@@ -183,7 +194,7 @@ impl<'a> Term<'a> {
         }
         self.sessions.insert(host.clone(), Session { id: session, tx });
         tracing::info!(host, sources = hello.sources.len(), running = hello.running_jobs.len(), "agent attached");
-        self.write_agent(&host).await?;
+        self.changed_agent(&host);
         // Jobs this host ran that it no longer has: it restarted, or never
         // got the assignment. That attempt failed.
         let still: BTreeSet<&str> = hello.running_jobs.iter().map(String::as_str).collect();
@@ -201,19 +212,20 @@ impl<'a> Term<'a> {
 
     async fn from_agent(&mut self, host: &str, body: Body) -> Result<(), StateError> {
         let now = Utc::now();
-        if let Some(agent) = self.agents.get_mut(host) {
-            if agent.lost {
-                tracing::info!(host, "agent back");
-                self.dirty.insert(host.to_owned());
-            }
+        let back = self.agents.get_mut(host).is_some_and(|agent| {
             agent.last_seen = now;
-            agent.lost = false;
+            std::mem::take(&mut agent.lost)
+        });
+        if back {
+            tracing::info!(host, "agent back");
+            self.changed_agent(host);
         }
         match body {
             Body::Hello(_) => Ok(()),
             Body::Heartbeat(beat) => {
                 if let Some(agent) = self.agents.get_mut(host) {
                     agent.heard(&beat, now);
+                    // Written with the next periodic flush.
                     self.dirty.insert(host.to_owned());
                 }
                 Ok(())
@@ -272,7 +284,7 @@ impl<'a> Term<'a> {
             {
                 source.last_backup = Some(finished);
                 source.last_snapshot_id.clone_from(&made.snapshot_id);
-                self.write_agent(host).await?;
+                self.changed_agent(host);
             }
         }
         Ok(())
@@ -350,11 +362,8 @@ impl<'a> Term<'a> {
         for host in hosts {
             self.dispatch(&host).await?;
         }
-        if self.last_flush.elapsed() >= FLUSH_EVERY {
-            for host in std::mem::take(&mut self.dirty) {
-                self.write_agent(&host).await?;
-            }
-            self.last_flush = tokio::time::Instant::now();
+        if self.urgent || self.last_flush.elapsed() >= FLUSH_EVERY {
+            self.flush_agents().await?;
         }
         if self.last_expire.elapsed() >= EXPIRE_EVERY {
             let horizon = chrono::Duration::from_std(self.shared.config.job_history).unwrap_or_default();
@@ -367,6 +376,10 @@ impl<'a> Term<'a> {
 
     async fn schedule(&mut self, now: DateTime<Utc>) -> Result<(), StateError> {
         let policy = self.shared.policy();
+        if !std::sync::Arc::ptr_eq(&policy, &self.policy) {
+            self.scheduler.policy_changed();
+            self.policy = policy.clone();
+        }
         let mut targets = Vec::new();
         for agent in self.agents.values() {
             for source in agent.sources.values() {
@@ -424,7 +437,7 @@ impl<'a> Term<'a> {
                 agent.lost = true;
                 agent.attached_to = None;
             }
-            self.write_agent(&host).await?;
+            self.changed_agent(&host);
             let running: Vec<String> =
                 self.jobs.of_host(&host).filter(|j| j.state == JobState::Running).map(|j| j.id.clone()).collect();
             for id in running {
@@ -472,14 +485,32 @@ impl<'a> Term<'a> {
         Ok(())
     }
 
-    async fn write_agent(&mut self, host: &str) -> Result<(), StateError> {
-        let Some(agent) = self.agents.get(host) else { return Ok(()) };
-        let put = Op::Put(AgentRecord::key(self.prefix, host), encode(agent));
-        self.dirty.remove(host);
-        match self.state.commit_if(&[], &[put]).await? {
-            Some(_) => Ok(()),
-            None => Err(StateError::Election(ElectionError::NotLeader { term: self.term })),
+    /// Marks an agent's record to be written at the next tick.
+    fn changed_agent(&mut self, host: &str) {
+        self.dirty.insert(host.to_owned());
+        self.urgent = true;
+    }
+
+    /// Writes the changed agent records, many per transaction: a thousand
+    /// agents attaching at once after a failover cost a few writes, not a
+    /// thousand.
+    async fn flush_agents(&mut self) -> Result<(), StateError> {
+        let hosts: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for batch in hosts.chunks(RECORDS_PER_TXN) {
+            let puts: Vec<Op> = batch
+                .iter()
+                .filter_map(|h| self.agents.get(h))
+                .map(|a| Op::Put(AgentRecord::key(self.prefix, &a.host), encode(a)))
+                .collect();
+            if let Err(e) = self.state.commit_if(&[], &puts).await {
+                // Kept for the next try.
+                self.dirty.extend(batch.iter().cloned());
+                return Err(e);
+            }
         }
+        self.urgent = false;
+        self.last_flush = tokio::time::Instant::now();
+        Ok(())
     }
 
     async fn query(&mut self, query: Query) -> Result<(), StateError> {
