@@ -189,7 +189,11 @@ impl SourceRecord {
 
     /// The limits it is held to (no RPO set: a day).
     pub fn limits(&self, wal_max_lag: Duration, lost_after: Duration) -> LagLimits {
-        let rpo = if self.rpo_seconds == 0 { Duration::from_secs(86_400) } else { Duration::from_secs(self.rpo_seconds.into()) };
+        let rpo = if self.rpo_seconds == 0 {
+            Duration::from_secs(86_400)
+        } else {
+            Duration::from_secs(self.rpo_seconds.into())
+        };
         LagLimits { rpo, max_wal_lag: Some(wal_max_lag), lost_after }
     }
 

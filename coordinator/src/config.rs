@@ -142,7 +142,9 @@ impl CoordinatorConfig {
         let mut config: CoordinatorConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         // Relative paths are taken from the file's directory, not the working one.
         let base = path.parent().unwrap_or(Path::new("")).to_owned();
-        for p in [&mut config.state_dir, &mut config.policy, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key] {
+        for p in
+            [&mut config.state_dir, &mut config.policy, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key]
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -169,7 +171,9 @@ impl CoordinatorConfig {
         let pairs = self
             .roles
             .iter()
-            .map(|(login, role)| role.parse::<Role>().map(|r| (login.clone(), r)).map_err(|e| format!("roles.{login}: {e}")))
+            .map(|(login, role)| {
+                role.parse::<Role>().map(|r| (login.clone(), r)).map_err(|e| format!("roles.{login}: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RoleMap::new(pairs))
     }
@@ -188,10 +192,8 @@ impl Policy {
     /// Reads the policy file; a malformed one is refused with the line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
-        let schedules = backup_schedules_from_yaml(&text).map_err(|e: PolicyError| ConfigError::Invalid {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let schedules = backup_schedules_from_yaml(&text)
+            .map_err(|e: PolicyError| ConfigError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
         Ok(Policy { path: path.to_owned(), schedules })
     }
 

@@ -87,7 +87,12 @@ impl Scheduler {
     /// Makes the jobs that are due at `now`, as the leader. A target never
     /// seen before starts counting from `now` (its first slot after now is
     /// its first run). Returns the jobs this call made.
-    pub async fn tick(&mut self, state: State<'_>, targets: &[Target<'_>], now: DateTime<Utc>) -> Result<Vec<Made>, StateError> {
+    pub async fn tick(
+        &mut self,
+        state: State<'_>,
+        targets: &[Target<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Made>, StateError> {
         let mut made = Vec::new();
         for target in targets {
             let key = self.last_slot_key(target);
@@ -102,7 +107,8 @@ impl Scheduler {
                 None => Condition::Absent(key.clone()),
             };
             let Some(last) = last else {
-                let written = state.commit_if(&[unchanged], &[Op::Put(key.clone(), now.to_rfc3339().into_bytes())]).await?;
+                let written =
+                    state.commit_if(&[unchanged], &[Op::Put(key.clone(), now.to_rfc3339().into_bytes())]).await?;
                 self.remember(key, written, Some(now));
                 continue;
             };

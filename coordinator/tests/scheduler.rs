@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lifeboat_common::policy::Schedule;
 use lifeboat_common::policy::backup_schedules_from_yaml;
 use lifeboat_coordinator::election::{ElectionConfig, ElectionError, Elector};
-use lifeboat_common::policy::Schedule;
 use lifeboat_coordinator::scheduler::{Made, Scheduler, Target};
 use lifeboat_coordinator::state::{EmbeddedState, State, StateError};
 use lifeboat_integration_tests::etcd::EtcdCluster;
@@ -70,7 +70,10 @@ async fn slots_become_jobs_exactly_once_across_ticks_leaders_and_outages() {
     let made = b1.tick(State::Etcd(&lead_b), &targets, at("2026-12-12T09:31:00Z")).await.unwrap();
     assert_eq!(
         ids(&made),
-        ["database.full@db-1/pg@2026-12-06T02:00:00+00:00", "database.transaction_logs@db-1/pg@2026-12-12T09:30:00+00:00"]
+        [
+            "database.full@db-1/pg@2026-12-06T02:00:00+00:00",
+            "database.transaction_logs@db-1/pg@2026-12-12T09:30:00+00:00"
+        ]
     );
     let full = made.iter().find(|m| m.job.schedule_id.as_deref() == Some("database.full")).unwrap();
     assert_eq!(full.job.priority, 1);
@@ -109,8 +112,10 @@ async fn without_etcd_the_embedded_state_makes_each_slot_one_job_across_restarts
         // Two ticks racing on one store: the slot is taken once.
         let now = at("2026-11-22T03:00:05Z");
         let mut other = Scheduler::new("/lifeboat");
-        let (one, two) =
-            tokio::join!(scheduler.tick(State::Embedded(&db), &targets, now), other.tick(State::Embedded(&db), &targets, now));
+        let (one, two) = tokio::join!(
+            scheduler.tick(State::Embedded(&db), &targets, now),
+            other.tick(State::Embedded(&db), &targets, now)
+        );
         assert_eq!(one.unwrap().len() + two.unwrap().len(), 1);
     }
     // Restarted (the database is on disk): the slot already run is not run again.

@@ -148,7 +148,14 @@ impl Deployment {
             assert!(out.status.success(), "lifeboat {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         run(&["key", "generate", "--out", key.to_str().unwrap_or_default()]);
-        run(&["repo", "init", "--repo", repo.to_str().unwrap_or_default(), "--key-file", key.to_str().unwrap_or_default()]);
+        run(&[
+            "repo",
+            "init",
+            "--repo",
+            repo.to_str().unwrap_or_default(),
+            "--key-file",
+            key.to_str().unwrap_or_default(),
+        ]);
         Deployment { dir: dir.to_owned(), certs, repo, key }
     }
 

@@ -53,7 +53,10 @@ fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
 }
 
 fn files_source(dir: &std::path::Path, schedules: &str) -> String {
-    format!("[[source]]\nid = \"docs\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [{schedules}]\nrpo = \"1h\"\n", dir.display())
+    format!(
+        "[[source]]\nid = \"docs\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [{schedules}]\nrpo = \"1h\"\n",
+        dir.display()
+    )
 }
 
 #[test]
@@ -63,7 +66,10 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
     let data = tmp.path().join("docs");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
-    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      interval: \"3s\"\n      retention_days: 30\n");
+    let policy = d.policy(
+        "policy.yaml",
+        "backup_schedules:\n  files:\n    media:\n      interval: \"3s\"\n      retention_days: 30\n",
+    );
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
@@ -95,7 +101,16 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
     let out = d.admin(
         &url,
         "alice",
-        &["restore", "agent", "node1/docs", "--target-dir", target.to_str().unwrap(), "--snapshot", &snapshot, "--wait"],
+        &[
+            "restore",
+            "agent",
+            "node1/docs",
+            "--target-dir",
+            target.to_str().unwrap(),
+            "--snapshot",
+            &snapshot,
+            "--wait",
+        ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let restored = walk_find(&target, "a.txt").expect("a.txt restored");
@@ -105,7 +120,10 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
     // certificate from another CA, an expired certificate.
     let out = d.admin(&url, "vera", &["restore", "agent", "node1/docs", "--target-dir", "/tmp/x"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("permission denied") && err.contains("Restore needs operator"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("permission denied") && err.contains("Restore needs operator"),
+        "{err}"
+    );
 
     let certs = &d.certs;
     let as_agent = Command::new(workspace_bin("lifeboat"))
@@ -121,7 +139,11 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
     assert!(!as_agent.status.success() && err.contains("may call only AgentControl"), "{err}");
 
     let stranger = tmp.path().join("stranger");
-    issue_dev_certs(&stranger, &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["alice".into()], days: 2 }).unwrap();
+    issue_dev_certs(
+        &stranger,
+        &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["alice".into()], days: 2 },
+    )
+    .unwrap();
     let foreign = Command::new(workspace_bin("lifeboat"))
         .args(["status", "--coordinator", &url, "--tls-ca"])
         .arg(certs.join("ca.pem"))
@@ -133,7 +155,11 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
         .unwrap();
     assert!(!foreign.status.success(), "a certificate from another CA was let in");
 
-    issue_dev_certs(certs, &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["stale".into()], days: 0 }).unwrap();
+    issue_dev_certs(
+        certs,
+        &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["stale".into()], days: 0 },
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let expired = d.admin(&url, "stale", &["status"]);
     assert!(!expired.status.success(), "an expired certificate was let in");
@@ -146,15 +172,24 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
         (handshakes >= 2).then_some(entries)
     });
     let denied = |action: &str, who: &str| {
-        audit.iter().any(|e| e["action"] == action && e["principal"].as_str().is_some_and(|p| p.contains(who)) && e["result"].as_str().is_some_and(|r| r.starts_with("denied")))
+        audit.iter().any(|e| {
+            e["action"] == action
+                && e["principal"].as_str().is_some_and(|p| p.contains(who))
+                && e["result"].as_str().is_some_and(|r| r.starts_with("denied"))
+        })
     };
     assert!(denied("Admin/Restore", "admin:vera"), "{audit:?}");
     assert!(denied("Admin/Status", "agent:node1"), "{audit:?}");
-    let handshakes: Vec<&str> = audit.iter().filter(|e| e["action"] == "tls-handshake").filter_map(|e| e["result"].as_str()).collect();
+    let handshakes: Vec<&str> =
+        audit.iter().filter(|e| e["action"] == "tls-handshake").filter_map(|e| e["result"].as_str()).collect();
     // The stranger's CA has our CA's name but not its key.
     assert!(handshakes.iter().any(|r| r.contains("BadSignature") || r.contains("UnknownIssuer")), "{handshakes:?}");
     assert!(handshakes.iter().any(|r| r.to_lowercase().contains("expired")), "{handshakes:?}");
-    assert!(audit.iter().any(|e| e["action"] == "Admin/RunBackup" && e["result"] == "ok" && e["principal"] == "admin:alice"));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "Admin/RunBackup" && e["result"] == "ok" && e["principal"] == "admin:alice")
+    );
     let verified = Command::new(workspace_bin("lifeboat"))
         .args(["audit", "verify"])
         .arg(tmp.path().join("coordinator-c1/audit.log"))
@@ -197,29 +232,39 @@ fn a_malformed_policy_is_refused_at_start_and_on_reload_and_the_old_one_stays() 
     let url = format!("https://127.0.0.1:{port}");
     let data = tmp.path().join("docs");
     std::fs::create_dir_all(&data).unwrap();
-    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.media\", \"files.hourly\""));
+    let agent_config =
+        d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.media\", \"files.hourly\""));
     let _agent = d.start_agent(&agent_config);
     let schedules = |d: &Deployment| -> Vec<String> {
         let status = d.admin_json(&url, "vera", &["status"]).unwrap_or_default();
-        let runs = field(&status, &["sources"]).get(0).and_then(|s| s.get("nextRuns")).and_then(Value::as_array).cloned();
-        let mut ids: Vec<String> = runs.unwrap_or_default().iter().filter_map(|r| r["scheduleId"].as_str().map(str::to_owned)).collect();
+        let runs =
+            field(&status, &["sources"]).get(0).and_then(|s| s.get("nextRuns")).and_then(Value::as_array).cloned();
+        let mut ids: Vec<String> =
+            runs.unwrap_or_default().iter().filter_map(|r| r["scheduleId"].as_str().map(str::to_owned)).collect();
         ids.sort();
         ids
     };
-    wait_for(Duration::from_secs(30), "the agent's source in status", || (schedules(&d) == ["files.media"]).then_some(()));
+    wait_for(Duration::from_secs(30), "the agent's source in status", || {
+        (schedules(&d) == ["files.media"]).then_some(())
+    });
 
     // A broken edit, then SIGHUP: refused, named, and the schedule in force stays.
-    std::fs::write(&policy, "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n     oops: 1\n").unwrap();
+    std::fs::write(&policy, "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n     oops: 1\n")
+        .unwrap();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(coordinator.pid(), libc::SIGHUP) };
-    wait_for(Duration::from_secs(10), "the reload to be refused", || coordinator.log_text().contains("policy reload refused").then_some(()));
+    wait_for(Duration::from_secs(10), "the reload to be refused", || {
+        coordinator.log_text().contains("policy reload refused").then_some(())
+    });
     assert!(coordinator.log_text().contains("line 5"), "{}", coordinator.log_text());
     assert_eq!(schedules(&d), ["files.media"]);
 
     // A good edit is taken.
     std::fs::write(&policy, format!("{good}    hourly:\n      cron: \"0 * * * *\"\n      priority: 1\n")).unwrap();
     unsafe { libc::kill(coordinator.pid(), libc::SIGHUP) };
-    wait_for(Duration::from_secs(10), "the new schedule", || (schedules(&d) == ["files.hourly", "files.media"]).then_some(()));
+    wait_for(Duration::from_secs(10), "the new schedule", || {
+        (schedules(&d) == ["files.hourly", "files.media"]).then_some(())
+    });
 }
 
 /// Writes `n` files of `mb` MiB of incompressible bytes.
@@ -286,7 +331,12 @@ fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_s
         .arg(&d.key)
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 /// Counts of the log lines that follow a commit: a job made, a job assigned.
@@ -330,14 +380,19 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
     let index = |name: &str| names.iter().position(|n| *n == name).unwrap();
     let first = wait_for(Duration::from_secs(30), "a leader", || leader_seen_by(&d, 0));
     let l1 = index(&first);
-    let succeeded = |d: &Deployment, url: &str| jobs(d, url).iter().filter(|j| job_state(j) == "JOB_STATE_SUCCEEDED").count();
-    wait_for(Duration::from_secs(60), "scheduled backups on both agents", || (succeeded(&d, &urls[l1]) >= 4).then_some(()));
+    let succeeded =
+        |d: &Deployment, url: &str| jobs(d, url).iter().filter(|j| job_state(j) == "JOB_STATE_SUCCEEDED").count();
+    wait_for(Duration::from_secs(60), "scheduled backups on both agents", || {
+        (succeeded(&d, &urls[l1]) >= 4).then_some(())
+    });
 
     // SIGKILL the leader: another leads within two TTLs.
     let killed_at = std::time::Instant::now();
     coordinators[l1].kill();
     let other = (l1 + 1) % 3;
-    let second = wait_for(Duration::from_secs(20), "a new leader", || leader_seen_by(&d, other).filter(|l| *l != first && !l.is_empty()));
+    let second = wait_for(Duration::from_secs(20), "a new leader", || {
+        leader_seen_by(&d, other).filter(|l| *l != first && !l.is_empty())
+    });
     let failover = killed_at.elapsed();
     eprintln!("new leader {second} {failover:?} after the leader was killed (TTL {ttl}s)");
     assert!(failover <= Duration::from_secs(2 * ttl + 1), "failover took {failover:?}");
@@ -349,7 +404,9 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
         (attached == 2).then_some(())
     });
     let before = succeeded(&d, &urls[l2]);
-    wait_for(Duration::from_secs(30), "backups under the new leader", || (succeeded(&d, &urls[l2]) >= before + 2).then_some(()));
+    wait_for(Duration::from_secs(30), "backups under the new leader", || {
+        (succeeded(&d, &urls[l2]) >= before + 2).then_some(())
+    });
 
     // SIGSTOP the new leader (a partition): a third takes over; resumed,
     // the paused one commits nothing and follows.
@@ -368,7 +425,11 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
         leader_seen_by(&d, l2).filter(|l| *l == third)
     });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(commits(&coordinators[l2].log_text()), commits_before, "the deposed leader committed after it was paused");
+    assert_eq!(
+        commits(&coordinators[l2].log_text()),
+        commits_before,
+        "the deposed leader committed after it was paused"
+    );
 
     // Every job ran once: one snapshot per job, and none failed.
     let all = jobs(&d, &urls[l3_index]);
@@ -382,7 +443,8 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
 }
 
 fn wal_segments(d: &Deployment) -> usize {
-    std::fs::read_dir(d.repo.join("wal/00000001")).map_or(0, |r| r.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().contains('.')).count())
+    std::fs::read_dir(d.repo.join("wal/00000001"))
+        .map_or(0, |r| r.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().contains('.')).count())
 }
 
 #[test]
@@ -451,7 +513,9 @@ fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_sti
         pg.sql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS n"));
         pg.sql("SELECT pg_switch_wal()");
     }
-    wait_for(Duration::from_secs(30), "WAL archived without a coordinator", || (wal_segments(&d) >= segments_then + 3).then_some(()));
+    wait_for(Duration::from_secs(30), "WAL archived without a coordinator", || {
+        (wal_segments(&d) >= segments_then + 3).then_some(())
+    });
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(snapshots_per_job(&d).len(), snapshots_then, "a backup was scheduled without quorum");
 
@@ -464,5 +528,7 @@ fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_sti
         let status = d.admin_json(&urls[l], "vera", &["status"])?;
         status.get("degraded").is_none().then_some(())
     });
-    wait_for(Duration::from_secs(60), "backups again", || (snapshots_per_job(&d).len() >= snapshots_then + 2).then_some(()));
+    wait_for(Duration::from_secs(60), "backups again", || {
+        (snapshots_per_job(&d).len() >= snapshots_then + 2).then_some(())
+    });
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lifeboat_common::repo::snapshot::Snapshot;
 use lifeboat_common::repo::SnapshotId;
+use lifeboat_common::repo::snapshot::Snapshot;
 use lifeboat_common::store::OpenedStore;
 use lifeboat_proto::v1;
 
@@ -67,8 +67,13 @@ impl Agent {
         }
     }
 
-    async fn execute(&self, job: &v1::JobAssignment, progress: Arc<Progress>) -> Result<Option<v1::SnapshotSummary>, String> {
-        let source = self.source(&job.source_id).ok_or_else(|| format!("no source {:?} on this agent", job.source_id))?;
+    async fn execute(
+        &self,
+        job: &v1::JobAssignment,
+        progress: Arc<Progress>,
+    ) -> Result<Option<v1::SnapshotSummary>, String> {
+        let source =
+            self.source(&job.source_id).ok_or_else(|| format!("no source {:?} on this agent", job.source_id))?;
         match v1::JobKind::try_from(job.kind) {
             Ok(v1::JobKind::Backup) => {
                 let summary = self.backup(source, job, progress).await?;
@@ -138,7 +143,12 @@ impl Agent {
         Ok(summary)
     }
 
-    async fn restore(&self, source: &SourceConfig, spec: &v1::RestoreSpec, progress: Arc<Progress>) -> Result<(), String> {
+    async fn restore(
+        &self,
+        source: &SourceConfig,
+        spec: &v1::RestoreSpec,
+        progress: Arc<Progress>,
+    ) -> Result<(), String> {
         if spec.target_dir.is_empty() {
             return Err("a restore needs a target directory".into());
         }
@@ -167,7 +177,10 @@ impl Agent {
                 let command = wal_fetch_command(&agent, &self.spec.locations, self.spec.key_file.as_deref())
                     .map_err(|e| format!("resolving the key file: {e}"))?;
                 let recovery = if !spec.to_time.is_empty() {
-                    let at = spec.to_time.parse::<DateTime<Utc>>().map_err(|e| format!("to_time {:?}: {e}", spec.to_time))?;
+                    let at = spec
+                        .to_time
+                        .parse::<DateTime<Utc>>()
+                        .map_err(|e| format!("to_time {:?}: {e}", spec.to_time))?;
                     RecoveryTarget::Time(at)
                 } else if !spec.to_lsn.is_empty() {
                     RecoveryTarget::Lsn(spec.to_lsn.clone())

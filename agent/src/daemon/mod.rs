@@ -117,6 +117,7 @@ impl Agent {
             sources: self.config.sources.iter().map(SourceConfig::to_proto).collect(),
             running_jobs: running,
             max_jobs: self.config.max_jobs,
+            unreachable_leader: String::new(),
         }
     }
 
@@ -133,7 +134,10 @@ impl Agent {
                     source_id: s.id.clone(),
                     last_snapshot_id,
                     last_backup_unix,
-                    error: status.as_ref().and_then(|w| (!w.connected).then(|| w.last_error.clone()).flatten()).unwrap_or_default(),
+                    error: status
+                        .as_ref()
+                        .and_then(|w| (!w.connected).then(|| w.last_error.clone()).flatten())
+                        .unwrap_or_default(),
                     wal: status.map(|w| v1::WalLag {
                         connected: w.connected,
                         timeline: w.timeline,
@@ -214,7 +218,8 @@ impl Agent {
 
 /// Opens the repository and runs the agent until `shutdown` is set.
 pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
-    let spec = RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
+    let spec =
+        RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
     let (repo, stores) = spec.open().await?;
     let tls = lifeboat_common::tls::client_config(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
     let mut wal = HashMap::new();
@@ -230,13 +235,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
                 application_name: stream.application_name.clone(),
                 status_file: None,
             };
-            streams.push(tokio::spawn(keep_streaming(
-                repo.clone(),
-                source.clone(),
-                options,
-                tx,
-                shutdown.clone(),
-            )));
+            streams.push(tokio::spawn(keep_streaming(repo.clone(), source.clone(), options, tx, shutdown.clone())));
         }
     }
     let agent = Arc::new(Agent {

@@ -55,14 +55,18 @@ pub(super) async fn keep_attached(agent: Arc<Agent>) {
     let mut backoff = Backoff { failures: 0 };
     let mut next = 0usize;
     let mut leader: Option<String> = None;
-    let mut redirects = 0u32;
+    // A coordinator we could not reach, told to the next one: if it was the
+    // leader, that one holds our stream until a new leader is elected
+    // (instead of sending us back), and welcomes us the moment it wins.
+    let mut unreachable = String::new();
+    let (mut redirects, mut unreached) = (0usize, 0usize);
     loop {
         let url = leader.take().unwrap_or_else(|| {
             let url = urls[next % urls.len()].clone();
             next += 1;
             url
         });
-        match attach(&agent, &url).await {
+        match attach(&agent, &url, &unreachable).await {
             Ok(Ended::Redirect(to)) => {
                 redirects += 1;
                 tracing::info!(from = url, to, "redirected to the leader");
@@ -78,21 +82,30 @@ pub(super) async fn keep_attached(agent: Arc<Agent>) {
             Ok(Ended::AfterWelcome(why)) => {
                 tracing::warn!(coordinator = url, why, "stream to the coordinator ended; reconnecting");
                 backoff = Backoff { failures: 0 };
+                unreachable.clear();
                 // Straight back to it first: a restart or a blip.
                 leader = Some(url);
             }
-            Err(e) => tracing::warn!(coordinator = url, error = e, "cannot attach to the coordinator"),
+            Err(e) => {
+                tracing::warn!(coordinator = url, error = e, "cannot attach to the coordinator");
+                unreachable = url;
+                unreached += 1;
+                // Each coordinator once without waiting, then back off.
+                if unreached < urls.len() {
+                    continue;
+                }
+            }
         }
-        redirects = 0;
+        (redirects, unreached) = (0, 0);
         tokio::time::sleep(backoff.next()).await;
     }
 }
 
-async fn attach(agent: &Arc<Agent>, url: &str) -> Result<Ended, String> {
+async fn attach(agent: &Arc<Agent>, url: &str, unreachable: &str) -> Result<Ended, String> {
     let channel = lifeboat_common::tls::channel(url, agent.tls.clone()).map_err(|e| e.to_string())?;
     let mut client = AgentControlClient::new(channel);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
-    let hello = agent.hello();
+    let hello = v1::Hello { unreachable_leader: unreachable.to_owned(), ..agent.hello() };
     tx.send(v1::AgentMessage { body: Some(Body::Hello(hello)) }).await.map_err(|e| e.to_string())?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await.map_err(|s| describe(&s))?.into_inner();
     let first = inbound.message().await.map_err(|s| describe(&s))?;

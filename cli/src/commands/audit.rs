@@ -36,7 +36,8 @@ impl LogArgs {
     async fn run(self) -> Result<u8> {
         let control = self.control.connect()?;
         let limit = self.limit;
-        let reply = control.call(|mut c| async move { c.audit(lifeboat_proto::v1::AuditRequest { limit }).await }).await?;
+        let reply =
+            control.call(|mut c| async move { c.audit(lifeboat_proto::v1::AuditRequest { limit }).await }).await?;
         if self.control.json {
             println!("{}", serde_json::to_string_pretty(&reply)?);
             return Ok(0);
@@ -45,7 +46,14 @@ impl LogArgs {
             let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(e.time_unix_ms).unwrap_or_default();
             let role = if e.role.is_empty() { String::new() } else { format!(" ({})", e.role) };
             let target = if e.target.is_empty() { String::new() } else { format!(" {}", e.target) };
-            println!("{:>6} {} {}{role} {}{target}: {}", e.seq, time.format("%Y-%m-%d %H:%M:%S"), e.principal, e.action, e.result);
+            println!(
+                "{:>6} {} {}{role} {}{target}: {}",
+                e.seq,
+                time.format("%Y-%m-%d %H:%M:%S"),
+                e.principal,
+                e.action,
+                e.result
+            );
         }
         println!("head {}", reply.head);
         Ok(0)

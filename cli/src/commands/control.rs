@@ -72,7 +72,8 @@ pub struct Control {
 
 impl Control {
     fn client(&self, url: &str) -> Result<AdminClient<Channel>> {
-        let channel = lifeboat_common::tls::channel(url, self.tls.clone()).with_context(|| format!("coordinator {url}"))?;
+        let channel =
+            lifeboat_common::tls::channel(url, self.tls.clone()).with_context(|| format!("coordinator {url}"))?;
         Ok(AdminClient::new(channel))
     }
 
@@ -177,7 +178,10 @@ impl StatusArgs {
         if !status.degraded.is_empty() {
             println!("DEGRADED: {}", status.degraded);
         }
-        println!("{:<32} {:<9} {:<20} {:>10} {:>12} {:<8} NEXT RUN", "SOURCE", "KIND", "LAST BACKUP", "RPO", "BEHIND", "STATE");
+        println!(
+            "{:<32} {:<9} {:<20} {:>10} {:>12} {:<8} NEXT RUN",
+            "SOURCE", "KIND", "LAST BACKUP", "RPO", "BEHIND", "STATE"
+        );
         for s in &status.sources {
             let next = s.next_runs.iter().min_by_key(|n| n.at_unix);
             let state = if s.rpo_breached { "BREACHED" } else { "ok" };
@@ -189,7 +193,10 @@ impl StatusArgs {
                 ago(f64::from(s.rpo_seconds)),
                 ago(s.lag_seconds),
                 state,
-                next.map_or_else(|| "on change / by hand".to_owned(), |n| format!("{} ({})", when(n.at_unix), n.schedule_id)),
+                next.map_or_else(
+                    || "on change / by hand".to_owned(),
+                    |n| format!("{} ({})", when(n.at_unix), n.schedule_id)
+                ),
             );
             if let Some(w) = &s.wal {
                 println!(
@@ -264,7 +271,9 @@ pub struct JobsArgs {
 fn print_job(job: &v1::Job) {
     let a = job.assignment.clone().unwrap_or_default();
     let detail = match (&job.result, &job.progress) {
-        (Some(r), _) if r.ok => r.snapshot.as_ref().map_or(String::new(), |s| format!("snapshot {}", short(&s.snapshot_id))),
+        (Some(r), _) if r.ok => {
+            r.snapshot.as_ref().map_or(String::new(), |s| format!("snapshot {}", short(&s.snapshot_id)))
+        }
         (Some(r), _) => r.error.clone(),
         (None, Some(p)) => format!("{}/{} files, {} bytes", p.files_done, p.files_total, p.bytes_done),
         (None, None) => String::new(),
@@ -288,11 +297,14 @@ impl JobsArgs {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
         let control = self.control.connect()?;
-        let request = v1::ListJobsRequest { host: self.host.unwrap_or_default(), active: self.active, limit: self.limit };
-        let reply = control.call(|mut c| {
-            let request = request.clone();
-            async move { c.list_jobs(request).await }
-        }).await?;
+        let request =
+            v1::ListJobsRequest { host: self.host.unwrap_or_default(), active: self.active, limit: self.limit };
+        let reply = control
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.list_jobs(request).await }
+            })
+            .await?;
         if self.control.json {
             print_json(&reply)?;
             return Ok(0);
@@ -322,10 +334,12 @@ impl CancelArgs {
     pub async fn run(self) -> Result<u8> {
         let control = self.control.connect()?;
         let request = v1::CancelJobRequest { job_id: self.job.clone(), reason: self.reason.clone() };
-        let reply = control.call(|mut c| {
-            let request = request.clone();
-            async move { c.cancel_job(request).await }
-        }).await?;
+        let reply = control
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.cancel_job(request).await }
+            })
+            .await?;
         if self.control.json {
             print_json(&reply)?;
         } else if let Some(job) = &reply.job {
@@ -352,19 +366,30 @@ pub async fn follow(control: &Control, json: bool, reply: v1::JobReply, wait: bo
         eprintln!("job {id} {} on {}", state_name(job.state), job.host);
     }
     let mut last_line = String::new();
-    while wait && !matches!(v1::JobState::try_from(job.state), Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)) {
+    while wait
+        && !matches!(
+            v1::JobState::try_from(job.state),
+            Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
+        )
+    {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let request = v1::ListJobsRequest { host: job.host.clone(), active: false, limit: u32::MAX };
-        let jobs = control.call(|mut c| {
-            let request = request.clone();
-            async move { c.list_jobs(request).await }
-        }).await?;
+        let jobs = control
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.list_jobs(request).await }
+            })
+            .await?;
         job = jobs
             .jobs
             .into_iter()
             .find(|j| j.assignment.as_ref().is_some_and(|a| a.job_id == id))
             .with_context(|| format!("job {id} is no longer listed"))?;
-        let line = format!("job {id} {} (attempt {})", state_name(job.state), job.assignment.as_ref().map_or(0, |a| a.attempt));
+        let line = format!(
+            "job {id} {} (attempt {})",
+            state_name(job.state),
+            job.assignment.as_ref().map_or(0, |a| a.attempt)
+        );
         if !json && line != last_line {
             eprintln!("{line}");
             last_line = line;

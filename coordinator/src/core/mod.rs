@@ -133,7 +133,10 @@ impl Shared {
     /// Asks the core, and waits for its answer.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Query) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        self.events.send(Event::Query(make(tx))).await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+        self.events
+            .send(Event::Query(make(tx)))
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is stopping"))?;
         rx.await.map_err(|_| Status::unavailable("the coordinator is stopping"))?
     }
 }
@@ -143,7 +146,7 @@ pub enum Backend {
     /// One coordinator, always leader.
     Embedded(EmbeddedState),
     /// Shared through etcd, led by whoever the election picks.
-    Etcd(Elector),
+    Etcd(Box<Elector>),
 }
 
 impl std::fmt::Debug for Backend {
@@ -173,7 +176,7 @@ pub async fn open_backend(config: &CoordinatorConfig) -> Result<Backend, StateEr
                 url: config.url(),
                 ttl: etcd.ttl,
             };
-            Ok(Backend::Etcd(Elector::connect(election).await?))
+            Ok(Backend::Etcd(Box::new(Elector::connect(election).await?)))
         }
     }
 }
@@ -187,13 +190,8 @@ fn prefix(config: &CoordinatorConfig) -> String {
 pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc<Shared> {
     let (role_tx, role) = watch::channel(NodeRole::Starting);
     let (events, inbox) = mpsc::channel(4096);
-    let shared = Arc::new(Shared {
-        config,
-        role,
-        degraded: Mutex::new(None),
-        policy: RwLock::new(Arc::new(policy)),
-        events,
-    });
+    let shared =
+        Arc::new(Shared { config, role, degraded: Mutex::new(None), policy: RwLock::new(Arc::new(policy)), events });
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
     shared
 }

@@ -160,7 +160,7 @@ impl<'a> Term<'a> {
                 if self.sessions.get(&host).is_none_or(|s| s.id != session) {
                     return Ok(()); // A stream replaced by a newer one.
                 }
-                self.from_agent(&host, body).await
+                self.on_message(&host, body).await
             }
             Event::Detached { host, session } => {
                 if self.sessions.get(&host).is_some_and(|s| s.id == session) {
@@ -205,12 +205,13 @@ impl<'a> Term<'a> {
             .map(|j| j.id.clone())
             .collect();
         for id in lost {
-            self.attempt_failed(&id, "interrupted: the agent restarted or lost its connection before it finished").await?;
+            self.attempt_failed(&id, "interrupted: the agent restarted or lost its connection before it finished")
+                .await?;
         }
         self.dispatch(&host).await
     }
 
-    async fn from_agent(&mut self, host: &str, body: Body) -> Result<(), StateError> {
+    async fn on_message(&mut self, host: &str, body: Body) -> Result<(), StateError> {
         let now = Utc::now();
         let back = self.agents.get_mut(host).is_some_and(|agent| {
             agent.last_seen = now;
@@ -333,10 +334,9 @@ impl<'a> Term<'a> {
             return Ok(());
         };
         let schedule_id = schedule.id();
-        let waiting = self
-            .jobs
-            .of_host(host)
-            .any(|j| j.source_id == source_id && j.state == JobState::Queued && j.schedule_id.as_deref() == Some(&schedule_id));
+        let waiting = self.jobs.of_host(host).any(|j| {
+            j.source_id == source_id && j.state == JobState::Queued && j.schedule_id.as_deref() == Some(&schedule_id)
+        });
         if waiting {
             return Ok(());
         }
@@ -386,7 +386,9 @@ impl<'a> Term<'a> {
                 for id in &source.schedules {
                     match policy.schedule(id) {
                         Some(schedule) => targets.push(Target { schedule, host: &agent.host, source_id: &source.id }),
-                        None => tracing::debug!(host = agent.host, source = source.id, schedule = id, "no such schedule"),
+                        None => {
+                            tracing::debug!(host = agent.host, source = source.id, schedule = id, "no such schedule")
+                        }
                     }
                 }
             }
@@ -522,8 +524,7 @@ impl<'a> Term<'a> {
                 reply.send(Ok(status)).ok();
             }
             Query::Agents(reply) => {
-                let agents =
-                    self.agents.values().map(|a| a.to_proto(self.sessions.contains_key(&a.host))).collect();
+                let agents = self.agents.values().map(|a| a.to_proto(self.sessions.contains_key(&a.host))).collect();
                 reply.send(Ok(v1::ListAgentsReply { agents })).ok();
             }
             Query::Jobs(request, reply) => {

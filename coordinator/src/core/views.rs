@@ -19,10 +19,7 @@ use crate::state::{State, StateError};
 pub const LEADER_URL_KEY: &str = "lifeboat-leader-url";
 
 /// Every agent stored under `prefix`.
-pub(super) async fn load_agents(
-    state: State<'_>,
-    prefix: &str,
-) -> Result<HashMap<String, AgentRecord>, StateError> {
+pub(super) async fn load_agents(state: State<'_>, prefix: &str) -> Result<HashMap<String, AgentRecord>, StateError> {
     let mut agents = HashMap::new();
     for (key, stored) in state.list(&format!("{prefix}/agents/")).await? {
         match serde_json::from_slice::<AgentRecord>(&stored.value) {
@@ -73,7 +70,9 @@ pub(super) fn status<'a>(
                 .schedules
                 .iter()
                 .filter_map(|id| policy.schedule(id))
-                .filter_map(|s| s.trigger.next_after(now).map(|at| v1::NextRun { schedule_id: s.id(), at_unix: at.timestamp() }))
+                .filter_map(|s| {
+                    s.trigger.next_after(now).map(|at| v1::NextRun { schedule_id: s.id(), at_unix: at.timestamp() })
+                })
                 .collect();
             sources.push(v1::SourceStatus {
                 host: agent.host.clone(),
@@ -83,7 +82,9 @@ pub(super) fn status<'a>(
                 last_snapshot_id: source.last_snapshot_id.clone(),
                 rpo_seconds: u32::try_from(limits.rpo.as_secs()).unwrap_or(u32::MAX),
                 lag_seconds: lag,
-                rpo_breached: findings.iter().any(|f| matches!(f, Finding::RpoBreached { .. } | Finding::NeverBackedUp)),
+                rpo_breached: findings
+                    .iter()
+                    .any(|f| matches!(f, Finding::RpoBreached { .. } | Finding::NeverBackedUp)),
                 wal: source.wal_proto(),
                 next_runs,
             });

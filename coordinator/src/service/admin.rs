@@ -30,7 +30,13 @@ impl AdminService {
         self.gate.admit(&who, &Call::Admin(call), target)
     }
 
-    fn audited<T>(&self, caller: &Caller, call: AdminCall, target: Option<&str>, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    fn audited<T>(
+        &self,
+        caller: &Caller,
+        call: AdminCall,
+        target: Option<&str>,
+        result: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
         self.gate.record(&caller.who.to_string(), caller.role, &Call::Admin(call), target, &outcome(&result));
         result.map(Response::new)
     }
@@ -44,7 +50,10 @@ impl Admin for AdminService {
         self.audited(&caller, AdminCall::Status, None, result)
     }
 
-    async fn list_agents(&self, request: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsReply>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsReply>, Status> {
         let caller = self.admit(&request, AdminCall::ListAgents, None)?;
         let result = self.shared.ask(Query::Agents).await;
         self.audited(&caller, AdminCall::ListAgents, None, result)
@@ -72,7 +81,9 @@ impl Admin for AdminService {
                 snapshots: jobs
                     .jobs
                     .into_iter()
-                    .filter(|j| req.source_id.is_empty() || j.assignment.as_ref().is_some_and(|a| a.source_id == req.source_id))
+                    .filter(|j| {
+                        req.source_id.is_empty() || j.assignment.as_ref().is_some_and(|a| a.source_id == req.source_id)
+                    })
                     .filter_map(|j| j.result.and_then(|r| r.snapshot))
                     .collect(),
             });

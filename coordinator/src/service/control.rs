@@ -54,43 +54,85 @@ impl AgentControl for ControlService {
         // The certificate names the host; a hello for another is refused.
         self.gate.admit(&who, &Call::Attach { host: Some(hello.host.clone()) }, Some(&hello.host))?;
         let (tx, rx) = mpsc::channel(ASSIGN_QUEUE);
-        let role = self.shared.role.borrow().clone();
-        match role {
-            NodeRole::Leader { .. } => {
-                let host = hello.host.clone();
-                let session = self.sessions.fetch_add(1, Ordering::Relaxed);
-                let events = self.shared.events.clone();
-                events
-                    .send(Event::Attach { hello, session, tx })
-                    .await
-                    .map_err(|_| Status::unavailable("the coordinator is stopping"))?;
-                tokio::spawn(async move {
-                    loop {
-                        match inbound.message().await {
-                            Ok(Some(v1::AgentMessage { body: Some(body) })) => {
-                                let event = Event::FromAgent { host: host.clone(), session, body };
-                                if events.send(event).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Ok(Some(_)) => {}
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::debug!(host, error = %e, "agent stream broke");
-                                break;
-                            }
-                        }
-                    }
-                    events.send(Event::Detached { host, session }).await.ok();
-                });
-            }
-            NodeRole::Follower { leader: Some(leader) } => {
-                let redirect = v1::Redirect { leader_url: leader.url, reason: format!("{} leads", leader.name) };
-                tx.try_send(Ok(v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::Redirect(redirect)) }))
-                    .ok();
-            }
-            _ => return Err(Status::unavailable("no coordinator leads right now; try again shortly")),
-        }
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(serve_agent(self.shared.clone(), hello, session, tx, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// What a follower does with an agent's stream.
+enum Placement {
+    /// This coordinator leads: the core takes the agent.
+    Lead,
+    /// Send the agent to the leader.
+    Redirect(String, String),
+    /// Hold the stream: no leader is known, or the agent could not reach
+    /// the one known (it died, or is cut off). When this coordinator wins
+    /// the election the agent is taken at once, with no reconnection; when
+    /// another leader is known it is sent there.
+    Park,
+}
+
+fn placement(role: &NodeRole, hello: &v1::Hello) -> Placement {
+    match role {
+        NodeRole::Leader { .. } => Placement::Lead,
+        NodeRole::Follower { leader: Some(l) } if l.url != hello.unreachable_leader => {
+            Placement::Redirect(l.url.clone(), format!("{} leads", l.name))
+        }
+        _ => Placement::Park,
+    }
+}
+
+/// Places the agent, waiting while parked, then (leading) hands its stream
+/// to the core until it ends.
+async fn serve_agent(
+    shared: Arc<Shared>,
+    hello: v1::Hello,
+    session: u64,
+    tx: mpsc::Sender<Result<v1::CoordinatorMessage, Status>>,
+    mut inbound: Streaming<v1::AgentMessage>,
+) {
+    let mut role = shared.role.clone();
+    loop {
+        let placed = placement(&role.borrow_and_update(), &hello);
+        match placed {
+            Placement::Lead => break,
+            Placement::Redirect(leader_url, reason) => {
+                let redirect = v1::Redirect { leader_url, reason };
+                tx.send(Ok(v1::CoordinatorMessage { body: Some(v1::coordinator_message::Body::Redirect(redirect)) }))
+                    .await
+                    .ok();
+                return;
+            }
+            Placement::Park => {
+                tokio::select! {
+                    changed = role.changed() => if changed.is_err() { return },
+                    // The agent went away while it waited.
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    }
+    let host = hello.host.clone();
+    let events = shared.events.clone();
+    if events.send(Event::Attach { hello, session, tx }).await.is_err() {
+        return;
+    }
+    loop {
+        match inbound.message().await {
+            Ok(Some(v1::AgentMessage { body: Some(body) })) => {
+                let event = Event::FromAgent { host: host.clone(), session, body };
+                if events.send(event).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(host, error = %e, "agent stream broke");
+                break;
+            }
+        }
+    }
+    events.send(Event::Detached { host, session }).await.ok();
 }

@@ -49,18 +49,32 @@ async fn simulate(i: usize, host: String, urls: Arc<Vec<String>>, tls: rustls::C
     let mut next = i;
     let mut hint: Option<String> = None;
     let mut failures = 0u32;
+    // As the real agent: a coordinator it could not reach is named to the
+    // next, which holds the stream until a new leader is elected.
+    let mut unreachable = String::new();
     loop {
         let url = hint.take().unwrap_or_else(|| {
             next += 1;
             urls[next % urls.len()].clone()
         });
-        match session(i, &host, &url, &tls, &attached).await {
+        match session(i, &host, &url, &unreachable, &tls, &attached).await {
             Ok(Some(leader)) => {
                 hint = Some(leader);
                 continue;
             }
-            Ok(None) => failures = 0,
-            Err(_) => failures += 1,
+            Ok(None) => {
+                failures = 0;
+                unreachable.clear();
+                hint = Some(url);
+            }
+            Err(_) => {
+                failures += 1;
+                unreachable = url;
+                if failures < urls.len() as u32 {
+                    attached.to[i].store(0, Ordering::Relaxed);
+                    continue;
+                }
+            }
         }
         attached.to[i].store(0, Ordering::Relaxed);
         // Full jitter, as the real agent does.
@@ -75,6 +89,7 @@ async fn session(
     i: usize,
     host: &str,
     url: &str,
+    unreachable: &str,
     tls: &rustls::ClientConfig,
     attached: &Attached,
 ) -> Result<Option<String>> {
@@ -95,6 +110,7 @@ async fn session(
         }],
         running_jobs: Vec::new(),
         max_jobs: 1,
+        unreachable_leader: unreachable.to_owned(),
     };
     tx.send(v1::AgentMessage { body: Some(Body::Hello(hello)) }).await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
@@ -144,7 +160,12 @@ fn usage(pid: i32) -> Result<(f64, u64, u64)> {
     let cpu = (fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / ticks;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |key: &str| {
-        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
     };
     Ok((cpu, kib("VmRSS:"), kib("VmHWM:")))
 }
@@ -222,7 +243,9 @@ fn main() -> Result<()> {
         .map(|(name, port)| {
             let config = d.coordinator_config(name, *port, &policy, Some(&settings));
             // Heartbeats as in production; agents lost after 30 s.
-            let text = std::fs::read_to_string(&config).unwrap_or_default().replace("heartbeat = \"1s\"\nlost_after = \"6s\"", "heartbeat = \"5s\"\nlost_after = \"30s\"");
+            let text = std::fs::read_to_string(&config)
+                .unwrap_or_default()
+                .replace("heartbeat = \"1s\"\nlost_after = \"6s\"", "heartbeat = \"5s\"\nlost_after = \"30s\"");
             std::fs::write(&config, text).ok();
             d.start_coordinator(&config)
         })
@@ -254,7 +277,11 @@ fn main() -> Result<()> {
         started = n;
         let who = leader_index(&attached);
         let took = wait_attached(&attached, who, n, Duration::from_secs(300))?;
-        println!("{n:>5} agents attached to {} ({:.1}s after the last was started)", COORDINATORS[who as usize - 1], took.as_secs_f64());
+        println!(
+            "{n:>5} agents attached to {} ({:.1}s after the last was started)",
+            COORDINATORS[who as usize - 1],
+            took.as_secs_f64()
+        );
         let leader = &coordinators[who as usize - 1];
         measure_steady(leader, n, &attached, who)?;
     }
