@@ -7,3 +7,4 @@ pub mod files;
 pub mod postgres;
 pub mod progress;
 pub mod repo_args;
+pub mod retention;

@@ -37,6 +37,9 @@ enum Command {
     Restore(Box<commands::restore::RestoreCommand>),
     /// Check the repository's integrity.
     Verify(commands::verify::VerifyArgs),
+    /// Forget snapshots past their retention (--policy) and delete the data
+    /// no snapshot needs, in two phases with a grace period.
+    Prune(commands::prune::PruneArgs),
     /// The coordinator's audit log of admin calls.
     Audit(commands::audit::AuditCommand),
     /// Certificates for the control plane's mutual TLS.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             Command::Snapshots(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Verify(c) => c.run().await,
+            Command::Prune(c) => c.run().await,
             Command::Audit(c) => c.run().await,
             Command::Certs(c) => c.run().await,
             Command::Status(c) => c.run().await,

@@ -107,6 +107,22 @@ pub struct CoordinatorConfig {
     /// How long finished jobs are remembered.
     #[serde(default = "default_history", deserialize_with = "duration")]
     pub job_history: Duration,
+    /// The repository retention is applied to (absent: retention is off).
+    pub repository: Option<lifeboat_agent::repo_args::RepoSettings>,
+    /// How often the leader applies retention.
+    #[serde(default = "default_retention_every", deserialize_with = "duration")]
+    pub retention_every: Duration,
+    /// How long pruned data stays marked before it is deleted (longer than
+    /// the longest backup).
+    #[serde(default = "default_prune_grace", deserialize_with = "duration")]
+    pub prune_grace: Duration,
+}
+
+fn default_retention_every() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_prune_grace() -> Duration {
+    Duration::from_secs(86_400)
 }
 
 /// A duration written as humans do: `5s`, `10m`, `7days`.

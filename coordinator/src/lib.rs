@@ -9,6 +9,7 @@ pub mod core;
 pub mod election;
 pub mod jobs;
 pub mod lag;
+pub mod retention;
 pub mod scheduler;
 pub mod service;
 pub mod state;

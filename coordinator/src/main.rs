@@ -112,7 +112,14 @@ async fn serve(config_path: &Path) -> Result<()> {
         schedules = policy.schedules.len(),
         "coordinator starting"
     );
+    let retention = config.repository.clone().map(|r| (r, config.retention_every, config.prune_grace));
     let shared = core::start(config, policy, backend);
+    match retention {
+        Some((settings, every, grace)) => {
+            tokio::spawn(lifeboat_coordinator::retention::keep_applying(shared.clone(), settings, every, grace));
+        }
+        None => shared.set_retention("off: no [repository] in the configuration".into()),
+    }
     tokio::spawn(reload_on_hangup(shared.clone()));
     listener::serve(listener, tls, shared, gate, shutdown()).await?;
     tracing::info!("coordinator stopped");

@@ -188,6 +188,28 @@ pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
     Some(format!("{}{log:08X}{seg:08X}", &name[..8]))
 }
 
+/// Deletes the WAL no kept base backup needs: every segment (whole,
+/// partial, streamed, or a backup history file) that lies wholly before
+/// segment `keep_from` (the oldest kept backup's first), on any timeline:
+/// recovery only ever moves forward from a backup's start. Timeline
+/// history files stay. Returns how many objects went.
+pub async fn expire_before(repo: &Repository, keep_from: &str) -> Result<u64, PgError> {
+    let start = log_and_seg(keep_from).ok_or_else(|| PgError::BadWalName(keep_from.to_owned()))?;
+    let mut deleted = 0;
+    for meta in repo.store().list("wal/").await? {
+        let name = meta.key.rsplit('/').next().unwrap_or_default();
+        let segment = name.split('.').next().unwrap_or_default();
+        if name.ends_with(".history") {
+            continue;
+        }
+        if log_and_seg(segment).is_some_and(|pos| pos < start) {
+            repo.store().delete(&meta.key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// The archived segments of `timeline` (names, sorted), counting a
 /// segment streamed only in part as present: it is where recovery ends.
 pub async fn archived_segments(repo: &Repository, timeline: u32) -> Result<Vec<String>, PgError> {
@@ -270,6 +292,41 @@ mod tests {
         assert_eq!(gap.as_deref(), Some("000000010000000000000006"));
         let err = check_chain(&archived, "000000010000000000000001", "000000010000000000000003", mb16).unwrap_err();
         assert!(err.to_string().contains("000000010000000000000001 is missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wal_before_the_oldest_kept_backup_goes_and_history_stays() {
+        use lifeboat_common::crypto::MasterKey;
+        use lifeboat_common::store::LocalStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::new(dir.path().join("repo")));
+        let repo = Repository::init(store, &MasterKey::generate().unwrap()).await.unwrap();
+        let names = [
+            "000000010000000000000003",
+            "000000010000000000000004.00000028.backup",
+            "000000010000000000000005",
+            "000000020000000000000005.partial",
+            "000000020000000000000006",
+            "000000020000000000000007.stream",
+            "00000002.history",
+        ];
+        for name in names {
+            push_content(&repo, name, vec![1; 64]).await.unwrap();
+        }
+        assert_eq!(expire_before(&repo, "000000020000000000000005").await.unwrap(), 2);
+        let mut left: Vec<String> = repo
+            .store()
+            .list("wal/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        left.sort();
+        let mut expected = names[2..].to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+        assert!(expire_before(&repo, "bogus").await.is_err());
     }
 
     #[test]

@@ -178,6 +178,7 @@ impl StatusArgs {
         if !status.degraded.is_empty() {
             println!("DEGRADED: {}", status.degraded);
         }
+        println!("retention: {}", status.retention);
         println!(
             "{:<32} {:<9} {:<20} {:>10} {:>12} {:<8} NEXT RUN",
             "SOURCE", "KIND", "LAST BACKUP", "RPO", "BEHIND", "STATE"

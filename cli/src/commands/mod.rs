@@ -6,6 +6,7 @@ pub mod backups;
 pub mod certs;
 pub mod control;
 pub mod key;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod snapshots;

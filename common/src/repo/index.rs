@@ -1,7 +1,7 @@
 //! Index objects (which blob lives in which pack) and the in-memory index
 //! built from all of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,8 @@ pub struct Index {
     packs: Vec<PackInfo>,
     pack_pos: HashMap<PackId, u32>,
     blobs: HashMap<BlobId, (u32, PackBlob)>,
+    /// Packs a prune marked for deletion (by position).
+    doomed: HashSet<u32>,
 }
 
 impl Index {
@@ -102,9 +104,17 @@ impl Index {
         self.pack_pos.contains_key(id)
     }
 
-    /// Whether any pack holds `id`.
+    /// Whether a pack not marked for deletion holds `id`: whether a new
+    /// snapshot may refer to it without storing it again. (Reading goes by
+    /// [`Index::get`], which finds marked packs too.)
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.blobs.get(id).is_some_and(|(p, _)| !self.doomed.contains(p))
+    }
+
+    /// Takes these packs as marked for deletion.
+    pub fn doom(&mut self, packs: impl IntoIterator<Item = PackId>) {
+        let positions: Vec<u32> = packs.into_iter().filter_map(|id| self.pack_pos.get(&id).copied()).collect();
+        self.doomed.extend(positions);
     }
 
     /// Every indexed pack.

@@ -22,7 +22,7 @@ use super::tree::Tree;
 
 const CONFIG_KEY: &str = "config";
 const KEYS_PREFIX: &str = "keys/";
-const INDEX_PREFIX: &str = "index/";
+pub(crate) const INDEX_PREFIX: &str = "index/";
 const SNAPSHOTS_PREFIX: &str = "snapshots/";
 const DATA_PREFIX: &str = "data/";
 const TREE_PREFIX: &str = "tree/";
@@ -255,8 +255,13 @@ impl Repository {
         let mut index = Index::default();
         let mut problems = Vec::new();
         let keys: Vec<String> = self.inner.store.list(INDEX_PREFIX).await?.into_iter().map(|m| m.key).collect();
-        let mut loaded = futures::stream::iter(&keys)
-            .map(|key| async move { (key, self.read_index_object(key).await) })
+        // Owned keys: a future borrowing them would not be `Send` for every
+        // lifetime, and callers spawn this (the coordinator's retention).
+        let mut loaded = futures::stream::iter(keys.clone())
+            .map(|key| async move {
+                let read = self.read_index_object(&key).await;
+                (key, read)
+            })
             .buffer_unordered(METADATA_FETCHES);
         while let Some((key, result)) = loaded.next().await {
             match result {
@@ -273,6 +278,14 @@ impl Repository {
             c.retain(TREE_PREFIX, |k| {
                 k.rsplit('/').next().and_then(|h| h.parse::<PackId>().ok()).is_some_and(|id| index.has_pack(&id))
             });
+        }
+        // Packs a prune marked: their blobs are not to be leaned on by new backups.
+        match super::prune::load_plans(self).await {
+            Ok(plans) => index.doom(plans.into_iter().flat_map(|(_, p)| p.packs)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the prune plans; no pack is taken as marked");
+                problems.push(e.to_string());
+            }
         }
         *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.inner.index_problems.write().unwrap_or_else(|p| p.into_inner()) = problems;

@@ -100,7 +100,7 @@ async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<
                 match &node.kind {
                     NodeKind::Dir { subtree } => stack.push((*subtree, format!("{child}/"))),
                     NodeKind::File { content } => {
-                        for blob in content.iter().filter(|b| !index.contains(b)) {
+                        for blob in content.iter().filter(|b| index.get(b).is_none()) {
                             report.problems.push(format!(
                                 "snapshot {}: file {child}: blob {} is not in any index",
                                 sid.short(),

@@ -106,6 +106,8 @@ pub struct Shared {
     pub policy: RwLock<Arc<Policy>>,
     /// The core's inbox.
     pub events: mpsc::Sender<Event>,
+    /// The last retention run's outcome.
+    pub retention: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -114,7 +116,7 @@ impl Shared {
         self.degraded.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_degraded(&self, why: Option<String>) {
+    pub(crate) fn set_degraded(&self, why: Option<String>) {
         let mut slot = self.degraded.lock().unwrap_or_else(|p| p.into_inner());
         if *slot != why {
             match &why {
@@ -123,6 +125,16 @@ impl Shared {
             }
             *slot = why;
         }
+    }
+
+    /// Records the last retention run's outcome.
+    pub fn set_retention(&self, outcome: String) {
+        *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+    }
+
+    /// The last retention run's outcome.
+    pub fn retention(&self) -> Option<String> {
+        self.retention.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The policy in force.
@@ -190,8 +202,14 @@ fn prefix(config: &CoordinatorConfig) -> String {
 pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc<Shared> {
     let (role_tx, role) = watch::channel(NodeRole::Starting);
     let (events, inbox) = mpsc::channel(4096);
-    let shared =
-        Arc::new(Shared { config, role, degraded: Mutex::new(None), policy: RwLock::new(Arc::new(policy)), events });
+    let shared = Arc::new(Shared {
+        config,
+        role,
+        degraded: Mutex::new(None),
+        policy: RwLock::new(Arc::new(policy)),
+        events,
+        retention: Mutex::new(None),
+    });
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
     shared
 }

@@ -97,6 +97,7 @@ pub(super) fn status<'a>(
         term: u64::try_from(term).unwrap_or_default(),
         degraded: shared.degraded().unwrap_or_default(),
         sources,
+        retention: shared.retention().unwrap_or_else(|| "not run yet".into()),
     }
 }
 

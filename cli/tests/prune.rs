@@ -1,0 +1,164 @@
+//! Retention and prune end to end: snapshots past their schedule's
+//! retention are forgotten (never a source's newest), data is deleted only
+//! after being marked for the grace period, a backup made between the mark
+//! and the sweep stores its own copy, and a backup that leaned on marked
+//! data (its writer opened the repository before the mark) keeps it alive.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lifeboat_agent::files::{BackupOptions, backup_files};
+use lifeboat_agent::progress::Progress;
+use rand_core::{RngCore, SeedableRng};
+use serde_json::Value;
+use support::Env;
+
+fn random_file(path: &Path, seed: u64, mib: usize) {
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut buf = vec![0u8; mib << 20];
+    rng.fill_bytes(&mut buf);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, buf).unwrap();
+}
+
+fn backup(env: &Env, dir: &Path) -> String {
+    env.ok(&[
+        "backup",
+        "files",
+        dir.to_str().unwrap(),
+        "--host",
+        "h",
+        "--tag",
+        "source:docs",
+        "--tag",
+        "schedule:files.media",
+    ])
+    .trim()
+    .to_owned()
+}
+
+fn prune(env: &Env, args: &[&str]) -> Value {
+    let mut all = vec!["prune", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&env.ok(&all)).unwrap()
+}
+
+fn data_bytes(env: &Env) -> u64 {
+    walk_size(&env.repo.join("data"))
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| if e.path().is_dir() { walk_size(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) })
+            .sum()
+    })
+}
+
+#[test]
+fn expired_snapshots_are_forgotten_and_their_data_goes_only_after_the_grace_period() {
+    let env = Env::new();
+    let src = env.path("src");
+    random_file(&src.join("old.bin"), 1, 8);
+    random_file(&src.join("kept.bin"), 2, 2);
+    let first = backup(&env, &src);
+    std::fs::remove_file(src.join("old.bin")).unwrap();
+    let second = backup(&env, &src);
+    let policy = env.path("policy.yaml");
+    std::fs::write(
+        &policy,
+        "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n      retention_days: 7\n",
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    // Retention as it will stand in eight days.
+    let later = (chrono::Utc::now() + chrono::Duration::days(8)).to_rfc3339();
+
+    // Dry: says what would go, removes nothing.
+    let dry = prune(&env, &["--policy", policy, "--as-of", &later, "--dry-run"]);
+    assert_eq!(dry["forgotten"], serde_json::json!([first]));
+    assert!(env.ok(&["snapshots"]).contains(&first[..8]));
+
+    // First run: the old snapshot is forgotten (the newest stays, however
+    // old); its data is marked, not deleted.
+    let before = data_bytes(&env);
+    let run = prune(&env, &["--policy", policy, "--as-of", &later, "--grace", "1h"]);
+    assert_eq!(run["forgotten"], serde_json::json!([first]));
+    assert!(run["prune"]["marked_packs"].as_u64().unwrap() >= 1, "{run}");
+    assert_eq!(run["prune"]["deleted_packs"], 0);
+    assert_eq!(data_bytes(&env), before);
+    let listed = env.ok(&["snapshots"]);
+    assert!(!listed.contains(&first[..8]) && listed.contains(&second[..8]), "{listed}");
+
+    // Within the grace period nothing is deleted.
+    let run = prune(&env, &["--grace", "1h"]);
+    assert_eq!(run["prune"]["deleted_packs"], 0);
+    assert!(run["prune"]["waiting_packs"].as_u64().unwrap() >= 1, "{run}");
+
+    // Between the mark and the sweep, the old content comes back: the new
+    // backup stores its own copy rather than lean on the marked pack.
+    random_file(&src.join("old.bin"), 1, 8);
+    let third = backup(&env, &src);
+
+    // After the grace period (0 here): the marked packs go, nothing else.
+    let run = prune(&env, &["--grace", "0s"]);
+    assert!(run["prune"]["deleted_packs"].as_u64().unwrap() >= 1, "{run}");
+    assert!(run["prune"]["deleted_bytes"].as_u64().unwrap() >= 8 << 20, "{run}");
+    env.ok(&["verify", "--read-data"]);
+    let out = env.path("restored");
+    env.ok(&["restore", &third, "--target", out.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    support::assert_same_tree(&src, &out);
+}
+
+#[test]
+fn a_backup_that_leaned_on_marked_data_keeps_it() {
+    let env = Env::new();
+    let src = env.path("src");
+    random_file(&src.join("a.bin"), 3, 4);
+    let first = backup(&env, &src);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A writer that opened the repository before the mark (a long backup).
+    let stale = env.open_repo(&rt);
+    // Forgotten (by hand here: the only snapshot).
+    std::fs::remove_file(env.repo.join("snapshots").join(&first)).unwrap();
+    let run = prune(&env, &["--grace", "0s"]);
+    assert!(run["prune"]["marked_packs"].as_u64().unwrap() >= 1, "{run}");
+
+    // The stale writer's index does not know of the mark: it stores nothing
+    // new and refers to the marked blobs.
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        includes: Vec::new(),
+        excludes: Vec::new(),
+        tags: vec!["late".into()],
+        hostname: "h".into(),
+        force: true,
+        parent: None,
+        threads: 0,
+        content_check: None,
+        compression_level: None,
+        fixed_chunks: None,
+    };
+    let outcome = rt.block_on(backup_files(&stale, opts, Arc::new(Progress::default()))).unwrap();
+    assert_eq!(outcome.snapshot.summary.blobs_new, 0, "the stale writer stored data again");
+
+    // The sweep checks again, sees the new snapshot needs the data pack,
+    // keeps it (only the old snapshot's own tree may go).
+    let run = prune(&env, &["--grace", "0s"]);
+    assert!(run["prune"]["deleted_bytes"].as_u64().unwrap() < 1 << 20, "{run}");
+    assert!(run["prune"]["revived_packs"].as_u64().unwrap() >= 1, "{run}");
+    env.ok(&["verify", "--read-data"]);
+    let restored = env.path("restored");
+    env.ok(&[
+        "restore",
+        &outcome.id.to_string(),
+        "--target",
+        restored.to_str().unwrap(),
+        "--path",
+        src.to_str().unwrap(),
+    ]);
+    support::assert_same_tree(&src, &restored);
+}
