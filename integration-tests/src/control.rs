@@ -172,13 +172,17 @@ impl Deployment {
         let mut text = format!(
             "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\npolicy = \"{policy}\"\n\
              heartbeat = \"1s\"\nlost_after = \"6s\"\nretry_after = \"1s\"\n\
+             retention_every = \"2s\"\nprune_grace = \"1h\"\n\
              [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-             [roles]\nalice = \"operator\"\nvera = \"viewer\"\nroot = \"admin\"\n",
+             [roles]\nalice = \"operator\"\nvera = \"viewer\"\nroot = \"admin\"\n\
+             [repository]\nrepo = \"{repo}\"\nkey_file = \"{master}\"\n",
             state = self.dir.join(format!("coordinator-{name}")).display(),
             policy = policy.display(),
             ca = c.join("ca.pem").display(),
             cert = c.join(format!("coordinator-{name}.pem")).display(),
             key = c.join(format!("coordinator-{name}.key")).display(),
+            repo = self.repo.display(),
+            master = self.key.display(),
         );
         if let Some(e) = etcd {
             let endpoints: Vec<String> = e.endpoints.iter().map(|u| format!("\"{u}\"")).collect();

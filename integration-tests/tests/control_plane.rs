@@ -81,7 +81,11 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
         jobs(&d, &url).into_iter().find(|j| job_state(j) == "JOB_STATE_SUCCEEDED")
     });
     assert!(job_id(&done).starts_with("files.media@node1/docs@"), "{done}");
-    let status = d.admin_json(&url, "vera", &["status"]).unwrap();
+    // The leader applies retention to the repository now and then.
+    let status = wait_for(Duration::from_secs(30), "a retention run", || {
+        let status = d.admin_json(&url, "vera", &["status"])?;
+        status["retention"].as_str()?.contains("forgot").then_some(status)
+    });
     assert_eq!(status["leader"], "c1");
     let source = &status["sources"][0];
     assert_eq!(source["sourceId"], "docs");

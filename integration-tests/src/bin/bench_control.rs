@@ -245,7 +245,8 @@ fn main() -> Result<()> {
             // Heartbeats as in production; agents lost after 30 s.
             let text = std::fs::read_to_string(&config)
                 .unwrap_or_default()
-                .replace("heartbeat = \"1s\"\nlost_after = \"6s\"", "heartbeat = \"5s\"\nlost_after = \"30s\"");
+                .replace("heartbeat = \"1s\"\nlost_after = \"6s\"", "heartbeat = \"5s\"\nlost_after = \"30s\"")
+                .replace("retention_every = \"2s\"", "retention_every = \"1h\"");
             std::fs::write(&config, text).ok();
             d.start_coordinator(&config)
         })
