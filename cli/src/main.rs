@@ -59,12 +59,6 @@ enum Command {
 pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
-    // `lifeboat jobs | head` ends quietly, as command-line tools do, rather
-    // than panicking on a closed pipe.
-    // SAFETY: at start-up, before any thread exists; SIG_DFL is a valid disposition.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     lifeboat_agent::entry::run("lifeboat", async move {
         match cli.command {

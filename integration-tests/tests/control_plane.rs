@@ -498,9 +498,14 @@ fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_sti
         (pg["wal"]["connected"] == true).then_some(())
     });
 
-    // Two of three members gone: no quorum.
-    etcd.kill(1);
+    // One member down: nothing changes; backups go on.
     etcd.kill(2);
+    let before = snapshots_per_job(&d).len();
+    wait_for(Duration::from_secs(60), "backups with one etcd member down", || {
+        (snapshots_per_job(&d).len() >= before + 2).then_some(())
+    });
+    // Two of three down: no quorum.
+    etcd.kill(1);
     for url in &urls {
         wait_for(Duration::from_secs(30), "every coordinator to say it is degraded", || {
             let status = d.admin_json(url, "vera", &["status"])?;
@@ -535,4 +540,62 @@ fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_sti
     wait_for(Duration::from_secs(60), "backups again", || {
         (snapshots_per_job(&d).len() >= snapshots_then + 2).then_some(())
     });
+}
+
+/// Scheduled snapshots in the order they were taken: (time, schedule).
+fn scheduled_in_order(d: &Deployment) -> Vec<(String, String)> {
+    let out = Command::new(workspace_bin("lifeboat"))
+        .args(["snapshots", "--json", "--repo"])
+        .arg(&d.repo)
+        .arg("--key-file")
+        .arg(&d.key)
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut runs: Vec<(String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| {
+            let schedule = s["tags"].as_array()?.iter().find_map(|t| t.as_str()?.strip_prefix("schedule:"))?.to_owned();
+            Some((s["time"].as_str()?.to_owned(), schedule))
+        })
+        .collect();
+    runs.sort();
+    runs
+}
+
+#[test]
+fn when_the_agent_is_busy_priority_one_goes_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
+    let data = tmp.path().join("big");
+    random_tree(&data, 8, 64);
+    let policy = d.policy(
+        "policy.yaml",
+        "backup_schedules:\n  files:\n    low:\n      interval: \"2s\"\n      priority: 4\n    high:\n      interval: \"2s\"\n      priority: 1\n",
+    );
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
+    let agent_config =
+        d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.low\", \"files.high\""));
+    let _agent = d.start_agent(&agent_config);
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(&url, "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+    // Busy for seconds with a backup by hand, while both schedules fall due.
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs = wait_for(Duration::from_secs(120), "both schedules to run", || {
+        let runs = scheduled_in_order(&d);
+        (runs.iter().any(|r| r.1 == "files.low") && runs.iter().any(|r| r.1 == "files.high")).then_some(runs)
+    });
+    assert_eq!(runs[0].1, "files.high", "priority 4 went before priority 1: {runs:?}");
+    // Each schedule waited as one job (later slots superseded the waiting one), not a pile.
+    let all = jobs(&d, &url);
+    let superseded =
+        all.iter().filter(|j| field(j, &["result", "error"]).as_str() == Some("superseded by a later slot")).count();
+    eprintln!("{} jobs, {superseded} superseded while the agent was busy", all.len());
 }

@@ -254,7 +254,13 @@ impl<'a> Term<'a> {
             return Ok(());
         };
         if job.host != host || job.state != JobState::Running {
-            tracing::warn!(host, job = result.job_id, state = ?job.state, "result for a job not running there: ignored");
+            // Agents send recent results again on every reconnect: a final
+            // job hearing its result twice is expected.
+            if job.state.is_final() {
+                tracing::debug!(host, job = result.job_id, "result heard again");
+            } else {
+                tracing::warn!(host, job = result.job_id, state = ?job.state, "result for a job not running there: ignored");
+            }
             return Ok(());
         }
         self.progress.remove(&result.job_id);
