@@ -11,22 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::lag::{LagLimits, SourceReport, WalReport};
 
-/// A source, as its agent described it.
+/// A source: as its agent described it, and what is known of its backups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceRecord {
-    /// Unique on the host.
-    pub id: String,
-    /// `files`, `postgres` or `redis`.
-    pub kind: i32,
-    /// Its roots or data directory.
-    pub paths: Vec<String>,
-    /// Schedule ids bound to it.
-    pub schedules: Vec<String>,
-    /// Version of what is captured.
-    pub version: String,
-    /// Its recovery point objective, in seconds (0: none set).
-    pub rpo_seconds: u32,
-    /// When its newest backup finished, and which.
+    /// The agent's description (id, kind, paths, schedules, version, RPO).
+    pub source: v1::Source,
+    /// When its newest backup finished.
     pub last_backup: Option<DateTime<Utc>>,
     /// That backup's snapshot id.
     pub last_snapshot_id: String,
@@ -36,25 +26,22 @@ pub struct SourceRecord {
     pub error: String,
 }
 
-/// WAL streaming as last reported (see `v1::WalLag`).
+/// WAL streaming as last reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WalState {
-    /// Connected to the server.
-    pub connected: bool,
-    /// Timeline.
-    pub timeline: u32,
-    /// Stored up to.
-    pub stored_lsn: String,
-    /// The server is at.
-    pub server_lsn: String,
-    /// Bytes behind.
-    pub lag_bytes: u64,
-    /// Seconds behind.
-    pub lag_seconds: f64,
-    /// Age of the newest stored WAL (none: nothing stored yet).
-    pub newest_stored_age_seconds: Option<f64>,
+    /// The agent's report (a negative newest-stored age: nothing stored yet).
+    pub lag: v1::WalLag,
     /// When it was reported.
     pub reported: DateTime<Utc>,
+}
+
+impl WalState {
+    /// Seconds since WAL was last stored, at `now`: aged by the time since
+    /// the report, so a silent agent's WAL grows old. None: nothing stored.
+    pub fn stored_age(&self, now: DateTime<Utc>) -> Option<f64> {
+        let reported = self.lag.newest_stored_age_seconds;
+        (reported >= 0.0).then(|| reported + (now - self.reported).to_std().unwrap_or(Duration::ZERO).as_secs_f64())
+    }
 }
 
 /// An agent.
@@ -92,12 +79,7 @@ impl AgentRecord {
             .map(|s| {
                 let old = before.and_then(|b| b.sources.get(&s.id));
                 let record = SourceRecord {
-                    id: s.id.clone(),
-                    kind: s.kind,
-                    paths: s.paths.clone(),
-                    schedules: s.schedules.clone(),
-                    version: s.version.clone(),
-                    rpo_seconds: s.rpo_seconds,
+                    source: s.clone(),
                     last_backup: old.and_then(|o| o.last_backup),
                     last_snapshot_id: old.map(|o| o.last_snapshot_id.clone()).unwrap_or_default(),
                     wal: old.and_then(|o| o.wal.clone()),
@@ -132,16 +114,7 @@ impl AgentRecord {
                 source.last_backup = Some(t);
                 source.last_snapshot_id.clone_from(&state.last_snapshot_id);
             }
-            source.wal = state.wal.as_ref().map(|w| WalState {
-                connected: w.connected,
-                timeline: w.timeline,
-                stored_lsn: w.stored_lsn.clone(),
-                server_lsn: w.server_lsn.clone(),
-                lag_bytes: w.lag_bytes,
-                lag_seconds: w.lag_seconds,
-                newest_stored_age_seconds: (w.newest_stored_age_seconds >= 0.0).then_some(w.newest_stored_age_seconds),
-                reported: now,
-            });
+            source.wal = state.wal.clone().map(|lag| WalState { lag, reported: now });
         }
     }
 
@@ -154,18 +127,7 @@ impl AgentRecord {
             connected,
             lost: self.lost,
             last_seen_unix_ms: self.last_seen.timestamp_millis(),
-            sources: self
-                .sources
-                .values()
-                .map(|s| v1::Source {
-                    id: s.id.clone(),
-                    kind: s.kind,
-                    paths: s.paths.clone(),
-                    schedules: s.schedules.clone(),
-                    version: s.version.clone(),
-                    rpo_seconds: s.rpo_seconds,
-                })
-                .collect(),
+            sources: self.sources.values().map(|s| s.source.clone()).collect(),
         }
     }
 }
@@ -177,36 +139,24 @@ impl SourceRecord {
             last_heard: Some(last_heard),
             last_backup: self.last_backup,
             wal: self.wal.as_ref().map(|w| WalReport {
-                connected: w.connected,
-                lag_seconds: w.lag_seconds,
-                // Aged by the time since the report, so a silent agent's WAL grows old.
-                newest_stored_age_seconds: w
-                    .newest_stored_age_seconds
-                    .map(|a| a + (now - w.reported).to_std().unwrap_or(Duration::ZERO).as_secs_f64()),
+                connected: w.lag.connected,
+                lag_seconds: w.lag.lag_seconds,
+                newest_stored_age_seconds: w.stored_age(now),
             }),
         }
     }
 
     /// The limits it is held to (no RPO set: a day).
     pub fn limits(&self, wal_max_lag: Duration, lost_after: Duration) -> LagLimits {
-        let rpo = if self.rpo_seconds == 0 {
-            Duration::from_secs(86_400)
-        } else {
-            Duration::from_secs(self.rpo_seconds.into())
+        let rpo = match self.source.rpo_seconds {
+            0 => Duration::from_secs(86_400),
+            s => Duration::from_secs(s.into()),
         };
         LagLimits { rpo, max_wal_lag: Some(wal_max_lag), lost_after }
     }
 
     /// The WAL state on the wire.
     pub fn wal_proto(&self) -> Option<v1::WalLag> {
-        self.wal.as_ref().map(|w| v1::WalLag {
-            connected: w.connected,
-            timeline: w.timeline,
-            stored_lsn: w.stored_lsn.clone(),
-            server_lsn: w.server_lsn.clone(),
-            lag_bytes: w.lag_bytes,
-            lag_seconds: w.lag_seconds,
-            newest_stored_age_seconds: w.newest_stored_age_seconds.unwrap_or(-1.0),
-        })
+        self.wal.as_ref().map(|w| w.lag.clone())
     }
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lifeboat_common::policy::{PolicyError, Schedule, backup_schedules_from_yaml};
+use lifeboat_common::policy::{PolicyError, Schedule, backup_schedules_from_yaml, human_duration};
+use lifeboat_common::tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::authz::{Role, RoleMap};
@@ -31,18 +32,6 @@ pub enum ConfigError {
     },
 }
 
-/// The mutual-TLS files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The deployment's CA: the only one trusted.
-    pub ca: PathBuf,
-    /// This process's certificate.
-    pub cert: PathBuf,
-    /// Its key.
-    pub key: PathBuf,
-}
-
 /// etcd, when the state is shared by several coordinators.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +42,7 @@ pub struct EtcdSettings {
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// Lease TTL: how long a silent leader stays leader.
-    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    #[serde(default = "default_ttl", deserialize_with = "human_duration")]
     pub ttl: Duration,
 }
 
@@ -90,31 +79,31 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub roles: BTreeMap<String, String>,
     /// How often agents send heartbeats.
-    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    #[serde(default = "default_heartbeat", deserialize_with = "human_duration")]
     pub heartbeat: Duration,
     /// An agent silent this long is lost.
-    #[serde(default = "default_lost_after", deserialize_with = "duration")]
+    #[serde(default = "default_lost_after", deserialize_with = "human_duration")]
     pub lost_after: Duration,
     /// How far WAL may fall behind before it is an alert (the seed's `max_lag_minutes`).
-    #[serde(default = "default_wal_lag", deserialize_with = "duration")]
+    #[serde(default = "default_wal_lag", deserialize_with = "human_duration")]
     pub wal_max_lag: Duration,
     /// Attempts of a failing job before it is failed for good.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// Wait before a failed job is tried again (doubled each attempt).
-    #[serde(default = "default_retry", deserialize_with = "duration")]
+    #[serde(default = "default_retry", deserialize_with = "human_duration")]
     pub retry_after: Duration,
     /// How long finished jobs are remembered.
-    #[serde(default = "default_history", deserialize_with = "duration")]
+    #[serde(default = "default_history", deserialize_with = "human_duration")]
     pub job_history: Duration,
     /// The repository retention is applied to (absent: retention is off).
     pub repository: Option<lifeboat_agent::repo_args::RepoSettings>,
     /// How often the leader applies retention.
-    #[serde(default = "default_retention_every", deserialize_with = "duration")]
+    #[serde(default = "default_retention_every", deserialize_with = "human_duration")]
     pub retention_every: Duration,
     /// How long pruned data stays marked before it is deleted (longer than
     /// the longest backup).
-    #[serde(default = "default_prune_grace", deserialize_with = "duration")]
+    #[serde(default = "default_prune_grace", deserialize_with = "human_duration")]
     pub prune_grace: Duration,
 }
 
@@ -123,12 +112,6 @@ fn default_retention_every() -> Duration {
 }
 fn default_prune_grace() -> Duration {
     Duration::from_secs(86_400)
-}
-
-/// A duration written as humans do: `5s`, `10m`, `7days`.
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
 }
 
 fn default_heartbeat() -> Duration {

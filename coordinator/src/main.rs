@@ -95,8 +95,7 @@ fn raise_descriptor_limit() {
 async fn serve(config_path: &Path) -> Result<()> {
     let (config, policy) = load(config_path)?;
     raise_descriptor_limit();
-    let tls = lifeboat_common::tls::server_config(&config.tls.ca, &config.tls.cert, &config.tls.key)
-        .context("the coordinator's TLS files")?;
+    let tls = config.tls.server().context("the coordinator's TLS files")?;
     let audit_path = config.state_dir.join("audit.log");
     let audit = Arc::new(AuditLog::open(&audit_path).with_context(|| format!("audit log {}", audit_path.display()))?);
     let gate = Arc::new(Gate::new(config.role_map().map_err(anyhow::Error::msg)?, audit));

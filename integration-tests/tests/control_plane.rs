@@ -30,8 +30,8 @@ fn job_state(job: &Value) -> String {
     job.get("state").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
-/// Snapshots by the job tag they carry, from the repository itself.
-fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
+/// `lifeboat snapshots --json`, read from the repository itself.
+fn snapshots(d: &Deployment) -> Value {
     let out = Command::new(workspace_bin("lifeboat"))
         .args(["snapshots", "--json", "--repo"])
         .arg(&d.repo)
@@ -40,7 +40,12 @@ fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Snapshots by the job tag they carry.
+fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
+    let listed = snapshots(d);
     let mut per_job = HashMap::new();
     for s in listed.as_array().unwrap() {
         for tag in s["tags"].as_array().unwrap() {
@@ -130,15 +135,19 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
     );
 
     let certs = &d.certs;
-    let as_agent = Command::new(workspace_bin("lifeboat"))
-        .args(["status", "--coordinator", &url, "--tls-ca"])
-        .arg(certs.join("ca.pem"))
-        .arg("--tls-cert")
-        .arg(certs.join("agent-node1.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("agent-node1.key"))
-        .output()
-        .unwrap();
+    // `lifeboat status` with this certificate and key, trusting our CA.
+    let status_as = |cert: std::path::PathBuf, key: std::path::PathBuf| {
+        Command::new(workspace_bin("lifeboat"))
+            .args(["status", "--coordinator", &url, "--tls-ca"])
+            .arg(certs.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    let as_agent = status_as(certs.join("agent-node1.pem"), certs.join("agent-node1.key"));
     let err = String::from_utf8_lossy(&as_agent.stderr);
     assert!(!as_agent.status.success() && err.contains("may call only AgentControl"), "{err}");
 
@@ -148,15 +157,7 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
         &DevCaRequest { coordinators: vec![], hosts: vec![], agents: vec![], admins: vec!["alice".into()], days: 2 },
     )
     .unwrap();
-    let foreign = Command::new(workspace_bin("lifeboat"))
-        .args(["status", "--coordinator", &url, "--tls-ca"])
-        .arg(certs.join("ca.pem"))
-        .arg("--tls-cert")
-        .arg(stranger.join("admin-alice.pem"))
-        .arg("--tls-key")
-        .arg(stranger.join("admin-alice.key"))
-        .output()
-        .unwrap();
+    let foreign = status_as(stranger.join("admin-alice.pem"), stranger.join("admin-alice.key"));
     assert!(!foreign.status.success(), "a certificate from another CA was let in");
 
     issue_dev_certs(
@@ -544,14 +545,7 @@ fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_sti
 
 /// Scheduled snapshots in the order they were taken: (time, schedule).
 fn scheduled_in_order(d: &Deployment) -> Vec<(String, String)> {
-    let out = Command::new(workspace_bin("lifeboat"))
-        .args(["snapshots", "--json", "--repo"])
-        .arg(&d.repo)
-        .arg("--key-file")
-        .arg(&d.key)
-        .output()
-        .unwrap();
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = snapshots(d);
     let mut runs: Vec<(String, String)> = listed
         .as_array()
         .unwrap()

@@ -3,24 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lifeboat_common::policy::{human_duration, optional_human_duration};
+use lifeboat_common::tls::TlsFiles;
 use lifeboat_proto::v1;
 use serde::Deserialize;
 
 use super::DaemonError;
 use crate::postgres::connect::ConnectArgs;
 use crate::repo_args::{Locations, RepoSettings};
-
-/// The mutual-TLS files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The deployment's CA: the only one trusted.
-    pub ca: PathBuf,
-    /// This agent's certificate (it names the host).
-    pub cert: PathBuf,
-    /// Its key.
-    pub key: PathBuf,
-}
 
 /// What a source is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -43,7 +33,7 @@ pub struct WalStreamConfig {
     #[serde(default)]
     pub synchronous: bool,
     /// How often the segment being written is stored (not synchronous).
-    #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[serde(default = "default_interval", deserialize_with = "human_duration")]
     pub interval: Duration,
     /// The name the server sees.
     #[serde(default = "default_application_name")]
@@ -86,7 +76,7 @@ pub struct SourceConfig {
     #[serde(default)]
     pub schedules: Vec<String>,
     /// Its recovery point objective.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "optional_human_duration")]
     pub rpo: Option<Duration>,
     /// Watch the paths and report changes (for an on-change schedule).
     #[serde(default)]
@@ -157,16 +147,6 @@ fn one() -> u32 {
     1
 }
 
-/// A duration written as humans do: `5s`, `10m`, `4h`.
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
-}
-
-fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
 impl AgentConfig {
     /// Reads and checks the file; relative paths in it are taken from its directory.
     pub fn load(path: &Path) -> Result<Self, DaemonError> {
@@ -197,9 +177,7 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut config.tls.ca);
-        resolve(&mut config.tls.cert);
-        resolve(&mut config.tls.key);
+        config.tls.resolve(&base);
         if let Some(k) = config.repository.key_file.as_mut() {
             resolve(k);
         }

@@ -221,7 +221,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     let spec =
         RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
     let (repo, stores) = spec.open().await?;
-    let tls = lifeboat_common::tls::client_config(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+    let tls = config.tls.client()?;
     let mut wal = HashMap::new();
     let mut streams = Vec::new();
     for source in &config.sources {

@@ -53,6 +53,39 @@ pub enum TlsError {
     Exists(PathBuf),
 }
 
+/// A process's mutual-TLS files, as configuration files name them.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The deployment's CA: the only one trusted.
+    pub ca: PathBuf,
+    /// This process's certificate (it names the principal).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Takes relative paths from `base` (the configuration file's directory).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// A server configuration from these files.
+    pub fn server(&self) -> Result<rustls::ServerConfig, TlsError> {
+        server_config(&self.ca, &self.cert, &self.key)
+    }
+
+    /// A client configuration from these files.
+    pub fn client(&self) -> Result<rustls::ClientConfig, TlsError> {
+        client_config(&self.ca, &self.cert, &self.key)
+    }
+}
+
 /// Every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bad = |reason: String| TlsError::Pem { path: path.to_owned(), reason };

@@ -331,6 +331,7 @@ impl<'a> Term<'a> {
         let policy = self.shared.policy();
         let Some(source) = self.agents.get(host).and_then(|a| a.sources.get(source_id)) else { return Ok(()) };
         let Some(schedule) = source
+            .source
             .schedules
             .iter()
             .filter_map(|id| policy.schedule(id))
@@ -389,11 +390,18 @@ impl<'a> Term<'a> {
         let mut targets = Vec::new();
         for agent in self.agents.values() {
             for source in agent.sources.values() {
-                for id in &source.schedules {
+                for id in &source.source.schedules {
                     match policy.schedule(id) {
-                        Some(schedule) => targets.push(Target { schedule, host: &agent.host, source_id: &source.id }),
+                        Some(schedule) => {
+                            targets.push(Target { schedule, host: &agent.host, source_id: &source.source.id })
+                        }
                         None => {
-                            tracing::debug!(host = agent.host, source = source.id, schedule = id, "no such schedule")
+                            tracing::debug!(
+                                host = agent.host,
+                                source = source.source.id,
+                                schedule = id,
+                                "no such schedule"
+                            )
                         }
                     }
                 }
@@ -580,8 +588,15 @@ impl<'a> Term<'a> {
         }
         let policy = self.shared.policy();
         // By hand comes before the schedules of the source: an operator is waiting.
-        let priority =
-            source.schedules.iter().filter_map(|id| policy.schedule(id)).map(|s| s.priority).min().unwrap_or(3).min(2);
+        let priority = source
+            .source
+            .schedules
+            .iter()
+            .filter_map(|id| policy.schedule(id))
+            .map(|s| s.priority)
+            .min()
+            .unwrap_or(3)
+            .min(2);
         let now = Utc::now();
         let mut nonce = [0u8; 6];
         lifeboat_common::crypto::random_fill(&mut nonce).map_err(|e| Status::internal(e.to_string()))?;

@@ -61,12 +61,13 @@ pub(super) fn status<'a>(
             let limits = source.limits(config.wal_max_lag, config.lost_after);
             let findings = assess(&source.report(heard, now), &limits, now);
             let point = source.last_backup.map(|b| (now - b).num_milliseconds() as f64 / 1000.0);
-            let wal_age = source.wal.as_ref().and_then(|w| w.newest_stored_age_seconds);
+            let wal_age = source.wal.as_ref().and_then(|w| w.stored_age(now));
             let lag = match (point, wal_age) {
                 (Some(p), Some(w)) => p.min(w),
                 (p, w) => p.or(w).unwrap_or(-1.0),
             };
             let next_runs = source
+                .source
                 .schedules
                 .iter()
                 .filter_map(|id| policy.schedule(id))
@@ -76,8 +77,8 @@ pub(super) fn status<'a>(
                 .collect();
             sources.push(v1::SourceStatus {
                 host: agent.host.clone(),
-                source_id: source.id.clone(),
-                kind: source.kind,
+                source_id: source.source.id.clone(),
+                kind: source.source.kind,
                 last_backup_unix: source.last_backup.map_or(0, |t| t.timestamp()),
                 last_snapshot_id: source.last_snapshot_id.clone(),
                 rpo_seconds: u32::try_from(limits.rpo.as_secs()).unwrap_or(u32::MAX),
