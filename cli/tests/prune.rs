@@ -62,10 +62,11 @@ fn walk_size(dir: &Path) -> u64 {
 fn expired_snapshots_are_forgotten_and_their_data_goes_only_after_the_grace_period() {
     let env = Env::new();
     let src = env.path("src");
+    // Each in packs of its own: a pack goes only when all of it is unused.
     random_file(&src.join("old.bin"), 1, 8);
-    random_file(&src.join("kept.bin"), 2, 2);
     let first = backup(&env, &src);
     std::fs::remove_file(src.join("old.bin")).unwrap();
+    random_file(&src.join("kept.bin"), 2, 2);
     let second = backup(&env, &src);
     let policy = env.path("policy.yaml");
     std::fs::write(

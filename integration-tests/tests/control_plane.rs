@@ -125,6 +125,12 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
     let restored = walk_find(&target, "a.txt").expect("a.txt restored");
     assert_eq!(std::fs::read(restored).unwrap(), std::fs::read(data.join("a.txt")).unwrap());
 
+    // The standard health service and server reflection answer (grpcurl works).
+    let services = health_and_services(&d, &url);
+    for name in ["lifeboat.v1.Admin", "lifeboat.v1.AgentControl", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|s| s == name), "{name} is not listed by reflection: {services:?}");
+    }
+
     // Refusals: a viewer starting a restore, an agent calling Admin, a
     // certificate from another CA, an expired certificate.
     let out = d.admin(&url, "vera", &["restore", "agent", "node1/docs", "--target-dir", "/tmp/x"]);
@@ -201,6 +207,37 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
         .output()
         .unwrap();
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}
+
+/// Checks the health service says `lifeboat.v1.Admin` is serving, and
+/// returns the services server reflection lists (as vera, a viewer).
+fn health_and_services(d: &Deployment, url: &str) -> Vec<String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let c = &d.certs;
+    let tls =
+        lifeboat_common::tls::client_config(&c.join("ca.pem"), &c.join("admin-vera.pem"), &c.join("admin-vera.key"))
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Made inside the runtime: the channel spawns its worker there.
+        let channel = lifeboat_common::tls::channel(url, tls).unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let check = tonic_health::pb::HealthCheckRequest { service: "lifeboat.v1.Admin".into() };
+        let status = health.check(check).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32);
+        let mut reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        match replies.message().await.unwrap().and_then(|r| r.message_response) {
+            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+            other => panic!("reflection answered {other:?}"),
+        }
+    })
 }
 
 fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {

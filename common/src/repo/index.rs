@@ -64,6 +64,9 @@ pub struct Index {
     packs: Vec<PackInfo>,
     pack_pos: HashMap<PackId, u32>,
     blobs: HashMap<BlobId, (u32, PackBlob)>,
+    /// Further copies of a blob (two writers raced, or a backup stored its
+    /// own copy of a blob in a pack marked for deletion).
+    copies: HashMap<BlobId, Vec<(u32, PackBlob)>>,
     /// Packs a prune marked for deletion (by position).
     doomed: HashSet<u32>,
 }
@@ -90,7 +93,14 @@ impl Index {
             }
         };
         for blob in pack.blobs {
-            self.blobs.entry(blob.id).or_insert((pos, blob));
+            match self.blobs.entry(blob.id) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    self.copies.entry(blob.id).or_default().push((pos, blob))
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((pos, blob));
+                }
+            }
         }
     }
 
@@ -111,10 +121,21 @@ impl Index {
         self.blobs.get(id).is_some_and(|(p, _)| !self.doomed.contains(p))
     }
 
-    /// Takes these packs as marked for deletion.
+    /// Takes these packs as marked for deletion: a blob with a copy in a
+    /// pack that is not is found there from now on (so a prune keeps that
+    /// copy and lets the marked pack go).
     pub fn doom(&mut self, packs: impl IntoIterator<Item = PackId>) {
         let positions: Vec<u32> = packs.into_iter().filter_map(|id| self.pack_pos.get(&id).copied()).collect();
         self.doomed.extend(positions);
+        let doomed = &self.doomed;
+        for (id, copies) in &mut self.copies {
+            if let Some(primary) = self.blobs.get_mut(id)
+                && doomed.contains(&primary.0)
+                && let Some(live) = copies.iter_mut().find(|(p, _)| !doomed.contains(p))
+            {
+                std::mem::swap(primary, live);
+            }
+        }
     }
 
     /// Every indexed pack.
