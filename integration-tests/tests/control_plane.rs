@@ -12,6 +12,33 @@ use lifeboat_integration_tests::control::{Deployment, free_port, wait_for};
 use lifeboat_integration_tests::postgres::workspace_bin;
 use serde_json::Value;
 
+/// One test at a time: each runs etcd members, coordinators, agents and
+/// PostgreSQL, and on two cores several at once starve etcd's heartbeats
+/// into elections that no deployment would see.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A test directory left in place, with its processes' logs, when the test fails.
+struct KeptOnFailure(tempfile::TempDir);
+
+impl KeptOnFailure {
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("logs of the failed test kept in {}", self.0.path().display());
+        }
+    }
+}
+
 fn jobs(d: &Deployment, url: &str) -> Vec<Value> {
     d.admin_json(url, "vera", &["jobs", "--limit", "1000"])
         .and_then(|v| v.get("jobs").and_then(Value::as_array).cloned())
@@ -66,6 +93,7 @@ fn files_source(dir: &std::path::Path, schedules: &str) -> String {
 
 #[test]
 fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_strangers() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = tmp.path().join("docs");
@@ -257,6 +285,7 @@ fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
 
 #[test]
 fn a_malformed_policy_is_refused_at_start_and_on_reload_and_the_old_one_stays() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let bad = "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * *\"\n";
@@ -323,6 +352,7 @@ fn random_tree(dir: &std::path::Path, n: usize, mb: usize) {
 
 #[test]
 fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_sound() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = tmp.path().join("big");
@@ -388,7 +418,8 @@ fn commits(log: &str) -> usize {
 
 #[test]
 fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_paused_leader_commits_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
+    let _serial = serial();
+    let tmp = KeptOnFailure(tempfile::tempdir().unwrap());
     let etcd_dir = tmp.path().join("etcd");
     std::fs::create_dir_all(&etcd_dir).unwrap();
     let mut etcd = lifeboat_integration_tests::etcd::EtcdCluster::start(&etcd_dir, 3);
@@ -491,8 +522,9 @@ fn wal_segments(d: &Deployment) -> usize {
 
 #[test]
 fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_still_archived() {
+    let _serial = serial();
     use lifeboat_integration_tests::postgres::Cluster;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = KeptOnFailure(tempfile::tempdir().unwrap());
     let etcd_dir = tmp.path().join("etcd");
     std::fs::create_dir_all(&etcd_dir).unwrap();
     let mut etcd = lifeboat_integration_tests::etcd::EtcdCluster::start(&etcd_dir, 3);
@@ -598,6 +630,7 @@ fn scheduled_in_order(d: &Deployment) -> Vec<(String, String)> {
 
 #[test]
 fn when_the_agent_is_busy_priority_one_goes_first() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = tmp.path().join("big");
