@@ -434,11 +434,8 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
     };
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
-    let mut coordinators: Vec<_> = names
-        .iter()
-        .zip(&ports)
-        .map(|(name, port)| d.start_coordinator(&d.coordinator_config(name, *port, &policy, Some(&settings))))
-        .collect();
+    // Agents first: they find no coordinator at all, then followers that
+    // name a leader they failed to reach; they must still end up attached.
     let mut agents = Vec::new();
     for host in ["node1", "node2"] {
         let data = tmp.path().join(format!("data-{host}"));
@@ -446,6 +443,12 @@ fn three_coordinators_on_etcd_fail_over_in_two_ttls_run_each_slot_once_and_a_pau
         std::fs::write(data.join("f"), host).unwrap();
         agents.push(d.start_agent(&d.agent_config(host, &urls, &files_source(&data, "\"files.media\""))));
     }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut coordinators: Vec<_> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| d.start_coordinator(&d.coordinator_config(name, *port, &policy, Some(&settings))))
+        .collect();
     let leader_seen_by = |d: &Deployment, i: usize| -> Option<String> {
         let status = d.admin_json(&urls[i], "vera", &["status"])?;
         status["leader"].as_str().map(str::to_owned)

@@ -20,6 +20,10 @@ use crate::core::{ASSIGN_QUEUE, Event, NodeRole, Shared};
 /// How long an agent has to say hello after the stream opens.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long a follower holds an agent that could not reach the leader
+/// while that leader stays the same: longer than an election takes.
+const PARK_AT_MOST: Duration = Duration::from_secs(10);
+
 /// The `AgentControl` service.
 #[derive(Debug)]
 pub struct ControlService {
@@ -93,8 +97,16 @@ async fn serve_agent(
     mut inbound: Streaming<v1::AgentMessage>,
 ) {
     let mut role = shared.role.clone();
+    // The agent may have missed the leader for a passing reason (it was
+    // still starting): after a while it is sent there anyway.
+    let patience = tokio::time::sleep(PARK_AT_MOST);
+    tokio::pin!(patience);
+    let mut patient = true;
     loop {
-        let placed = placement(&role.borrow_and_update(), &hello);
+        let mut placed = placement(&role.borrow_and_update(), &hello);
+        if let (Placement::Park, false, NodeRole::Follower { leader: Some(l) }) = (&placed, patient, &*role.borrow()) {
+            placed = Placement::Redirect(l.url.clone(), format!("{} leads", l.name));
+        }
         match placed {
             Placement::Lead => break,
             Placement::Redirect(leader_url, reason) => {
@@ -109,6 +121,7 @@ async fn serve_agent(
                     changed = role.changed() => if changed.is_err() { return },
                     // The agent went away while it waited.
                     _ = tx.closed() => return,
+                    _ = &mut patience, if patient => patient = false,
                 }
             }
         }
