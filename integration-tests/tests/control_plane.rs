@@ -4,11 +4,12 @@
 //! TLS; processes are killed with SIGKILL and paused with SIGSTOP.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
-use lifeboat_integration_tests::control::{Deployment, free_port, wait_for};
+use lifeboat_integration_tests::control::{Deployment, Proc, free_port, wait_for};
 use lifeboat_integration_tests::postgres::workspace_bin;
 use serde_json::Value;
 
@@ -91,6 +92,31 @@ fn files_source(dir: &std::path::Path, schedules: &str) -> String {
     )
 }
 
+/// One coordinator (embedded state) on a free port, and agent `node1` with
+/// source `docs` over `data` bound to `schedules`: the URL, the
+/// coordinator, the agent's configuration and the agent.
+fn one_coordinator_and_agent(
+    d: &Deployment,
+    policy: &Path,
+    data: &Path,
+    schedules: &str,
+) -> (String, Proc, PathBuf, Proc) {
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let coordinator = d.start_coordinator(&d.coordinator_config("c1", port, policy, None));
+    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(data, schedules));
+    let agent = d.start_agent(&agent_config);
+    (url, coordinator, agent_config, agent)
+}
+
+/// Waits until the coordinator at `url` has its one agent attached.
+fn wait_attached(d: &Deployment, url: &str) {
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(url, "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+}
+
 #[test]
 fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_strangers() {
     let _serial = serial();
@@ -103,11 +129,7 @@ fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_s
         "policy.yaml",
         "backup_schedules:\n  files:\n    media:\n      interval: \"3s\"\n      retention_days: 30\n",
     );
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
-    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.media\""));
-    let _agent = d.start_agent(&agent_config);
+    let (url, _coordinator, _, _agent) = one_coordinator_and_agent(&d, &policy, &data, "\"files.media\"");
 
     // The schedule runs by itself; status shows the backup against the RPO.
     let done = wait_for(Duration::from_secs(60), "a scheduled backup", || {
@@ -358,15 +380,8 @@ fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_s
     let data = tmp.path().join("big");
     random_tree(&data, 12, 64);
     let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n");
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
-    let agent_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, ""));
-    let mut agent = d.start_agent(&agent_config);
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(&url, "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
+    let (url, _coordinator, agent_config, mut agent) = one_coordinator_and_agent(&d, &policy, &data, "");
+    wait_attached(&d, &url);
 
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -642,16 +657,8 @@ fn when_the_agent_is_busy_priority_one_goes_first() {
         "policy.yaml",
         "backup_schedules:\n  files:\n    low:\n      interval: \"2s\"\n      priority: 4\n    high:\n      interval: \"2s\"\n      priority: 1\n",
     );
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    let _coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
-    let agent_config =
-        d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data, "\"files.low\", \"files.high\""));
-    let _agent = d.start_agent(&agent_config);
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(&url, "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
+    let (url, _coordinator, _, _agent) = one_coordinator_and_agent(&d, &policy, &data, "\"files.low\", \"files.high\"");
+    wait_attached(&d, &url);
     // Busy for seconds with a backup by hand, while both schedules fall due.
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
