@@ -8,12 +8,22 @@ use std::process::ExitCode;
 /// Runs `command` on a fresh runtime and turns its result into the exit
 /// status; an error is printed as `NAME: error: …` (its whole chain).
 pub fn run<E: Display>(name: &str, command: impl Future<Output = Result<u8, E>>) -> ExitCode {
+    run_logging(name, "warn", command)
+}
+
+/// [`run`], logging at `default_level` when `RUST_LOG` is unset (a daemon
+/// reports its progress at `info`).
+pub fn run_logging<E: Display>(
+    name: &str,
+    default_level: &str,
+    command: impl Future<Output = Result<u8, E>>,
+) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
