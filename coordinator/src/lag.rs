@@ -62,9 +62,19 @@ fn since(then: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or(Duration::ZERO)
 }
 
+/// How old the newest recoverable point is at `now`: the newest of the last
+/// backup and, when WAL streams, the newest stored WAL (none: neither yet).
+pub fn recovery_point_age(report: &SourceReport, now: DateTime<Utc>) -> Option<Duration> {
+    let backup_age = report.last_backup.map(|b| since(b, now));
+    let wal_age = report.wal.as_ref().and_then(|w| w.newest_stored_age_seconds).map(secs);
+    match (backup_age, wal_age) {
+        (Some(b), Some(w)) => Some(b.min(w)),
+        (b, w) => b.or(w),
+    }
+}
+
 /// What is wrong with a source at `now`; empty when all is well. The
-/// recovery point is the newest of the last backup and, when WAL streams,
-/// the newest stored WAL.
+/// recovery point is [`recovery_point_age`]'s.
 pub fn assess(report: &SourceReport, limits: &LagLimits, now: DateTime<Utc>) -> Vec<Finding> {
     let mut findings = Vec::new();
     match report.last_heard {
@@ -74,13 +84,7 @@ pub fn assess(report: &SourceReport, limits: &LagLimits, now: DateTime<Utc>) -> 
         None => findings.push(Finding::AgentLost { silent: Duration::MAX }),
         Some(_) => {}
     }
-    let backup_age = report.last_backup.map(|b| since(b, now));
-    let wal_age = report.wal.as_ref().and_then(|w| w.newest_stored_age_seconds).map(secs);
-    let point_age = match (backup_age, wal_age) {
-        (Some(b), Some(w)) => Some(b.min(w)),
-        (b, w) => b.or(w),
-    };
-    match point_age {
+    match recovery_point_age(report, now) {
         None => findings.push(Finding::NeverBackedUp),
         Some(age) if age > limits.rpo => findings.push(Finding::RpoBreached { behind: age }),
         Some(_) => {}

@@ -116,7 +116,7 @@ impl SourceConfig {
 
     /// The tag its snapshots carry.
     pub fn tag(&self) -> String {
-        format!("source:{}", self.id)
+        format!("{}{}", lifeboat_common::repo::retention::SOURCE_TAG, self.id)
     }
 }
 

@@ -97,7 +97,7 @@ impl Agent {
         // The job's id too: a job that ran twice would show as two snapshots.
         let mut tags = vec![source.tag(), format!("job:{}", job.job_id)];
         if !job.schedule_id.is_empty() {
-            tags.push(format!("schedule:{}", job.schedule_id));
+            tags.push(format!("{}{}", lifeboat_common::repo::retention::SCHEDULE_TAG, job.schedule_id));
         }
         let (id, snapshot) = match source.kind {
             SourceKind::Files => {

@@ -13,9 +13,12 @@ use super::snapshot::Snapshot;
 /// The tag a scheduled snapshot carries: `schedule:<group.name>`.
 pub const SCHEDULE_TAG: &str = "schedule:";
 
+/// The tag an agent's snapshot carries: `source:<id>`.
+pub const SOURCE_TAG: &str = "source:";
+
 /// The source a snapshot is of: its host, and its `source:` tag (or paths).
 fn source_of(s: &Snapshot) -> (String, String) {
-    let source = s.tags.iter().find(|t| t.starts_with("source:")).cloned().unwrap_or_else(|| s.paths.join("\u{0}"));
+    let source = s.tags.iter().find(|t| t.starts_with(SOURCE_TAG)).cloned().unwrap_or_else(|| s.paths.join("\u{0}"));
     (s.hostname.clone(), source)
 }
 
@@ -61,7 +64,7 @@ mod tests {
         days_ago: i64,
         now: DateTime<Utc>,
     ) -> (SnapshotId, Snapshot) {
-        let mut tags = vec![format!("source:{source}")];
+        let mut tags = vec![format!("{SOURCE_TAG}{source}")];
         tags.extend(schedule.map(|s| format!("{SCHEDULE_TAG}{s}")));
         let snapshot = Snapshot {
             time: now - chrono::Duration::days(days_ago),

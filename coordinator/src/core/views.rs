@@ -12,7 +12,7 @@ use tonic::Status;
 use super::{Event, NodeRole, Query, Shared};
 use crate::agents::AgentRecord;
 use crate::jobs::{JobBook, JobKind, JobRecord, JobState};
-use crate::lag::{Finding, assess};
+use crate::lag::{Finding, assess, recovery_point_age};
 use crate::state::{State, StateError};
 
 /// The metadata key a follower's refusal carries the leader's URL in.
@@ -59,13 +59,9 @@ pub(super) fn status<'a>(
         let heard = if connected(&agent.host) { now } else { agent.last_seen };
         for source in agent.sources.values() {
             let limits = source.limits(config.wal_max_lag, config.lost_after);
-            let findings = assess(&source.report(heard, now), &limits, now);
-            let point = source.last_backup.map(|b| (now - b).num_milliseconds() as f64 / 1000.0);
-            let wal_age = source.wal.as_ref().and_then(|w| w.stored_age(now));
-            let lag = match (point, wal_age) {
-                (Some(p), Some(w)) => p.min(w),
-                (p, w) => p.or(w).unwrap_or(-1.0),
-            };
+            let report = source.report(heard, now);
+            let findings = assess(&report, &limits, now);
+            let lag = recovery_point_age(&report, now).map_or(-1.0, |age| age.as_secs_f64());
             let next_runs = source
                 .source
                 .schedules
