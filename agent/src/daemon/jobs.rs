@@ -205,25 +205,34 @@ impl Agent {
 
     /// The newest snapshot of a source made on this host.
     async fn newest(&self, source: &SourceConfig) -> Result<Option<(SnapshotId, Snapshot)>, String> {
-        let tag = source.tag();
         let snapshots = self.repo.snapshots().await.map_err(|e| e.to_string())?;
-        Ok(snapshots
-            .into_iter()
-            .filter(|(_, s)| s.hostname == self.config.host && s.tags.contains(&tag))
-            .max_by_key(|(_, s)| s.time))
+        Ok(self.newest_of(snapshots.iter(), source).map(|(id, s)| (*id, s.clone())))
+    }
+
+    /// The newest of `snapshots` that this host made of `source`.
+    fn newest_of<'a>(
+        &self,
+        snapshots: impl Iterator<Item = &'a (SnapshotId, Snapshot)>,
+        source: &SourceConfig,
+    ) -> Option<&'a (SnapshotId, Snapshot)> {
+        let tag = source.tag();
+        snapshots.filter(|(_, s)| s.hostname == self.config.host && s.tags.contains(&tag)).max_by_key(|(_, s)| s.time)
     }
 
     /// What each source's newest backup is, from the repository (so status
-    /// is right after a restart).
+    /// is right after a restart): one listing for all of them.
     pub(super) async fn learn_last_backups(&self) {
+        let snapshots = match self.repo.snapshots().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the snapshots to learn each source's newest backup");
+                return;
+            }
+        };
         for source in &self.config.sources {
-            match self.newest(source).await {
-                Ok(Some((id, snapshot))) => {
-                    let finished = snapshot.time.timestamp() + snapshot.summary.duration_secs as i64;
-                    self.book().last_backup.insert(source.id.clone(), (id.to_string(), finished));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(source = source.id, error = e, "cannot list the source's snapshots"),
+            if let Some((id, snapshot)) = self.newest_of(snapshots.iter(), source) {
+                let finished = snapshot.time.timestamp() + snapshot.summary.duration_secs as i64;
+                self.book().last_backup.insert(source.id.clone(), (id.to_string(), finished));
             }
         }
     }
