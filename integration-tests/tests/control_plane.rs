@@ -120,7 +120,7 @@ fn wait_attached(d: &Deployment, url: &str) {
 #[test]
 fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_strangers() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = KeptOnFailure(tempfile::tempdir().unwrap());
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = tmp.path().join("docs");
     std::fs::create_dir_all(&data).unwrap();
@@ -308,7 +308,7 @@ fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
 #[test]
 fn a_malformed_policy_is_refused_at_start_and_on_reload_and_the_old_one_stays() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = KeptOnFailure(tempfile::tempdir().unwrap());
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let bad = "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * *\"\n";
     let policy = d.policy("policy.yaml", bad);
@@ -375,7 +375,7 @@ fn random_tree(dir: &std::path::Path, n: usize, mb: usize) {
 #[test]
 fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_sound() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = KeptOnFailure(tempfile::tempdir().unwrap());
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = tmp.path().join("big");
     random_tree(&data, 12, 64);
@@ -649,7 +649,7 @@ fn scheduled_in_order(d: &Deployment) -> Vec<(String, String)> {
 #[test]
 fn when_the_agent_is_busy_priority_one_goes_first() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = KeptOnFailure(tempfile::tempdir().unwrap());
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = tmp.path().join("big");
     random_tree(&data, 8, 64);
