@@ -290,6 +290,13 @@ fn health_and_services(d: &Deployment, url: &str) -> Vec<String> {
     })
 }
 
+/// Files below `dir`.
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()
+    })
+}
+
 fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir(dir).ok()? {
         let path = entry.ok()?.path();
@@ -389,8 +396,17 @@ fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_s
     let id = job_id(&job);
     let find = |d: &Deployment| jobs(d, &url).into_iter().find(|j| job_id(j) == id);
     wait_for(Duration::from_secs(30), "the backup to run", || find(&d).filter(|j| job_state(j) == "JOB_STATE_RUNNING"));
-    std::thread::sleep(Duration::from_millis(700));
+    // Killed once its first packs land: mid-backup, however fast the machine
+    // (a fixed pause let a quick backup finish first).
+    let packs = |d: &Deployment| walk_count(&d.repo.join("data"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while packs(&d) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the backup wrote no packs in a minute");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     agent.kill();
+    let killed = find(&d).unwrap();
+    assert_ne!(job_state(&killed), "JOB_STATE_SUCCEEDED", "the backup finished before the kill: nothing was tested");
 
     // Silent past the deadline: the agent is lost and the attempt failed;
     // the job waits to be retried.
