@@ -142,6 +142,7 @@ fn a_backup_that_leaned_on_marked_data_keeps_it() {
         content_check: None,
         compression_level: None,
         fixed_chunks: None,
+        read_timeout: None,
     };
     let outcome = rt.block_on(backup_files(&stale, opts, Arc::new(Progress::default()))).unwrap();
     assert_eq!(outcome.snapshot.summary.blobs_new, 0, "the stale writer stored data again");

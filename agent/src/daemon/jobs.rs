@@ -113,6 +113,7 @@ impl Agent {
                     content_check: None,
                     compression_level: None,
                     fixed_chunks: None,
+                    read_timeout: None,
                 };
                 let outcome = backup_files(&self.repo, opts, progress).await.map_err(|e| e.to_string())?;
                 if !outcome.warnings.is_empty() {
@@ -167,6 +168,7 @@ impl Agent {
                     delta: spec.delta,
                     fixed_chunks: None,
                     threads: 0,
+                    ..Default::default()
                 };
                 let report = restore_files(&self.repo, &snapshot, opts, progress).await.map_err(|e| e.to_string())?;
                 tracing::info!(snapshot = %id.short(), target = %target.display(), files = report.files, bytes = report.bytes, "restored");

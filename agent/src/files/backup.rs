@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -26,9 +27,13 @@ use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
 use lifeboat_common::repo::{BlobId, Repository, SnapshotId};
 use tokio::runtime::Handle;
 
+use rustix::fs::{FileType, Stat};
+
 use super::FilesError;
-use super::filter::{Filter, name_bytes};
-use super::meta::{from_fs, unchanged};
+use super::dirfd::{self, DirHandle, OpenError};
+use super::filter::Filter;
+use super::meta::unchanged;
+use super::stall::{DEFAULT_READ_TIMEOUT, PatientReader};
 use crate::progress::Progress;
 
 /// How much older than the parent snapshot's start a file's times must be
@@ -60,6 +65,9 @@ pub struct BackupOptions {
     pub compression_level: Option<i32>,
     /// Files cut into fixed-size chunks instead of by content.
     pub fixed_chunks: Option<Arc<dyn FixedChunks>>,
+    /// How long a read may wait for data before its file is left out
+    /// (default [`DEFAULT_READ_TIMEOUT`]).
+    pub read_timeout: Option<Duration>,
 }
 
 /// Files cut into fixed-size chunks at fixed offsets instead of by content:
@@ -96,6 +104,8 @@ pub struct BackupOutcome {
     pub snapshot: Snapshot,
     /// Entries skipped because they could not be read, each with its reason.
     pub warnings: Vec<String>,
+    /// Entries left out on purpose (sockets), each saying so.
+    pub notices: Vec<String>,
 }
 
 /// File trees stored in the repository, not yet named by a snapshot.
@@ -113,11 +123,14 @@ pub struct Captured {
     pub summary: BackupSummary,
     /// Entries skipped because they could not be read.
     pub warnings: Vec<String>,
+    /// Entries left out on purpose (sockets).
+    pub notices: Vec<String>,
 }
 
 impl Captured {
-    /// The manifest for these trees, from a source of kind `source`.
-    pub fn snapshot(self, source: &str, hostname: String, tags: Vec<String>) -> (Snapshot, Vec<String>) {
+    /// The manifest for these trees, from a source of kind `source`, and
+    /// the warnings and notices of the capture.
+    pub fn snapshot(self, source: &str, hostname: String, tags: Vec<String>) -> (Snapshot, Vec<String>, Vec<String>) {
         let mut summary = self.summary;
         summary.duration_secs = (Utc::now() - self.started).num_milliseconds() as f64 / 1000.0;
         let snapshot = Snapshot {
@@ -131,7 +144,7 @@ impl Captured {
             summary,
             postgres: None,
         };
-        (snapshot, self.warnings)
+        (snapshot, self.warnings, self.notices)
     }
 }
 
@@ -144,10 +157,10 @@ pub async fn backup_files(
 ) -> Result<BackupOutcome, FilesError> {
     let (hostname, tags) = (opts.hostname.clone(), opts.tags.clone());
     let captured = capture(repo, opts, "files", progress).await?;
-    let (snapshot, warnings) = captured.snapshot("files", hostname, tags);
+    let (snapshot, warnings, notices) = captured.snapshot("files", hostname, tags);
     let id = repo.save_snapshot(&snapshot).await?;
     tracing::info!(snapshot = %id, files = snapshot.summary.files, bytes_new = snapshot.summary.bytes_new, "backup saved");
-    Ok(BackupOutcome { id, snapshot, warnings })
+    Ok(BackupOutcome { id, snapshot, warnings, notices })
 }
 
 /// Stores file trees in `repo` without writing a snapshot; `source` is the
@@ -158,8 +171,8 @@ pub async fn capture(
     source: &str,
     progress: Arc<Progress>,
 ) -> Result<Captured, FilesError> {
-    let roots = normalise_roots(&opts.paths)?;
     let filter = Filter::new(&opts.includes, &opts.excludes)?;
+    let roots = normalise_roots(&opts.paths, &filter)?;
     let started = Utc::now();
     let path_strings: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
     let parent = match opts.parent {
@@ -191,12 +204,24 @@ pub async fn capture(
             Pipeline::new(repo, runtime, filter, progress, &opts, trust_before_ns).run(&roots, parent_tree)
         })
     };
-    let (tree, summary, warnings) = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
-    Ok(Captured { started, paths: path_strings, tree, parent: parent.map(|(id, _)| id), summary, warnings })
+    let walked = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
+    Ok(Captured {
+        started,
+        paths: path_strings,
+        tree: walked.root,
+        parent: parent.map(|(id, _)| id),
+        summary: walked.summary,
+        warnings: walked.warnings,
+        notices: walked.notices,
+    })
 }
 
-/// Makes roots absolute, checks they exist, and drops roots inside others.
-fn normalise_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
+/// Makes roots absolute and checks they exist. A root inside another is
+/// reached by the other's walk and dropped, unless that walk would not
+/// reach it (through a link, which the walk keeps and never follows, or
+/// past an exclusion): such a root is refused, for left in it would be
+/// silently missing from the snapshot.
+fn normalise_roots(paths: &[PathBuf], filter: &Filter) -> Result<Vec<PathBuf>, FilesError> {
     if paths.is_empty() {
         return Err(FilesError::Usage("no paths to back up".into()));
     }
@@ -211,11 +236,43 @@ fn normalise_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
     roots.dedup();
     let mut kept: Vec<PathBuf> = Vec::new();
     for r in roots {
-        if !kept.iter().any(|k| r.starts_with(k)) {
-            kept.push(r);
+        match kept.iter().find(|k| r.starts_with(k)) {
+            Some(outer) => check_reached(outer, &r, filter)?,
+            None => kept.push(r),
         }
     }
     Ok(kept)
+}
+
+/// Refuses `inner` (a root inside the root `outer`) when the walk of
+/// `outer` would not reach it.
+fn check_reached(outer: &Path, inner: &Path, filter: &Filter) -> Result<(), FilesError> {
+    let Ok(rest) = inner.strip_prefix(outer) else { return Ok(()) };
+    let parts: Vec<_> = rest.components().collect();
+    let mut at = outer.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        if filter.excluded(&at) {
+            return Err(FilesError::Usage(format!(
+                "{} is inside {}, whose walk leaves out {} (excluded): drop the exclusion, or back {} up on its own",
+                inner.display(),
+                outer.display(),
+                at.display(),
+                inner.display()
+            )));
+        }
+        let last = i + 1 == parts.len();
+        let meta = fs::symlink_metadata(&at).map_err(|e| FilesError::io("reading", &at, e))?;
+        if !last && !meta.is_dir() {
+            return Err(FilesError::Usage(format!(
+                "{} is inside {}, but {} is a symbolic link there (a backup keeps links and never follows them): name the directory it points to instead",
+                inner.display(),
+                outer.display(),
+                at.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A file's content: known already, or being read by workers (one per
@@ -245,6 +302,12 @@ struct DirJob {
 }
 
 struct FileJob {
+    /// The directory holding the file, and its name there.
+    dir: Arc<DirHandle>,
+    name: Vec<u8>,
+    /// The file as the walk listed it: what is opened must be this file.
+    listed: Stat,
+    /// Its path, for messages and per-path policies.
     path: PathBuf,
     /// Where to start reading, and how much to read (`None`: to the end).
     start: u64,
@@ -300,6 +363,15 @@ struct Pipeline {
     /// Parent entries whose times are not before this are read again.
     trust_before_ns: Option<i64>,
     fixed_chunks: Option<Arc<dyn FixedChunks>>,
+    read_timeout: Duration,
+}
+
+/// What a walk stored: the root tree, counts, and what it left out.
+struct Walked {
+    root: BlobId,
+    summary: BackupSummary,
+    warnings: Vec<String>,
+    notices: Vec<String>,
 }
 
 impl Pipeline {
@@ -326,10 +398,12 @@ impl Pipeline {
             compression_level: opts.compression_level,
             trust_before_ns,
             fixed_chunks: opts.fixed_chunks.clone(),
+            read_timeout: opts.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT),
         }
     }
 
-    fn run(self, roots: &[PathBuf], parent: Option<Tree>) -> Result<(BlobId, BackupSummary, Vec<String>), FilesError> {
+    fn run(self, roots: &[PathBuf], parent: Option<Tree>) -> Result<Walked, FilesError> {
+        dirfd::raise_fd_limit();
         let uploader = PackUploader::start(&self.repo, self.runtime.clone(), self.repo.store().parallelism());
         let (job_tx, job_rx) = bounded::<FileJob>(self.threads * 4);
         let (dir_tx, dir_rx) = bounded::<DirJob>(4096);
@@ -363,13 +437,20 @@ impl Pipeline {
                 .collect();
             drop(job_rx);
             let walker = s.spawn(|| {
-                let mut w = Walker { pipe: &self, jobs: job_tx, dirs: dir_tx, next_seq: 0, warnings: Vec::new() };
+                let mut w = Walker {
+                    pipe: &self,
+                    jobs: job_tx,
+                    dirs: dir_tx,
+                    next_seq: 0,
+                    warnings: Vec::new(),
+                    notices: Vec::new(),
+                };
                 let r = w.walk_roots(roots, parent);
-                (r, w.warnings)
+                (r, w.warnings, w.notices)
             });
             let assembled = self.assemble(&dir_rx, &mut tree_packer);
             drop(dir_rx);
-            let (walked, mut warnings) = walker.join().map_err(|_| FilesError::Internal("walker panicked"))?;
+            let (walked, mut warnings, notices) = walker.join().map_err(|_| FilesError::Internal("walker panicked"))?;
             let mut flushed = Ok(());
             for w in workers {
                 let r = w.join().map_err(|_| FilesError::Internal("file worker panicked"))?;
@@ -381,18 +462,18 @@ impl Pipeline {
             walked?;
             flushed?;
             warnings.extend(assembly_warnings);
-            Ok::<_, FilesError>((root, warnings))
+            Ok::<_, FilesError>((root, warnings, notices))
         });
         let flushed = tree_packer.flush();
         drop(tree_packer);
         let stats = uploader.stats();
         // The uploaders' error, if any, is the real cause of a failure above.
         uploader.finish()?;
-        let (root, warnings) = result?;
+        let (root, warnings, notices) = result?;
         flushed?;
         let mut summary = self.summary();
         summary.packs_written = stats.packs.load(Ordering::Relaxed);
-        Ok((root, summary, warnings))
+        Ok(Walked { root, summary, warnings, notices })
     }
 
     fn summary(&self) -> BackupSummary {
@@ -415,8 +496,11 @@ impl Pipeline {
     /// Reads, chunks and stores one file (or one range of it); runs on a file worker.
     fn read_file(&self, job: &FileJob, chunker: &mut Chunker, packer: &mut Packer) -> FileResult {
         let path = &job.path;
-        let mut file = match fs::File::open(path) {
-            Ok(f) => f,
+        let mut file = match dirfd::open_file_at(job.dir.fd.as_fd(), &job.name, &job.listed) {
+            Ok(fd) => PatientReader::new(fd, self.read_timeout),
+            Err(OpenError::Replaced) => {
+                return FileResult::Unreadable(format!("{}: {}", path.display(), OpenError::Replaced));
+            }
             Err(e) => return FileResult::Unreadable(format!("opening {}: {e}", path.display())),
         };
         let keyring = self.repo.keyring();
@@ -444,7 +528,7 @@ impl Pipeline {
         let r = match job.fixed {
             Some(size) => {
                 use std::io::{Read, Seek, SeekFrom};
-                match file.seek(SeekFrom::Start(job.start)) {
+                match file.file().seek(SeekFrom::Start(job.start)) {
                     Ok(_) => read_fixed(file.take(job.len.unwrap_or(u64::MAX)), size, &mut each),
                     Err(e) => Err(ChunkError::Io(e)),
                 }
@@ -532,6 +616,7 @@ struct Walker<'a> {
     dirs: Sender<DirJob>,
     next_seq: u64,
     warnings: Vec<String>,
+    notices: Vec<String>,
 }
 
 /// The tree of backup roots: intermediate directories down to each root.
@@ -553,26 +638,41 @@ impl Walker<'_> {
         }
         if trie.is_root {
             // Backing up `/` itself.
-            self.walk_dir(Path::new("/"), parent.as_ref())?;
+            let root = Arc::new(
+                dirfd::open_dir_path(Path::new("/")).map_err(|e| FilesError::io("opening", Path::new("/"), e))?,
+            );
+            self.walk_dir(root, parent.as_ref())?;
         } else {
             self.walk_virtual(&trie, Path::new("/"), parent.as_ref())?;
         }
         Ok(())
     }
 
-    /// Emits a directory on the way to a root, holding only what leads to roots.
+    /// Emits a directory on the way to a root, holding only what leads to
+    /// roots. Such a directory is recorded with the metadata of the
+    /// directory the named path leads to (a link in a path the operator
+    /// named is followed, as for any path given on a command line).
     fn walk_virtual(&mut self, trie: &RootTrie, path: &Path, parent: Option<&Tree>) -> Result<u64, FilesError> {
         let mut nodes = Vec::new();
+        let mut dir: Option<Arc<DirHandle>> = None;
         for (name, child) in &trie.children {
             let child_path = path.join(std::ffi::OsStr::from_bytes(name));
-            let meta = fs::symlink_metadata(&child_path).map_err(|e| FilesError::io("reading", &child_path, e))?;
             let parent_node = parent.and_then(|t| t.find(name));
             let node = if child.is_root {
-                self.entry(name.clone(), &child_path, &meta, parent_node)?
+                let dir = match &dir {
+                    Some(d) => d.clone(),
+                    None => {
+                        let opened = dirfd::open_dir_path(path).map_err(|e| FilesError::io("opening", path, e))?;
+                        dir.insert(Arc::new(opened)).clone()
+                    }
+                };
+                let st = dirfd::stat_at(dir.fd.as_fd(), name).map_err(|e| FilesError::io("reading", &child_path, e))?;
+                self.entry(&dir, name.clone(), &st, parent_node)?
             } else {
+                let meta = fs::metadata(&child_path).map_err(|e| FilesError::io("reading", &child_path, e))?;
                 let sub = self.load_parent_subtree(parent_node)?;
                 let seq = self.walk_virtual(child, &child_path, sub.as_ref())?;
-                Some(PendingNode { name: name.clone(), kind: PendingKind::Dir(seq), meta: from_fs(&meta) })
+                Some(PendingNode { name: name.clone(), kind: PendingKind::Dir(seq), meta: super::meta::from_fs(&meta) })
             };
             nodes.extend(node);
         }
@@ -600,78 +700,94 @@ impl Walker<'_> {
         }
     }
 
-    /// Walks one real directory and emits it; returns its sequence number.
-    fn walk_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<u64, FilesError> {
-        let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        match fs::read_dir(path) {
-            Ok(rd) => {
-                for e in rd {
-                    match e {
-                        Ok(e) => entries.push((name_bytes(&e.file_name()), e.path())),
-                        Err(e) => self.warnings.push(format!("listing {}: {e}", path.display())),
-                    }
-                }
+    /// Walks one open directory and emits it; returns its sequence number.
+    fn walk_dir(&mut self, dir: Arc<DirHandle>, parent: Option<&Tree>) -> Result<u64, FilesError> {
+        let names = match dirfd::list(dir.fd.as_fd()) {
+            Ok(names) => names,
+            Err(e) => {
+                self.warnings.push(format!("listing {}: {e}", dir.path.display()));
+                Vec::new()
             }
-            Err(e) => self.warnings.push(format!("listing {}: {e}", path.display())),
-        }
-        entries.sort();
-        let mut nodes = Vec::with_capacity(entries.len());
-        for (name, child) in entries {
+        };
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            let child = dir.path.join(std::ffi::OsStr::from_bytes(&name));
             if self.pipe.filter.excluded(&child) {
                 continue;
             }
-            let meta = match fs::symlink_metadata(&child) {
-                Ok(m) => m,
+            let st = match dirfd::stat_at(dir.fd.as_fd(), &name) {
+                Ok(st) => st,
                 Err(e) => {
                     self.warnings.push(format!("reading {}: {e}", child.display()));
                     continue;
                 }
             };
             let parent_node = parent.and_then(|t| t.find(&name));
-            nodes.extend(self.entry(name, &child, &meta, parent_node)?);
+            nodes.extend(self.entry(&dir, name, &st, parent_node)?);
         }
         self.emit(nodes)
     }
 
-    /// One entry of a directory; `None` for what is not backed up.
+    /// Entry `name` of `dir`, listed as `st`; `None` for what is not backed up.
     fn entry(
         &mut self,
+        dir: &Arc<DirHandle>,
         name: Vec<u8>,
-        path: &Path,
-        meta: &fs::Metadata,
+        st: &Stat,
         parent_node: Option<&Node>,
     ) -> Result<Option<PendingNode>, FilesError> {
-        let ft = meta.file_type();
-        let m = from_fs(meta);
-        let kind = if ft.is_dir() {
-            let sub = self.load_parent_subtree(parent_node)?;
-            PendingKind::Dir(self.walk_dir(path, sub.as_ref())?)
-        } else if ft.is_file() {
-            if !self.pipe.filter.included(path) {
-                return Ok(None);
+        let path = dir.path.join(std::ffi::OsStr::from_bytes(&name));
+        let m = dirfd::metadata(st);
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let fd = match dirfd::open_dir_at(dir.fd.as_fd(), &name, st) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        self.warnings.push(format!("{}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                };
+                let sub = self.load_parent_subtree(parent_node)?;
+                PendingKind::Dir(self.walk_dir(Arc::new(DirHandle { fd, path }), sub.as_ref())?)
             }
-            PendingKind::File(self.file_content(path, &m, parent_node)?)
-        } else if ft.is_symlink() {
-            match fs::read_link(path) {
-                Ok(t) => PendingKind::Other(NodeKind::Symlink { target: t.as_os_str().as_bytes().to_vec() }),
-                Err(e) => {
-                    self.warnings.push(format!("reading link {}: {e}", path.display()));
+            FileType::RegularFile => {
+                if !self.pipe.filter.included(&path) {
                     return Ok(None);
                 }
+                PendingKind::File(self.file_content(dir, &name, st, &m, parent_node)?)
             }
-        } else if ft.is_fifo() {
-            PendingKind::Other(NodeKind::Fifo)
-        } else if ft.is_block_device() || ft.is_char_device() {
-            use std::os::unix::fs::MetadataExt;
-            PendingKind::Other(NodeKind::Device { rdev: meta.rdev(), block: ft.is_block_device() })
-        } else {
-            // Sockets are recreated by their owners; nothing to keep.
-            return Ok(None);
+            FileType::Symlink => {
+                match rustix::fs::readlinkat(dir.fd.as_fd(), std::ffi::OsStr::from_bytes(&name), Vec::new()) {
+                    Ok(t) => PendingKind::Other(NodeKind::Symlink { target: t.into_bytes() }),
+                    Err(e) => {
+                        self.warnings.push(format!("reading link {}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                }
+            }
+            FileType::Fifo => PendingKind::Other(NodeKind::Fifo),
+            t @ (FileType::BlockDevice | FileType::CharacterDevice) => {
+                PendingKind::Other(NodeKind::Device { rdev: dirfd::rdev(st), block: t == FileType::BlockDevice })
+            }
+            _ => {
+                self.notices.push(format!(
+                    "{}: a socket, not backed up (its server makes it anew when it starts)",
+                    path.display()
+                ));
+                return Ok(None);
+            }
         };
         Ok(Some(PendingNode { name, kind, meta: m }))
     }
 
-    fn file_content(&mut self, path: &Path, m: &Metadata, parent: Option<&Node>) -> Result<Content, FilesError> {
+    fn file_content(
+        &mut self,
+        dir: &Arc<DirHandle>,
+        name: &[u8],
+        st: &Stat,
+        m: &Metadata,
+        parent: Option<&Node>,
+    ) -> Result<Content, FilesError> {
         if let Some(Node { kind: NodeKind::File { content }, meta: old, .. }) = parent {
             let index = self.pipe.repo.index();
             let settled = self.pipe.trust_before_ns.is_some_and(|t| old.mtime_ns < t && old.ctime_ns < t);
@@ -680,7 +796,8 @@ impl Walker<'_> {
                 return Ok(Content::Ready(content.clone()));
             }
         }
-        let fixed = self.pipe.fixed_chunks.as_ref().and_then(|f| f.chunk_size(path)).filter(|&s| s > 0);
+        let path = dir.path.join(std::ffi::OsStr::from_bytes(name));
+        let fixed = self.pipe.fixed_chunks.as_ref().and_then(|f| f.chunk_size(&path)).filter(|&s| s > 0);
         let step = fixed.map(|s| (RANGE_BYTES / s as u64).max(1) * s as u64);
         let mut ranges = vec![(0, None)];
         if let Some(step) = step {
@@ -693,9 +810,17 @@ impl Walker<'_> {
         let mut parts = Vec::with_capacity(ranges.len());
         for (start, len) in ranges {
             let (tx, rx) = bounded(1);
-            self.jobs
-                .send(FileJob { path: path.to_owned(), start, len, fixed, reply: tx })
-                .map_err(|_| FilesError::Internal("file workers stopped"))?;
+            let job = FileJob {
+                dir: dir.clone(),
+                name: name.to_vec(),
+                listed: *st,
+                path: path.clone(),
+                start,
+                len,
+                fixed,
+                reply: tx,
+            };
+            self.jobs.send(job).map_err(|_| FilesError::Internal("file workers stopped"))?;
             parts.push(rx);
         }
         Ok(Content::Pending(parts))

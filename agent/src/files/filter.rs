@@ -4,7 +4,6 @@
 //! without is matched against the entry's name, so `*.tmp` excludes
 //! temporary files anywhere and `/var/www/cache` excludes one directory.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -60,11 +59,6 @@ impl Filter {
         let name = path.file_name().map(Path::new);
         self.include_path.is_match(path) || name.is_some_and(|n| self.include_name.is_match(n))
     }
-}
-
-/// Raw bytes of a file name.
-pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> Vec<u8> {
-    name.as_bytes().to_vec()
 }
 
 #[cfg(test)]

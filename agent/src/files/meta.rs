@@ -26,8 +26,3 @@ pub(crate) fn from_fs(m: &std::fs::Metadata) -> Metadata {
 pub(crate) fn unchanged(old: &Metadata, new: &Metadata) -> bool {
     old.size == new.size && old.mtime_ns == new.mtime_ns && old.ctime_ns == new.ctime_ns && old.inode == new.inode
 }
-
-/// A `FileTime` from nanoseconds since the epoch.
-pub(crate) fn file_time(ns: i64) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
-}

@@ -1,10 +1,12 @@
 //! File trees: capture (walk, chunk, dedup, pack) and restore.
 
 mod backup;
+mod dirfd;
 mod error;
 mod filter;
 mod meta;
 mod restore;
+mod stall;
 mod watch;
 
 pub use backup::{
@@ -12,5 +14,5 @@ pub use backup::{
 };
 pub use error::FilesError;
 pub use filter::Filter;
-pub use restore::{RestoreOptions, RestoreReport, restore_files};
+pub use restore::{Overwrite, RestoreOptions, RestoreReport, restore_files};
 pub use watch::ChangeWatcher;

@@ -1,13 +1,20 @@
 //! File-tree restore: plan from the snapshot's trees, fetch each pack once
 //! (ranged reads of the blobs needed), write chunks in parallel at their
 //! offsets, then set metadata bottom-up.
+//!
+//! Everything below the target is reached through the target's descriptor
+//! without following a link (see `dirfd`), each file is written to a new
+//! inode renamed into place once whole, and modes, owners and times are set
+//! on descriptors: a link planted in the target, or a hard link to a file
+//! outside it, cannot make a restore write or change anything outside the
+//! target. An entry that cannot be restored is listed with its reason and
+//! the rest goes on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,15 +27,44 @@ use lifeboat_common::repo::repository::pack_key;
 use lifeboat_common::repo::snapshot::Snapshot;
 use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
 use lifeboat_common::repo::{BlobId, PackId, RepoError, Repository};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
 use tokio::runtime::Handle;
 
 use super::FilesError;
 use super::backup::{FixedChunks, read_fixed};
-use super::meta::file_time;
+use super::dirfd;
 use crate::progress::Progress;
 
 /// Two blobs of one pack closer than this are fetched in one request.
 const MERGE_GAP: u64 = 1024 * 1024;
+
+/// What to do with a file already in the target where the snapshot has one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Always replace it (read-only and newer files too).
+    #[default]
+    Always,
+    /// Replace it unless it has the snapshot's size and modification time.
+    IfChanged,
+    /// Replace it only if the snapshot's copy is newer.
+    IfNewer,
+    /// Never replace anything already there.
+    Never,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Overwrite::Always),
+            "if-changed" => Ok(Overwrite::IfChanged),
+            "if-newer" => Ok(Overwrite::IfNewer),
+            "never" => Ok(Overwrite::Never),
+            _ => Err(format!("{s:?} is not one of always, if-changed, if-newer, never")),
+        }
+    }
+}
 
 /// Where and how to restore.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +83,11 @@ pub struct RestoreOptions {
     pub fixed_chunks: Option<Arc<dyn FixedChunks>>,
     /// Worker threads (0: one per core, at least 2).
     pub threads: usize,
+    /// Files already in the target: replaced always, or only in some cases.
+    pub overwrite: Overwrite,
+    /// Paths a restore with `delete` must never remove (the repository, the
+    /// master key): a target holding one is refused.
+    pub protect: Vec<PathBuf>,
 }
 
 /// What a restore did.
@@ -62,9 +103,12 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Bytes already in the target with the right content (`delta`), not written.
     pub bytes_reused: u64,
+    /// Files already in the target left as they were (`overwrite`).
+    pub kept: u64,
     /// Entries removed from the target (`delete`).
     pub deleted: u64,
-    /// Files that could not be restored, each with the reason (naming the object).
+    /// Entries that could not be restored, each with the reason (naming the
+    /// path, and the object when the repository was at fault).
     pub failed: Vec<String>,
     /// Metadata that could not be applied (e.g. ownership as non-root).
     pub warnings: Vec<String>,
@@ -78,21 +122,24 @@ impl RestoreReport {
         self.others += other.others;
         self.bytes += other.bytes;
         self.bytes_reused += other.bytes_reused;
+        self.kept += other.kept;
         self.deleted += other.deleted;
         self.failed.extend(other.failed);
         self.warnings.extend(other.warnings);
     }
 }
 
+/// A file to restore; `rel` is relative to the target.
 struct PlannedFile {
-    path: PathBuf,
+    rel: PathBuf,
     meta: Metadata,
     content: Vec<BlobId>,
 }
 
 #[derive(Default)]
 struct Plan {
-    /// Directories, parents before children; the target itself first.
+    /// Directories, parents before children, relative to the target (the
+    /// target itself, the empty path, first).
     dirs: Vec<(PathBuf, Option<Metadata>)>,
     files: Vec<PlannedFile>,
     /// Later occurrences of a hard-linked file: (path, index of the first in `files`).
@@ -113,16 +160,19 @@ pub async fn restore_files(
     opts: RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreReport, FilesError> {
+    if opts.delete {
+        refuse_protected(&opts.target, &opts.protect)?;
+    }
     let root = resolve_sub_path(repo, snapshot, opts.sub_path.as_deref()).await?;
     let mut plan = Plan::default();
-    plan.dirs.push((opts.target.clone(), root.dir_meta.clone()));
-    plan.wanted.insert(opts.target.clone());
+    plan.dirs.push((PathBuf::new(), root.dir_meta.clone()));
+    plan.wanted.insert(PathBuf::new());
     match root.node {
         Some(node) => {
-            let path = opts.target.join(OsStr::from_bytes(&node.name));
+            let path = PathBuf::from(OsStr::from_bytes(&node.name));
             add_leaf(&mut plan, path, node, &mut HashMap::new());
         }
-        None => add_tree(repo, &mut plan, &opts.target, &root.tree, &mut HashMap::new()).await?,
+        None => add_tree(repo, &mut plan, Path::new(""), &root.tree, &mut HashMap::new()).await?,
     }
     let total: u64 = plan.files.iter().map(|f| f.meta.size).sum();
     progress.files_total.store(plan.files.len() as u64, Ordering::Relaxed);
@@ -134,6 +184,23 @@ pub async fn restore_files(
     tokio::task::spawn_blocking(move || execute(&repo, &runtime, plan, &opts, &progress))
         .await
         .map_err(|_| FilesError::Internal("restore panicked"))?
+}
+
+/// Refuses a target that holds a protected path (the repository, the
+/// master key): `delete` would remove it.
+fn refuse_protected(target: &Path, protect: &[PathBuf]) -> Result<(), FilesError> {
+    let Ok(target) = std::fs::canonicalize(target) else { return Ok(()) };
+    for p in protect {
+        let Ok(real) = std::fs::canonicalize(p) else { continue };
+        if real.starts_with(&target) {
+            return Err(FilesError::Usage(format!(
+                "refusing to restore with --delete into {}: it holds {}, which --delete would remove; restore elsewhere, or without --delete",
+                target.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 struct Root {
@@ -203,10 +270,75 @@ fn add_leaf(plan: &mut Plan, path: PathBuf, node: Node, links: &mut HashMap<(u64
                 }
                 links.insert((node.meta.dev, node.meta.inode), plan.files.len());
             }
-            plan.files.push(PlannedFile { path, meta: node.meta, content });
+            plan.files.push(PlannedFile { rel: path, meta: node.meta, content });
         }
         other => plan.others.push((path, other, node.meta)),
     }
+}
+
+/// Device and inode: what a descriptor opened later must still be.
+type Ident = (u64, u64);
+
+#[allow(clippy::unnecessary_cast)] // The field types differ between architectures.
+fn ident(st: &rustix::fs::Stat) -> Ident {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// Where a file's content is being written: a new inode under a temporary
+/// name beside its final one, or (`delta`) the file already there.
+struct Placed {
+    /// Relative path written to.
+    at: PathBuf,
+    ident: Ident,
+    /// A new inode (holes need no writing), renamed into place at the end.
+    fresh: bool,
+}
+
+/// The target, open, and what restoring into it needs at hand.
+struct Target<'a> {
+    root: OwnedFd,
+    path: &'a Path,
+}
+
+/// Errors that no other entry could escape either: stop the restore.
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EIO))
+}
+
+impl Target<'_> {
+    /// The path for messages.
+    fn show(&self, rel: &Path) -> String {
+        self.path.join(rel).display().to_string()
+    }
+
+    fn open(&self, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        dirfd::open_beneath(self.root.as_fd(), rel, flags, Mode::empty())
+    }
+
+    fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        self.open(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// Opens `rel` for writing, checking it is still the inode `ident`.
+    fn open_placed(&self, placed: &Placed) -> io::Result<OwnedFd> {
+        let fd = self.open(&placed.at, OFlags::WRONLY)?;
+        if ident(&rustix::fs::fstat(&fd)?) != placed.ident {
+            return Err(io::Error::other("replaced by another file while the restore ran"));
+        }
+        Ok(fd)
+    }
+}
+
+/// The parent directory and the name of `rel`.
+fn split(rel: &Path) -> (&Path, &OsStr) {
+    (rel.parent().unwrap_or(Path::new("")), rel.file_name().unwrap_or_default())
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name beside the final one for an entry being built.
+fn temp_name() -> String {
+    format!(".lifeboat-restore.{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 fn execute(
@@ -216,20 +348,69 @@ fn execute(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport, FilesError> {
+    dirfd::raise_fd_limit();
     let mut report = RestoreReport::default();
-    for (dir, _) in &plan.dirs {
-        make_dir(dir)?;
-        report.dirs += 1;
+    std::fs::create_dir_all(&opts.target).map_err(|e| FilesError::io("creating directory", &opts.target, e))?;
+    let opened = dirfd::open_dir_path(&opts.target).map_err(|e| FilesError::io("opening", &opts.target, e))?;
+    let target = Target { root: opened.fd, path: &opts.target };
+
+    // Directories whose own creation failed: nothing below them is tried.
+    let mut broken: HashSet<PathBuf> = HashSet::new();
+    let fail = |report: &mut RestoreReport, broken: &HashSet<PathBuf>, rel: &Path, why: String| {
+        let why = if broken.contains(split(rel).0) { "its directory could not be restored".to_owned() } else { why };
+        report.failed.push(format!("{}: {why}", target.show(rel)));
+    };
+    for (rel, _) in &plan.dirs {
+        if rel.as_os_str().is_empty() {
+            report.dirs += 1;
+            continue;
+        }
+        let parent = split(rel).0;
+        if broken.contains(parent) {
+            broken.insert(rel.clone());
+            fail(&mut report, &broken, rel, String::new());
+            continue;
+        }
+        match make_dir(&target, rel) {
+            Ok(()) => report.dirs += 1,
+            Err(e) if is_fatal(&e) => return Err(FilesError::io("creating directory", &opts.target.join(rel), e)),
+            Err(e) => {
+                fail(&mut report, &broken, rel, format!("creating directory: {e}"));
+                broken.insert(rel.clone());
+            }
+        }
     }
-    // Chunked before anything is written: an existing file is kept (not
-    // truncated) and each chunk already at its place is left alone.
+    let in_broken = |rel: &Path| broken.contains(split(rel).0);
+
+    // Chunked before anything is written: each chunk already at its place
+    // in a file the target holds is left alone.
     let reusable = if opts.delta {
-        existing_chunks(repo, &plan.files, opts.threads, opts.fixed_chunks.as_deref())
+        existing_chunks(repo, &target, &plan.files, opts.threads, opts.fixed_chunks.as_deref())
     } else {
         Vec::new()
     };
+    let mut placed: Vec<Option<Placed>> = Vec::with_capacity(plan.files.len());
     for (i, f) in plan.files.iter().enumerate() {
-        create_file(&f.path, f.meta.size, reusable.get(i).is_some_and(|c| !c.is_empty()))?;
+        if in_broken(&f.rel) {
+            fail(&mut report, &broken, &f.rel, String::new());
+            placed.push(None);
+            continue;
+        }
+        if !opts.delta && keep_existing(&target, f, opts.overwrite) {
+            report.kept += 1;
+            progress.file_done(f.meta.size);
+            placed.push(None);
+            continue;
+        }
+        let reuse = reusable.get(i).and_then(Option::as_ref);
+        match place_file(&target, f, reuse.map(|r| r.0)) {
+            Ok(p) => placed.push(Some(p)),
+            Err(e) if is_fatal(&e) => return Err(FilesError::io("creating", &opts.target.join(&f.rel), e)),
+            Err(e) => {
+                fail(&mut report, &broken, &f.rel, format!("creating: {e}"));
+                placed.push(None);
+            }
+        }
     }
 
     // Which blob goes where, grouped by pack.
@@ -239,8 +420,11 @@ fn execute(
         let index = repo.index();
         let mut blob_targets: HashMap<BlobId, Targets> = HashMap::new();
         for (i, f) in plan.files.iter().enumerate() {
+            if placed[i].is_none() {
+                continue;
+            }
             let mut offset = 0u64;
-            let there = reusable.get(i);
+            let there = reusable.get(i).and_then(Option::as_ref).map(|r| &r.1);
             for id in &f.content {
                 match index.get(id) {
                     Some(loc) => {
@@ -253,7 +437,7 @@ fn execute(
                     }
                     None => {
                         failed.entry(i).or_insert_with(|| {
-                            format!("{}: {}", f.path.display(), RepoError::BlobNotIndexed(id.to_hex()))
+                            format!("{}: {}", target.show(&f.rel), RepoError::BlobNotIndexed(id.to_hex()))
                         });
                         break;
                     }
@@ -279,7 +463,9 @@ fn execute(
     let writer = DataWriter {
         repo,
         runtime,
+        target: &target,
         files: &plan.files,
+        placed: &placed,
         failed: Mutex::new(failed),
         bytes: AtomicU64::new(0),
         progress,
@@ -308,72 +494,294 @@ fn execute(
         drop(tx);
     });
     if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        // Nothing half-written is left under a temporary name.
+        for (p, f) in placed.iter().zip(&plan.files) {
+            if let Some(p) = p.as_ref().filter(|p| p.fresh) {
+                let (dir, _) = split(&f.rel);
+                if let Ok(d) = target.open_dir(dir) {
+                    let _ = rustix::fs::unlinkat(&d, split(&p.at).1, AtFlags::empty());
+                }
+            }
+        }
         return Err(e);
     }
     report.bytes = writer.bytes.load(Ordering::Relaxed);
 
     let failed = writer.failed.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Final identities of the files restored, for their hard links.
+    let mut done: HashMap<usize, Ident> = HashMap::new();
     for (i, f) in plan.files.iter().enumerate() {
-        if let Some(why) = failed.get(&i) {
+        let Some(p) = &placed[i] else { continue };
+        let finished = match failed.get(&i) {
             // A file with a hole where a chunk should be must not pass for restored.
-            let _ = fs::remove_file(&f.path);
-            report.failed.push(why.clone());
-        } else {
-            set_meta(&f.path, &f.meta, false, &mut report.warnings);
-            report.files += 1;
-            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            Some(why) => Err(why.clone()),
+            None => {
+                finish_file(&target, f, p, &mut report.warnings).map_err(|e| format!("{}: {e}", target.show(&f.rel)))
+            }
+        };
+        match finished {
+            Ok(()) => {
+                done.insert(i, p.ident);
+                report.files += 1;
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(why) => {
+                discard(&target, p);
+                report.failed.push(why);
+            }
         }
     }
-    for (path, first) in &plan.hardlinks {
-        if failed.contains_key(first) {
-            report.failed.push(format!("{}: hard link to a file that failed", path.display()));
+    for (rel, first) in &plan.hardlinks {
+        let result = match done.get(first) {
+            _ if in_broken(rel) => Err("its directory could not be restored".to_owned()),
+            None => Err("hard link to a file that was not restored".to_owned()),
+            Some(&id) => link_file(&target, &plan.files[*first].rel, rel, id).map_err(|e| format!("linking: {e}")),
+        };
+        match result {
+            Ok(()) => report.others += 1,
+            Err(why) => report.failed.push(format!("{}: {why}", target.show(rel))),
+        }
+    }
+    for (rel, kind, meta) in &plan.others {
+        if in_broken(rel) {
+            fail(&mut report, &broken, rel, String::new());
             continue;
         }
-        replace_non_dir(path)?;
-        fs::hard_link(&plan.files[*first].path, path).map_err(|e| FilesError::io("linking", path, e))?;
-        report.others += 1;
-    }
-    for (path, kind, meta) in &plan.others {
-        replace_non_dir(path)?;
-        match kind {
-            NodeKind::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), path)
-                    .map_err(|e| FilesError::io("creating symlink", path, e))?;
-            }
-            NodeKind::Fifo | NodeKind::Device { .. } => {
-                let (kind_bits, rdev) = match kind {
-                    NodeKind::Device { rdev, block: true } => (libc::S_IFBLK, *rdev),
-                    NodeKind::Device { rdev, block: false } => (libc::S_IFCHR, *rdev),
-                    _ => (libc::S_IFIFO, 0),
-                };
-                if let Err(e) = mknod(path, kind_bits | (meta.mode & 0o7777), rdev) {
-                    report.warnings.push(format!("creating special file {}: {e}", path.display()));
-                    continue;
-                }
-            }
-            _ => continue,
+        match make_other(&target, rel, kind, meta, &mut report.warnings) {
+            Ok(true) => report.others += 1,
+            Ok(false) => {}
+            Err(e) => report.failed.push(format!("{}: {e}", target.show(rel))),
         }
-        set_meta(path, meta, true, &mut report.warnings);
-        report.others += 1;
     }
     if opts.delete {
-        report.deleted = delete_extras(&opts.target, &plan.wanted)?;
+        report.deleted = delete_extras(&target, &plan.wanted, &mut report.failed);
     }
     // Directories last and deepest first, so writing inside them does not
     // disturb their times.
-    for (dir, meta) in plan.dirs.iter().rev() {
-        if let Some(meta) = meta {
-            set_meta(dir, meta, false, &mut report.warnings);
+    for (rel, meta) in plan.dirs.iter().rev() {
+        if let Some(meta) = meta
+            && !broken.contains(rel)
+        {
+            let applied = target
+                .open_dir(rel)
+                .map_err(|e| e.to_string())
+                .map(|fd| set_meta_fd(&fd, meta, &mut report.warnings, &target.show(rel)));
+            if let Err(e) = applied {
+                report.warnings.push(format!("setting metadata of {}: {e}", target.show(rel)));
+            }
         }
     }
     Ok(report)
+}
+
+/// Creates the directory `rel`; an existing directory is kept, anything
+/// else in its place (a file, a link) is an error: it is never removed.
+fn make_dir(target: &Target<'_>, rel: &Path) -> io::Result<()> {
+    let (dir, name) = split(rel);
+    let parent = target.open_dir(dir)?;
+    match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => {
+            let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                Ok(())
+            } else {
+                Err(io::Error::new(io::ErrorKind::AlreadyExists, "a non-directory is in the way"))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `--overwrite` keeps the file the target already has at `f`'s place.
+fn keep_existing(target: &Target<'_>, f: &PlannedFile, overwrite: Overwrite) -> bool {
+    if overwrite == Overwrite::Always {
+        return false;
+    }
+    let (dir, name) = split(&f.rel);
+    let Ok(parent) = target.open_dir(dir) else { return false };
+    let Ok(st) = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) else { return false };
+    let there = dirfd::metadata(&st);
+    let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+    match overwrite {
+        Overwrite::Always => false,
+        Overwrite::Never => true,
+        Overwrite::IfNewer => there.mtime_ns >= f.meta.mtime_ns,
+        Overwrite::IfChanged => regular && there.size == f.meta.size && there.mtime_ns == f.meta.mtime_ns,
+    }
+}
+
+/// Makes the inode `f`'s content is written to: the file already there
+/// when `delta` reuses part of it (`reuse`: the inode it chunked, which no
+/// other path shares), else a new one under a temporary name.
+fn place_file(target: &Target<'_>, f: &PlannedFile, reuse: Option<Ident>) -> io::Result<Placed> {
+    let (dir, _) = split(&f.rel);
+    if let Some(id) = reuse {
+        let fd = target.open(&f.rel, OFlags::WRONLY)?;
+        if ident(&rustix::fs::fstat(&fd)?) == id {
+            rustix::fs::ftruncate(&fd, f.meta.size)?;
+            return Ok(Placed { at: f.rel.clone(), ident: id, fresh: false });
+        }
+    }
+    let parent = target.open_dir(dir)?;
+    let name = temp_name();
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&parent, name.as_str(), flags, Mode::from_raw_mode(0o600))?;
+    let id = ident(&rustix::fs::fstat(&fd)?);
+    if let Err(e) = rustix::fs::ftruncate(&fd, f.meta.size) {
+        let _ = rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty());
+        return Err(e.into());
+    }
+    Ok(Placed { at: dir.join(name), ident: id, fresh: true })
+}
+
+/// Removes what was written for a file that could not be restored.
+fn discard(target: &Target<'_>, p: &Placed) {
+    let (dir, name) = split(&p.at);
+    if let Ok(parent) = target.open_dir(dir)
+        && rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| ident(&st) == p.ident)
+    {
+        let _ = rustix::fs::unlinkat(&parent, name, AtFlags::empty());
+    }
+}
+
+/// Sets a restored file's metadata on its descriptor, then renames it
+/// into place.
+fn finish_file(target: &Target<'_>, f: &PlannedFile, p: &Placed, warnings: &mut Vec<String>) -> io::Result<()> {
+    let fd = target.open_placed(p)?;
+    set_meta_fd(&fd, &f.meta, warnings, &target.show(&f.rel));
+    drop(fd);
+    if p.fresh {
+        let (dir, name) = split(&f.rel);
+        let parent = target.open_dir(dir)?;
+        rustix::fs::renameat(&parent, split(&p.at).1, &parent, name).map_err(|e| match e {
+            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
+                io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way")
+            }
+            e => e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes `rel` a hard link to the restored file `first` (inode `id`).
+fn link_file(target: &Target<'_>, first: &Path, rel: &Path, id: Ident) -> io::Result<()> {
+    let (first_dir, first_name) = split(first);
+    let (dir, name) = split(rel);
+    let from = target.open_dir(first_dir)?;
+    let parent = target.open_dir(dir)?;
+    let tmp = temp_name();
+    rustix::fs::linkat(&from, first_name, &parent, tmp.as_str(), AtFlags::empty())?;
+    let linked = rustix::fs::statat(&parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+    if ident(&linked) != id {
+        let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+        return Err(io::Error::other("the file it links to was replaced while the restore ran"));
+    }
+    rename_into_place(&parent, &tmp, name)
+}
+
+fn rename_into_place(parent: &OwnedFd, tmp: &str, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::renameat(parent, tmp, parent, name) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(parent, tmp, AtFlags::empty());
+            Err(match e {
+                Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
+                    io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way")
+                }
+                e => e.into(),
+            })
+        }
+    }
+}
+
+/// Creates a symlink, FIFO or device node; `Ok(false)` when a special file
+/// could not be made (a warning: only root makes devices).
+fn make_other(
+    target: &Target<'_>,
+    rel: &Path,
+    kind: &NodeKind,
+    meta: &Metadata,
+    warnings: &mut Vec<String>,
+) -> io::Result<bool> {
+    let (dir, name) = split(rel);
+    let parent = target.open_dir(dir)?;
+    let tmp = temp_name();
+    match kind {
+        NodeKind::Symlink { target: to } => {
+            rustix::fs::symlinkat(OsStr::from_bytes(to), &parent, tmp.as_str())?;
+        }
+        NodeKind::Fifo | NodeKind::Device { .. } => {
+            let (ft, rdev) = match kind {
+                NodeKind::Device { rdev, block: true } => (FileType::BlockDevice, *rdev),
+                NodeKind::Device { rdev, block: false } => (FileType::CharacterDevice, *rdev),
+                _ => (FileType::Fifo, 0),
+            };
+            if let Err(e) = rustix::fs::mknodat(&parent, tmp.as_str(), ft, Mode::from_raw_mode(0o600), rdev) {
+                warnings.push(format!("creating special file {}: {e}", target.show(rel)));
+                return Ok(false);
+            }
+        }
+        _ => return Ok(false),
+    }
+    set_meta_at(&parent, &tmp, kind, meta, warnings, &target.show(rel));
+    rename_into_place(&parent, &tmp, name)?;
+    Ok(true)
+}
+
+/// Owner, mode and times of an entry just created under `tmp` in `parent`,
+/// never following a link.
+fn set_meta_at(parent: &OwnedFd, tmp: &str, kind: &NodeKind, meta: &Metadata, warnings: &mut Vec<String>, shown: &str) {
+    let nofollow = AtFlags::SYMLINK_NOFOLLOW;
+    let owner = (Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)));
+    if let Err(e) = rustix::fs::chownat(parent, tmp, owner.0, owner.1, nofollow)
+        && e != Errno::PERM
+    {
+        warnings.push(format!("setting owner of {shown}: {e}"));
+    }
+    if !matches!(kind, NodeKind::Symlink { .. }) {
+        // The node was made under a fresh name in a directory reached
+        // without links, and is no link itself: changing its mode by name
+        // cannot reach anything else.
+        if let Err(e) = rustix::fs::chmodat(parent, tmp, Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty()) {
+            warnings.push(format!("setting mode of {shown}: {e}"));
+        }
+    }
+    if let Err(e) = rustix::fs::utimensat(parent, tmp, &timestamps(meta), nofollow) {
+        warnings.push(format!("setting times of {shown}: {e}"));
+    }
+}
+
+fn timestamps(meta: &Metadata) -> Timestamps {
+    let ts = |ns: i64| Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    Timestamps { last_access: ts(meta.atime_ns), last_modification: ts(meta.mtime_ns) }
+}
+
+/// Applies owner (when permitted), mode and times on a descriptor;
+/// failures become warnings.
+fn set_meta_fd(fd: &OwnedFd, meta: &Metadata, warnings: &mut Vec<String>, shown: &str) {
+    let owner = (Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)));
+    // Only root may give files away; as another user keep our ownership quietly.
+    if let Err(e) = rustix::fs::fchown(fd, owner.0, owner.1)
+        && e != Errno::PERM
+    {
+        warnings.push(format!("setting owner of {shown}: {e}"));
+    }
+    if let Err(e) = rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777)) {
+        warnings.push(format!("setting mode of {shown}: {e}"));
+    }
+    if let Err(e) = rustix::fs::futimens(fd, &timestamps(meta)) {
+        warnings.push(format!("setting times of {shown}: {e}"));
+    }
 }
 
 /// Writes blobs into the files that need them; shared by the restore workers.
 struct DataWriter<'a> {
     repo: &'a Repository,
     runtime: &'a Handle,
+    target: &'a Target<'a>,
     files: &'a [PlannedFile],
+    placed: &'a [Option<Placed>],
     /// Files that could not be restored, by index, with the reason.
     failed: Mutex<HashMap<usize, String>>,
     bytes: AtomicU64,
@@ -383,9 +791,9 @@ struct DataWriter<'a> {
 impl DataWriter<'_> {
     /// Fetches the blobs of one pack (neighbours in one ranged read) and
     /// writes each where it belongs. A bad blob fails only the files that
-    /// need it; an error writing the target stops the restore.
+    /// need it; a full or failing disk stops the restore.
     fn restore_pack(&self, pack: PackId, seal: &PackSeal, blobs: Vec<(PackBlob, Targets)>) -> Result<(), FilesError> {
-        let (repo, files) = (self.repo, self.files);
+        let repo = self.repo;
         // File contents are data blobs, and data blobs live in data packs.
         let key = pack_key(&pack, BlobKind::Data);
         // Whole copies from every store, fetched only if a blob read first is damaged.
@@ -419,17 +827,18 @@ impl DataWriter<'_> {
                 });
                 match data {
                     Ok(data) => {
+                        // A run of zeros in a new file is left a hole: sparse
+                        // files come back sparse.
+                        let zeros = data.iter().all(|&b| b == 0);
                         for &(file, offset) in targets {
-                            let path = &files[file].path;
-                            write_at(path, &data, offset)?;
+                            self.write(file, &data, offset, zeros)?;
                             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                             self.progress.bytes(data.len() as u64);
                         }
                     }
                     Err(why) => {
-                        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
                         for &(file, _) in targets {
-                            failed.entry(file).or_insert_with(|| format!("{}: {why}", files[file].path.display()));
+                            self.fail(file, why.clone());
                         }
                     }
                 }
@@ -438,58 +847,49 @@ impl DataWriter<'_> {
         }
         Ok(())
     }
-}
 
-fn write_at(path: &Path, data: &[u8], offset: u64) -> Result<(), FilesError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| FilesError::io("opening", path, e))?;
-    f.write_all_at(data, offset).map_err(|e| FilesError::io("writing", path, e))
-}
-
-/// Creates a directory; an existing directory is kept, an existing file or
-/// symlink in its place is an error (it is never removed silently).
-fn make_dir(dir: &Path) -> Result<(), FilesError> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(FilesError::io(
-            "creating directory",
-            dir,
-            io::Error::new(io::ErrorKind::AlreadyExists, "a non-directory is in the way"),
-        )),
-        Err(_) => fs::create_dir_all(dir).map_err(|e| FilesError::io("creating directory", dir, e)),
+    fn fail(&self, file: usize, why: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.entry(file).or_insert_with(|| format!("{}: {why}", self.target.show(&self.files[file].rel)));
     }
-}
 
-/// Removes a file or symlink standing where the snapshot puts another entry
-/// of the same name (that is overwriting it, not deleting an extra entry).
-fn replace_non_dir(path: &Path) -> Result<(), FilesError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(FilesError::io(
-            "restoring",
-            path,
-            io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way"),
-        )),
-        Ok(_) => fs::remove_file(path).map_err(|e| FilesError::io("replacing", path, e)),
-        Err(_) => Ok(()),
+    /// Writes one blob into file `file`; only a fault of the disk itself is
+    /// an error, anything else fails that file alone.
+    fn write(&self, file: usize, data: &[u8], offset: u64, zeros: bool) -> Result<(), FilesError> {
+        let Some(placed) = &self.placed[file] else { return Ok(()) };
+        if zeros && placed.fresh {
+            return Ok(());
+        }
+        let written = self.target.open_placed(placed).and_then(|fd| {
+            use std::os::unix::fs::FileExt;
+            std::fs::File::from(fd).write_all_at(data, offset)
+        });
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) if is_fatal(&e) => Err(FilesError::io("writing", &self.target.path.join(&self.files[file].rel), e)),
+            Err(e) => {
+                self.fail(file, format!("writing: {e}"));
+                Ok(())
+            }
+        }
     }
 }
 
 /// The chunks each planned file's current occupant of the target holds,
-/// by offset and content id (empty where there is no regular file), cut
-/// and hashed as a backup would, on `threads` threads.
+/// by offset and content id, with the inode read (`None` where there is no
+/// regular file only this path names), cut and hashed as a backup would,
+/// on `threads` threads.
 fn existing_chunks(
     repo: &Repository,
+    target: &Target<'_>,
     files: &[PlannedFile],
     threads: usize,
     fixed: Option<&dyn FixedChunks>,
-) -> Vec<HashSet<(u64, BlobId)>> {
+) -> Vec<Existing> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = if threads == 0 { cores } else { threads }.clamp(1, files.len().max(1));
     let next = AtomicU64::new(0);
-    let found: Mutex<Vec<HashSet<(u64, BlobId)>>> = Mutex::new(vec![HashSet::new(); files.len()]);
+    let found: Mutex<Vec<Existing>> = Mutex::new((0..files.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -497,11 +897,16 @@ fn existing_chunks(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(f) = files.get(i) else { return };
-                    let Ok(meta) = fs::symlink_metadata(&f.path) else { continue };
-                    if !meta.is_file() || f.content.is_empty() {
+                    if f.content.is_empty() {
                         continue;
                     }
-                    let Ok(file) = fs::File::open(&f.path) else { continue };
+                    let Ok(fd) = target.open(&f.rel, OFlags::RDONLY | OFlags::NONBLOCK) else { continue };
+                    let Ok(st) = rustix::fs::fstat(&fd) else { continue };
+                    // Written in place later: only a regular file no other path shares.
+                    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+                        continue;
+                    }
+                    let file = std::fs::File::from(fd);
                     let mut chunks = HashSet::new();
                     let mut offset = 0u64;
                     let mut each = |chunk: &[u8]| -> io::Result<()> {
@@ -509,12 +914,12 @@ fn existing_chunks(
                         offset += chunk.len() as u64;
                         Ok(())
                     };
-                    let read = match fixed.and_then(|policy| policy.chunk_size(&f.path)) {
+                    let read = match fixed.and_then(|policy| policy.chunk_size(&target.path.join(&f.rel))) {
                         Some(size) => read_fixed(file, size, &mut each),
                         None => chunker.chunk_reader(file, &mut each),
                     };
                     if read.is_ok() {
-                        found.lock().unwrap_or_else(|p| p.into_inner())[i] = chunks;
+                        found.lock().unwrap_or_else(|p| p.into_inner())[i] = Some((ident(&st), chunks));
                     }
                 }
             });
@@ -523,66 +928,59 @@ fn existing_chunks(
     found.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Creates (or, with `keep`, reuses without truncating) a regular file of `size` bytes.
-fn create_file(path: &Path, size: u64, keep: bool) -> Result<(), FilesError> {
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        replace_non_dir(path)?;
-    }
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(!keep)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| FilesError::io("creating", path, e))?;
-    f.set_len(size).map_err(|e| FilesError::io("sizing", path, e))
-}
+/// What a file of the target holds: the inode read, and its chunks by
+/// offset and content id.
+type Existing = Option<(Ident, HashSet<(u64, BlobId)>)>;
 
-fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: `c` is a valid NUL-terminated path; mknod has no other pointer arguments.
-    let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// Applies owner (when permitted), mode and times; failures become warnings.
-fn set_meta(path: &Path, meta: &Metadata, is_link: bool, warnings: &mut Vec<String>) {
-    if let Err(e) = std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)) {
-        // Only root may give files away; as another user keep our ownership quietly.
-        if e.kind() != io::ErrorKind::PermissionDenied {
-            warnings.push(format!("setting owner of {}: {e}", path.display()));
-        }
-    }
-    if !is_link && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777)) {
-        warnings.push(format!("setting mode of {}: {e}", path.display()));
-    }
-    let (atime, mtime) = (file_time(meta.atime_ns), file_time(meta.mtime_ns));
-    if let Err(e) = filetime::set_symlink_file_times(path, atime, mtime) {
-        warnings.push(format!("setting times of {}: {e}", path.display()));
-    }
-}
-
-/// Removes everything below `target` that the snapshot does not contain.
-fn delete_extras(target: &Path, wanted: &HashSet<PathBuf>) -> Result<u64, FilesError> {
+/// Removes everything below the target that the snapshot does not contain;
+/// returns how many entries went. What cannot be removed is listed.
+fn delete_extras(target: &Target<'_>, wanted: &HashSet<PathBuf>, failed: &mut Vec<String>) -> u64 {
     let mut deleted = 0;
-    let mut stack = vec![target.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let rd = fs::read_dir(&dir).map_err(|e| FilesError::io("listing", &dir, e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| FilesError::io("listing", &dir, e))?;
-            let path = entry.path();
-            let is_dir = entry.file_type().map_err(|e| FilesError::io("reading", &path, e))?.is_dir();
-            if wanted.contains(&path) {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let listed = target.open_dir(&rel).and_then(|fd| Ok((dirfd::list(fd.as_fd())?, fd)));
+        let (names, dir) = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                failed.push(format!("{}: listing for --delete: {e}", target.show(&rel)));
+                continue;
+            }
+        };
+        for name in names {
+            let child = rel.join(OsStr::from_bytes(&name));
+            let Ok(st) = dirfd::stat_at(dir.as_fd(), &name) else { continue };
+            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if wanted.contains(&child) {
                 if is_dir {
-                    stack.push(path);
+                    stack.push(child);
                 }
                 continue;
             }
-            let r = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            r.map_err(|e| FilesError::io("deleting", &path, e))?;
-            deleted += 1;
+            match remove_at(dir.as_fd(), &name, is_dir) {
+                Ok(()) => deleted += 1,
+                Err(e) => failed.push(format!("{}: deleting: {e}", target.show(&child))),
+            }
         }
     }
-    Ok(deleted)
+    deleted
+}
+
+/// Removes entry `name` of `dir`, a whole tree if it is a directory,
+/// through descriptors that never follow a link.
+fn remove_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
+    let name_os = OsStr::from_bytes(name);
+    if !is_dir {
+        return Ok(rustix::fs::unlinkat(dir, name_os, AtFlags::empty())?);
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name_os,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in dirfd::list(sub.as_fd())? {
+        let st = dirfd::stat_at(sub.as_fd(), &child)?;
+        remove_at(sub.as_fd(), &child, FileType::from_raw_mode(st.st_mode) == FileType::Directory)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, name_os, AtFlags::REMOVEDIR)?)
 }

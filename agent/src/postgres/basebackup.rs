@@ -155,6 +155,7 @@ pub async fn backup_postgres(
         content_check: checks.clone().map(|c| c as Arc<dyn ContentCheck>),
         compression_level: Some(opts.compression_level.unwrap_or(PG_COMPRESSION_LEVEL)),
         fixed_chunks: Some(Arc::new(relations)),
+        read_timeout: None,
     };
     let captured = capture(repo, files, "postgres", progress).await;
 
@@ -169,7 +170,7 @@ pub async fn backup_postgres(
     tracing::info!(%stop_lsn, %stop_wal, "backup stopped; its WAL is archived");
 
     let (pages_verified, corrupt_pages) = checks.map(|c| c.results()).unwrap_or_default();
-    let (mut snapshot, warnings) = captured.snapshot("postgres", opts.hostname, opts.tags);
+    let (mut snapshot, warnings, notices) = captured.snapshot("postgres", opts.hostname, opts.tags);
     snapshot.postgres = Some(PostgresBackup {
         pgdata: root,
         start_lsn,
@@ -188,5 +189,5 @@ pub async fn backup_postgres(
         corrupt_pages,
     });
     let id = repo.save_snapshot(&snapshot).await?;
-    Ok(BackupOutcome { id, snapshot, warnings })
+    Ok(BackupOutcome { id, snapshot, warnings, notices })
 }

@@ -204,6 +204,7 @@ pub async fn restore_postgres(
                 delta: opts.delta,
                 fixed_chunks: Some(relations.clone()),
                 threads: opts.threads,
+                ..Default::default()
             },
             progress.clone(),
         )

@@ -170,6 +170,10 @@ struct FilesArgs {
     /// PostgreSQL, whose backups must be fast and whose pages compress well at 1).
     #[arg(long, value_parser = clap::value_parser!(i32).range(-7..=19))]
     compression_level: Option<i32>,
+    /// How long a read may wait for data (a pipe, a device-like file)
+    /// before its file is left out with a warning.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    read_timeout: std::time::Duration,
 }
 
 impl BackupCommand {
@@ -198,6 +202,7 @@ impl BackupCommand {
             content_check: None,
             compression_level: args.compression_level,
             fixed_chunks: None,
+            read_timeout: Some(args.read_timeout),
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("backup", progress.clone());
@@ -219,6 +224,9 @@ impl BackupCommand {
         );
         println!("{}", outcome.id);
         settle(&stores).await?;
+        for n in &outcome.notices {
+            eprintln!("lifeboat: note: {n}");
+        }
         if outcome.warnings.is_empty() {
             return Ok(0);
         }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::control::{ControlArgs, follow, parse_target};
 use indicatif::HumanBytes;
-use lifeboat_agent::files::{RestoreOptions, restore_files};
+use lifeboat_agent::files::{Overwrite, RestoreOptions, restore_files};
 use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres, wal_fetch_command};
 use lifeboat_agent::postgres::startup::{StartOptions, start_and_wait};
 use lifeboat_agent::progress::Progress;
@@ -257,8 +257,13 @@ pub struct RestoreArgs {
     delete: bool,
     /// Keep what files in the target already hold where it matches (checked
     /// by content hash, chunk by chunk) and write only what differs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     delta: bool,
+    /// Files already in the target: `always` replaced (read-only and newer
+    /// ones too), `if-changed` unless size and modification time match,
+    /// `if-newer` only by a newer copy, `never` kept as they are.
+    #[arg(long, default_value = "always", value_parser = str::parse::<Overwrite>)]
+    overwrite: Overwrite,
     /// Worker threads (default: two per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -283,6 +288,8 @@ impl RestoreArgs {
             delta: self.delta,
             fixed_chunks: None,
             threads: self.threads,
+            overwrite: self.overwrite,
+            protect: self.repo.spec()?.local_paths(),
         };
         let report = restore_files(&repo, &snapshot, opts, progress)
             .await
@@ -292,7 +299,7 @@ impl RestoreArgs {
             eprintln!("lifeboat: warning: {w}");
         }
         eprintln!(
-            "restored snapshot {} into {}: {} files ({} written{}), {} dirs, {} links and special files{} in {:.1}s",
+            "restored snapshot {} into {}: {} files ({} written{}), {} dirs, {} links and special files{}{} in {:.1}s",
             id.short(),
             target.display(),
             report.files,
@@ -301,13 +308,18 @@ impl RestoreArgs {
             report.dirs,
             report.others,
             if self.delete { format!(", {} extra entries deleted", report.deleted) } else { String::new() },
+            if report.kept > 0 {
+                format!(", {} existing files kept (--overwrite)", report.kept)
+            } else {
+                String::new()
+            },
             started.elapsed().as_secs_f64()
         );
         if !report.failed.is_empty() {
             for f in &report.failed {
                 eprintln!("lifeboat: failed: {f}");
             }
-            bail!("{} files could not be restored (listed above)", report.failed.len());
+            bail!("{} entries could not be restored (listed above)", report.failed.len());
         }
         Ok(0)
     }

@@ -67,6 +67,14 @@ impl RepoSpec {
         Ok(open_locations(&self.locations, &replication).await?)
     }
 
+    /// What on this machine holds the repository or opens it (local store
+    /// directories, the key file, the outbox): never to be overwritten or
+    /// deleted by a restore.
+    pub fn local_paths(&self) -> Vec<PathBuf> {
+        let stores = self.locations.iter().filter_map(|l| crate::store::local_path(l));
+        stores.chain(self.key_file.clone()).chain(self.outbox.clone()).collect()
+    }
+
     /// The master key.
     pub fn master_key(&self) -> Result<MasterKey, OpenError> {
         let path = self.key_file.as_ref().ok_or(OpenError::NoKeyFile)?;

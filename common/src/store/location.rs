@@ -145,6 +145,17 @@ pub async fn open_locations(locations: &[String], replication: &Replication) -> 
     }
 }
 
+/// The directory of a local-directory location (a path or `file:///path`),
+/// or `None` for a remote or malformed one.
+pub fn local_path(location: &str) -> Option<std::path::PathBuf> {
+    let location = location.trim();
+    match location.strip_prefix("file://") {
+        Some(path) => path.starts_with('/').then(|| path.into()),
+        None if location.is_empty() || location.contains("://") => None,
+        None => Some(location.into()),
+    }
+}
+
 /// Opens the store a location names. Remote stores connect lazily: a bad
 /// endpoint is reported by the first request.
 pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, LocationError> {
@@ -152,11 +163,11 @@ pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, Locat
     if location.is_empty() {
         return Err(LocationError::Empty);
     }
-    if let Some(path) = location.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(LocationError::Unsupported(location.to_owned()));
-        }
+    if let Some(path) = local_path(location) {
         return Ok(Arc::new(LocalStore::new(path)));
+    }
+    if location.starts_with("file://") {
+        return Err(LocationError::Unsupported(location.to_owned()));
     }
     if location.starts_with("s3://") {
         return Ok(Arc::new(S3Store::connect(parse_s3(location)?).await));
@@ -169,10 +180,7 @@ pub async fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>, Locat
         }
         return Ok(Arc::new(AzureStore::connect(parsed, credential)?));
     }
-    if location.contains("://") {
-        return Err(LocationError::Unsupported(location.to_owned()));
-    }
-    Ok(Arc::new(LocalStore::new(location)))
+    Err(LocationError::Unsupported(location.to_owned()))
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ pub use azure::{AzureCredential, AzureLocation, AzureStore, account_sas};
 /// Azure access tiers, for [`AzureStore::set_access_tier`].
 pub use azure_storage_blob::models::AccessTier;
 pub use fs::LocalStore;
-pub use location::{LocationError, OpenedStore, Replication, open_location, open_locations, parse_azure, parse_s3};
+pub use location::{
+    LocationError, OpenedStore, Replication, local_path, open_location, open_locations, parse_azure, parse_s3,
+};
 pub use outbox::{CopyLag, DrainOutcome, Outbox};
 pub use replicated::{ReplicatedStore, WritePolicy};
 pub use s3::{S3Location, S3Store};
