@@ -36,9 +36,12 @@ pub struct RepoArgs {
     /// snapshots, trees; under $LIFEBOAT_CACHE_DIR, else ~/.cache/lifeboat).
     #[arg(long)]
     pub no_cache: bool,
+    /// Refuse a key file its group or others may read (otherwise a warning).
+    #[arg(long, env = "LIFEBOAT_STRICT_PERMISSIONS")]
+    pub strict_permissions: bool,
     /// A TOML file with any of `repo` (a location or a list), `key_file`,
-    /// `write_policy`, `outbox` and `no_cache`, for what the flags and the
-    /// environment leave unset.
+    /// `write_policy`, `outbox`, `no_cache` and `strict_permissions`, for
+    /// what the flags and the environment leave unset.
     #[arg(long, env = "LIFEBOAT_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -58,6 +61,8 @@ pub struct RepoSettings {
     pub outbox: Option<PathBuf>,
     /// No local metadata cache.
     pub no_cache: Option<bool>,
+    /// Refuse a key file its group or others may read.
+    pub strict_permissions: Option<bool>,
 }
 
 /// One location or several.
@@ -115,6 +120,7 @@ impl RepoArgs {
             write_policy,
             outbox: self.outbox.clone().or(file.outbox),
             no_cache: self.no_cache || file.no_cache.unwrap_or(false),
+            strict_permissions: self.strict_permissions || file.strict_permissions.unwrap_or(false),
         })
     }
 

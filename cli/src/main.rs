@@ -40,6 +40,8 @@ enum Command {
     /// Forget snapshots past their retention (--policy) and delete the data
     /// no snapshot needs, in two phases with a grace period.
     Prune(commands::prune::PruneArgs),
+    /// Rebuild a lost or damaged index; find (and forget) snapshots whose data is gone.
+    Repair(commands::repair::RepairCommand),
     /// The coordinator's audit log of admin calls.
     Audit(commands::audit::AuditCommand),
     /// Certificates for the control plane's mutual TLS.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
             Command::Restore(c) => c.run().await,
             Command::Verify(c) => c.run().await,
             Command::Prune(c) => c.run().await,
+            Command::Repair(c) => c.run().await,
             Command::Audit(c) => c.run().await,
             Command::Certs(c) => c.run().await,
             Command::Status(c) => c.run().await,

@@ -173,3 +173,95 @@ fn missing_repository_and_bad_patterns_are_clear() {
     let err = env.fails(&["restore", "deadbeef", "--target", env.path("x").to_str().unwrap()]);
     assert!(err.contains("deadbeef"), "{err}");
 }
+
+#[test]
+fn a_damaged_snapshot_is_named_and_blocks_nothing_else() {
+    let (env, src, first) = Env::with_backup();
+    fs::write(src.join("odd/new.txt"), "second").unwrap();
+    let second = env.backup(&[&src]);
+    let damaged = env.repo.join("snapshots").join(&first);
+    let full = fs::read(&damaged).unwrap();
+    fs::write(&damaged, &full[..full.len() / 2]).unwrap();
+    let name = format!("snapshots/{first}");
+
+    // Listed: the other one, and the damaged one named.
+    let out = env.run(&["snapshots"]);
+    assert!(out.status.success());
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&second[..8]) && stdout.contains("1 that cannot be read"), "{stdout}");
+    assert!(stderr.contains(&name), "{stderr}");
+
+    // The other restores; the damaged one is refused by name.
+    let out_dir = env.path("out");
+    env.ok(&["restore", &second, "--target", out_dir.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    support::assert_same_tree(&src, &out_dir);
+    let err = env.fails(&["restore", &first, "--target", env.path("never").to_str().unwrap()]);
+    assert!(err.contains(&name), "{err}");
+
+    // A backup goes on (its parent found among the readable snapshots).
+    env.backup(&[&src]);
+
+    // Verify checks everything else and lists every problem: the damaged
+    // snapshot and a damaged pack elsewhere.
+    let victim = src.join("media/video-000.mp4");
+    let (pack_path, pack_name, offset) = locate_chunk(&env, &victim);
+    let mut bytes = fs::read(&pack_path).unwrap();
+    bytes[offset as usize + 100] ^= 0x01;
+    fs::write(&pack_path, bytes).unwrap();
+    let err = env.fails(&["verify", "--read-data"]);
+    assert!(err.contains(&name) && err.contains(&pack_name), "{err}");
+
+    // Prune forgets nothing it cannot know about and deletes nothing.
+    let data_before: Vec<_> = fs::read_dir(env.repo.join("data")).unwrap().collect();
+    let out = env.run(&["prune", "--grace", "0s", "--unsafe-grace"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&name) && stderr.contains("nothing marked or deleted"), "{stderr}");
+    assert_eq!(data_before.len(), fs::read_dir(env.repo.join("data")).unwrap().count());
+}
+
+#[test]
+fn a_damaged_index_is_named_and_backups_and_prune_go_on() {
+    let (env, src, _) = Env::with_backup();
+    let index = fs::read_dir(env.repo.join("index")).unwrap().next().unwrap().unwrap().path();
+    let name = format!("index/{}", index.file_name().unwrap().to_str().unwrap());
+    let full = fs::read(&index).unwrap();
+    fs::write(&index, &full[..full.len() - 7]).unwrap();
+    // A backup stores what the damaged index hid, and its snapshot restores.
+    let id = env.backup(&[&src]);
+    let out_dir = env.path("out");
+    env.ok(&["restore", &id, "--target", out_dir.to_str().unwrap(), "--path", src.to_str().unwrap()]);
+    support::assert_same_tree(&src, &out_dir);
+    // Prune runs; the packs only the damaged index lists are not taken for leftovers.
+    let packs_before = walk_count(&env.repo.join("data"));
+    let out = env.run(&["prune", "--grace", "0s", "--unsafe-grace", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["prune"]["leftover_packs"], 0, "{report}");
+    assert_eq!(walk_count(&env.repo.join("data")), packs_before);
+    let err = env.fails(&["verify"]);
+    assert!(err.contains(&name), "{err}");
+}
+
+fn walk_count(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |entries| {
+        entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()
+    })
+}
+
+#[test]
+fn a_key_file_others_can_read_is_warned_about_and_refused_when_strict() {
+    let (env, _, _) = Env::with_backup();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&env.key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["snapshots"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("readable by group or others (mode 0644)"), "{stderr}");
+    let err = env.fails(&["snapshots", "--strict-permissions"]);
+    assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    fs::set_permissions(&env.key, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.run(&["snapshots", "--strict-permissions"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

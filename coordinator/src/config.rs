@@ -105,6 +105,10 @@ pub struct CoordinatorConfig {
     /// the longest backup).
     #[serde(default = "default_prune_grace", deserialize_with = "human_duration")]
     pub prune_grace: Duration,
+    /// Take a `prune_grace` shorter than an hour (tests only: a backup that
+    /// died without its marker may lose data).
+    #[serde(default)]
+    pub unsafe_prune_grace: bool,
 }
 
 fn default_retention_every() -> Duration {
@@ -151,6 +155,12 @@ impl CoordinatorConfig {
         config.role_map().map_err(invalid)?;
         if config.heartbeat.is_zero() || config.lost_after <= config.heartbeat {
             return Err(invalid("lost_after must be longer than heartbeat".into()));
+        }
+        if config.prune_grace < lifeboat_common::repo::prune::SAFE_GRACE && !config.unsafe_prune_grace {
+            return Err(invalid(
+                "prune_grace is shorter than 1h: a backup that died without its marker could lose data (unsafe_prune_grace = true to allow it)"
+                    .into(),
+            ));
         }
         if let Some(etcd) = &config.etcd
             && (etcd.endpoints.is_empty() || etcd.ttl < Duration::from_secs(1))

@@ -8,7 +8,7 @@
 //! written last. Every queue between them is bounded, so memory does not grow
 //! with the size of the tree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -22,9 +22,11 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use lifeboat_common::repo::chunker::Chunker;
 use lifeboat_common::repo::pack::{BlobKind, blob_id};
 use lifeboat_common::repo::packer::{PackUploader, Packer, SeenBlobs};
+use lifeboat_common::repo::prune::load_plans;
 use lifeboat_common::repo::snapshot::{BackupSummary, Snapshot};
 use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
-use lifeboat_common::repo::{BlobId, Repository, SnapshotId};
+use lifeboat_common::repo::writers::WriterSession;
+use lifeboat_common::repo::{BlobId, PackId, RepoError, Repository, SnapshotId};
 use tokio::runtime::Handle;
 
 use rustix::fs::{FileType, Stat};
@@ -125,26 +127,35 @@ pub struct Captured {
     pub warnings: Vec<String>,
     /// Entries left out on purpose (sockets).
     pub notices: Vec<String>,
+    /// This writer's marker, which keeps a prune from deleting what the
+    /// capture leaned on until its snapshot is saved.
+    session: WriterSession,
 }
 
 impl Captured {
-    /// The manifest for these trees, from a source of kind `source`, and
-    /// the warnings and notices of the capture.
-    pub fn snapshot(self, source: &str, hostname: String, tags: Vec<String>) -> (Snapshot, Vec<String>, Vec<String>) {
-        let mut summary = self.summary;
+    /// The manifest for these trees, from a source of kind `source`.
+    pub fn manifest(&self, source: &str, hostname: String, tags: Vec<String>) -> Snapshot {
+        let mut summary = self.summary.clone();
         summary.duration_secs = (Utc::now() - self.started).num_milliseconds() as f64 / 1000.0;
-        let snapshot = Snapshot {
+        Snapshot {
             time: self.started,
             hostname,
             source: source.into(),
-            paths: self.paths,
+            paths: self.paths.clone(),
             tags,
             tree: self.tree,
             parent: self.parent,
             summary,
             postgres: None,
-        };
-        (snapshot, self.warnings, self.notices)
+        }
+    }
+
+    /// Saves `snapshot` (this capture's manifest, completed), which makes
+    /// the backup visible, then ends the writer's session.
+    pub async fn save(self, repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
+        let saved = repo.save_snapshot(snapshot).await;
+        self.session.finish().await;
+        saved
     }
 }
 
@@ -156,9 +167,10 @@ pub async fn backup_files(
     progress: Arc<Progress>,
 ) -> Result<BackupOutcome, FilesError> {
     let (hostname, tags) = (opts.hostname.clone(), opts.tags.clone());
-    let captured = capture(repo, opts, "files", progress).await?;
-    let (snapshot, warnings, notices) = captured.snapshot("files", hostname, tags);
-    let id = repo.save_snapshot(&snapshot).await?;
+    let mut captured = capture(repo, opts, "files", progress).await?;
+    let snapshot = captured.manifest("files", hostname, tags);
+    let (warnings, notices) = (std::mem::take(&mut captured.warnings), std::mem::take(&mut captured.notices));
+    let id = captured.save(repo, &snapshot).await?;
     tracing::info!(snapshot = %id, files = snapshot.summary.files, bytes_new = snapshot.summary.bytes_new, "backup saved");
     Ok(BackupOutcome { id, snapshot, warnings, notices })
 }
@@ -186,7 +198,14 @@ pub async fn capture(
             .find(|(_, s)| s.source == source && s.hostname == opts.hostname && s.paths == path_strings),
     };
     let parent_tree = match &parent {
-        Some((_, snap)) if !opts.force => Some(repo.load_tree(&snap.tree).await?),
+        Some((id, snap)) if !opts.force => match repo.load_tree(&snap.tree).await {
+            Ok(tree) => Some(tree),
+            // A damaged parent only costs reading everything again.
+            Err(e) => {
+                tracing::warn!(parent = %id.short(), error = %e, "the parent snapshot's tree cannot be read; reading every file");
+                None
+            }
+        },
         _ => None,
     };
     // A write in the same clock tick as the parent's read leaves the times
@@ -195,16 +214,30 @@ pub async fn capture(
     let trust_before_ns =
         parent.as_ref().and_then(|(_, snap)| snap.time.timestamp_nanos_opt()).map(|ns| ns - TIMESTAMP_MARGIN_NS);
 
-    let runtime = Handle::current();
-    let job = {
-        let repo = repo.clone();
-        let progress = progress.clone();
-        let roots = roots.clone();
-        tokio::task::spawn_blocking(move || {
-            Pipeline::new(repo, runtime, filter, progress, &opts, trust_before_ns).run(&roots, parent_tree)
-        })
+    let session = WriterSession::start(repo, &format!("backup {source}")).await?;
+    let mut attempt = 0;
+    let walked = loop {
+        attempt += 1;
+        let runtime = Handle::current();
+        let job = {
+            let (repo, progress, roots, opts) = (repo.clone(), progress.clone(), roots.clone(), opts.clone());
+            let (filter, parent_tree) = (filter.clone(), parent_tree.clone());
+            tokio::task::spawn_blocking(move || {
+                Pipeline::new(repo, runtime, filter, progress, &opts, trust_before_ns).run(&roots, parent_tree)
+            })
+        };
+        let walked = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
+        // Never a snapshot that refers to data a prune took away meanwhile.
+        let lost = lost_footing(repo, &walked.reused).await?;
+        if lost.is_empty() {
+            break walked;
+        }
+        if attempt > 1 {
+            return Err(FilesError::LostFooting(lost.join(", ")));
+        }
+        tracing::warn!(packs = %lost.join(", "), "a prune marked data this backup leaned on; storing it again");
+        repo.reload_index().await?;
     };
-    let walked = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
     Ok(Captured {
         started,
         paths: path_strings,
@@ -213,7 +246,37 @@ pub async fn capture(
         summary: walked.summary,
         warnings: walked.warnings,
         notices: walked.notices,
+        session,
     })
+}
+
+/// The packs of `reused` a prune marked for deletion or deleted since the
+/// index was loaded.
+async fn lost_footing(repo: &Repository, reused: &HashSet<PackId>) -> Result<Vec<String>, RepoError> {
+    if reused.is_empty() {
+        return Ok(Vec::new());
+    }
+    let plans = load_plans(repo).await?;
+    let marked: HashSet<PackId> = plans.good.iter().flat_map(|(_, p)| p.packs.iter().copied()).collect();
+    // Packs are deleted only after the index objects listing them.
+    if repo.index_objects_gone().await? {
+        repo.reload_index().await?;
+    }
+    let index = repo.index();
+    let mut lost: Vec<String> = reused
+        .iter()
+        .filter_map(|p| {
+            if !index.has_pack(p) {
+                Some(format!("pack {} deleted", p.short()))
+            } else if marked.contains(p) {
+                Some(format!("pack {} marked for deletion", p.short()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    lost.sort();
+    Ok(lost)
 }
 
 /// Makes roots absolute and checks they exist. A root inside another is
@@ -372,6 +435,8 @@ struct Walked {
     summary: BackupSummary,
     warnings: Vec<String>,
     notices: Vec<String>,
+    /// Packs of earlier backups the snapshot refers to.
+    reused: HashSet<PackId>,
 }
 
 impl Pipeline {
@@ -473,7 +538,8 @@ impl Pipeline {
         flushed?;
         let mut summary = self.summary();
         summary.packs_written = stats.packs.load(Ordering::Relaxed);
-        Ok(Walked { root, summary, warnings, notices })
+        let reused = self.seen.reused_packs();
+        Ok(Walked { root, summary, warnings, notices, reused })
     }
 
     fn summary(&self) -> BackupSummary {
@@ -789,9 +855,8 @@ impl Walker<'_> {
         parent: Option<&Node>,
     ) -> Result<Content, FilesError> {
         if let Some(Node { kind: NodeKind::File { content }, meta: old, .. }) = parent {
-            let index = self.pipe.repo.index();
             let settled = self.pipe.trust_before_ns.is_some_and(|t| old.mtime_ns < t && old.ctime_ns < t);
-            if settled && unchanged(old, m) && content.iter().all(|b| index.contains(b)) {
+            if settled && unchanged(old, m) && self.pipe.seen.lean_on(&self.pipe.repo, content) {
                 self.pipe.progress.file_done(m.size);
                 return Ok(Content::Ready(content.clone()));
             }

@@ -26,6 +26,10 @@ pub enum FilesError {
     /// Bad options.
     #[error("{0}")]
     Usage(String),
+    /// Data the backup reused was taken away by a prune while it ran, even
+    /// after it stored its own copy once.
+    #[error("a prune marked or deleted data this backup reused while it ran ({0}): nothing was saved; run it again")]
+    LostFooting(String),
     /// A worker thread stopped unexpectedly.
     #[error("internal: {0}")]
     Internal(&'static str),

@@ -170,7 +170,9 @@ pub async fn backup_postgres(
     tracing::info!(%stop_lsn, %stop_wal, "backup stopped; its WAL is archived");
 
     let (pages_verified, corrupt_pages) = checks.map(|c| c.results()).unwrap_or_default();
-    let (mut snapshot, warnings, notices) = captured.snapshot("postgres", opts.hostname, opts.tags);
+    let mut captured = captured;
+    let mut snapshot = captured.manifest("postgres", opts.hostname, opts.tags);
+    let (warnings, notices) = (std::mem::take(&mut captured.warnings), std::mem::take(&mut captured.notices));
     snapshot.postgres = Some(PostgresBackup {
         pgdata: root,
         start_lsn,
@@ -188,6 +190,6 @@ pub async fn backup_postgres(
         pages_verified,
         corrupt_pages,
     });
-    let id = repo.save_snapshot(&snapshot).await?;
+    let id = captured.save(repo, &snapshot).await?;
     Ok(BackupOutcome { id, snapshot, warnings, notices })
 }

@@ -110,8 +110,9 @@ impl Job {
                 repo.store().delete(&wal::wal_key(&format!("{name}{STREAMING_SUFFIX}"))?).await?;
             }
             Job::Partial { name, content, .. } => {
-                let (sealed, _) = wal::seal(repo, content.clone()).await?;
-                repo.store().put(&wal::wal_key(&format!("{name}{STREAMING_SUFFIX}"))?, sealed).await?;
+                let key = wal::wal_key(&format!("{name}{STREAMING_SUFFIX}"))?;
+                let (sealed, _) = wal::seal(repo, &key, content.clone()).await?;
+                repo.store().put(&key, sealed).await?;
             }
             Job::History { name, content } => {
                 wal::push_content(repo, name, content.clone()).await?;

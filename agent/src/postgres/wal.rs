@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use lifeboat_common::repo::repository::WAL_PREFIX;
 use lifeboat_common::repo::{Repository, object};
 use lifeboat_common::store::StoreError;
 
@@ -82,7 +83,7 @@ pub fn wal_key(name: &str) -> Result<String, PgError> {
     if !valid {
         return Err(bad());
     }
-    Ok(format!("wal/{}/{name}", &name[..8]))
+    Ok(format!("{WAL_PREFIX}{}/{name}", &name[..8]))
 }
 
 /// Archives the WAL file at `path` (PostgreSQL's `%p`). Returns once the
@@ -100,13 +101,14 @@ pub async fn push_hashed(repo: &Repository, path: &Path) -> Result<(Pushed, blak
     push_content(repo, &name, content).await
 }
 
-/// Compresses and seals WAL content, off the async threads (hashing,
-/// compressing and sealing 16 MiB is CPU work); also returns its hash.
-pub async fn seal(repo: &Repository, content: Vec<u8>) -> Result<(Bytes, blake3::Hash), PgError> {
-    let r = repo.clone();
+/// Compresses and seals WAL content to be stored under `key`, off the
+/// async threads (hashing, compressing and sealing 16 MiB is CPU work);
+/// also returns its hash.
+pub async fn seal(repo: &Repository, key: &str, content: Vec<u8>) -> Result<(Bytes, blake3::Hash), PgError> {
+    let (r, key) = (repo.clone(), key.to_owned());
     let sealed = tokio::task::spawn_blocking(move || {
         let digest = blake3::hash(&content);
-        object::seal(r.keyring(), "wal", content, WAL_COMPRESSION).map(|s| (Bytes::from(s), digest))
+        object::seal(r.keyring(), "wal", &key, content, WAL_COMPRESSION).map(|s| (Bytes::from(s), digest))
     })
     .await
     .map_err(|_| PgError::Usage("sealing a WAL file panicked".into()))?;
@@ -117,7 +119,7 @@ pub async fn seal(repo: &Repository, content: Vec<u8>) -> Result<(Bytes, blake3:
 /// content already stored under that name counts as success.
 pub async fn push_content(repo: &Repository, name: &str, content: Vec<u8>) -> Result<(Pushed, blake3::Hash), PgError> {
     let key = wal_key(name)?;
-    let (sealed, digest) = seal(repo, content).await?;
+    let (sealed, digest) = seal(repo, &key, content).await?;
     match repo.store().put_if_absent(&key, sealed).await {
         Ok(()) => Ok((Pushed::Stored, digest)),
         Err(StoreError::AlreadyExists { .. }) => {
@@ -196,7 +198,7 @@ pub fn next_segment(name: &str, segment_size: u64) -> Option<String> {
 pub async fn expire_before(repo: &Repository, keep_from: &str) -> Result<u64, PgError> {
     let start = log_and_seg(keep_from).ok_or_else(|| PgError::BadWalName(keep_from.to_owned()))?;
     let mut deleted = 0;
-    for meta in repo.store().list("wal/").await? {
+    for meta in repo.store().list(WAL_PREFIX).await? {
         let name = meta.key.rsplit('/').next().unwrap_or_default();
         let segment = name.split('.').next().unwrap_or_default();
         if name.ends_with(".history") {
@@ -221,7 +223,7 @@ pub async fn archived_segment_times(
     repo: &Repository,
     timeline: u32,
 ) -> Result<std::collections::BTreeMap<String, Option<DateTime<Utc>>>, PgError> {
-    let prefix = format!("wal/{timeline:08X}/");
+    let prefix = format!("{WAL_PREFIX}{timeline:08X}/");
     let mut out = std::collections::BTreeMap::new();
     for meta in repo.store().list(&prefix).await? {
         let Some(name) = meta.key.strip_prefix(&prefix) else { continue };
@@ -316,7 +318,7 @@ mod tests {
         assert_eq!(expire_before(&repo, "000000020000000000000005").await.unwrap(), 2);
         let mut left: Vec<String> = repo
             .store()
-            .list("wal/")
+            .list(WAL_PREFIX)
             .await
             .unwrap()
             .into_iter()

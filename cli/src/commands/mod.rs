@@ -7,6 +7,7 @@ pub mod certs;
 pub mod control;
 pub mod key;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshots;

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::HumanBytes;
 use lifeboat_agent::retention::apply;
 use lifeboat_common::policy::backup_schedules_from_yaml;
+use lifeboat_common::repo::prune::SAFE_GRACE;
 
-use crate::RepoArgs;
+use crate::{EXIT_PARTIAL, RepoArgs};
 
 /// `lifeboat prune`.
 #[derive(Args)]
@@ -25,6 +26,10 @@ pub struct PruneArgs {
     /// longest backup, so one that started before the mark is safe.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     grace: std::time::Duration,
+    /// Take a grace period shorter than an hour: a backup killed without
+    /// its marker may lose what it stored (tests and emergencies only).
+    #[arg(long)]
+    unsafe_grace: bool,
     /// Apply retention as it stands at this time (RFC 3339; default now),
     /// e.g. with --dry-run to see what goes next week. Grace is always
     /// counted from now.
@@ -50,6 +55,13 @@ impl PruneArgs {
             }
             None => HashMap::new(),
         };
+        if self.grace < SAFE_GRACE && !self.unsafe_grace {
+            bail!(
+                "--grace {} is shorter than {}: a backup that died without its marker could lose data; add --unsafe-grace to prune anyway",
+                humantime::format_duration(self.grace),
+                humantime::format_duration(SAFE_GRACE)
+            );
+        }
         let repo = self.repo.open().await?;
         let grace = chrono::Duration::from_std(self.grace).context("--grace is too long")?;
         let at = self.as_of.unwrap_or_else(chrono::Utc::now);
@@ -66,15 +78,33 @@ impl PruneArgs {
         if let Some(from) = &report.wal_kept_from {
             println!("WAL kept from {from}; {} older WAL objects deleted", report.wal_deleted);
         }
-        if let Some(p) = &report.prune {
+        let Some(p) = &report.prune else { return Ok(0) };
+        for why in &p.held_back {
+            eprintln!("lifeboat: warning: nothing marked or deleted: {why}");
+        }
+        if !p.held_back.is_empty() {
+            eprintln!(
+                "lifeboat: error: prune held back; `lifeboat verify` lists every problem, `lifeboat repair` mends them"
+            );
+            return Ok(EXIT_PARTIAL);
+        }
+        println!(
+            "pruned {} packs ({}); marked {} packs ({}) to go after the grace period; {} waiting; {} held for running backups; {} referenced again and kept",
+            p.deleted_packs,
+            HumanBytes(p.deleted_bytes),
+            p.marked_packs,
+            HumanBytes(p.marked_bytes),
+            p.waiting_packs,
+            p.held_for_writers,
+            p.revived_packs
+        );
+        if p.leftover_packs + p.temporaries + p.stale_writers > 0 {
             println!(
-                "pruned {} packs ({}); marked {} packs ({}) to go after the grace period; {} waiting; {} referenced again and kept",
-                p.deleted_packs,
-                HumanBytes(p.deleted_bytes),
-                p.marked_packs,
-                HumanBytes(p.marked_bytes),
-                p.waiting_packs,
-                p.revived_packs
+                "removed what interrupted writers left: {} unindexed packs ({}), {} temporary files, {} stale writer markers",
+                p.leftover_packs,
+                HumanBytes(p.leftover_bytes),
+                p.temporaries,
+                p.stale_writers
             );
         }
         Ok(0)

@@ -11,6 +11,8 @@ use lifeboat_agent::progress::Progress;
 use lifeboat_common::crypto::MasterKey;
 use lifeboat_common::policy::storage_lifecycle_from_yaml;
 use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::config::FORMAT_VERSION;
+use lifeboat_common::repo::migrate::migrate;
 use lifeboat_common::repo::replicas::{ReconcileOptions, ReconcileReport, reconcile};
 use lifeboat_common::store::OpenedStore;
 use lifeboat_common::store::lifecycle::Lifecycle;
@@ -80,6 +82,14 @@ enum RepoSub {
         /// to the primary. Do not run during a backup.
         #[arg(long)]
         delete_extra: bool,
+    },
+    /// Bring a repository written by an earlier release to the current
+    /// format: every index, snapshot and WAL object sealed again bound to
+    /// its name, then the keyring and the config moved on. Stop writers of
+    /// the earlier release first; running it again is safe.
+    Migrate {
+        #[command(flatten)]
+        repo: RepoArgs,
     },
 }
 
@@ -158,6 +168,26 @@ impl RepoCommand {
                         lag.objects,
                         HumanBytes(lag.bytes),
                         age.map_or("-".into(), |a| format!("{}s", a.as_secs()))
+                    );
+                }
+                Ok(0)
+            }
+            RepoSub::Migrate { repo } => {
+                let (opened, stores) = repo.open_with_stores().await?;
+                let described = opened.store().describe();
+                let report = migrate(&opened, &repo.master_key()?)
+                    .await
+                    .with_context(|| format!("migrating the repository in {described}"))?;
+                settle(&stores).await?;
+                if report.upgraded {
+                    eprintln!(
+                        "migrated {described} from format {} to {FORMAT_VERSION}: {} objects sealed again bound to their names ({} already were)",
+                        report.from, report.resealed, report.already
+                    );
+                } else {
+                    eprintln!(
+                        "{described} is already of format {FORMAT_VERSION}: {} objects sealed again, {} already bound to their names",
+                        report.resealed, report.already
                     );
                 }
                 Ok(0)

@@ -28,7 +28,12 @@ impl SnapshotsArgs {
     /// Runs the command.
     pub async fn run(self) -> Result<u8> {
         let repo = self.repo.open().await?;
-        let snaps = repo.snapshots().await?;
+        let list = repo.snapshot_list().await?;
+        // Named, and the rest listed: one damaged object hides nothing else.
+        for d in &list.damaged {
+            eprintln!("lifeboat: warning: {}", d.error);
+        }
+        let snaps = list.good;
         if self.json {
             let rows: Vec<Row> = snaps.iter().map(|(id, s)| Row { id: id.to_hex(), snapshot: s }).collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -48,7 +53,10 @@ impl SnapshotsArgs {
                 tags
             );
         }
-        println!("{} snapshots", snaps.len());
+        match list.damaged.len() {
+            0 => println!("{} snapshots", snaps.len()),
+            n => println!("{} snapshots, and {n} that cannot be read (`lifeboat repair snapshots`)", snaps.len()),
+        }
         Ok(0)
     }
 }

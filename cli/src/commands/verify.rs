@@ -59,9 +59,12 @@ impl VerifyArgs {
         );
         if report.unindexed_packs > 0 {
             eprintln!(
-                "note: {} packs are not in any index (left by an interrupted backup; harmless)",
+                "note: {} packs are not in any index (left by an interrupted backup; prune removes them after its grace period)",
                 report.unindexed_packs
             );
+        }
+        for n in &report.notes {
+            eprintln!("note: {n}");
         }
         let mut problems = report.problems.len();
         for p in &report.problems {

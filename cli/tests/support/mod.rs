@@ -90,6 +90,13 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs and asserts success; returns stderr.
+    pub fn ok_stderr(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "lifeboat {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
     /// Runs and asserts failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);

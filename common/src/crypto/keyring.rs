@@ -28,7 +28,20 @@ pub struct Keyring {
     /// Seed of the content-defined chunker's gear table, so chunk boundaries
     /// reveal nothing about content to someone without the key.
     pub chunker_seed: u64,
+    /// How single objects are sealed: 1 binds their kind only, 2 their kind
+    /// and name. Kept here, under the master key, so nobody without it can
+    /// take a repository back to the weaker format.
+    #[serde(default = "first_object_format")]
+    pub object_format: u32,
 }
+
+/// The object format of keyrings written before it was recorded.
+fn first_object_format() -> u32 {
+    1
+}
+
+/// The object format new repositories use.
+pub const OBJECT_FORMAT: u32 = 2;
 
 /// A keyring as stored: sealed under a key derived from the master key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +65,7 @@ impl Keyring {
             data_keys: vec![first],
             chunk_id_key: Secret32::random()?,
             chunker_seed: u64::from_le_bytes(seed),
+            object_format: OBJECT_FORMAT,
         })
     }
 

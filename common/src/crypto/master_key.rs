@@ -44,6 +44,22 @@ impl MasterKey {
         Ok(key)
     }
 
+    /// Refuses a key file that its group or others may read (as ssh does
+    /// for a private key): [`CryptoError::LoosePermissions`].
+    pub fn check_permissions(path: &Path) -> Result<(), CryptoError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|cause| CryptoError::Io {
+            op: "reading",
+            path: path.display().to_string(),
+            cause,
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(CryptoError::LoosePermissions { path: path.display().to_string(), mode });
+        }
+        Ok(())
+    }
+
     /// Writes the key to a new file readable only by its owner; refuses to
     /// overwrite an existing file.
     pub fn save_new(&self, path: &Path) -> Result<(), CryptoError> {
@@ -77,6 +93,11 @@ mod tests {
         assert_eq!(back.key, k.key);
         let err = k.save_new(&path).unwrap_err();
         assert!(err.to_string().contains("creating key file"), "{err}");
+        MasterKey::check_permissions(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let loose = MasterKey::check_permissions(&path).unwrap_err();
+        assert!(loose.to_string().contains("mode 0640"), "{loose}");
         std::fs::write(&path, "id = 3").unwrap();
         assert!(matches!(MasterKey::load(&path), Err(CryptoError::Malformed(_))));
     }

@@ -16,7 +16,7 @@ mod keyring;
 mod master_key;
 mod seal;
 
-pub use keyring::{DataKey, Keyring, WrappedKeyring};
+pub use keyring::{DataKey, Keyring, OBJECT_FORMAT, WrappedKeyring};
 pub use master_key::MasterKey;
 pub use seal::{ObjectCipher, SALT_LEN, TAG_LEN};
 
@@ -49,6 +49,11 @@ pub enum CryptoError {
     /// The system random generator failed.
     #[error("random number generator failed")]
     Random,
+    /// A key file others than its owner may read.
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:04o}): whoever can read it can read every backup; chmod 600 it"
+    )]
+    LoosePermissions { path: String, mode: u32 },
 }
 
 /// The id of a master key or data key: 8 random bytes, shown as 16 hex digits.

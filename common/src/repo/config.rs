@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::chunker::ChunkerParams;
 
-/// The repository format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format this build writes (and the newest it reads):
+/// 2 binds every sealed object to its name; 1 (read, and written by a
+/// repository not yet migrated) bound only its kind.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Contents of the `config` object.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ pub enum RepoError {
     #[error("a repository already exists at {0}")]
     AlreadyInitialised(String),
     /// The repository uses a format this build does not understand.
-    #[error("repository format version {found} is not supported (this build reads version {supported})")]
+    #[error("repository format version {found} is not supported (this build reads versions 1 to {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
     /// An object failed authentication, decoding or its hash check.
     #[error("object {object} is corrupt: {reason}")]
@@ -39,6 +39,18 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    /// True when the error is about the object itself (damaged, forged,
+    /// sealed with a key the keyring lacks), not about reaching the store.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            RepoError::Corrupt { .. }
+                | RepoError::Crypto(
+                    crate::crypto::CryptoError::UnknownDataKey(_) | crate::crypto::CryptoError::Authentication
+                )
+        )
+    }
+
     /// A corruption error naming `object`.
     pub fn corrupt(object: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
         RepoError::Corrupt { object: object.to_string(), reason: reason.to_string() }

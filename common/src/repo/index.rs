@@ -118,7 +118,13 @@ impl Index {
     /// snapshot may refer to it without storing it again. (Reading goes by
     /// [`Index::get`], which finds marked packs too.)
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.get(id).is_some_and(|(p, _)| !self.doomed.contains(p))
+        self.live_pack(id).is_some()
+    }
+
+    /// The pack not marked for deletion that holds `id`: the one a new
+    /// snapshot leans on.
+    pub fn live_pack(&self, id: &BlobId) -> Option<PackId> {
+        self.blobs.get(id).filter(|(p, _)| !self.doomed.contains(p)).map(|(p, _)| self.packs[*p as usize].id)
     }
 
     /// Takes these packs as marked for deletion: a blob with a copy in a
@@ -136,6 +142,11 @@ impl Index {
                 std::mem::swap(primary, live);
             }
         }
+    }
+
+    /// Whether a prune marked this pack for deletion.
+    pub fn is_doomed(&self, pack: &PackId) -> bool {
+        self.pack_pos.get(pack).is_some_and(|p| self.doomed.contains(p))
     }
 
     /// Every indexed pack.

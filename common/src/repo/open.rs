@@ -23,6 +23,8 @@ pub struct RepoSpec {
     pub outbox: Option<PathBuf>,
     /// Skip the local metadata cache of a remote repository.
     pub no_cache: bool,
+    /// Refuse a key file its group or others may read (else: a warning).
+    pub strict_permissions: bool,
 }
 
 /// Why a repository could not be opened.
@@ -78,7 +80,13 @@ impl RepoSpec {
     /// The master key.
     pub fn master_key(&self) -> Result<MasterKey, OpenError> {
         let path = self.key_file.as_ref().ok_or(OpenError::NoKeyFile)?;
-        MasterKey::load(path).map_err(|cause| OpenError::Key { path: path.clone(), cause })
+        let key = MasterKey::load(path).map_err(|cause| OpenError::Key { path: path.clone(), cause })?;
+        match MasterKey::check_permissions(path) {
+            Err(cause) if self.strict_permissions => return Err(OpenError::Key { path: path.clone(), cause }),
+            Err(e) => tracing::warn!("{e} (refused with --strict-permissions)"),
+            Ok(()) => {}
+        }
+        Ok(key)
     }
 
     /// Opens the repository without loading its index (single objects only, e.g. WAL).

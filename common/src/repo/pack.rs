@@ -159,34 +159,57 @@ impl PackBuilder {
 
 /// Parses a whole pack: its seal and its authenticated header.
 pub fn read_header(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<(PackSeal, Vec<PackBlob>), RepoError> {
-    let too_short = || RepoError::corrupt(name, format!("truncated: {} bytes", bytes.len()));
     if bytes.len() < PACK_PREFIX_LEN + 4 + TAG_LEN {
+        return Err(RepoError::corrupt(name, format!("truncated: {} bytes", bytes.len())));
+    }
+    let header_len = header_len(&bytes[bytes.len() - 4..]);
+    let start = bytes.len().saturating_sub(4 + header_len).max(PACK_PREFIX_LEN);
+    parse_header(keyring, name, &bytes[..PACK_PREFIX_LEN], &bytes[start..], bytes.len() as u64)
+}
+
+/// The sealed header's length, from a pack's last four bytes.
+pub fn header_len(last4: &[u8]) -> usize {
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&last4[last4.len().saturating_sub(4)..]);
+    u32::from_le_bytes(len) as usize
+}
+
+/// Parses a pack's seal and authenticated header from its first
+/// [`PACK_PREFIX_LEN`] bytes and its `tail` (sealed header and length),
+/// for a pack `total` bytes long: read with two ranged requests.
+pub fn parse_header(
+    keyring: &Keyring,
+    name: &str,
+    prefix: &[u8],
+    tail: &[u8],
+    total: u64,
+) -> Result<(PackSeal, Vec<PackBlob>), RepoError> {
+    let too_short = || RepoError::corrupt(name, format!("truncated: {total} bytes"));
+    if prefix.len() < PACK_PREFIX_LEN || tail.len() < 4 + TAG_LEN {
         return Err(too_short());
     }
-    if &bytes[..8] != MAGIC {
+    if &prefix[..8] != MAGIC {
         return Err(RepoError::corrupt(name, "not a Lifeboat pack (bad magic)"));
     }
     let mut key_id = [0u8; 8];
-    key_id.copy_from_slice(&bytes[8..16]);
+    key_id.copy_from_slice(&prefix[8..16]);
     let mut salt = [0u8; SALT_LEN];
-    salt.copy_from_slice(&bytes[16..PACK_PREFIX_LEN]);
+    salt.copy_from_slice(&prefix[16..PACK_PREFIX_LEN]);
     let seal = PackSeal { key_id: KeyId(key_id), salt };
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&bytes[bytes.len() - 4..]);
-    let header_len = u32::from_le_bytes(len) as usize;
-    if header_len + 4 + PACK_PREFIX_LEN > bytes.len() {
+    let header_len = header_len(tail);
+    if header_len + 4 != tail.len() || (header_len + 4 + PACK_PREFIX_LEN) as u64 > total {
         return Err(too_short());
     }
-    let start = bytes.len() - 4 - header_len;
-    let mut header = bytes[start..bytes.len() - 4].to_vec();
+    let start = total - 4 - header_len as u64;
+    let mut header = tail[..header_len].to_vec();
     let plain = seal
         .cipher(keyring)?
         .open(HEADER_COUNTER, HEADER_AAD, &mut header)
         .map_err(|_| RepoError::corrupt(name, "pack header failed authentication"))?;
     let blobs: Vec<PackBlob> =
         postcard::from_bytes(plain).map_err(|e| RepoError::corrupt(name, format!("pack header: {e}")))?;
-    if blobs.iter().any(|b| b.range().end > start as u64) {
-        return Err(RepoError::corrupt(name, "pack header points past the blob area"));
+    if blobs.iter().any(|b| b.range().end > start || u64::from(b.offset) < PACK_PREFIX_LEN as u64) {
+        return Err(RepoError::corrupt(name, "pack header points outside the blob area"));
     }
     Ok((seal, blobs))
 }

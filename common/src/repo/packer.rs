@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use super::compress::compress;
 use super::error::RepoError;
-use super::id::BlobId;
+use super::id::{BlobId, PackId};
 use super::index::IndexedPack;
 use super::pack::{BlobKind, FinishedPack, PackBuilder};
 use super::repository::{Repository, pack_key};
@@ -25,17 +25,38 @@ use super::repository::{Repository, pack_key};
 /// backup leaves its finished work indexed for the next run to reuse.
 const INDEX_BATCH: usize = 64;
 
-/// Blobs this writer has claimed, so two threads never store the same blob.
+/// Blobs this writer has claimed, so two threads never store the same
+/// blob, and the packs it leans on for the blobs it did not store.
 #[derive(Default)]
-pub struct SeenBlobs(Mutex<HashSet<BlobId>>);
+pub struct SeenBlobs {
+    claimed: Mutex<HashSet<BlobId>>,
+    reused: Mutex<HashSet<PackId>>,
+}
 
 impl SeenBlobs {
     /// True if `id` is neither in the repository nor claimed yet; claims it.
     pub fn claim(&self, repo: &Repository, id: BlobId) -> bool {
-        if repo.index().contains(&id) {
+        if let Some(pack) = repo.index().live_pack(&id) {
+            self.reused.lock().unwrap_or_else(|p| p.into_inner()).insert(pack);
             return false;
         }
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+        self.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+    }
+
+    /// Leans on the stored copies of `ids` (content taken unread from an
+    /// earlier snapshot); false, leaning on nothing, unless every one is
+    /// in a pack not marked for deletion.
+    pub fn lean_on(&self, repo: &Repository, ids: &[BlobId]) -> bool {
+        let index = repo.index();
+        let packs: Option<Vec<PackId>> = ids.iter().map(|id| index.live_pack(id)).collect();
+        let Some(packs) = packs else { return false };
+        self.reused.lock().unwrap_or_else(|p| p.into_inner()).extend(packs);
+        true
+    }
+
+    /// The packs leaned on so far.
+    pub fn reused_packs(&self) -> HashSet<PackId> {
+        self.reused.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

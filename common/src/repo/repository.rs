@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::crypto::{CryptoError, Keyring, MasterKey, WrappedKeyring};
 use crate::store::{ObjectStore, StoreError};
@@ -20,10 +20,12 @@ use super::pack::{BlobKind, open_blob};
 use super::snapshot::Snapshot;
 use super::tree::Tree;
 
-const CONFIG_KEY: &str = "config";
-const KEYS_PREFIX: &str = "keys/";
+pub(crate) const CONFIG_KEY: &str = "config";
+pub(crate) const KEYS_PREFIX: &str = "keys/";
 pub(crate) const INDEX_PREFIX: &str = "index/";
-const SNAPSHOTS_PREFIX: &str = "snapshots/";
+pub(crate) const SNAPSHOTS_PREFIX: &str = "snapshots/";
+/// Where WAL files live: `wal/<timeline>/<name>`.
+pub const WAL_PREFIX: &str = "wal/";
 const DATA_PREFIX: &str = "data/";
 const TREE_PREFIX: &str = "tree/";
 /// Metadata objects fetched at once when loading indexes and snapshots.
@@ -66,7 +68,9 @@ struct Inner {
     keyring: Keyring,
     index: RwLock<Index>,
     /// Index objects the last load could not read, each error as text.
-    index_problems: RwLock<Vec<String>>,
+    index_problems: RwLock<Vec<Damaged>>,
+    /// The index objects and prune plans the last index load read.
+    loaded: RwLock<Loaded>,
     /// Local copies of metadata, for remote stores.
     cache: Option<MetadataCache>,
 }
@@ -112,6 +116,7 @@ impl Repository {
     pub async fn open_for_objects(store: Arc<dyn ObjectStore>, master: &MasterKey) -> Result<Self, RepoError> {
         let config = Self::read_config(store.as_ref()).await?;
         let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
+        Self::check_formats(&config, &keyring, master)?;
         Ok(Self::from_parts(store, config, keyring, None))
     }
 
@@ -125,6 +130,7 @@ impl Repository {
     ) -> Result<Self, RepoError> {
         let config = Self::read_config(store.as_ref()).await?;
         let keyring = Self::unwrap_keyring(store.as_ref(), master).await?;
+        Self::check_formats(&config, &keyring, master)?;
         let cache = cache_root.and_then(|root| MetadataCache::new(root, &config.id));
         let repo = Self::from_parts(store, config, keyring, cache);
         repo.reload_index().await?;
@@ -141,10 +147,24 @@ impl Repository {
         };
         let config: RepoConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| RepoError::corrupt(CONFIG_KEY, e))?;
-        if config.version != FORMAT_VERSION {
+        if config.version == 0 || config.version > FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion { found: config.version, supported: FORMAT_VERSION });
         }
         Ok(config)
+    }
+
+    /// Refuses a keyring whose object format is older than the config's:
+    /// the config moves to format 2 only after the keyring did, so an old
+    /// copy of the keyring was put back (which would let objects unbound to
+    /// their names pass).
+    fn check_formats(config: &RepoConfig, keyring: &Keyring, master: &MasterKey) -> Result<(), RepoError> {
+        if config.version >= 2 && keyring.object_format < 2 {
+            return Err(RepoError::corrupt(
+                format!("{KEYS_PREFIX}{}", master.id),
+                "a keyring of object format 1 in a repository of format 2: an old copy of it was put back",
+            ));
+        }
+        Ok(())
     }
 
     fn from_parts(
@@ -160,6 +180,7 @@ impl Repository {
                 keyring,
                 index: RwLock::new(Index::default()),
                 index_problems: RwLock::new(Vec::new()),
+                loaded: RwLock::new(Loaded::default()),
                 cache,
             }),
         }
@@ -266,10 +287,13 @@ impl Repository {
         while let Some((key, result)) = loaded.next().await {
             match result {
                 Ok(file) => index.add(file),
-                Err(e) => {
+                Err(e) if e.is_damage() => {
                     tracing::warn!(object = %key, error = %e, "skipping unreadable index object");
-                    problems.push(e.to_string());
+                    problems.push(Damaged { key, error: e.to_string() });
                 }
+                // Deleted by a prune between the listing and the read.
+                Err(RepoError::Store(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
             }
         }
         if let Some(c) = &self.inner.cache {
@@ -280,20 +304,35 @@ impl Repository {
             });
         }
         // Packs a prune marked: their blobs are not to be leaned on by new backups.
-        match super::prune::load_plans(self).await {
-            Ok(plans) => index.doom(plans.into_iter().flat_map(|(_, p)| p.packs)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the prune plans; no pack is taken as marked");
-                problems.push(e.to_string());
-            }
-        }
+        let plans = super::prune::load_plans(self).await?;
+        let loaded = Loaded {
+            index_keys: keys.into_iter().collect(),
+            plans: plans.good.iter().map(|(key, _)| key.clone()).collect(),
+        };
+        index.doom(plans.good.into_iter().flat_map(|(_, p)| p.packs));
+        *self.inner.loaded.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         *self.inner.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.inner.index_problems.write().unwrap_or_else(|p| p.into_inner()) = problems;
         Ok(())
     }
 
-    /// Index objects the last index load could not read, each naming the object.
-    pub fn index_problems(&self) -> Vec<String> {
+    /// The prune plans (their keys) the last index load took into account:
+    /// the packs they mark are not leaned on.
+    pub fn plans_seen(&self) -> Vec<String> {
+        self.inner.loaded.read().unwrap_or_else(|p| p.into_inner()).plans.clone()
+    }
+
+    /// Whether an index object the last load read is gone from the store:
+    /// only then can a pack it listed have been deleted (a prune rewrites
+    /// the index objects before it deletes packs).
+    pub async fn index_objects_gone(&self) -> Result<bool, RepoError> {
+        let now: HashSet<String> = self.inner.store.list(INDEX_PREFIX).await?.into_iter().map(|m| m.key).collect();
+        let loaded = self.inner.loaded.read().unwrap_or_else(|p| p.into_inner());
+        Ok(loaded.index_keys.iter().any(|k| !now.contains(k)))
+    }
+
+    /// Index objects the last index load could not read.
+    pub fn index_problems(&self) -> Vec<Damaged> {
         self.inner.index_problems.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -333,8 +372,9 @@ impl Repository {
         let payload =
             postcard::to_allocvec(&file).map_err(|e| RepoError::Encode { what: "index", reason: e.to_string() })?;
         let id = IndexId(random_id_bytes()?);
-        let sealed = object::seal(&self.inner.keyring, "index", payload, self.inner.config.compression_level)?;
-        self.write_through(&index_key(&id), sealed, false).await?;
+        let key = index_key(&id);
+        let sealed = object::seal(&self.inner.keyring, "index", &key, payload, self.inner.config.compression_level)?;
+        self.write_through(&key, sealed, false).await?;
         self.inner.index.write().unwrap_or_else(|p| p.into_inner()).add(file);
         Ok(Some(id))
     }
@@ -344,8 +384,9 @@ impl Repository {
         let payload =
             serde_json::to_vec(snapshot).map_err(|e| RepoError::Encode { what: "snapshot", reason: e.to_string() })?;
         let id = SnapshotId(random_id_bytes()?);
-        let sealed = object::seal(&self.inner.keyring, "snapshot", payload, self.inner.config.compression_level)?;
-        self.write_through(&snapshot_key(&id), sealed, true).await?;
+        let key = snapshot_key(&id);
+        let sealed = object::seal(&self.inner.keyring, "snapshot", &key, payload, self.inner.config.compression_level)?;
+        self.write_through(&key, sealed, true).await?;
         Ok(id)
     }
 
@@ -356,39 +397,73 @@ impl Repository {
         serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&key, e))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot that can be read, oldest first; a damaged one is
+    /// logged and left out (see [`Repository::snapshot_list`]).
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+        let list = self.snapshot_list().await?;
+        for d in &list.damaged {
+            tracing::warn!(object = %d.key, error = %d.error, "skipping a damaged snapshot");
+        }
+        Ok(list.good)
+    }
+
+    /// Every snapshot, oldest first, and every snapshot object that cannot
+    /// be read: one damaged object does not hide the others. Only a store
+    /// that cannot be read at all is an error.
+    pub async fn snapshot_list(&self) -> Result<SnapshotList, RepoError> {
         let listed = self.inner.store.list(SNAPSHOTS_PREFIX).await?;
-        let ids: Vec<SnapshotId> = listed
-            .iter()
-            .filter_map(|m| m.key.strip_prefix(SNAPSHOTS_PREFIX).and_then(|s| s.parse::<SnapshotId>().ok()))
-            .collect();
         if let Some(c) = &self.inner.cache {
             let keys: HashSet<&str> = listed.iter().map(|m| m.key.as_str()).collect();
             c.retain(SNAPSHOTS_PREFIX, |k| keys.contains(k));
         }
-        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(ids)
-            .map(|id| async move { Ok::<_, RepoError>((id, self.load_snapshot(&id).await?)) })
-            .buffer_unordered(METADATA_FETCHES)
-            .try_collect()
-            .await?;
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        let mut list = SnapshotList::default();
+        let mut ids = Vec::with_capacity(listed.len());
+        for meta in listed {
+            match meta.key.strip_prefix(SNAPSHOTS_PREFIX).and_then(|s| s.parse::<SnapshotId>().ok()) {
+                Some(id) => ids.push(id),
+                None => {
+                    let error = format!("object {} is not named by a snapshot id", meta.key);
+                    list.damaged.push(Damaged { key: meta.key, error });
+                }
+            }
+        }
+        let mut loaded = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.load_snapshot(&id).await) })
+            .buffer_unordered(METADATA_FETCHES);
+        while let Some((id, result)) = loaded.next().await {
+            match result {
+                Ok(snapshot) => list.good.push((id, snapshot)),
+                // Forgotten between the listing and the read.
+                Err(RepoError::Store(e)) if e.is_not_found() => {}
+                Err(e) if e.is_damage() => list.damaged.push(Damaged { key: snapshot_key(&id), error: e.to_string() }),
+                Err(e) => return Err(e),
+            }
+        }
+        list.good.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        list.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(list)
     }
 
-    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix. A
+    /// damaged snapshot is never `latest`; named, it is an error saying so.
     pub async fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot), RepoError> {
-        let all = self.snapshots().await?;
+        let list = self.snapshot_list().await?;
         if spec == "latest" {
-            return all
+            return list
+                .good
                 .into_iter()
                 .next_back()
-                .ok_or_else(|| RepoError::SnapshotLookup("latest: the repository has no snapshots".into()));
+                .ok_or_else(|| RepoError::SnapshotLookup("latest: the repository has no readable snapshots".into()));
         }
-        let mut matches = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec.to_lowercase()));
-        match (matches.next(), matches.next()) {
-            (Some(found), None) if !spec.is_empty() => Ok(found),
-            (None, _) => Err(RepoError::SnapshotLookup(format!("{spec}: no such snapshot"))),
+        let spec_hex = spec.to_lowercase();
+        let damaged = list.damaged.iter().find(|d| {
+            d.key.strip_prefix(SNAPSHOTS_PREFIX).is_some_and(|id| !spec.is_empty() && id.starts_with(&spec_hex))
+        });
+        let mut matches = list.good.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_hex));
+        match (matches.next(), matches.next(), damaged) {
+            (Some(found), None, None) if !spec.is_empty() => Ok(found),
+            (None, _, Some(d)) => Err(RepoError::corrupt(&d.key, &d.error)),
+            (None, _, None) => Err(RepoError::SnapshotLookup(format!("{spec}: no such snapshot"))),
             _ => Err(RepoError::SnapshotLookup(format!("{spec}: prefix matches several snapshots"))),
         }
     }
@@ -425,6 +500,32 @@ impl Repository {
         let bytes = self.read_blob(id).await?;
         Tree::decode(id, &bytes)
     }
+}
+
+/// What the last index load read.
+#[derive(Debug, Default)]
+struct Loaded {
+    index_keys: HashSet<String>,
+    plans: Vec<String>,
+}
+
+/// The snapshots of a repository: those that can be read, and the objects
+/// that cannot.
+#[derive(Debug, Default)]
+pub struct SnapshotList {
+    /// Readable snapshots, oldest first.
+    pub good: Vec<(SnapshotId, Snapshot)>,
+    /// Objects under `snapshots/` that cannot be read, by key.
+    pub damaged: Vec<Damaged>,
+}
+
+/// An object that cannot be read, and why.
+#[derive(Debug, Clone)]
+pub struct Damaged {
+    /// Its store key.
+    pub key: String,
+    /// What is wrong with it.
+    pub error: String,
 }
 
 /// `first` (the copy of `key` read already) if `judge` accepts it, else

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use super::error::RepoError;
 use super::id::{BlobId, PackId};
+use super::object;
 use super::pack::{open_blob, read_header};
-use super::repository::{PACK_PREFIXES, Repository};
+use super::prune::load_plans;
+use super::repository::{Damaged, INDEX_PREFIX, PACK_PREFIXES, Repository, SNAPSHOTS_PREFIX};
 use super::tree::NodeKind;
 
 /// What `verify` found.
@@ -27,6 +29,8 @@ pub struct VerifyReport {
     pub unindexed_packs: u64,
     /// Every problem, each naming the object involved.
     pub problems: Vec<String>,
+    /// What is sound but worth knowing (a repository not yet migrated).
+    pub notes: Vec<String>,
 }
 
 impl VerifyReport {
@@ -45,8 +49,18 @@ pub async fn verify(
     on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<VerifyReport, RepoError> {
     let mut report = VerifyReport::default();
+    if repo.keyring().object_format < 2 {
+        report.notes.push(
+            "repository format 1: indexes, snapshots and WAL files are not bound to their names; `lifeboat repo migrate` binds them"
+                .into(),
+        );
+    }
     // Unreadable index objects were found when the repository was opened.
-    report.problems.extend(repo.index_problems());
+    let index_problems = repo.index_problems();
+    report.problems.extend(index_problems.iter().map(|d| d.error.clone()));
+    report.problems.extend(misplaced(repo, INDEX_PREFIX, "index", &index_problems).await?);
+    let plans = load_plans(repo).await?;
+    report.problems.extend(plans.damaged.iter().map(|d| d.error.clone()));
 
     // Every indexed pack exists with the size the index records.
     let mut stored: HashMap<String, u64> = HashMap::new();
@@ -76,10 +90,32 @@ pub async fn verify(
     Ok(report)
 }
 
+/// For each object that cannot be read, whether it is another object of
+/// its kind stored under the wrong name (it opens under that name).
+async fn misplaced(repo: &Repository, prefix: &str, kind: &str, damaged: &[Damaged]) -> Result<Vec<String>, RepoError> {
+    if damaged.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = repo.store().list(prefix).await?.into_iter().map(|m| m.key).collect();
+    let mut found = Vec::new();
+    for d in damaged {
+        let Ok(bytes) = repo.store().get(&d.key).await else { continue };
+        let other =
+            keys.iter().filter(|k| **k != d.key).find(|k| object::open(repo.keyring(), kind, k, &bytes).is_ok());
+        if let Some(real) = other {
+            found.push(format!("{}: holds the object named {real} (a copy stored under the wrong name)", d.key));
+        }
+    }
+    Ok(found)
+}
+
 /// Walks every snapshot's trees; every referenced blob must be indexed.
 async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<(), RepoError> {
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
-    for (sid, snap) in repo.snapshots().await? {
+    let list = repo.snapshot_list().await?;
+    report.problems.extend(list.damaged.iter().map(|d| d.error.clone()));
+    report.problems.extend(misplaced(repo, SNAPSHOTS_PREFIX, "snapshot", &list.damaged).await?);
+    for (sid, snap) in list.good {
         report.snapshots += 1;
         let mut stack = vec![(snap.tree, String::from("/"))];
         while let Some((tree_id, path)) = stack.pop() {

@@ -251,6 +251,26 @@ impl LocalStore {
         };
         let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
         let mut out = Vec::new();
+        self.files_below(start, |path, name, meta| {
+            if name.starts_with(TEMP_PREFIX) {
+                return Ok(());
+            }
+            let Some(key) = path.strip_prefix(&self.root).ok().and_then(Path::to_str) else { return Ok(()) };
+            if key.starts_with(prefix) {
+                let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
+                out.push(ObjectMeta { key: key.to_owned(), size: meta.len(), modified });
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `each` with the path, name and metadata of every file below `start`.
+    fn files_below(
+        &self,
+        start: PathBuf,
+        mut each: impl FnMut(&Path, &str, &fs::Metadata) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
@@ -262,26 +282,37 @@ impl LocalStore {
                 let entry = entry.map_err(|e| self.io_err("listing", dir.display(), e))?;
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
-                if name.starts_with(TEMP_PREFIX) {
-                    continue;
-                }
-                let meta = entry.metadata().map_err(|e| self.io_err("reading", entry.path().display(), e))?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Renamed into place or removed since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.io_err("reading", entry.path().display(), e)),
+                };
                 if meta.is_dir() {
                     stack.push(entry.path());
-                    continue;
-                }
-                let rel = entry.path();
-                let Ok(rel) = rel.strip_prefix(&self.root) else {
-                    continue;
-                };
-                let Some(key) = rel.to_str() else { continue };
-                if key.starts_with(prefix) {
-                    let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
-                    out.push(ObjectMeta { key: key.to_owned(), size: meta.len(), modified });
+                } else {
+                    each(&entry.path(), name, &meta)?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Removes temporary files of writes that never finished, from before `before`.
+    fn reclaim_blocking(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        self.files_below(self.root.clone(), |path, name, meta| {
+            let old = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from).is_some_and(|m| m < before);
+            if name.starts_with(TEMP_PREFIX) && old {
+                match fs::remove_file(path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io_err("removing", path.display(), e)),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(removed)
     }
 }
 
@@ -355,6 +386,11 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_err("deleting", path.display(), e)),
         }
+    }
+
+    async fn reclaim_temporaries(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let this = self.clone();
+        blocking(move || this.reclaim_blocking(before)).await
     }
 }
 

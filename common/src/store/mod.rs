@@ -154,6 +154,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         }])
     }
 
+    /// Removes what interrupted writes left behind (temporary files,
+    /// unfinished uploads) from before `before`; returns how many.
+    async fn reclaim_temporaries(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let _ = before;
+        Ok(0)
+    }
+
     /// Starts bringing an archived object back to a readable tier. Stores
     /// without archive tiers have nothing to do.
     async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {

@@ -331,6 +331,14 @@ impl ObjectStore for ReplicatedStore {
         self.write_all(|s| async move { s.delete(key).await }).await
     }
 
+    async fn reclaim_temporaries(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for m in &self.members {
+            removed += m.store.reclaim_temporaries(before).await?;
+        }
+        Ok(removed)
+    }
+
     async fn start_rehydrate(&self, key: &str) -> Result<(), StoreError> {
         self.write_all(|s| async move { s.start_rehydrate(key).await }).await
     }

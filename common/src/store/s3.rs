@@ -414,6 +414,47 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    /// Aborts multipart uploads of this repository a killed writer left
+    /// unfinished (their parts are billed until then).
+    async fn reclaim_temporaries(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let base = if self.location.prefix.is_empty() { String::new() } else { format!("{}/", self.location.prefix) };
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let mut aborted = 0;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.location.bucket)
+                .prefix(&base)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.remote("listing unfinished uploads in", &base, e))?;
+            for upload in page.uploads() {
+                let started =
+                    upload.initiated().and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                if started.is_some_and(|s| s < before) {
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.location.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| self.remote("aborting the unfinished upload of", key, e))?;
+                    aborted += 1;
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+    }
+
     /// Bucket lifecycle rules, one per data prefix of this repository,
     /// replacing earlier Lifeboat rules for the same prefix and keeping
     /// every other rule of the bucket.

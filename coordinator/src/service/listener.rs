@@ -63,11 +63,21 @@ pub async fn serve(
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(%peer, error = %e, "TLS handshake refused");
-                        gate.refused_connection(&peer.to_string(), &e.to_string());
+                        gate.refused_connection(peer, &e.to_string());
                     }
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
+        }
+    });
+
+    let refusal_gate = gate.clone();
+    let counting = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(super::REFUSAL_WINDOW);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            refusal_gate.close_refusal_window();
         }
     });
 
@@ -91,9 +101,11 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(AgentControlServer::new(ControlService::new(shared.clone(), gate.clone())))
-        .add_service(AdminServer::new(AdminService::new(shared, gate)))
+        .add_service(AdminServer::new(AdminService::new(shared, gate.clone())))
         .add_optional_service(reflection);
     let served = router.serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown).await;
     accepting.abort();
+    counting.abort();
+    gate.close_refusal_window();
     Ok(served?)
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod control;
 pub mod listener;
+mod refusals;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tonic::{Request, Status};
 
 pub use admin::AdminService;
 pub use control::ControlService;
+pub use refusals::REFUSAL_WINDOW;
 
 use crate::authz::{Call, Role, RoleMap};
 
@@ -22,6 +24,7 @@ use crate::authz::{Call, Role, RoleMap};
 pub struct Gate {
     roles: RoleMap,
     audit: Arc<AuditLog>,
+    refusals: refusals::RefusalLog,
 }
 
 /// The caller of an admitted call.
@@ -36,7 +39,7 @@ pub struct Caller {
 impl Gate {
     /// A gate with these roles, appending to `audit`.
     pub fn new(roles: RoleMap, audit: Arc<AuditLog>) -> Self {
-        Gate { roles, audit }
+        Gate { roles, audit, refusals: refusals::RefusalLog::default() }
     }
 
     /// The audit log.
@@ -89,15 +92,20 @@ impl Gate {
         }
     }
 
-    /// Audits a connection refused before any call (its certificate).
-    pub fn refused_connection(&self, peer: &str, reason: &str) {
-        self.append(AuditRecord {
-            principal: format!("unauthenticated {peer}"),
-            role: None,
-            action: "tls-handshake".into(),
-            target: None,
-            result: format!("denied: {reason}"),
-        });
+    /// Audits a connection refused before any call (its certificate): an
+    /// address's first refusal in a window at once, the rest counted (see
+    /// [`Gate::close_refusal_window`]).
+    pub fn refused_connection(&self, peer: std::net::SocketAddr, reason: &str) {
+        if let Some(record) = self.refusals.refused(peer, reason) {
+            self.append(record);
+        }
+    }
+
+    /// Writes the counts of the refusals gathered since the last call.
+    pub fn close_refusal_window(&self) {
+        for record in self.refusals.close_window() {
+            self.append(record);
+        }
     }
 }
 
