@@ -215,6 +215,10 @@ pub async fn capture(
         parent.as_ref().and_then(|(_, snap)| snap.time.timestamp_nanos_opt()).map(|ns| ns - TIMESTAMP_MARGIN_NS);
 
     let session = WriterSession::start(repo, &format!("backup {source}")).await?;
+    // What this writer stored (in any attempt): unreferenced until its
+    // snapshot exists, so a prune may mark it, but never sweep it while
+    // the marker holds.
+    let mut own: HashSet<PackId> = HashSet::new();
     let mut attempt = 0;
     let walked = loop {
         attempt += 1;
@@ -227,8 +231,11 @@ pub async fn capture(
             })
         };
         let walked = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;
-        // Never a snapshot that refers to data a prune took away meanwhile.
-        let lost = lost_footing(repo, &walked.reused).await?;
+        own.extend(walked.stored.iter().copied());
+        // Never a snapshot that refers to data of others a prune marked or
+        // took away meanwhile.
+        let leaned: HashSet<PackId> = walked.reused.difference(&own).copied().collect();
+        let lost = lost_footing(repo, &leaned).await?;
         if lost.is_empty() {
             break walked;
         }
@@ -435,8 +442,10 @@ struct Walked {
     summary: BackupSummary,
     warnings: Vec<String>,
     notices: Vec<String>,
-    /// Packs of earlier backups the snapshot refers to.
+    /// Packs the snapshot refers to for blobs it did not store itself.
     reused: HashSet<PackId>,
+    /// Packs this walk stored.
+    stored: HashSet<PackId>,
 }
 
 impl Pipeline {
@@ -533,13 +542,13 @@ impl Pipeline {
         drop(tree_packer);
         let stats = uploader.stats();
         // The uploaders' error, if any, is the real cause of a failure above.
-        uploader.finish()?;
+        let stored = uploader.finish()?;
         let (root, warnings, notices) = result?;
         flushed?;
         let mut summary = self.summary();
         summary.packs_written = stats.packs.load(Ordering::Relaxed);
         let reused = self.seen.reused_packs();
-        Ok(Walked { root, summary, warnings, notices, reused })
+        Ok(Walked { root, summary, warnings, notices, reused, stored })
     }
 
     fn summary(&self) -> BackupSummary {

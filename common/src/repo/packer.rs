@@ -74,6 +74,8 @@ struct Shared {
     repo: Repository,
     runtime: Handle,
     landed: Mutex<Vec<IndexedPack>>,
+    /// Every pack stored, indexed or not yet.
+    stored: Mutex<HashSet<PackId>>,
     stats: Arc<UploadStats>,
     /// Stored packs' buffers, for the packers to reuse.
     spare: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
@@ -96,6 +98,7 @@ impl PackUploader {
             repo: repo.clone(),
             runtime,
             landed: Mutex::new(Vec::new()),
+            stored: Mutex::new(HashSet::new()),
             stats: Arc::new(UploadStats::default()),
             spare: bounded(workers * 2),
         });
@@ -126,9 +129,10 @@ impl PackUploader {
         self.shared.stats.clone()
     }
 
-    /// Waits for every queued pack to land, then indexes what is left.
-    /// Every [`Packer`] must have been flushed and dropped first.
-    pub fn finish(mut self) -> Result<(), RepoError> {
+    /// Waits for every queued pack to land, then indexes what is left;
+    /// returns the packs stored. Every [`Packer`] must have been flushed
+    /// and dropped first.
+    pub fn finish(mut self) -> Result<HashSet<PackId>, RepoError> {
         drop(self.tx.take());
         let mut first_err = None;
         for h in self.workers.drain(..) {
@@ -142,7 +146,7 @@ impl PackUploader {
         let indexed = self.shared.runtime.block_on(self.shared.repo.save_index(rest));
         match first_err {
             Some(e) => Err(e),
-            None => indexed.map(|_| ()),
+            None => indexed.map(|_| std::mem::take(&mut *self.shared.stored.lock().unwrap_or_else(|p| p.into_inner()))),
         }
     }
 }
@@ -160,6 +164,7 @@ fn upload_loop(shared: &Shared, rx: &Receiver<FinishedPack>) -> Result<(), RepoE
         if let Ok(buf) = bytes.try_into_mut() {
             let _ = shared.spare.0.try_send(buf.into());
         }
+        shared.stored.lock().unwrap_or_else(|p| p.into_inner()).insert(pack.id);
         shared.stats.packs.fetch_add(1, Ordering::Relaxed);
         shared.stats.bytes.fetch_add(size, Ordering::Relaxed);
         let batch = {

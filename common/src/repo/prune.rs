@@ -209,7 +209,13 @@ pub async fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc
         tracing::warn!(plan = %d.key, error = %d.error, "deleting an unreadable prune plan");
         repo.store().delete(&d.key).await?;
     }
-    report.temporaries = repo.store().reclaim_temporaries(now - grace).await?;
+    // What interrupted writers left: from before the grace period, and
+    // before every running writer began (allowing for clocks that differ).
+    let oldest_writer = live.iter().map(|w| w.started - chrono::Duration::minutes(5)).min();
+    let leftovers_before = oldest_writer.map_or(now - grace, |w| w.min(now - grace));
+    if !unknown_writer {
+        report.temporaries = repo.store().reclaim_temporaries(leftovers_before).await?;
+    }
     if !report.held_back.is_empty() {
         for why in &report.held_back {
             tracing::warn!("prune deletes and marks nothing: {why}");
@@ -269,7 +275,9 @@ pub async fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc
     for key in &done_plans {
         repo.store().delete(key).await?;
     }
-    delete_leftovers(repo, &live, now - grace, &mut report).await?;
+    if !unknown_writer {
+        delete_leftovers(repo, leftovers_before, &mut report).await?;
+    }
 
     let fresh: Vec<PackId> = packs
         .iter()
@@ -292,20 +300,12 @@ pub async fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc
 }
 
 /// Deletes packs no index lists (a backup killed before indexing them)
-/// last written before `before`. Not while an index object cannot be read
-/// (its packs would look unlisted), nor packs a writer running since before
-/// `before` may still be about to index.
-async fn delete_leftovers(
-    repo: &Repository,
-    live: &[WriterMarker],
-    before: DateTime<Utc>,
-    report: &mut PruneReport,
-) -> Result<(), RepoError> {
+/// last written before `before`. Not while an index object cannot be read:
+/// its packs would look unlisted.
+async fn delete_leftovers(repo: &Repository, before: DateTime<Utc>, report: &mut PruneReport) -> Result<(), RepoError> {
     if !repo.index_problems().is_empty() {
         return Ok(());
     }
-    let oldest_writer = live.iter().map(|w| w.started).min();
-    let before = oldest_writer.map_or(before, |w| w.min(before));
     let indexed: HashSet<String> = repo.index().packs().iter().map(|p| p.key()).collect();
     for prefix in PACK_PREFIXES {
         for meta in repo.store().list(prefix).await? {
