@@ -367,3 +367,88 @@ fn set_mtime(p: &Path, secs: i64) {
     )
     .unwrap();
 }
+
+/// A POSIX ACL in the kernel's xattr form: the owner rw, user 1234 r,
+/// group r, mask r, others nothing.
+fn acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in
+        [(1u16, 6u16, u32::MAX), (2, 4, 1234), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
+    {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    rustix::fs::lgetxattr(path, name, &mut buf[..]).ok().map(|n| buf[..n].to_vec())
+}
+
+#[test]
+fn extended_attributes_and_acls_come_back_unless_left_out() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("shared")).unwrap();
+    let photo = src.join("shared/photo.jpg");
+    fs::write(&photo, "not really a photo").unwrap();
+    let set = |p: &Path, name: &str, value: &[u8]| {
+        rustix::fs::setxattr(p, name, value, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    set(&photo, "user.origin", b"camera 7");
+    set(&photo, "system.posix_acl_access", &acl());
+    set(&src.join("shared"), "user.project", b"boom");
+    set(&src.join("shared"), "system.posix_acl_default", &acl());
+    let id = env.backup(&[&src]);
+
+    let target = env.path("target");
+    env.ok(&["restore", &id, "--path", src.to_str().unwrap(), "--target", target.to_str().unwrap()]);
+    let photo_back = target.join("shared/photo.jpg");
+    assert_eq!(xattr(&photo_back, "user.origin").as_deref(), Some(&b"camera 7"[..]));
+    assert_eq!(xattr(&photo_back, "system.posix_acl_access"), xattr(&photo, "system.posix_acl_access"));
+    assert_eq!(xattr(&target.join("shared"), "user.project").as_deref(), Some(&b"boom"[..]));
+    assert_eq!(
+        xattr(&target.join("shared"), "system.posix_acl_default"),
+        xattr(&src.join("shared"), "system.posix_acl_default")
+    );
+    assert_eq!(fs::metadata(&photo_back).unwrap().mode(), fs::metadata(&photo).unwrap().mode());
+
+    // Left out at restore, or at backup.
+    let bare = env.path("bare");
+    env.ok(&["restore", &id, "--path", src.to_str().unwrap(), "--target", bare.to_str().unwrap(), "--no-xattrs"]);
+    assert_eq!(xattr(&bare.join("shared/photo.jpg"), "user.origin"), None);
+    let without = env.ok(&["backup", "files", src.to_str().unwrap(), "--no-xattrs", "--force"]).trim().to_owned();
+    let bare = env.path("bare-backup");
+    env.ok(&["restore", &without, "--path", src.to_str().unwrap(), "--target", bare.to_str().unwrap()]);
+    assert_eq!(xattr(&bare.join("shared/photo.jpg"), "user.origin"), None);
+    assert_eq!(xattr(&bare.join("shared"), "user.project"), None);
+}
+
+#[test]
+fn a_sparse_file_comes_back_sparse() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let sparse = src.join("disk.img");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    f.write_all_at(&data, 512 << 20).unwrap();
+    drop(f);
+    let id = env.backup(&[&src]);
+    let target = env.path("target");
+    env.ok(&["restore", &id, "--path", src.to_str().unwrap(), "--target", target.to_str().unwrap()]);
+    let back = target.join("disk.img");
+    let meta = fs::metadata(&back).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(meta.blocks() * 512 < 64 << 20, "{} bytes allocated for 4 MiB of data", meta.blocks() * 512);
+    let mut middle = vec![0u8; data.len()];
+    fs::File::open(&back).unwrap().read_exact_at(&mut middle, 512 << 20).unwrap();
+    assert!(middle == data, "the data between the holes differs");
+    let mut head = vec![1u8; 1 << 20];
+    fs::File::open(&back).unwrap().read_exact_at(&mut head, 0).unwrap();
+    assert!(head.iter().all(|&b| b == 0));
+}

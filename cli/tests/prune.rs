@@ -144,6 +144,7 @@ fn a_backup_that_leaned_on_data_marked_meanwhile_stores_its_own_copy() {
         compression_level: None,
         fixed_chunks: None,
         read_timeout: None,
+        skip_xattrs: false,
     };
     let outcome = rt.block_on(backup_files(&stale, opts, Arc::new(Progress::default()))).unwrap();
     assert!(outcome.snapshot.summary.bytes_new >= 4 << 20, "the stale writer leaned on marked data");

@@ -114,6 +114,7 @@ impl Agent {
                     compression_level: None,
                     fixed_chunks: None,
                     read_timeout: None,
+                    skip_xattrs: false,
                 };
                 let outcome = backup_files(&self.repo, opts, progress).await.map_err(|e| e.to_string())?;
                 if !outcome.warnings.is_empty() {

@@ -24,7 +24,7 @@ use lifeboat_common::repo::pack::{BlobKind, blob_id};
 use lifeboat_common::repo::packer::{PackUploader, Packer, SeenBlobs};
 use lifeboat_common::repo::prune::load_plans;
 use lifeboat_common::repo::snapshot::{BackupSummary, Snapshot};
-use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
+use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree, Xattr};
 use lifeboat_common::repo::writers::WriterSession;
 use lifeboat_common::repo::{BlobId, PackId, RepoError, Repository, SnapshotId};
 use tokio::runtime::Handle;
@@ -70,6 +70,8 @@ pub struct BackupOptions {
     /// How long a read may wait for data before its file is left out
     /// (default [`DEFAULT_READ_TIMEOUT`]).
     pub read_timeout: Option<Duration>,
+    /// Leave extended attributes and POSIX ACLs out.
+    pub skip_xattrs: bool,
 }
 
 /// Files cut into fixed-size chunks at fixed offsets instead of by content:
@@ -348,7 +350,8 @@ fn check_reached(outer: &Path, inner: &Path, filter: &Filter) -> Result<(), File
 /// A file's content: known already, or being read by workers (one per
 /// range, in order).
 enum Content {
-    Ready(Vec<BlobId>),
+    /// Taken unread from the parent snapshot, attributes and all.
+    Ready(Vec<BlobId>, Vec<Xattr>),
     Pending(Vec<Receiver<FileResult>>),
 }
 
@@ -363,6 +366,8 @@ struct PendingNode {
     name: Vec<u8>,
     kind: PendingKind,
     meta: Metadata,
+    /// A directory's extended attributes (a file's come with its content).
+    xattrs: Vec<Xattr>,
 }
 
 /// One directory, emitted after all its subdirectories (post-order).
@@ -400,8 +405,9 @@ impl From<std::io::Error> for ChunkError {
 }
 
 enum FileResult {
-    /// Read to the end: its chunks and how many bytes they hold.
-    Done(Vec<BlobId>, u64),
+    /// Read to the end: its chunks, how many bytes they hold, and (from
+    /// the range at offset 0) its extended attributes.
+    Done(Vec<BlobId>, u64, Vec<Xattr>),
     /// The file could not be read; it is left out with this reason.
     Unreadable(String),
     /// The pipeline cannot go on.
@@ -434,6 +440,8 @@ struct Pipeline {
     trust_before_ns: Option<i64>,
     fixed_chunks: Option<Arc<dyn FixedChunks>>,
     read_timeout: Duration,
+    /// Whether extended attributes are captured.
+    xattrs: bool,
 }
 
 /// What a walk stored: the root tree, counts, and what it left out.
@@ -473,6 +481,7 @@ impl Pipeline {
             trust_before_ns,
             fixed_chunks: opts.fixed_chunks.clone(),
             read_timeout: opts.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT),
+            xattrs: !opts.skip_xattrs,
         }
     }
 
@@ -578,6 +587,7 @@ impl Pipeline {
             }
             Err(e) => return FileResult::Unreadable(format!("opening {}: {e}", path.display())),
         };
+        let xattrs = if job.start == 0 && self.xattrs { self.read_xattrs(file.file(), path) } else { Vec::new() };
         let keyring = self.repo.keyring();
         let mut content = Vec::new();
         let mut read = 0u64;
@@ -619,7 +629,16 @@ impl Pipeline {
             self.counters.files_read.fetch_add(1, Ordering::Relaxed);
             self.progress.files_done.fetch_add(1, Ordering::Relaxed);
         }
-        FileResult::Done(content, read)
+        FileResult::Done(content, read, xattrs)
+    }
+
+    /// The extended attributes of a file or directory being read; a failure
+    /// is logged, and the entry kept without them.
+    fn read_xattrs(&self, fd: impl AsFd, path: &Path) -> Vec<Xattr> {
+        dirfd::xattrs(fd.as_fd()).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "extended attributes unreadable; kept without them");
+            Vec::new()
+        })
     }
 
     /// Builds trees bottom-up as directories complete; returns the root tree.
@@ -638,9 +657,13 @@ impl Pipeline {
                             return Err(FilesError::Internal("directory finished out of order"));
                         }
                     },
-                    PendingKind::File(Content::Ready(content)) => NodeKind::File { content },
+                    PendingKind::File(Content::Ready(content, xattrs)) => {
+                        node.xattrs = xattrs;
+                        NodeKind::File { content }
+                    }
                     PendingKind::File(Content::Pending(parts)) => match receive_parts(parts) {
-                        Ok(FileResult::Done(content, read)) => {
+                        Ok(FileResult::Done(content, read, xattrs)) => {
+                            node.xattrs = xattrs;
                             // A file written to while it was read (a live log): record
                             // what was stored, so a restore is self-consistent.
                             if read != node.meta.size {
@@ -668,7 +691,7 @@ impl Pipeline {
                     self.counters.files.fetch_add(1, Ordering::Relaxed);
                     self.counters.bytes_total.fetch_add(node.meta.size, Ordering::Relaxed);
                 }
-                tree.nodes.push(Node { name: node.name, kind, meta: node.meta });
+                tree.nodes.push(Node { name: node.name, kind, meta: node.meta, xattrs: node.xattrs });
             }
             self.counters.dirs.fetch_add(1, Ordering::Relaxed);
             let bytes = tree.encode()?;
@@ -747,7 +770,8 @@ impl Walker<'_> {
                 let meta = fs::metadata(&child_path).map_err(|e| FilesError::io("reading", &child_path, e))?;
                 let sub = self.load_parent_subtree(parent_node)?;
                 let seq = self.walk_virtual(child, &child_path, sub.as_ref())?;
-                Some(PendingNode { name: name.clone(), kind: PendingKind::Dir(seq), meta: super::meta::from_fs(&meta) })
+                let meta = super::meta::from_fs(&meta);
+                Some(PendingNode { name: name.clone(), kind: PendingKind::Dir(seq), meta, xattrs: Vec::new() })
             };
             nodes.extend(node);
         }
@@ -813,6 +837,7 @@ impl Walker<'_> {
     ) -> Result<Option<PendingNode>, FilesError> {
         let path = dir.path.join(std::ffi::OsStr::from_bytes(&name));
         let m = dirfd::metadata(st);
+        let mut xattrs = Vec::new();
         let kind = match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => {
                 let fd = match dirfd::open_dir_at(dir.fd.as_fd(), &name, st) {
@@ -822,6 +847,9 @@ impl Walker<'_> {
                         return Ok(None);
                     }
                 };
+                if self.pipe.xattrs {
+                    xattrs = self.pipe.read_xattrs(&fd, &path);
+                }
                 let sub = self.load_parent_subtree(parent_node)?;
                 PendingKind::Dir(self.walk_dir(Arc::new(DirHandle { fd, path }), sub.as_ref())?)
             }
@@ -852,7 +880,7 @@ impl Walker<'_> {
                 return Ok(None);
             }
         };
-        Ok(Some(PendingNode { name, kind, meta: m }))
+        Ok(Some(PendingNode { name, kind, meta: m, xattrs }))
     }
 
     fn file_content(
@@ -863,11 +891,11 @@ impl Walker<'_> {
         m: &Metadata,
         parent: Option<&Node>,
     ) -> Result<Content, FilesError> {
-        if let Some(Node { kind: NodeKind::File { content }, meta: old, .. }) = parent {
+        if let Some(Node { kind: NodeKind::File { content }, meta: old, xattrs, .. }) = parent {
             let settled = self.pipe.trust_before_ns.is_some_and(|t| old.mtime_ns < t && old.ctime_ns < t);
             if settled && unchanged(old, m) && self.pipe.seen.lean_on(&self.pipe.repo, content) {
                 self.pipe.progress.file_done(m.size);
-                return Ok(Content::Ready(content.clone()));
+                return Ok(Content::Ready(content.clone(), xattrs.clone()));
             }
         }
         let path = dir.path.join(std::ffi::OsStr::from_bytes(name));
@@ -930,17 +958,18 @@ pub(super) fn read_fixed<E: From<std::io::Error>>(
 
 /// A file's content from the results of its ranges, in order.
 fn receive_parts(parts: Vec<Receiver<FileResult>>) -> Result<FileResult, crossbeam_channel::RecvError> {
-    let (mut content, mut read) = (Vec::new(), 0);
+    let (mut content, mut read, mut xattrs) = (Vec::new(), 0, Vec::new());
     for rx in parts {
         match rx.recv()? {
-            FileResult::Done(c, r) => {
+            FileResult::Done(c, r, x) => {
                 content.extend(c);
                 read += r;
+                xattrs.extend(x);
             }
             other => return Ok(other),
         }
     }
-    Ok(FileResult::Done(content, read))
+    Ok(FileResult::Done(content, read, xattrs))
 }
 
 /// Counts files and bytes up front so progress can show an ETA.

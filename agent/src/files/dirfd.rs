@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use lifeboat_common::repo::tree::Metadata;
+use lifeboat_common::repo::tree::{Metadata, Xattr};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
 /// An open directory and the path it was opened as (for messages and filters).
@@ -176,6 +176,78 @@ pub(crate) fn metadata(st: &Stat) -> Metadata {
 #[allow(clippy::unnecessary_cast)]
 pub(crate) fn rdev(st: &Stat) -> u64 {
     st.st_rdev as u64
+}
+
+/// Whether an extended attribute is kept: user, trusted and security ones,
+/// and POSIX ACLs; other `system.*` names are the filesystem's own views
+/// (inline data, NFSv4 ACLs) and are not the file's to carry.
+fn kept_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name.starts_with(b"trusted.")
+        || name.starts_with(b"security.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+/// The extended attributes of an open file or directory worth keeping
+/// (none where the filesystem has no such thing).
+pub(crate) fn xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<Xattr>> {
+    let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP;
+    let mut names = Vec::new();
+    loop {
+        let size = match rustix::fs::flistxattr_query(fd) {
+            Ok(0) => return Ok(Vec::new()),
+            Ok(n) => n,
+            Err(e) if unsupported(e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        names.resize(size, 0);
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(n) => {
+                names.truncate(n);
+                break;
+            }
+            // Grew between the two calls.
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty() && kept_xattr(n)) {
+        let name_os = OsStr::from_bytes(name);
+        let mut value = Vec::new();
+        loop {
+            let size = match rustix::fs::fgetxattr_query(fd, name_os) {
+                Ok(n) => n,
+                // Removed since the listing.
+                Err(rustix::io::Errno::NODATA) => break,
+                Err(e) => return Err(e.into()),
+            };
+            value.resize(size, 0);
+            match rustix::fs::fgetxattr(fd, name_os, &mut value[..]) {
+                Ok(n) => {
+                    value.truncate(n);
+                    out.push(Xattr { name: name.to_vec(), value: std::mem::take(&mut value) });
+                    break;
+                }
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(rustix::io::Errno::NODATA) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sets extended attributes on an open file or directory; each failure
+/// (a filesystem without them, `trusted.*` as non-root) is one warning.
+pub(crate) fn set_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], warnings: &mut Vec<String>, shown: &str) {
+    for x in xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        if let Err(e) = rustix::fs::fsetxattr(fd, name, &x.value, rustix::fs::XattrFlags::empty()) {
+            warnings.push(format!("setting extended attribute {} of {shown}: {e}", name.to_string_lossy()));
+        }
+    }
 }
 
 /// Lets this process hold as many descriptors as its hard limit allows: a

@@ -25,7 +25,7 @@ use lifeboat_common::repo::chunker::Chunker;
 use lifeboat_common::repo::pack::{BlobKind, PackBlob, PackSeal, blob_id, open_blob};
 use lifeboat_common::repo::repository::pack_key;
 use lifeboat_common::repo::snapshot::Snapshot;
-use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree};
+use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree, Xattr};
 use lifeboat_common::repo::{BlobId, PackId, RepoError, Repository};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -88,6 +88,8 @@ pub struct RestoreOptions {
     /// Paths a restore with `delete` must never remove (the repository, the
     /// master key): a target holding one is refused.
     pub protect: Vec<PathBuf>,
+    /// Leave extended attributes and POSIX ACLs unset.
+    pub skip_xattrs: bool,
 }
 
 /// What a restore did.
@@ -134,13 +136,17 @@ struct PlannedFile {
     rel: PathBuf,
     meta: Metadata,
     content: Vec<BlobId>,
+    xattrs: Vec<Xattr>,
 }
+
+/// A directory's metadata and extended attributes, to set once it is full.
+type DirMeta = Option<(Metadata, Vec<Xattr>)>;
 
 #[derive(Default)]
 struct Plan {
     /// Directories, parents before children, relative to the target (the
     /// target itself, the empty path, first).
-    dirs: Vec<(PathBuf, Option<Metadata>)>,
+    dirs: Vec<(PathBuf, DirMeta)>,
     files: Vec<PlannedFile>,
     /// Later occurrences of a hard-linked file: (path, index of the first in `files`).
     hardlinks: Vec<(PathBuf, usize)>,
@@ -207,7 +213,7 @@ struct Root {
     tree: Tree,
     /// Set when the sub-path is a single non-directory entry.
     node: Option<Node>,
-    dir_meta: Option<Metadata>,
+    dir_meta: DirMeta,
 }
 
 async fn resolve_sub_path(repo: &Repository, snapshot: &Snapshot, sub: Option<&str>) -> Result<Root, FilesError> {
@@ -222,7 +228,7 @@ async fn resolve_sub_path(repo: &Repository, snapshot: &Snapshot, sub: Option<&s
         match node.kind {
             NodeKind::Dir { subtree } => {
                 tree = repo.load_tree(&subtree).await?;
-                dir_meta = Some(node.meta);
+                dir_meta = Some((node.meta, node.xattrs));
             }
             _ if i + 1 == parts.len() => {
                 return Ok(Root { tree, node: Some(node), dir_meta: None });
@@ -249,7 +255,7 @@ async fn add_tree(
             if let NodeKind::Dir { subtree } = &node.kind {
                 let sub = repo.load_tree(subtree).await?;
                 plan.wanted.insert(path.clone());
-                plan.dirs.push((path.clone(), Some(node.meta.clone())));
+                plan.dirs.push((path.clone(), Some((node.meta.clone(), node.xattrs.clone()))));
                 stack.push((path, sub));
             } else {
                 add_leaf(plan, path, node, links);
@@ -270,7 +276,7 @@ fn add_leaf(plan: &mut Plan, path: PathBuf, node: Node, links: &mut HashMap<(u64
                 }
                 links.insert((node.meta.dev, node.meta.inode), plan.files.len());
             }
-            plan.files.push(PlannedFile { rel: path, meta: node.meta, content });
+            plan.files.push(PlannedFile { rel: path, meta: node.meta, content, xattrs: node.xattrs });
         }
         other => plan.others.push((path, other, node.meta)),
     }
@@ -515,9 +521,8 @@ fn execute(
         let finished = match failed.get(&i) {
             // A file with a hole where a chunk should be must not pass for restored.
             Some(why) => Err(why.clone()),
-            None => {
-                finish_file(&target, f, p, &mut report.warnings).map_err(|e| format!("{}: {e}", target.show(&f.rel)))
-            }
+            None => finish_file(&target, f, p, !opts.skip_xattrs, &mut report.warnings)
+                .map_err(|e| format!("{}: {e}", target.show(&f.rel))),
         };
         match finished {
             Ok(()) => {
@@ -559,13 +564,14 @@ fn execute(
     // Directories last and deepest first, so writing inside them does not
     // disturb their times.
     for (rel, meta) in plan.dirs.iter().rev() {
-        if let Some(meta) = meta
+        if let Some((meta, xattrs)) = meta
             && !broken.contains(rel)
         {
+            let xattrs = if opts.skip_xattrs { &[][..] } else { xattrs };
             let applied = target
                 .open_dir(rel)
                 .map_err(|e| e.to_string())
-                .map(|fd| set_meta_fd(&fd, meta, &mut report.warnings, &target.show(rel)));
+                .map(|fd| set_meta_fd(&fd, meta, xattrs, &mut report.warnings, &target.show(rel)));
             if let Err(e) = applied {
                 report.warnings.push(format!("setting metadata of {}: {e}", target.show(rel)));
             }
@@ -647,9 +653,16 @@ fn discard(target: &Target<'_>, p: &Placed) {
 
 /// Sets a restored file's metadata on its descriptor, then renames it
 /// into place.
-fn finish_file(target: &Target<'_>, f: &PlannedFile, p: &Placed, warnings: &mut Vec<String>) -> io::Result<()> {
+fn finish_file(
+    target: &Target<'_>,
+    f: &PlannedFile,
+    p: &Placed,
+    xattrs: bool,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
     let fd = target.open_placed(p)?;
-    set_meta_fd(&fd, &f.meta, warnings, &target.show(&f.rel));
+    let xattrs = if xattrs { &f.xattrs[..] } else { &[] };
+    set_meta_fd(&fd, &f.meta, xattrs, warnings, &target.show(&f.rel));
     drop(fd);
     if p.fresh {
         let (dir, name) = split(&f.rel);
@@ -757,9 +770,10 @@ fn timestamps(meta: &Metadata) -> Timestamps {
     Timestamps { last_access: ts(meta.atime_ns), last_modification: ts(meta.mtime_ns) }
 }
 
-/// Applies owner (when permitted), mode and times on a descriptor;
-/// failures become warnings.
-fn set_meta_fd(fd: &OwnedFd, meta: &Metadata, warnings: &mut Vec<String>, shown: &str) {
+/// Applies owner (when permitted), extended attributes, mode and times on
+/// a descriptor, in that order (a change of owner drops file capabilities,
+/// and setting an ACL changes the mode); failures become warnings.
+fn set_meta_fd(fd: &OwnedFd, meta: &Metadata, xattrs: &[Xattr], warnings: &mut Vec<String>, shown: &str) {
     let owner = (Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)));
     // Only root may give files away; as another user keep our ownership quietly.
     if let Err(e) = rustix::fs::fchown(fd, owner.0, owner.1)
@@ -767,6 +781,7 @@ fn set_meta_fd(fd: &OwnedFd, meta: &Metadata, warnings: &mut Vec<String>, shown:
     {
         warnings.push(format!("setting owner of {shown}: {e}"));
     }
+    dirfd::set_xattrs(fd.as_fd(), xattrs, warnings, shown);
     if let Err(e) = rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777)) {
         warnings.push(format!("setting mode of {shown}: {e}"));
     }

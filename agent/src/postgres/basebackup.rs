@@ -156,6 +156,7 @@ pub async fn backup_postgres(
         compression_level: Some(opts.compression_level.unwrap_or(PG_COMPRESSION_LEVEL)),
         fixed_chunks: Some(Arc::new(relations)),
         read_timeout: None,
+        skip_xattrs: false,
     };
     let captured = capture(repo, files, "postgres", progress).await;
 

@@ -174,6 +174,9 @@ struct FilesArgs {
     /// before its file is left out with a warning.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     read_timeout: std::time::Duration,
+    /// Leave extended attributes and POSIX ACLs out of the snapshot.
+    #[arg(long)]
+    no_xattrs: bool,
 }
 
 impl BackupCommand {
@@ -203,6 +206,7 @@ impl BackupCommand {
             compression_level: args.compression_level,
             fixed_chunks: None,
             read_timeout: Some(args.read_timeout),
+            skip_xattrs: args.no_xattrs,
         };
         let progress = Arc::new(Progress::with_totals());
         let view = ProgressView::start("backup", progress.clone());

@@ -264,6 +264,9 @@ pub struct RestoreArgs {
     /// `if-newer` only by a newer copy, `never` kept as they are.
     #[arg(long, default_value = "always", value_parser = str::parse::<Overwrite>)]
     overwrite: Overwrite,
+    /// Leave extended attributes and POSIX ACLs unset.
+    #[arg(long)]
+    no_xattrs: bool,
     /// Worker threads (default: two per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -290,6 +293,7 @@ impl RestoreArgs {
             threads: self.threads,
             overwrite: self.overwrite,
             protect: self.repo.spec()?.local_paths(),
+            skip_xattrs: self.no_xattrs,
         };
         let report = restore_files(&repo, &snapshot, opts, progress)
             .await

@@ -1,5 +1,10 @@
 //! Trees: one directory's listing, stored as a blob so an unchanged
 //! directory is stored once across all snapshots.
+//!
+//! Stored form: the nodes, then (only when some node has any) an extension
+//! holding the nodes' extended attributes. A tree without them is stored
+//! exactly as before the extension existed, so it deduplicates with trees
+//! written then, and a reader that predates the extension ignores it.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +74,26 @@ pub struct Node {
     pub kind: NodeKind,
     /// Metadata.
     pub meta: Metadata,
+    /// Extended attributes (POSIX ACLs among them), by name; stored in the
+    /// tree's extension.
+    #[serde(skip)]
+    pub xattrs: Vec<Xattr>,
+}
+
+/// One extended attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Its name (`user.…`, `security.…`, `system.posix_acl_access`, …).
+    pub name: Vec<u8>,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+/// What a tree holds beyond its nodes: per node (by position) its
+/// extended attributes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Extension {
+    xattrs: Vec<(u32, Vec<Xattr>)>,
 }
 
 impl Node {
@@ -88,7 +113,19 @@ pub struct Tree {
 impl Tree {
     /// The stored form.
     pub fn encode(&self) -> Result<Vec<u8>, RepoError> {
-        postcard::to_allocvec(self).map_err(|e| RepoError::Encode { what: "tree", reason: e.to_string() })
+        let err = |e: postcard::Error| RepoError::Encode { what: "tree", reason: e.to_string() };
+        let mut out = postcard::to_allocvec(self).map_err(err)?;
+        let xattrs: Vec<(u32, Vec<Xattr>)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.xattrs.is_empty())
+            .map(|(i, n)| (i as u32, n.xattrs.clone()))
+            .collect();
+        if !xattrs.is_empty() {
+            out.extend(postcard::to_allocvec(&Extension { xattrs }).map_err(err)?);
+        }
+        Ok(out)
     }
 
     /// Parses a stored tree; `id` names it in errors. Names are checked to
@@ -96,7 +133,19 @@ impl Tree {
     /// make a restore write outside its target.
     pub fn decode(id: &BlobId, bytes: &[u8]) -> Result<Self, RepoError> {
         let what = || format!("tree {}", id.short());
-        let tree: Tree = postcard::from_bytes(bytes).map_err(|e| RepoError::corrupt(what(), e))?;
+        let (mut tree, rest): (Tree, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| RepoError::corrupt(what(), e))?;
+        if !rest.is_empty() {
+            let ext: Extension =
+                postcard::from_bytes(rest).map_err(|e| RepoError::corrupt(what(), format!("extension: {e}")))?;
+            for (i, xattrs) in ext.xattrs {
+                let node = tree
+                    .nodes
+                    .get_mut(i as usize)
+                    .ok_or_else(|| RepoError::corrupt(what(), "extension names a node the tree lacks"))?;
+                node.xattrs = xattrs;
+            }
+        }
         for node in &tree.nodes {
             let n = node.name.as_slice();
             if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
@@ -123,7 +172,30 @@ mod tests {
     use super::*;
 
     fn node(name: &[u8]) -> Node {
-        Node { name: name.to_vec(), kind: NodeKind::Fifo, meta: Metadata::default() }
+        Node { name: name.to_vec(), kind: NodeKind::Fifo, meta: Metadata::default(), xattrs: Vec::new() }
+    }
+
+    #[test]
+    fn extended_attributes_ride_in_an_extension_older_trees_lack() {
+        let id = BlobId([0; 32]);
+        let plain = Tree { nodes: vec![node(b"a"), node(b"b")] };
+        let mut rich = plain.clone();
+        rich.nodes[1].xattrs = vec![Xattr { name: b"user.origin".to_vec(), value: b"camera".to_vec() }];
+        let (plain_bytes, rich_bytes) = (plain.encode().unwrap(), rich.encode().unwrap());
+        // Without attributes: the same bytes as before the extension existed.
+        #[derive(Serialize)]
+        struct Old<'a> {
+            nodes: Vec<(&'a [u8], &'a NodeKind, &'a Metadata)>,
+        }
+        let old = Old { nodes: plain.nodes.iter().map(|n| (&n.name[..], &n.kind, &n.meta)).collect() };
+        assert_eq!(plain_bytes, postcard::to_allocvec(&old).unwrap());
+        assert_eq!(Tree::decode(&id, &plain_bytes).unwrap(), plain);
+        assert_eq!(Tree::decode(&id, &rich_bytes).unwrap(), rich);
+        // An extension pointing past the nodes is damage, not a panic.
+        let bad = Extension { xattrs: vec![(7, Vec::new())] };
+        let mut forged = plain_bytes.clone();
+        forged.extend(postcard::to_allocvec(&bad).unwrap());
+        assert!(Tree::decode(&id, &forged).is_err());
     }
 
     #[test]
