@@ -52,7 +52,12 @@ impl VerifyArgs {
             report.trees,
             report.packs,
             if self.read_data {
-                format!("; read {} blobs ({})", report.blobs_read, HumanBytes(report.bytes_read))
+                format!(
+                    "; read {} blobs and {} WAL files ({})",
+                    report.blobs_read,
+                    report.wal_objects,
+                    HumanBytes(report.bytes_read)
+                )
             } else {
                 String::new()
             }

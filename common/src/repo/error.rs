@@ -19,7 +19,9 @@ pub enum RepoError {
     #[error("a repository already exists at {0}")]
     AlreadyInitialised(String),
     /// The repository uses a format this build does not understand.
-    #[error("repository format version {found} is not supported (this build reads versions 1 to {supported})")]
+    #[error(
+        "the repository's config names format version {found}, which is not supported (this build reads versions 1 to {supported})"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     /// An object failed authentication, decoding or its hash check.
     #[error("object {object} is corrupt: {reason}")]

@@ -83,12 +83,15 @@ fn open_as(keyring: &Keyring, kind: &str, name: &str, bytes: &[u8], v1: bool) ->
     key_id.copy_from_slice(&bytes[8..16]);
     let mut salt = [0u8; SALT_LEN];
     salt.copy_from_slice(&bytes[16..HEADER_LEN]);
-    let key = keyring.data_key(KeyId(key_id))?;
+    let key = keyring.data_key(KeyId(key_id)).map_err(|e| RepoError::corrupt(name, e))?;
     let cipher = ObjectCipher::derive(&key.key, &salt)?;
     let mut body = bytes[HEADER_LEN..].to_vec();
     let plain = cipher.open(0, &aad, &mut body).map_err(|_| {
         RepoError::corrupt(name, "authentication failed (altered, truncated, or another object stored under this name)")
     })?;
+    if plain.len() < 9 {
+        return Err(RepoError::corrupt(name, "sealed payload shorter than its own header"));
+    }
     let compressed = plain[0] == 1;
     let mut len = [0u8; 8];
     len.copy_from_slice(&plain[1..9]);

@@ -64,8 +64,10 @@ pub struct PackSeal {
 }
 
 impl PackSeal {
-    fn cipher(&self, keyring: &Keyring) -> Result<ObjectCipher, RepoError> {
-        Ok(ObjectCipher::derive(&keyring.data_key(self.key_id)?.key, &self.salt)?)
+    /// The pack's cipher; `name` names the pack if its key is unknown.
+    fn cipher(&self, keyring: &Keyring, name: &str) -> Result<ObjectCipher, RepoError> {
+        let key = keyring.data_key(self.key_id).map_err(|e| RepoError::corrupt(name, e))?;
+        Ok(ObjectCipher::derive(&key.key, &self.salt)?)
     }
 }
 
@@ -203,7 +205,7 @@ pub fn parse_header(
     let start = total - 4 - header_len as u64;
     let mut header = tail[..header_len].to_vec();
     let plain = seal
-        .cipher(keyring)?
+        .cipher(keyring, name)?
         .open(HEADER_COUNTER, HEADER_AAD, &mut header)
         .map_err(|_| RepoError::corrupt(name, "pack header failed authentication"))?;
     let blobs: Vec<PackBlob> =
@@ -229,7 +231,7 @@ pub fn open_blob(
     }
     let mut buf = sealed.to_vec();
     let plain = seal
-        .cipher(keyring)?
+        .cipher(keyring, &what())?
         .open(u64::from(blob.offset), &blob_aad(&blob.id, blob.kind, blob.compressed), &mut buf)
         .map_err(|_| RepoError::corrupt(what(), "authentication failed"))?;
     let data = if blob.compressed {

@@ -3,12 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use super::error::RepoError;
 use super::id::{BlobId, PackId};
 use super::object;
 use super::pack::{open_blob, read_header};
 use super::prune::load_plans;
-use super::repository::{Damaged, INDEX_PREFIX, PACK_PREFIXES, Repository, SNAPSHOTS_PREFIX};
+use super::repository::{Damaged, INDEX_PREFIX, PACK_PREFIXES, Repository, SNAPSHOTS_PREFIX, WAL_PREFIX};
 use super::tree::NodeKind;
 
 /// What `verify` found.
@@ -24,6 +26,8 @@ pub struct VerifyReport {
     pub blobs_read: u64,
     /// Bytes downloaded (with `read_data`).
     pub bytes_read: u64,
+    /// WAL objects authenticated (with `read_data`).
+    pub wal_objects: u64,
     /// Packs in the store that no index lists (left by an interrupted
     /// backup; harmless, reclaimed by prune).
     pub unindexed_packs: u64,
@@ -85,7 +89,8 @@ pub async fn verify(
     walk_snapshots(repo, &mut report).await?;
 
     if read_data {
-        read_packs(repo, present, &mut report, on_bytes).await?;
+        read_packs(repo, present, &mut report, on_bytes.clone()).await?;
+        read_wal(repo, &mut report, on_bytes).await?;
     }
     Ok(report)
 }
@@ -149,6 +154,45 @@ async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<
             }
         }
     }
+    Ok(())
+}
+
+/// Downloads and authenticates every WAL object.
+async fn read_wal(
+    repo: &Repository,
+    report: &mut VerifyReport,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<(), RepoError> {
+    let keys: Vec<String> = repo.store().list(WAL_PREFIX).await?.into_iter().map(|m| m.key).collect();
+    let mut read = futures::stream::iter(keys)
+        .map(|key| async move {
+            let checked = match repo.store().get(&key).await {
+                Ok(bytes) => {
+                    let len = bytes.len() as u64;
+                    object::open(repo.keyring(), "wal", &key, &bytes).map(|_| len).map_err(|e| e.to_string())
+                }
+                // Expired by retention since the listing.
+                Err(e) if e.is_not_found() => Ok(0),
+                Err(e) => Err(e.to_string()),
+            };
+            (key, checked)
+        })
+        .buffer_unordered(repo.store().parallelism());
+    let mut damaged = Vec::new();
+    while let Some((key, checked)) = read.next().await {
+        match checked {
+            Ok(len) => {
+                on_bytes(len);
+                report.bytes_read += len;
+                report.wal_objects += 1;
+            }
+            Err(error) => {
+                report.problems.push(error.clone());
+                damaged.push(Damaged { key, error });
+            }
+        }
+    }
+    report.problems.extend(misplaced(repo, WAL_PREFIX, "wal", &damaged).await?);
     Ok(())
 }
 
