@@ -233,20 +233,14 @@ fn a_damaged_index_is_named_and_backups_and_prune_go_on() {
     env.ok(&["restore", &id, "--target", out_dir.to_str().unwrap(), "--path", src.to_str().unwrap()]);
     support::assert_same_tree(&src, &out_dir);
     // Prune runs; the packs only the damaged index lists are not taken for leftovers.
-    let packs_before = walk_count(&env.repo.join("data"));
+    let packs_before = support::files_below(&env.repo.join("data")).len();
     let out = env.run(&["prune", "--grace", "0s", "--unsafe-grace", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["prune"]["leftover_packs"], 0, "{report}");
-    assert_eq!(walk_count(&env.repo.join("data")), packs_before);
+    assert_eq!(support::files_below(&env.repo.join("data")).len(), packs_before);
     let err = env.fails(&["verify"]);
     assert!(err.contains(&name), "{err}");
-}
-
-fn walk_count(dir: &Path) -> usize {
-    fs::read_dir(dir).map_or(0, |entries| {
-        entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()
-    })
 }
 
 #[test]

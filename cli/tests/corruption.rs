@@ -69,32 +69,6 @@ fn pristine(rt: &tokio::runtime::Runtime) -> Pristine {
     Pristine { dir, key, src, wal }
 }
 
-fn files_below(dir: &Path, prefix: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_below(&p, prefix));
-        } else {
-            out.push(p.strip_prefix(prefix).unwrap().to_str().unwrap().to_owned());
-        }
-    }
-    out.sort();
-    out
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Damages `victim` (a store key) in the repository at `repo` one way,
 /// chosen by `rng`; says what it did.
 fn damage(rng: &mut Xoshiro256PlusPlus, repo: &Path, victim: &str, others: &[String]) -> String {
@@ -193,7 +167,10 @@ fn every_kind_of_object_damaged_ends_in_an_error_naming_it_or_a_right_restore() 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let p = pristine(&rt);
     let repo = p.dir.path().join("repo");
-    let all = files_below(&repo, &repo);
+    let all: Vec<String> = support::files_below(&repo)
+        .iter()
+        .map(|p| p.strip_prefix(&repo).unwrap().to_str().unwrap().to_owned())
+        .collect();
     // Each kind and the key prefix its objects have.
     let kinds = [
         ("config", "config"),
@@ -214,7 +191,7 @@ fn every_kind_of_object_damaged_ends_in_an_error_naming_it_or_a_right_restore() 
             let others: Vec<String> = all.iter().filter(|k| *k != victim).cloned().collect();
             let scratch = tempfile::tempdir().unwrap();
             let damaged = scratch.path().join("repo");
-            copy_tree(&repo, &damaged);
+            support::copy_tree(&repo, &damaged);
             let how = damage(&mut rng, &damaged, victim, &others);
             let (said, whole) = exercise(&rt, &p, &damaged, scratch.path());
             if said.is_empty() {

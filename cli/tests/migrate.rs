@@ -16,24 +16,12 @@ use support::Env;
 fn format_1_copy() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
-    copy_tree(&fixture.join("repo"), &dir.path().join("repo"));
+    support::copy_tree(&fixture.join("repo"), &dir.path().join("repo"));
     let key = dir.path().join("key");
     fs::copy(fixture.join("master.key"), &key).unwrap();
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
     let repo = dir.path().join("repo");
     Env { location: repo.display().to_string(), repo, key, dir, vars: Vec::new() }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// The fixture's snapshot ids: the first backup, then the second.

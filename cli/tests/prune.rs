@@ -243,7 +243,7 @@ fn leftovers_of_interrupted_writers_go_once_older_than_the_grace_period() {
     let src = env.path("src");
     random_file(&src.join("a.bin"), 7, 2);
     backup(&env, &src);
-    let pack = walk_files(&env.repo.join("data"))[0].clone();
+    let pack = support::files_below(&env.repo.join("data"))[0].clone();
     let bytes = std::fs::read(&pack).unwrap();
     let leftover = |name: char| env.repo.join("data").join(format!("{name}{name}/{}", name.to_string().repeat(64)));
     let (old, fresh) = (leftover('a'), leftover('b'));
@@ -265,19 +265,6 @@ fn leftovers_of_interrupted_writers_go_once_older_than_the_grace_period() {
     assert!(fresh.exists() && tmp_fresh.exists(), "younger than the grace period: kept");
     assert!(pack.exists());
     env.ok(&["verify", "--read-data"]);
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -5,18 +5,9 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use support::{Env, assert_same_tree};
-
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() { out.extend(files_below(&p)) } else { out.push(p) }
-    }
-    out
-}
+use support::{Env, assert_same_tree, files_below};
 
 #[test]
 fn a_lost_index_is_rebuilt_from_the_packs_even_while_a_backup_runs() {

@@ -107,21 +107,8 @@ pub struct Plans {
 
 /// Every plan stored.
 pub async fn load_plans(repo: &Repository) -> Result<Plans, RepoError> {
-    let mut plans = Plans::default();
-    for meta in repo.store().list(PRUNE_PREFIX).await? {
-        let read = async {
-            let bytes = repo.store().get(&meta.key).await?;
-            let plain = object::open(repo.keyring(), "prune plan", &meta.key, &bytes)?;
-            serde_json::from_slice::<PrunePlan>(&plain).map_err(|e| RepoError::corrupt(&meta.key, e))
-        };
-        match read.await {
-            Ok(plan) => plans.good.push((meta.key, plan)),
-            Err(RepoError::Store(e)) if e.is_not_found() => {}
-            Err(e) if e.is_damage() => plans.damaged.push(Damaged { key: meta.key, error: e.to_string() }),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(plans)
+    let (good, damaged) = repo.sealed_objects(PRUNE_PREFIX, "prune plan").await?;
+    Ok(Plans { good, damaged })
 }
 
 /// Every blob (trees and data) the snapshots that exist now refer to, or

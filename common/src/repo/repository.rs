@@ -336,6 +336,32 @@ impl Repository {
         self.inner.index_problems.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Every sealed JSON object of `kind` under `prefix` (prune plans,
+    /// writer markers), read from the store itself, never the cache (a
+    /// marker changes under the same name); and those that cannot be read.
+    pub async fn sealed_objects<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        kind: &str,
+    ) -> Result<(Vec<(String, T)>, Vec<Damaged>), RepoError> {
+        let (mut good, mut damaged) = (Vec::new(), Vec::new());
+        for meta in self.inner.store.list(prefix).await? {
+            let read = async {
+                let bytes = self.inner.store.get(&meta.key).await?;
+                let plain = object::open(&self.inner.keyring, kind, &meta.key, &bytes)?;
+                serde_json::from_slice::<T>(&plain).map_err(|e| RepoError::corrupt(&meta.key, e))
+            };
+            match read.await {
+                Ok(value) => good.push((meta.key, value)),
+                // Removed between the listing and the read.
+                Err(RepoError::Store(e)) if e.is_not_found() => {}
+                Err(e) if e.is_damage() => damaged.push(Damaged { key: meta.key, error: e.to_string() }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((good, damaged))
+    }
+
     /// Reads and opens one index object.
     pub async fn read_index_object(&self, key: &str) -> Result<IndexFile, RepoError> {
         let plain = self.read_sealed(key, "index").await?;

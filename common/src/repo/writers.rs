@@ -137,21 +137,5 @@ impl Drop for WriterSession {
 
 /// Every writer marker, by key, and those that cannot be read.
 pub async fn list(repo: &Repository) -> Result<(Vec<(String, WriterMarker)>, Vec<Damaged>), RepoError> {
-    let mut markers = Vec::new();
-    let mut damaged = Vec::new();
-    for meta in repo.store().list(WRITERS_PREFIX).await? {
-        let read = async {
-            let bytes = repo.store().get(&meta.key).await?;
-            let plain = object::open(repo.keyring(), "writer", &meta.key, &bytes)?;
-            serde_json::from_slice::<WriterMarker>(&plain).map_err(|e| RepoError::corrupt(&meta.key, e))
-        };
-        match read.await {
-            Ok(m) => markers.push((meta.key, m)),
-            // Finished between the listing and the read.
-            Err(RepoError::Store(e)) if e.is_not_found() => {}
-            Err(e) if e.is_damage() => damaged.push(Damaged { key: meta.key, error: e.to_string() }),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((markers, damaged))
+    repo.sealed_objects(WRITERS_PREFIX, "writer").await
 }
