@@ -198,6 +198,10 @@ impl Agent {
                     delta: spec.delta,
                     tablespace_map: Vec::new(),
                     threads: 0,
+                    protect: crate::repo_args::RepoArgs::default()
+                        .spec_with(self.config.repository.clone(), std::path::Path::new(""))
+                        .map(|spec| spec.local_paths())
+                        .unwrap_or_default(),
                 };
                 let outcome = restore_postgres(&self.repo, opts, progress).await.map_err(|e| e.to_string())?;
                 tracing::info!(backup = %outcome.backup.short(), "PostgreSQL restored; start it to recover");

@@ -65,6 +65,9 @@ pub struct PgRestoreOptions {
     pub tablespace_map: Vec<(String, PathBuf)>,
     /// Worker threads (0: automatic).
     pub threads: usize,
+    /// Paths a `delta` restore (which removes what the backup lacks) must
+    /// never remove: the repository, the master key. A target holding one is refused.
+    pub protect: Vec<PathBuf>,
 }
 
 /// What a restore did.
@@ -204,6 +207,7 @@ pub async fn restore_postgres(
                 delta: opts.delta,
                 fixed_chunks: Some(relations.clone()),
                 threads: opts.threads,
+                protect: opts.protect.clone(),
                 ..Default::default()
             },
             progress.clone(),

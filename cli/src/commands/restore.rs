@@ -181,6 +181,7 @@ impl PgRestoreArgs {
             delta: self.delta,
             tablespace_map: self.tablespace_map,
             threads: self.threads,
+            protect: self.repo.spec()?.local_paths(),
         };
         let started = std::time::Instant::now();
         let progress = Arc::new(Progress::default());
