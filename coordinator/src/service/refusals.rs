@@ -1,9 +1,10 @@
 //! Refused TLS handshakes, audited without letting a flood fill the disk:
-//! in each window the first refusal from an address is written at once, the
-//! others from that address are counted and written as one line when the
-//! window closes. Past a bounded number of addresses per window, newcomers
-//! are counted together, so a flood from many addresses costs a bounded
-//! number of lines too.
+//! in each window the first refusal of each kind (a foreign CA, an expired
+//! certificate, ...) from an address is written at once, the others from
+//! that address are counted and written as one line per kind when the
+//! window closes. Past a bounded number of addresses per window, and of
+//! kinds per address, the rest are counted together, so a flood costs a
+//! bounded number of lines whatever its sources.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,8 @@ pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(6
 
 /// Addresses followed one by one in a window; the rest are counted together.
 const TRACKED_ADDRESSES: usize = 256;
+/// Kinds of refusal followed one by one per address in a window.
+const KINDS_PER_ADDRESS: usize = 8;
 
 /// The refusals of the window under way.
 #[derive(Debug)]
@@ -27,8 +30,8 @@ pub struct RefusalLog {
 #[derive(Debug)]
 struct Window {
     since: DateTime<Utc>,
-    /// Refusals after the first, by address.
-    repeats: HashMap<IpAddr, Repeats>,
+    /// Refusals after the first, by address and kind.
+    repeats: HashMap<IpAddr, HashMap<String, Repeats>>,
     /// Refusals from addresses past the tracked ones.
     untracked: Repeats,
 }
@@ -47,6 +50,12 @@ impl Default for RefusalLog {
     }
 }
 
+/// The kind of a refusal: its reason without the numbers that change from
+/// one attempt to the next (times, serials).
+fn kind(reason: &str) -> String {
+    reason.chars().filter(|c| !c.is_ascii_digit()).collect()
+}
+
 fn record(principal: String, result: String) -> AuditRecord {
     AuditRecord { principal, role: None, action: "tls-handshake".into(), target: None, result }
 }
@@ -55,20 +64,24 @@ impl RefusalLog {
     /// Notes a refused handshake; returns the record to write now (the
     /// address's first in this window), if any.
     pub fn refused(&self, peer: SocketAddr, reason: &str) -> Option<AuditRecord> {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let ip = peer.ip();
-        if let Some(r) = w.repeats.get_mut(&ip) {
+        let mut guard = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *guard;
+        let (ip, kind) = (peer.ip(), kind(reason));
+        let tracked = w.repeats.len() < TRACKED_ADDRESSES || w.repeats.contains_key(&ip);
+        let kinds = tracked.then(|| w.repeats.entry(ip).or_default());
+        let repeat = match kinds {
+            Some(kinds) if kinds.contains_key(&kind) => kinds.get_mut(&kind),
+            Some(kinds) if kinds.len() < KINDS_PER_ADDRESS => {
+                kinds.insert(kind, Repeats::default());
+                return Some(record(format!("unauthenticated {peer}"), format!("denied: {reason}")));
+            }
+            _ => Some(&mut w.untracked),
+        };
+        if let Some(r) = repeat {
             r.count += 1;
             r.last_reason = reason.to_owned();
-            return None;
         }
-        if w.repeats.len() >= TRACKED_ADDRESSES {
-            w.untracked.count += 1;
-            w.untracked.last_reason = reason.to_owned();
-            return None;
-        }
-        w.repeats.insert(ip, Repeats::default());
-        Some(record(format!("unauthenticated {peer}"), format!("denied: {reason}")))
+        None
     }
 
     /// Closes the window: one record per address refused again in it, and
@@ -80,6 +93,7 @@ impl RefusalLog {
         let mut out: Vec<AuditRecord> = w
             .repeats
             .drain()
+            .flat_map(|(ip, kinds)| kinds.into_values().map(move |r| (ip, r)))
             .filter(|(_, r)| r.count > 0)
             .map(|(ip, r)| {
                 record(
@@ -91,9 +105,9 @@ impl RefusalLog {
         out.sort_by(|a, b| a.principal.cmp(&b.principal));
         if w.untracked.count > 0 {
             out.push(record(
-                "unauthenticated (addresses past the first 256)".into(),
+                "unauthenticated (past the addresses and kinds followed one by one)".into(),
                 format!(
-                    "denied: {} refused handshakes {span} from addresses not followed one by one (last: {})",
+                    "denied: {} refused handshakes {span} not written one by one (last: {})",
                     w.untracked.count, w.untracked.last_reason
                 ),
             ));
@@ -121,7 +135,11 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert!(closed[0].result.contains("4999 more refused handshakes"), "{:?}", closed[0]);
         // A new window writes the address's first refusal again: evidence stays.
-        assert!(log.refused(peer, "expired").is_some());
+        assert!(log.refused(peer, "unknown issuer").is_some());
+        // Another kind of refusal from the same address is its own evidence,
+        // however its numbers change.
+        assert!(log.refused(peer, "expired at 10:00:01").is_some());
+        assert!(log.refused(peer, "expired at 10:00:02").is_none());
     }
 
     #[test]
