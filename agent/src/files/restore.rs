@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -304,6 +304,11 @@ struct Placed {
 struct Target<'a> {
     root: OwnedFd,
     path: &'a Path,
+    /// The directory opened last, for the next entry of the same directory
+    /// (entries are planned directory by directory). Holding it open lets
+    /// no link in: it was reached without one, and names in it are still
+    /// taken without following any.
+    last_dir: Mutex<Option<(PathBuf, Arc<OwnedFd>)>>,
 }
 
 /// Errors that no other entry could escape either: stop the restore.
@@ -321,8 +326,16 @@ impl Target<'_> {
         dirfd::open_beneath(self.root.as_fd(), rel, flags, Mode::empty())
     }
 
-    fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
-        self.open(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    fn open_dir(&self, rel: &Path) -> io::Result<Arc<OwnedFd>> {
+        let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((path, fd)) = last.as_ref()
+            && path == rel
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open(rel, OFlags::RDONLY | OFlags::DIRECTORY)?);
+        *last = Some((rel.to_owned(), fd.clone()));
+        Ok(fd)
     }
 
     /// Opens `rel` for writing, checking it is still the inode `ident`.
@@ -344,7 +357,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A name beside the final one for an entry being built.
 fn temp_name() -> String {
-    format!(".lifeboat-restore.{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = PID.get_or_init(std::process::id);
+    format!(".lifeboat-restore.{pid}.{}", TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 fn execute(
@@ -358,7 +373,7 @@ fn execute(
     let mut report = RestoreReport::default();
     std::fs::create_dir_all(&opts.target).map_err(|e| FilesError::io("creating directory", &opts.target, e))?;
     let opened = dirfd::open_dir_path(&opts.target).map_err(|e| FilesError::io("opening", &opts.target, e))?;
-    let target = Target { root: opened.fd, path: &opts.target };
+    let target = Target { root: opened.fd, path: &opts.target, last_dir: Mutex::new(None) };
 
     // Directories whose own creation failed: nothing below them is tried.
     let mut broken: HashSet<PathBuf> = HashSet::new();
@@ -419,7 +434,8 @@ fn execute(
         }
     }
 
-    // Which blob goes where, grouped by pack.
+    // Which blob goes where, grouped by pack; and how many writes each file waits for.
+    let mut remaining = vec![0u32; plan.files.len()];
     let mut by_pack: BTreeMap<PackId, (PackSeal, Vec<(PackBlob, Targets)>)> = BTreeMap::new();
     let mut failed: HashMap<usize, String> = HashMap::new();
     {
@@ -456,6 +472,9 @@ fn execute(
             if targets.is_empty() {
                 continue;
             }
+            for &(i, _) in &targets {
+                remaining[i] += 1;
+            }
             by_pack
                 .entry(loc.pack.id)
                 .or_insert_with(|| (loc.pack.seal, Vec::new()))
@@ -472,6 +491,10 @@ fn execute(
         target: &target,
         files: &plan.files,
         placed: &placed,
+        remaining: remaining.into_iter().map(AtomicU32::new).collect(),
+        finished: Mutex::new(HashMap::new()),
+        warnings: Mutex::new(Vec::new()),
+        xattrs: !opts.skip_xattrs,
         failed: Mutex::new(failed),
         bytes: AtomicU64::new(0),
         progress,
@@ -514,14 +537,18 @@ fn execute(
     report.bytes = writer.bytes.load(Ordering::Relaxed);
 
     let failed = writer.failed.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut finished_early = writer.finished.into_inner().unwrap_or_else(|p| p.into_inner());
+    report.warnings.extend(writer.warnings.into_inner().unwrap_or_else(|p| p.into_inner()));
     // Final identities of the files restored, for their hard links.
     let mut done: HashMap<usize, Ident> = HashMap::new();
     for (i, f) in plan.files.iter().enumerate() {
         let Some(p) = &placed[i] else { continue };
-        let finished = match failed.get(&i) {
+        let finished = match (failed.get(&i), finished_early.remove(&i)) {
             // A file with a hole where a chunk should be must not pass for restored.
-            Some(why) => Err(why.clone()),
-            None => finish_file(&target, f, p, !opts.skip_xattrs, &mut report.warnings)
+            (Some(why), _) => Err(why.clone()),
+            (None, Some(result)) => result,
+            // Nothing was written into it (empty, or all in place already).
+            (None, None) => finish_file(&target, f, p, None, !opts.skip_xattrs, &mut report.warnings)
                 .map_err(|e| format!("{}: {e}", target.show(&f.rel))),
         };
         match finished {
@@ -653,14 +680,19 @@ fn discard(target: &Target<'_>, p: &Placed) {
 
 /// Sets a restored file's metadata on its descriptor, then renames it
 /// into place.
+/// `fd`, when given, is the file open already (its last chunk just written).
 fn finish_file(
     target: &Target<'_>,
     f: &PlannedFile,
     p: &Placed,
+    fd: Option<OwnedFd>,
     xattrs: bool,
     warnings: &mut Vec<String>,
 ) -> io::Result<()> {
-    let fd = target.open_placed(p)?;
+    let fd = match fd {
+        Some(fd) => fd,
+        None => target.open_placed(p)?,
+    };
     let xattrs = if xattrs { &f.xattrs[..] } else { &[] };
     set_meta_fd(&fd, &f.meta, xattrs, warnings, &target.show(&f.rel));
     drop(fd);
@@ -797,6 +829,12 @@ struct DataWriter<'a> {
     target: &'a Target<'a>,
     files: &'a [PlannedFile],
     placed: &'a [Option<Placed>],
+    /// Writes each file still waits for: at zero it is finished at once.
+    remaining: Vec<AtomicU32>,
+    /// Files finished by the writer of their last chunk, and how.
+    finished: Mutex<HashMap<usize, Result<(), String>>>,
+    warnings: Mutex<Vec<String>>,
+    xattrs: bool,
     /// Files that could not be restored, by index, with the reason.
     failed: Mutex<HashMap<usize, String>>,
     bytes: AtomicU64,
@@ -872,21 +910,38 @@ impl DataWriter<'_> {
     /// an error, anything else fails that file alone.
     fn write(&self, file: usize, data: &[u8], offset: u64, zeros: bool) -> Result<(), FilesError> {
         let Some(placed) = &self.placed[file] else { return Ok(()) };
-        if zeros && placed.fresh {
-            return Ok(());
-        }
-        let written = self.target.open_placed(placed).and_then(|fd| {
-            use std::os::unix::fs::FileExt;
-            std::fs::File::from(fd).write_all_at(data, offset)
-        });
-        match written {
-            Ok(()) => Ok(()),
-            Err(e) if is_fatal(&e) => Err(FilesError::io("writing", &self.target.path.join(&self.files[file].rel), e)),
+        let written = if zeros && placed.fresh {
+            Ok(None)
+        } else {
+            self.target.open_placed(placed).and_then(|fd| {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::from(fd);
+                file.write_all_at(data, offset).map(|()| Some(OwnedFd::from(file)))
+            })
+        };
+        let fd = match written {
+            Ok(fd) => fd,
+            Err(e) if is_fatal(&e) => {
+                return Err(FilesError::io("writing", &self.target.path.join(&self.files[file].rel), e));
+            }
             Err(e) => {
                 self.fail(file, format!("writing: {e}"));
-                Ok(())
+                return Ok(());
+            }
+        };
+        // The last write finishes the file, on the descriptor at hand.
+        if self.remaining[file].fetch_sub(1, Ordering::AcqRel) == 1 {
+            let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&file);
+            if !failed {
+                let f = &self.files[file];
+                let mut warnings = Vec::new();
+                let result = finish_file(self.target, f, placed, fd, self.xattrs, &mut warnings)
+                    .map_err(|e| format!("{}: {e}", self.target.show(&f.rel)));
+                self.warnings.lock().unwrap_or_else(|p| p.into_inner()).extend(warnings);
+                self.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(file, result);
             }
         }
+        Ok(())
     }
 }
 
