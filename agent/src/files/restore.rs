@@ -298,7 +298,13 @@ struct Placed {
     ident: Ident,
     /// A new inode (holes need no writing), renamed into place at the end.
     fresh: bool,
+    /// The new inode kept open from its creation (for the first
+    /// [`HELD_FILES`] files), so writing and finishing it opens nothing.
+    held: Option<std::fs::File>,
 }
+
+/// New files kept open between their creation and their last write.
+const HELD_FILES: usize = 2048;
 
 /// The target, open, and what restoring into it needs at hand.
 struct Target<'a> {
@@ -424,7 +430,8 @@ fn execute(
             continue;
         }
         let reuse = reusable.get(i).and_then(Option::as_ref);
-        match place_file(&target, f, reuse.map(|r| r.0)) {
+        let hold = placed.len() < HELD_FILES;
+        match place_file(&target, f, reuse.map(|r| r.0), hold) {
             Ok(p) => placed.push(Some(p)),
             Err(e) if is_fatal(&e) => return Err(FilesError::io("creating", &opts.target.join(&f.rel), e)),
             Err(e) => {
@@ -598,7 +605,7 @@ fn execute(
             let applied = target
                 .open_dir(rel)
                 .map_err(|e| e.to_string())
-                .map(|fd| set_meta_fd(&fd, meta, xattrs, &mut report.warnings, &target.show(rel)));
+                .map(|fd| set_meta_fd(fd.as_fd(), meta, xattrs, &mut report.warnings, &target.show(rel)));
             if let Err(e) = applied {
                 report.warnings.push(format!("setting metadata of {}: {e}", target.show(rel)));
             }
@@ -647,13 +654,13 @@ fn keep_existing(target: &Target<'_>, f: &PlannedFile, overwrite: Overwrite) -> 
 /// Makes the inode `f`'s content is written to: the file already there
 /// when `delta` reuses part of it (`reuse`: the inode it chunked, which no
 /// other path shares), else a new one under a temporary name.
-fn place_file(target: &Target<'_>, f: &PlannedFile, reuse: Option<Ident>) -> io::Result<Placed> {
+fn place_file(target: &Target<'_>, f: &PlannedFile, reuse: Option<Ident>, hold: bool) -> io::Result<Placed> {
     let (dir, _) = split(&f.rel);
     if let Some(id) = reuse {
         let fd = target.open(&f.rel, OFlags::WRONLY)?;
         if ident(&rustix::fs::fstat(&fd)?) == id {
             rustix::fs::ftruncate(&fd, f.meta.size)?;
-            return Ok(Placed { at: f.rel.clone(), ident: id, fresh: false });
+            return Ok(Placed { at: f.rel.clone(), ident: id, fresh: false, held: None });
         }
     }
     let parent = target.open_dir(dir)?;
@@ -665,7 +672,7 @@ fn place_file(target: &Target<'_>, f: &PlannedFile, reuse: Option<Ident>) -> io:
         let _ = rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty());
         return Err(e.into());
     }
-    Ok(Placed { at: dir.join(name), ident: id, fresh: true })
+    Ok(Placed { at: dir.join(name), ident: id, fresh: true, held: hold.then(|| std::fs::File::from(fd)) })
 }
 
 /// Removes what was written for a file that could not be restored.
@@ -685,17 +692,20 @@ fn finish_file(
     target: &Target<'_>,
     f: &PlannedFile,
     p: &Placed,
-    fd: Option<OwnedFd>,
+    fd: Option<BorrowedFd<'_>>,
     xattrs: bool,
     warnings: &mut Vec<String>,
 ) -> io::Result<()> {
-    let fd = match fd {
+    let opened;
+    let fd = match fd.or_else(|| p.held.as_ref().map(|h| h.as_fd())) {
         Some(fd) => fd,
-        None => target.open_placed(p)?,
+        None => {
+            opened = target.open_placed(p)?;
+            opened.as_fd()
+        }
     };
     let xattrs = if xattrs { &f.xattrs[..] } else { &[] };
-    set_meta_fd(&fd, &f.meta, xattrs, warnings, &target.show(&f.rel));
-    drop(fd);
+    set_meta_fd(fd, &f.meta, xattrs, warnings, &target.show(&f.rel));
     if p.fresh {
         let (dir, name) = split(&f.rel);
         let parent = target.open_dir(dir)?;
@@ -805,7 +815,7 @@ fn timestamps(meta: &Metadata) -> Timestamps {
 /// Applies owner (when permitted), extended attributes, mode and times on
 /// a descriptor, in that order (a change of owner drops file capabilities,
 /// and setting an ACL changes the mode); failures become warnings.
-fn set_meta_fd(fd: &OwnedFd, meta: &Metadata, xattrs: &[Xattr], warnings: &mut Vec<String>, shown: &str) {
+fn set_meta_fd(fd: BorrowedFd<'_>, meta: &Metadata, xattrs: &[Xattr], warnings: &mut Vec<String>, shown: &str) {
     let owner = (Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)));
     // Only root may give files away; as another user keep our ownership quietly.
     if let Err(e) = rustix::fs::fchown(fd, owner.0, owner.1)
@@ -813,7 +823,7 @@ fn set_meta_fd(fd: &OwnedFd, meta: &Metadata, xattrs: &[Xattr], warnings: &mut V
     {
         warnings.push(format!("setting owner of {shown}: {e}"));
     }
-    dirfd::set_xattrs(fd.as_fd(), xattrs, warnings, shown);
+    dirfd::set_xattrs(fd, xattrs, warnings, shown);
     if let Err(e) = rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777)) {
         warnings.push(format!("setting mode of {shown}: {e}"));
     }
@@ -909,15 +919,15 @@ impl DataWriter<'_> {
     /// Writes one blob into file `file`; only a fault of the disk itself is
     /// an error, anything else fails that file alone.
     fn write(&self, file: usize, data: &[u8], offset: u64, zeros: bool) -> Result<(), FilesError> {
+        use std::os::unix::fs::FileExt;
         let Some(placed) = &self.placed[file] else { return Ok(()) };
-        let written = if zeros && placed.fresh {
-            Ok(None)
-        } else {
-            self.target.open_placed(placed).and_then(|fd| {
-                use std::os::unix::fs::FileExt;
+        let written = match (&placed.held, zeros && placed.fresh) {
+            (_, true) => Ok(None),
+            (Some(held), false) => held.write_all_at(data, offset).map(|()| None),
+            (None, false) => self.target.open_placed(placed).and_then(|fd| {
                 let file = std::fs::File::from(fd);
                 file.write_all_at(data, offset).map(|()| Some(OwnedFd::from(file)))
-            })
+            }),
         };
         let fd = match written {
             Ok(fd) => fd,
@@ -935,8 +945,9 @@ impl DataWriter<'_> {
             if !failed {
                 let f = &self.files[file];
                 let mut warnings = Vec::new();
-                let result = finish_file(self.target, f, placed, fd, self.xattrs, &mut warnings)
-                    .map_err(|e| format!("{}: {e}", self.target.show(&f.rel)));
+                let result =
+                    finish_file(self.target, f, placed, fd.as_ref().map(|fd| fd.as_fd()), self.xattrs, &mut warnings)
+                        .map_err(|e| format!("{}: {e}", self.target.show(&f.rel)));
                 self.warnings.lock().unwrap_or_else(|p| p.into_inner()).extend(warnings);
                 self.finished.lock().unwrap_or_else(|p| p.into_inner()).insert(file, result);
             }
