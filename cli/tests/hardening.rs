@@ -289,6 +289,13 @@ fn sockets_are_named_and_a_file_that_never_returns_data_is_given_up() {
 
     // The kernel's log (a regular file that waits for messages): given up
     // once it stalls, with a warning, and the backup ends.
+    let readable = rustix::fs::open(
+        "/proc/kmsg",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+        rustix::fs::Mode::empty(),
+    );
+    assert!(readable.is_ok(), "this test reads /proc/kmsg and must run as root (CI does): {readable:?}");
+    drop(readable);
     let mut child = env
         .cmd()
         .args(["backup", "files", "/proc/kmsg", src.to_str().unwrap(), "--read-timeout", "1s"])
