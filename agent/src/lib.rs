@@ -1,10 +1,7 @@
-//! Lifeboat's agent: capture and restore for each kind of source. The agent
-//! daemon and the `lifeboat` CLI both call this library.
+//! Lifeboat's agent: capture and restore for each kind of source (one
+//! directory each under `sources/`, behind one trait), and the daemon the
+//! coordinator drives. The `lifeboat` CLI calls the same sources.
 
 pub mod daemon;
-pub mod entry;
-pub mod files;
-pub mod postgres;
 pub mod progress;
-pub mod repo_args;
-pub mod retention;
+pub mod sources;

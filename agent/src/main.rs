@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lifeboat_agent::daemon::{self, config::AgentConfig};
-use lifeboat_agent::postgres::connect::ConnectArgs;
-use lifeboat_agent::postgres::stream::{self, StreamOptions, StreamStatus};
-use lifeboat_agent::postgres::wal::Pushed;
-use lifeboat_agent::postgres::{archive, prefetch};
-use lifeboat_agent::repo_args::RepoArgs;
+use lifeboat_agent::sources::postgres::connect::ConnectArgs;
+use lifeboat_agent::sources::postgres::stream::{self, StreamOptions, StreamStatus};
+use lifeboat_agent::sources::postgres::wal::Pushed;
+use lifeboat_agent::sources::postgres::{archive, prefetch};
+use lifeboat_common::repo::engine::settings::RepoArgs;
 
 /// Lifeboat's agent.
 #[derive(Parser)]
@@ -200,5 +200,5 @@ async fn wal_stream(repo: RepoArgs, connect: ConnectArgs, opts: StreamOptions) -
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifeboat_agent::entry::run("lifeboat-agent", run(cli.command))
+    lifeboat_common::telemetry::entry::run("lifeboat-agent", run(cli.command))
 }

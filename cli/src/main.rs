@@ -17,6 +17,10 @@ use crate::repo_args::RepoArgs;
 #[derive(Parser)]
 #[command(name = "lifeboat", version, about)]
 struct Cli {
+    /// The repository flags, accepted before the subcommand too (each
+    /// subcommand that opens a repository reads them).
+    #[command(flatten)]
+    _repo: RepoArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,7 +66,7 @@ pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifeboat_agent::entry::run("lifeboat", async move {
+    lifeboat_common::telemetry::entry::run("lifeboat", async move {
         match cli.command {
             Command::Key(c) => c.run().await,
             Command::Repo(c) => c.run().await,

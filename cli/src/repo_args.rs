@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use indicatif::HumanBytes;
-pub use lifeboat_agent::repo_args::RepoArgs;
+pub use lifeboat_common::repo::engine::settings::RepoArgs;
 use lifeboat_common::store::OpenedStore;
 
 /// After writing to a replicated repository: copies what the outbox holds

@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use lifeboat_common::repo::tree::NodeKind;
+use lifeboat_common::repo::format::tree::NodeKind;
 use support::{Env, assert_same_tree_except};
 
 /// The pack (as a path on disk) and byte offset of the first chunk of `file`

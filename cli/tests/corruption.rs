@@ -11,12 +11,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lifeboat_agent::files::{BackupOptions, RestoreOptions, backup_files, restore_files};
-use lifeboat_agent::postgres::wal;
 use lifeboat_agent::progress::Progress;
+use lifeboat_agent::sources::files::{BackupOptions, RestoreOptions, backup_files, restore_files};
+use lifeboat_agent::sources::postgres::wal;
 use lifeboat_common::crypto::MasterKey;
 use lifeboat_common::repo::Repository;
-use lifeboat_common::repo::verify::verify;
+use lifeboat_common::repo::ops::verify::verify;
 use lifeboat_common::store::LocalStore;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lifeboat_common::repo::Repository;
-use lifeboat_common::repo::tree::NodeKind;
+use lifeboat_common::repo::format::tree::NodeKind;
 use support::Env;
 
 /// Swaps `dir` for a link to `elsewhere` and back as fast as it can until

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lifeboat_agent::postgres::restore::parse_lsn;
+use lifeboat_agent::sources::postgres::restore::parse_lsn;
 use lifeboat_integration_tests::postgres::{
     Cluster, as_postgres, give_to_postgres, pg_bin, postgres_dir, workspace_bin,
 };

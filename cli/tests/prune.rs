@@ -10,8 +10,8 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
-use lifeboat_agent::files::{BackupOptions, backup_files};
 use lifeboat_agent::progress::Progress;
+use lifeboat_agent::sources::files::{BackupOptions, backup_files};
 use rand_core::{RngCore, SeedableRng};
 use serde_json::Value;
 use support::Env;
@@ -174,8 +174,8 @@ struct Hold {
     once: std::sync::Once,
 }
 
-impl lifeboat_agent::files::ContentCheck for Hold {
-    fn for_file(&self, _path: &Path, _offset: u64) -> Option<lifeboat_agent::files::FileChecker> {
+impl lifeboat_agent::sources::files::ContentCheck for Hold {
+    fn for_file(&self, _path: &Path, _offset: u64) -> Option<lifeboat_agent::sources::files::FileChecker> {
         self.once.call_once(|| {
             self.reached.send(()).unwrap();
             self.release.lock().unwrap().recv().unwrap();
@@ -269,7 +269,7 @@ fn leftovers_of_interrupted_writers_go_once_older_than_the_grace_period() {
 
 #[test]
 fn a_live_writer_holds_the_sweep_and_a_dead_ones_marker_is_removed() {
-    use lifeboat_common::repo::writers::{WriterMarker, WriterSession};
+    use lifeboat_common::repo::engine::writers::{WriterMarker, WriterSession};
     let env = Env::new();
     let src = env.path("src");
     random_file(&src.join("a.bin"), 9, 4);
@@ -292,9 +292,14 @@ fn a_live_writer_holds_the_sweep_and_a_dead_ones_marker_is_removed() {
         plans_seen: Vec::new(),
     };
     let key = "writers/dead";
-    let sealed =
-        lifeboat_common::repo::object::seal(repo.keyring(), "writer", key, serde_json::to_vec(&dead).unwrap(), 3)
-            .unwrap();
+    let sealed = lifeboat_common::repo::format::object::seal(
+        repo.keyring(),
+        "writer",
+        key,
+        serde_json::to_vec(&dead).unwrap(),
+        3,
+    )
+    .unwrap();
     std::fs::create_dir_all(env.repo.join("writers")).unwrap();
     std::fs::write(env.repo.join(key), sealed).unwrap();
 

@@ -4,13 +4,13 @@
 //! what is written reads back the same.
 
 use lifeboat_common::crypto::{Keyring, MasterKey, WrappedKeyring};
-use lifeboat_common::repo::compress::compress;
-use lifeboat_common::repo::id::BlobId;
-use lifeboat_common::repo::index::IndexFile;
-use lifeboat_common::repo::object;
-use lifeboat_common::repo::pack::{BlobKind, PackBuilder, blob_id, open_blob, read_header};
-use lifeboat_common::repo::snapshot::Snapshot;
-use lifeboat_common::repo::tree::{Metadata, Node, NodeKind, Tree, Xattr};
+use lifeboat_common::repo::format::compress::compress;
+use lifeboat_common::repo::format::id::BlobId;
+use lifeboat_common::repo::format::index::IndexFile;
+use lifeboat_common::repo::format::object;
+use lifeboat_common::repo::format::pack::{BlobKind, PackBuilder, blob_id, open_blob, read_header};
+use lifeboat_common::repo::format::snapshot::Snapshot;
+use lifeboat_common::repo::format::tree::{Metadata, Node, NodeKind, Tree, Xattr};
 use proptest::prelude::*;
 
 fn keyring() -> Keyring {

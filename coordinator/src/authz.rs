@@ -5,6 +5,7 @@
 //! including the audit log). A refusal says why, for `PERMISSION_DENIED`
 //! and for the audit log.
 
+use lifeboat_common::invalid::Invalid;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -38,14 +39,14 @@ impl fmt::Display for Role {
 }
 
 impl std::str::FromStr for Role {
-    type Err = String;
+    type Err = Invalid;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         match s {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("{other:?} is not a role (viewer, operator or admin)")),
+            other => Err(Invalid(format!("{other:?} is not a role (viewer, operator or admin)"))),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The coordinator's configuration file (TOML), and the policy file it names.
 
+use lifeboat_common::invalid::Invalid;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,7 +98,7 @@ pub struct CoordinatorConfig {
     #[serde(default = "default_history", deserialize_with = "human_duration")]
     pub job_history: Duration,
     /// The repository retention is applied to (absent: retention is off).
-    pub repository: Option<lifeboat_agent::repo_args::RepoSettings>,
+    pub repository: Option<lifeboat_common::repo::engine::settings::RepoSettings>,
     /// How often the leader applies retention.
     #[serde(default = "default_retention_every", deserialize_with = "human_duration")]
     pub retention_every: Duration,
@@ -152,11 +153,11 @@ impl CoordinatorConfig {
                 *p = base.join(&*p);
             }
         }
-        config.role_map().map_err(invalid)?;
+        config.role_map().map_err(|e| invalid(e.0))?;
         if config.heartbeat.is_zero() || config.lost_after <= config.heartbeat {
             return Err(invalid("lost_after must be longer than heartbeat".into()));
         }
-        if config.prune_grace < lifeboat_common::repo::prune::SAFE_GRACE && !config.unsafe_prune_grace {
+        if config.prune_grace < lifeboat_common::repo::ops::prune::SAFE_GRACE && !config.unsafe_prune_grace {
             return Err(invalid(
                 "prune_grace is shorter than 1h: a backup that died without its marker could lose data (unsafe_prune_grace = true to allow it)"
                     .into(),
@@ -176,12 +177,12 @@ impl CoordinatorConfig {
     }
 
     /// The roles, checked.
-    pub fn role_map(&self) -> Result<RoleMap, String> {
+    pub fn role_map(&self) -> Result<RoleMap, Invalid> {
         let pairs = self
             .roles
             .iter()
             .map(|(login, role)| {
-                role.parse::<Role>().map(|r| (login.clone(), r)).map_err(|e| format!("roles.{login}: {e}"))
+                role.parse::<Role>().map(|r| (login.clone(), r)).map_err(|e| Invalid(format!("roles.{login}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RoleMap::new(pairs))

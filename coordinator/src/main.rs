@@ -39,7 +39,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    lifeboat_agent::entry::run_logging("lifeboat-coordinator", "info", async move { run(cli).await.map(|()| 0) })
+    lifeboat_common::telemetry::entry::run_logging(
+        "lifeboat-coordinator",
+        "info",
+        async move { run(cli).await.map(|()| 0) },
+    )
 }
 
 fn load(config_path: &Path) -> Result<(CoordinatorConfig, Policy)> {
@@ -77,7 +81,7 @@ async fn serve(config_path: &Path) -> Result<()> {
     let tls = config.tls.server().context("the coordinator's TLS files")?;
     let audit_path = config.state_dir.join("audit.log");
     let audit = Arc::new(AuditLog::open(&audit_path).with_context(|| format!("audit log {}", audit_path.display()))?);
-    let gate = Arc::new(Gate::new(config.role_map().map_err(anyhow::Error::msg)?, audit));
+    let gate = Arc::new(Gate::new(config.role_map()?, audit));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

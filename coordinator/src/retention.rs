@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifeboat_agent::repo_args::{RepoArgs, RepoSettings};
-use lifeboat_agent::retention::apply;
+use lifeboat_common::repo::engine::settings::{RepoArgs, RepoSettings};
+use lifeboat_common::repo::ops::retention::apply;
 
 use crate::core::{NodeRole, Shared};
 

@@ -1,124 +1,13 @@
 //! The agent daemon's configuration file (TOML).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use lifeboat_common::policy::{human_duration, optional_human_duration};
 use lifeboat_common::tls::TlsFiles;
-use lifeboat_proto::v1;
 use serde::Deserialize;
 
 use super::DaemonError;
-use crate::postgres::connect::ConnectArgs;
-use crate::repo_args::{Locations, RepoSettings};
-
-/// What a source is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// File trees.
-    Files,
-    /// A PostgreSQL cluster.
-    Postgres,
-}
-
-/// WAL streaming for a PostgreSQL source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WalStreamConfig {
-    /// The physical replication slot (created if absent).
-    pub slot: String,
-    /// Commits wait for the repository (list the application name in
-    /// `synchronous_standby_names`).
-    #[serde(default)]
-    pub synchronous: bool,
-    /// How often the segment being written is stored (not synchronous).
-    #[serde(default = "default_interval", deserialize_with = "human_duration")]
-    pub interval: Duration,
-    /// The name the server sees.
-    #[serde(default = "default_application_name")]
-    pub application_name: String,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(2)
-}
-
-fn default_application_name() -> String {
-    "lifeboat".into()
-}
-
-/// One thing this agent backs up.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Unique on this host.
-    pub id: String,
-    /// What it is.
-    pub kind: SourceKind,
-    /// Files: the roots.
-    #[serde(default)]
-    pub paths: Vec<PathBuf>,
-    /// Files: globs left out.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// PostgreSQL: the data directory.
-    pub pgdata: Option<PathBuf>,
-    /// PostgreSQL: server host or socket directory.
-    pub pg_host: Option<String>,
-    /// PostgreSQL: port.
-    pub pg_port: Option<u16>,
-    /// PostgreSQL: user.
-    pub pg_user: Option<String>,
-    /// PostgreSQL: database.
-    pub pg_dbname: Option<String>,
-    /// The policy's schedules (`group.name`) that apply to it.
-    #[serde(default)]
-    pub schedules: Vec<String>,
-    /// Its recovery point objective.
-    #[serde(default, deserialize_with = "optional_human_duration")]
-    pub rpo: Option<Duration>,
-    /// Watch the paths and report changes (for an on-change schedule).
-    #[serde(default)]
-    pub watch: bool,
-    /// Stream WAL continuously, whether or not a coordinator is reachable.
-    pub wal_stream: Option<WalStreamConfig>,
-}
-
-impl SourceConfig {
-    /// PostgreSQL connection settings (unset ones fall back to PG* and defaults).
-    pub fn connect(&self) -> ConnectArgs {
-        ConnectArgs {
-            host: self.pg_host.clone(),
-            port: self.pg_port,
-            user: self.pg_user.clone(),
-            dbname: self.pg_dbname.clone(),
-        }
-    }
-
-    /// The source on the wire.
-    pub fn to_proto(&self) -> v1::Source {
-        let (kind, paths) = match self.kind {
-            SourceKind::Files => (v1::SourceKind::Files, self.paths.iter().map(|p| p.display().to_string()).collect()),
-            SourceKind::Postgres => {
-                (v1::SourceKind::Postgres, self.pgdata.iter().map(|p| p.display().to_string()).collect())
-            }
-        };
-        v1::Source {
-            id: self.id.clone(),
-            kind: kind.into(),
-            paths,
-            schedules: self.schedules.clone(),
-            version: String::new(),
-            rpo_seconds: self.rpo.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
-        }
-    }
-
-    /// The tag its snapshots carry.
-    pub fn tag(&self) -> String {
-        format!("{}{}", lifeboat_common::repo::retention::SOURCE_TAG, self.id)
-    }
-}
+use crate::sources::SourceConfig;
+use lifeboat_common::repo::engine::settings::{Locations, RepoSettings};
 
 /// `lifeboat-agent run --config FILE`.
 #[derive(Debug, Clone, Deserialize)]
@@ -158,18 +47,11 @@ impl AgentConfig {
         }
         let mut ids = std::collections::BTreeSet::new();
         for source in &config.sources {
-            if !ids.insert(source.id.as_str()) {
-                return Err(invalid(format!("source {:?} is defined twice", source.id)));
+            let section = source.section();
+            if !ids.insert(section.common().id.as_str()) {
+                return Err(invalid(format!("source {:?} is defined twice", section.common().id)));
             }
-            match source.kind {
-                SourceKind::Files if source.paths.is_empty() => {
-                    return Err(invalid(format!("source {:?}: a files source needs paths", source.id)));
-                }
-                SourceKind::Postgres if source.pgdata.is_none() => {
-                    return Err(invalid(format!("source {:?}: a postgres source needs pgdata", source.id)));
-                }
-                _ => {}
-            }
+            section.check().map_err(invalid)?;
         }
         let base = path.parent().unwrap_or(Path::new("")).to_owned();
         let resolve = |p: &mut PathBuf| {
@@ -195,11 +77,57 @@ impl AgentConfig {
             None => return Err(invalid("[repository] needs repo".into())),
         }
         for source in &mut config.sources {
-            source.paths.iter_mut().for_each(resolve);
-            if let Some(p) = source.pgdata.as_mut() {
-                resolve(p);
-            }
+            source.section_mut().resolve(&base);
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "host = \"db1\"\ncoordinators = [\"https://c:7443\"]\n\
+        [tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+        [repository]\nrepo = \"repo\"\nkey_file = \"k\"\n";
+
+    fn load(sources: &str) -> Result<AgentConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, format!("{HEAD}{sources}")).unwrap();
+        AgentConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_kind_has_its_own_fields() {
+        let config = load(
+            "[[source]]\nid = \"etc\"\nkind = \"files\"\npaths = [\"etc\"]\nwatch = true\nschedules = [\"a.b\"]\nrpo = \"1h\"\n\
+             [[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"/pg\"\npg_port = 5433\n\
+             [source.wal_stream]\nslot = \"s\"\n",
+        )
+        .unwrap();
+        let files = config.sources[0].section();
+        assert_eq!(files.common().id, "etc");
+        assert_eq!(files.common().rpo, Some(std::time::Duration::from_secs(3600)));
+        let described = files.build().describe();
+        assert!(described.paths[0].ends_with("/etc") && described.paths[0].starts_with('/'), "{described:?}");
+        assert_eq!(config.sources[1].section().build().describe().paths, vec!["/pg".to_owned()]);
+
+        // A field of another kind, a misspelt one, an unknown kind: each
+        // an error naming the line.
+        let err =
+            load("[[source]]\nid = \"etc\"\nkind = \"files\"\npaths = [\"/etc\"]\npgdata = \"/pg\"\n").unwrap_err();
+        assert!(err.contains("pgdata") && err.contains("line 10"), "{err}");
+        let err = load("[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"/pg\"\nwatch = true\n").unwrap_err();
+        assert!(err.contains("watch") && err.contains("line 10"), "{err}");
+        let err = load("[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdta = \"/pg\"\n").unwrap_err();
+        assert!(err.contains("pgdta") && err.contains("line 10"), "{err}");
+        let err = load("[[source]]\nid = \"r\"\nkind = \"tape\"\n").unwrap_err();
+        assert!(err.contains("tape") && err.contains("line 12") && err.contains("`files` or `postgres`"), "{err}");
+        let err = load("[[source]]\nid = \"etc\"\nkind = \"files\"\n").unwrap_err();
+        assert!(err.contains("paths"), "{err}");
+        let err = load("[[source]]\nid = \"a\"\nkind = \"files\"\npaths = [\"/a\"]\n[[source]]\nid = \"a\"\nkind = \"files\"\npaths = [\"/b\"]\n")
+            .unwrap_err();
+        assert!(err.contains("defined twice"), "{err}");
     }
 }

@@ -4,18 +4,53 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use lifeboat_common::repo::SnapshotId;
-use lifeboat_common::repo::snapshot::Snapshot;
+use lifeboat_common::repo::format::snapshot::Snapshot;
+use lifeboat_common::repo::ops::retention::{SCHEDULE_TAG, SOURCE_TAG};
 use lifeboat_common::store::OpenedStore;
 use lifeboat_proto::v1;
 
-use super::config::{SourceConfig, SourceKind};
 use super::{Agent, Running};
-use crate::files::{BackupOptions, RestoreOptions, backup_files, restore_files};
-use crate::postgres::basebackup::{PgBackupOptions, backup_postgres};
-use crate::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres, wal_fetch_command};
 use crate::progress::Progress;
+use crate::sources::{
+    BackupContext, RecoveryPoint, RestoreContext, RestoreRequest, Source, SourceError, newest_of, parse_recovery_time,
+};
+
+/// Why a job failed, as its result says.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The coordinator named a source this agent does not have.
+    #[error("no source {0:?} on this agent")]
+    NoSource(String),
+    /// A kind of job this agent does not run.
+    #[error("job kind {0} is not one this agent runs")]
+    Kind(i32),
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Request(String),
+    /// The backup or restore failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The backup was saved with entries missing.
+    #[error("snapshot {snapshot} is incomplete: {count} entries could not be read (first: {first})")]
+    Incomplete {
+        /// The snapshot's short id.
+        snapshot: String,
+        /// Entries missing.
+        count: usize,
+        /// The first one, with its reason.
+        first: String,
+    },
+    /// Entries could not be restored.
+    #[error("{count} entries could not be restored (first: {first})")]
+    Failed {
+        /// How many.
+        count: usize,
+        /// The first one, with its reason.
+        first: String,
+    },
+}
 
 impl Agent {
     /// Starts an assigned job, unless this attempt was taken already.
@@ -40,6 +75,7 @@ impl Agent {
                     v1::JobResult { job_id: job.job_id.clone(), ok: true, snapshot, ..Default::default() }
                 }
                 Err(error) => {
+                    let error = error.to_string();
                     tracing::error!(job = job.job_id, error, "job failed");
                     v1::JobResult { job_id: job.job_id.clone(), ok: false, error, ..Default::default() }
                 }
@@ -71,159 +107,82 @@ impl Agent {
         &self,
         job: &v1::JobAssignment,
         progress: Arc<Progress>,
-    ) -> Result<Option<v1::SnapshotSummary>, String> {
-        let source =
-            self.source(&job.source_id).ok_or_else(|| format!("no source {:?} on this agent", job.source_id))?;
+    ) -> Result<Option<v1::SnapshotSummary>, JobError> {
+        let source = self.source(&job.source_id).ok_or_else(|| JobError::NoSource(job.source_id.clone()))?;
         match v1::JobKind::try_from(job.kind) {
             Ok(v1::JobKind::Backup) => {
-                let summary = self.backup(source, job, progress).await?;
+                let summary = self.backup(source.as_ref(), job, progress).await?;
                 self.settle().await;
                 Ok(Some(summary))
             }
             Ok(v1::JobKind::Restore) => {
                 let spec = job.restore.clone().unwrap_or_default();
-                self.restore(source, &spec, progress).await.map(|()| None)
+                self.restore(source.as_ref(), &spec, progress).await.map(|()| None)
             }
-            _ => Err(format!("job kind {} is not one this agent runs", job.kind)),
+            _ => Err(JobError::Kind(job.kind)),
         }
     }
 
     async fn backup(
         &self,
-        source: &SourceConfig,
+        source: &dyn Source,
         job: &v1::JobAssignment,
         progress: Arc<Progress>,
-    ) -> Result<v1::SnapshotSummary, String> {
+    ) -> Result<v1::SnapshotSummary, JobError> {
         // The job's id too: a job that ran twice would show as two snapshots.
-        let mut tags = vec![source.tag(), format!("job:{}", job.job_id)];
+        let mut tags = vec![format!("{SOURCE_TAG}{}", source.id()), format!("job:{}", job.job_id)];
         if !job.schedule_id.is_empty() {
-            tags.push(format!("{}{}", lifeboat_common::repo::retention::SCHEDULE_TAG, job.schedule_id));
+            tags.push(format!("{SCHEDULE_TAG}{}", job.schedule_id));
         }
-        let (id, snapshot) = match source.kind {
-            SourceKind::Files => {
-                let opts = BackupOptions {
-                    paths: source.paths.clone(),
-                    includes: Vec::new(),
-                    excludes: source.exclude.clone(),
-                    tags,
-                    hostname: self.config.host.clone(),
-                    force: false,
-                    parent: None,
-                    threads: 0,
-                    content_check: None,
-                    compression_level: None,
-                    fixed_chunks: None,
-                    read_timeout: None,
-                    skip_xattrs: false,
-                };
-                let outcome = backup_files(&self.repo, opts, progress).await.map_err(|e| e.to_string())?;
-                if !outcome.warnings.is_empty() {
-                    return Err(format!(
-                        "snapshot {} is incomplete: {} entries could not be read (first: {})",
-                        outcome.id.short(),
-                        outcome.warnings.len(),
-                        outcome.warnings[0]
-                    ));
-                }
-                (outcome.id, outcome.snapshot)
-            }
-            SourceKind::Postgres => {
-                let opts = PgBackupOptions {
-                    pgdata: source.pgdata.clone().unwrap_or_default(),
-                    connect: source.connect(),
-                    hostname: self.config.host.clone(),
-                    tags,
-                    threads: 0,
-                    compression_level: None,
-                };
-                let outcome = backup_postgres(&self.repo, opts, progress).await.map_err(|e| e.to_string())?;
-                (outcome.id, outcome.snapshot)
-            }
-        };
-        let summary = summary(&id, &snapshot);
-        self.book().last_backup.insert(source.id.clone(), (id.to_string(), Utc::now().timestamp()));
+        let ctx = BackupContext { repo: self.repo.clone(), hostname: self.config.host.clone(), tags, progress };
+        let done = source.backup(ctx).await?;
+        if done.incomplete {
+            return Err(JobError::Incomplete {
+                snapshot: done.id.short(),
+                count: done.warnings.len(),
+                first: done.warnings.first().cloned().unwrap_or_default(),
+            });
+        }
+        let summary = summary(&done.id, &done.snapshot);
+        self.book().last_backup.insert(source.id().to_owned(), (done.id.to_string(), Utc::now().timestamp()));
         Ok(summary)
     }
 
     async fn restore(
         &self,
-        source: &SourceConfig,
+        source: &dyn Source,
         spec: &v1::RestoreSpec,
         progress: Arc<Progress>,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         if spec.target_dir.is_empty() {
-            return Err("a restore needs a target directory".into());
+            return Err(JobError::Request("a restore needs a target directory".into()));
         }
-        let target = PathBuf::from(&spec.target_dir);
-        match source.kind {
-            SourceKind::Files => {
-                let (id, snapshot) = if spec.snapshot.is_empty() {
-                    self.newest(source).await?.ok_or_else(|| format!("source {} has no snapshot yet", source.id))?
-                } else {
-                    self.repo.find_snapshot(&spec.snapshot).await.map_err(|e| e.to_string())?
-                };
-                let opts = RestoreOptions {
-                    target: target.clone(),
-                    sub_path: (!spec.path.is_empty()).then(|| spec.path.clone()),
-                    delete: false,
-                    delta: spec.delta,
-                    fixed_chunks: None,
-                    threads: 0,
-                    ..Default::default()
-                };
-                let report = restore_files(&self.repo, &snapshot, opts, progress).await.map_err(|e| e.to_string())?;
-                tracing::info!(snapshot = %id.short(), target = %target.display(), files = report.files, bytes = report.bytes, "restored");
-                Ok(())
-            }
-            SourceKind::Postgres => {
-                let agent = std::env::current_exe().map_err(|e| format!("locating lifeboat-agent: {e}"))?;
-                let command = wal_fetch_command(&agent, &self.spec.locations, self.spec.key_file.as_deref())
-                    .map_err(|e| format!("resolving the key file: {e}"))?;
-                let recovery = if !spec.to_time.is_empty() {
-                    let at = spec
-                        .to_time
-                        .parse::<DateTime<Utc>>()
-                        .map_err(|e| format!("to_time {:?}: {e}", spec.to_time))?;
-                    RecoveryTarget::Time(at)
-                } else if !spec.to_lsn.is_empty() {
-                    RecoveryTarget::Lsn(spec.to_lsn.clone())
-                } else {
-                    RecoveryTarget::Latest
-                };
-                let opts = PgRestoreOptions {
-                    target_dir: target,
-                    from_backup: (!spec.snapshot.is_empty()).then(|| spec.snapshot.clone()),
-                    target: recovery,
-                    restore_command: command,
-                    delta: spec.delta,
-                    tablespace_map: Vec::new(),
-                    threads: 0,
-                    protect: crate::repo_args::RepoArgs::default()
-                        .spec_with(self.config.repository.clone(), std::path::Path::new(""))
-                        .map(|spec| spec.local_paths())
-                        .unwrap_or_default(),
-                };
-                let outcome = restore_postgres(&self.repo, opts, progress).await.map_err(|e| e.to_string())?;
-                tracing::info!(backup = %outcome.backup.short(), "PostgreSQL restored; start it to recover");
-                Ok(())
-            }
+        let point = if !spec.to_time.is_empty() {
+            RecoveryPoint::Time(parse_recovery_time(&spec.to_time).map_err(|e| JobError::Request(e.to_string()))?)
+        } else if !spec.to_lsn.is_empty() {
+            RecoveryPoint::Lsn(spec.to_lsn.clone())
+        } else {
+            RecoveryPoint::Latest
+        };
+        let request = RestoreRequest {
+            target: PathBuf::from(&spec.target_dir),
+            snapshot: (!spec.snapshot.is_empty()).then(|| spec.snapshot.clone()),
+            path: (!spec.path.is_empty()).then(|| spec.path.clone()),
+            point,
+            delta: spec.delta,
+        };
+        let ctx = RestoreContext {
+            repo: self.repo.clone(),
+            spec: self.spec.clone(),
+            hostname: self.config.host.clone(),
+            progress,
+        };
+        let done = source.restore(ctx, request).await?;
+        if !done.failed.is_empty() {
+            return Err(JobError::Failed { count: done.failed.len(), first: done.failed[0].clone() });
         }
-    }
-
-    /// The newest snapshot of a source made on this host.
-    async fn newest(&self, source: &SourceConfig) -> Result<Option<(SnapshotId, Snapshot)>, String> {
-        let snapshots = self.repo.snapshots().await.map_err(|e| e.to_string())?;
-        Ok(self.newest_of(snapshots.iter(), source).map(|(id, s)| (*id, s.clone())))
-    }
-
-    /// The newest of `snapshots` that this host made of `source`.
-    fn newest_of<'a>(
-        &self,
-        snapshots: impl Iterator<Item = &'a (SnapshotId, Snapshot)>,
-        source: &SourceConfig,
-    ) -> Option<&'a (SnapshotId, Snapshot)> {
-        let tag = source.tag();
-        snapshots.filter(|(_, s)| s.hostname == self.config.host && s.tags.contains(&tag)).max_by_key(|(_, s)| s.time)
+        tracing::info!(snapshot = %done.snapshot.short(), "{}", done.headline);
+        Ok(())
     }
 
     /// What each source's newest backup is, from the repository (so status
@@ -236,10 +195,11 @@ impl Agent {
                 return;
             }
         };
-        for source in &self.config.sources {
-            if let Some((id, snapshot)) = self.newest_of(snapshots.iter(), source) {
+        for source in &self.sources {
+            let tag = format!("{SOURCE_TAG}{}", source.id());
+            if let Some((id, snapshot)) = newest_of(snapshots.iter(), &self.config.host, &tag) {
                 let finished = snapshot.time.timestamp() + snapshot.summary.duration_secs as i64;
-                self.book().last_backup.insert(source.id.clone(), (id.to_string(), finished));
+                self.book().last_backup.insert(source.id().to_owned(), (id.to_string(), finished));
             }
         }
     }

@@ -15,16 +15,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lifeboat_common::repo::Repository;
-use lifeboat_common::repo::open::{OpenError, RepoSpec};
+use lifeboat_common::repo::engine::open::{OpenError, RepoSpec};
 use lifeboat_common::store::OpenedStore;
 use lifeboat_proto::v1;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use self::config::{AgentConfig, SourceConfig};
-use crate::postgres::stream::{StreamOptions, StreamStatus, stream_wal};
+use self::config::AgentConfig;
 use crate::progress::Progress;
-use crate::repo_args::RepoArgs;
+use crate::sources::{Events, Ongoing, Source};
+use lifeboat_common::repo::engine::settings::RepoArgs;
 
 /// How long a finished job's result is re-sent on every reconnect: the
 /// coordinator may not have received it before the stream broke.
@@ -84,11 +84,18 @@ pub struct Agent {
     stores: OpenedStore,
     spec: RepoSpec,
     tls: rustls::ClientConfig,
+    /// What it backs up, as configured.
+    sources: Vec<Arc<dyn Source>>,
     book: Mutex<Book>,
     /// Wakes the session when there is something to send.
     wake: Notify,
-    /// WAL streaming status by source.
-    wal: HashMap<String, watch::Receiver<StreamStatus>>,
+}
+
+impl Events for Agent {
+    fn changed(&self, source_id: &str) {
+        self.book().changed.insert(source_id.to_owned());
+        self.wake.notify_one();
+    }
 }
 
 impl Agent {
@@ -96,8 +103,8 @@ impl Agent {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn source(&self, id: &str) -> Option<&SourceConfig> {
-        self.config.sources.iter().find(|s| s.id == id)
+    fn source(&self, id: &str) -> Option<&Arc<dyn Source>> {
+        self.sources.iter().find(|s| s.id() == id)
     }
 
     /// The hello for a new stream: who this is, and what it still runs (or
@@ -114,7 +121,7 @@ impl Agent {
             host: self.config.host.clone(),
             region: self.config.region.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            sources: self.config.sources.iter().map(SourceConfig::to_proto).collect(),
+            sources: self.sources.iter().map(|s| s.describe()).collect(),
             running_jobs: running,
             max_jobs: self.config.max_jobs,
             unreachable_leader: String::new(),
@@ -124,29 +131,17 @@ impl Agent {
     fn heartbeat(&self) -> v1::Heartbeat {
         let book = self.book();
         let sources = self
-            .config
             .sources
             .iter()
             .map(|s| {
-                let (last_snapshot_id, last_backup_unix) = book.last_backup.get(&s.id).cloned().unwrap_or_default();
-                let status = self.wal.get(&s.id).map(|rx| rx.borrow().clone());
+                let (last_snapshot_id, last_backup_unix) = book.last_backup.get(s.id()).cloned().unwrap_or_default();
+                let health = s.health();
                 v1::SourceState {
-                    source_id: s.id.clone(),
+                    source_id: s.id().to_owned(),
                     last_snapshot_id,
                     last_backup_unix,
-                    error: status
-                        .as_ref()
-                        .and_then(|w| (!w.connected).then(|| w.last_error.clone()).flatten())
-                        .unwrap_or_default(),
-                    wal: status.map(|w| v1::WalLag {
-                        connected: w.connected,
-                        timeline: w.timeline,
-                        stored_lsn: w.stored_lsn,
-                        server_lsn: w.server_lsn,
-                        lag_bytes: w.lag_bytes,
-                        lag_seconds: w.lag_seconds,
-                        newest_stored_age_seconds: w.newest_stored_age_seconds.unwrap_or(-1.0),
-                    }),
+                    error: health.error.unwrap_or_default(),
+                    wal: health.wal,
                 }
             })
             .collect();
@@ -217,112 +212,39 @@ impl Agent {
 }
 
 /// Opens the repository and runs the agent until `shutdown` is set.
-pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let spec =
         RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
     let (repo, stores) = spec.open().await?;
     let tls = config.tls.client()?;
-    let mut wal = HashMap::new();
-    let mut streams = Vec::new();
-    for source in &config.sources {
-        if let (Some(stream), config::SourceKind::Postgres) = (&source.wal_stream, source.kind) {
-            let (tx, rx) = watch::channel(StreamStatus::default());
-            wal.insert(source.id.clone(), rx);
-            let options = StreamOptions {
-                slot: stream.slot.clone(),
-                synchronous: stream.synchronous,
-                interval: stream.interval,
-                application_name: stream.application_name.clone(),
-                status_file: None,
-            };
-            streams.push(tokio::spawn(keep_streaming(repo.clone(), source.clone(), options, tx, shutdown.clone())));
-        }
-    }
+    let sources = config.sources.iter().map(|s| s.section().build()).collect();
     let agent = Arc::new(Agent {
         config,
         repo,
         stores,
         spec,
         tls,
+        sources,
         book: Mutex::new(Book::default()),
         wake: Notify::new(),
-        wal,
     });
     agent.learn_last_backups().await;
-    let mut watchers = Vec::new();
-    for source in agent.config.sources.iter().filter(|s| s.watch) {
-        watchers.push(tokio::spawn(watch_source(agent.clone(), source.clone())));
-    }
-    tracing::info!(host = agent.config.host, sources = agent.config.sources.len(), "agent running");
+    let ongoing = Ongoing { repo: agent.repo.clone(), events: agent.clone(), shutdown: shutdown.clone() };
+    let background: Vec<JoinHandle<()>> = agent.sources.iter().flat_map(|s| s.start(ongoing.clone())).collect();
+    tracing::info!(host = agent.config.host, sources = agent.sources.len(), "agent running");
+    let mut stop = shutdown.clone();
     tokio::select! {
         _ = session::keep_attached(agent.clone()) => {}
-        _ = shutdown.wait_for(|stop| *stop) => {}
+        _ = stop.wait_for(|stop| *stop) => {}
     }
     tracing::info!("agent stopping");
-    for w in watchers {
-        w.abort();
-    }
-    for s in streams {
-        // Each stores what it received before it returns.
-        s.await.ok();
+    for task in background {
+        // Each stores what it holds before it returns.
+        task.await.ok();
     }
     let running: Vec<JoinHandle<()>> = agent.book().running.drain().map(|(_, r)| r.task).collect();
     for task in running {
         task.abort();
     }
     Ok(())
-}
-
-/// Streams WAL for one source for as long as the agent runs, retrying
-/// after failures: this goes on whether or not a coordinator is reachable.
-async fn keep_streaming(
-    repo: Repository,
-    source: SourceConfig,
-    options: StreamOptions,
-    status: watch::Sender<StreamStatus>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let connect = source.connect();
-    loop {
-        let mut stop = shutdown.clone();
-        let stopping = async move {
-            stop.wait_for(|s| *s).await.ok();
-        };
-        match stream_wal(&repo, &connect, &options, status.clone(), stopping).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::error!(source = source.id, error = %e, "WAL streaming failed; retrying in 10s");
-                status.send_modify(|s| {
-                    s.connected = false;
-                    s.last_error = Some(e.to_string());
-                });
-            }
-        }
-        let mut stop = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// Reports each (debounced) change of a watched source.
-async fn watch_source(agent: Arc<Agent>, source: SourceConfig) {
-    let mut watcher = match crate::files::ChangeWatcher::new(&source.paths, Duration::from_secs(2)) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(source = source.id, error = %e, "cannot watch the source for changes");
-            return;
-        }
-    };
-    while let Some(changed) = watcher.next().await {
-        match changed {
-            Ok(paths) => {
-                tracing::info!(source = source.id, paths = paths.len(), "source changed");
-                agent.book().changed.insert(source.id.clone());
-                agent.wake.notify_one();
-            }
-            Err(e) => tracing::warn!(source = source.id, error = %e, "watching for changes"),
-        }
-    }
 }

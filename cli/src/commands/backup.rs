@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::HumanBytes;
-use lifeboat_agent::files::{BackupOptions, backup_files};
-use lifeboat_agent::postgres::basebackup::{PgBackupOptions, backup_postgres};
-use lifeboat_agent::postgres::connect::ConnectArgs;
 use lifeboat_agent::progress::Progress;
-use lifeboat_common::repo::SnapshotId;
+use lifeboat_agent::sources::files::{BackupOptions, FilesConfig, FilesSource};
+use lifeboat_agent::sources::postgres::connect::ConnectArgs;
+use lifeboat_agent::sources::postgres::{PostgresConfig, PostgresSource};
+use lifeboat_agent::sources::{BackupContext, Source};
+use lifeboat_common::repo::{Repository, SnapshotId};
+use lifeboat_common::store::OpenedStore;
 
 use super::control::{ControlArgs, follow, parse_target};
 use crate::progress::ProgressView;
@@ -89,53 +90,46 @@ struct PostgresArgs {
 impl PostgresArgs {
     async fn run(self) -> Result<u8> {
         let (repo, stores) = self.repo.open_with_stores().await?;
-        let opts = PgBackupOptions {
-            pgdata: self.pgdata.clone(),
-            connect: self.connect,
-            hostname: self.hostname.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
-            tags: self.tag,
-            threads: self.threads,
-            compression_level: self.compression_level,
-        };
-        let progress = Arc::new(Progress::with_totals());
-        let view = ProgressView::start("base backup", progress.clone());
-        let outcome = backup_postgres(&repo, opts, progress)
-            .await
-            .with_context(|| format!("backing up PostgreSQL at {}", self.pgdata.display()))?;
-        drop(view);
-        let s = &outcome.snapshot.summary;
-        if let Some(pg) = &outcome.snapshot.postgres {
-            eprintln!(
-                "base backup {} saved: WAL {} .. {} on timeline {}; {} files ({}), {} new ({} stored) in {:.1}s",
-                outcome.id.short(),
-                pg.start_lsn,
-                pg.stop_lsn,
-                pg.timeline,
-                s.files,
-                HumanBytes(s.bytes_total),
-                HumanBytes(s.bytes_new),
-                HumanBytes(s.bytes_stored),
-                s.duration_secs
-            );
-        }
-        println!("{}", outcome.id);
-        settle(&stores).await?;
-        for w in &outcome.warnings {
-            eprintln!("lifeboat: warning: {w}");
-        }
-        let corrupt = outcome.snapshot.postgres.as_ref().map_or(&[][..], |pg| &pg.corrupt_pages[..]);
-        match outcome.snapshot.postgres.as_ref().map_or(0, |pg| pg.pages_verified) {
-            0 if corrupt.is_empty() => eprintln!("page checksums not verified: the cluster has no data checksums"),
-            n => eprintln!("page checksums verified on {n} pages"),
-        }
-        for page in corrupt {
-            eprintln!(
-                "lifeboat: warning: page checksum mismatch in {} block {} (stored {:#06x}, content has {:#06x}); the backup holds the page as read and is marked",
-                page.file, page.block, page.found, page.expected
-            );
-        }
-        Ok(if outcome.warnings.is_empty() && corrupt.is_empty() { 0 } else { EXIT_PARTIAL })
+        let config = PostgresConfig { pgdata: self.pgdata.clone(), ..Default::default() };
+        let source = PostgresSource::new(config, self.connect).with_tuning(self.threads, self.compression_level);
+        let what = format!("backing up PostgreSQL at {}", self.pgdata.display());
+        run_backup(&source, repo, &stores, self.hostname, self.tag, "base backup", what).await
     }
+}
+
+/// Backs `source` up with a progress bar, prints what was saved (the id on
+/// stdout) and what went wrong, and settles a replicated repository.
+async fn run_backup(
+    source: &dyn Source,
+    repo: Repository,
+    stores: &OpenedStore,
+    hostname: Option<String>,
+    tags: Vec<String>,
+    label: &'static str,
+    what: String,
+) -> Result<u8> {
+    let hostname = hostname.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let progress = Arc::new(Progress::with_totals());
+    let view = ProgressView::start(label, progress.clone());
+    let done = source.backup(BackupContext { repo, hostname, tags, progress }).await.context(what)?;
+    drop(view);
+    eprintln!("{}", done.headline);
+    println!("{}", done.id);
+    settle(stores).await?;
+    for r in &done.remarks {
+        eprintln!("{r}");
+    }
+    for w in &done.warnings {
+        eprintln!("lifeboat: warning: {w}");
+    }
+    if done.incomplete {
+        eprintln!(
+            "lifeboat: error: snapshot {} is incomplete: {} entries could not be read",
+            done.id.short(),
+            done.warnings.len()
+        );
+    }
+    Ok(if done.warnings.is_empty() { 0 } else { EXIT_PARTIAL })
 }
 
 #[derive(Args)]
@@ -192,56 +186,17 @@ impl BackupCommand {
             Some(p) => Some(repo.find_snapshot(p).await.context("finding the parent snapshot")?.0),
             None => None::<SnapshotId>,
         };
-        let host = args.host.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
-        let opts = BackupOptions {
-            paths: args.paths,
+        let config = FilesConfig { paths: args.paths, exclude: args.exclude, ..Default::default() };
+        let source = FilesSource::new(config).with_backup_options(BackupOptions {
             includes: args.include,
-            excludes: args.exclude,
-            tags: args.tag,
-            hostname: host,
             force: args.force,
             parent,
             threads: args.threads,
-            content_check: None,
             compression_level: args.compression_level,
-            fixed_chunks: None,
             read_timeout: Some(args.read_timeout),
             skip_xattrs: args.no_xattrs,
-        };
-        let progress = Arc::new(Progress::with_totals());
-        let view = ProgressView::start("backup", progress.clone());
-        let outcome = backup_files(&repo, opts, progress).await.context("backing up files")?;
-        drop(view);
-        let s = &outcome.snapshot.summary;
-        eprintln!(
-            "snapshot {} saved: {} files ({}), {} dirs; read {} files ({}), {} new chunks, {} added to the repository ({} stored) in {:.1}s",
-            outcome.id.short(),
-            s.files,
-            HumanBytes(s.bytes_total),
-            s.dirs,
-            s.files_read,
-            HumanBytes(s.bytes_read),
-            s.blobs_new,
-            HumanBytes(s.bytes_new),
-            HumanBytes(s.bytes_stored),
-            s.duration_secs,
-        );
-        println!("{}", outcome.id);
-        settle(&stores).await?;
-        for n in &outcome.notices {
-            eprintln!("lifeboat: note: {n}");
-        }
-        if outcome.warnings.is_empty() {
-            return Ok(0);
-        }
-        for w in &outcome.warnings {
-            eprintln!("lifeboat: warning: {w}");
-        }
-        eprintln!(
-            "lifeboat: error: snapshot {} is incomplete: {} entries could not be read",
-            outcome.id.short(),
-            outcome.warnings.len()
-        );
-        Ok(EXIT_PARTIAL)
+            ..Default::default()
+        });
+        run_backup(&source, repo, &stores, args.host, args.tag, "backup", "backing up files".into()).await
     }
 }

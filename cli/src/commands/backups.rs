@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use indicatif::HumanBytes;
-use lifeboat_agent::postgres::catalog::base_backups;
+use lifeboat_agent::sources::postgres::catalog::base_backups;
 
 use crate::RepoArgs;
 

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::HumanBytes;
-use lifeboat_agent::retention::apply;
 use lifeboat_common::policy::backup_schedules_from_yaml;
-use lifeboat_common::repo::prune::SAFE_GRACE;
+use lifeboat_common::repo::ops::prune::SAFE_GRACE;
+use lifeboat_common::repo::ops::retention::apply;
 
 use crate::{EXIT_PARTIAL, RepoArgs};
 
@@ -73,7 +73,7 @@ impl PruneArgs {
         let verb = if self.dry_run { "would forget" } else { "forgot" };
         println!("{verb} {} snapshots past their retention", report.forgotten.len());
         for id in &report.forgotten {
-            println!("  {}", &id[..id.len().min(8)]);
+            println!("  {}", id.short());
         }
         if let Some(from) = &report.wal_kept_from {
             println!("WAL kept from {from}; {} older WAL objects deleted", report.wal_deleted);

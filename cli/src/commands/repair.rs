@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use lifeboat_common::repo::repair::{repair_index, repair_snapshots};
+use lifeboat_common::repo::ops::repair::{repair_index, repair_snapshots};
 
 use crate::RepoArgs;
 

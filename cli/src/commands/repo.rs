@@ -11,9 +11,11 @@ use lifeboat_agent::progress::Progress;
 use lifeboat_common::crypto::MasterKey;
 use lifeboat_common::policy::storage_lifecycle_from_yaml;
 use lifeboat_common::repo::Repository;
-use lifeboat_common::repo::config::FORMAT_VERSION;
-use lifeboat_common::repo::migrate::migrate;
-use lifeboat_common::repo::replicas::{ReconcileOptions, ReconcileReport, reconcile};
+use lifeboat_common::repo::format::config::FORMAT_VERSION;
+use lifeboat_common::repo::ops::init::init;
+use lifeboat_common::repo::ops::migrate::migrate;
+use lifeboat_common::repo::ops::rehydrate::rehydrate;
+use lifeboat_common::repo::ops::replicas::{ReconcileOptions, ReconcileReport, reconcile};
 use lifeboat_common::store::OpenedStore;
 use lifeboat_common::store::lifecycle::Lifecycle;
 
@@ -102,10 +104,8 @@ impl RepoCommand {
                 let store = stores.store();
                 let key = repo.master_key()?;
                 let described = store.describe();
-                store.create_container().await.with_context(|| format!("preparing {described}"))?;
-                let created = Repository::init(store, &key)
-                    .await
-                    .with_context(|| format!("initialising repository in {described}"))?;
+                let created =
+                    init(store, &key).await.with_context(|| format!("initialising repository in {described}"))?;
                 eprintln!(
                     "created repository {} in {described}, keys wrapped by master key {}",
                     &created.config().id[..16],
@@ -116,13 +116,10 @@ impl RepoCommand {
             }
             RepoSub::Rehydrate { repo } => {
                 let opened = repo.open().await?;
-                let store = opened.store();
-                // Tree packs never leave the hot tier; data packs may.
-                let packs = store.list("data/").await.context("listing packs")?;
-                for meta in &packs {
-                    store.start_rehydrate(&meta.key).await.with_context(|| format!("rehydrating {}", meta.key))?;
-                }
-                eprintln!("rehydration started for {} packs in {}", packs.len(), store.describe());
+                let described = opened.store().describe();
+                let packs =
+                    rehydrate(&opened).await.with_context(|| format!("starting the rehydration of {described}"))?;
+                eprintln!("rehydration started for {packs} packs in {described}");
                 Ok(0)
             }
             RepoSub::Lifecycle { repo, policy, warm_after, cold_after, archive_after } => {

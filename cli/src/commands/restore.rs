@@ -8,11 +8,16 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
 use super::control::{ControlArgs, follow, parse_target};
-use indicatif::HumanBytes;
-use lifeboat_agent::files::{Overwrite, RestoreOptions, restore_files};
-use lifeboat_agent::postgres::restore::{PgRestoreOptions, RecoveryTarget, restore_postgres, wal_fetch_command};
-use lifeboat_agent::postgres::startup::{StartOptions, start_and_wait};
 use lifeboat_agent::progress::Progress;
+use lifeboat_agent::sources::files::{FilesSource, Overwrite, RestoreOptions};
+use lifeboat_agent::sources::postgres::PostgresSource;
+use lifeboat_agent::sources::postgres::restore::wal_fetch_command;
+use lifeboat_agent::sources::postgres::startup::{StartOptions, start_and_wait};
+use lifeboat_agent::sources::{
+    RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest, Source, parse_recovery_time,
+};
+use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::engine::open::RepoSpec;
 
 use crate::RepoArgs;
 use crate::progress::ProgressView;
@@ -53,9 +58,9 @@ struct AgentRestoreArgs {
     /// Files: only this absolute path of the snapshot.
     #[arg(long)]
     path: Option<String>,
-    /// PostgreSQL: recover to this time (RFC 3339).
-    #[arg(long, conflicts_with = "to_lsn")]
-    to_time: Option<String>,
+    /// PostgreSQL: recover to this time, with its zone (2026-11-24 10:00:00+00).
+    #[arg(long, conflicts_with = "to_lsn", value_parser = parse_recovery_time)]
+    to_time: Option<DateTime<Utc>>,
     /// PostgreSQL: recover to this LSN.
     #[arg(long)]
     to_lsn: Option<String>,
@@ -77,7 +82,7 @@ impl AgentRestoreArgs {
             target_dir: self.target_dir,
             path: self.path.unwrap_or_default(),
             latest,
-            to_time: self.to_time.unwrap_or_default(),
+            to_time: self.to_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
             to_lsn: self.to_lsn.unwrap_or_default(),
             delta: self.delta,
         };
@@ -99,8 +104,9 @@ struct PgRestoreArgs {
     /// The new data directory (must be empty or absent).
     #[arg(long)]
     target_dir: PathBuf,
-    /// Recover to this time (RFC 3339, e.g. 2026-11-24T10:00:00Z).
-    #[arg(long, conflicts_with_all = ["to_lsn", "latest"])]
+    /// Recover to this time, with its zone, as PostgreSQL prints it
+    /// (2026-11-24 10:00:00.5+00) or in RFC 3339 (2026-11-24T10:00:00Z).
+    #[arg(long, conflicts_with_all = ["to_lsn", "latest"], value_parser = parse_recovery_time)]
     to_time: Option<DateTime<Utc>>,
     /// Recover to this WAL position (X/Y).
     #[arg(long, conflicts_with = "latest")]
@@ -168,62 +174,34 @@ impl PgRestoreArgs {
         let agent = std::path::absolute(&agent).with_context(|| format!("resolving {}", agent.display()))?;
         let command = wal_fetch_command(&agent, &self.repo.repo, self.repo.key_file.as_deref())
             .context("resolving the key file for restore_command")?;
-        let target = match (self.to_time, self.to_lsn) {
-            (Some(t), _) => RecoveryTarget::Time(t),
-            (None, Some(l)) => RecoveryTarget::Lsn(l),
-            (None, None) => RecoveryTarget::Latest,
+        let point = match (self.to_time, self.to_lsn) {
+            (Some(t), _) => RecoveryPoint::Time(t),
+            (None, Some(l)) => RecoveryPoint::Lsn(l),
+            (None, None) => RecoveryPoint::Latest,
         };
-        let opts = PgRestoreOptions {
-            target_dir: self.target_dir.clone(),
-            from_backup: self.from_backup,
-            target: target.clone(),
-            restore_command: command,
+        let source = PostgresSource::default()
+            .with_tuning(self.threads, None)
+            .with_restore_command(command)
+            .with_tablespace_map(self.tablespace_map);
+        let request = RestoreRequest {
+            target: self.target_dir.clone(),
+            snapshot: self.from_backup,
+            path: None,
+            point,
             delta: self.delta,
-            tablespace_map: self.tablespace_map,
-            threads: self.threads,
-            protect: self.repo.spec()?.local_paths(),
         };
         let started = std::time::Instant::now();
-        let progress = Arc::new(Progress::default());
-        let view = ProgressView::start("restore", progress.clone());
-        let outcome = restore_postgres(&repo, opts, progress)
-            .await
-            .with_context(|| format!("restoring PostgreSQL into {}", self.target_dir.display()))?;
-        drop(view);
-        if !outcome.files.failed.is_empty() {
-            for f in &outcome.files.failed {
-                eprintln!("lifeboat: failed: {f}");
-            }
-            bail!("{} files of the base backup could not be restored (listed above)", outcome.files.failed.len());
-        }
-        eprintln!(
-            "restored base backup {} (WAL {} .. {}, timeline {}) into {}: {} files ({} written{}) in {:.1}s; start PostgreSQL on it to recover to {}",
-            outcome.backup.short(),
-            outcome.postgres.start_lsn,
-            outcome.postgres.stop_lsn,
-            outcome.postgres.timeline,
-            self.target_dir.display(),
-            outcome.files.files,
-            HumanBytes(outcome.files.bytes),
-            if self.delta {
-                format!(", {} already there, {} removed", HumanBytes(outcome.files.bytes_reused), outcome.files.deleted)
-            } else {
-                String::new()
-            },
-            started.elapsed().as_secs_f64(),
-            match target {
-                RecoveryTarget::Latest => "the end of the archived WAL".to_owned(),
-                RecoveryTarget::Time(t) => t.to_rfc3339(),
-                RecoveryTarget::Lsn(l) => l,
-            }
-        );
+        let what = format!("restoring PostgreSQL into {}", self.target_dir.display());
+        let done = run_restore(&source, repo.clone(), self.repo.spec()?, request, what).await?;
         if self.start {
             let opts = StartOptions {
                 pg_bin: self.pg_bin,
                 user: self.pg_user,
                 timeout: std::time::Duration::from_secs(self.start_timeout),
             };
-            let reached = start_and_wait(&self.target_dir, outcome.postgres.version, &opts)
+            let (_, backup) = repo.find_snapshot(&done.snapshot.to_string()).await?;
+            let version = backup.postgres.map_or(0, |pg| pg.version);
+            let reached = start_and_wait(&self.target_dir, version, &opts)
                 .await
                 .with_context(|| format!("starting PostgreSQL on {}", self.target_dir.display()))?;
             eprintln!(
@@ -281,51 +259,49 @@ impl RestoreArgs {
             bail!("give a snapshot and --target, or `restore postgres`");
         };
         let repo = self.repo.open().await?;
-        let (id, snapshot) = repo.find_snapshot(spec).await?;
-        let started = std::time::Instant::now();
-        let progress = Arc::new(Progress::default());
-        let view = ProgressView::start("restore", progress.clone());
-        let opts = RestoreOptions {
-            target: target.clone(),
-            sub_path: self.path.clone(),
+        let source = FilesSource::default().with_restore_options(RestoreOptions {
             delete: self.delete,
-            delta: self.delta,
-            fixed_chunks: None,
             threads: self.threads,
             overwrite: self.overwrite,
-            protect: self.repo.spec()?.local_paths(),
             skip_xattrs: self.no_xattrs,
+            ..Default::default()
+        });
+        let request = RestoreRequest {
+            target: target.clone(),
+            snapshot: Some(spec.to_owned()),
+            path: self.path.clone(),
+            point: RecoveryPoint::Latest,
+            delta: self.delta,
         };
-        let report = restore_files(&repo, &snapshot, opts, progress)
-            .await
-            .with_context(|| format!("restoring snapshot {} into {}", id.short(), target.display()))?;
-        drop(view);
-        for w in &report.warnings {
-            eprintln!("lifeboat: warning: {w}");
-        }
-        eprintln!(
-            "restored snapshot {} into {}: {} files ({} written{}), {} dirs, {} links and special files{}{} in {:.1}s",
-            id.short(),
-            target.display(),
-            report.files,
-            HumanBytes(report.bytes),
-            if self.delta { format!(", {} already there", HumanBytes(report.bytes_reused)) } else { String::new() },
-            report.dirs,
-            report.others,
-            if self.delete { format!(", {} extra entries deleted", report.deleted) } else { String::new() },
-            if report.kept > 0 {
-                format!(", {} existing files kept (--overwrite)", report.kept)
-            } else {
-                String::new()
-            },
-            started.elapsed().as_secs_f64()
-        );
-        if !report.failed.is_empty() {
-            for f in &report.failed {
-                eprintln!("lifeboat: failed: {f}");
-            }
-            bail!("{} entries could not be restored (listed above)", report.failed.len());
-        }
+        let what = format!("restoring snapshot {spec} into {}", target.display());
+        run_restore(&source, repo, self.repo.spec()?, request, what).await?;
         Ok(0)
     }
+}
+
+/// Restores through `source` with a progress bar, and prints what was
+/// restored, what it warned about and what failed (an error).
+async fn run_restore(
+    source: &dyn Source,
+    repo: Repository,
+    spec: RepoSpec,
+    request: RestoreRequest,
+    what: String,
+) -> Result<RestoreDone> {
+    let progress = Arc::new(Progress::default());
+    let view = ProgressView::start("restore", progress.clone());
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let done = source.restore(RestoreContext { repo, spec, hostname, progress }, request).await.context(what)?;
+    drop(view);
+    for w in &done.warnings {
+        eprintln!("lifeboat: warning: {w}");
+    }
+    eprintln!("{}", done.headline);
+    if !done.failed.is_empty() {
+        for f in &done.failed {
+            eprintln!("lifeboat: failed: {f}");
+        }
+        bail!("{} entries could not be restored (listed above)", done.failed.len());
+    }
+    Ok(done)
 }

@@ -21,7 +21,7 @@ pub struct SnapshotsArgs {
 struct Row<'a> {
     id: String,
     #[serde(flatten)]
-    snapshot: &'a lifeboat_common::repo::snapshot::Snapshot,
+    snapshot: &'a lifeboat_common::repo::format::snapshot::Snapshot,
 }
 
 impl SnapshotsArgs {

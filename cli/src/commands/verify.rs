@@ -6,9 +6,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::HumanBytes;
 use lifeboat_agent::progress::Progress;
-use lifeboat_common::repo::verify::verify;
+use lifeboat_common::repo::ops::verify::verify;
 
-use lifeboat_common::repo::replicas::ReconcileOptions;
+use lifeboat_common::repo::ops::replicas::ReconcileOptions;
 
 use crate::RepoArgs;
 use crate::commands::repo::run_reconcile;

@@ -15,6 +15,7 @@
 //! `priority` (1 critical .. 4 low, default 3): when agents are busy,
 //! priority 1 jobs go first. Every mistake is reported with its line.
 
+use crate::invalid::Invalid;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -82,11 +83,13 @@ impl CronPattern {
 }
 
 impl TryFrom<String> for CronPattern {
-    type Error = String;
+    type Error = Invalid;
 
-    fn try_from(text: String) -> Result<Self, String> {
+    fn try_from(text: String) -> Result<Self, Invalid> {
         if text.split_whitespace().count() != 5 {
-            return Err(format!("cron {text:?}: five fields expected (minute hour day-of-month month day-of-week)"));
+            return Err(
+                format!("cron {text:?}: five fields expected (minute hour day-of-month month day-of-week)").into()
+            );
         }
         let cron = croner::parser::CronParser::new().parse(&text).map_err(|e| format!("cron {text:?}: {e}"))?;
         Ok(CronPattern { text, cron: Box::new(cron) })
@@ -170,9 +173,9 @@ impl<'de> Deserialize<'de> for Interval {
 }
 
 impl TryFrom<RawEntry> for Entry {
-    type Error = String;
+    type Error = Invalid;
 
-    fn try_from(raw: RawEntry) -> Result<Self, String> {
+    fn try_from(raw: RawEntry) -> Result<Self, Invalid> {
         let interval = raw.interval.map(|i| i.0);
         let on_change = raw.on_change.unwrap_or(false);
         let trigger = match (raw.cron, interval, on_change) {
@@ -187,7 +190,7 @@ impl TryFrom<RawEntry> for Entry {
         }
         let priority = raw.priority.unwrap_or(3);
         if !(1..=4).contains(&priority) {
-            return Err(format!("priority {priority}: 1 (critical) to 4 (low)"));
+            return Err(format!("priority {priority}: 1 (critical) to 4 (low)").into());
         }
         Ok(Entry { trigger, retention_days: raw.retention_days, priority })
     }

@@ -12,6 +12,7 @@
 //! age range when data enters it. The ranges must follow each other with no
 //! gap or overlap, and colder classes must come later.
 
+use crate::invalid::Invalid;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -114,7 +115,7 @@ fn parse_age(age: &str) -> Result<(u32, Option<u32>), String> {
 }
 
 /// An S3 storage class or Azure access tier name, as people write them.
-fn parse_class(class: &str) -> Result<StorageTier, String> {
+fn parse_class(class: &str) -> Result<StorageTier, Invalid> {
     let squashed: String = class.to_ascii_lowercase().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let squashed = squashed.strip_prefix("s3").unwrap_or(&squashed);
     let squashed = squashed.strip_prefix("azure").unwrap_or(squashed);
@@ -125,7 +126,7 @@ fn parse_class(class: &str) -> Result<StorageTier, String> {
         "glacierdeeparchive" | "deeparchive" | "archive" => Ok(StorageTier::Archive),
         _ => Err(format!(
             "{class:?} is not a known class (S3 Standard, S3 Standard-IA, S3 Glacier, S3 Glacier Deep Archive; Azure Hot, Cool, Cold, Archive)"
-        )),
+        ).into()),
     }
 }
 

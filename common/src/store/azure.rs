@@ -6,6 +6,7 @@
 //! directly. Secrets come from the environment, never from the location,
 //! and are never logged.
 
+use crate::invalid::Invalid;
 use std::num::NonZero;
 use std::ops::Range;
 use std::sync::Arc;
@@ -190,7 +191,7 @@ impl AzureCredential {
 
 /// Signs an account SAS for the blob service (read, write, delete, list,
 /// add, create on service, container and object), valid for `hours`.
-pub fn account_sas(account: &str, key_base64: &str, hours: i64) -> Result<String, String> {
+pub fn account_sas(account: &str, key_base64: &str, hours: i64) -> Result<String, Invalid> {
     let key = BASE64.decode(key_base64.trim()).map_err(|_| "the account key is not base64".to_owned())?;
     let expiry = (chrono::Utc::now() + chrono::Duration::hours(hours)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let (permissions, services, resource_types, protocols) = ("rwdlac", "b", "sco", "https,http");
@@ -256,7 +257,7 @@ impl AzureStore {
         let (sas, token) = match credential {
             AzureCredential::Sas(s) => (Some(s), None),
             AzureCredential::AccountKey(k) => {
-                (Some(account_sas(&location.account, &k, 24 * 7).map_err(invalid)?), None)
+                (Some(account_sas(&location.account, &k, 24 * 7).map_err(|e| invalid(e.0))?), None)
             }
             AzureCredential::Entra(t) => (None, Some(t)),
         };

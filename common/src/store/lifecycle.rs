@@ -4,15 +4,14 @@
 //! tier: metadata (config, keys, indexes, snapshots) must stay readable at
 //! once, so a restore can always say which objects need rehydrating.
 
+use crate::invalid::Invalid;
 use std::str::FromStr;
 
 /// The longest age a lifecycle may name (a century), so day counts stay
 /// far inside what every service accepts.
 pub const MAX_DAYS: u32 = 36_500;
 
-/// Key prefixes of the objects a lifecycle may move to colder tiers (data
-/// packs and WAL; tree packs live under `tree/` and stay hot).
-pub const TIERED_PREFIXES: &[&str] = &["data/", "wal/"];
+pub use crate::repo::format::layout::TIERED_PREFIXES;
 
 /// Whether objects under `key` may leave the hot tier.
 pub fn is_tiered(key: &str) -> bool {
@@ -33,14 +32,14 @@ pub enum StorageTier {
 }
 
 impl FromStr for StorageTier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         match s.to_ascii_lowercase().as_str() {
             "hot" | "standard" => Ok(StorageTier::Hot),
             "warm" | "cool" | "standard_ia" => Ok(StorageTier::Warm),
             "cold" | "glacier" => Ok(StorageTier::Cold),
             "archive" | "deep_archive" => Ok(StorageTier::Archive),
-            other => Err(format!("unknown storage tier {other:?} (hot, warm, cold, archive)")),
+            other => Err(Invalid(format!("unknown storage tier {other:?} (hot, warm, cold, archive)"))),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `s3://bucket/prefix?region=…&endpoint=…` or
 //! `azure://account/container/prefix?endpoint=…`. Secrets never come from here.
 
+use crate::invalid::Invalid;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -54,7 +55,7 @@ pub fn parse_s3(location: &str) -> Result<S3Location, LocationError> {
         match k.as_ref() {
             "region" => region = Some(v.into_owned()),
             "endpoint" => endpoint = Some(v.into_owned()),
-            "data_class" => data_class = Some(v.parse().map_err(|e: String| invalid(location, &e))?),
+            "data_class" => data_class = Some(v.parse().map_err(|e: Invalid| invalid(location, &e.0))?),
             other => {
                 return Err(invalid(location, &format!("unknown parameter {other:?} (region, endpoint, data_class)")));
             }
@@ -75,7 +76,7 @@ pub fn parse_azure(location: &str) -> Result<AzureLocation, LocationError> {
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
             "endpoint" => endpoint = Some(v.trim_end_matches('/').to_owned()),
-            "data_tier" => data_tier = Some(v.parse().map_err(|e: String| invalid(location, &e))?),
+            "data_tier" => data_tier = Some(v.parse().map_err(|e: Invalid| invalid(location, &e.0))?),
             other => return Err(invalid(location, &format!("unknown parameter {other:?} (endpoint, data_tier)"))),
         }
     }

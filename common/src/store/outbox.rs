@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{LocalStore, ObjectStore, StoreError};
+use crate::repo::format::layout::{INDEX_PREFIX, SNAPSHOTS_PREFIX};
 
 /// Copies in flight per target while draining.
 const DRAIN_CONCURRENCY: usize = 4;
@@ -195,9 +196,9 @@ impl Outbox {
 /// waiting here (the drain stops at the first failure).
 fn send_order(key: &str) -> u8 {
     let key = &key[PUT.len()..];
-    if key.starts_with("snapshots/") {
+    if key.starts_with(SNAPSHOTS_PREFIX) {
         2
-    } else if key.starts_with("index/") {
+    } else if key.starts_with(INDEX_PREFIX) {
         1
     } else {
         0

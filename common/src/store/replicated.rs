@@ -5,6 +5,7 @@
 //! background task drains. Reads fall back to the next store (and last to
 //! the outbox) when one fails or lacks the object.
 
+use crate::invalid::Invalid;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -36,12 +37,12 @@ pub enum WritePolicy {
 }
 
 impl FromStr for WritePolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         match s {
             "all" => Ok(WritePolicy::All),
             "primary" => Ok(WritePolicy::Primary),
-            other => Err(format!("unknown write policy {other:?} (all, primary)")),
+            other => Err(Invalid(format!("unknown write policy {other:?} (all, primary)"))),
         }
     }
 }

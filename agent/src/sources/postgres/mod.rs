@@ -1,0 +1,22 @@
+//! PostgreSQL: base backups through the non-exclusive backup API, WAL
+//! archiving (`wal-push` / `wal-fetch`), WAL streaming through a
+//! replication slot (`wal-stream`), and restore to a recoverable data
+//! directory.
+
+pub mod archive;
+pub mod basebackup;
+pub mod catalog;
+pub mod checksum;
+pub mod connect;
+mod error;
+pub mod prefetch;
+pub mod relfile;
+pub mod replication;
+pub mod restore;
+mod source;
+pub mod startup;
+pub mod stream;
+pub mod wal;
+
+pub use error::PgError;
+pub use source::{PostgresConfig, PostgresSource, WalStreamConfig};

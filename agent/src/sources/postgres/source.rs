@@ -1,0 +1,328 @@
+//! A PostgreSQL cluster as a [`Source`]: its `[[source]]` section, base
+//! backups and point-in-time restores through the trait, and WAL streaming
+//! kept up while the daemon runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::HumanBytes;
+use lifeboat_common::policy::human_duration;
+use lifeboat_common::repo::Repository;
+use lifeboat_proto::v1;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::basebackup::{PgBackupOptions, backup_postgres};
+use super::connect::ConnectArgs;
+use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
+use super::stream::{StreamOptions, StreamStatus, stream_wal};
+use crate::sources::{
+    BackupContext, BackupDone, Common, Ongoing, RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest, Source,
+    SourceError, SourceHealth, SourceSection,
+};
+
+/// WAL streaming for a PostgreSQL source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalStreamConfig {
+    /// The physical replication slot (created if absent).
+    pub slot: String,
+    /// Commits wait for the repository (list the application name in
+    /// `synchronous_standby_names`).
+    #[serde(default)]
+    pub synchronous: bool,
+    /// How often the segment being written is stored (not synchronous).
+    #[serde(default = "default_interval", deserialize_with = "human_duration")]
+    pub interval: Duration,
+    /// The name the server sees.
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_application_name() -> String {
+    "lifeboat".into()
+}
+
+/// A `[[source]]` of `kind = "postgres"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Id, schedules, RPO.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The data directory (required: checked after parsing, so that a
+    /// misspelt field is named rather than reported missing).
+    #[serde(default)]
+    pub pgdata: PathBuf,
+    /// Server host or socket directory.
+    pub pg_host: Option<String>,
+    /// Port.
+    pub pg_port: Option<u16>,
+    /// User.
+    pub pg_user: Option<String>,
+    /// Database.
+    pub pg_dbname: Option<String>,
+    /// Stream WAL continuously, whether or not a coordinator is reachable.
+    pub wal_stream: Option<WalStreamConfig>,
+}
+
+impl PostgresConfig {
+    /// Connection settings (unset ones fall back to PG* and defaults).
+    pub fn connect(&self) -> ConnectArgs {
+        ConnectArgs {
+            host: self.pg_host.clone(),
+            port: self.pg_port,
+            user: self.pg_user.clone(),
+            dbname: self.pg_dbname.clone(),
+        }
+    }
+}
+
+impl SourceSection for PostgresConfig {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.pgdata.as_os_str().is_empty() {
+            return Err(format!("source {:?}: a postgres source needs pgdata", self.common.id));
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        if self.pgdata.is_relative() {
+            self.pgdata = base.join(&self.pgdata);
+        }
+    }
+
+    fn build(&self) -> Arc<dyn Source> {
+        Arc::new(PostgresSource::new(self.clone(), self.connect()))
+    }
+}
+
+/// A PostgreSQL cluster, with the options of one backup or restore beyond
+/// what the configuration says (the CLI sets them from its flags).
+#[derive(Debug, Default)]
+pub struct PostgresSource {
+    config: PostgresConfig,
+    connect: ConnectArgs,
+    threads: usize,
+    compression_level: Option<i32>,
+    restore_command: Option<String>,
+    tablespace_map: Vec<(String, PathBuf)>,
+    stream: Mutex<Option<watch::Receiver<StreamStatus>>>,
+}
+
+impl PostgresSource {
+    /// The cluster `config` describes, reached through `connect`.
+    pub fn new(config: PostgresConfig, connect: ConnectArgs) -> Self {
+        PostgresSource { config, connect, ..Default::default() }
+    }
+
+    /// File worker threads (0: automatic) and the zstd level of the data.
+    pub fn with_tuning(mut self, threads: usize, compression_level: Option<i32>) -> Self {
+        self.threads = threads;
+        self.compression_level = compression_level;
+        self
+    }
+
+    /// The `restore_command` a restored server fetches WAL with (default:
+    /// this binary's `wal-fetch`, or the `lifeboat-agent` beside it).
+    pub fn with_restore_command(mut self, command: String) -> Self {
+        self.restore_command = Some(command);
+        self
+    }
+
+    /// Where restored tablespaces go, by OID or name.
+    pub fn with_tablespace_map(mut self, map: Vec<(String, PathBuf)>) -> Self {
+        self.tablespace_map = map;
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for PostgresSource {
+    fn id(&self) -> &str {
+        &self.config.common.id
+    }
+
+    fn describe(&self) -> v1::Source {
+        self.config.common.to_proto(v1::SourceKind::Postgres, vec![self.config.pgdata.display().to_string()])
+    }
+
+    async fn backup(&self, ctx: BackupContext) -> Result<BackupDone, SourceError> {
+        let opts = PgBackupOptions {
+            pgdata: self.config.pgdata.clone(),
+            connect: self.connect.clone(),
+            hostname: ctx.hostname,
+            tags: ctx.tags,
+            threads: self.threads,
+            compression_level: self.compression_level,
+        };
+        let outcome = backup_postgres(&ctx.repo, opts, ctx.progress).await.map_err(SourceError::kind)?;
+        let s = &outcome.snapshot.summary;
+        let mut remarks = Vec::new();
+        let mut warnings = outcome.warnings;
+        let headline = match &outcome.snapshot.postgres {
+            Some(pg) => {
+                match pg.pages_verified {
+                    0 if pg.corrupt_pages.is_empty() => {
+                        remarks.push("page checksums not verified: the cluster has no data checksums".to_owned())
+                    }
+                    n => remarks.push(format!("page checksums verified on {n} pages")),
+                }
+                warnings.extend(pg.corrupt_pages.iter().map(|page| format!(
+                    "page checksum mismatch in {} block {} (stored {:#06x}, content has {:#06x}); the backup holds the page as read and is marked",
+                    page.file, page.block, page.found, page.expected
+                )));
+                format!(
+                    "base backup {} saved: WAL {} .. {} on timeline {}; {} files ({}), {} new ({} stored) in {:.1}s",
+                    outcome.id.short(),
+                    pg.start_lsn,
+                    pg.stop_lsn,
+                    pg.timeline,
+                    s.files,
+                    HumanBytes(s.bytes_total),
+                    HumanBytes(s.bytes_new),
+                    HumanBytes(s.bytes_stored),
+                    s.duration_secs
+                )
+            }
+            None => format!("base backup {} saved", outcome.id.short()),
+        };
+        Ok(BackupDone {
+            id: outcome.id,
+            snapshot: outcome.snapshot,
+            headline,
+            remarks,
+            warnings,
+            // WAL replay mends what changed while it was read: a base
+            // backup stands whatever it warns about.
+            incomplete: false,
+        })
+    }
+
+    async fn restore(&self, ctx: RestoreContext, request: RestoreRequest) -> Result<RestoreDone, SourceError> {
+        let restore_command = match &self.restore_command {
+            Some(c) => c.clone(),
+            None => {
+                let agent = std::env::current_exe()
+                    .map_err(|e| SourceError::Request(format!("locating lifeboat-agent: {e}")))?;
+                wal_fetch_command(&agent, &ctx.spec.locations, ctx.spec.key_file.as_deref())
+                    .map_err(|e| SourceError::Request(format!("resolving the key file: {e}")))?
+            }
+        };
+        let opts = PgRestoreOptions {
+            target_dir: request.target.clone(),
+            from_backup: request.snapshot.clone(),
+            target: request.point.clone(),
+            restore_command,
+            delta: request.delta,
+            tablespace_map: self.tablespace_map.clone(),
+            threads: self.threads,
+            protect: ctx.spec.local_paths(),
+        };
+        let started = std::time::Instant::now();
+        let outcome = restore_postgres(&ctx.repo, opts, ctx.progress).await.map_err(SourceError::kind)?;
+        let files = &outcome.files;
+        let headline = format!(
+            "restored base backup {} (WAL {} .. {}, timeline {}) into {}: {} files ({} written{}) in {:.1}s; start PostgreSQL on it to recover to {}",
+            outcome.backup.short(),
+            outcome.postgres.start_lsn,
+            outcome.postgres.stop_lsn,
+            outcome.postgres.timeline,
+            request.target.display(),
+            files.files,
+            HumanBytes(files.bytes),
+            if request.delta {
+                format!(", {} already there, {} removed", HumanBytes(files.bytes_reused), files.deleted)
+            } else {
+                String::new()
+            },
+            started.elapsed().as_secs_f64(),
+            match &request.point {
+                RecoveryPoint::Latest => "the end of the archived WAL".to_owned(),
+                RecoveryPoint::Time(t) => t.to_rfc3339(),
+                RecoveryPoint::Lsn(l) => l.clone(),
+            }
+        );
+        Ok(RestoreDone {
+            snapshot: outcome.backup,
+            headline,
+            warnings: outcome.files.warnings,
+            failed: outcome.files.failed,
+        })
+    }
+
+    fn start(&self, ongoing: Ongoing) -> Vec<JoinHandle<()>> {
+        let Some(stream) = &self.config.wal_stream else { return Vec::new() };
+        let (tx, rx) = watch::channel(StreamStatus::default());
+        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        let options = StreamOptions {
+            slot: stream.slot.clone(),
+            synchronous: stream.synchronous,
+            interval: stream.interval,
+            application_name: stream.application_name.clone(),
+            status_file: None,
+        };
+        let id = self.config.common.id.clone();
+        vec![tokio::spawn(keep_streaming(id, ongoing.repo, self.connect.clone(), options, tx, ongoing.shutdown))]
+    }
+
+    fn health(&self) -> SourceHealth {
+        let stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(status) = stream.as_ref().map(|rx| rx.borrow().clone()) else { return SourceHealth::default() };
+        SourceHealth {
+            error: (!status.connected).then(|| status.last_error.clone()).flatten(),
+            wal: Some(v1::WalLag {
+                connected: status.connected,
+                timeline: status.timeline,
+                stored_lsn: status.stored_lsn,
+                server_lsn: status.server_lsn,
+                lag_bytes: status.lag_bytes,
+                lag_seconds: status.lag_seconds,
+                newest_stored_age_seconds: status.newest_stored_age_seconds.unwrap_or(-1.0),
+            }),
+        }
+    }
+}
+
+/// Streams WAL for one source for as long as the agent runs, retrying
+/// after failures: this goes on whether or not a coordinator is reachable.
+async fn keep_streaming(
+    id: String,
+    repo: Repository,
+    connect: ConnectArgs,
+    options: StreamOptions,
+    status: watch::Sender<StreamStatus>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let mut stop = shutdown.clone();
+        let stopping = async move {
+            stop.wait_for(|s| *s).await.ok();
+        };
+        match stream_wal(&repo, &connect, &options, status.clone(), stopping).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(source = id, error = %e, "WAL streaming failed; retrying in 10s");
+                status.send_modify(|s| {
+                    s.connected = false;
+                    s.last_error = Some(e.to_string());
+                });
+            }
+        }
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
