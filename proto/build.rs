@@ -1,3 +1,5 @@
+//! Generates the gRPC code and its JSON mapping from `lifeboat/v1/*.proto`.
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = out.join("lifeboat_descriptor.bin");

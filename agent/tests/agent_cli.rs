@@ -3,6 +3,9 @@
 //! `cli/tests/postgres.rs`; this test also makes cargo build the binary
 //! they use.)
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 fn agent() -> Command {

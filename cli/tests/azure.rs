@@ -1,6 +1,9 @@
 //! The whole file backup/restore of the CLI against Azure Blob (Azurite from
 //! `deploy/services.sh`), authenticated by a connection string.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use lifeboat_integration_tests::services::{

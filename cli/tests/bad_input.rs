@@ -1,6 +1,9 @@
 //! Bad input gets a clear error and loses no data: a wrong key, corrupt,
 //! truncated or missing objects, a full disk.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;

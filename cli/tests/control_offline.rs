@@ -1,6 +1,9 @@
 //! The control plane's offline commands: `lifeboat audit verify` over a log
 //! written by the coordinator's writer, and `lifeboat certs init`.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use lifeboat_common::audit::{AuditLog, AuditRecord};

@@ -5,6 +5,9 @@
 //! either an error naming the damaged object or a restore identical to the
 //! source; never a panic, never a wrong restore.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;

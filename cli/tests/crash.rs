@@ -2,6 +2,9 @@
 //! next backup and `verify --read-data` succeed, and no snapshot refers to
 //! missing data.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::Stdio;

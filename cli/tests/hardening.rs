@@ -4,6 +4,9 @@
 //! never return data. Nothing outside what was asked may be read or
 //! written, and nothing asked for may go missing without a word.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;

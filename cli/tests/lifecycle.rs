@@ -3,6 +3,9 @@
 //! respected, other rules kept), and Azure blobs moved to the archive tier by
 //! age, with metadata left hot so a restore names what must be rehydrated.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use aws_sdk_s3::types::{

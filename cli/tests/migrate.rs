@@ -3,6 +3,9 @@
 //! previous release once `repo migrate` has run; that older repository
 //! keeps opening, verifying and restoring before and after.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;

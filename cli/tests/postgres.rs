@@ -2,6 +2,9 @@
 //! the postgres user: WAL archived by `lifeboat-agent wal-push`, a base
 //! backup taken under a write workload, restored and recovered.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::os::unix::fs::PermissionsExt;

@@ -5,6 +5,9 @@
 //! marked while it ran (its writer opened the repository before the mark)
 //! notices before it saves its snapshot and stores its own copy.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

@@ -2,6 +2,9 @@
 //! while a backup runs), and snapshots whose data is gone are found and,
 //! when asked, forgotten, after which the repository verifies clean.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;

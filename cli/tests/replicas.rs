@@ -4,6 +4,9 @@
 //! judged is never overwritten, and `--delete-extra` removes only packs
 //! that no index anywhere needs.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;

@@ -3,6 +3,9 @@
 //! primary down reads everything from the secondary, and a backup whose
 //! store is unreachable fails cleanly.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use lifeboat_integration_tests::services::{

@@ -3,6 +3,9 @@
 //! run with write policy `primary` (and a backup killed meanwhile), and a
 //! copy damaged in one store.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

@@ -1,5 +1,8 @@
 //! Back up a real tree and restore it bit-exact, with its metadata.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::fs;
@@ -111,4 +114,30 @@ fn several_roots_and_a_single_file() {
     let base = target.join(env.dir.path().strip_prefix("/").unwrap());
     assert_eq!(fs::read_to_string(base.join("a/one")).unwrap(), "1");
     assert_eq!(fs::read_to_string(base.join("b/two")).unwrap(), "2");
+}
+
+#[test]
+fn repository_flags_before_the_subcommand_and_a_closed_stdout() {
+    let (env, _src, id) = Env::with_backup();
+    // restic's habit: -r (and any repository flag) before the subcommand.
+    let out = env
+        .cmd()
+        .env_remove("LIFEBOAT_REPO")
+        .env_remove("LIFEBOAT_KEY_FILE")
+        .args(["-r", &env.location, "--key-file", env.key.to_str().unwrap(), "snapshots"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id[..8]));
+    let out = env.cmd().env_remove("LIFEBOAT_REPO").args(["--repo", &env.location, "snapshots"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // `lifeboat snapshots | head -0`: the reader is gone before a line is
+    // written; the command ends quietly, with SIGPIPE's status.
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let out = env.cmd().arg("snapshots").stdout(std::process::Stdio::from(writer)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked") && stderr.trim().is_empty(), "{stderr}");
 }

@@ -1,6 +1,9 @@
 //! The whole file backup/restore of the CLI against S3 (the emulator from
 //! `deploy/services.sh`): every command works unchanged with an s3:// repository.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use lifeboat_integration_tests::services::{s3_client, s3_test_bucket};

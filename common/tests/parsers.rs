@@ -3,6 +3,9 @@
 //! mutated input ends in an error naming the object, never a panic, and
 //! what is written reads back the same.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_common::crypto::{Keyring, MasterKey, WrappedKeyring};
 use lifeboat_common::repo::format::compress::compress;
 use lifeboat_common::repo::format::id::BlobId;

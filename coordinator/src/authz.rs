@@ -113,7 +113,10 @@ impl AdminCall {
 pub enum Call {
     /// `AgentControl/Attach`, for the host the agent says it is (known
     /// once its hello arrives).
-    Attach { host: Option<String> },
+    Attach {
+        /// The host, once known.
+        host: Option<String>,
+    },
     /// An `Admin` method.
     Admin(AdminCall),
     /// A method of neither service.

@@ -43,13 +43,22 @@ pub struct LagLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
     /// The agent has not been heard from for this long.
-    AgentLost { silent: Duration },
+    AgentLost {
+        /// For how long.
+        silent: Duration,
+    },
     /// No backup yet.
     NeverBackedUp,
     /// The newest backup (and WAL, if streamed) is older than the RPO.
-    RpoBreached { behind: Duration },
+    RpoBreached {
+        /// By how much.
+        behind: Duration,
+    },
     /// WAL streaming is behind more than allowed.
-    WalLagging { lag: Duration },
+    WalLagging {
+        /// How far behind.
+        lag: Duration,
+    },
     /// WAL streaming is disconnected.
     WalDisconnected,
 }

@@ -2,6 +2,9 @@
 //! (its process frozen, as SIGSTOP would) is replaced within two lease TTLs
 //! and, once it runs again, commits nothing.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 

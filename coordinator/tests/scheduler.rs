@@ -1,6 +1,9 @@
 //! The scheduler against real etcd: a slot becomes one job, however many
 //! ticks or leaders see it, and an outage's missed slots become one run.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

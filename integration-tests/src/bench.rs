@@ -44,6 +44,7 @@ pub fn measure(cmd: &mut Command) -> Result<Measured> {
     Ok(Measured { secs, peak_rss_kib: usage.ru_maxrss, cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime) })
 }
 
+/// Bytes the files below `path` take on disk.
 pub fn du(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_owned()];

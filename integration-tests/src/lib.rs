@@ -1,5 +1,8 @@
 //! Shared helpers of Lifeboat's end-to-end tests and benchmarks.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod bench;
 pub mod control;
 pub mod etcd;

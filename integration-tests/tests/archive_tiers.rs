@@ -2,6 +2,9 @@
 //! of failing obscurely), and rehydration can be started (S3 RestoreObject,
 //! Azure tier change); the emulators complete it at once.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use lifeboat_common::store::{
     AccessTier, AzureCredential, AzureLocation, AzureStore, ObjectStore, S3Location, S3Store, StoreError,

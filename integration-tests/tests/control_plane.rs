@@ -3,6 +3,9 @@
 //! trees into a real repository, the `lifeboat` admin client over mutual
 //! TLS; processes are killed with SIGKILL and paused with SIGSTOP.
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,12 +1,21 @@
-//! Every object store backend behaves the same: the local directory and S3
-//! (against the real emulator from `deploy/services.sh`).
+//! Every object store backend behaves the same: the local directory, S3
+//! and Azure Blob (against the real emulators from `deploy/services.sh`),
+//! and a replicated store over them, by either write policy.
+
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lifeboat_common::store::{LocalStore, ObjectStore, S3Location, S3Store, StoreError};
-use lifeboat_integration_tests::services::{create_bucket, s3_endpoint, s3_test_credentials, unique_bucket};
+use lifeboat_common::store::{
+    AzureCredential, AzureLocation, AzureStore, LocalStore, ObjectStore, ReplicatedStore, S3Location, S3Store,
+    StoreError, WritePolicy,
+};
+use lifeboat_integration_tests::services::{
+    AZURITE_ACCOUNT, AZURITE_KEY, azure_endpoint, create_bucket, s3_endpoint, s3_test_credentials, unique_bucket,
+};
 
 async fn conformance(store: &dyn ObjectStore) {
     let name = store.describe();
@@ -68,6 +77,49 @@ async fn s3_store_against_the_emulator() {
         })
         .await;
         conformance(&store).await;
+    }
+}
+
+fn azure_store(container: &str, prefix: &str) -> AzureStore {
+    AzureStore::connect(
+        AzureLocation {
+            account: AZURITE_ACCOUNT.into(),
+            container: container.into(),
+            prefix: prefix.into(),
+            endpoint: Some(azure_endpoint()),
+            data_tier: None,
+        },
+        AzureCredential::AccountKey(AZURITE_KEY.into()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn azure_store_against_azurite() {
+    let container = unique_bucket("conf-az");
+    for prefix in ["", "repo/one"] {
+        let store = azure_store(&container, prefix);
+        store.create_container().await.unwrap();
+        conformance(&store).await;
+    }
+}
+
+#[tokio::test]
+async fn replicated_store_by_either_write_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let container = unique_bucket("conf-rep");
+    for (n, policy) in [WritePolicy::All, WritePolicy::Primary].into_iter().enumerate() {
+        let primary: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join(format!("primary-{n}"))));
+        let secondary = azure_store(&container, &format!("copy-{n}"));
+        secondary.create_container().await.unwrap();
+        let secondary: Arc<dyn ObjectStore> = Arc::new(secondary);
+        let outbox = dir.path().join(format!("outbox-{n}"));
+        let store = ReplicatedStore::new(vec![primary, secondary.clone()], policy, Some(outbox));
+        conformance(&store).await;
+        // What the replicated store acknowledged reaches the copy too.
+        store.settle().await.unwrap();
+        assert_eq!(secondary.get("config").await.unwrap(), Bytes::from_static(b"cfg"), "{policy:?}");
+        assert!(secondary.get("data/ab/abcd").await.unwrap_err().is_not_found(), "{policy:?}");
     }
 }
 

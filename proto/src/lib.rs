@@ -1,6 +1,8 @@
 //! Lifeboat's wire protocol, generated from `proto/lifeboat/v1/*.proto`.
 
-/// Version 1 of the protocol.
+/// Version 1 of the protocol. Generated: its items are documented in the
+/// `.proto` files, where not every field needs a comment of its own.
+#[allow(missing_docs)]
 pub mod v1 {
     tonic::include_proto!("lifeboat.v1");
     include!(concat!(env!("OUT_DIR"), "/lifeboat.v1.serde.rs"));

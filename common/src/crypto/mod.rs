@@ -30,7 +30,12 @@ pub enum CryptoError {
     Authentication,
     /// The master key cannot unwrap this keyring.
     #[error("wrong key: master key {have} cannot open this repository (its keyring is wrapped by {wanted})")]
-    WrongKey { have: KeyId, wanted: String },
+    WrongKey {
+        /// The id of the master key given.
+        have: KeyId,
+        /// The ids of the master keys the keyring is wrapped by.
+        wanted: String,
+    },
     /// The object names a data key the keyring does not hold.
     #[error("unknown data key {0}: the keyring does not hold it")]
     UnknownDataKey(KeyId),
@@ -40,10 +45,13 @@ pub enum CryptoError {
     /// Reading or writing a key file failed.
     #[error("{op} key file {path}: {cause}")]
     Io {
+        /// What was being done.
         op: &'static str,
+        /// The file.
         path: String,
         // Part of the message rather than a `source`, so a chained display
         // does not print it twice.
+        /// The underlying error.
         cause: std::io::Error,
     },
     /// The system random generator failed.
@@ -53,7 +61,12 @@ pub enum CryptoError {
     #[error(
         "key file {path} is readable by group or others (mode {mode:04o}): whoever can read it can read every backup; chmod 600 it"
     )]
-    LoosePermissions { path: String, mode: u32 },
+    LoosePermissions {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// The id of a master key or data key: 8 random bytes, shown as 16 hex digits.

@@ -22,10 +22,20 @@ pub enum RepoError {
     #[error(
         "the repository's config names format version {found}, which is not supported (this build reads versions 1 to {supported})"
     )]
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion {
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
     /// An object failed authentication, decoding or its hash check.
     #[error("object {object} is corrupt: {reason}")]
-    Corrupt { object: String, reason: String },
+    Corrupt {
+        /// The object.
+        object: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A blob is referenced but no index lists it.
     #[error("blob {0} is not in any index (missing data)")]
     BlobNotIndexed(String),
@@ -37,7 +47,12 @@ pub enum RepoError {
     Interrupted(&'static str),
     /// Serialising an object failed.
     #[error("encoding {what}: {reason}")]
-    Encode { what: &'static str, reason: String },
+    Encode {
+        /// The kind of object.
+        what: &'static str,
+        /// Why it could not be encoded.
+        reason: String,
+    },
 }
 
 impl RepoError {

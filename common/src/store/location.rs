@@ -21,7 +21,12 @@ pub enum LocationError {
     Unsupported(String),
     /// The location is malformed.
     #[error("invalid store location {location:?}: {reason}")]
-    Invalid { location: String, reason: String },
+    Invalid {
+        /// The location as given.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The store cannot be set up (e.g. no credentials).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -35,40 +35,77 @@ pub use s3::{S3Location, S3Store};
 pub enum StoreError {
     /// The object does not exist.
     #[error("object {key} not found in {store}")]
-    NotFound { store: String, key: String },
+    NotFound {
+        /// The store, as it describes itself.
+        store: String,
+        /// The object's key.
+        key: String,
+    },
     /// A create-if-absent write found the object already there.
     #[error("object {key} already exists in {store}")]
-    AlreadyExists { store: String, key: String },
+    AlreadyExists {
+        /// The store, as it describes itself.
+        store: String,
+        /// The object's key.
+        key: String,
+    },
     /// A ranged read asked for bytes past the object's end (a truncated object).
     #[error("object {key} in {store} is {size} bytes, shorter than the {wanted} bytes asked for")]
-    Truncated { store: String, key: String, size: u64, wanted: u64 },
+    Truncated {
+        /// The store, as it describes itself.
+        store: String,
+        /// The object's key.
+        key: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The bytes asked for.
+        wanted: u64,
+    },
     /// The key is not a valid object name.
     #[error("invalid object key {key:?}: {reason}")]
-    InvalidKey { key: String, reason: &'static str },
+    InvalidKey {
+        /// The object's key.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The object sits in an archive tier and must be rehydrated before it
     /// can be read.
     #[error(
         "object {key} in {store} is in the archive tier: it must be rehydrated before it can be read (`lifeboat repo rehydrate` starts that; it takes hours on the real services)"
     )]
-    Archived { store: String, key: String },
+    Archived {
+        /// The store, as it describes itself.
+        store: String,
+        /// The object's key.
+        key: String,
+    },
     /// A remote service refused or could not be reached (after bounded retries).
     #[error("{op} {key} in {store}: {message}")]
     Remote {
+        /// The store, as it describes itself.
         store: String,
+        /// What was being done.
         op: &'static str,
+        /// The object's key.
         key: String,
         /// HTTP status, when the service answered.
         status: Option<u16>,
+        /// The service's message.
         message: String,
     },
     /// Any I/O failure, naming the object or path involved.
     #[error("{op} {what} in {store}: {cause}")]
     Io {
+        /// The store, as it describes itself.
         store: String,
+        /// What was being done.
         op: &'static str,
+        /// The object or path involved.
         what: String,
         // Part of the message rather than a `source`, so a chained display
         // does not print it twice.
+        /// The underlying error.
         cause: std::io::Error,
     },
 }

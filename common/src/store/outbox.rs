@@ -135,6 +135,12 @@ impl Outbox {
         self.targets.iter().any(|t| t.spool.root().join(PUT).join(key).exists())
     }
 
+    /// Whether a deletion of `key` is waiting for any target (which may
+    /// then still hold the object).
+    pub fn is_deleting(&self, key: &str) -> bool {
+        self.targets.iter().any(|t| t.spool.root().join(DELETE).join(key).exists())
+    }
+
     /// Forgets a spooled copy (the primary refused the object).
     pub async fn discard_put(&self, key: &str) {
         for t in &self.targets {

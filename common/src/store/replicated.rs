@@ -81,6 +81,16 @@ fn store_unreachable(e: &StoreError) -> bool {
 }
 
 impl ReplicatedStore {
+    /// Not found, for an object deleted from the primary whose deletion
+    /// still waits in the outbox for the others: a read must not fall back
+    /// to a copy that is about to go.
+    fn not_deleted(&self, key: &str) -> Result<(), StoreError> {
+        if self.outbox.is_deleting(key) {
+            return Err(StoreError::NotFound { store: self.describe(), key: key.to_owned() });
+        }
+        Ok(())
+    }
+
     /// Stores in order of preference (the first is the primary), the write
     /// policy, and the outbox directory (default: under [`crate::dirs::state_dir`]).
     /// With policy `primary` this starts the background copier, so it must
@@ -283,6 +293,7 @@ impl ObjectStore for ReplicatedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.not_deleted(key)?;
         match self.read(|s| async move { s.get(key).await }).await {
             Err(e) => self.outbox.get(key).await.ok_or(e),
             ok => ok,
@@ -290,6 +301,7 @@ impl ObjectStore for ReplicatedStore {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.not_deleted(key)?;
         let read = self
             .read(|s| {
                 let range = range.clone();
@@ -312,6 +324,7 @@ impl ObjectStore for ReplicatedStore {
     }
 
     async fn head(&self, key: &str) -> Result<u64, StoreError> {
+        self.not_deleted(key)?;
         match self.read(|s| async move { s.head(key).await }).await {
             Err(e) => self.outbox.get(key).await.map(|b| b.len() as u64).ok_or(e),
             ok => ok,

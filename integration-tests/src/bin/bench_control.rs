@@ -9,6 +9,9 @@
 //!
 //! Usage: bench_control [WORK_DIR] [SIZES]   (default: /tmp/lifeboat-bench-control 1000,5000)
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

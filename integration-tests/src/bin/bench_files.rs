@@ -4,6 +4,9 @@
 //!
 //! Run through `deploy/bench-files.sh` (builds release binaries first).
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

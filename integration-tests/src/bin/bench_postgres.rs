@@ -9,6 +9,9 @@
 //!
 //! Usage: bench_postgres [WORK_DIR] [SIZE_GIB]
 
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -11,15 +11,23 @@ pub enum FilesError {
     /// A filesystem call failed on `path`.
     #[error("{op} {path}: {cause}")]
     Io {
+        /// What was being done.
         op: &'static str,
+        /// The file.
         path: String,
         // Part of the message rather than a `source`, so a chained display
         // does not print it twice.
+        /// The underlying error.
         cause: std::io::Error,
     },
     /// An include or exclude pattern is not a valid glob.
     #[error("invalid pattern {pattern:?}: {reason}")]
-    Pattern { pattern: String, reason: String },
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A path asked for is not in the snapshot.
     #[error("{0} is not in the snapshot")]
     NotInSnapshot(String),

@@ -29,12 +29,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 #[derive(Debug)]
 pub enum Streamed {
     /// WAL bytes starting at `start`; `server_end` is the server's current end of WAL.
-    XLogData { start: u64, server_end: u64, data: Bytes },
+    XLogData {
+        /// The LSN of the first byte.
+        start: u64,
+        /// The server's end of WAL.
+        server_end: u64,
+        /// The WAL bytes.
+        data: Bytes,
+    },
     /// A heartbeat with the server's end of WAL; `reply` asks for a status update now.
-    Keepalive { server_end: u64, reply: bool },
+    Keepalive {
+        /// The server's end of WAL.
+        server_end: u64,
+        /// Whether the server wants a status update now.
+        reply: bool,
+    },
     /// The timeline ended (the server was promoted past it): streaming
     /// continues on `next_timeline`, which forked at `switch_lsn`.
-    TimelineEnd { next_timeline: Option<(u32, u64)> },
+    TimelineEnd {
+        /// The next timeline and the LSN it forked at, if the server said.
+        next_timeline: Option<(u32, u64)>,
+    },
 }
 
 /// `IDENTIFY_SYSTEM`'s answer.

@@ -398,7 +398,12 @@ async fn session(
                 }
                 Err(e) => ending = Some(Err(e)),
             },
-            joined = async { inflight.as_mut().expect("guarded by is_some").await }, if inflight.is_some() => {
+            joined = async {
+                match inflight.as_mut() {
+                    Some(upload) => upload.await,
+                    None => std::future::pending().await,
+                }
+            }, if inflight.is_some() => {
                 inflight = None;
                 let (job, outcome) = joined.map_err(|_| PgError::Usage("a WAL upload panicked".into()))?;
                 match outcome {
