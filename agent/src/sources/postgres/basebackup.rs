@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use lifeboat_common::repo::format::snapshot::{PostgresBackup, Tablespace};
-use lifeboat_common::repo::format::wal::Timeline;
+use lifeboat_common::repo::format::wal::{Lsn, Segment, Timeline};
 use lifeboat_common::repo::{Repository, SnapshotId};
 
 use super::PgError;
@@ -137,13 +137,11 @@ pub async fn backup_postgres(
     let (start_lsn, start_wal, timeline): (String, String, i32) = (col(&start, 0)?, col(&start, 1)?, col(&start, 2)?);
     tracing::info!(%start_lsn, %start_wal, "backup started");
     let timeline = Timeline::from_server(timeline.into()).ok_or_else(|| odd("timeline", timeline.into()))?;
+    let (start_lsn, start_wal): (Lsn, Segment) = (start_lsn.parse()?, start_wal.parse()?);
 
     let relations =
         RelationFiles::new(pgdata.clone(), tablespaces.iter().map(|t| (t.oid, PathBuf::from(&t.location))).collect());
-    let checks = verify_pages.then(|| {
-        let start = super::restore::parse_lsn(&start_lsn).unwrap_or(u64::MAX);
-        Arc::new(PageChecks::new(relations.clone(), start))
-    });
+    let checks = verify_pages.then(|| Arc::new(PageChecks::new(relations.clone(), start_lsn.0)));
     let root = pgdata.display().to_string();
     let mut excludes: Vec<String> = EXCLUDED_IN_PGDATA.iter().map(|e| format!("{root}/{e}")).collect();
     excludes.extend(EXCLUDED_NAMES.iter().map(|e| e.to_string()));
@@ -177,6 +175,7 @@ pub async fn backup_postgres(
     let (stop_lsn, stop_wal, backup_label, tablespace_map): (String, String, String, String) =
         (col(&stop, 0)?, col(&stop, 1)?, col(&stop, 2)?, col(&stop, 3)?);
     tracing::info!(%stop_lsn, %stop_wal, "backup stopped; its WAL is archived");
+    let (stop_lsn, stop_wal): (Lsn, Segment) = (stop_lsn.parse()?, stop_wal.parse()?);
 
     let (pages_verified, corrupt_pages) = checks.map(|c| c.results()).unwrap_or_default();
     let mut captured = captured;
@@ -186,7 +185,7 @@ pub async fn backup_postgres(
         pgdata: root,
         start_lsn,
         stop_lsn,
-        timeline: timeline.0,
+        timeline,
         start_wal,
         stop_wal,
         version,

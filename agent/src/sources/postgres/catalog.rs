@@ -2,6 +2,7 @@
 //! time and WAL they can be recovered over.
 
 use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::format::wal::Lsn;
 use serde::Serialize;
 
 use super::replication::format_lsn;
@@ -22,9 +23,9 @@ pub struct BaseBackup {
     /// When `pg_backup_stop` returned: the earliest point it recovers to.
     pub stop_time: chrono::DateTime<chrono::Utc>,
     /// WAL range.
-    pub start_lsn: String,
+    pub start_lsn: Lsn,
     /// End of the WAL range: the earliest LSN it recovers to.
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     /// Timeline.
     pub timeline: u32,
     /// Size of the data directory.
@@ -52,15 +53,15 @@ pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>, PgError>
     let mut segments_by_timeline = std::collections::HashMap::new();
     for (id, snap) in repo.snapshots().await? {
         let Some(pg) = snap.postgres else { continue };
-        let archived = match segments_by_timeline.entry(pg.timeline) {
+        let archived = match segments_by_timeline.entry(pg.timeline.0) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(wal::archived_segment_times(repo, pg.timeline).await?)
+                e.insert(wal::archived_segment_times(repo, pg.timeline.0).await?)
             }
         };
         let names: Vec<String> = archived.keys().cloned().collect();
         let (to, to_time, gap, unusable) =
-            match wal::check_chain(&names, &pg.start_wal, &pg.stop_wal, pg.wal_segment_size) {
+            match wal::check_chain(&names, &pg.start_wal.to_string(), &pg.stop_wal.to_string(), pg.wal_segment_size) {
                 Ok((last, gap)) => {
                     let end = segment_start(&last, pg.wal_segment_size).map(|s| s + pg.wal_segment_size);
                     let at = archived.get(&last).copied().flatten();
@@ -76,7 +77,7 @@ pub async fn base_backups(repo: &Repository) -> Result<Vec<BaseBackup>, PgError>
             stop_time: pg.stop_time,
             start_lsn: pg.start_lsn,
             stop_lsn: pg.stop_lsn,
-            timeline: pg.timeline,
+            timeline: pg.timeline.0,
             bytes_total: snap.summary.bytes_total,
             bytes_stored: snap.summary.bytes_stored,
             recoverable_to_lsn: to,

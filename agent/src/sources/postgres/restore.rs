@@ -92,7 +92,7 @@ async fn choose(repo: &Repository, opts: &PgRestoreOptions) -> Result<(SnapshotI
         let fits = match &opts.target {
             RecoveryPoint::Latest => true,
             RecoveryPoint::Time(t) => pg.stop_time <= *t,
-            RecoveryPoint::Lsn(l) => parse_lsn(&pg.stop_lsn).zip(parse_lsn(l)).is_some_and(|(stop, l)| stop <= l),
+            RecoveryPoint::Lsn(l) => parse_lsn(l).is_some_and(|l| pg.stop_lsn.0 <= l),
         };
         fits.then_some((id, s, pg))
     });
@@ -140,8 +140,9 @@ pub async fn restore_postgres(
     let (id, snapshot, pg) = choose(repo, &opts).await?;
     // Before restoring anything: is the WAL there to make it consistent and
     // to reach the target?
-    let archived = wal::archived_segments(repo, pg.timeline).await?;
-    let (last, gap) = wal::check_chain(&archived, &pg.start_wal, &pg.stop_wal, pg.wal_segment_size)?;
+    let archived = wal::archived_segments(repo, pg.timeline.0).await?;
+    let (last, gap) =
+        wal::check_chain(&archived, &pg.start_wal.to_string(), &pg.stop_wal.to_string(), pg.wal_segment_size)?;
     if let Some(missing) = gap {
         let message = format!(
             "WAL segment {missing} is missing from the repository while later segments exist: recovery would stop at the end of {last}"

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::repo::format::id::{BlobId, SnapshotId};
+use crate::repo::format::wal::{Lsn, Segment, Timeline};
 
 /// What a backup did, kept with its snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,15 +62,15 @@ pub struct PostgresBackup {
     /// The data directory backed up.
     pub pgdata: String,
     /// `pg_backup_start` LSN.
-    pub start_lsn: String,
+    pub start_lsn: Lsn,
     /// `pg_backup_stop` LSN.
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     /// Timeline the backup started on.
-    pub timeline: u32,
-    /// WAL file holding the start LSN.
-    pub start_wal: String,
-    /// WAL file holding the stop LSN.
-    pub stop_wal: String,
+    pub timeline: Timeline,
+    /// WAL segment holding the start LSN.
+    pub start_wal: Segment,
+    /// WAL segment holding the stop LSN.
+    pub stop_wal: Segment,
     /// `server_version_num`.
     pub version: u32,
     /// WAL segment size in bytes.

@@ -44,18 +44,25 @@ impl FromStr for Lsn {
     }
 }
 
-impl Serialize for Lsn {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+/// Stored as the text PostgreSQL writes, parsed back on reading.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl<'de> Deserialize<'de> for Lsn {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(Lsn);
 
 /// A timeline id: 1 at `initdb`, one more at each promotion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -138,6 +145,8 @@ impl FromStr for Segment {
         Ok(Segment { timeline: Timeline(part(0..8)?), log: part(8..16)?, seg: part(16..24)? })
     }
 }
+
+serde_as_text!(Segment);
 
 /// Suffix of the object holding a segment streamed only in part so far.
 /// (Not PostgreSQL's `.partial`: that is the abandoned tail of a timeline

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::repo::Repository;
 use crate::repo::error::RepoError;
 use crate::repo::format::id::SnapshotId;
-use crate::repo::format::layout::{WAL_PREFIX, snapshot_key};
+use crate::repo::format::layout::WAL_PREFIX;
 use crate::repo::format::snapshot::Snapshot;
 use crate::repo::format::wal::{Segment, WalFile};
 use crate::repo::ops::prune::{PruneReport, forget, prune};
@@ -95,7 +95,7 @@ pub async fn apply(
     let mut kept_from = None::<Segment>;
     for (id, s) in &snapshots {
         let Some(pg) = s.postgres.as_ref().filter(|_| !forgotten.contains(id)) else { continue };
-        let start: Segment = pg.start_wal.parse().map_err(|e| RepoError::corrupt(snapshot_key(id), e))?;
+        let start = pg.start_wal;
         if kept_from.is_none_or(|k| start.position() < k.position()) {
             kept_from = Some(start);
         }
@@ -174,5 +174,44 @@ mod tests {
             snap(7, "h1", "etc", Some("files.unknown"), 400, now), // no rule: kept
         ];
         assert_eq!(expired(&snapshots, &days, now), vec![SnapshotId([1; 32]), SnapshotId([5; 32])]);
+    }
+
+    #[tokio::test]
+    async fn wal_before_the_oldest_kept_backup_goes_and_history_stays() {
+        use crate::crypto::MasterKey;
+        use crate::repo::format::object;
+        use crate::store::LocalStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::new(dir.path().join("repo")));
+        let repo = Repository::init(store, &MasterKey::generate().unwrap()).await.unwrap();
+        let names = [
+            "000000010000000000000003",
+            "000000010000000000000004.00000028.backup",
+            "000000010000000000000005",
+            "000000020000000000000005.partial",
+            "000000020000000000000006",
+            "000000020000000000000007.stream",
+            "00000002.history",
+        ];
+        for name in names {
+            let key = name.parse::<WalFile>().unwrap().key();
+            let sealed = object::seal(repo.keyring(), "wal", &key, vec![1; 64], 1).unwrap();
+            repo.store().put(&key, sealed.into()).await.unwrap();
+        }
+        let keep_from: Segment = "000000020000000000000005".parse().unwrap();
+        assert_eq!(expire_wal_before(&repo, keep_from).await.unwrap(), 2);
+        let mut left: Vec<String> = repo
+            .store()
+            .list(WAL_PREFIX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        left.sort();
+        let mut expected = names[2..].to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+        assert!("bogus".parse::<Segment>().is_err());
     }
 }
