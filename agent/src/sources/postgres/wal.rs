@@ -2,6 +2,7 @@
 //! written create-if-absent so a file archived twice is checked, never
 //! replaced.
 
+use lifeboat_common::repo::format::layout::WAL_KIND;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -80,7 +81,7 @@ pub async fn seal(repo: &Repository, key: &str, content: Vec<u8>) -> Result<(Byt
     let (r, key) = (repo.clone(), key.to_owned());
     let sealed = tokio::task::spawn_blocking(move || {
         let digest = blake3::hash(&content);
-        object::seal(r.keyring(), "wal", &key, content, WAL_COMPRESSION).map(|s| (Bytes::from(s), digest))
+        object::seal(r.keyring(), WAL_KIND, &key, content, WAL_COMPRESSION).map(|s| (Bytes::from(s), digest))
     })
     .await
     .map_err(|_| PgError::Usage("sealing a WAL file panicked".into()))?;
@@ -96,7 +97,7 @@ pub async fn push_content(repo: &Repository, name: &str, content: Vec<u8>) -> Re
         Ok(()) => Ok((Pushed::Stored, digest)),
         Err(StoreError::AlreadyExists { .. }) => {
             let existing = repo.store().get(&key).await?;
-            let plain = object::open(repo.keyring(), "wal", &key, &existing)?;
+            let plain = object::open(repo.keyring(), WAL_KIND, &key, &existing)?;
             if blake3::hash(&plain) == digest {
                 Ok((Pushed::AlreadyThere, digest))
             } else {
@@ -136,7 +137,7 @@ pub async fn read(repo: &Repository, name: &str) -> Result<Option<Fetched>, PgEr
     for (key, partial) in keys {
         match repo.store().get(&key).await {
             Ok(sealed) => {
-                let content = object::open(repo.keyring(), "wal", &key, &sealed)?;
+                let content = object::open(repo.keyring(), WAL_KIND, &key, &sealed)?;
                 return Ok(Some(Fetched { content, partial }));
             }
             Err(e) if e.is_not_found() => {}

@@ -1,5 +1,6 @@
 //! Opening, initialising and reading a repository.
 
+use crate::repo::format::layout::{INDEX_KIND, SNAPSHOT_KIND};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -337,7 +338,7 @@ impl Repository {
 
     /// Reads and opens one index object.
     pub async fn read_index_object(&self, key: &str) -> Result<IndexFile, RepoError> {
-        let plain = self.read_sealed(key, "index").await?;
+        let plain = self.read_sealed(key, INDEX_KIND).await?;
         postcard::from_bytes(&plain).map_err(|e| RepoError::corrupt(key, e))
     }
 
@@ -372,7 +373,7 @@ impl Repository {
             postcard::to_allocvec(&file).map_err(|e| RepoError::Encode { what: "index", reason: e.to_string() })?;
         let id = IndexId(random_id_bytes()?);
         let key = index_key(&id);
-        let sealed = object::seal(&self.inner.keyring, "index", &key, payload, self.inner.config.compression_level)?;
+        let sealed = object::seal(&self.inner.keyring, INDEX_KIND, &key, payload, self.inner.config.compression_level)?;
         self.write_through(&key, sealed, false).await?;
         self.inner.index.write().unwrap_or_else(|p| p.into_inner()).add(file);
         Ok(Some(id))
@@ -384,7 +385,8 @@ impl Repository {
             serde_json::to_vec(snapshot).map_err(|e| RepoError::Encode { what: "snapshot", reason: e.to_string() })?;
         let id = SnapshotId(random_id_bytes()?);
         let key = snapshot_key(&id);
-        let sealed = object::seal(&self.inner.keyring, "snapshot", &key, payload, self.inner.config.compression_level)?;
+        let sealed =
+            object::seal(&self.inner.keyring, SNAPSHOT_KIND, &key, payload, self.inner.config.compression_level)?;
         self.write_through(&key, sealed, true).await?;
         Ok(id)
     }
@@ -392,7 +394,7 @@ impl Repository {
     /// Loads one snapshot manifest.
     pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let key = snapshot_key(id);
-        let plain = self.read_sealed(&key, "snapshot").await?;
+        let plain = self.read_sealed(&key, SNAPSHOT_KIND).await?;
         serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&key, e))
     }
 

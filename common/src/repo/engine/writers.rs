@@ -10,6 +10,7 @@
 //! marker lacks that plan. A marker not refreshed for [`STALE_AFTER`] is a
 //! writer that died: ignored (and removed by the next prune).
 
+use crate::repo::format::layout::WRITER_KIND;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ pub struct WriterSession {
 async fn write(repo: &Repository, key: &str, marker: &WriterMarker) -> Result<(), RepoError> {
     let payload =
         serde_json::to_vec(marker).map_err(|e| RepoError::Encode { what: "writer marker", reason: e.to_string() })?;
-    let sealed = object::seal(repo.keyring(), "writer", key, payload, repo.config().compression_level)?;
+    let sealed = object::seal(repo.keyring(), WRITER_KIND, key, payload, repo.config().compression_level)?;
     repo.store().put(key, sealed.into()).await?;
     Ok(())
 }
@@ -136,5 +137,5 @@ impl Drop for WriterSession {
 
 /// Every writer marker, by key, and those that cannot be read.
 pub async fn list(repo: &Repository) -> Result<(Vec<(String, WriterMarker)>, Vec<Damaged>), RepoError> {
-    repo.sealed_objects(WRITERS_PREFIX, "writer").await
+    repo.sealed_objects(WRITERS_PREFIX, WRITER_KIND).await
 }

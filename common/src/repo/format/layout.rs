@@ -24,6 +24,27 @@ pub const WRITERS_PREFIX: &str = "writers/";
 /// `prune/<id>`: the packs a prune marked, deleted after the grace period.
 pub const PRUNE_PREFIX: &str = "prune/";
 
+/// The kind a sealed index object is bound to (with its key), so that one
+/// kind of object cannot be passed off as another.
+pub const INDEX_KIND: &str = "index";
+/// The kind of a sealed snapshot manifest.
+pub const SNAPSHOT_KIND: &str = "snapshot";
+/// The kind of a sealed prune plan.
+pub const PRUNE_PLAN_KIND: &str = "prune plan";
+/// The kind of a sealed writer marker.
+pub const WRITER_KIND: &str = "writer";
+/// The kind of a sealed WAL file.
+pub const WAL_KIND: &str = "wal";
+
+/// Every prefix of sealed objects, with the kind they are bound to.
+pub const SEALED: [(&str, &str); 5] = [
+    (INDEX_PREFIX, INDEX_KIND),
+    (SNAPSHOTS_PREFIX, SNAPSHOT_KIND),
+    (PRUNE_PREFIX, PRUNE_PLAN_KIND),
+    (WRITERS_PREFIX, WRITER_KIND),
+    (WAL_PREFIX, WAL_KIND),
+];
+
 /// Prefixes under which packs live.
 pub const PACK_PREFIXES: [&str; 2] = [DATA_PREFIX, TREE_PREFIX];
 

@@ -16,20 +16,8 @@ use crate::crypto::{MasterKey, OBJECT_FORMAT};
 use crate::repo::engine::repository::Repository;
 use crate::repo::error::RepoError;
 use crate::repo::format::config::FORMAT_VERSION;
-use crate::repo::format::layout::{
-    CONFIG_KEY, INDEX_PREFIX, PRUNE_PREFIX, SNAPSHOTS_PREFIX, WAL_PREFIX, WRITERS_PREFIX, keyring_key,
-};
+use crate::repo::format::layout::{CONFIG_KEY, SEALED, keyring_key};
 use crate::repo::format::object;
-
-/// The sealed objects and their kinds (the kind is part of what they are
-/// bound to).
-const SEALED: [(&str, &str); 5] = [
-    (INDEX_PREFIX, "index"),
-    (SNAPSHOTS_PREFIX, "snapshot"),
-    (PRUNE_PREFIX, "prune plan"),
-    (WRITERS_PREFIX, "writer"),
-    (WAL_PREFIX, "wal"),
-];
 
 /// What a migration did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]

@@ -20,6 +20,7 @@
 //! cannot be read, no pack is marked or swept; while an index object
 //! cannot be read, no unindexed pack is taken for a leftover.
 
+use crate::repo::format::layout::PRUNE_PLAN_KIND;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -107,7 +108,7 @@ pub struct Plans {
 
 /// Every plan stored.
 pub async fn load_plans(repo: &Repository) -> Result<Plans, RepoError> {
-    let (good, damaged) = repo.sealed_objects(PRUNE_PREFIX, "prune plan").await?;
+    let (good, damaged) = repo.sealed_objects(PRUNE_PREFIX, PRUNE_PLAN_KIND).await?;
     Ok(Plans { good, damaged })
 }
 
@@ -278,7 +279,7 @@ pub async fn prune(repo: &Repository, grace: chrono::Duration, now: DateTime<Utc
         let payload =
             serde_json::to_vec(&plan).map_err(|e| RepoError::Encode { what: "prune plan", reason: e.to_string() })?;
         let key = plan_key(now);
-        let sealed = object::seal(repo.keyring(), "prune plan", &key, payload, repo.config().compression_level)?;
+        let sealed = object::seal(repo.keyring(), PRUNE_PLAN_KIND, &key, payload, repo.config().compression_level)?;
         repo.store().put(&key, sealed.into()).await?;
     }
     repo.reload_index().await?;

@@ -10,6 +10,7 @@
 //! where they are missing; if their copies differ, that is reported, never
 //! "repaired" by guessing.
 
+use crate::repo::format::layout::{INDEX_KIND, SNAPSHOT_KIND};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -252,7 +253,7 @@ impl Judge<'_> {
             };
         }
         if key.starts_with(INDEX_PREFIX) {
-            return from(object::open(keyring, "index", key, bytes).map_err(|e| e.to_string()).and_then(|plain| {
+            return from(object::open(keyring, INDEX_KIND, key, bytes).map_err(|e| e.to_string()).and_then(|plain| {
                 let file: IndexFile = postcard::from_bytes(&plain).map_err(|e| format!("undecodable index: {e}"))?;
                 Ok(file
                     .packs
@@ -262,7 +263,9 @@ impl Judge<'_> {
             }));
         }
         if key.starts_with(SNAPSHOTS_PREFIX) {
-            return from(object::open(keyring, "snapshot", key, bytes).map(|_| Vec::new()).map_err(|e| e.to_string()));
+            return from(
+                object::open(keyring, SNAPSHOT_KIND, key, bytes).map(|_| Vec::new()).map_err(|e| e.to_string()),
+            );
         }
         if let Some(id) = key.strip_prefix(KEYS_PREFIX) {
             let wrapped = match serde_json::from_slice::<WrappedKeyring>(bytes) {

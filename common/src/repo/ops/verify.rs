@@ -1,5 +1,6 @@
 //! `verify`: is every referenced object there, and (with `read_data`) intact?
 
+use crate::repo::format::layout::{INDEX_KIND, SNAPSHOT_KIND, WAL_KIND};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -63,7 +64,7 @@ pub async fn verify(
     // Unreadable index objects were found when the repository was opened.
     let index_problems = repo.index_problems();
     report.problems.extend(index_problems.iter().map(|d| d.error.clone()));
-    report.problems.extend(misplaced(repo, INDEX_PREFIX, "index", &index_problems).await?);
+    report.problems.extend(misplaced(repo, INDEX_PREFIX, INDEX_KIND, &index_problems).await?);
     let plans = load_plans(repo).await?;
     report.problems.extend(plans.damaged.iter().map(|d| d.error.clone()));
 
@@ -120,7 +121,7 @@ async fn walk_snapshots(repo: &Repository, report: &mut VerifyReport) -> Result<
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     let list = repo.snapshot_list().await?;
     report.problems.extend(list.damaged.iter().map(|d| d.error.clone()));
-    report.problems.extend(misplaced(repo, SNAPSHOTS_PREFIX, "snapshot", &list.damaged).await?);
+    report.problems.extend(misplaced(repo, SNAPSHOTS_PREFIX, SNAPSHOT_KIND, &list.damaged).await?);
     for (sid, snap) in list.good {
         report.snapshots += 1;
         let mut stack = vec![(snap.tree, String::from("/"))];
@@ -170,7 +171,7 @@ async fn read_wal(
             let checked = match repo.store().get(&key).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
-                    object::open(repo.keyring(), "wal", &key, &bytes).map(|_| len).map_err(|e| e.to_string())
+                    object::open(repo.keyring(), WAL_KIND, &key, &bytes).map(|_| len).map_err(|e| e.to_string())
                 }
                 // Expired by retention since the listing.
                 Err(e) if e.is_not_found() => Ok(0),
@@ -193,7 +194,7 @@ async fn read_wal(
             }
         }
     }
-    report.problems.extend(misplaced(repo, WAL_PREFIX, "wal", &damaged).await?);
+    report.problems.extend(misplaced(repo, WAL_PREFIX, WAL_KIND, &damaged).await?);
     Ok(())
 }
 
