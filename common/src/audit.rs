@@ -30,6 +30,9 @@ pub enum AuditError {
         /// Why it failed.
         cause: std::io::Error,
     },
+    /// An entry could not be serialised: nothing was written.
+    #[error("encoding an audit entry: {0}")]
+    Encode(serde_json::Error),
     /// The chain is broken: the log was edited.
     #[error("audit log {path}, line {line}: {reason}")]
     Broken {
@@ -84,11 +87,10 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    fn computed_hash(&self) -> String {
+    fn computed_hash(&self) -> Result<String, AuditError> {
         let body = Body { seq: self.seq, time: &self.time, record: &self.record, prev: &self.prev };
-        // Serialising a struct of strings and numbers cannot fail.
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        blake3::hash(&bytes).to_hex().to_string()
+        let bytes = serde_json::to_vec(&body).map_err(AuditError::Encode)?;
+        Ok(blake3::hash(&bytes).to_hex().to_string())
     }
 }
 
@@ -132,8 +134,8 @@ impl AuditLog {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let mut entry =
             AuditEntry { seq: tail.seq + 1, time: Utc::now(), record, prev: tail.hash.clone(), hash: String::new() };
-        entry.hash = entry.computed_hash();
-        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+        entry.hash = entry.computed_hash()?;
+        let mut line = serde_json::to_vec(&entry).map_err(AuditError::Encode)?;
         line.push(b'\n');
         let io = |op| move |cause| AuditError::Io { op, path: self.path.clone(), cause };
         tail.file.write_all(&line).map_err(io("appending to"))?;
@@ -183,7 +185,7 @@ fn walk(path: &Path, keep: usize) -> Result<(Verified, VecDeque<AuditEntry>), Au
                 "does not follow the entry before it: an entry before was changed or removed".into(),
             ));
         }
-        if entry.computed_hash() != entry.hash {
+        if entry.computed_hash()? != entry.hash {
             return Err(broken(n, "its content does not match its hash: it was edited".into()));
         }
         seq = entry.seq;
@@ -249,7 +251,7 @@ mod tests {
         let mut forged: AuditEntry = serde_json::from_str(&lines[2]).unwrap();
         forged.record.principal = "admin:mallory".into();
         forged.prev = GENESIS.into();
-        forged.hash = forged.computed_hash();
+        forged.hash = forged.computed_hash().unwrap();
         let mut rebuilt = lines.clone();
         rebuilt[2] = serde_json::to_string(&forged).unwrap();
         check(&rebuilt, 3, "does not follow");

@@ -34,6 +34,9 @@ pub enum ElectionError {
         /// The term that ended.
         term: i64,
     },
+    /// The leader record could not be serialised: no campaign was made.
+    #[error("encoding the leader record: {0}")]
+    Encode(serde_json::Error),
 }
 
 /// How to take part in the election.
@@ -114,7 +117,7 @@ impl Elector {
         let key = self.leader_key();
         let value =
             serde_json::to_vec(&LeaderInfo { name: self.config.name.clone(), url: self.config.url.clone(), term: 0 })
-                .unwrap_or_default();
+                .map_err(ElectionError::Encode)?;
         let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
             key.clone(),
             value,

@@ -150,9 +150,8 @@ impl JobRecord {
         self.state == JobState::Queued && self.not_before.is_none_or(|t| t <= now)
     }
 
-    fn encode(&self) -> Vec<u8> {
-        // A struct of strings, numbers and times always serialises.
-        serde_json::to_vec(self).unwrap_or_default()
+    fn encode(&self) -> Result<Vec<u8>, StateError> {
+        crate::state::encode("a job", self)
     }
 }
 
@@ -220,7 +219,7 @@ impl JobBook {
     /// Stores a new job; `Ok(false)` when one of that id exists already.
     pub async fn create(&mut self, state: State<'_>, job: JobRecord) -> Result<bool, StateError> {
         let key = Self::key(&self.prefix, &job.id);
-        let written = state.commit_if(&[Condition::Absent(key.clone())], &[Op::Put(key, job.encode())]).await?;
+        let written = state.commit_if(&[Condition::Absent(key.clone())], &[Op::Put(key, job.encode()?)]).await?;
         Ok(match written {
             Some(revision) => {
                 self.put(job, revision);
@@ -244,7 +243,7 @@ impl JobBook {
         change(&mut changed);
         let key = Self::key(&self.prefix, id);
         let condition = Condition::Revision(key.clone(), *revision);
-        match state.commit_if(&[condition], &[Op::Put(key.clone(), changed.encode())]).await? {
+        match state.commit_if(&[condition], &[Op::Put(key.clone(), changed.encode()?)]).await? {
             Some(revision) => {
                 self.put(changed.clone(), revision);
                 Ok(Some(changed))

@@ -129,7 +129,7 @@ impl Scheduler {
             job.schedule_id = Some(target.schedule.id());
             job.slot = Some(slot);
             let job_key = JobBook::key(&self.prefix, &job.id);
-            let value = serde_json::to_vec(&job).unwrap_or_default();
+            let value = crate::state::encode("a job", &job)?;
             // Also never over a job of the same id (a slot run already).
             let conditions = [unchanged, Condition::Absent(job_key.clone())];
             let ops = [Op::Put(key.clone(), slot.to_rfc3339().into_bytes()), Op::Put(job_key, value)];

@@ -29,6 +29,19 @@ pub enum StateError {
         /// What failed.
         cause: Box<redb::Error>,
     },
+    /// A record could not be serialised, so nothing was written.
+    #[error("encoding {what}: {cause}")]
+    Encode {
+        /// The kind of record.
+        what: &'static str,
+        /// The serialiser's error.
+        cause: serde_json::Error,
+    },
+}
+
+/// A record as stored: JSON, or an error rather than empty bytes.
+pub fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(value).map_err(|cause| StateError::Encode { what, cause })
 }
 
 /// A value and the revision it was written at.

@@ -16,7 +16,7 @@ use crate::agents::AgentRecord;
 use crate::election::ElectionError;
 use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarget};
 use crate::scheduler::{Scheduler, Target};
-use crate::state::{Op, State, StateError};
+use crate::state::{Op, State, StateError, encode};
 
 /// Messages buffered for one agent's stream; an agent that lets this many
 /// pile up is dropped (it reconnects, and its jobs are reconciled then).
@@ -113,11 +113,6 @@ pub(super) async fn lead(
 
 fn is_not_leader(e: &StateError) -> bool {
     matches!(e, StateError::Election(ElectionError::NotLeader { .. }))
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Records of strings, numbers and times always serialise.
-    serde_json::to_vec(value).unwrap_or_default()
 }
 
 impl<'a> Term<'a> {
@@ -516,8 +511,8 @@ impl<'a> Term<'a> {
             let puts: Vec<Op> = batch
                 .iter()
                 .filter_map(|h| self.agents.get(h))
-                .map(|a| Op::Put(AgentRecord::key(self.prefix, &a.host), encode(a)))
-                .collect();
+                .map(|a| Ok(Op::Put(AgentRecord::key(self.prefix, &a.host), encode("an agent record", a)?)))
+                .collect::<Result<_, StateError>>()?;
             if let Err(e) = self.state.commit_if(&[], &puts).await {
                 // Kept for the next try.
                 self.dirty.extend(batch.iter().cloned());
