@@ -101,7 +101,13 @@ impl Elector {
 
     /// The current leader, if there is one.
     pub async fn leader(&self) -> Result<Option<LeaderInfo>, ElectionError> {
-        let resp = self.client.clone().get(self.leader_key(), None).await.map_err(|e| etcd(&self.config, e))?;
+        let key = self.leader_key();
+        let resp = retry_unsent(|| {
+            let (mut c, key) = (self.client.clone(), key.clone());
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(|e| etcd(&self.config, e))?;
         Ok(resp.kvs().first().and_then(|kv| {
             let mut info: LeaderInfo = serde_json::from_slice(kv.value()).ok()?;
             info.term = kv.create_revision();
@@ -113,7 +119,13 @@ impl Elector {
     pub async fn try_lead(&self) -> Result<Option<Leadership>, ElectionError> {
         let mut client = self.client.clone();
         let ttl = i64::try_from(self.config.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = client.lease_grant(ttl, None).await.map_err(|e| etcd(&self.config, e))?.id();
+        let lease = retry_unsent(|| {
+            let mut c = client.clone();
+            async move { c.lease_grant(ttl, None).await }
+        })
+        .await
+        .map_err(|e| etcd(&self.config, e))?
+        .id();
         let key = self.leader_key();
         let value =
             serde_json::to_vec(&LeaderInfo { name: self.config.name.clone(), url: self.config.url.clone(), term: 0 })
@@ -123,7 +135,12 @@ impl Elector {
             value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-        let resp = client.txn(txn).await.map_err(|e| etcd(&self.config, e))?;
+        let resp = retry_unsent(|| {
+            let (mut c, txn) = (client.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|e| etcd(&self.config, e))?;
         if !resp.succeeded() {
             client.lease_revoke(lease).await.ok();
             return Ok(None);
@@ -146,6 +163,36 @@ impl Elector {
                 Err(e) => tracing::warn!(error = %e, "cannot campaign for leadership; retrying"),
             }
             tokio::time::sleep(self.config.ttl / 3).await;
+        }
+    }
+}
+
+/// How many more times a request goes out when it was not sent at all.
+const UNSENT_RETRIES: usize = 4;
+
+/// Whether a request failed before it reached any member (its member could
+/// not be connected to), so sending it again cannot apply it twice.
+fn unsent(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::Unavailable && s.message().contains("connect"))
+}
+
+/// Runs `request` again when it was not sent: the client balances over the
+/// members and may pick a dead one while the others answer (a member down
+/// must not stop a leader that still has quorum).
+pub(crate) async fn retry_unsent<T, F, Fut>(mut request: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match request().await {
+            Err(e) if unsent(&e) && tries < UNSENT_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            done => return done,
         }
     }
 }
@@ -260,7 +307,12 @@ impl Leadership {
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.term)])
             .and_then([TxnOp::txn(inner)]);
-        let resp = self.client.clone().txn(txn).await.map_err(ElectionError::on_leader_connection)?;
+        let resp = retry_unsent(|| {
+            let (mut c, txn) = (self.client.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(ElectionError::on_leader_connection)?;
         if !resp.succeeded() {
             return Err(ElectionError::NotLeader { term: self.term });
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 use etcd_client::{Compare, CompareOp, TxnOp};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::election::{ElectionError, Leadership};
+use crate::election::{ElectionError, Leadership, retry_unsent};
 
 /// Values by key, each with the revision it was last written at.
 const VALUES: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("values");
@@ -230,14 +230,24 @@ impl State<'_> {
     }
 }
 
-async fn etcd_get(mut client: etcd_client::Client, key: &str) -> Result<Option<Versioned>, StateError> {
-    let resp = client.get(key, None).await.map_err(ElectionError::on_leader_connection)?;
+async fn etcd_get(client: etcd_client::Client, key: &str) -> Result<Option<Versioned>, StateError> {
+    let resp = retry_unsent(|| {
+        let mut c = client.clone();
+        async move { c.get(key, None).await }
+    })
+    .await
+    .map_err(ElectionError::on_leader_connection)?;
     Ok(resp.kvs().first().map(|kv| Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() }))
 }
 
-async fn etcd_list(mut client: etcd_client::Client, prefix: &str) -> Result<Vec<(String, Versioned)>, StateError> {
-    let options = Some(etcd_client::GetOptions::new().with_prefix());
-    let resp = client.get(prefix, options).await.map_err(ElectionError::on_leader_connection)?;
+async fn etcd_list(client: etcd_client::Client, prefix: &str) -> Result<Vec<(String, Versioned)>, StateError> {
+    let options = etcd_client::GetOptions::new().with_prefix();
+    let resp = retry_unsent(|| {
+        let (mut c, options) = (client.clone(), options.clone());
+        async move { c.get(prefix, Some(options)).await }
+    })
+    .await
+    .map_err(ElectionError::on_leader_connection)?;
     Ok(resp
         .kvs()
         .iter()
