@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use lifeboat_common::repo::SnapshotId;
 use lifeboat_common::repo::format::snapshot::Snapshot;
-use lifeboat_common::repo::ops::retention::{SCHEDULE_TAG, SOURCE_TAG};
+use lifeboat_common::repo::ops::retention::{SCHEDULE_TAG, source_tag};
 use lifeboat_common::store::OpenedStore;
 use lifeboat_proto::v1;
 
@@ -130,7 +130,7 @@ impl Agent {
         progress: Arc<Progress>,
     ) -> Result<v1::SnapshotSummary, JobError> {
         // The job's id too: a job that ran twice would show as two snapshots.
-        let mut tags = vec![format!("{SOURCE_TAG}{}", source.id()), format!("job:{}", job.job_id)];
+        let mut tags = vec![source_tag(source.id()), format!("job:{}", job.job_id)];
         if !job.schedule_id.is_empty() {
             tags.push(format!("{SCHEDULE_TAG}{}", job.schedule_id));
         }
@@ -196,8 +196,7 @@ impl Agent {
             }
         };
         for source in &self.sources {
-            let tag = format!("{SOURCE_TAG}{}", source.id());
-            if let Some((id, snapshot)) = newest_of(snapshots.iter(), &self.config.host, &tag) {
+            if let Some((id, snapshot)) = newest_of(snapshots.iter(), &self.config.host, &source_tag(source.id())) {
                 let finished = snapshot.time.timestamp() + snapshot.summary.duration_secs as i64;
                 self.book().last_backup.insert(source.id().to_owned(), (id.to_string(), finished));
             }

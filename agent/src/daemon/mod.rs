@@ -212,7 +212,7 @@ impl Agent {
 }
 
 /// Opens the repository and runs the agent until `shutdown` is set.
-pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let spec =
         RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
     let (repo, stores) = spec.open().await?;
@@ -232,10 +232,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let ongoing = Ongoing { repo: agent.repo.clone(), events: agent.clone(), shutdown: shutdown.clone() };
     let background: Vec<JoinHandle<()>> = agent.sources.iter().flat_map(|s| s.start(ongoing.clone())).collect();
     tracing::info!(host = agent.config.host, sources = agent.sources.len(), "agent running");
-    let mut stop = shutdown.clone();
     tokio::select! {
         _ = session::keep_attached(agent.clone()) => {}
-        _ = stop.wait_for(|stop| *stop) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
     }
     tracing::info!("agent stopping");
     for task in background {

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::policy::optional_human_duration;
 use lifeboat_common::repo::engine::open::RepoSpec;
 use lifeboat_common::repo::format::snapshot::Snapshot;
-use lifeboat_common::repo::ops::retention::SOURCE_TAG;
+use lifeboat_common::repo::ops::retention::source_tag;
 use lifeboat_common::repo::{RepoError, Repository, SnapshotId};
 use lifeboat_proto::v1;
 use serde::Deserialize;
@@ -50,7 +50,7 @@ pub struct Common {
 impl Common {
     /// The tag its snapshots carry.
     pub fn tag(&self) -> String {
-        format!("{SOURCE_TAG}{}", self.id)
+        source_tag(&self.id)
     }
 
     /// The source on the wire, of `kind` with `paths`.

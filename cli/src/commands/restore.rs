@@ -11,7 +11,6 @@ use super::control::{ControlArgs, follow, parse_target};
 use lifeboat_agent::progress::Progress;
 use lifeboat_agent::sources::files::{FilesSource, Overwrite, RestoreOptions};
 use lifeboat_agent::sources::postgres::PostgresSource;
-use lifeboat_agent::sources::postgres::restore::wal_fetch_command;
 use lifeboat_agent::sources::postgres::startup::{StartOptions, start_and_wait};
 use lifeboat_agent::sources::{
     RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest, Source, parse_recovery_time,
@@ -172,8 +171,6 @@ impl PgRestoreArgs {
             None => std::env::current_exe().context("locating this binary")?.with_file_name("lifeboat-agent"),
         };
         let agent = std::path::absolute(&agent).with_context(|| format!("resolving {}", agent.display()))?;
-        let command = wal_fetch_command(&agent, &self.repo.repo, self.repo.key_file.as_deref())
-            .context("resolving the key file for restore_command")?;
         let point = match (self.to_time, self.to_lsn) {
             (Some(t), _) => RecoveryPoint::Time(t),
             (None, Some(l)) => RecoveryPoint::Lsn(l),
@@ -181,7 +178,7 @@ impl PgRestoreArgs {
         };
         let source = PostgresSource::default()
             .with_tuning(self.threads, None)
-            .with_restore_command(command)
+            .with_agent_bin(agent)
             .with_tablespace_map(self.tablespace_map);
         let request = RestoreRequest {
             target: self.target_dir.clone(),

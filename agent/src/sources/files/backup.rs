@@ -676,21 +676,14 @@ impl Pipeline {
                             node.xattrs = xattrs;
                             // A file written to while it was read (a live log): record
                             // what was stored, so a restore is self-consistent.
-                            if read != node.meta.size && quiet {
-                                tracing::debug!(
-                                    file = %String::from_utf8_lossy(&node.name),
-                                    stored = read,
-                                    listed = node.meta.size,
-                                    "file changed size while it was read, as expected"
-                                );
-                                node.meta.size = read;
-                            } else if read != node.meta.size {
-                                tracing::warn!(
-                                    file = %String::from_utf8_lossy(&node.name),
-                                    stored = read,
-                                    listed = node.meta.size,
-                                    "file changed size while it was read"
-                                );
+                            if read != node.meta.size {
+                                let file = String::from_utf8_lossy(&node.name);
+                                let listed = node.meta.size;
+                                if quiet {
+                                    tracing::debug!(%file, stored = read, listed, "file changed size while it was read, as expected");
+                                } else {
+                                    tracing::warn!(%file, stored = read, listed, "file changed size while it was read");
+                                }
                                 node.meta.size = read;
                             }
                             NodeKind::File { content }

@@ -115,7 +115,7 @@ pub struct PostgresSource {
     connect: ConnectArgs,
     threads: usize,
     compression_level: Option<i32>,
-    restore_command: Option<String>,
+    agent_bin: Option<PathBuf>,
     tablespace_map: Vec<(String, PathBuf)>,
     stream: Mutex<Option<watch::Receiver<StreamStatus>>>,
 }
@@ -133,10 +133,11 @@ impl PostgresSource {
         self
     }
 
-    /// The `restore_command` a restored server fetches WAL with (default:
-    /// this binary's `wal-fetch`, or the `lifeboat-agent` beside it).
-    pub fn with_restore_command(mut self, command: String) -> Self {
-        self.restore_command = Some(command);
+    /// The `lifeboat-agent` binary a restored server fetches WAL with
+    /// (`wal-fetch`, given the repository this restore reads; default:
+    /// this binary).
+    pub fn with_agent_bin(mut self, agent: PathBuf) -> Self {
+        self.agent_bin = Some(agent);
         self
     }
 
@@ -210,15 +211,14 @@ impl Source for PostgresSource {
     }
 
     async fn restore(&self, ctx: RestoreContext, request: RestoreRequest) -> Result<RestoreDone, SourceError> {
-        let restore_command = match &self.restore_command {
-            Some(c) => c.clone(),
+        let agent = match &self.agent_bin {
+            Some(a) => a.clone(),
             None => {
-                let agent = std::env::current_exe()
-                    .map_err(|e| SourceError::Request(format!("locating lifeboat-agent: {e}")))?;
-                wal_fetch_command(&agent, &ctx.spec.locations, ctx.spec.key_file.as_deref())
-                    .map_err(|e| SourceError::Request(format!("resolving the key file: {e}")))?
+                std::env::current_exe().map_err(|e| SourceError::Request(format!("locating lifeboat-agent: {e}")))?
             }
         };
+        let restore_command = wal_fetch_command(&agent, &ctx.spec.locations, ctx.spec.key_file.as_deref())
+            .map_err(|e| SourceError::Request(format!("resolving the key file for restore_command: {e}")))?;
         let opts = PgRestoreOptions {
             target_dir: request.target.clone(),
             from_backup: request.snapshot.clone(),

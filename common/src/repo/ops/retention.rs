@@ -24,6 +24,11 @@ pub const SCHEDULE_TAG: &str = "schedule:";
 /// The tag an agent's snapshot carries: `source:<id>`.
 pub const SOURCE_TAG: &str = "source:";
 
+/// The tag of the snapshots of source `id`.
+pub fn source_tag(id: &str) -> String {
+    format!("{SOURCE_TAG}{id}")
+}
+
 /// The source a snapshot is of: its host, and its `source:` tag (or paths).
 fn source_of(s: &Snapshot) -> (String, String) {
     let source = s.tags.iter().find(|t| t.starts_with(SOURCE_TAG)).cloned().unwrap_or_else(|| s.paths.join("\u{0}"));
