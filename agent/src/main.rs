@@ -12,6 +12,7 @@ use lifeboat_agent::sources::postgres::stream::{self, StreamOptions, StreamStatu
 use lifeboat_agent::sources::postgres::wal::Pushed;
 use lifeboat_agent::sources::postgres::{archive, prefetch};
 use lifeboat_common::repo::engine::settings::RepoArgs;
+use lifeboat_common::telemetry::entry;
 
 /// Lifeboat's agent.
 #[derive(Parser)]
@@ -200,5 +201,14 @@ async fn wal_stream(repo: RepoArgs, connect: ConnectArgs, opts: StreamOptions) -
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifeboat_common::telemetry::entry::run("lifeboat-agent", run(cli.command))
+    let name = "lifeboat-agent";
+    match &cli.command {
+        Command::Run { config } => {
+            // Traces start with logging, before the runtime runs the daemon;
+            // a configuration that does not load is reported by the daemon.
+            let otlp = AgentConfig::load(config).ok().and_then(|c| c.otlp_endpoint);
+            entry::run_daemon(name, "info", otlp.as_deref(), run(cli.command))
+        }
+        _ => entry::run(name, run(cli.command)),
+    }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_proto::v1;
 use serde::{Deserialize, Serialize};
 
+use crate::history::BackupHistory;
 use crate::lag::{LagLimits, SourceReport, WalReport};
 
 /// A source: as its agent described it, and what is known of its backups.
@@ -24,6 +25,9 @@ pub struct SourceRecord {
     pub wal: Option<WalState>,
     /// Why it cannot be captured, if it cannot.
     pub error: String,
+    /// Its backups' figures and outcomes.
+    #[serde(default)]
+    pub history: BackupHistory,
 }
 
 /// WAL streaming as last reported.
@@ -84,6 +88,7 @@ impl AgentRecord {
                     last_snapshot_id: old.map(|o| o.last_snapshot_id.clone()).unwrap_or_default(),
                     wal: old.and_then(|o| o.wal.clone()),
                     error: String::new(),
+                    history: old.map(|o| o.history.clone()).unwrap_or_default(),
                 };
                 (s.id.clone(), record)
             })

@@ -110,6 +110,10 @@ pub struct CoordinatorConfig {
     /// died without its marker may lose data).
     #[serde(default)]
     pub unsafe_prune_grace: bool,
+    /// Where `/metrics` is served, over plain HTTP (absent: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where traces go over OTLP/gRPC (absent: `OTEL_EXPORTER_OTLP_ENDPOINT`, else off).
+    pub otlp_endpoint: Option<String>,
 }
 
 fn default_retention_every() -> Duration {

@@ -73,6 +73,12 @@ pub struct BackupMade {
     pub bytes_read: u64,
     /// Bytes newly stored (after deduplication and compression).
     pub bytes_new_stored: u64,
+    /// Bytes the snapshot covers, read or found unchanged.
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// How long the backup took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 /// A job, as stored at `<prefix>/jobs/<id>`.

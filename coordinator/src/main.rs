@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lifeboat_common::audit::AuditLog;
+use lifeboat_common::telemetry::{entry, metrics};
 use lifeboat_coordinator::config::{CoordinatorConfig, Policy};
 use lifeboat_coordinator::core::{self, Shared};
 use lifeboat_coordinator::service::Gate;
@@ -39,11 +40,16 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    lifeboat_common::telemetry::entry::run_logging(
-        "lifeboat-coordinator",
-        "info",
-        async move { run(cli).await.map(|()| 0) },
-    )
+    let name = "lifeboat-coordinator";
+    match &cli.command {
+        Command::Run { config } => {
+            // Traces start with logging, before the runtime runs the command;
+            // a configuration that does not load is reported by `serve`.
+            let otlp = CoordinatorConfig::load(config).ok().and_then(|c| c.otlp_endpoint);
+            entry::run_daemon(name, "info", otlp.as_deref(), async move { run(cli).await.map(|()| 0) })
+        }
+        Command::Check { .. } => entry::run(name, async move { run(cli).await.map(|()| 0) }),
+    }
 }
 
 fn load(config_path: &Path) -> Result<(CoordinatorConfig, Policy)> {
@@ -85,6 +91,10 @@ async fn serve(config_path: &Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let backend = core::open_backend(&config).await.context("opening the control-plane state")?;
     tracing::info!(
         name = config.name,
@@ -103,6 +113,10 @@ async fn serve(config_path: &Path) -> Result<()> {
         None => shared.set_retention("off: no [repository] in the configuration".into()),
     }
     tokio::spawn(reload_on_hangup(shared.clone()));
+    if let Some(endpoint) = metrics_endpoint {
+        let scrape = Arc::new(lifeboat_coordinator::metrics::CoordinatorScrape { shared: shared.clone() });
+        tokio::spawn(endpoint.serve(scrape));
+    }
     listener::serve(listener, tls, shared, gate, shutdown()).await?;
     tracing::info!("coordinator stopped");
     Ok(())

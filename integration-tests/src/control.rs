@@ -28,6 +28,65 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Adds top-level `key = value` lines (TOML, the value as written) to a
+/// configuration file, before its first table.
+pub fn configure(path: &Path, lines: &str) {
+    let text = std::fs::read_to_string(path).expect("reading the configuration");
+    std::fs::write(path, format!("{lines}\n{text}")).expect("writing the configuration");
+}
+
+/// `GET http://ADDR/metrics`: the body, or `None` when nothing answers.
+pub fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in a scrape, where every label
+/// given (`key="value"`) is among the sample's.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        (metric == name && labels.iter().all(|l| rest.contains(l))).then(|| value.parse().ok())?
+    })
+}
+
+/// A test directory left in place, with its processes' logs, when the test fails.
+pub struct KeptOnFailure(pub tempfile::TempDir);
+
+impl KeptOnFailure {
+    /// A new temporary directory.
+    pub fn new() -> Self {
+        KeptOnFailure(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Default for KeptOnFailure {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("logs of the failed test kept in {}", self.0.path().display());
+        }
+    }
+}
+
 /// A running coordinator or agent.
 pub struct Proc {
     child: Option<Child>,

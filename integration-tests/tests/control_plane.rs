@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
-use lifeboat_integration_tests::control::{Deployment, Proc, free_port, wait_for};
+use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, Proc, free_port, wait_for};
 use lifeboat_integration_tests::postgres::workspace_bin;
 use serde_json::Value;
 
@@ -23,24 +23,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A test directory left in place, with its processes' logs, when the test fails.
-struct KeptOnFailure(tempfile::TempDir);
-
-impl KeptOnFailure {
-    fn path(&self) -> &std::path::Path {
-        self.0.path()
-    }
-}
-
-impl Drop for KeptOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.disable_cleanup(true);
-            eprintln!("logs of the failed test kept in {}", self.0.path().display());
-        }
-    }
 }
 
 fn jobs(d: &Deployment, url: &str) -> Vec<Value> {

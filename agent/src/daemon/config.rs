@@ -30,6 +30,10 @@ pub struct AgentConfig {
     /// What it backs up.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    /// Where `/metrics` is served, over plain HTTP (absent: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where traces go over OTLP/gRPC (absent: `OTEL_EXPORTER_OTLP_ENDPOINT`, else off).
+    pub otlp_endpoint: Option<String>,
 }
 
 fn one() -> u32 {

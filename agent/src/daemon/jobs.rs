@@ -62,7 +62,11 @@ impl Agent {
         }
         let progress = Arc::new(Progress::with_totals());
         let agent = self.clone();
-        let (id, attempt) = (job.job_id.clone(), job.attempt);
+        let (id, attempt, source_id) = (job.job_id.clone(), job.attempt, job.source_id.clone());
+        let kind = match v1::JobKind::try_from(job.kind) {
+            Ok(v1::JobKind::Restore) => "restore",
+            _ => "backup",
+        };
         let task_progress = progress.clone();
         // Held until the job is in the book, so a fast job's result cannot
         // be recorded before it.
@@ -81,9 +85,11 @@ impl Agent {
                 }
             };
             let result = v1::JobResult { finished_unix_ms: Utc::now().timestamp_millis(), ..result };
+            agent.outcomes.count(kind, if result.ok { "succeeded" } else { "failed" });
             agent.finish(&job.job_id, result);
         });
-        book.running.insert(id, Running { attempt, progress, task });
+        let started = tokio::time::Instant::now();
+        book.running.insert(id, Running { attempt, source_id, kind, started, progress, task });
     }
 
     /// Stops a job the coordinator cancelled, and reports it so.
@@ -92,6 +98,7 @@ impl Agent {
         if let Some(running) = running {
             running.task.abort();
             tracing::warn!(job = id, attempt = running.attempt, reason, "job cancelled");
+            self.outcomes.count(running.kind, "cancelled");
             let result = v1::JobResult {
                 job_id: id.to_owned(),
                 ok: false,
@@ -228,5 +235,6 @@ fn summary(id: &SnapshotId, snapshot: &Snapshot) -> v1::SnapshotSummary {
         bytes_unchanged: s.bytes_total.saturating_sub(s.bytes_read),
         chunks_new: s.blobs_new,
         bytes_new_stored: s.bytes_stored,
+        duration_seconds: s.duration_secs,
     }
 }

@@ -6,10 +6,12 @@
 
 pub mod config;
 mod jobs;
+mod metrics;
 mod session;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,11 +49,18 @@ pub enum DaemonError {
     /// The TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(#[from] lifeboat_common::tls::TlsError),
+    /// The metrics endpoint cannot listen.
+    #[error(transparent)]
+    Metrics(#[from] lifeboat_common::telemetry::metrics::MetricsError),
 }
 
 /// A job being run.
 struct Running {
     attempt: u32,
+    source_id: String,
+    /// `backup` or `restore`.
+    kind: &'static str,
+    started: tokio::time::Instant,
     progress: Arc<Progress>,
     task: JoinHandle<()>,
 }
@@ -89,6 +98,10 @@ pub struct Agent {
     book: Mutex<Book>,
     /// Wakes the session when there is something to send.
     wake: Notify,
+    /// Whether a stream to the leader is open.
+    attached: AtomicBool,
+    /// Jobs' outcomes, for `/metrics`.
+    outcomes: metrics::Outcomes,
 }
 
 impl Events for Agent {
@@ -215,6 +228,10 @@ impl Agent {
 pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let spec =
         RepoArgs::default().spec_with(config.repository.clone(), std::path::Path::new("the [repository] table"))?;
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(lifeboat_common::telemetry::metrics::bind(addr).await?),
+        None => None,
+    };
     let (repo, stores) = spec.open().await?;
     let tls = config.tls.client()?;
     let sources = config.sources.iter().map(|s| s.section().build()).collect();
@@ -227,7 +244,12 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         sources,
         book: Mutex::new(Book::default()),
         wake: Notify::new(),
+        attached: AtomicBool::new(false),
+        outcomes: metrics::Outcomes::default(),
     });
+    if let Some(endpoint) = metrics_endpoint {
+        tokio::spawn(endpoint.serve(Arc::new(metrics::AgentScrape { agent: agent.clone() })));
+    }
     agent.learn_last_backups().await;
     let ongoing = Ongoing { repo: agent.repo.clone(), events: agent.clone(), shutdown: shutdown.clone() };
     let background: Vec<JoinHandle<()>> = agent.sources.iter().flat_map(|s| s.start(ongoing.clone())).collect();

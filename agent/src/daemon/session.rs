@@ -116,6 +116,7 @@ async fn attach(agent: &Arc<Agent>, url: &str, unreachable: &str) -> Result<Ende
         None => return Err("the coordinator closed the stream at once".into()),
     };
     tracing::info!(coordinator = welcome.coordinator, term = welcome.term, "attached");
+    let _attached = Attached::mark(agent);
     let send = |body: Body| {
         let tx = tx.clone();
         async move { tx.send(v1::AgentMessage { body: Some(body) }).await.is_ok() }
@@ -178,4 +179,20 @@ async fn attach(agent: &Arc<Agent>, url: &str, unreachable: &str) -> Result<Ende
 /// A gRPC status as one line.
 fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Marks the agent attached for as long as it lives.
+struct Attached<'a>(&'a Agent);
+
+impl<'a> Attached<'a> {
+    fn mark(agent: &'a Agent) -> Self {
+        agent.attached.store(true, std::sync::atomic::Ordering::Relaxed);
+        Attached(agent)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.attached.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -200,6 +200,8 @@ pub struct SourceHealth {
     pub error: Option<String>,
     /// WAL streaming, for a source that streams.
     pub wal: Option<v1::WalLag>,
+    /// WAL segments this process stored whole, for a source that streams.
+    pub wal_segments_stored: u64,
 }
 
 /// What a source's ongoing work may tell the daemon.

@@ -1,46 +1,86 @@
 //! What every Lifeboat binary does around its command: logs to stderr
-//! (`RUST_LOG`, default warnings), a Tokio runtime, and one line per error.
+//! (`RUST_LOG`, default warnings; `LIFEBOAT_LOG_FORMAT=json` for JSON
+//! lines), traces for daemons that name an endpoint, a Tokio runtime, and
+//! one line per error.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
 
+use super::logging::{self, Format};
+use super::traces::{self, Traces};
+
 /// Runs `command` on a fresh runtime and turns its result into the exit
 /// status; an error is printed as `NAME: error: …` (its whole chain).
 pub fn run<E: Display>(name: &str, command: impl Future<Output = Result<u8, E>>) -> ExitCode {
-    run_logging(name, "warn", command)
+    // Only daemons export: a one-shot command's spans would be a trace per call.
+    run_with(name, "warn", Export::Off, command)
 }
 
-/// [`run`], logging at `default_level` when `RUST_LOG` is unset (a daemon
-/// reports its progress at `info`).
-pub fn run_logging<E: Display>(
+/// [`run`] for a daemon: logging at `default_level` when `RUST_LOG` is
+/// unset (a daemon reports its progress at `info`), and traces exported
+/// when `otlp_endpoint` or the standard variables name an endpoint.
+pub fn run_daemon<E: Display>(
     name: &str,
     default_level: &str,
+    otlp_endpoint: Option<&str>,
+    command: impl Future<Output = Result<u8, E>>,
+) -> ExitCode {
+    run_with(name, default_level, Export::Traces { configured: otlp_endpoint }, command)
+}
+
+/// Whether spans are exported.
+enum Export<'a> {
+    Off,
+    /// To the configured endpoint, else the one the standard variables name.
+    Traces {
+        configured: Option<&'a str>,
+    },
+}
+
+fn run_with<E: Display>(
+    name: &str,
+    default_level: &str,
+    export: Export<'_>,
     command: impl Future<Output = Result<u8, E>>,
 ) -> ExitCode {
     quiet_on_closed_stdout();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name}: error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return failed(name, format_args!("starting the runtime: {e}")),
     };
-    match runtime.block_on(command) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("{name}: error: {e:#}");
-            ExitCode::FAILURE
+    let format = match Format::from_env() {
+        Ok(f) => f,
+        Err(e) => return failed(name, e),
+    };
+    let endpoint = match export {
+        Export::Off => None,
+        Export::Traces { configured } => traces::endpoint(configured),
+    };
+    let traces = match endpoint {
+        Some(endpoint) => {
+            let _inside = runtime.enter();
+            match Traces::start(name, &endpoint) {
+                Ok(t) => Some(t),
+                Err(e) => return failed(name, e),
+            }
         }
+        None => None,
+    };
+    logging::init(default_level, format, traces.as_ref());
+    let outcome = runtime.block_on(command);
+    if let Some(traces) = traces {
+        traces.shutdown();
     }
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => failed(name, format_args!("{e:#}")),
+    }
+}
+
+fn failed(name: &str, error: impl Display) -> ExitCode {
+    eprintln!("{name}: error: {error}");
+    ExitCode::FAILURE
 }
 
 /// Exit status of a command whose reader went away (`lifeboat jobs | head`):

@@ -59,6 +59,8 @@ pub enum Query {
     Restore(v1::RestoreRequest, String, Reply<v1::JobReply>),
     /// `CancelJob`, asked for by `by`.
     Cancel(v1::CancelJobRequest, String, Reply<v1::CancelJobReply>),
+    /// A scrape of `/metrics`.
+    Metrics(Reply<crate::metrics::View>),
 }
 
 /// What the core is told.
@@ -108,6 +110,8 @@ pub struct Shared {
     pub events: mpsc::Sender<Event>,
     /// The last retention run's outcome.
     pub retention: Mutex<Option<String>>,
+    /// Counters for `/metrics`.
+    pub counts: crate::metrics::Counts,
 }
 
 impl Shared {
@@ -209,6 +213,7 @@ pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc
         policy: RwLock::new(Arc::new(policy)),
         events,
         retention: Mutex::new(None),
+        counts: crate::metrics::Counts::default(),
     });
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
     shared

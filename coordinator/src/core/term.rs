@@ -14,7 +14,9 @@ use super::views;
 use super::{AgentTx, Event, NodeRole, Query, Shared};
 use crate::agents::AgentRecord;
 use crate::election::ElectionError;
+use crate::history::BackupFigures;
 use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarget};
+use crate::metrics::View;
 use crate::scheduler::{Scheduler, Target};
 use crate::state::{Op, State, StateError, encode};
 
@@ -269,6 +271,8 @@ impl<'a> Term<'a> {
             files: s.files,
             bytes_read: s.bytes_read,
             bytes_new_stored: s.bytes_new_stored,
+            bytes_total: s.bytes_read.saturating_add(s.bytes_unchanged),
+            duration_ms: (s.duration_seconds.max(0.0) * 1000.0) as u64,
         });
         let job = self
             .jobs
@@ -286,10 +290,44 @@ impl<'a> Term<'a> {
             {
                 source.last_backup = Some(finished);
                 source.last_snapshot_id.clone_from(&made.snapshot_id);
-                self.changed_agent(host);
             }
+            self.concluded(&job, finished);
         }
         Ok(())
+    }
+
+    /// A job reached its final state: counted, and a backup's outcome
+    /// joins its source's history.
+    fn concluded(&mut self, job: &JobRecord, at: DateTime<Utc>) {
+        let result = match job.state {
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Queued | JobState::Running => return,
+        };
+        self.shared.counts.job(job.kind, result);
+        if job.kind != JobKind::Backup {
+            return;
+        }
+        let Some(source) = self.agents.get_mut(&job.host).and_then(|a| a.sources.get_mut(&job.source_id)) else {
+            return;
+        };
+        match (job.state, &job.made) {
+            (JobState::Succeeded, Some(made)) => source.history.succeeded(
+                job.schedule_id.as_deref(),
+                BackupFigures {
+                    finished: at,
+                    duration_seconds: made.duration_ms as f64 / 1000.0,
+                    size_bytes: made.bytes_total,
+                    stored_bytes: made.bytes_new_stored,
+                    files: made.files,
+                },
+            ),
+            (JobState::Failed, _) => source.history.failed(at),
+            _ => return,
+        }
+        let host = job.host.clone();
+        self.changed_agent(&host);
     }
 
     /// An attempt failed: queued again after a back-off, or failed for good.
@@ -316,6 +354,10 @@ impl<'a> Term<'a> {
             .await?;
         if let Some(job) = job {
             tracing::warn!(job = job.id, attempt = job.attempt, state = ?job.state, reason, "job attempt failed");
+            if job.state == JobState::Queued {
+                self.shared.counts.job(job.kind, "retried");
+            }
+            self.concluded(&job, now);
         }
         Ok(())
     }
@@ -418,13 +460,17 @@ impl<'a> Term<'a> {
                 .collect();
             self.jobs.adopt(made.job, made.revision);
             for id in older {
-                self.jobs
+                let job = self
+                    .jobs
                     .update(self.state, &id, |j| {
                         j.state = JobState::Cancelled;
                         j.finished = Some(now);
                         j.error = Some("superseded by a later slot".into());
                     })
                     .await?;
+                if let Some(job) = job {
+                    self.concluded(&job, now);
+                }
             }
         }
         Ok(())
@@ -562,6 +608,17 @@ impl<'a> Term<'a> {
                 let job = self.cancel(&request.job_id, &request.reason, &by).await;
                 reply.send(job).ok();
             }
+            Query::Metrics(reply) => {
+                let config = &self.shared.config;
+                let view = View::leader(
+                    self.term,
+                    self.agents.values(),
+                    |h| self.sessions.contains_key(h),
+                    (config.wal_max_lag, config.lost_after),
+                    Utc::now(),
+                );
+                reply.send(Ok(view)).ok();
+            }
         }
         Ok(())
     }
@@ -635,6 +692,7 @@ impl<'a> Term<'a> {
             .await
             .map_err(|e| self.refused(e))?;
         let Some(updated) = updated else { return Err(Status::aborted("the job changed meanwhile; try again")) };
+        self.concluded(&updated, now);
         if updated.state == JobState::Running
             && let Some(session) = self.sessions.get(&updated.host)
         {

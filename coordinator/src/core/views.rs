@@ -126,6 +126,7 @@ pub(super) fn assignment(job: &JobRecord) -> v1::JobAssignment {
         priority: job.priority.into(),
         attempt: job.attempt,
         term: u64::try_from(job.term).unwrap_or_default(),
+        traceparent: String::new(),
         restore: job.restore.as_ref().map(|r| v1::RestoreSpec {
             snapshot: r.snapshot.clone(),
             target_dir: r.target_dir.clone(),
@@ -250,6 +251,9 @@ async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, rol
         }
         Query::Cancel(_, _, reply) => {
             reply.send(Err(not_leader(role))).ok();
+        }
+        Query::Metrics(reply) => {
+            reply.send(Ok(crate::metrics::View::of_role(role))).ok();
         }
     }
 }

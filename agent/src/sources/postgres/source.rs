@@ -290,6 +290,7 @@ impl Source for PostgresSource {
                 lag_seconds: status.lag_seconds,
                 newest_stored_age_seconds: status.newest_stored_age_seconds.unwrap_or(-1.0),
             }),
+            wal_segments_stored: status.segments_stored,
         }
     }
 }

@@ -69,9 +69,9 @@ pub struct StreamStatus {
     pub lag_seconds: f64,
     /// Seconds since WAL was last stored.
     pub newest_stored_age_seconds: Option<f64>,
-    /// Segments stored whole since start.
+    /// Segments stored whole since the status was made.
     pub segments_stored: u64,
-    /// Partial-segment uploads since start.
+    /// Partial-segment uploads since the status was made.
     pub partial_uploads: u64,
     /// The last error, if streaming is retrying.
     pub last_error: Option<String>,
@@ -228,8 +228,19 @@ pub async fn stream_wal(
     status: watch::Sender<StreamStatus>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PgError> {
+    // The counts go on from a previous run on the same status (a restart after a failure).
+    let (segments_stored, partial_uploads) = {
+        let before = status.borrow();
+        (before.segments_stored, before.partial_uploads)
+    };
     let mut progress = Progress {
-        status: StreamStatus { slot: opts.slot.clone(), synchronous: opts.synchronous, ..Default::default() },
+        status: StreamStatus {
+            slot: opts.slot.clone(),
+            synchronous: opts.synchronous,
+            segments_stored,
+            partial_uploads,
+            ..Default::default()
+        },
         stored: 0,
         received: 0,
         server: 0,

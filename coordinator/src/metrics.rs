@@ -1,0 +1,310 @@
+//! The coordinator's `/metrics`. On the leader: every source's backups
+//! against its RPO, WAL lag, success ratio, jobs, agents, alerts and
+//! notifications; on a follower, that it follows. The core hands out a
+//! [`View`] (plain figures, cheap to copy) and the registry is built from
+//! it outside the core, so a scrape of thousands of sources holds up no
+//! scheduling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lifeboat_common::telemetry::metrics::{Counters, Gauges, Registry, Scrape, timestamp_seconds};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::agents::AgentRecord;
+use crate::core::{NodeRole, Query, Shared};
+use crate::history::BackupFigures;
+use crate::jobs::JobKind;
+use crate::lag::recovery_point_age;
+
+/// `lifeboat_jobs_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// `backup` or `restore`.
+    pub kind: &'static str,
+    /// `succeeded`, `failed`, `cancelled`, or `retried` (an attempt failed, another follows).
+    pub result: &'static str,
+}
+
+/// `lifeboat_notifications_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// The channel's name in the policy.
+    pub channel: String,
+    /// `sent` or `failed`.
+    pub result: &'static str,
+}
+
+/// Counters the leader's work increments, kept for the life of the process.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Jobs by kind and outcome.
+    pub jobs: Counters<JobLabels>,
+    /// Notification attempts by channel and outcome.
+    pub notifications: Counters<ChannelLabels>,
+}
+
+impl Counts {
+    /// Counts a job's outcome.
+    pub fn job(&self, kind: JobKind, result: &'static str) {
+        let kind = match kind {
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+        };
+        self.jobs.get_or_create(&JobLabels { kind, result }).inc();
+    }
+
+    /// Counts a delivery attempt on a channel.
+    pub fn notification(&self, channel: &str, sent: bool) {
+        let result = if sent { "sent" } else { "failed" };
+        self.notifications.get_or_create(&ChannelLabels { channel: channel.to_owned(), result }).inc();
+    }
+}
+
+/// One source, as a scrape shows it.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    /// Its agent.
+    pub host: String,
+    /// Its id.
+    pub source: String,
+    /// Its kind (`files`, `postgres`, ...).
+    pub kind: String,
+    /// Its recovery point objective, in seconds.
+    pub rpo_seconds: f64,
+    /// How old its newest recoverable point is.
+    pub recovery_point_age_seconds: Option<f64>,
+    /// The newest success of each schedule.
+    pub last: Vec<(String, BackupFigures)>,
+    /// Successes over outcomes, the last 30 days.
+    pub success_ratio: Option<f64>,
+    /// WAL: seconds since the server had WAL the repository lacks, and those bytes.
+    pub wal: Option<(f64, u64)>,
+}
+
+/// Agents by state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentCounts {
+    /// Attached to this leader.
+    pub connected: u64,
+    /// Known, not attached, not yet lost.
+    pub disconnected: u64,
+    /// Silent past the deadline.
+    pub lost: u64,
+}
+
+/// What the core reports at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Whether this coordinator leads.
+    pub leader: bool,
+    /// The leader's term, when known.
+    pub term: Option<i64>,
+    /// Every source (the leader only).
+    pub sources: Vec<SourceRow>,
+    /// Agents by state (the leader only).
+    pub agents: AgentCounts,
+    /// Incidents open, by alert.
+    pub alerts_firing: Vec<(String, u64)>,
+}
+
+impl View {
+    /// What the role alone says: whether it leads, and the term if known.
+    pub fn of_role(role: &NodeRole) -> View {
+        match role {
+            NodeRole::Leader { term } => View { leader: true, term: Some(*term), ..View::default() },
+            NodeRole::Follower { leader: Some(l) } => View { term: Some(l.term), ..View::default() },
+            _ => View::default(),
+        }
+    }
+
+    /// The leader's view of its agents at `now`.
+    pub fn leader<'a>(
+        term: i64,
+        agents: impl Iterator<Item = &'a AgentRecord>,
+        connected: impl Fn(&str) -> bool,
+        limits: (Duration, Duration),
+        now: DateTime<Utc>,
+    ) -> View {
+        let (wal_max_lag, lost_after) = limits;
+        let mut view = View { leader: true, term: Some(term), ..View::default() };
+        for agent in agents {
+            if agent.lost {
+                view.agents.lost += 1;
+            } else if connected(&agent.host) {
+                view.agents.connected += 1;
+            } else {
+                view.agents.disconnected += 1;
+            }
+            for s in agent.sources.values() {
+                let report = s.report(agent.last_seen, now);
+                view.sources.push(SourceRow {
+                    host: agent.host.clone(),
+                    source: s.source.id.clone(),
+                    kind: s.source.kind().name().to_owned(),
+                    rpo_seconds: s.limits(wal_max_lag, lost_after).rpo.as_secs_f64(),
+                    recovery_point_age_seconds: recovery_point_age(&report, now).map(|d| d.as_secs_f64()),
+                    last: s.history.last.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    success_ratio: s.history.success_ratio(now).map(|(r, _)| r),
+                    wal: s.wal.as_ref().map(|w| (w.lag.lag_seconds, w.lag.lag_bytes)),
+                });
+            }
+        }
+        view
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    host: String,
+    source: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    host: String,
+    source: String,
+    kind: String,
+    schedule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    alert: String,
+}
+
+/// A gauge family registered under `name`.
+fn gauges<L>(registry: &mut Registry, name: &str, help: &str) -> Gauges<L>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Gauges::<L>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The registry a scrape encodes.
+pub fn registry(view: &View, counts: &Counts) -> Registry {
+    let mut r = Registry::default();
+    let leader = Gauge::<i64>::default();
+    leader.set(i64::from(view.leader));
+    r.register("lifeboat_leader", "1 on the leading coordinator, 0 on followers", leader);
+    if let Some(term) = view.term {
+        let g = Gauge::<i64>::default();
+        g.set(term);
+        r.register("lifeboat_term", "The leader's term (etcd revision of its key)", g);
+    }
+    r.register(
+        "lifeboat_jobs",
+        "Jobs by kind and outcome, counted by this coordinator while it led",
+        counts.jobs.clone(),
+    );
+    r.register("lifeboat_notifications", "Alert notifications by channel and outcome", counts.notifications.clone());
+    if !view.leader {
+        return r;
+    }
+    let agents = gauges::<StateLabels>(&mut r, "lifeboat_agents", "Agents by state");
+    for (state, n) in
+        [("connected", view.agents.connected), ("disconnected", view.agents.disconnected), ("lost", view.agents.lost)]
+    {
+        agents.get_or_create(&StateLabels { state }).set(n as f64);
+    }
+    let firing = gauges::<AlertLabels>(&mut r, "lifeboat_alerts_firing", "Open incidents, by alert");
+    for (alert, n) in &view.alerts_firing {
+        firing.get_or_create(&AlertLabels { alert: alert.clone() }).set(*n as f64);
+    }
+    let last_success = gauges::<ScheduleLabels>(
+        &mut r,
+        "lifeboat_backup_last_success_timestamp_seconds",
+        "When the newest successful backup of the schedule finished",
+    );
+    let duration =
+        gauges::<ScheduleLabels>(&mut r, "lifeboat_backup_last_duration_seconds", "How long that backup took");
+    let size = gauges::<ScheduleLabels>(&mut r, "lifeboat_backup_last_size_bytes", "Bytes that backup covers");
+    let stored = gauges::<ScheduleLabels>(
+        &mut r,
+        "lifeboat_backup_last_stored_bytes",
+        "Bytes that backup newly stored, after deduplication and compression",
+    );
+    let age = gauges::<SourceLabels>(
+        &mut r,
+        "lifeboat_recovery_point_age_seconds",
+        "Age of the source's newest recoverable point (backup, or stored WAL)",
+    );
+    let rpo = gauges::<SourceLabels>(&mut r, "lifeboat_rpo_seconds", "The source's recovery point objective");
+    let ratio = gauges::<SourceLabels>(
+        &mut r,
+        "lifeboat_backup_success_ratio",
+        "Successful backups over all that ended, the last 30 days",
+    );
+    let wal_lag = gauges::<SourceLabels>(
+        &mut r,
+        "lifeboat_wal_archive_lag_seconds",
+        "Seconds since the server had WAL the repository still lacks",
+    );
+    let wal_bytes = gauges::<SourceLabels>(
+        &mut r,
+        "lifeboat_wal_stream_lag_bytes",
+        "Bytes of WAL the server has that the repository lacks",
+    );
+    for row in &view.sources {
+        let labels = SourceLabels { host: row.host.clone(), source: row.source.clone(), kind: row.kind.clone() };
+        rpo.get_or_create(&labels).set(row.rpo_seconds);
+        if let Some(a) = row.recovery_point_age_seconds {
+            age.get_or_create(&labels).set(a);
+        }
+        if let Some(x) = row.success_ratio {
+            ratio.get_or_create(&labels).set(x);
+        }
+        if let Some((seconds, bytes)) = row.wal {
+            wal_lag.get_or_create(&labels).set(seconds);
+            wal_bytes.get_or_create(&labels).set(bytes as f64);
+        }
+        for (schedule, f) in &row.last {
+            let l = ScheduleLabels {
+                host: labels.host.clone(),
+                source: labels.source.clone(),
+                kind: labels.kind.clone(),
+                schedule: schedule.clone(),
+            };
+            last_success.get_or_create(&l).set(timestamp_seconds(f.finished));
+            duration.get_or_create(&l).set(f.duration_seconds);
+            size.get_or_create(&l).set(f.size_bytes as f64);
+            stored.get_or_create(&l).set(f.stored_bytes as f64);
+        }
+    }
+    r
+}
+
+/// How long a scrape waits for the core before it answers with less.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The coordinator's scrape: asks the core, builds the registry.
+#[derive(Debug)]
+pub struct CoordinatorScrape {
+    /// What the handlers share with the core.
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl Scrape for CoordinatorScrape {
+    async fn registry(&self) -> Registry {
+        let asked = tokio::time::timeout(ASK_TIMEOUT, self.shared.ask(Query::Metrics)).await;
+        let view = match asked {
+            Ok(Ok(view)) => view,
+            _ => {
+                tracing::warn!("the core did not answer the scrape in time; reporting the role only");
+                View::of_role(&self.shared.role.borrow())
+            }
+        };
+        registry(&view, &self.shared.counts)
+    }
+}
