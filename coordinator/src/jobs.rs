@@ -123,12 +123,19 @@ pub struct JobRecord {
     pub requested_by: Option<String>,
     /// An operator asked to cancel it while it ran.
     pub cancel_requested: bool,
+    /// The W3C trace context of its creation (empty when traces are off).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 impl JobRecord {
     /// A job queued now for `host`'s `source_id`.
     pub fn new(id: String, host: &str, source_id: &str, kind: JobKind, priority: u8, now: DateTime<Utc>) -> Self {
+        // The job's trace begins here; dispatch and the agent's work join it.
+        let span = tracing::info_span!("schedule job", job = %id, host, source = source_id, kind = ?kind, priority);
+        let traceparent = lifeboat_common::telemetry::traces::traceparent(&span);
         JobRecord {
+            traceparent,
             id,
             host: host.to_owned(),
             source_id: source_id.to_owned(),

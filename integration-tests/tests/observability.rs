@@ -95,3 +95,59 @@ fn the_leader_and_the_agent_serve_metrics_of_backups_jobs_and_agents() {
         "{agent_text}"
     );
 }
+
+#[test]
+fn one_backup_job_is_one_trace_from_the_coordinator_through_the_agent() {
+    let _serial = serial();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = lifeboat_integration_tests::otlp::Receiver::start(&runtime);
+    let tmp = KeptOnFailure::new();
+    let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let policy = d.policy(
+        "policy.yaml",
+        "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n      retention_days: 30\n",
+    );
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let endpoint = format!("otlp_endpoint = \"{}\"", receiver.endpoint());
+    let c_config = d.coordinator_config("c1", port, &policy, None);
+    configure(&c_config, &endpoint);
+    let _coordinator = d.start_coordinator(&c_config);
+    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data));
+    configure(&a_config, &endpoint);
+    let _agent = d.start_agent(&a_config);
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(&url, "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job = String::from_utf8_lossy(&out.stderr).to_string();
+
+    // The batch exporters send within seconds.
+    let (trace, spans) = wait_for(Duration::from_secs(60), "the job's spans from both processes", || {
+        let spans = receiver.spans();
+        let dispatch =
+            spans.iter().find(|s| s.service == "lifeboat-coordinator" && s.name == "dispatch")?.trace_id.clone();
+        let in_trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == dispatch).collect();
+        let phases = ["schedule job", "dispatch", "job", "walk, read, chunk and upload", "index and snapshot"];
+        phases.iter().all(|p| in_trace.iter().any(|s| s.name == *p)).then_some((dispatch, in_trace))
+    });
+    let by_name = |name: &str| spans.iter().find(|s| s.name == name).unwrap();
+    let (root, dispatch, job_span) = (by_name("schedule job"), by_name("dispatch"), by_name("job"));
+    assert_eq!(root.service, "lifeboat-coordinator");
+    assert!(root.parent_span_id.is_empty() || root.parent_span_id.chars().all(|c| c == '0'), "{root:?}");
+    assert_eq!(dispatch.parent_span_id, root.span_id, "{spans:#?}");
+    assert_eq!(job_span.service, "lifeboat-agent");
+    assert_eq!(job_span.parent_span_id, dispatch.span_id, "{spans:#?}");
+    let pipeline = by_name("walk, read, chunk and upload");
+    assert_eq!(pipeline.service, "lifeboat-agent");
+    assert!(
+        spans.iter().filter(|s| s.service == "lifeboat-agent").count() < 20,
+        "a span per file or chunk? {spans:#?} ({trace}, {job})"
+    );
+}

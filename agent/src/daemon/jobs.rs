@@ -9,7 +9,9 @@ use lifeboat_common::repo::SnapshotId;
 use lifeboat_common::repo::format::snapshot::Snapshot;
 use lifeboat_common::repo::ops::retention::{SCHEDULE_TAG, source_tag};
 use lifeboat_common::store::OpenedStore;
+use lifeboat_common::telemetry::traces;
 use lifeboat_proto::v1;
+use tracing::Instrument;
 
 use super::{Agent, Running};
 use crate::progress::Progress;
@@ -70,24 +72,31 @@ impl Agent {
         let task_progress = progress.clone();
         // Held until the job is in the book, so a fast job's result cannot
         // be recorded before it.
-        let task = tokio::spawn(async move {
-            tracing::info!(job = job.job_id, attempt = job.attempt, source = job.source_id, "job started");
-            let outcome = agent.execute(&job, task_progress).await;
-            let result = match outcome {
-                Ok(snapshot) => {
-                    tracing::info!(job = job.job_id, "job succeeded");
-                    v1::JobResult { job_id: job.job_id.clone(), ok: true, snapshot, ..Default::default() }
-                }
-                Err(error) => {
-                    let error = error.to_string();
-                    tracing::error!(job = job.job_id, error, "job failed");
-                    v1::JobResult { job_id: job.job_id.clone(), ok: false, error, ..Default::default() }
-                }
-            };
-            let result = v1::JobResult { finished_unix_ms: Utc::now().timestamp_millis(), ..result };
-            agent.outcomes.count(kind, if result.ok { "succeeded" } else { "failed" });
-            agent.finish(&job.job_id, result);
-        });
+        // The job's span continues the coordinator's trace; the source's
+        // phases are its children.
+        let span = tracing::info_span!("job", job = %id, attempt, source = %source_id, kind);
+        traces::continue_trace(&span, &job.traceparent);
+        let task = tokio::spawn(Instrument::instrument(
+            async move {
+                tracing::info!(job = job.job_id, attempt = job.attempt, source = job.source_id, "job started");
+                let outcome = agent.execute(&job, task_progress).await;
+                let result = match outcome {
+                    Ok(snapshot) => {
+                        tracing::info!(job = job.job_id, "job succeeded");
+                        v1::JobResult { job_id: job.job_id.clone(), ok: true, snapshot, ..Default::default() }
+                    }
+                    Err(error) => {
+                        let error = error.to_string();
+                        tracing::error!(job = job.job_id, error, "job failed");
+                        v1::JobResult { job_id: job.job_id.clone(), ok: false, error, ..Default::default() }
+                    }
+                };
+                let result = v1::JobResult { finished_unix_ms: Utc::now().timestamp_millis(), ..result };
+                agent.outcomes.count(kind, if result.ok { "succeeded" } else { "failed" });
+                agent.finish(&job.job_id, result);
+            },
+            span,
+        ));
         let started = tokio::time::Instant::now();
         book.running.insert(id, Running { attempt, source_id, kind, started, progress, task });
     }

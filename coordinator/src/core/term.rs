@@ -19,6 +19,7 @@ use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarg
 use crate::metrics::View;
 use crate::scheduler::{Scheduler, Target};
 use crate::state::{Op, State, StateError, encode};
+use lifeboat_common::telemetry::traces;
 
 /// Messages buffered for one agent's stream; an agent that lets this many
 /// pile up is dropped (it reconnects, and its jobs are reconciled then).
@@ -530,8 +531,13 @@ impl<'a> Term<'a> {
                 })
                 .await?;
             let Some(job) = job else { continue };
-            tracing::info!(host, job = job.id, attempt = job.attempt, priority = job.priority, "job assigned");
-            let message = v1::CoordinatorMessage { body: Some(Out::Assign(views::assignment(&job))) };
+            let span = tracing::info_span!("dispatch", job = %job.id, host, attempt = job.attempt, term);
+            traces::continue_trace(&span, &job.traceparent);
+            span.in_scope(|| {
+                tracing::info!(host, job = job.id, attempt = job.attempt, priority = job.priority, "job assigned")
+            });
+            let assignment = v1::JobAssignment { traceparent: traces::traceparent(&span), ..views::assignment(&job) };
+            let message = v1::CoordinatorMessage { body: Some(Out::Assign(assignment)) };
             if tx.try_send(Ok(message)).is_err() {
                 // The stream is gone or stuck: the agent's next hello reconciles it.
                 tracing::warn!(host, job = job.id, "could not send the assignment; dropping the stream");

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -161,6 +162,7 @@ impl Captured {
 
     /// Saves `snapshot` (this capture's manifest, completed), which makes
     /// the backup visible, then ends the writer's session.
+    #[tracing::instrument(name = "index and snapshot", skip_all)]
     pub async fn save(self, repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
         let saved = repo.save_snapshot(snapshot).await;
         self.session.finish().await;
@@ -196,16 +198,20 @@ pub async fn capture(
     let roots = normalise_roots(&opts.paths, &filter)?;
     let started = Utc::now();
     let path_strings: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
-    let parent = match opts.parent {
-        Some(id) => Some((id, repo.load_snapshot(&id).await?)),
-        None if opts.force => None,
-        None => repo
-            .snapshots()
-            .await?
-            .into_iter()
-            .rev()
-            .find(|(_, s)| s.source == source && s.hostname == opts.hostname && s.paths == path_strings),
-    };
+    let parent = async {
+        Ok::<_, RepoError>(match opts.parent {
+            Some(id) => Some((id, repo.load_snapshot(&id).await?)),
+            None if opts.force => None,
+            None => repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .rev()
+                .find(|(_, s)| s.source == source && s.hostname == opts.hostname && s.paths == path_strings),
+        })
+    }
+    .instrument(tracing::info_span!("find parent"))
+    .await?;
     let parent_tree = match &parent {
         Some((id, snap)) if !opts.force => match repo.load_tree(&snap.tree).await {
             Ok(tree) => Some(tree),
@@ -235,8 +241,13 @@ pub async fn capture(
         let job = {
             let (repo, progress, roots, opts) = (repo.clone(), progress.clone(), roots.clone(), opts.clone());
             let (filter, parent_tree) = (filter.clone(), parent_tree.clone());
+            // One span for the whole pipeline (its threads walk, read, chunk
+            // and upload at once), never one per file or chunk.
+            let span = tracing::info_span!("walk, read, chunk and upload", attempt);
             tokio::task::spawn_blocking(move || {
-                Pipeline::new(repo, runtime, filter, progress, &opts, trust_before_ns).run(&roots, parent_tree)
+                span.in_scope(|| {
+                    Pipeline::new(repo, runtime, filter, progress, &opts, trust_before_ns).run(&roots, parent_tree)
+                })
             })
         };
         let walked = job.await.map_err(|_| FilesError::Internal("backup pipeline panicked"))??;

@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use crossbeam_channel::bounded;
@@ -170,17 +171,22 @@ pub async fn restore_files(
     if opts.delete {
         refuse_protected(&opts.target, &opts.protect)?;
     }
-    let root = resolve_sub_path(repo, snapshot, opts.sub_path.as_deref()).await?;
-    let mut plan = Plan::default();
-    plan.dirs.push((PathBuf::new(), root.dir_meta.clone()));
-    plan.wanted.insert(PathBuf::new());
-    match root.node {
-        Some(node) => {
-            let path = PathBuf::from(OsStr::from_bytes(&node.name));
-            add_leaf(&mut plan, path, node, &mut HashMap::new());
+    let plan = async {
+        let root = resolve_sub_path(repo, snapshot, opts.sub_path.as_deref()).await?;
+        let mut plan = Plan::default();
+        plan.dirs.push((PathBuf::new(), root.dir_meta.clone()));
+        plan.wanted.insert(PathBuf::new());
+        match root.node {
+            Some(node) => {
+                let path = PathBuf::from(OsStr::from_bytes(&node.name));
+                add_leaf(&mut plan, path, node, &mut HashMap::new());
+            }
+            None => add_tree(repo, &mut plan, Path::new(""), &root.tree, &mut HashMap::new()).await?,
         }
-        None => add_tree(repo, &mut plan, Path::new(""), &root.tree, &mut HashMap::new()).await?,
+        Ok::<_, FilesError>(plan)
     }
+    .instrument(tracing::info_span!("read the trees"))
+    .await?;
     let total: u64 = plan.files.iter().map(|f| f.meta.size).sum();
     progress.files_total.store(plan.files.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(total, Ordering::Relaxed);
@@ -188,7 +194,8 @@ pub async fn restore_files(
 
     let repo = repo.clone();
     let runtime = Handle::current();
-    tokio::task::spawn_blocking(move || execute(&repo, &runtime, plan, &opts, &progress))
+    let span = tracing::info_span!("fetch and write", files = plan.files.len(), bytes = total);
+    tokio::task::spawn_blocking(move || span.in_scope(|| execute(&repo, &runtime, plan, &opts, &progress)))
         .await
         .map_err(|_| FilesError::Internal("restore panicked"))?
 }

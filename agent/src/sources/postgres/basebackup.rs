@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use chrono::Utc;
 use lifeboat_common::repo::format::snapshot::{PostgresBackup, Tablespace};
@@ -132,6 +133,7 @@ pub async fn backup_postgres(
              FROM pg_backup_start($1, true) AS lsn",
             &[&label],
         )
+        .instrument(tracing::info_span!("pg_backup_start"))
         .await
         .map_err(PgError::db("starting the backup (pg_backup_start)"))?;
     let (start_lsn, start_wal, timeline): (String, String, i32) = (col(&start, 0)?, col(&start, 1)?, col(&start, 2)?);
@@ -169,6 +171,7 @@ pub async fn backup_postgres(
     // Always end the backup, even when the capture failed.
     let stop = client
         .query_one("SELECT lsn::text, pg_walfile_name(lsn), labelfile, spcmapfile FROM pg_backup_stop(true)", &[])
+        .instrument(tracing::info_span!("pg_backup_stop, WAL archived"))
         .await
         .map_err(PgError::db("stopping the backup (pg_backup_stop)"))?;
     let captured = captured?;
