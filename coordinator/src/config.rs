@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lifeboat_common::policy::alerting::{Alerting, alerting_from_yaml};
+use lifeboat_common::policy::monitoring::{MonitoredJob, monitoring_from_yaml};
 use lifeboat_common::policy::{PolicyError, Schedule, backup_schedules_from_yaml, human_duration};
 use lifeboat_common::tls::TlsFiles;
 use serde::Deserialize;
@@ -200,15 +202,21 @@ pub struct Policy {
     pub path: PathBuf,
     /// Its schedules.
     pub schedules: Vec<Schedule>,
+    /// What is watched (the `monitoring` block).
+    pub monitoring: Vec<MonitoredJob>,
+    /// Where incidents go (the `alerting` block).
+    pub alerting: Alerting,
 }
 
 impl Policy {
     /// Reads the policy file; a malformed one is refused with the line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
-        let schedules = backup_schedules_from_yaml(&text)
-            .map_err(|e: PolicyError| ConfigError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
-        Ok(Policy { path: path.to_owned(), schedules })
+        let invalid = |e: PolicyError| ConfigError::Invalid { path: path.to_owned(), reason: e.to_string() };
+        let schedules = backup_schedules_from_yaml(&text).map_err(invalid)?;
+        let monitoring = monitoring_from_yaml(&text, &schedules).map_err(invalid)?;
+        let alerting = alerting_from_yaml(&text, &monitoring).map_err(invalid)?;
+        Ok(Policy { path: path.to_owned(), schedules, monitoring, alerting })
     }
 
     /// The schedule of id `group.name`.

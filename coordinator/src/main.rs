@@ -62,7 +62,14 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { config } => {
             let (config, policy) = load(&config)?;
-            println!("{}: ok; policy {}: {} schedules", config.name, policy.path.display(), policy.schedules.len());
+            println!(
+                "{}: ok; policy {}: {} schedules, {} monitoring entries, {} alert channels",
+                config.name,
+                policy.path.display(),
+                policy.schedules.len(),
+                policy.monitoring.len(),
+                policy.alerting.channels.len()
+            );
             Ok(())
         }
         Command::Run { config: config_path } => serve(&config_path).await,

@@ -1,6 +1,8 @@
 //! Operator policy, written in YAML with the structure of the seed's blocks
 //! so the requirements document's own examples parse as they stand.
 
+pub mod alerting;
+pub mod monitoring;
 mod schedules;
 mod storage_lifecycle;
 

@@ -28,6 +28,22 @@ pub enum PolicyError {
     /// The document lacks a block the caller needs.
     #[error("policy has no {0} block")]
     MissingBlock(&'static str),
+    /// A `monitoring` entry is wrong.
+    #[error("monitoring.{entry}: {reason}")]
+    Monitoring {
+        /// Which entry.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An `alerting` setting is wrong.
+    #[error("alerting.{setting}: {reason}")]
+    Alerting {
+        /// Which setting.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tier is wrong.
     #[error("storage_lifecycle.{tier}: {reason}")]
     Tier {
