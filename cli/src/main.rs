@@ -59,6 +59,8 @@ enum Command {
     Jobs(commands::control::JobsArgs),
     /// Cancel a queued or running job.
     Cancel(commands::control::CancelArgs),
+    /// The leader's incidents (exit 2 while one is open); `alerts ack ID` stops one's escalation.
+    Alerts(commands::alerts::AlertsCommand),
 }
 
 /// Exit code for "done, but some entries could not be read".
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Agents(c) => c.run().await,
             Command::Jobs(c) => c.run().await,
             Command::Cancel(c) => c.run().await,
+            Command::Alerts(c) => c.run().await,
         }
     })
 }

@@ -70,10 +70,14 @@ pub enum AdminCall {
     CancelJob,
     /// `Audit`.
     Audit,
+    /// `ListIncidents`.
+    ListIncidents,
+    /// `AckIncident`.
+    AckIncident,
 }
 
 impl AdminCall {
-    const ALL: [AdminCall; 8] = [
+    const ALL: [AdminCall; 10] = [
         AdminCall::Status,
         AdminCall::ListAgents,
         AdminCall::ListJobs,
@@ -82,6 +86,8 @@ impl AdminCall {
         AdminCall::Restore,
         AdminCall::CancelJob,
         AdminCall::Audit,
+        AdminCall::ListIncidents,
+        AdminCall::AckIncident,
     ];
 
     /// The method's name in the service.
@@ -95,14 +101,20 @@ impl AdminCall {
             AdminCall::Restore => "Restore",
             AdminCall::CancelJob => "CancelJob",
             AdminCall::Audit => "Audit",
+            AdminCall::ListIncidents => "ListIncidents",
+            AdminCall::AckIncident => "AckIncident",
         }
     }
 
     /// The least role that may make it.
     pub fn required(self) -> Role {
         match self {
-            AdminCall::Status | AdminCall::ListAgents | AdminCall::ListJobs | AdminCall::ListSnapshots => Role::Viewer,
-            AdminCall::RunBackup | AdminCall::Restore | AdminCall::CancelJob => Role::Operator,
+            AdminCall::Status
+            | AdminCall::ListAgents
+            | AdminCall::ListJobs
+            | AdminCall::ListSnapshots
+            | AdminCall::ListIncidents => Role::Viewer,
+            AdminCall::RunBackup | AdminCall::Restore | AdminCall::CancelJob | AdminCall::AckIncident => Role::Operator,
             AdminCall::Audit => Role::Admin,
         }
     }

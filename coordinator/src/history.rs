@@ -54,6 +54,22 @@ pub struct BackupHistory {
     /// Sizes of the newest successes, oldest first.
     #[serde(default)]
     pub sizes: VecDeque<u64>,
+    /// The newest backup that failed after its last attempt, until one succeeds.
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+}
+
+/// A backup that failed after its last attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Its schedule (none: by hand).
+    pub schedule: Option<String>,
+    /// The job.
+    pub job: String,
+    /// Its last attempt's error.
+    pub error: String,
 }
 
 fn day(at: DateTime<Utc>) -> i64 {
@@ -64,6 +80,7 @@ impl BackupHistory {
     /// Records a success of `schedule`.
     pub fn succeeded(&mut self, schedule: Option<&str>, figures: BackupFigures) {
         self.count(figures.finished, true);
+        self.last_failure = None;
         self.sizes.push_back(figures.size_bytes);
         while self.sizes.len() > SIZES_KEPT {
             self.sizes.pop_front();
@@ -72,8 +89,9 @@ impl BackupHistory {
     }
 
     /// Records a backup that failed after its last attempt.
-    pub fn failed(&mut self, at: DateTime<Utc>) {
-        self.count(at, false);
+    pub fn failed(&mut self, failure: Failure) {
+        self.count(failure.at, false);
+        self.last_failure = Some(failure);
     }
 
     fn count(&mut self, at: DateTime<Utc>, ok: bool) {
@@ -123,6 +141,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn failure(at_: &str) -> Failure {
+        Failure { at: at(at_), schedule: Some("db.full".into()), job: "j".into(), error: "disk gone".into() }
+    }
+
     fn figures(finished: &str, size: u64) -> BackupFigures {
         BackupFigures { finished: at(finished), duration_seconds: 1.0, size_bytes: size, stored_bytes: 1, files: 1 }
     }
@@ -132,17 +154,19 @@ mod tests {
         let mut h = BackupHistory::default();
         assert_eq!(h.success_ratio(at("2026-11-01T00:00:00Z")), None);
         // 40 days ago: a failure that no longer counts.
-        h.failed(at("2026-10-01T12:00:00Z"));
+        h.failed(failure("2026-10-01T12:00:00Z"));
         for d in 1..=9 {
             h.succeeded(Some("db.full"), figures(&format!("2026-11-0{d}T02:00:00Z"), 100 + d));
         }
-        h.failed(at("2026-11-09T03:00:00Z"));
+        h.failed(failure("2026-11-09T03:00:00Z"));
+        assert!(h.last_failure.is_some());
         let (ratio, n) = h.success_ratio(at("2026-11-10T00:00:00Z")).unwrap();
         assert_eq!(n, 10);
         assert!((ratio - 0.9).abs() < 1e-9, "{ratio}");
         assert!(h.days.keys().all(|d| *d > day(at("2026-11-09T00:00:00Z")) - RATIO_DAYS));
 
         h.succeeded(None, figures("2026-11-10T01:00:00Z", 500));
+        assert_eq!(h.last_failure, None, "a success ends the failure");
         assert_eq!(h.newest().unwrap().size_bytes, 500);
         assert_eq!(h.last.len(), 2);
         // Sizes before the newest: 101..=109, median 105.

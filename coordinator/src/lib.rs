@@ -3,6 +3,7 @@
 //! attach to it over mutual TLS and run what it assigns.
 
 pub mod agents;
+pub mod alerts;
 pub mod authz;
 pub mod config;
 pub mod core;
@@ -11,6 +12,7 @@ pub mod history;
 pub mod jobs;
 pub mod lag;
 pub mod metrics;
+pub mod notify;
 pub mod retention;
 pub mod scheduler;
 pub mod service;

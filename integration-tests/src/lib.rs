@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod control;
 pub mod etcd;
+pub mod http_receiver;
 pub mod otlp;
 pub mod postgres;
 pub mod services;

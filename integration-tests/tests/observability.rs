@@ -151,3 +151,125 @@ fn one_backup_job_is_one_trace_from_the_coordinator_through_the_agent() {
         "a span per file or chunk? {spans:#?} ({trace}, {job})"
     );
 }
+
+/// A coordinator and an agent with `docs` watched by "File Sync Status",
+/// whose channels (PagerDuty, Slack, a webhook) all point at `receiver`.
+fn alerting_deployment(
+    tmp: &std::path::Path,
+    receiver: &lifeboat_integration_tests::http_receiver::HttpReceiver,
+) -> (Deployment, String, std::path::PathBuf, [lifeboat_integration_tests::control::Proc; 2]) {
+    let d = Deployment::new(tmp, &["c1"], &["node1"]);
+    let data = tmp.join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let key = tmp.join("pagerduty.key");
+    std::fs::write(&key, "R0UTINGKEY0123456789\n").unwrap();
+    let slack = tmp.join("slack.url");
+    std::fs::write(&slack, receiver.url("slack")).unwrap();
+    let policy = d.policy(
+        "policy.yaml",
+        &format!(
+            "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n\
+             monitoring:\n  backup_jobs:\n    - name: \"File Sync Status\"\n      alert_on_failure: true\n      \
+             alert_channels: [\"pagerduty\", \"slack\", \"hook\"]\n\
+             alerting:\n  escalate_after: 4s\n  min_success_ratio: 0\n  channels:\n    \
+             pagerduty: {{ type: pagerduty, routing_key: {{ file: \"{key}\" }}, url: \"{pd}\" }}\n    \
+             slack: {{ type: slack, url: {{ file: \"{slack}\" }} }}\n    \
+             hook: {{ type: webhook, url: \"{hook}\" }}\n",
+            key = key.display(),
+            pd = receiver.url("pagerduty"),
+            slack = slack.display(),
+            hook = receiver.url("hook"),
+        ),
+    );
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
+    let agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data)));
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(&url, "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+    (d, url, data, [coordinator, agent])
+}
+
+fn incidents(d: &Deployment, url: &str) -> Vec<serde_json::Value> {
+    d.admin_json(url, "vera", &["alerts", "--all"])
+        .and_then(|v| v.get("incidents").and_then(|i| i.as_array()).cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_backup_is_one_incident_that_escalates_and_resolves_on_every_channel_it_reached() {
+    let _serial = serial();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = lifeboat_integration_tests::http_receiver::HttpReceiver::start(&runtime);
+    let tmp = KeptOnFailure::new();
+    let (d, url, data, _procs) = alerting_deployment(tmp.path(), &receiver);
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The source's path removed: the backup fails after its attempts.
+    std::fs::rename(&data, tmp.path().join("docs.away")).unwrap();
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(!out.status.success());
+
+    // PagerDuty first, at once: Events API v2, every documented field.
+    let trigger = wait_for(Duration::from_secs(30), "the PagerDuty trigger", || receiver.at("pagerduty").pop());
+    let pd = &trigger.body;
+    assert_eq!(pd["routing_key"], "R0UTINGKEY0123456789", "{pd}");
+    assert_eq!(pd["event_action"], "trigger");
+    let dedup = pd["dedup_key"].as_str().unwrap().to_owned();
+    assert!(dedup.starts_with("lifeboat:backup_failed-"), "{dedup}");
+    assert_eq!(pd["payload"]["severity"], "error");
+    assert_eq!(pd["payload"]["source"], "node1/docs");
+    assert_eq!(pd["payload"]["class"], "backup_failed");
+    assert!(pd["payload"]["summary"].as_str().unwrap().contains("failed after its last attempt"), "{pd}");
+    assert!(pd["payload"]["timestamp"].as_str().unwrap().contains('T'), "{pd}");
+    assert!(pd["payload"]["custom_details"]["job"].as_str().unwrap().contains("node1/docs"), "{pd}");
+    assert!(receiver.at("slack").is_empty(), "Slack was told before the escalation delay");
+
+    // Neither acknowledged nor resolved: Slack after the delay, then the webhook.
+    let slack = wait_for(Duration::from_secs(30), "the escalation to Slack", || receiver.at("slack").pop());
+    let blocks = slack.body["blocks"].as_array().expect("Block Kit blocks");
+    assert_eq!(blocks[0]["type"], "header");
+    assert!(blocks[0]["text"]["text"].as_str().unwrap().contains("backup failed on node1/docs"), "{}", slack.body);
+    assert!(slack.body["text"].as_str().unwrap().contains("[ERROR]"), "no text fallback: {}", slack.body);
+    let hook = wait_for(Duration::from_secs(30), "the escalation to the webhook", || receiver.at("hook").pop());
+    assert_eq!(hook.body["event"], "trigger");
+    let listed = incidents(&d, &url);
+    assert_eq!(listed.len(), 1, "one incident for one condition: {listed:?}");
+    assert_eq!(listed[0]["reached"], 3);
+
+    // A success resolves it, said on every channel it reached, once each.
+    std::fs::rename(tmp.path().join("docs.away"), &data).unwrap();
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(Duration::from_secs(30), "the resolves", || {
+        (receiver.at("pagerduty").len() == 2 && receiver.at("slack").len() == 2 && receiver.at("hook").len() == 2)
+            .then_some(())
+    });
+    let resolve = &receiver.at("pagerduty")[1].body;
+    assert_eq!(resolve["event_action"], "resolve");
+    assert_eq!(resolve["dedup_key"], dedup.as_str());
+    assert!(receiver.at("slack")[1].body["text"].as_str().unwrap().starts_with("[RESOLVED]"));
+    assert_eq!(receiver.at("hook")[1].body["event"], "resolve");
+
+    // A second failure, acknowledged at once: it goes no further.
+    std::fs::rename(&data, tmp.path().join("docs.away")).unwrap();
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(!out.status.success());
+    wait_for(Duration::from_secs(30), "the second trigger", || (receiver.at("pagerduty").len() == 3).then_some(()));
+    let open: Vec<serde_json::Value> =
+        incidents(&d, &url).into_iter().filter(|i| i.get("resolvedUnixMs").is_none()).collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let id = open[0]["id"].as_str().unwrap().to_owned();
+    let denied = d.admin(&url, "vera", &["alerts", "ack", &id]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("AckIncident needs operator"));
+    let out = d.admin(&url, "alice", &["alerts", "ack", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(receiver.at("slack").len(), 2, "an acknowledged incident escalated");
+    let audit = std::fs::read_to_string(tmp.path().join("coordinator-c1/audit.log")).unwrap();
+    assert!(audit.contains("AckIncident") && audit.contains(&id), "the ack is not audited");
+}

@@ -113,12 +113,12 @@ fn refused(url: &str, status: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator {url}: {what}: {}", status.message())
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-fn when(unix: i64) -> String {
+pub(crate) fn when(unix: i64) -> String {
     match DateTime::<Utc>::from_timestamp(unix, 0) {
         Some(t) if unix > 0 => t.format("%Y-%m-%d %H:%M:%S").to_string(),
         _ => "never".into(),

@@ -103,6 +103,8 @@ pub enum Channel {
         username: Option<String>,
         /// Its password.
         password: Option<Secret>,
+        /// A CA to trust besides the system's (a private mail server).
+        ca_file: Option<PathBuf>,
     },
     /// Prometheus Alertmanager's v2 API, so an existing stack routes Lifeboat's alerts.
     Alertmanager {

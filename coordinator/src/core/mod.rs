@@ -61,6 +61,10 @@ pub enum Query {
     Cancel(v1::CancelJobRequest, String, Reply<v1::CancelJobReply>),
     /// A scrape of `/metrics`.
     Metrics(Reply<crate::metrics::View>),
+    /// `ListIncidents` (resolved ones too when true).
+    Incidents(bool, Reply<v1::ListIncidentsReply>),
+    /// `AckIncident` of this id, by `by`.
+    Ack(String, String, Reply<v1::IncidentReply>),
 }
 
 /// What the core is told.
@@ -93,6 +97,8 @@ pub enum Event {
     },
     /// An operator's call.
     Query(Query),
+    /// How a notice of an incident went.
+    Delivered(crate::notify::Delivered),
 }
 
 /// What the gRPC handlers share with the core.
@@ -112,6 +118,8 @@ pub struct Shared {
     pub retention: Mutex<Option<String>>,
     /// Counters for `/metrics`.
     pub counts: crate::metrics::Counts,
+    /// Sends incidents' notices.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Shared {
@@ -206,6 +214,9 @@ fn prefix(config: &CoordinatorConfig) -> String {
 pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc<Shared> {
     let (role_tx, role) = watch::channel(NodeRole::Starting);
     let (events, inbox) = mpsc::channel(4096);
+    let counts = crate::metrics::Counts::default();
+    let context = crate::notify::Context { coordinator: config.name.clone() };
+    let notifier = crate::notify::Notifier::new(counts.clone(), events.clone(), context);
     let shared = Arc::new(Shared {
         config,
         role,
@@ -213,7 +224,8 @@ pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc
         policy: RwLock::new(Arc::new(policy)),
         events,
         retention: Mutex::new(None),
-        counts: crate::metrics::Counts::default(),
+        counts,
+        notifier,
     });
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
     shared

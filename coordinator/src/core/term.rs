@@ -13,12 +13,15 @@ use tonic::Status;
 use super::views;
 use super::{AgentTx, Event, NodeRole, Query, Shared};
 use crate::agents::AgentRecord;
+use crate::alerts::conditions::{self, Facts};
+use crate::alerts::incidents::{Incident, IncidentBook, Notify, Outcome, Send};
 use crate::election::ElectionError;
-use crate::history::BackupFigures;
+use crate::history::{BackupFigures, Failure};
 use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarget};
 use crate::metrics::View;
 use crate::scheduler::{Scheduler, Target};
 use crate::state::{Op, State, StateError, encode};
+use lifeboat_common::policy::alerting::Channel;
 use lifeboat_common::telemetry::traces;
 
 /// Messages buffered for one agent's stream; an agent that lets this many
@@ -36,6 +39,13 @@ const RECORDS_PER_TXN: usize = 100;
 
 /// How often finished jobs past the history are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often alert conditions are judged and escalations made.
+const ALERT_EVERY: Duration = Duration::from_secs(2);
+
+/// How often open incidents are posted again to Alertmanager, which
+/// resolves an alert not posted within its `resolve_timeout` (5 min).
+const ALERTMANAGER_REFRESH: Duration = Duration::from_secs(60);
 
 struct Session {
     id: u64,
@@ -68,6 +78,12 @@ struct Term<'a> {
     urgent: bool,
     last_flush: tokio::time::Instant,
     last_expire: tokio::time::Instant,
+    /// Incidents, loaded with the term.
+    incidents: IncidentBook,
+    /// Incidents changed and notices to send once they are stored.
+    alerting: Outcome,
+    last_alerts: tokio::time::Instant,
+    last_refresh: tokio::time::Instant,
 }
 
 /// Leads until the term ends (`is_lost`, or a fenced write refused) or the
@@ -122,6 +138,9 @@ impl<'a> Term<'a> {
     async fn load(shared: &'a Shared, state: State<'a>, term: i64, prefix: &'a str) -> Result<Self, StateError> {
         let jobs = JobBook::load(state, prefix).await?;
         let agents = views::load_agents(state, prefix).await?;
+        let incidents = IncidentBook::load(state, prefix).await?;
+        // Notices a previous leader owed go first.
+        let alerting = Outcome { write: Vec::new(), send: incidents.owed() };
         let now = tokio::time::Instant::now();
         Ok(Term {
             shared,
@@ -139,6 +158,10 @@ impl<'a> Term<'a> {
             urgent: false,
             last_flush: now,
             last_expire: now,
+            incidents,
+            alerting,
+            last_alerts: now,
+            last_refresh: now,
         })
     }
 
@@ -173,7 +196,69 @@ impl<'a> Term<'a> {
                 Ok(())
             }
             Event::Query(query) => self.query(query).await,
+            Event::Delivered(d) => {
+                let attempts = d.attempts;
+                if let Some(incident) =
+                    self.incidents.delivered(&d.incident, &d.channel, d.notify, d.result, attempts, Utc::now())
+                {
+                    self.alerting.write.push(incident);
+                    self.flush_alerts().await?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Judges the alert conditions now, opens and resolves incidents,
+    /// escalates those due, and sends what that owes.
+    async fn alerts(&mut self, now: DateTime<Utc>) -> Result<(), StateError> {
+        self.last_alerts = tokio::time::Instant::now();
+        let policy = self.shared.policy();
+        let facts = Facts { policy: &policy, wal_max_lag: self.shared.config.wal_max_lag, copy_lag: &[], now };
+        let found = conditions::evaluate(self.agents.values(), &facts);
+        let opened = self.incidents.reconcile(found, &policy.monitoring, &policy.alerting, now);
+        let escalated = self.incidents.escalate(&policy.alerting, now);
+        for outcome in [opened, escalated] {
+            self.alerting.write.extend(outcome.write);
+            self.alerting.send.extend(outcome.send);
+        }
+        if self.last_refresh.elapsed() >= ALERTMANAGER_REFRESH {
+            self.last_refresh = tokio::time::Instant::now();
+            for incident in self.incidents.iter().filter(|i| i.is_open()) {
+                for name in incident.channels.iter().take(incident.reached) {
+                    let channel = policy.alerting.channels.get(name);
+                    if let Some(c @ Channel::Alertmanager { .. }) = channel {
+                        let send = Send { incident: incident.clone(), channel: name.clone(), notify: Notify::Trigger };
+                        self.shared.notifier.spawn(send, Some(c.clone()), false);
+                    }
+                }
+            }
+        }
+        self.flush_alerts().await
+    }
+
+    /// Stores changed incidents, then sends the notices they owe: a notice
+    /// is on record as owed before it goes out. Kept for the next tick when
+    /// the store refuses.
+    async fn flush_alerts(&mut self) -> Result<(), StateError> {
+        if !self.alerting.write.is_empty() {
+            // The newest state of each incident is enough.
+            let mut newest: HashMap<String, Incident> = HashMap::new();
+            for i in self.alerting.write.drain(..) {
+                newest.insert(i.id.clone(), i);
+            }
+            let batch: Vec<Incident> = newest.into_values().collect();
+            if let Err(e) = self.incidents.write(self.state, &batch).await {
+                self.alerting.write = batch;
+                return Err(e);
+            }
+        }
+        let policy = self.shared.policy();
+        for send in self.alerting.send.drain(..) {
+            let channel = policy.alerting.channels.get(&send.channel).cloned();
+            self.shared.notifier.spawn(send, channel, true);
+        }
+        Ok(())
     }
 
     async fn attach(&mut self, hello: v1::Hello, session: u64, tx: AgentTx) -> Result<(), StateError> {
@@ -324,7 +409,12 @@ impl<'a> Term<'a> {
                     files: made.files,
                 },
             ),
-            (JobState::Failed, _) => source.history.failed(at),
+            (JobState::Failed, _) => source.history.failed(Failure {
+                at,
+                schedule: job.schedule_id.clone(),
+                job: job.id.clone(),
+                error: job.error.clone().unwrap_or_default(),
+            }),
             _ => return,
         }
         let host = job.host.clone();
@@ -410,9 +500,16 @@ impl<'a> Term<'a> {
         if self.urgent || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush_agents().await?;
         }
+        if self.last_alerts.elapsed() >= ALERT_EVERY || !self.alerting.is_empty() {
+            self.alerts(now).await?;
+        }
         if self.last_expire.elapsed() >= EXPIRE_EVERY {
             let horizon = chrono::Duration::from_std(self.shared.config.job_history).unwrap_or_default();
             self.jobs.expire(self.state, now - horizon).await?;
+            let gone: Vec<Op> = self.incidents.expire(now - horizon).into_iter().map(Op::Delete).collect();
+            for batch in gone.chunks(RECORDS_PER_TXN) {
+                self.state.commit_if(&[], batch).await?;
+            }
             self.last_expire = tokio::time::Instant::now();
         }
         self.shared.set_degraded(None);
@@ -616,14 +713,34 @@ impl<'a> Term<'a> {
             }
             Query::Metrics(reply) => {
                 let config = &self.shared.config;
-                let view = View::leader(
+                let mut view = View::leader(
                     self.term,
                     self.agents.values(),
                     |h| self.sessions.contains_key(h),
                     (config.wal_max_lag, config.lost_after),
                     Utc::now(),
                 );
+                view.alerts_firing = self.incidents.firing().into_iter().map(|(a, n)| (a.to_owned(), n)).collect();
                 reply.send(Ok(view)).ok();
+            }
+            Query::Incidents(all, reply) => {
+                let incidents = views::list_incidents(&self.incidents, all);
+                reply.send(Ok(v1::ListIncidentsReply { incidents })).ok();
+            }
+            Query::Ack(id, by, reply) => {
+                let acked = match self.incidents.acknowledge(&id, &by, Utc::now()) {
+                    Err(why) if why.starts_with("no incident") => Err(Status::not_found(why)),
+                    Err(why) => Err(Status::failed_precondition(why)),
+                    Ok(incident) => {
+                        tracing::info!(incident = id, by, "incident acknowledged; escalation stops");
+                        self.alerting.write.push(incident.clone());
+                        match self.flush_alerts().await {
+                            Ok(()) => Ok(v1::IncidentReply { incident: Some(views::incident(&incident)) }),
+                            Err(e) => Err(self.refused(e)),
+                        }
+                    }
+                };
+                reply.send(acked).ok();
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! memory) and by followers (from the state store), and a follower's
 //! answer to everything else: where the leader is.
 
+use crate::alerts::incidents::{Incident, IncidentBook};
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -208,7 +209,7 @@ pub(super) async fn follower_event(shared: &Shared, state: State<'_>, prefix: &s
             let redirect = v1::Redirect { leader_url, reason: "this coordinator does not lead".into() };
             tx.try_send(Ok(v1::CoordinatorMessage { body: Some(Out::Redirect(redirect)) })).ok();
         }
-        Event::FromAgent { .. } | Event::Detached { .. } => {}
+        Event::FromAgent { .. } | Event::Detached { .. } | Event::Delivered(_) => {}
         Event::Query(query) => answer_as_follower(shared, state, prefix, role, query).await,
     }
 }
@@ -255,5 +256,52 @@ async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, rol
         Query::Metrics(reply) => {
             reply.send(Ok(crate::metrics::View::of_role(role))).ok();
         }
+        Query::Incidents(all, reply) => {
+            let listed = IncidentBook::load(state, prefix)
+                .await
+                .map_err(unreadable)
+                .map(|book| v1::ListIncidentsReply { incidents: list_incidents(&book, all) });
+            reply.send(listed).ok();
+        }
+        Query::Ack(_, _, reply) => {
+            reply.send(Err(not_leader(role))).ok();
+        }
+    }
+}
+
+/// Incidents on the wire: open ones (all when `all`), oldest first.
+pub(super) fn list_incidents(book: &IncidentBook, all: bool) -> Vec<v1::Incident> {
+    book.iter().filter(|i| all || i.is_open()).map(incident).collect()
+}
+
+/// An incident on the wire.
+pub(super) fn incident(i: &Incident) -> v1::Incident {
+    let ms = |t: Option<DateTime<Utc>>| t.map_or(0, |t| t.timestamp_millis());
+    v1::Incident {
+        id: i.id.clone(),
+        alert: i.alert.name().to_owned(),
+        target: i.target.clone(),
+        severity: i.severity.name().to_owned(),
+        summary: i.summary.clone(),
+        details: i.details.clone().into_iter().collect(),
+        opened_unix_ms: i.opened.timestamp_millis(),
+        resolved_unix_ms: ms(i.resolved),
+        acknowledged_by: i.acknowledged.as_ref().map(|a| a.by.clone()).unwrap_or_default(),
+        acknowledged_unix_ms: ms(i.acknowledged.as_ref().map(|a| a.at)),
+        channels: i.channels.clone(),
+        reached: u32::try_from(i.reached).unwrap_or(u32::MAX),
+        escalate_unix_ms: ms(i.escalate_at),
+        notices: i
+            .notices
+            .iter()
+            .map(|n| v1::Notice {
+                channel: n.channel.clone(),
+                notify: n.notify.name().to_owned(),
+                sent_unix_ms: ms(n.sent),
+                attempts: n.attempts,
+                error: n.error.clone().unwrap_or_default(),
+                gave_up: n.gave_up,
+            })
+            .collect(),
     }
 }

@@ -117,6 +117,28 @@ impl Admin for AdminService {
         self.audited(&caller, AdminCall::CancelJob, Some(&target), result)
     }
 
+    async fn list_incidents(
+        &self,
+        request: Request<v1::ListIncidentsRequest>,
+    ) -> Result<Response<v1::ListIncidentsReply>, Status> {
+        let caller = self.admit(&request, AdminCall::ListIncidents, None)?;
+        let all = request.get_ref().all;
+        let result = self.shared.ask(|r| Query::Incidents(all, r)).await;
+        self.audited(&caller, AdminCall::ListIncidents, None, result)
+    }
+
+    async fn ack_incident(
+        &self,
+        request: Request<v1::AckIncidentRequest>,
+    ) -> Result<Response<v1::IncidentReply>, Status> {
+        let target = request.get_ref().id.clone();
+        let caller = self.admit(&request, AdminCall::AckIncident, Some(&target))?;
+        let by = caller.who.to_string();
+        let id = target.clone();
+        let result = self.shared.ask(|r| Query::Ack(id, by, r)).await;
+        self.audited(&caller, AdminCall::AckIncident, Some(&target), result)
+    }
+
     async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReply>, Status> {
         let caller = self.admit(&request, AdminCall::Audit, None)?;
         let limit = match request.get_ref().limit {
