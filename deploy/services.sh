@@ -7,7 +7,9 @@
 #                                their own clusters), the S3 emulator (moto, in
 #                                a venv), the Azure Blob emulator (Azurite, npm),
 #                                etcd (tests of the control plane start their own
-#                                clusters of it, on ports of their own)
+#                                clusters of it, on ports of their own), Prometheus
+#                                and Alertmanager (Debian), an SMTP server (aiosmtpd,
+#                                in the venv): tests of alerting start their own
 #   deploy/services.sh start     start the emulators and wait until they answer
 #   deploy/services.sh stop      stop what `start` started (by PID)
 #   deploy/services.sh status    say what runs where
@@ -28,7 +30,7 @@ AZURITE="$DIR/azurite"
 # (tests make their own clusters with initdb, run as the `postgres` user),
 # pgBackRest (the benchmark peer) and etcd (control-plane tests start their
 # own clusters).
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client prometheus prometheus-alertmanager)
 PG_BIN="${LIFEBOAT_PG_BIN:-/usr/lib/postgresql/15/bin}"
 VENV="$DIR/venv"
 
@@ -56,6 +58,10 @@ install() {
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
     fi
+    if [ ! -x "$VENV/bin/aiosmtpd" ]; then
+        echo "installing the SMTP server for tests (aiosmtpd) into $VENV" >&2
+        "$VENV/bin/pip" install -q --disable-pip-version-check 'aiosmtpd>=1.4,<2'
+    fi
     if [ ! -x "$AZURITE/node_modules/.bin/azurite-blob" ]; then
         command -v npm >/dev/null || { echo "missing: npm (Node.js), needed for Azurite" >&2; exit 1; }
         echo "installing the Azure Blob emulator (azurite) into $AZURITE" >&2
@@ -70,6 +76,9 @@ check() {
     command -v protoc >/dev/null || { echo "missing: protoc (apt-get install protobuf-compiler)" >&2; ok=0; }
     command -v restic >/dev/null || { echo "missing: restic (apt-get install restic)" >&2; ok=0; }
     command -v etcd >/dev/null || { echo "missing: etcd (apt-get install etcd-server)" >&2; ok=0; }
+    command -v prometheus >/dev/null && command -v promtool >/dev/null || { echo "missing: prometheus and promtool (apt-get install prometheus)" >&2; ok=0; }
+    command -v prometheus-alertmanager >/dev/null || { echo "missing: prometheus-alertmanager (apt-get install prometheus-alertmanager)" >&2; ok=0; }
+    [ -x "$VENV/bin/aiosmtpd" ] || { echo "missing: aiosmtpd in $VENV (deploy/services.sh install)" >&2; ok=0; }
     command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain)" >&2; ok=0; }
     [ -x "$VENV/bin/moto_server" ] || { echo "missing: the S3 emulator in $VENV (deploy/services.sh install)" >&2; ok=0; }
     [ -x "$AZURITE/node_modules/.bin/azurite-blob" ] || { echo "missing: Azurite in $AZURITE (deploy/services.sh install)" >&2; ok=0; }

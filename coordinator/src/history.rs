@@ -121,6 +121,14 @@ impl BackupHistory {
         self.last.values().max_by_key(|f| f.finished)
     }
 
+    /// The newest success's size against [`Self::median_before_newest`], as
+    /// a fraction of the median (`None` without a median, or one of 0).
+    pub fn size_deviation(&self) -> Option<f64> {
+        let newest = *self.sizes.back()?;
+        let median = self.median_before_newest().filter(|m| *m > 0)?;
+        Some((newest as f64 - median as f64) / median as f64)
+    }
+
     /// The median size of the successes before the newest (`None` with
     /// fewer than three to compare with).
     pub fn median_before_newest(&self) -> Option<u64> {
@@ -171,6 +179,7 @@ mod tests {
         assert_eq!(h.last.len(), 2);
         // Sizes before the newest: 101..=109, median 105.
         assert_eq!(h.median_before_newest(), Some(105));
+        assert!((h.size_deviation().unwrap() - (500.0 - 105.0) / 105.0).abs() < 1e-9);
         for _ in 0..20 {
             h.succeeded(None, figures("2026-11-10T01:00:00Z", 7));
         }

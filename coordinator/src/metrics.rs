@@ -82,6 +82,10 @@ pub struct SourceRow {
     pub success_ratio: Option<f64>,
     /// WAL: seconds since the server had WAL the repository lacks, and those bytes.
     pub wal: Option<(f64, u64)>,
+    /// Whether its newest backup failed after its last attempt.
+    pub failing: bool,
+    /// How far its newest backup's size is from the recent median, as a fraction of it.
+    pub size_deviation: Option<f64>,
 }
 
 /// Agents by state.
@@ -149,6 +153,8 @@ impl View {
                     last: s.history.last.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     success_ratio: s.history.success_ratio(now).map(|(r, _)| r),
                     wal: s.wal.as_ref().map(|w| (w.lag.lag_seconds, w.lag.lag_bytes)),
+                    failing: s.history.last_failure.is_some(),
+                    size_deviation: s.history.size_deviation(),
                 });
             }
         }
@@ -255,9 +261,23 @@ pub fn registry(view: &View, counts: &Counts) -> Registry {
         "lifeboat_wal_stream_lag_bytes",
         "Bytes of WAL the server has that the repository lacks",
     );
+    let failing = gauges::<SourceLabels>(
+        &mut r,
+        "lifeboat_backup_failing",
+        "1 while the source's newest backup failed after its last attempt",
+    );
+    let deviation = gauges::<SourceLabels>(
+        &mut r,
+        "lifeboat_backup_size_deviation_ratio",
+        "The newest backup's size against the median of the ones before, as a fraction (0.2: 20 % larger)",
+    );
     for row in &view.sources {
         let labels = SourceLabels { host: row.host.clone(), source: row.source.clone(), kind: row.kind.clone() };
         rpo.get_or_create(&labels).set(row.rpo_seconds);
+        failing.get_or_create(&labels).set(if row.failing { 1.0 } else { 0.0 });
+        if let Some(x) = row.size_deviation {
+            deviation.get_or_create(&labels).set(x);
+        }
         if let Some(a) = row.recovery_point_age_seconds {
             age.get_or_create(&labels).set(a);
         }

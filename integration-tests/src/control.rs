@@ -37,14 +37,20 @@ pub fn configure(path: &Path, lines: &str) {
 
 /// `GET http://ADDR/metrics`: the body, or `None` when nothing answers.
 pub fn scrape(addr: &str) -> Option<String> {
+    http_get(addr, "/metrics")
+}
+
+/// `GET http://ADDR/PATH` (HTTP/1.0, so the body comes whole, unchunked):
+/// the body of a 200 answer, or `None`.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    head.split(' ').nth(1).is_some_and(|code| code == "200").then(|| body.to_owned())
 }
 
 /// The value of the sample `name{labels}` in a scrape, where every label

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod control;
 pub mod etcd;
 pub mod http_receiver;
+pub mod monitoring;
 pub mod otlp;
 pub mod postgres;
 pub mod services;

@@ -273,3 +273,123 @@ fn a_failed_backup_is_one_incident_that_escalates_and_resolves_on_every_channel_
     let audit = std::fs::read_to_string(tmp.path().join("coordinator-c1/audit.log")).unwrap();
     assert!(audit.contains("AckIncident") && audit.contains(&id), "the ack is not audited");
 }
+
+#[test]
+fn email_alertmanager_and_prometheus_see_a_failed_backup_and_a_dead_channel_delays_nothing() {
+    use lifeboat_integration_tests::control::http_get;
+    use lifeboat_integration_tests::monitoring;
+    let _serial = serial();
+    let tmp = KeptOnFailure::new();
+    let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
+    let services = tmp.path().join("services");
+    let alertmanager = monitoring::alertmanager(&services);
+    // The SMTP server requires STARTTLS, with a certificate of the deployment's CA.
+    let (smtp, maildir) =
+        monitoring::smtp_server(&services, &d.certs.join("coordinator-c1.pem"), &d.certs.join("coordinator-c1.key"));
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    // A webhook nobody listens on comes first: the others must not wait for it.
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let policy = d.policy(
+        "policy.yaml",
+        &format!(
+            "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n\
+             monitoring:\n  backup_jobs:\n    - name: \"File Sync Status\"\n      alert_on_failure: true\n      \
+             alert_channels: [\"dead\", \"email\", \"alertmanager\"]\n\
+             alerting:\n  escalate_after: 2s\n  min_success_ratio: 0\n  channels:\n    \
+             dead: {{ type: webhook, url: \"{dead}\" }}\n    \
+             email: {{ type: email, smtp: \"{smtp}\", from: \"lifeboat@example.com\", to: [\"oncall@example.com\"], ca_file: \"{ca}\" }}\n    \
+             alertmanager: {{ type: alertmanager, url: \"http://{am}\" }}\n",
+            smtp = smtp.addr,
+            ca = d.certs.join("ca.pem").display(),
+            am = alertmanager.addr,
+        ),
+    );
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let c_config = d.coordinator_config("c1", port, &policy, None);
+    configure(&c_config, &format!("metrics_listen = \"{metrics}\""));
+    let _coordinator = d.start_coordinator(&c_config);
+    let _agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data)));
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    let prometheus = monitoring::prometheus(&services, std::slice::from_ref(&metrics), &rules);
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(&url, "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    std::fs::rename(&data, tmp.path().join("docs.away")).unwrap();
+    let failed_at = std::time::Instant::now();
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(!out.status.success());
+
+    // Email over STARTTLS, then Alertmanager, each on time though the first channel is dead.
+    let mail = wait_for(Duration::from_secs(30), "the email", || monitoring::mails(&maildir).pop());
+    assert!(mail.contains("Subject: Lifeboat [ERROR] backup failed on node1/docs"), "{mail}");
+    assert!(mail.contains("lifeboat alerts ack backup_failed-"), "{mail}");
+    let active = wait_for(Duration::from_secs(30), "the alert in Alertmanager", || {
+        let alerts: serde_json::Value = serde_json::from_str(&http_get(&alertmanager.addr, "/api/v2/alerts")?).ok()?;
+        alerts.as_array()?.iter().find(|a| a["labels"]["alertname"] == "LifeboatBackupFailed").cloned()
+    });
+    assert_eq!(active["labels"]["target"], "node1/docs", "{active}");
+    assert_eq!(active["labels"]["severity"], "error", "{active}");
+    assert!(active["annotations"]["summary"].as_str().unwrap().contains("failed"), "{active}");
+    assert!(
+        failed_at.elapsed() < Duration::from_secs(25),
+        "the dead channel's retries held up the others ({:?})",
+        failed_at.elapsed()
+    );
+
+    // The shipped rule fires in Prometheus, from the scraped metrics.
+    wait_for(Duration::from_secs(60), "LifeboatBackupFailed firing in Prometheus", || {
+        let alerts: serde_json::Value = serde_json::from_str(&http_get(&prometheus.addr, "/api/v1/alerts")?).ok()?;
+        alerts["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "LifeboatBackupFailed" && a["state"] == "firing")
+            .then_some(())
+    });
+
+    // The dead channel's failures are counted; the others' sends too.
+    let text = wait_for(Duration::from_secs(60), "the dead channel's failures counted", || {
+        let text = scrape(&metrics)?;
+        (sample(&text, "lifeboat_notifications_total", &["channel=\"dead\"", "result=\"failed\""])? >= 2.0)
+            .then_some(text)
+    });
+    assert!(sample(&text, "lifeboat_notifications_total", &["channel=\"email\"", "result=\"sent\""]).unwrap() >= 1.0);
+    assert_eq!(sample(&text, "lifeboat_alerts_firing", &["alert=\"backup_failed\""]), Some(1.0), "{text}");
+
+    // Resolved: a second email says so, and Alertmanager's alert ends.
+    std::fs::rename(tmp.path().join("docs.away"), &data).unwrap();
+    let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resolved = wait_for(Duration::from_secs(30), "the resolving email", || {
+        monitoring::mails(&maildir).into_iter().find(|m| m.contains("[RESOLVED]"))
+    });
+    assert!(resolved.contains("resolved:"), "{resolved}");
+    wait_for(Duration::from_secs(30), "the alert to end in Alertmanager", || {
+        let alerts: serde_json::Value = serde_json::from_str(&http_get(&alertmanager.addr, "/api/v2/alerts")?).ok()?;
+        (!alerts
+            .as_array()?
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "LifeboatBackupFailed" && a["status"]["state"] == "active"))
+        .then_some(())
+    });
+    drop(smtp);
+}
+
+#[test]
+fn the_shipped_prometheus_rules_pass_promtool() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool is missing: run deploy/services.sh install (it installs Prometheus)");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("SUCCESS"), "{said}");
+}

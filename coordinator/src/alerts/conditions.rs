@@ -227,23 +227,21 @@ fn source_conditions(host: &str, agent: &AgentRecord, s: &SourceRecord, facts: &
         );
     }
 
-    if let (Some(newest), Some(median)) = (s.history.newest(), s.history.median_before_newest())
-        && median > 0
+    if let (Some(newest), Some(median), Some(off)) =
+        (s.history.newest(), s.history.median_before_newest(), s.history.size_deviation())
+        && off.abs() > alerting.size_deviation
     {
-        let off = (newest.size_bytes as f64 - median as f64) / median as f64;
-        if off.abs() > alerting.size_deviation {
-            raise(
-                Alert::SizeDeviation,
-                facts.route(&watching, |_| true),
-                format!(
-                    "{target}: the newest backup covers {}, {:+.0} % from the recent median {}",
-                    bytes(newest.size_bytes as f64),
-                    off * 100.0,
-                    bytes(median as f64)
-                ),
-                vec![("size_bytes", newest.size_bytes.to_string()), ("median_bytes", median.to_string())],
-            );
-        }
+        raise(
+            Alert::SizeDeviation,
+            facts.route(&watching, |_| true),
+            format!(
+                "{target}: the newest backup covers {}, {:+.0} % from the recent median {}",
+                bytes(newest.size_bytes as f64),
+                off * 100.0,
+                bytes(median as f64)
+            ),
+            vec![("size_bytes", newest.size_bytes.to_string()), ("median_bytes", median.to_string())],
+        );
     }
 
     for (i, e) in &watching {
