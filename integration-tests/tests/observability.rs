@@ -393,3 +393,113 @@ fn the_shipped_prometheus_rules_pass_promtool() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.contains("SUCCESS"), "{said}");
 }
+
+#[test]
+fn a_leader_killed_between_trigger_and_escalation_neither_loses_nor_repeats_the_incident() {
+    use lifeboat_integration_tests::control::EtcdSettings;
+    let _serial = serial();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = lifeboat_integration_tests::http_receiver::HttpReceiver::start(&runtime);
+    let tmp = KeptOnFailure::new();
+    let etcd_dir = tmp.path().join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let etcd = lifeboat_integration_tests::etcd::EtcdCluster::start(&etcd_dir, 3);
+    let names = ["c1", "c2", "c3"];
+    let d = Deployment::new(tmp.path(), &names, &["node1"]);
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let key = tmp.path().join("pagerduty.key");
+    std::fs::write(&key, "R0UTINGKEY0123456789\n").unwrap();
+    let slack = tmp.path().join("slack.url");
+    std::fs::write(&slack, receiver.url("slack")).unwrap();
+    let policy = d.policy(
+        "policy.yaml",
+        &format!(
+            "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n\
+             monitoring:\n  backup_jobs:\n    - name: \"File Sync Status\"\n      alert_on_failure: true\n      \
+             alert_channels: [\"pagerduty\", \"slack\", \"hook\"]\n\
+             alerting:\n  escalate_after: 10s\n  min_success_ratio: 0\n  channels:\n    \
+             pagerduty: {{ type: pagerduty, routing_key: {{ file: \"{key}\" }}, url: \"{pd}\" }}\n    \
+             slack: {{ type: slack, url: {{ file: \"{slack}\" }} }}\n    \
+             hook: {{ type: webhook, url: \"{hook}\" }}\n",
+            key = key.display(),
+            pd = receiver.url("pagerduty"),
+            slack = slack.display(),
+            hook = receiver.url("hook"),
+        ),
+    );
+    let settings = EtcdSettings { endpoints: etcd.endpoints(), prefix: "/lifeboat/alerts".into(), ttl_secs: 2 };
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
+    let mut coordinators: Vec<_> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| d.start_coordinator(&d.coordinator_config(name, *port, &policy, Some(&settings))))
+        .collect();
+    let _agent = d.start_agent(&d.agent_config("node1", &urls, &files_source(&data)));
+    let leader = |d: &Deployment, i: usize| -> Option<usize> {
+        let status = d.admin_json(&urls[i], "vera", &["status"])?;
+        names.iter().position(|n| status["leader"] == *n)
+    };
+    let first = wait_for(Duration::from_secs(30), "a leader", || leader(&d, 0));
+    wait_for(Duration::from_secs(30), "the agent to attach", || {
+        let agents = d.admin_json(&urls[first], "vera", &["agents"])?;
+        (agents["agents"][0]["connected"] == true).then_some(())
+    });
+    let out = d.admin(&urls[first], "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&data, tmp.path().join("docs.away")).unwrap();
+    let out = d.admin(&urls[first], "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(!out.status.success());
+
+    // The trigger reached PagerDuty and is on record as sent: kill the leader.
+    wait_for(Duration::from_secs(30), "the trigger on record as sent", || {
+        let listed = d.admin_json(&urls[first], "vera", &["alerts"])?;
+        let notices = listed["incidents"][0]["notices"].as_array()?.clone();
+        notices.iter().any(|n| n["channel"] == "pagerduty" && n.get("sentUnixMs").is_some()).then_some(())
+    });
+    assert_eq!(receiver.at("pagerduty").len(), 1);
+    assert!(receiver.at("slack").is_empty(), "escalated before the delay");
+    coordinators[first].kill();
+    let other = (first + 1) % 3;
+    let second = wait_for(Duration::from_secs(20), "a new leader", || leader(&d, other).filter(|l| *l != first));
+
+    // The new leader escalates on the incident's own clock, once per channel.
+    wait_for(Duration::from_secs(40), "the escalations under the new leader", || {
+        (!receiver.at("slack").is_empty() && !receiver.at("hook").is_empty()).then_some(())
+    });
+    std::fs::rename(tmp.path().join("docs.away"), &data).unwrap();
+    let out = d.admin(&urls[second], "alice", &["backup", "run", "node1/docs", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(Duration::from_secs(30), "the resolves", || {
+        receiver.at("hook").iter().any(|r| r.body["event"] == "resolve").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let actions = |path: &str| -> Vec<String> {
+        receiver
+            .at(path)
+            .iter()
+            .map(|r| {
+                r.body["event_action"].as_str().or_else(|| r.body["event"].as_str()).map(str::to_owned).unwrap_or_else(
+                    || {
+                        if r.body["text"].as_str().unwrap_or_default().starts_with("[RESOLVED]") {
+                            "resolve"
+                        } else {
+                            "trigger"
+                        }
+                        .to_owned()
+                    },
+                )
+            })
+            .collect()
+    };
+    for channel in ["pagerduty", "slack", "hook"] {
+        assert_eq!(actions(channel), ["trigger", "resolve"], "{channel} was told {:?}", actions(channel));
+    }
+    let keys: Vec<String> =
+        receiver.at("pagerduty").iter().map(|r| r.body["dedup_key"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys[0], keys[1], "the resolve names another incident");
+    let listed = d.admin_json(&urls[second], "vera", &["alerts", "--all"]).unwrap();
+    assert_eq!(listed["incidents"].as_array().unwrap().len(), 1, "{listed}");
+}
