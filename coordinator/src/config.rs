@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use lifeboat_common::policy::alerting::{Alerting, alerting_from_yaml};
 use lifeboat_common::policy::monitoring::{MonitoredJob, monitoring_from_yaml};
+use lifeboat_common::policy::prices::{Prices, prices_from_yaml};
+use lifeboat_common::policy::storage_lifecycle_from_yaml;
 use lifeboat_common::policy::{PolicyError, Schedule, backup_schedules_from_yaml, human_duration};
+use lifeboat_common::store::lifecycle::Lifecycle;
 use lifeboat_common::tls::TlsFiles;
 use serde::Deserialize;
 
@@ -101,6 +104,10 @@ pub struct CoordinatorConfig {
     pub job_history: Duration,
     /// The repository retention is applied to (absent: retention is off).
     pub repository: Option<lifeboat_common::repo::engine::settings::RepoSettings>,
+    /// How often the leader measures what each store holds (for `/metrics`
+    /// and the copy-lag alert; it lists every store).
+    #[serde(default = "default_storage_every", deserialize_with = "human_duration")]
+    pub storage_every: Duration,
     /// How often the leader applies retention.
     #[serde(default = "default_retention_every", deserialize_with = "human_duration")]
     pub retention_every: Duration,
@@ -118,6 +125,9 @@ pub struct CoordinatorConfig {
     pub otlp_endpoint: Option<String>,
 }
 
+fn default_storage_every() -> Duration {
+    Duration::from_secs(600)
+}
 fn default_retention_every() -> Duration {
     Duration::from_secs(3600)
 }
@@ -206,6 +216,10 @@ pub struct Policy {
     pub monitoring: Vec<MonitoredJob>,
     /// Where incidents go (the `alerting` block).
     pub alerting: Alerting,
+    /// The `storage_lifecycle` block, if the policy has one (tiers by age).
+    pub lifecycle: Option<Lifecycle>,
+    /// What storage costs (the `storage_prices` block over the list prices).
+    pub prices: Prices,
 }
 
 impl Policy {
@@ -216,7 +230,13 @@ impl Policy {
         let schedules = backup_schedules_from_yaml(&text).map_err(invalid)?;
         let monitoring = monitoring_from_yaml(&text, &schedules).map_err(invalid)?;
         let alerting = alerting_from_yaml(&text, &monitoring).map_err(invalid)?;
-        Ok(Policy { path: path.to_owned(), schedules, monitoring, alerting })
+        let lifecycle = match storage_lifecycle_from_yaml(&text) {
+            Ok(l) => Some(l),
+            Err(PolicyError::MissingBlock(_)) => None,
+            Err(e) => return Err(invalid(e)),
+        };
+        let prices = prices_from_yaml(&text).map_err(invalid)?;
+        Ok(Policy { path: path.to_owned(), schedules, monitoring, alerting, lifecycle, prices })
     }
 
     /// The schedule of id `group.name`.

@@ -17,3 +17,4 @@ pub mod retention;
 pub mod scheduler;
 pub mod service;
 pub mod state;
+pub mod storage;

@@ -112,12 +112,16 @@ async fn serve(config_path: &Path) -> Result<()> {
         "coordinator starting"
     );
     let retention = config.repository.clone().map(|r| (r, config.retention_every, config.prune_grace));
+    let storage = config.repository.clone().map(|r| (r, config.storage_every));
     let shared = core::start(config, policy, backend);
     match retention {
         Some((settings, every, grace)) => {
             tokio::spawn(lifeboat_coordinator::retention::keep_applying(shared.clone(), settings, every, grace));
         }
         None => shared.set_retention("off: no [repository] in the configuration".into()),
+    }
+    if let Some((settings, every)) = storage {
+        tokio::spawn(lifeboat_coordinator::storage::keep_measuring(shared.clone(), settings, every));
     }
     tokio::spawn(reload_on_hangup(shared.clone()));
     if let Some(endpoint) = metrics_endpoint {

@@ -18,6 +18,8 @@ use crate::core::{NodeRole, Query, Shared};
 use crate::history::BackupFigures;
 use crate::jobs::JobKind;
 use crate::lag::recovery_point_age;
+use crate::storage::StorageFigures;
+use lifeboat_common::policy::prices::Prices;
 
 /// `lifeboat_jobs_total`'s labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,6 +199,54 @@ where
     family
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    store: String,
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: String,
+}
+
+/// The repository's bytes per store and tier, their cost, and copy lag.
+fn storage(r: &mut Registry, figures: &StorageFigures, prices: &Prices) {
+    let bytes = gauges::<TierLabels>(
+        r,
+        "lifeboat_repository_stored_bytes",
+        "Bytes the repository holds in the store, by tier (estimated from age and the storage lifecycle)",
+    );
+    let cost = gauges::<TierLabels>(
+        r,
+        "lifeboat_repository_monthly_cost_dollars",
+        "Estimated monthly storage cost in USD, from the policy's storage_prices (default: published list prices)",
+    );
+    let lag = gauges::<StoreLabels>(
+        r,
+        "lifeboat_repository_copy_lag_bytes",
+        "Bytes the primary store holds that this secondary store lacks",
+    );
+    for store in &figures.stores {
+        for (tier, n) in &store.tiers {
+            let labels = TierLabels { store: store.store.clone(), tier };
+            bytes.get_or_create(&labels).set(*n as f64);
+            let t = tier.parse().unwrap_or(lifeboat_common::store::lifecycle::StorageTier::Hot);
+            cost.get_or_create(&labels).set(prices.monthly(store.kind, t, *n));
+        }
+        if let Some(l) = store.copy_lag_bytes {
+            lag.get_or_create(&StoreLabels { store: store.store.clone() }).set(l as f64);
+        }
+    }
+    let measured = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    measured.set(timestamp_seconds(figures.measured));
+    r.register(
+        "lifeboat_repository_measured_timestamp_seconds",
+        "When the stores were last listed for these figures",
+        measured,
+    );
+}
+
 /// The registry a scrape encodes.
 pub fn registry(view: &View, counts: &Counts) -> Registry {
     let mut r = Registry::default();
@@ -325,6 +375,12 @@ impl Scrape for CoordinatorScrape {
                 View::of_role(&self.shared.role.borrow())
             }
         };
-        registry(&view, &self.shared.counts)
+        let mut r = registry(&view, &self.shared.counts);
+        if view.leader
+            && let Some(figures) = self.shared.storage()
+        {
+            storage(&mut r, &figures, &self.shared.policy().prices);
+        }
+        r
     }
 }

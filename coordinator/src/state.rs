@@ -241,19 +241,53 @@ async fn etcd_get(client: etcd_client::Client, key: &str) -> Result<Option<Versi
 }
 
 async fn etcd_list(client: etcd_client::Client, prefix: &str) -> Result<Vec<(String, Versioned)>, StateError> {
-    let options = etcd_client::GetOptions::new().with_prefix();
-    let resp = retry_unsent(|| {
-        let (mut c, options) = (client.clone(), options.clone());
-        async move { c.get(prefix, Some(options)).await }
-    })
-    .await
-    .map_err(ElectionError::on_leader_connection)?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .map(|kv| {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            (key, Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() })
+    // In pages, all at the first page's revision: one answer for thousands
+    // of agents' records would pass gRPC's 4 MiB message limit.
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut listed = Vec::new();
+    loop {
+        let mut options = etcd_client::GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = retry_unsent(|| {
+            let (mut c, options, from) = (client.clone(), options.clone(), from.clone());
+            async move { c.get(from, Some(options)).await }
         })
-        .collect())
+        .await
+        .map_err(ElectionError::on_leader_connection)?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            listed.push((key, Versioned { value: kv.value().to_vec(), revision: kv.mod_revision() }));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                // The next key after it.
+                from.push(0);
+            }
+            _ => return Ok(listed),
+        }
+    }
+}
+
+/// Records per page of a listing.
+const LIST_PAGE: i64 = 500;
+
+/// The end of the range of keys that start with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every key (etcd's "\0" end).
+    vec![0]
 }

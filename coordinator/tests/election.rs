@@ -162,3 +162,34 @@ async fn one_member_down_changes_nothing_and_without_quorum_nothing_commits() {
     let value = check.get("/lifeboat/test/state/y", None).await.unwrap();
     assert_eq!(value.kvs()[0].value(), b"back");
 }
+
+#[test]
+fn a_listing_larger_than_one_grpc_message_comes_back_whole_in_pages() {
+    use lifeboat_coordinator::state::{Op, State};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let elector = Elector::connect(config(&cluster, "c1")).await.unwrap();
+        let leadership = elector.campaign().await;
+        let state = State::Etcd(&leadership);
+        // 1,200 records of 5 KB: 6 MB, past gRPC's 4 MiB answer limit.
+        let value = vec![b'x'; 5_000];
+        for batch in 0..12 {
+            let ops: Vec<Op> = (0..100)
+                .map(|i| Op::Put(format!("/lifeboat/test/agents/host-{:05}", batch * 100 + i), value.clone()))
+                .collect();
+            state.commit_if(&[], &ops).await.unwrap();
+        }
+        state
+            .commit_if(&[], &[Op::Put("/lifeboat/test/agentz".into(), b"not under the prefix".to_vec())])
+            .await
+            .unwrap();
+        let listed = state.list("/lifeboat/test/agents/").await.unwrap();
+        assert_eq!(listed.len(), 1_200);
+        assert!(listed.windows(2).all(|w| w[0].0 < w[1].0), "not in key order");
+        assert_eq!(listed[1_199].0, "/lifeboat/test/agents/host-01199");
+        let reader = elector.client();
+        assert_eq!(State::Follower(&reader).list("/lifeboat/test/agents/").await.unwrap().len(), 1_200);
+    });
+}

@@ -3,6 +3,7 @@
 
 pub mod alerting;
 pub mod monitoring;
+pub mod prices;
 mod schedules;
 mod storage_lifecycle;
 

@@ -44,6 +44,14 @@ pub enum PolicyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A price is wrong.
+    #[error("storage_prices.{setting}: {reason}")]
+    Prices {
+        /// Which price.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tier is wrong.
     #[error("storage_lifecycle.{tier}: {reason}")]
     Tier {

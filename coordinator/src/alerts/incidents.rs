@@ -59,7 +59,8 @@ pub struct Notice {
 }
 
 impl Notice {
-    fn owed(channel: &str, notify: Notify) -> Self {
+    /// A notice not yet sent.
+    pub(crate) fn owed(channel: &str, notify: Notify) -> Self {
         Notice { channel: channel.to_owned(), notify, sent: None, attempts: 0, error: None, gave_up: false }
     }
 }
@@ -379,4 +380,111 @@ impl IncidentBook {
 
 fn delay(alerting: &Alerting) -> chrono::Duration {
     chrono::Duration::from_std(alerting.escalate_after).unwrap_or_else(|_| chrono::Duration::minutes(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn failed(target: &str, entry: Option<usize>) -> Condition {
+        Condition {
+            alert: Alert::BackupFailed,
+            target: target.to_owned(),
+            summary: format!("backup of {target} failed"),
+            details: BTreeMap::new(),
+            channels: vec!["pd".into(), "slack".into(), "mail".into()],
+            entry,
+        }
+    }
+
+    fn alerting() -> Alerting {
+        Alerting { escalate_after: std::time::Duration::from_secs(900), ..Alerting::default() }
+    }
+
+    fn sends(o: &Outcome) -> Vec<(String, Notify)> {
+        o.send.iter().map(|s| (s.channel.clone(), s.notify)).collect()
+    }
+
+    #[test]
+    fn one_incident_per_condition_escalated_in_order_and_resolved_where_it_went() {
+        let mut book = IncidentBook::default();
+        let t0 = at("2026-12-01T10:00:00Z");
+        let opened = book.reconcile(vec![failed("db1/pg", None)], &[], &alerting(), t0);
+        assert_eq!(sends(&opened), [("pd".to_owned(), Notify::Trigger)]);
+        assert_eq!(book.firing().get("backup_failed"), Some(&1));
+        // Still holding: nothing new, however often it is judged.
+        let again = book.reconcile(vec![failed("db1/pg", None)], &[], &alerting(), at("2026-12-01T10:01:00Z"));
+        assert!(again.is_empty());
+        assert!(book.escalate(&alerting(), at("2026-12-01T10:14:59Z")).is_empty());
+        let second = book.escalate(&alerting(), at("2026-12-01T10:15:00Z"));
+        assert_eq!(sends(&second), [("slack".to_owned(), Notify::Trigger)]);
+        let id = second.write[0].id.clone();
+        assert_eq!(book.get(&id).unwrap().escalate_at, Some(at("2026-12-01T10:30:00Z")));
+
+        // Cleared: a resolve to the two channels it reached, not the third.
+        let resolved = book.reconcile(vec![], &[], &alerting(), at("2026-12-01T10:20:00Z"));
+        assert_eq!(sends(&resolved), [("pd".to_owned(), Notify::Resolve), ("slack".to_owned(), Notify::Resolve)]);
+        assert!(book.escalate(&alerting(), at("2026-12-01T11:00:00Z")).is_empty());
+        assert!(book.firing().is_empty());
+        // The same condition again is a new incident.
+        let reopened = book.reconcile(vec![failed("db1/pg", None)], &[], &alerting(), at("2026-12-01T12:00:00Z"));
+        assert_ne!(reopened.write[0].id, id);
+        assert_eq!(book.iter().count(), 2);
+    }
+
+    #[test]
+    fn acknowledged_stops_escalation_and_owed_notices_survive_a_new_leader() {
+        let mut book = IncidentBook::default();
+        let t0 = at("2026-12-01T10:00:00Z");
+        let opened = book.reconcile(vec![failed("db1/pg", None)], &[], &alerting(), t0);
+        let id = opened.write[0].id.clone();
+        // Not yet delivered: a new leader loading this owes it.
+        let mut reloaded = IncidentBook::default();
+        reloaded.incidents.insert(id.clone(), opened.write[0].clone());
+        assert_eq!(reloaded.owed().len(), 1);
+        let stored = book.delivered(&id, "pd", Notify::Trigger, Ok(()), 1, t0).unwrap();
+        assert!(stored.notices[0].sent.is_some());
+        reloaded.incidents.insert(id.clone(), stored);
+        assert!(reloaded.owed().is_empty(), "a sent notice is sent again");
+
+        book.acknowledge(&id, "admin:alice", at("2026-12-01T10:05:00Z")).unwrap();
+        assert!(book.escalate(&alerting(), at("2026-12-01T11:00:00Z")).is_empty());
+        assert!(book.acknowledge(&id, "admin:bob", t0).unwrap_err().contains("alice"));
+        assert!(book.acknowledge("nope", "admin:bob", t0).unwrap_err().starts_with("no incident"));
+        // A channel that failed every attempt is given up, not retried by the next leader.
+        let failed_pd = book.delivered(&id, "pd", Notify::Trigger, Err("HTTP 500".into()), 5, t0);
+        assert!(failed_pd.is_none(), "the trigger was already sent");
+        let resolved = book.reconcile(vec![], &[], &alerting(), at("2026-12-01T12:00:00Z"));
+        let gave_up = book.delivered(&id, "pd", Notify::Resolve, Err("HTTP 500".into()), 5, t0).unwrap();
+        assert!(gave_up.notices.iter().any(|n| n.gave_up && n.notify == Notify::Resolve));
+        assert_eq!(resolved.send.len(), 1);
+        let gone = book.expire(at("2026-12-02T00:00:00Z"));
+        assert_eq!(gone, vec![Incident::key("", &id)]);
+    }
+
+    #[test]
+    fn an_entry_with_a_check_interval_is_judged_only_that_often() {
+        let seed = include_str!("../../../deploy/examples/policy.yaml");
+        let schedules = lifeboat_common::policy::backup_schedules_from_yaml(seed).unwrap();
+        let monitoring = lifeboat_common::policy::monitoring::monitoring_from_yaml(seed, &schedules).unwrap();
+        // Entry 2, "File Sync Status", checks every hour.
+        let mut book = IncidentBook::default();
+        let t0 = at("2026-12-01T10:00:00Z");
+        assert!(book.reconcile(vec![], &monitoring, &alerting(), t0).is_empty());
+        let early =
+            book.reconcile(vec![failed("web1/docs", Some(2))], &monitoring, &alerting(), at("2026-12-01T10:30:00Z"));
+        assert!(early.is_empty(), "judged before its hour was up");
+        let due =
+            book.reconcile(vec![failed("web1/docs", Some(2))], &monitoring, &alerting(), at("2026-12-01T11:00:00Z"));
+        assert_eq!(due.write.len(), 1);
+        // Cleared at once, but resolved only at its next check.
+        assert!(book.reconcile(vec![], &monitoring, &alerting(), at("2026-12-01T11:10:00Z")).is_empty());
+        let resolved = book.reconcile(vec![], &monitoring, &alerting(), at("2026-12-01T12:00:00Z"));
+        assert_eq!(resolved.write.len(), 1);
+        assert!(resolved.write[0].resolved.is_some());
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod conditions;
 pub mod incidents;
+pub mod local;
 
 use serde::{Deserialize, Serialize};
 

@@ -120,6 +120,8 @@ pub struct Shared {
     pub counts: crate::metrics::Counts,
     /// Sends incidents' notices.
     pub notifier: crate::notify::Notifier,
+    /// What the repository's stores hold, as last measured.
+    pub storage: Mutex<Option<Arc<crate::storage::StorageFigures>>>,
 }
 
 impl Shared {
@@ -142,6 +144,16 @@ impl Shared {
     /// Records the last retention run's outcome.
     pub fn set_retention(&self, outcome: String) {
         *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+    }
+
+    /// Keeps the newest storage figures.
+    pub fn set_storage(&self, figures: crate::storage::StorageFigures) {
+        *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(figures));
+    }
+
+    /// The storage figures as last measured.
+    pub fn storage(&self) -> Option<Arc<crate::storage::StorageFigures>> {
+        self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The last retention run's outcome.
@@ -226,7 +238,9 @@ pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc
         retention: Mutex::new(None),
         counts,
         notifier,
+        storage: Mutex::new(None),
     });
+    tokio::spawn(crate::alerts::local::watch(shared.clone(), prefix(&shared.config)));
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
     shared
 }

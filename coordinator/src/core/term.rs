@@ -214,7 +214,8 @@ impl<'a> Term<'a> {
     async fn alerts(&mut self, now: DateTime<Utc>) -> Result<(), StateError> {
         self.last_alerts = tokio::time::Instant::now();
         let policy = self.shared.policy();
-        let facts = Facts { policy: &policy, wal_max_lag: self.shared.config.wal_max_lag, copy_lag: &[], now };
+        let copy_lag = self.shared.storage().map(|s| s.copy_lag()).unwrap_or_default();
+        let facts = Facts { policy: &policy, wal_max_lag: self.shared.config.wal_max_lag, copy_lag: &copy_lag, now };
         let found = conditions::evaluate(self.agents.values(), &facts);
         let opened = self.incidents.reconcile(found, &policy.monitoring, &policy.alerting, now);
         let escalated = self.incidents.escalate(&policy.alerting, now);

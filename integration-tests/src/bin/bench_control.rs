@@ -7,6 +7,15 @@
 //! set against the issue's targets (5,000 agents on under one core and
 //! 512 MiB; failover under 2 × TTL + 2 s).
 //!
+//! Each agent describes three sources; every tenth agent's first source is
+//! on a 20 s schedule, and the simulated agent answers each assignment with
+//! a finished backup, so jobs flow through scheduling and dispatch while
+//! it is measured. At each size it times scrapes of the leader's
+//! `/metrics` (and their size). The first leader exports no traces; the
+//! coordinator that takes over exports them to an OTLP receiver in this
+//! process, so the two steady-state CPU figures at the largest size are
+//! tracing off and on under the same load.
+//!
 //! Usage: bench_control [WORK_DIR] [SIZES]   (default: /tmp/lifeboat-bench-control 1000,5000)
 
 // Test code: a failed step stops the test loudly, with the value shown.
@@ -19,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
-use lifeboat_integration_tests::control::{Deployment, EtcdSettings, Proc, free_port};
+use lifeboat_integration_tests::control::{Deployment, EtcdSettings, Proc, free_port, scrape};
 use lifeboat_integration_tests::etcd::EtcdCluster;
 use lifeboat_proto::v1;
 use lifeboat_proto::v1::agent_control_client::AgentControlClient;
@@ -103,14 +112,32 @@ async fn session(
         host: host.to_owned(),
         region: "bench".into(),
         agent_version: "bench".into(),
-        sources: vec![v1::Source {
-            id: "files".into(),
-            kind: v1::SourceKind::Files.into(),
-            paths: vec!["/srv".into()],
-            schedules: Vec::new(),
-            version: String::new(),
-            rpo_seconds: 3600,
-        }],
+        sources: vec![
+            v1::Source {
+                id: "files".into(),
+                kind: v1::SourceKind::Files.into(),
+                paths: vec!["/srv".into()],
+                schedules: if i.is_multiple_of(10) { vec!["files.media".into()] } else { Vec::new() },
+                version: String::new(),
+                rpo_seconds: 3600,
+            },
+            v1::Source {
+                id: "pg-main".into(),
+                kind: v1::SourceKind::Postgres.into(),
+                paths: vec!["/var/lib/postgresql/15/main".into()],
+                schedules: Vec::new(),
+                version: String::new(),
+                rpo_seconds: 300,
+            },
+            v1::Source {
+                id: "configs".into(),
+                kind: v1::SourceKind::Files.into(),
+                paths: vec!["/etc/app".into()],
+                schedules: Vec::new(),
+                version: String::new(),
+                rpo_seconds: 86_400,
+            },
+        ],
         running_jobs: Vec::new(),
         max_jobs: 1,
         unreachable_leader: unreachable.to_owned(),
@@ -132,6 +159,25 @@ async fn session(
     loop {
         tokio::select! {
             message = inbound.message() => match message {
+                Ok(Some(v1::CoordinatorMessage { body: Some(In::Assign(job)) })) => {
+                    // A backup done at once: what the coordinator records of a real one.
+                    let now = chrono_ms();
+                    let snapshot = v1::SnapshotSummary {
+                        snapshot_id: format!("{:064x}", now),
+                        source_kind: "files".into(),
+                        hostname: host.to_owned(),
+                        time_unix: now / 1000,
+                        files: 100,
+                        bytes_read: 1 << 20,
+                        bytes_new_stored: 1 << 16,
+                        duration_seconds: 0.5,
+                        ..Default::default()
+                    };
+                    let result = v1::JobResult { job_id: job.job_id, ok: true, error: String::new(), snapshot: Some(snapshot), finished_unix_ms: now };
+                    if tx.send(v1::AgentMessage { body: Some(Body::Result(result)) }).await.is_err() {
+                        return Ok(None);
+                    }
+                }
                 Ok(Some(_)) => {}
                 _ => return Ok(None),
             },
@@ -184,7 +230,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn measure_steady(leader: &Proc, n: usize, attached: &Attached, who: u8) -> Result<()> {
+fn measure_steady(leader: &Proc, n: usize, attached: &Attached, who: u8) -> Result<f64> {
     let (cpu0, _, _) = usage(leader.pid())?;
     let t0 = Instant::now();
     std::thread::sleep(STEADY);
@@ -197,6 +243,28 @@ fn measure_steady(leader: &Proc, n: usize, attached: &Attached, who: u8) -> Resu
         (cpu1 - cpu0) * 1000.0 / (n as f64 * STEADY.as_secs_f64() / HEARTBEAT.as_secs_f64()),
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
+    );
+    Ok(cores)
+}
+
+/// Times scrapes of the leader's `/metrics`: the median and slowest of five, and the size.
+fn measure_scrape(addr: &str, n: usize) -> Result<()> {
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    let mut series = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let text = scrape(addr).context("scraping the leader's /metrics")?;
+        times.push(t.elapsed());
+        bytes = text.len();
+        series = text.lines().filter(|l| !l.starts_with('#')).count();
+    }
+    times.sort();
+    println!(
+        "{n:>5} agents: a scrape of the leader's /metrics takes {:.0} ms (slowest of 5: {:.0} ms; target under 1 s), {:.1} MiB, {series} samples",
+        times[2].as_secs_f64() * 1000.0,
+        times[4].as_secs_f64() * 1000.0,
+        bytes as f64 / (1024.0 * 1024.0)
     );
     Ok(())
 }
@@ -236,27 +304,30 @@ fn main() -> Result<()> {
         &DevCaRequest { coordinators: vec![], hosts: vec![], agents: hosts.clone(), admins: vec![], days: 2 },
     )?;
     println!("{max} agent certificates issued in {:.1}s", issued.elapsed().as_secs_f64());
-    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n");
+    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      interval: \"20s\"\n");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let receiver = lifeboat_integration_tests::otlp::Receiver::start(&runtime);
     let settings = EtcdSettings { endpoints: etcd.endpoints(), prefix: "/lifeboat/bench".into(), ttl_secs: TTL_SECS };
     let ports: Vec<u16> = COORDINATORS.iter().map(|_| free_port()).collect();
     let urls: Arc<Vec<String>> = Arc::new(ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect());
-    let mut coordinators: Vec<Proc> = COORDINATORS
-        .iter()
-        .zip(&ports)
-        .map(|(name, port)| {
-            let config = d.coordinator_config(name, *port, &policy, Some(&settings));
-            // Heartbeats as in production; agents lost after 30 s.
-            let text = std::fs::read_to_string(&config)
-                .unwrap_or_default()
-                .replace("heartbeat = \"1s\"\nlost_after = \"6s\"", "heartbeat = \"5s\"\nlost_after = \"30s\"")
-                .replace("retention_every = \"2s\"", "retention_every = \"1h\"");
-            std::fs::write(&config, text).ok();
-            d.start_coordinator(&config)
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    let metrics: Vec<String> = COORDINATORS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut coordinators: Vec<Proc> = Vec::new();
+    for (i, (name, port)) in COORDINATORS.iter().zip(&ports).enumerate() {
+        let config = d.coordinator_config(name, *port, &policy, Some(&settings));
+        // Heartbeats as in production; agents lost after 30 s.
+        let text = std::fs::read_to_string(&config)
+            .unwrap_or_default()
+            .replace("heartbeat = \"1s\"\nlost_after = \"6s\"", "heartbeat = \"5s\"\nlost_after = \"30s\"")
+            .replace("retention_every = \"2s\"", "retention_every = \"1h\"");
+        // The first exports no traces; the second, which leads after the
+        // failover, exports them to the receiver.
+        let traces = if i == 0 { String::new() } else { format!("otlp_endpoint = \"{}\"\n", receiver.endpoint()) };
+        std::fs::write(&config, format!("metrics_listen = \"{}\"\n{traces}{text}", metrics[i])).ok();
+        coordinators.push(d.start_coordinator(&config));
+        // The first leads.
+        std::thread::sleep(Duration::from_secs(3));
+    }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let attached = Arc::new(Attached {
         to: (0..max).map(|_| AtomicU8::new(0)).collect(),
         at_ms: (0..max).map(|_| AtomicU64::new(0)).collect(),
@@ -276,6 +347,7 @@ fn main() -> Result<()> {
         Ok(())
     };
     let mut started = 0;
+    let mut off = 0.0;
     for &n in &sizes {
         load(started, n)?;
         started = n;
@@ -287,7 +359,8 @@ fn main() -> Result<()> {
             took.as_secs_f64()
         );
         let leader = &coordinators[who as usize - 1];
-        measure_steady(leader, n, &attached, who)?;
+        off = measure_steady(leader, n, &attached, who)?;
+        measure_scrape(&metrics[who as usize - 1], n)?;
     }
 
     // Failover: SIGKILL the leader; time until every agent is attached to the new one.
@@ -307,7 +380,15 @@ fn main() -> Result<()> {
     );
     let (_, rss, hwm) = usage(coordinators[new as usize - 1].pid())?;
     println!("new leader after failover: RSS {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, hwm as f64 / 1024.0);
-    measure_steady(&coordinators[new as usize - 1], max, &attached, new)?;
+    let spans_before = receiver.spans().len();
+    let on = measure_steady(&coordinators[new as usize - 1], max, &attached, new)?;
+    measure_scrape(&metrics[new as usize - 1], max)?;
+    println!(
+        "tracing: the leader without traces used {off:.3} cores, the one exporting them {on:.3} cores at {max} agents ({:+.1} %; target under +5 %); {} spans received while measured, in {} exports",
+        (on / off.max(1e-9) - 1.0) * 100.0,
+        receiver.spans().len() - spans_before,
+        receiver.exports()
+    );
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(coordinators);
     etcd.kill(0);
