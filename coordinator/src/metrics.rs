@@ -354,6 +354,9 @@ pub fn registry(view: &View, counts: &Counts) -> Registry {
     r
 }
 
+/// How old a view kept by the leader may be and still be served.
+const VIEW_FRESH: Duration = Duration::from_secs(5);
+
 /// How long a scrape waits for the core before it answers with less.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -367,13 +370,18 @@ pub struct CoordinatorScrape {
 #[async_trait::async_trait]
 impl Scrape for CoordinatorScrape {
     async fn registry(&self) -> Registry {
-        let asked = tokio::time::timeout(ASK_TIMEOUT, self.shared.ask(Query::Metrics)).await;
-        let view = match asked {
-            Ok(Ok(view)) => view,
-            _ => {
-                tracing::warn!("the core did not answer the scrape in time; reporting the role only");
-                View::of_role(&self.shared.role.borrow())
-            }
+        self.shared.scraped();
+        // The view the leader keeps fresh while scrapes come; the first
+        // scrape (or one after a quiet spell) asks the core.
+        let view = match self.shared.fresh_view(VIEW_FRESH) {
+            Some(view) => view,
+            None => match tokio::time::timeout(ASK_TIMEOUT, self.shared.ask(Query::Metrics)).await {
+                Ok(Ok(view)) => Arc::new(view),
+                _ => {
+                    tracing::warn!("the core did not answer the scrape in time; reporting the role only");
+                    Arc::new(View::of_role(&self.shared.role.borrow()))
+                }
+            },
         };
         let mut r = registry(&view, &self.shared.counts);
         if view.leader

@@ -63,10 +63,14 @@ fn the_leader_and_the_agent_serve_metrics_of_backups_jobs_and_agents() {
     // A backup by hand: its figures, against the RPO.
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = scrape(&c_metrics).unwrap();
     let source = ["host=\"node1\"", "source=\"docs\"", "kind=\"files\""];
     let manual = [source.as_slice(), &["schedule=\"manual\""]].concat();
-    let finished = sample(&text, "lifeboat_backup_last_success_timestamp_seconds", &manual).expect(&text);
+    // The leader's view is rebuilt each second while scrapes come.
+    let (text, finished) = wait_for(Duration::from_secs(10), "the backup in the leader's metrics", || {
+        let text = scrape(&c_metrics)?;
+        let finished = sample(&text, "lifeboat_backup_last_success_timestamp_seconds", &manual)?;
+        Some((text, finished))
+    });
     assert!((now_seconds() - finished).abs() < 120.0, "{finished}");
     assert_eq!(sample(&text, "lifeboat_backup_last_size_bytes", &manual), Some(60_000.0), "{text}");
     assert!(sample(&text, "lifeboat_backup_last_stored_bytes", &manual).unwrap() > 0.0, "{text}");
@@ -80,7 +84,10 @@ fn the_leader_and_the_agent_serve_metrics_of_backups_jobs_and_agents() {
     std::fs::remove_dir_all(&data).unwrap();
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(!out.status.success(), "a backup of a removed path succeeded");
-    let text = scrape(&c_metrics).unwrap();
+    let text = wait_for(Duration::from_secs(10), "the failure in the leader's metrics", || {
+        let text = scrape(&c_metrics)?;
+        (sample(&text, "lifeboat_backup_failing", &source)? == 1.0).then_some(text)
+    });
     let count = |result: &str| {
         sample(&text, "lifeboat_jobs_total", &["kind=\"backup\"", &format!("result=\"{result}\"")]).unwrap_or(0.0)
     };
@@ -502,4 +509,37 @@ fn a_leader_killed_between_trigger_and_escalation_neither_loses_nor_repeats_the_
     assert_eq!(keys[0], keys[1], "the resolve names another incident");
     let listed = d.admin_json(&urls[second], "vera", &["alerts", "--all"]).unwrap();
     assert_eq!(listed["incidents"].as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[test]
+fn json_log_lines_for_log_shippers_and_an_unknown_format_refused() {
+    let tmp = KeptOnFailure::new();
+    let d = Deployment::new(tmp.path(), &["c1"], &[]);
+    let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n");
+    let config = d.coordinator_config("c1", free_port(), &policy, None);
+    let run = |format: &str| {
+        let mut child =
+            std::process::Command::new(lifeboat_integration_tests::postgres::workspace_bin("lifeboat-coordinator"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("LIFEBOAT_LOG_FORMAT", format)
+                .env("RUST_LOG", "info")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        child.kill().ok();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let logged = run("json");
+    let lines: Vec<serde_json::Value> =
+        logged.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))).collect();
+    let starting = lines.iter().find(|l| l["fields"]["message"] == "coordinator starting").expect(&logged);
+    assert_eq!(starting["level"], "INFO");
+    assert_eq!(starting["fields"]["name"], "c1", "{starting}");
+    assert!(starting["timestamp"].is_string(), "{starting}");
+
+    let refused = run("yaml");
+    assert!(refused.contains("LIFEBOAT_LOG_FORMAT=\"yaml\": expected text or json"), "{refused}");
 }

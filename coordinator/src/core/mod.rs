@@ -122,6 +122,10 @@ pub struct Shared {
     pub notifier: crate::notify::Notifier,
     /// What the repository's stores hold, as last measured.
     pub storage: Mutex<Option<Arc<crate::storage::StorageFigures>>>,
+    /// The leader's view for `/metrics`, rebuilt each tick while scrapes come.
+    pub view: Mutex<Option<(tokio::time::Instant, Arc<crate::metrics::View>)>>,
+    /// When `/metrics` was last scraped.
+    pub last_scrape: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Shared {
@@ -154,6 +158,31 @@ impl Shared {
     /// The storage figures as last measured.
     pub fn storage(&self) -> Option<Arc<crate::storage::StorageFigures>> {
         self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A scrape came: the leader keeps its view fresh for the next ones.
+    pub fn scraped(&self) {
+        *self.last_scrape.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether a scrape came within `within`.
+    pub fn scraped_within(&self, within: Duration) -> bool {
+        self.last_scrape.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() < within)
+    }
+
+    /// Keeps the leader's newest view (none: this term ended).
+    pub fn publish_view(&self, view: Option<crate::metrics::View>) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view.map(|v| (tokio::time::Instant::now(), Arc::new(v)));
+    }
+
+    /// The leader's view, if built within `within` in the term still led.
+    pub fn fresh_view(&self, within: Duration) -> Option<Arc<crate::metrics::View>> {
+        let term = match *self.role.borrow() {
+            NodeRole::Leader { term } => term,
+            _ => return None,
+        };
+        let slot = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|(at, v)| at.elapsed() < within && v.term == Some(term)).map(|(_, v)| v.clone())
     }
 
     /// The last retention run's outcome.
@@ -239,6 +268,8 @@ pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc
         counts,
         notifier,
         storage: Mutex::new(None),
+        view: Mutex::new(None),
+        last_scrape: Mutex::new(None),
     });
     tokio::spawn(crate::alerts::local::watch(shared.clone(), prefix(&shared.config)));
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
@@ -262,6 +293,7 @@ async fn run(shared: Arc<Shared>, backend: Backend, role: watch::Sender<NodeRole
             role.send_replace(NodeRole::Leader { term });
             shared.set_degraded(None);
             term::lead(&shared, State::Etcd(&leadership), term, &prefix, &mut inbox, || leadership.is_lost()).await;
+            shared.publish_view(None);
             tracing::warn!(term, "leadership lost; following");
             role.send_replace(NodeRole::Follower { leader: None });
             // Revoke at once, if etcd still hears us: the next leader need not wait out the TTL.

@@ -40,6 +40,9 @@ const RECORDS_PER_TXN: usize = 100;
 /// How often finished jobs past the history are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
+/// How long after a scrape the view for `/metrics` is rebuilt each tick.
+const SCRAPES_KEEP_VIEW: Duration = Duration::from_secs(120);
+
 /// How often alert conditions are judged and escalations made.
 const ALERT_EVERY: Duration = Duration::from_secs(2);
 
@@ -207,6 +210,20 @@ impl<'a> Term<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// What `/metrics` shows of this term now.
+    fn metrics_view(&self) -> View {
+        let config = &self.shared.config;
+        let mut view = View::leader(
+            self.term,
+            self.agents.values(),
+            |h| self.sessions.contains_key(h),
+            (config.wal_max_lag, config.lost_after),
+            Utc::now(),
+        );
+        view.alerts_firing = self.incidents.firing().into_iter().map(|(a, n)| (a.to_owned(), n)).collect();
+        view
     }
 
     /// Judges the alert conditions now, opens and resolves incidents,
@@ -501,6 +518,11 @@ impl<'a> Term<'a> {
         if self.urgent || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush_agents().await?;
         }
+        // While Prometheus scrapes, its view is built here, between
+        // events, so a scrape never waits behind thousands of heartbeats.
+        if self.shared.scraped_within(SCRAPES_KEEP_VIEW) {
+            self.shared.publish_view(Some(self.metrics_view()));
+        }
         if self.last_alerts.elapsed() >= ALERT_EVERY || !self.alerting.is_empty() {
             self.alerts(now).await?;
         }
@@ -713,16 +735,7 @@ impl<'a> Term<'a> {
                 reply.send(job).ok();
             }
             Query::Metrics(reply) => {
-                let config = &self.shared.config;
-                let mut view = View::leader(
-                    self.term,
-                    self.agents.values(),
-                    |h| self.sessions.contains_key(h),
-                    (config.wal_max_lag, config.lost_after),
-                    Utc::now(),
-                );
-                view.alerts_firing = self.incidents.firing().into_iter().map(|(a, n)| (a.to_owned(), n)).collect();
-                reply.send(Ok(view)).ok();
+                reply.send(Ok(self.metrics_view())).ok();
             }
             Query::Incidents(all, reply) => {
                 let incidents = views::list_incidents(&self.incidents, all);
