@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lifeboat_common::telemetry::metrics::{Counters, Gauges, Registry, Scrape, timestamp_seconds};
+use lifeboat_common::telemetry::metrics::{Counters, Registry, Scrape, gauges, timestamp_seconds};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -187,16 +187,6 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
     alert: String,
-}
-
-/// A gauge family registered under `name`.
-fn gauges<L>(registry: &mut Registry, name: &str, help: &str) -> Gauges<L>
-where
-    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
-{
-    let family = Gauges::<L>::default();
-    registry.register(name, help, family.clone());
-    family
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

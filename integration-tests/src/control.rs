@@ -63,6 +63,23 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// One test at a time within a test binary: each runs etcd members,
+/// coordinators, agents and services, and on two cores several at once
+/// starve etcd's heartbeats into elections no deployment would see.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A `[[source]]` table: files source `docs` over `dir`, bound to
+/// `schedules` (TOML strings, comma-separated), RPO one hour.
+pub fn files_source(dir: &Path, schedules: &str) -> String {
+    format!(
+        "[[source]]\nid = \"docs\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [{schedules}]\nrpo = \"1h\"\n",
+        dir.display()
+    )
+}
+
 /// A test directory left in place, with its processes' logs, when the test fails.
 pub struct KeptOnFailure(pub tempfile::TempDir);
 

@@ -12,18 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
-use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, Proc, free_port, wait_for};
+use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, Proc, files_source, free_port, serial, wait_for};
 use lifeboat_integration_tests::postgres::workspace_bin;
 use serde_json::Value;
-
-/// One test at a time: each runs etcd members, coordinators, agents and
-/// PostgreSQL, and on two cores several at once starve etcd's heartbeats
-/// into elections that no deployment would see.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn jobs(d: &Deployment, url: &str) -> Vec<Value> {
     d.admin_json(url, "vera", &["jobs", "--limit", "1000"])
@@ -68,13 +59,6 @@ fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
         }
     }
     per_job
-}
-
-fn files_source(dir: &std::path::Path, schedules: &str) -> String {
-    format!(
-        "[[source]]\nid = \"docs\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [{schedules}]\nrpo = \"1h\"\n",
-        dir.display()
-    )
 }
 
 /// One coordinator (embedded state) on a free port, and agent `node1` with

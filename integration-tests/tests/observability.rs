@@ -7,20 +7,13 @@
 
 use std::time::Duration;
 
-use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, configure, free_port, sample, scrape, wait_for};
+use lifeboat_integration_tests::control::{
+    Deployment, KeptOnFailure, configure, free_port, sample, scrape, serial, wait_for,
+};
 
-/// One test at a time: each runs several processes on two cores.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn files_source(dir: &std::path::Path) -> String {
-    format!(
-        "[[source]]\nid = \"docs\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [\"files.media\"]\nrpo = \"1h\"\n",
-        dir.display()
-    )
+/// Source `docs` over `dir`, on schedule `files.media`.
+fn docs(dir: &std::path::Path) -> String {
+    lifeboat_integration_tests::control::files_source(dir, "\"files.media\"")
 }
 
 fn now_seconds() -> f64 {
@@ -45,7 +38,7 @@ fn the_leader_and_the_agent_serve_metrics_of_backups_jobs_and_agents() {
     let c_config = d.coordinator_config("c1", port, &policy, None);
     configure(&c_config, &format!("metrics_listen = \"{c_metrics}\""));
     let _coordinator = d.start_coordinator(&c_config);
-    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data));
+    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &docs(&data));
     configure(&a_config, &format!("metrics_listen = \"{a_metrics}\""));
     let _agent = d.start_agent(&a_config);
 
@@ -123,7 +116,7 @@ fn one_backup_job_is_one_trace_from_the_coordinator_through_the_agent() {
     let c_config = d.coordinator_config("c1", port, &policy, None);
     configure(&c_config, &endpoint);
     let _coordinator = d.start_coordinator(&c_config);
-    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data));
+    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &docs(&data));
     configure(&a_config, &endpoint);
     let _agent = d.start_agent(&a_config);
     wait_for(Duration::from_secs(30), "the agent to attach", || {
@@ -159,6 +152,36 @@ fn one_backup_job_is_one_trace_from_the_coordinator_through_the_agent() {
     );
 }
 
+/// A policy where "File Sync Status" watches `files.media` and escalates
+/// every `escalate_after` from PagerDuty to Slack to a webhook, all three
+/// pointing at `receiver` (the routing key and Slack's URL in files).
+fn receiver_policy(
+    d: &Deployment,
+    receiver: &lifeboat_integration_tests::http_receiver::HttpReceiver,
+    escalate_after: &str,
+) -> std::path::PathBuf {
+    let key = d.dir.join("pagerduty.key");
+    std::fs::write(&key, "R0UTINGKEY0123456789\n").unwrap();
+    let slack = d.dir.join("slack.url");
+    std::fs::write(&slack, receiver.url("slack")).unwrap();
+    d.policy(
+        "policy.yaml",
+        &format!(
+            "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n\
+             monitoring:\n  backup_jobs:\n    - name: \"File Sync Status\"\n      alert_on_failure: true\n      \
+             alert_channels: [\"pagerduty\", \"slack\", \"hook\"]\n\
+             alerting:\n  escalate_after: {escalate_after}\n  min_success_ratio: 0\n  channels:\n    \
+             pagerduty: {{ type: pagerduty, routing_key: {{ file: \"{key}\" }}, url: \"{pd}\" }}\n    \
+             slack: {{ type: slack, url: {{ file: \"{slack}\" }} }}\n    \
+             hook: {{ type: webhook, url: \"{hook}\" }}\n",
+            key = key.display(),
+            pd = receiver.url("pagerduty"),
+            slack = slack.display(),
+            hook = receiver.url("hook"),
+        ),
+    )
+}
+
 /// A coordinator and an agent with `docs` watched by "File Sync Status",
 /// whose channels (PagerDuty, Slack, a webhook) all point at `receiver`.
 fn alerting_deployment(
@@ -169,30 +192,11 @@ fn alerting_deployment(
     let data = tmp.join("docs");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
-    let key = tmp.join("pagerduty.key");
-    std::fs::write(&key, "R0UTINGKEY0123456789\n").unwrap();
-    let slack = tmp.join("slack.url");
-    std::fs::write(&slack, receiver.url("slack")).unwrap();
-    let policy = d.policy(
-        "policy.yaml",
-        &format!(
-            "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n\
-             monitoring:\n  backup_jobs:\n    - name: \"File Sync Status\"\n      alert_on_failure: true\n      \
-             alert_channels: [\"pagerduty\", \"slack\", \"hook\"]\n\
-             alerting:\n  escalate_after: 4s\n  min_success_ratio: 0\n  channels:\n    \
-             pagerduty: {{ type: pagerduty, routing_key: {{ file: \"{key}\" }}, url: \"{pd}\" }}\n    \
-             slack: {{ type: slack, url: {{ file: \"{slack}\" }} }}\n    \
-             hook: {{ type: webhook, url: \"{hook}\" }}\n",
-            key = key.display(),
-            pd = receiver.url("pagerduty"),
-            slack = slack.display(),
-            hook = receiver.url("hook"),
-        ),
-    );
+    let policy = receiver_policy(&d, receiver, "4s");
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
-    let agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data)));
+    let agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &docs(&data)));
     wait_for(Duration::from_secs(30), "the agent to attach", || {
         let agents = d.admin_json(&url, "vera", &["agents"])?;
         (agents["agents"][0]["connected"] == true).then_some(())
@@ -319,7 +323,7 @@ fn email_alertmanager_and_prometheus_see_a_failed_backup_and_a_dead_channel_dela
     let c_config = d.coordinator_config("c1", port, &policy, None);
     configure(&c_config, &format!("metrics_listen = \"{metrics}\""));
     let _coordinator = d.start_coordinator(&c_config);
-    let _agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &files_source(&data)));
+    let _agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &docs(&data)));
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
     let prometheus = monitoring::prometheus(&services, std::slice::from_ref(&metrics), &rules);
     wait_for(Duration::from_secs(30), "the agent to attach", || {
@@ -416,26 +420,7 @@ fn a_leader_killed_between_trigger_and_escalation_neither_loses_nor_repeats_the_
     let data = tmp.path().join("docs");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
-    let key = tmp.path().join("pagerduty.key");
-    std::fs::write(&key, "R0UTINGKEY0123456789\n").unwrap();
-    let slack = tmp.path().join("slack.url");
-    std::fs::write(&slack, receiver.url("slack")).unwrap();
-    let policy = d.policy(
-        "policy.yaml",
-        &format!(
-            "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n\
-             monitoring:\n  backup_jobs:\n    - name: \"File Sync Status\"\n      alert_on_failure: true\n      \
-             alert_channels: [\"pagerduty\", \"slack\", \"hook\"]\n\
-             alerting:\n  escalate_after: 10s\n  min_success_ratio: 0\n  channels:\n    \
-             pagerduty: {{ type: pagerduty, routing_key: {{ file: \"{key}\" }}, url: \"{pd}\" }}\n    \
-             slack: {{ type: slack, url: {{ file: \"{slack}\" }} }}\n    \
-             hook: {{ type: webhook, url: \"{hook}\" }}\n",
-            key = key.display(),
-            pd = receiver.url("pagerduty"),
-            slack = slack.display(),
-            hook = receiver.url("hook"),
-        ),
-    );
+    let policy = receiver_policy(&d, &receiver, "10s");
     let settings = EtcdSettings { endpoints: etcd.endpoints(), prefix: "/lifeboat/alerts".into(), ttl_secs: 2 };
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
@@ -444,7 +429,7 @@ fn a_leader_killed_between_trigger_and_escalation_neither_loses_nor_repeats_the_
         .zip(&ports)
         .map(|(name, port)| d.start_coordinator(&d.coordinator_config(name, *port, &policy, Some(&settings))))
         .collect();
-    let _agent = d.start_agent(&d.agent_config("node1", &urls, &files_source(&data)));
+    let _agent = d.start_agent(&d.agent_config("node1", &urls, &docs(&data)));
     let leader = |d: &Deployment, i: usize| -> Option<usize> {
         let status = d.admin_json(&urls[i], "vera", &["status"])?;
         names.iter().position(|n| status["leader"] == *n)

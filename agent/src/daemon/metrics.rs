@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use lifeboat_common::telemetry::metrics::{Counters, Gauges, Registry, Scrape};
+use lifeboat_common::telemetry::metrics::{Counters, Registry, Scrape, gauges};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -38,15 +38,6 @@ struct JobLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
-}
-
-fn gauges<L>(r: &mut Registry, name: &str, help: &str) -> Gauges<L>
-where
-    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
-{
-    let family = Gauges::<L>::default();
-    r.register(name, help, family.clone());
-    family
 }
 
 /// The agent's scrape.

@@ -25,6 +25,23 @@ pub type Gauges<L> = Family<L, FloatGauge>;
 /// Counters, one per label set.
 pub type Counters<L> = Family<L, Counter>;
 
+/// A gauge family registered under `name` in `registry`, to fill.
+pub fn gauges<L>(registry: &mut Registry, name: &str, help: &str) -> Gauges<L>
+where
+    L: prometheus_client::encoding::EncodeLabelSet
+        + Clone
+        + std::hash::Hash
+        + Eq
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Gauges::<L>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 /// What a daemon shows at each scrape.
 #[async_trait::async_trait]
 pub trait Scrape: Send + Sync + 'static {
