@@ -114,6 +114,8 @@ pub struct View {
     pub agents: AgentCounts,
     /// Incidents open, by alert.
     pub alerts_firing: Vec<(String, u64)>,
+    /// When the leader built it.
+    pub built: Option<DateTime<Utc>>,
 }
 
 impl View {
@@ -135,7 +137,7 @@ impl View {
         now: DateTime<Utc>,
     ) -> View {
         let (wal_max_lag, lost_after) = limits;
-        let mut view = View { leader: true, term: Some(term), ..View::default() };
+        let mut view = View { leader: true, term: Some(term), built: Some(now), ..View::default() };
         for agent in agents {
             if agent.lost {
                 view.agents.lost += 1;
@@ -257,6 +259,15 @@ pub fn registry(view: &View, counts: &Counts) -> Registry {
     if !view.leader {
         return r;
     }
+    if let Some(built) = view.built {
+        let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        age.set((Utc::now() - built).num_milliseconds().max(0) as f64 / 1000.0);
+        r.register(
+            "lifeboat_metrics_view_age_seconds",
+            "How old the leader's figures in this scrape are (it rebuilds them every second while scraped)",
+            age,
+        );
+    }
     let agents = gauges::<StateLabels>(&mut r, "lifeboat_agents", "Agents by state");
     for (state, n) in
         [("connected", view.agents.connected), ("disconnected", view.agents.disconnected), ("lost", view.agents.lost)]
@@ -344,8 +355,10 @@ pub fn registry(view: &View, counts: &Counts) -> Registry {
     r
 }
 
-/// How old a view kept by the leader may be and still be served.
-const VIEW_FRESH: Duration = Duration::from_secs(5);
+/// How old a view kept by the leader may be and still be served: a core
+/// held up (an attach storm after a failover) must not hold up scrapes;
+/// `lifeboat_metrics_view_age_seconds` says how old it is.
+const VIEW_FRESH: Duration = Duration::from_secs(60);
 
 /// How long a scrape waits for the core before it answers with less.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -117,7 +117,7 @@ async fn session(
                 id: "files".into(),
                 kind: v1::SourceKind::Files.into(),
                 paths: vec!["/srv".into()],
-                schedules: if i.is_multiple_of(10) { vec!["files.media".into()] } else { Vec::new() },
+                schedules: if scheduled(i) { vec!["files.media".into()] } else { Vec::new() },
                 version: String::new(),
                 rpo_seconds: 3600,
             },
@@ -193,6 +193,13 @@ async fn session(
             }
         }
     }
+}
+
+/// Whether agent `i` has a source on the 20 s schedule: every tenth, or
+/// every `LIFEBOAT_BENCH_SCHEDULE_EVERY`th (0: none, no jobs at all).
+fn scheduled(i: usize) -> bool {
+    let every = std::env::var("LIFEBOAT_BENCH_SCHEDULE_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(10usize);
+    every > 0 && i.is_multiple_of(every)
 }
 
 fn chrono_ms() -> i64 {
@@ -321,7 +328,14 @@ fn main() -> Result<()> {
             .replace("retention_every = \"2s\"", "retention_every = \"1h\"");
         // The first exports no traces; the second, which leads after the
         // failover, exports them to the receiver.
-        let traces = if i == 0 { String::new() } else { format!("otlp_endpoint = \"{}\"\n", receiver.endpoint()) };
+        // LIFEBOAT_BENCH_TRACE_FIRST=1: the first exports too, for a
+        // second run that compares the same leader with and without.
+        let trace_first = std::env::var_os("LIFEBOAT_BENCH_TRACE_FIRST").is_some_and(|v| v == "1");
+        let traces = if i == 0 && !trace_first {
+            String::new()
+        } else {
+            format!("otlp_endpoint = \"{}\"\n", receiver.endpoint())
+        };
         std::fs::write(&config, format!("metrics_listen = \"{}\"\n{traces}{text}", metrics[i])).ok();
         coordinators.push(d.start_coordinator(&config));
         // The first leads.
@@ -383,12 +397,19 @@ fn main() -> Result<()> {
     let spans_before = receiver.spans().len();
     let on = measure_steady(&coordinators[new as usize - 1], max, &attached, new)?;
     measure_scrape(&metrics[new as usize - 1], max)?;
-    println!(
-        "tracing: the leader without traces used {off:.3} cores, the one exporting them {on:.3} cores at {max} agents ({:+.1} %; target under +5 %); {} spans received while measured, in {} exports",
-        (on / off.max(1e-9) - 1.0) * 100.0,
-        receiver.spans().len() - spans_before,
-        receiver.exports()
-    );
+    if std::env::var_os("LIFEBOAT_BENCH_TRACE_FIRST").is_some_and(|v| v == "1") {
+        println!(
+            "tracing: both leaders export; the first used {off:.3} cores at {max} agents (compare with a run without LIFEBOAT_BENCH_TRACE_FIRST); {} spans received",
+            receiver.spans().len()
+        );
+    } else {
+        println!(
+            "tracing: the leader without traces used {off:.3} cores, the one exporting them {on:.3} cores at {max} agents ({:+.1} %; target under +5 %); {} spans received while measured, in {} exports",
+            (on / off.max(1e-9) - 1.0) * 100.0,
+            receiver.spans().len() - spans_before,
+            receiver.exports()
+        );
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(coordinators);
     etcd.kill(0);
