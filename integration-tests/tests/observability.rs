@@ -16,6 +16,17 @@ fn docs(dir: &std::path::Path) -> String {
     lifeboat_integration_tests::control::files_source(dir, "\"files.media\"")
 }
 
+/// A daily schedule for `files.media`.
+const DAILY: &str = "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n      retention_days: 30\n";
+
+/// `docs` under `dir`, holding one file of 60,000 bytes.
+fn docs_data(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    data
+}
+
 fn now_seconds() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -25,13 +36,8 @@ fn the_leader_and_the_agent_serve_metrics_of_backups_jobs_and_agents() {
     let _serial = serial();
     let tmp = KeptOnFailure::new();
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
-    let data = tmp.path().join("docs");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
-    let policy = d.policy(
-        "policy.yaml",
-        "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n      retention_days: 30\n",
-    );
+    let data = docs_data(tmp.path());
+    let policy = d.policy("policy.yaml", DAILY);
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let (c_metrics, a_metrics) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
@@ -103,13 +109,8 @@ fn one_backup_job_is_one_trace_from_the_coordinator_through_the_agent() {
     let receiver = lifeboat_integration_tests::otlp::Receiver::start(&runtime);
     let tmp = KeptOnFailure::new();
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
-    let data = tmp.path().join("docs");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
-    let policy = d.policy(
-        "policy.yaml",
-        "backup_schedules:\n  files:\n    media:\n      interval: \"24h\"\n      retention_days: 30\n",
-    );
+    let data = docs_data(tmp.path());
+    let policy = d.policy("policy.yaml", DAILY);
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let endpoint = format!("otlp_endpoint = \"{}\"", receiver.endpoint());
@@ -189,9 +190,7 @@ fn alerting_deployment(
     receiver: &lifeboat_integration_tests::http_receiver::HttpReceiver,
 ) -> (Deployment, String, std::path::PathBuf, [lifeboat_integration_tests::control::Proc; 2]) {
     let d = Deployment::new(tmp, &["c1"], &["node1"]);
-    let data = tmp.join("docs");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let data = docs_data(tmp);
     let policy = receiver_policy(&d, receiver, "4s");
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
@@ -297,9 +296,7 @@ fn email_alertmanager_and_prometheus_see_a_failed_backup_and_a_dead_channel_dela
     // The SMTP server requires STARTTLS, with a certificate of the deployment's CA.
     let (smtp, maildir) =
         monitoring::smtp_server(&services, &d.certs.join("coordinator-c1.pem"), &d.certs.join("coordinator-c1.key"));
-    let data = tmp.path().join("docs");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let data = docs_data(tmp.path());
     // A webhook nobody listens on comes first: the others must not wait for it.
     let dead = format!("http://127.0.0.1:{}/hook", free_port());
     let policy = d.policy(
@@ -417,9 +414,7 @@ fn a_leader_killed_between_trigger_and_escalation_neither_loses_nor_repeats_the_
     let etcd = lifeboat_integration_tests::etcd::EtcdCluster::start(&etcd_dir, 3);
     let names = ["c1", "c2", "c3"];
     let d = Deployment::new(tmp.path(), &names, &["node1"]);
-    let data = tmp.path().join("docs");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("a.txt"), "alpha\n".repeat(10_000)).unwrap();
+    let data = docs_data(tmp.path());
     let policy = receiver_policy(&d, &receiver, "10s");
     let settings = EtcdSettings { endpoints: etcd.endpoints(), prefix: "/lifeboat/alerts".into(), ttl_secs: 2 };
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
