@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod crypto;
 pub mod dirs;
+pub mod error_chain;
 pub mod invalid;
 pub mod policy;
 pub mod repo;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lifeboat_common::telemetry::metrics::{Counters, Registry, Scrape, gauges, timestamp_seconds};
+use lifeboat_common::telemetry::metrics::{Counters, FloatGauge, Registry, Scrape, gauges, timestamp_seconds};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -221,16 +221,15 @@ fn storage(r: &mut Registry, figures: &StorageFigures, prices: &Prices) {
     );
     for store in &figures.stores {
         for (tier, n) in &store.tiers {
-            let labels = TierLabels { store: store.store.clone(), tier };
+            let labels = TierLabels { store: store.store.clone(), tier: tier.name() };
             bytes.get_or_create(&labels).set(*n as f64);
-            let t = tier.parse().unwrap_or(lifeboat_common::store::lifecycle::StorageTier::Hot);
-            cost.get_or_create(&labels).set(prices.monthly(store.kind, t, *n));
+            cost.get_or_create(&labels).set(prices.monthly(store.kind, *tier, *n));
         }
         if let Some(l) = store.copy_lag_bytes {
             lag.get_or_create(&StoreLabels { store: store.store.clone() }).set(l as f64);
         }
     }
-    let measured = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    let measured = FloatGauge::default();
     measured.set(timestamp_seconds(figures.measured));
     r.register(
         "lifeboat_repository_measured_timestamp_seconds",
@@ -260,7 +259,7 @@ pub fn registry(view: &View, counts: &Counts) -> Registry {
         return r;
     }
     if let Some(built) = view.built {
-        let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let age = FloatGauge::default();
         age.set((Utc::now() - built).num_milliseconds().max(0) as f64 / 1000.0);
         r.register(
             "lifeboat_metrics_view_age_seconds",

@@ -27,7 +27,7 @@ pub struct StoreFigures {
     /// `s3`, `azure` or `local`, for the price table.
     pub kind: &'static str,
     /// Bytes by tier.
-    pub tiers: BTreeMap<&'static str, u64>,
+    pub tiers: BTreeMap<StorageTier, u64>,
     /// Bytes the primary has that this store lacks (none for the primary).
     pub copy_lag_bytes: Option<u64>,
 }
@@ -60,16 +60,6 @@ pub fn kind(store: &dyn ObjectStore) -> &'static str {
     }
 }
 
-/// A tier's name as a label.
-pub fn tier_name(tier: StorageTier) -> &'static str {
-    match tier {
-        StorageTier::Hot => "hot",
-        StorageTier::Warm => "warm",
-        StorageTier::Cold => "cold",
-        StorageTier::Archive => "archive",
-    }
-}
-
 /// Lists every store and sums what it holds by tier, and what each
 /// secondary lacks of the primary.
 pub async fn measure(
@@ -86,7 +76,7 @@ pub async fn measure(
     let mut figures = Vec::new();
     for (i, (store, objects)) in stores.iter().zip(&listed).enumerate() {
         let kind = kind(store.as_ref());
-        let mut tiers: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut tiers: BTreeMap<StorageTier, u64> = BTreeMap::new();
         for o in objects {
             // Only data moves between tiers; metadata stays hot.
             let data = o.key.starts_with(DATA_PREFIX);
@@ -96,7 +86,7 @@ pub async fn measure(
                 }
                 _ => StorageTier::Hot,
             };
-            *tiers.entry(tier_name(tier)).or_insert(0) += o.size;
+            *tiers.entry(tier).or_insert(0) += o.size;
         }
         let copy_lag_bytes = (i > 0).then(|| {
             let here: HashMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
@@ -169,8 +159,8 @@ mod tests {
         let (p, s) = (&figures.stores[0], &figures.stores[1]);
         assert_eq!((p.kind, p.copy_lag_bytes), ("local", None));
         // A local directory has no tiers: all hot, whatever the lifecycle.
-        assert_eq!(p.tiers, BTreeMap::from([("hot", 1520)]));
-        assert_eq!(s.tiers, BTreeMap::from([("hot", 1005)]));
+        assert_eq!(p.tiers, BTreeMap::from([(StorageTier::Hot, 1520)]));
+        assert_eq!(s.tiers, BTreeMap::from([(StorageTier::Hot, 1005)]));
         assert_eq!(s.copy_lag_bytes, Some(520));
         assert_eq!(figures.copy_lag(), vec![(s.store.clone(), 520)]);
     }

@@ -326,6 +326,14 @@ impl Deployment {
             .expect("running lifeboat")
     }
 
+    /// Waits until the coordinator at `url` has its first agent attached.
+    pub fn wait_attached(&self, url: &str) {
+        wait_for(Duration::from_secs(30), "the agent to attach", || {
+            let agents = self.admin_json(url, "vera", &["agents"])?;
+            (agents["agents"][0]["connected"] == true).then_some(())
+        });
+    }
+
     /// Runs `lifeboat ARGS --json` as `login` and parses what it printed;
     /// `None` when it failed.
     pub fn admin_json(&self, url: &str, login: &str, args: &[&str]) -> Option<serde_json::Value> {

@@ -78,14 +78,6 @@ fn one_coordinator_and_agent(
     (url, coordinator, agent_config, agent)
 }
 
-/// Waits until the coordinator at `url` has its one agent attached.
-fn wait_attached(d: &Deployment, url: &str) {
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(url, "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
-}
-
 #[test]
 fn one_coordinator_runs_scheduled_and_requested_backups_and_refuses_and_audits_strangers() {
     let _serial = serial();
@@ -357,7 +349,7 @@ fn an_agent_killed_mid_backup_is_lost_its_job_retried_and_the_repository_stays_s
     random_tree(&data, 12, 64);
     let policy = d.policy("policy.yaml", "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n");
     let (url, _coordinator, agent_config, mut agent) = one_coordinator_and_agent(&d, &policy, &data, "");
-    wait_attached(&d, &url);
+    d.wait_attached(&url);
 
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -643,7 +635,7 @@ fn when_the_agent_is_busy_priority_one_goes_first() {
         "backup_schedules:\n  files:\n    low:\n      interval: \"2s\"\n      priority: 4\n    high:\n      interval: \"2s\"\n      priority: 1\n",
     );
     let (url, _coordinator, _, _agent) = one_coordinator_and_agent(&d, &policy, &data, "\"files.low\", \"files.high\"");
-    wait_attached(&d, &url);
+    d.wait_attached(&url);
     // Busy for seconds with a backup by hand, while both schedules fall due.
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use lifeboat_integration_tests::control::{
-    Deployment, KeptOnFailure, configure, free_port, sample, scrape, serial, wait_for,
+    Deployment, KeptOnFailure, Proc, configure, free_port, sample, scrape, serial, wait_for,
 };
 
 /// Source `docs` over `dir`, on schedule `files.media`.
@@ -27,6 +27,28 @@ fn docs_data(dir: &std::path::Path) -> std::path::PathBuf {
     data
 }
 
+/// Coordinator `c1` (embedded state) and agent `node1` backing up `data`
+/// under `policy`, each configuration given `coordinator_lines` and
+/// `agent_lines` (top-level TOML); returns once the agent is attached.
+fn start_pair(
+    d: &Deployment,
+    policy: &std::path::Path,
+    data: &std::path::Path,
+    coordinator_lines: &str,
+    agent_lines: &str,
+) -> (String, [Proc; 2]) {
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let c_config = d.coordinator_config("c1", port, policy, None);
+    configure(&c_config, coordinator_lines);
+    let coordinator = d.start_coordinator(&c_config);
+    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &docs(data));
+    configure(&a_config, agent_lines);
+    let agent = d.start_agent(&a_config);
+    d.wait_attached(&url);
+    (url, [coordinator, agent])
+}
+
 fn now_seconds() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -38,15 +60,14 @@ fn the_leader_and_the_agent_serve_metrics_of_backups_jobs_and_agents() {
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = docs_data(tmp.path());
     let policy = d.policy("policy.yaml", DAILY);
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
     let (c_metrics, a_metrics) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let c_config = d.coordinator_config("c1", port, &policy, None);
-    configure(&c_config, &format!("metrics_listen = \"{c_metrics}\""));
-    let _coordinator = d.start_coordinator(&c_config);
-    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &docs(&data));
-    configure(&a_config, &format!("metrics_listen = \"{a_metrics}\""));
-    let _agent = d.start_agent(&a_config);
+    let (url, _procs) = start_pair(
+        &d,
+        &policy,
+        &data,
+        &format!("metrics_listen = \"{c_metrics}\""),
+        &format!("metrics_listen = \"{a_metrics}\""),
+    );
 
     // Attached: the leader counts it, the agent says so.
     let text = wait_for(Duration::from_secs(30), "the agent attached, in the leader's metrics", || {
@@ -111,19 +132,8 @@ fn one_backup_job_is_one_trace_from_the_coordinator_through_the_agent() {
     let d = Deployment::new(tmp.path(), &["c1"], &["node1"]);
     let data = docs_data(tmp.path());
     let policy = d.policy("policy.yaml", DAILY);
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
     let endpoint = format!("otlp_endpoint = \"{}\"", receiver.endpoint());
-    let c_config = d.coordinator_config("c1", port, &policy, None);
-    configure(&c_config, &endpoint);
-    let _coordinator = d.start_coordinator(&c_config);
-    let a_config = d.agent_config("node1", std::slice::from_ref(&url), &docs(&data));
-    configure(&a_config, &endpoint);
-    let _agent = d.start_agent(&a_config);
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(&url, "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
+    let (url, _procs) = start_pair(&d, &policy, &data, &endpoint, &endpoint);
 
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -188,19 +198,12 @@ fn receiver_policy(
 fn alerting_deployment(
     tmp: &std::path::Path,
     receiver: &lifeboat_integration_tests::http_receiver::HttpReceiver,
-) -> (Deployment, String, std::path::PathBuf, [lifeboat_integration_tests::control::Proc; 2]) {
+) -> (Deployment, String, std::path::PathBuf, [Proc; 2]) {
     let d = Deployment::new(tmp, &["c1"], &["node1"]);
     let data = docs_data(tmp);
     let policy = receiver_policy(&d, receiver, "4s");
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    let coordinator = d.start_coordinator(&d.coordinator_config("c1", port, &policy, None));
-    let agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &docs(&data)));
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(&url, "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
-    (d, url, data, [coordinator, agent])
+    let (url, procs) = start_pair(&d, &policy, &data, "", "");
+    (d, url, data, procs)
 }
 
 fn incidents(d: &Deployment, url: &str) -> Vec<serde_json::Value> {
@@ -314,19 +317,10 @@ fn email_alertmanager_and_prometheus_see_a_failed_backup_and_a_dead_channel_dela
             am = alertmanager.addr,
         ),
     );
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let c_config = d.coordinator_config("c1", port, &policy, None);
-    configure(&c_config, &format!("metrics_listen = \"{metrics}\""));
-    let _coordinator = d.start_coordinator(&c_config);
-    let _agent = d.start_agent(&d.agent_config("node1", std::slice::from_ref(&url), &docs(&data)));
+    let (url, _procs) = start_pair(&d, &policy, &data, &format!("metrics_listen = \"{metrics}\""), "");
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
     let prometheus = monitoring::prometheus(&services, std::slice::from_ref(&metrics), &rules);
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(&url, "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
     let out = d.admin(&url, "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -430,10 +424,7 @@ fn a_leader_killed_between_trigger_and_escalation_neither_loses_nor_repeats_the_
         names.iter().position(|n| status["leader"] == *n)
     };
     let first = wait_for(Duration::from_secs(30), "a leader", || leader(&d, 0));
-    wait_for(Duration::from_secs(30), "the agent to attach", || {
-        let agents = d.admin_json(&urls[first], "vera", &["agents"])?;
-        (agents["agents"][0]["connected"] == true).then_some(())
-    });
+    d.wait_attached(&urls[first]);
     let out = d.admin(&urls[first], "alice", &["backup", "run", "node1/docs", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::rename(&data, tmp.path().join("docs.away")).unwrap();

@@ -31,6 +31,18 @@ pub enum StorageTier {
     Archive,
 }
 
+impl StorageTier {
+    /// Its name, as `from_str` reads it and metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageTier::Hot => "hot",
+            StorageTier::Warm => "warm",
+            StorageTier::Cold => "cold",
+            StorageTier::Archive => "archive",
+        }
+    }
+}
+
 impl FromStr for StorageTier {
     type Err = Invalid;
     fn from_str(s: &str) -> Result<Self, Invalid> {

@@ -5,6 +5,7 @@
 //! mode (exponential backoff with jitter on throttling and 5xx), bounded so
 //! an unreachable endpoint fails in seconds instead of retrying forever.
 
+use crate::error_chain::error_chain;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -239,17 +240,6 @@ impl S3Store {
             .map_err(|e| self.remote("completing upload of", key, e))?;
         Ok(())
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
 }
 
 #[async_trait]

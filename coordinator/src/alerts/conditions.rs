@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use indicatif::HumanBytes;
 use lifeboat_common::policy::monitoring::{Figures, MonitoredJob};
 
 use super::Alert;
@@ -46,17 +47,6 @@ pub struct Facts<'a> {
 
 fn secs(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-fn bytes(n: f64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut x = n;
-    let mut i = 0;
-    while x >= 1000.0 && i < units.len() - 1 {
-        x /= 1000.0;
-        i += 1;
-    }
-    format!("{x:.1} {}", units[i])
 }
 
 impl Facts<'_> {
@@ -132,8 +122,8 @@ pub fn evaluate<'a>(agents: impl Iterator<Item = &'a AgentRecord>, facts: &Facts
                 target: format!("store:{store}"),
                 summary: format!(
                     "store {store} lags {} behind the primary (bound {})",
-                    bytes(*lag as f64),
-                    bytes(alerting.max_copy_lag_bytes as f64)
+                    HumanBytes(*lag),
+                    HumanBytes(alerting.max_copy_lag_bytes)
                 ),
                 details: BTreeMap::from([("copy_lag_bytes".into(), lag.to_string())]),
                 channels: facts.default_channels(),
@@ -236,9 +226,9 @@ fn source_conditions(host: &str, agent: &AgentRecord, s: &SourceRecord, facts: &
             facts.route(&watching, |_| true),
             format!(
                 "{target}: the newest backup covers {}, {:+.0} % from the recent median {}",
-                bytes(newest.size_bytes as f64),
+                HumanBytes(newest.size_bytes),
                 off * 100.0,
-                bytes(median as f64)
+                HumanBytes(median)
             ),
             vec![("size_bytes", newest.size_bytes.to_string()), ("median_bytes", median.to_string())],
         );

@@ -154,6 +154,25 @@ impl Outcome {
     }
 }
 
+/// Why an incident cannot be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckRefused {
+    /// No incident has that id.
+    #[error("no incident {0:?}")]
+    NoIncident(String),
+    /// It is over.
+    #[error("incident {0} is resolved already")]
+    Resolved(String),
+    /// Someone acknowledged it first.
+    #[error("incident {id} was acknowledged by {by} already")]
+    Acknowledged {
+        /// The incident.
+        id: String,
+        /// Who acknowledged it.
+        by: String,
+    },
+}
+
 /// The leader's incidents.
 #[derive(Debug, Default)]
 pub struct IncidentBook {
@@ -342,13 +361,13 @@ impl IncidentBook {
     }
 
     /// An operator acknowledged it: no more escalation.
-    pub fn acknowledge(&mut self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Incident, String> {
-        let incident = self.incidents.get_mut(id).ok_or_else(|| format!("no incident {id:?}"))?;
+    pub fn acknowledge(&mut self, id: &str, by: &str, now: DateTime<Utc>) -> Result<Incident, AckRefused> {
+        let incident = self.incidents.get_mut(id).ok_or_else(|| AckRefused::NoIncident(id.to_owned()))?;
         if !incident.is_open() {
-            return Err(format!("incident {id} is resolved already"));
+            return Err(AckRefused::Resolved(id.to_owned()));
         }
         if let Some(ack) = &incident.acknowledged {
-            return Err(format!("incident {id} was acknowledged by {} already", ack.by));
+            return Err(AckRefused::Acknowledged { id: id.to_owned(), by: ack.by.clone() });
         }
         incident.acknowledged = Some(Ack { by: by.to_owned(), at: now });
         incident.escalate_at = None;
@@ -453,8 +472,8 @@ mod tests {
 
         book.acknowledge(&id, "admin:alice", at("2026-12-01T10:05:00Z")).unwrap();
         assert!(book.escalate(&alerting(), at("2026-12-01T11:00:00Z")).is_empty());
-        assert!(book.acknowledge(&id, "admin:bob", t0).unwrap_err().contains("alice"));
-        assert!(book.acknowledge("nope", "admin:bob", t0).unwrap_err().starts_with("no incident"));
+        assert!(book.acknowledge(&id, "admin:bob", t0).unwrap_err().to_string().contains("alice"));
+        assert!(book.acknowledge("nope", "admin:bob", t0).unwrap_err().to_string().starts_with("no incident"));
         // A channel that failed every attempt is given up, not retried by the next leader.
         let failed_pd = book.delivered(&id, "pd", Notify::Trigger, Err("HTTP 500".into()), 5, t0);
         assert!(failed_pd.is_none(), "the trigger was already sent");

@@ -14,7 +14,7 @@ use super::views;
 use super::{AgentTx, Event, NodeRole, Query, Shared};
 use crate::agents::AgentRecord;
 use crate::alerts::conditions::{self, Facts};
-use crate::alerts::incidents::{Incident, IncidentBook, Notify, Outcome, Send};
+use crate::alerts::incidents::{AckRefused, Incident, IncidentBook, Notify, Outcome, Send};
 use crate::election::ElectionError;
 use crate::history::{BackupFigures, Failure};
 use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarget};
@@ -743,8 +743,8 @@ impl<'a> Term<'a> {
             }
             Query::Ack(id, by, reply) => {
                 let acked = match self.incidents.acknowledge(&id, &by, Utc::now()) {
-                    Err(why) if why.starts_with("no incident") => Err(Status::not_found(why)),
-                    Err(why) => Err(Status::failed_precondition(why)),
+                    Err(why @ AckRefused::NoIncident(_)) => Err(Status::not_found(why.to_string())),
+                    Err(why) => Err(Status::failed_precondition(why.to_string())),
                     Ok(incident) => {
                         tracing::info!(incident = id, by, "incident acknowledged; escalation stops");
                         self.alerting.write.push(incident.clone());

@@ -5,6 +5,7 @@ use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lifeboat_common::error_chain::error_chain;
 use lifeboat_common::policy::alerting::Channel;
 
 use super::{Context, title};
@@ -66,16 +67,7 @@ pub(super) async fn send(channel: &Channel, incident: &Incident, notify: Notify,
     }
     let message =
         message.header(ContentType::TEXT_PLAIN).body(body(incident, notify, ctx)).map_err(|e| e.to_string())?;
-    mailer.send(message).await.map(|_| ()).map_err(|e| {
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
-    })
+    mailer.send(message).await.map(|_| ()).map_err(|e| error_chain(&e))
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -12,6 +12,7 @@ mod webhook;
 
 use std::time::Duration;
 
+use lifeboat_common::error_chain::error_chain;
 use lifeboat_common::policy::alerting::Channel;
 use tokio::sync::mpsc;
 
@@ -157,25 +158,14 @@ async fn post_json(
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| describe(&e))?;
+    // A reqwest error's top line (`error sending request`) says nothing alone.
+    let response = request.send().await.map_err(|e| error_chain(&e))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
     let text = response.text().await.unwrap_or_default();
     Err(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()))
-}
-
-/// A reqwest error with its causes (`error sending request` alone says nothing).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// `[TRIGGER] error backup_failed on web1/docs`-style title.
