@@ -16,6 +16,7 @@
 
 pub mod files;
 pub mod postgres;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -329,6 +330,8 @@ registry! {
     Files => files::FilesConfig,
     /// A PostgreSQL cluster.
     Postgres => postgres::PostgresConfig,
+    /// A Redis server, or a set under Sentinel.
+    Redis => redis::RedisConfig,
 }
 
 #[cfg(test)]

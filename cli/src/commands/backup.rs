@@ -1,4 +1,4 @@
-//! `lifeboat backup files …`.
+//! `lifeboat backup files|postgres|redis …`, and `backup run` through the coordinator.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use lifeboat_agent::progress::Progress;
 use lifeboat_agent::sources::files::{BackupOptions, FilesConfig, FilesSource};
 use lifeboat_agent::sources::postgres::connect::ConnectArgs;
 use lifeboat_agent::sources::postgres::{PostgresConfig, PostgresSource};
+use lifeboat_agent::sources::redis::endpoint::{Connection, Prefer};
+use lifeboat_agent::sources::redis::{RedisConfig, RedisSource};
 use lifeboat_agent::sources::{BackupContext, Source};
 use lifeboat_common::repo::{Repository, SnapshotId};
 use lifeboat_common::store::OpenedStore;
@@ -32,6 +34,10 @@ enum BackupSub {
     /// Take a base backup of a running PostgreSQL cluster (WAL must be
     /// archived with `lifeboat-agent wal-push`); prints the backup's id.
     Postgres(PostgresArgs),
+    /// Snapshot a Redis server over the replication protocol (as a replica
+    /// would receive it), or the master or a replica of a set under
+    /// Sentinel; prints the snapshot's id.
+    Redis(RedisArgs),
     /// Ask the coordinator to back a source up now, on its agent.
     Run(RunArgs),
 }
@@ -94,6 +100,61 @@ impl PostgresArgs {
         let source = PostgresSource::new(config, self.connect).with_tuning(self.threads, self.compression_level);
         let what = format!("backing up PostgreSQL at {}", self.pgdata.display());
         run_backup(&source, repo, &stores, self.hostname, self.tag, "base backup", what).await
+    }
+}
+
+#[derive(Args)]
+struct RedisArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// redis://[USER@]HOST:PORT, rediss://… (TLS), or
+    /// sentinel://HOST:PORT[,HOST:PORT…]/MASTER; never with a password.
+    #[arg(long)]
+    url: String,
+    /// The ACL user (instead of one in the URL).
+    #[arg(long)]
+    user: Option<String>,
+    /// A file holding the password.
+    #[arg(long, conflicts_with = "password_env")]
+    password_file: Option<PathBuf>,
+    /// The variable holding the password (e.g. REDISCLI_AUTH).
+    #[arg(long)]
+    password_env: Option<String>,
+    /// The CA that signed the server's certificate (rediss://).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Under Sentinel: capture the master, or a healthy replica.
+    #[arg(long, default_value = "master", value_parser = str::parse::<Prefer>)]
+    prefer: Prefer,
+    /// Tag the snapshot; repeatable.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// zstd level for the data (default 1: RDB strings are often compressed
+    /// already, and a capture is on the clock).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    compression_level: Option<i32>,
+}
+
+impl RedisArgs {
+    async fn run(self) -> Result<u8> {
+        let connection = Connection {
+            url: self.url,
+            user: self.user,
+            password_file: self.password_file,
+            password_env: self.password_env,
+            ca_file: self.ca_file,
+            prefer: self.prefer,
+        };
+        // Refuse a bad URL before opening the repository.
+        let url = connection.check()?;
+        let (repo, stores) = self.repo.open_with_stores().await?;
+        let source = RedisSource::new(RedisConfig { connection, ..Default::default() })
+            .with_compression_level(self.compression_level);
+        let what = format!("capturing Redis at {url}");
+        run_backup(&source, repo, &stores, self.hostname, self.tag, "capture", what).await
     }
 }
 
@@ -179,6 +240,7 @@ impl BackupCommand {
         let args = match self.command {
             BackupSub::Files(args) => args,
             BackupSub::Postgres(args) => return args.run().await,
+            BackupSub::Redis(args) => return args.run().await,
             BackupSub::Run(args) => return args.run().await,
         };
         let (repo, stores) = args.repo.open_with_stores().await?;

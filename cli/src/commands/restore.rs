@@ -1,4 +1,5 @@
-//! `lifeboat restore SNAPSHOT --target DIR`, and `lifeboat restore postgres …`.
+//! `lifeboat restore SNAPSHOT --target DIR`, `lifeboat restore postgres|redis …`,
+//! and `restore agent` through the coordinator.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use lifeboat_agent::progress::Progress;
 use lifeboat_agent::sources::files::{FilesSource, Overwrite, RestoreOptions};
 use lifeboat_agent::sources::postgres::PostgresSource;
 use lifeboat_agent::sources::postgres::startup::{StartOptions, start_and_wait};
+use lifeboat_agent::sources::redis::RedisSource;
+use lifeboat_agent::sources::redis::restore::{StartOptions as RedisStart, start_and_check};
 use lifeboat_agent::sources::{
     RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest, Source, parse_recovery_time,
 };
@@ -36,6 +39,9 @@ enum RestoreSub {
     /// Restore a PostgreSQL base backup into a new data directory, set to
     /// recover from the archived WAL to the target when it starts.
     Postgres(PgRestoreArgs),
+    /// Restore a Redis snapshot as dump.rdb into a server's directory (its
+    /// server stopped), and optionally start a server on it and check it.
+    Redis(RedisRestoreArgs),
     /// Ask the coordinator to have a source's agent restore it (files: a
     /// snapshot, or a path of it; PostgreSQL: a base backup and WAL to a target).
     Agent(AgentRestoreArgs),
@@ -149,6 +155,7 @@ impl RestoreCommand {
     pub async fn run(self) -> Result<u8> {
         match self.sub {
             Some(RestoreSub::Postgres(pg)) => pg.run().await,
+            Some(RestoreSub::Redis(r)) => r.run().await,
             Some(RestoreSub::Agent(a)) => a.run().await,
             None => self.files.run().await,
         }
@@ -208,6 +215,88 @@ impl PgRestoreArgs {
                 reached.timeline,
                 reached.log.display(),
                 started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(0)
+    }
+}
+
+#[derive(Args)]
+struct RedisRestoreArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// A Redis snapshot's id or prefix, or `latest` (the newest Redis snapshot).
+    #[arg(default_value = "latest")]
+    snapshot: String,
+    /// The server's directory (its `dir`): dump.rdb is written there.
+    #[arg(long)]
+    target_dir: PathBuf,
+    /// With `latest`: the newest made on this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Then start redis-server on it (as the directory's owner), wait until
+    /// the dataset is loaded and check its key counts against the capture.
+    #[arg(long)]
+    start: bool,
+    /// The port the started server listens on.
+    #[arg(long, default_value_t = 6379, requires = "start")]
+    port: u16,
+    /// The address the started server listens on.
+    #[arg(long, default_value = "127.0.0.1", requires = "start")]
+    bind: String,
+    /// The redis-server program.
+    #[arg(long, default_value = "redis-server", requires = "start")]
+    redis_server: PathBuf,
+    /// Seconds loading may take before giving up waiting.
+    #[arg(long, default_value_t = 3600, requires = "start")]
+    start_timeout: u64,
+}
+
+impl RedisRestoreArgs {
+    async fn run(self) -> Result<u8> {
+        let repo = self.repo.open().await?;
+        let (id, snapshot) = if self.snapshot == "latest" {
+            let snapshots = repo.snapshots().await?;
+            snapshots
+                .into_iter()
+                .filter(|(_, s)| s.redis.is_some() && self.host.as_ref().is_none_or(|h| &s.hostname == h))
+                .max_by_key(|(_, s)| s.time)
+                .context("the repository has no Redis snapshot (of that host)")?
+        } else {
+            repo.find_snapshot(&self.snapshot).await?
+        };
+        let request = RestoreRequest {
+            target: self.target_dir.clone(),
+            snapshot: Some(id.to_string()),
+            path: None,
+            point: RecoveryPoint::Latest,
+            delta: false,
+        };
+        let started = std::time::Instant::now();
+        let what = format!("restoring Redis snapshot {} into {}", id.short(), self.target_dir.display());
+        run_restore(&RedisSource::default(), repo, self.repo.spec()?, request, what).await?;
+        if self.start {
+            let opts = RedisStart {
+                redis_server: self.redis_server,
+                bind: self.bind,
+                port: self.port,
+                timeout: std::time::Duration::from_secs(self.start_timeout),
+            };
+            let Some(capture) = &snapshot.redis else { bail!("snapshot {} is not of Redis", id.short()) };
+            let up = start_and_check(&self.target_dir, capture, &opts)
+                .await
+                .with_context(|| format!("starting redis-server on {}", self.target_dir.display()))?;
+            for r in &up.remarks {
+                eprintln!("{r}");
+            }
+            eprintln!(
+                "redis-server (pid {}) serves {} keys at {}, key counts checked against the capture; loaded in {:.1}s, {:.1}s in all; log in {}",
+                up.pid,
+                up.keys,
+                up.addr,
+                up.load_seconds,
+                started.elapsed().as_secs_f64(),
+                up.log.display()
             );
         }
         Ok(0)

@@ -157,6 +157,7 @@ impl Captured {
             parent: self.parent,
             summary,
             postgres: None,
+            redis: None,
         }
     }
 
@@ -279,7 +280,7 @@ pub async fn capture(
 
 /// The packs of `reused` a prune marked for deletion or deleted since the
 /// index was loaded.
-async fn lost_footing(repo: &Repository, reused: &HashSet<PackId>) -> Result<Vec<String>, RepoError> {
+pub(crate) async fn lost_footing(repo: &Repository, reused: &HashSet<PackId>) -> Result<Vec<String>, RepoError> {
     if reused.is_empty() {
         return Ok(Vec::new());
     }

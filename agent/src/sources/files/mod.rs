@@ -10,6 +10,7 @@ mod source;
 mod stall;
 mod watch;
 
+pub(crate) use backup::lost_footing;
 pub use backup::{
     BackupOptions, BackupOutcome, Captured, ContentCheck, FileChecker, FixedChunks, backup_files, capture,
 };

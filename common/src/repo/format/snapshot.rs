@@ -53,6 +53,45 @@ pub struct Snapshot {
     /// For a PostgreSQL base backup: what recovery needs to know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresBackup>,
+    /// For a Redis snapshot: the server it came from and what it held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisCapture>,
+}
+
+/// A Redis snapshot's manifest: the server the RDB came from, and the key
+/// counts a restore checks the started server against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedisCapture {
+    /// The server captured, `host:port` (never with credentials).
+    pub server: String,
+    /// Its `redis_version`.
+    pub version: String,
+    /// Its role when captured: `master` or `slave` (a replica).
+    pub role: String,
+    /// The RDB format version (the digits after `REDIS`).
+    pub rdb_version: u16,
+    /// The replication id the full resynchronisation named.
+    pub replication_id: String,
+    /// The replication offset the RDB stands at.
+    pub replication_offset: u64,
+    /// Bytes of the RDB.
+    pub rdb_bytes: u64,
+    /// The RDB's own CRC64 trailer, when the server writes one
+    /// (`rdbchecksum yes`); checked as it was received.
+    pub checksum: Option<u64>,
+    /// Keys per database (`INFO keyspace`) as the server forked the RDB.
+    pub keyspace: Vec<RedisKeyspace>,
+}
+
+/// One database's line of `INFO keyspace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisKeyspace {
+    /// The database number.
+    pub db: u32,
+    /// Keys in it.
+    pub keys: u64,
+    /// Those of them with a time to live.
+    pub expires: u64,
 }
 
 /// A PostgreSQL base backup's manifest: where its WAL starts and stops, and

@@ -161,6 +161,7 @@ mod tests {
             parent: None,
             summary: Default::default(),
             postgres: None,
+            redis: None,
         };
         (SnapshotId([n; 32]), snapshot)
     }

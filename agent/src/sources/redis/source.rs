@@ -1,0 +1,147 @@
+//! A Redis server, or a set under Sentinel, as a [`Source`]: its
+//! `[[source]]` section, captures and restores through the trait.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use indicatif::HumanBytes;
+use lifeboat_proto::v1;
+use serde::Deserialize;
+
+use super::capture::{CaptureOptions, capture_redis};
+use super::endpoint::{Connection, Url};
+use super::restore::restore_redis;
+use crate::sources::{
+    BackupContext, BackupDone, Common, RestoreContext, RestoreDone, RestoreRequest, Source, SourceError, SourceSection,
+    pick_snapshot,
+};
+
+/// A `[[source]]` of `kind = "redis"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Id, schedules, RPO.
+    #[serde(flatten)]
+    pub common: Common,
+    /// The URL, credentials, CA and preference.
+    #[serde(flatten)]
+    pub connection: Connection,
+}
+
+impl SourceSection for RedisConfig {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.connection.url.is_empty() {
+            return Err(format!("source {:?}: a redis source needs url", self.common.id));
+        }
+        self.connection.check().map(|_| ()).map_err(|e| format!("source {:?}: {e}", self.common.id))
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        self.connection.resolve(base);
+    }
+
+    fn build(&self) -> Arc<dyn Source> {
+        Arc::new(RedisSource::new(self.clone()))
+    }
+}
+
+/// A Redis source, with the options of one capture beyond its configuration.
+#[derive(Debug, Default)]
+pub struct RedisSource {
+    config: RedisConfig,
+    compression_level: Option<i32>,
+}
+
+impl RedisSource {
+    /// The source `config` describes.
+    pub fn new(config: RedisConfig) -> Self {
+        RedisSource { config, compression_level: None }
+    }
+
+    /// The zstd level of the data.
+    pub fn with_compression_level(mut self, level: Option<i32>) -> Self {
+        self.compression_level = level;
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for RedisSource {
+    fn id(&self) -> &str {
+        &self.config.common.id
+    }
+
+    fn describe(&self) -> v1::Source {
+        let url = Url::parse(&self.config.connection.url)
+            .map_or_else(|_| self.config.connection.url.clone(), |u| u.to_string());
+        self.config.common.to_proto(v1::SourceKind::Redis, vec![url])
+    }
+
+    async fn backup(&self, ctx: BackupContext) -> Result<BackupDone, SourceError> {
+        let opts = CaptureOptions {
+            connection: self.config.connection.clone(),
+            hostname: ctx.hostname,
+            tags: ctx.tags,
+            compression_level: self.compression_level,
+        };
+        let outcome = capture_redis(&ctx.repo, opts, ctx.progress).await.map_err(SourceError::kind)?;
+        let s = &outcome.snapshot.summary;
+        let mut remarks = Vec::new();
+        let headline = match &outcome.snapshot.redis {
+            Some(r) => {
+                let keys: u64 = r.keyspace.iter().map(|d| d.keys).sum();
+                remarks.push(match r.checksum {
+                    Some(crc) => format!("RDB checksum verified ({crc:016x})"),
+                    None => "RDB not checksummed: the server runs with rdbchecksum no".to_owned(),
+                });
+                format!(
+                    "Redis snapshot {} saved: RDB v{} of {} from {} ({} {}, {} at offset {}), {keys} keys in {} databases; {} new ({} stored) in {:.1}s",
+                    outcome.id.short(),
+                    r.rdb_version,
+                    HumanBytes(r.rdb_bytes),
+                    r.server,
+                    if r.role == "master" { "master" } else { "replica" },
+                    r.version,
+                    r.replication_id,
+                    r.replication_offset,
+                    r.keyspace.len(),
+                    HumanBytes(s.bytes_new),
+                    HumanBytes(s.bytes_stored),
+                    s.duration_secs
+                )
+            }
+            None => format!("Redis snapshot {} saved", outcome.id.short()),
+        };
+        Ok(BackupDone {
+            id: outcome.id,
+            snapshot: outcome.snapshot,
+            headline,
+            remarks,
+            warnings: Vec::new(),
+            incomplete: false,
+        })
+    }
+
+    async fn restore(&self, ctx: RestoreContext, request: RestoreRequest) -> Result<RestoreDone, SourceError> {
+        let (id, snapshot) =
+            pick_snapshot(&ctx.repo, request.snapshot.as_deref(), &ctx.hostname, &self.config.common).await?;
+        let started = std::time::Instant::now();
+        let done =
+            restore_redis(&ctx.repo, &id, &snapshot, &request.target, ctx.progress).await.map_err(SourceError::kind)?;
+        let keys: u64 = snapshot.redis.iter().flat_map(|r| &r.keyspace).map(|d| d.keys).sum();
+        let headline = format!(
+            "restored Redis snapshot {} of {} ({keys} keys at capture) to {}: {} in {:.1}s; start redis-server with dir {} to load it",
+            id.short(),
+            snapshot.time.format("%Y-%m-%d %H:%M:%S UTC"),
+            done.rdb.display(),
+            HumanBytes(done.bytes),
+            started.elapsed().as_secs_f64(),
+            request.target.display(),
+        );
+        Ok(RestoreDone { snapshot: id, headline, warnings: done.moved_aside, failed: Vec::new() })
+    }
+}
