@@ -9,7 +9,9 @@
 #                                etcd (tests of the control plane start their own
 #                                clusters of it, on ports of their own), Prometheus
 #                                and Alertmanager (Debian), an SMTP server (aiosmtpd,
-#                                in the venv): tests of alerting start their own
+#                                in the venv): tests of alerting start their own;
+#                                Redis 7.0 and Sentinel (Debian): tests of the Redis
+#                                source start their own servers on free ports
 #   deploy/services.sh start     start the emulators and wait until they answer
 #   deploy/services.sh stop      stop what `start` started (by PID)
 #   deploy/services.sh status    say what runs where
@@ -30,7 +32,7 @@ AZURITE="$DIR/azurite"
 # (tests make their own clusters with initdb, run as the `postgres` user),
 # pgBackRest (the benchmark peer) and etcd (control-plane tests start their
 # own clusters).
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client prometheus prometheus-alertmanager)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client prometheus prometheus-alertmanager redis-server redis-sentinel redis-tools)
 PG_BIN="${LIFEBOAT_PG_BIN:-/usr/lib/postgresql/15/bin}"
 VENV="$DIR/venv"
 
@@ -79,6 +81,7 @@ check() {
     command -v prometheus >/dev/null && command -v promtool >/dev/null || { echo "missing: prometheus and promtool (apt-get install prometheus)" >&2; ok=0; }
     command -v prometheus-alertmanager >/dev/null || { echo "missing: prometheus-alertmanager (apt-get install prometheus-alertmanager)" >&2; ok=0; }
     [ -x "$VENV/bin/aiosmtpd" ] || { echo "missing: aiosmtpd in $VENV (deploy/services.sh install)" >&2; ok=0; }
+    command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null && command -v redis-cli >/dev/null || { echo "missing: redis-server, redis-sentinel, redis-cli (apt-get install redis-server redis-sentinel redis-tools)" >&2; ok=0; }
     command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain)" >&2; ok=0; }
     [ -x "$VENV/bin/moto_server" ] || { echo "missing: the S3 emulator in $VENV (deploy/services.sh install)" >&2; ok=0; }
     [ -x "$AZURITE/node_modules/.bin/azurite-blob" ] || { echo "missing: Azurite in $AZURITE (deploy/services.sh install)" >&2; ok=0; }

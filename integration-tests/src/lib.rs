@@ -10,5 +10,6 @@ pub mod http_receiver;
 pub mod monitoring;
 pub mod otlp;
 pub mod postgres;
+pub mod redis;
 pub mod services;
 pub mod tree_gen;

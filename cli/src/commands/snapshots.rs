@@ -39,14 +39,18 @@ impl SnapshotsArgs {
             println!("{}", serde_json::to_string_pretty(&rows)?);
             return Ok(0);
         }
-        println!("{:<8}  {:<20}  {:<16}  {:>10}  {:>10}  paths / tags", "id", "time (UTC)", "host", "size", "added");
+        println!(
+            "{:<8}  {:<20}  {:<16}  {:<8}  {:>10}  {:>10}  paths / tags",
+            "id", "time (UTC)", "host", "kind", "size", "added"
+        );
         for (id, s) in &snaps {
             let tags = if s.tags.is_empty() { String::new() } else { format!("  [{}]", s.tags.join(", ")) };
             println!(
-                "{:<8}  {:<20}  {:<16}  {:>10}  {:>10}  {}{}",
+                "{:<8}  {:<20}  {:<16}  {:<8}  {:>10}  {:>10}  {}{}",
                 id.short(),
                 s.time.format("%Y-%m-%d %H:%M:%S"),
                 s.hostname,
+                s.source,
                 HumanBytes(s.summary.bytes_total).to_string(),
                 HumanBytes(s.summary.bytes_stored).to_string(),
                 s.paths.join(" "),

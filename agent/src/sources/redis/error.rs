@@ -102,6 +102,14 @@ impl RedisError {
     /// A client library error on `server` while doing `what`: a refusal
     /// keeps the server's words, anything else is a broken connection.
     pub(crate) fn client(server: &str, command: &str, e: redis::RedisError) -> RedisError {
+        // The crate turns WRONGPASS at login into a kind of its own.
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            return RedisError::refused(
+                server,
+                "AUTH",
+                "WRONGPASS the user or its password is wrong, or the user is disabled",
+            );
+        }
         match e.code() {
             Some(code) => {
                 let detail = e.detail().unwrap_or_default();
