@@ -9,12 +9,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat_integration_tests::control::{free_port, wait_for};
-use lifeboat_integration_tests::redis::{RedisServer, assert_same_keys, fill_every_type};
+use lifeboat_integration_tests::redis::{RedisServer, SentinelSet, assert_same_keys, fill_every_type};
 use support::Env;
 
 /// The snapshots in the repository, as JSON.
@@ -184,58 +183,22 @@ fn a_flipped_byte_in_a_pack_fails_the_restore_naming_it_and_leaves_the_target_un
     );
 }
 
-/// Whether `sentinel` sees the replica at `port` of `cache` up and linked.
-fn healthy_replica(sentinel: &RedisServer, port: u16) -> bool {
-    let replicas: Vec<HashMap<String, String>> =
-        redis::cmd("SENTINEL").arg("replicas").arg("cache").query(&mut sentinel.conn()).unwrap_or_default();
-    replicas.iter().any(|r| {
-        r.get("port") == Some(&port.to_string())
-            && r.get("master-link-status").is_some_and(|s| s == "ok")
-            && r.get("flags").is_some_and(|f| !f.contains("down") && !f.contains("disconnected"))
-    })
-}
-
 #[test]
 fn under_sentinel_the_replica_is_captured_and_a_failover_is_followed() {
     let env = Env::new();
-    let master = RedisServer::start(&env.path("master"), &["--repl-diskless-sync-delay", "0"]);
-    let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()];
-    let replica =
-        RedisServer::start(&env.path("replica"), &[&replica_of[..], &["--repl-diskless-sync-delay", "0"]].concat());
-    fill_every_type(&mut master.conn(), 5_000);
-    let sentinels: Vec<RedisServer> =
-        (0..3).map(|i| RedisServer::sentinel(&env.path(&format!("sentinel{i}")), "cache", master.port, 2)).collect();
-    let url = format!(
-        "sentinel://{}/cache",
-        sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>().join(",")
-    );
-    // The sentinels have found the replica and its link is up.
-    wait_for(Duration::from_secs(30), "the sentinels to see a healthy replica", || {
-        sentinels.iter().all(|s| healthy_replica(s, replica.port)).then_some(())
-    });
-
+    let set = SentinelSet::start(&env.path("sentinel-set"), "cache");
+    fill_every_type(&mut set.master.conn(), 5_000);
+    let url = set.url();
     let captured_from = |prefer: &str| {
         env.ok(&["backup", "redis", "--url", &url, "--prefer", prefer]);
         let snap = snapshots(&env).pop().unwrap();
         (snap["redis"]["server"].as_str().unwrap().to_owned(), snap["redis"]["role"].as_str().unwrap().to_owned())
     };
-    assert_eq!(captured_from("replica"), (format!("127.0.0.1:{}", replica.port), "slave".to_owned()));
-    assert_eq!(captured_from("master"), (format!("127.0.0.1:{}", master.port), "master".to_owned()));
+    let (master, replica) = (format!("127.0.0.1:{}", set.master.port), format!("127.0.0.1:{}", set.replica.port));
+    assert_eq!(captured_from("replica"), (replica.clone(), "slave".to_owned()));
+    assert_eq!(captured_from("master"), (master.clone(), "master".to_owned()));
 
-    sentinels[0].cmd(&["SENTINEL", "FAILOVER", "cache"]);
-    let started = Instant::now();
-    wait_for(Duration::from_secs(60), "the failover to the replica", || {
-        let named = format!("{:?}", sentinels[1].cmd(&["SENTINEL", "get-master-addr-by-name", "cache"]));
-        let old_role = format!("{:?}", master.cmd(&["ROLE"]));
-        (named.contains(&replica.port.to_string()) && old_role.contains("slave") && old_role.contains("connected"))
-            .then_some(())
-    });
-    wait_for(Duration::from_secs(60), "the sentinels to see the old master as a healthy replica", || {
-        sentinels.iter().all(|s| healthy_replica(s, master.port)).then_some(())
-    });
-    eprintln!("failover took {:.1}s", started.elapsed().as_secs_f64());
-    assert_eq!(captured_from("master"), (format!("127.0.0.1:{}", replica.port), "master".to_owned()));
-    let (server, role) = captured_from("replica");
-    assert_eq!(role, "slave");
-    assert_eq!(server, format!("127.0.0.1:{}", master.port));
+    set.fail_over();
+    assert_eq!(captured_from("master"), (replica, "master".to_owned()));
+    assert_eq!(captured_from("replica"), (master, "slave".to_owned()));
 }

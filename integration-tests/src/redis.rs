@@ -249,3 +249,71 @@ pub fn assert_same_keys(a: &RedisServer, b: &RedisServer, dbs: &[u32]) -> u64 {
     }
     compared
 }
+
+/// A master, its replica and three sentinels (quorum two) watching it
+/// under one name.
+pub struct SentinelSet {
+    /// The master at the start.
+    pub master: RedisServer,
+    /// Its replica at the start.
+    pub replica: RedisServer,
+    /// The sentinels.
+    pub sentinels: Vec<RedisServer>,
+    /// The master's name in their configuration.
+    pub name: String,
+}
+
+impl SentinelSet {
+    /// Starts the set in `dir`, waiting until every sentinel sees the
+    /// replica up and linked.
+    pub fn start(dir: &Path, name: &str) -> Self {
+        let master = RedisServer::start(&dir.join("master"), &["--repl-diskless-sync-delay", "0"]);
+        let port = master.port.to_string();
+        let args = ["--replicaof", "127.0.0.1", &port, "--repl-diskless-sync-delay", "0"];
+        let replica = RedisServer::start(&dir.join("replica"), &args);
+        let sentinels =
+            (0..3).map(|i| RedisServer::sentinel(&dir.join(format!("sentinel{i}")), name, master.port, 2)).collect();
+        let set = SentinelSet { master, replica, sentinels, name: name.to_owned() };
+        set.wait_healthy_replica(set.replica.port);
+        set
+    }
+
+    /// `sentinel://…/NAME` over the three sentinels.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("sentinel://{}/{}", hosts.join(","), self.name)
+    }
+
+    /// Waits until every sentinel sees the replica at `port` up and linked.
+    pub fn wait_healthy_replica(&self, port: u16) {
+        crate::control::wait_for(Duration::from_secs(60), "the sentinels to see a healthy replica", || {
+            self.sentinels.iter().all(|s| self.healthy_replica(s, port)).then_some(())
+        });
+    }
+
+    fn healthy_replica(&self, sentinel: &RedisServer, port: u16) -> bool {
+        let replicas: Vec<std::collections::HashMap<String, String>> =
+            redis::cmd("SENTINEL").arg("replicas").arg(&self.name).query(&mut sentinel.conn()).unwrap_or_default();
+        replicas.iter().any(|r| {
+            r.get("port") == Some(&port.to_string())
+                && r.get("master-link-status").is_some_and(|s| s == "ok")
+                && r.get("flags").is_some_and(|f| !f.contains("down") && !f.contains("disconnected"))
+        })
+    }
+
+    /// `SENTINEL FAILOVER`, waiting until the replica is the master the
+    /// sentinels name and the old master is its healthy replica.
+    pub fn fail_over(&self) {
+        self.sentinels[0].cmd(&["SENTINEL", "FAILOVER", &self.name]);
+        let new = self.replica.port.to_string();
+        crate::control::wait_for(Duration::from_secs(60), "the failover to the replica", || {
+            let named = self
+                .sentinels
+                .iter()
+                .all(|s| format!("{:?}", s.cmd(&["SENTINEL", "get-master-addr-by-name", &self.name])).contains(&new));
+            let old_role = format!("{:?}", self.master.cmd(&["ROLE"]));
+            (named && old_role.contains("slave") && old_role.contains("connected")).then_some(())
+        });
+        self.wait_healthy_replica(self.master.port);
+    }
+}
