@@ -12,6 +12,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
 use lifeboat_integration_tests::control::{free_port, wait_for};
 use lifeboat_integration_tests::redis::{RedisServer, SentinelSet, assert_same_keys, fill_every_type};
 use support::Env;
@@ -62,6 +63,10 @@ fn a_million_keys_of_every_type_come_back_with_their_values_and_ttls() {
     assert!(!target.join("appendonlydir").exists());
     let compared = assert_same_keys(&source, &restored, &[0, 1, 7]);
     assert_eq!(compared, 1_000_000);
+
+    // The started server would overwrite a second restore when it saves.
+    let err = env.fails(&["restore", "redis", "--target-dir", target.to_str().unwrap()]);
+    assert!(err.contains("runs on") && err.contains("stop it first"), "{err}");
 }
 
 #[test]
@@ -99,6 +104,53 @@ fn acl_users_wrong_passwords_and_missing_permissions_each_get_one_clear_line() {
     let err = env.fails(&["backup", "redis", "--url", &format!("redis://backup:s3cret@127.0.0.1:{}", server.port)]);
     assert!(err.contains("password does not go in the URL") && !err.contains("s3cret"), "{err}");
     assert_eq!(snapshots(&env).len(), 1, "a refused capture saved something");
+}
+
+#[test]
+fn a_tls_server_is_captured_through_its_ca_and_refused_without_it() {
+    let env = Env::new();
+    let issue = |dir: &Path| {
+        let request = DevCaRequest {
+            coordinators: vec!["redis".into()],
+            hosts: vec!["127.0.0.1".into()],
+            agents: Vec::new(),
+            admins: Vec::new(),
+            days: 1,
+        };
+        issue_dev_certs(dir, &request).unwrap();
+    };
+    let (certs, other) = (env.path("certs"), env.path("other-ca"));
+    issue(&certs);
+    issue(&other);
+    let tls_port = free_port();
+    let file = |name: &str| certs.join(name).display().to_string();
+    let args = [
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &file("coordinator-redis.pem"),
+        "--tls-key-file",
+        &file("coordinator-redis.key"),
+        "--tls-ca-cert-file",
+        &file("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
+    let server = RedisServer::start(&env.path("server"), &args);
+    fill_every_type(&mut server.conn(), 3_000);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+
+    let out = env.ok_stderr(&["backup", "redis", "--url", &url, "--ca-file", &file("ca.pem")]);
+    assert!(out.contains("3000 keys"), "{out}");
+    let err = env.fails(&["backup", "redis", "--url", &url]);
+    assert!(err.contains("rediss:// needs the CA"), "{err}");
+    let other_ca = other.join("ca.pem");
+    let err = env.fails(&["backup", "redis", "--url", &url, "--ca-file", other_ca.to_str().unwrap()]);
+    let lines = error_lines(&err);
+    assert!(lines.len() == 1 && lines[0].contains("TLS handshake"), "{err}");
+    assert_eq!(snapshots(&env).len(), 1);
 }
 
 /// Starts a capture of `server`, kills its replication link once the

@@ -127,11 +127,36 @@ mod tests {
         let err = load("[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdta = \"/pg\"\n").unwrap_err();
         assert!(err.contains("pgdta") && err.contains("line 10"), "{err}");
         let err = load("[[source]]\nid = \"r\"\nkind = \"tape\"\n").unwrap_err();
-        assert!(err.contains("tape") && err.contains("line 12") && err.contains("`files` or `postgres`"), "{err}");
+        assert!(
+            err.contains("tape") && err.contains("line 12") && err.contains("`files`, `postgres`, `redis`"),
+            "{err}"
+        );
         let err = load("[[source]]\nid = \"etc\"\nkind = \"files\"\n").unwrap_err();
         assert!(err.contains("paths"), "{err}");
         let err = load("[[source]]\nid = \"a\"\nkind = \"files\"\npaths = [\"/a\"]\n[[source]]\nid = \"a\"\nkind = \"files\"\npaths = [\"/b\"]\n")
             .unwrap_err();
         assert!(err.contains("defined twice"), "{err}");
+    }
+
+    #[test]
+    fn redis_sources_are_checked_as_they_load() {
+        let config = load(
+            "[[source]]\nid = \"sessions\"\nkind = \"redis\"\nurl = \"sentinel://s1:26379,s2/cache\"\n\
+             prefer = \"replica\"\nuser = \"backup\"\npassword_file = \"redis.pw\"\nschedules = [\"database.redis\"]\n",
+        )
+        .unwrap();
+        let described = config.sources[0].section().build().describe();
+        assert_eq!(described.kind, i32::from(lifeboat_proto::v1::SourceKind::Redis));
+        assert_eq!(described.paths, vec!["sentinel://s1:26379,s2:26379/cache".to_owned()]);
+        let err =
+            load("[[source]]\nid = \"r\"\nkind = \"redis\"\nurl = \"redis://h\"\npasword_file = \"p\"\n").unwrap_err();
+        assert!(err.contains("pasword_file"), "{err}");
+        let err = load("[[source]]\nid = \"r\"\nkind = \"redis\"\n").unwrap_err();
+        assert!(err.contains("needs url"), "{err}");
+        let err = load("[[source]]\nid = \"r\"\nkind = \"redis\"\nurl = \"redis://u:secret@h\"\n").unwrap_err();
+        assert!(err.contains("password_file") && !err.contains("secret"), "{err}");
+        let err =
+            load("[[source]]\nid = \"r\"\nkind = \"redis\"\nurl = \"redis://h\"\nprefer = \"any\"\n").unwrap_err();
+        assert!(err.contains("any"), "{err}");
     }
 }

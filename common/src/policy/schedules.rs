@@ -228,15 +228,24 @@ mod tests {
         let seed = include_str!("../../../deploy/examples/policy.yaml");
         let schedules = backup_schedules_from_yaml(seed).unwrap();
         let ids: Vec<String> = schedules.iter().map(Schedule::id).collect();
+        // The seed's schedules, and the hourly Redis snapshot the example adds.
         assert_eq!(
             ids,
-            ["database.full", "database.incremental", "database.transaction_logs", "files.configs", "files.media"]
+            [
+                "database.full",
+                "database.incremental",
+                "database.redis",
+                "database.transaction_logs",
+                "files.configs",
+                "files.media"
+            ]
         );
         let full = &schedules[0];
         assert_eq!(full.retention_days, Some(28));
         assert!(matches!(&full.trigger, Trigger::Cron(c) if c.as_str() == "0 2 * * 0"));
-        assert!(matches!(schedules[2].trigger, Trigger::Interval(d) if d == Duration::from_secs(300)));
-        assert!(matches!(schedules[3].trigger, Trigger::OnChange));
+        assert!(matches!(schedules[2].trigger, Trigger::Interval(d) if d == Duration::from_secs(3600)));
+        assert!(matches!(schedules[3].trigger, Trigger::Interval(d) if d == Duration::from_secs(300)));
+        assert!(matches!(schedules[4].trigger, Trigger::OnChange));
     }
 
     #[test]

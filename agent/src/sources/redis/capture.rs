@@ -33,12 +33,13 @@ use super::server::{Role, Server};
 use crate::progress::Progress;
 use crate::sources::files::lost_footing;
 
-/// Chunk sizes for RDBs, smaller than for files: an RDB is rewritten
+/// Chunk sizes for RDBs, far smaller than for files: an RDB is rewritten
 /// whole each time, with changed keys scattered through it, so a chunk
-/// survives unchanged only if none of its keys changed. At 64 KiB on
-/// average, changing 1 % of 1 KiB values leaves about half the chunks as
-/// they were (at 1 MiB, none).
-pub const RDB_CHUNKS: ChunkerParams = ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
+/// survives unchanged only if none of its keys changed. At 16 KiB on
+/// average a chunk holds about fifty values of a few hundred bytes, and
+/// changing 1 % of the keys leaves over half the chunks as they were (at
+/// 64 KiB, one in seven; at 1 MiB, none).
+pub const RDB_CHUNKS: ChunkerParams = ChunkerParams { min: 4 << 10, avg: 16 << 10, max: 64 << 10 };
 
 /// zstd level for RDBs: their strings are often LZF-compressed already,
 /// and a capture is on the clock.

@@ -183,7 +183,10 @@ fn redact(text: &str) -> String {
 /// How to reach a Redis source and log in.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Connection {
-    /// `redis://[user@]host:port`, `rediss://…`, or `sentinel://…/MASTER`.
+    /// `redis://[user@]host:port`, `rediss://…`, or `sentinel://…/MASTER`
+    /// (required: checked after parsing, so that a misspelt field is named
+    /// rather than this one reported missing).
+    #[serde(default)]
     pub url: String,
     /// The ACL user (instead of one in the URL).
     pub user: Option<String>,
