@@ -29,7 +29,7 @@ const RESTIC_PASSWORD: &str = "bench-only-passphrase";
 fn value(rng: &mut Xoshiro256PlusPlus, len: usize) -> String {
     const WORDS: &[&str] = &["session", "user", "cart", "token", "expires", "region", "eu-central-1", "item", "price"];
     let mut s = String::with_capacity(len + 16);
-    if rng.next_u32() % 2 == 0 {
+    if rng.next_u32().is_multiple_of(2) {
         while s.len() < len {
             s.push_str(WORDS[(rng.next_u32() as usize) % WORDS.len()]);
             s.push(' ');
@@ -78,7 +78,7 @@ fn fill(server: &RedisServer, bytes: u64) -> Result<u64> {
             i += 1;
         }
         p.query::<()>(&mut conn).context("loading the dataset")?;
-        if i % 100_000 == 0 {
+        if i.is_multiple_of(100_000) {
             let info: redis::InfoDict = redis::cmd("INFO").arg("memory").query(&mut conn)?;
             if info.get::<u64>("used_memory_dataset").unwrap_or(0) >= bytes {
                 return Ok(i);
@@ -94,7 +94,7 @@ fn change_one_percent(server: &RedisServer, keys: u64) -> Result<u64> {
     let mut changed = 0;
     let mut p = redis::pipe();
     for i in (0..keys).filter(|i| i % 20 >= 4) {
-        if rng.next_u32() % 100 == 0 {
+        if rng.next_u32().is_multiple_of(100) {
             let len = 100 + (rng.next_u32() % 500) as usize;
             p.set(format!("string:{i}"), value(&mut rng, len)).ignore();
             changed += 1;
