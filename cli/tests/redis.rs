@@ -184,6 +184,12 @@ fn kill_the_link_mid_transfer(diskless: &str) {
     let out = env.ok_stderr(&["backup", "redis", "--url", &server.url()]);
     assert!(out.contains("20000 keys"), "{out}");
     env.ok(&["verify", "--read-data"]);
+
+    // A port already taken is refused before a server is started on it.
+    let target = env.path("restored");
+    let port = server.port.to_string();
+    let err = env.fails(&["restore", "redis", "--target-dir", target.to_str().unwrap(), "--start", "--port", &port]);
+    assert!(err.contains("is in use"), "{err}");
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! file (and the kind's value in `proto`'s `SourceKind`, for the wire).
 
 pub mod files;
+pub mod owner;
 pub mod postgres;
 pub mod redis;
 

@@ -143,6 +143,18 @@ pub struct Captured {
 }
 
 impl Captured {
+    /// Content stored by another capture (a Redis RDB), to be named by a
+    /// snapshot; `session` holds what it stored until then.
+    pub(crate) fn new(
+        started: chrono::DateTime<Utc>,
+        paths: Vec<String>,
+        tree: BlobId,
+        summary: BackupSummary,
+        session: WriterSession,
+    ) -> Self {
+        Captured { started, paths, tree, parent: None, summary, warnings: Vec::new(), notices: Vec::new(), session }
+    }
+
     /// The manifest for these trees, from a source of kind `source`.
     pub fn manifest(&self, source: &str, hostname: String, tags: Vec<String>) -> Snapshot {
         let mut summary = self.summary.clone();
@@ -610,7 +622,6 @@ impl Pipeline {
             Err(e) => return FileResult::Unreadable(format!("opening {}: {e}", path.display())),
         };
         let xattrs = if job.start == 0 && self.xattrs { self.read_xattrs(file.file(), path) } else { Vec::new() };
-        let keyring = self.repo.keyring();
         let mut content = Vec::new();
         let mut read = 0u64;
         let mut check = self.content_check.as_ref().and_then(|c| c.for_file(path, job.start));
@@ -620,9 +631,8 @@ impl Pipeline {
             }
             let len = chunk.len() as u64;
             read += len;
-            let id = blob_id(keyring, chunk);
-            if self.seen.claim(&self.repo, id) {
-                let stored = packer.add(id, chunk).map_err(ChunkError::Repo)?;
+            let (id, stored) = self.seen.store(&self.repo, packer, chunk).map_err(ChunkError::Repo)?;
+            if let Some(stored) = stored {
                 self.counters.blobs_new.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes_new.fetch_add(len, Ordering::Relaxed);
                 self.counters.bytes_stored.fetch_add(stored, Ordering::Relaxed);

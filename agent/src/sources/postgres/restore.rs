@@ -14,6 +14,7 @@ use super::{PgError, wal};
 use crate::progress::Progress;
 use crate::sources::RecoveryPoint;
 use crate::sources::files::{FixedChunks, RestoreOptions, RestoreReport, restore_files};
+use crate::sources::owner::give_to_owner_of;
 
 /// A word as one shell argument.
 fn sh_quote(s: &str) -> String {
@@ -209,7 +210,8 @@ pub async fn restore_postgres(
     let write = |name: &str, content: &str| -> Result<(), PgError> {
         let path = target.join(name);
         std::fs::write(&path, content).map_err(PgError::io("writing", &path))?;
-        owned_like_target(target, &path)
+        // The server (not root) must be able to read it.
+        give_to_owner_of(target, &path).map_err(PgError::io("changing owner of", &path))
     };
     write("backup_label", &pg.backup_label)?;
     // PostgreSQL makes pg_tblspc's links from this file when it starts.
@@ -243,14 +245,6 @@ pub async fn restore_postgres(
     conf.push_str(&settings);
     write("postgresql.auto.conf", &conf)?;
     Ok(PgRestoreOutcome { backup: id, postgres: pg, files })
-}
-
-/// Gives a file written into the restored data directory the directory's
-/// owner, so the server (not root) can read it.
-fn owned_like_target(target: &Path, path: &Path) -> Result<(), PgError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(target).map_err(PgError::io("reading", target))?;
-    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid())).map_err(PgError::io("changing owner of", path))
 }
 
 #[cfg(test)]

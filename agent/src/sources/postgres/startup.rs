@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::PgError;
 use super::connect::ConnectArgs;
+use crate::sources::owner::{log_tail, run_as_owner_of};
 
 /// How to start the server.
 #[derive(Debug, Clone)]
@@ -42,29 +43,16 @@ fn pg_ctl(opts: &StartOptions, version: u32) -> PathBuf {
     if debian.exists() { debian } else { PathBuf::from("pg_ctl") }
 }
 
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
 /// Starts PostgreSQL on `pgdata` (as the directory's owner) and waits
 /// until recovery has ended and the server promoted.
 pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) -> Result<RecoveryReached, PgError> {
-    use std::os::unix::fs::MetadataExt;
-    use std::os::unix::process::CommandExt;
-
     let log = pgdata.join("lifeboat-start.log");
     let started = Instant::now();
     let program = pg_ctl(opts, version);
     let mut cmd = Command::new(&program);
     cmd.arg("-D").arg(pgdata).arg("-l").arg(&log).args(["-w", "-t"]).arg(opts.timeout.as_secs().to_string());
     cmd.arg("start");
-    let meta = std::fs::metadata(pgdata).map_err(PgError::io("reading", pgdata))?;
-    // The server refuses to run as root: run it as the owner of its files.
-    if is_root() && meta.uid() != 0 {
-        cmd.uid(meta.uid()).gid(meta.gid());
-    }
+    run_as_owner_of(&mut cmd, pgdata).map_err(PgError::io("reading", pgdata))?;
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .map_err(|_| PgError::Usage("running pg_ctl panicked".into()))?
@@ -74,7 +62,7 @@ pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) ->
             "the server did not start on {} ({}):\n{}",
             pgdata.display(),
             String::from_utf8_lossy(&out.stderr).trim(),
-            log_tail(&log)
+            log_tail(&log, 15)
         )));
     }
 
@@ -98,14 +86,14 @@ pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) ->
                 "recovery of {} did not end within {:?}:\n{}",
                 pgdata.display(),
                 opts.timeout,
-                log_tail(&log)
+                log_tail(&log, 15)
             )));
         }
         if !pgdata.join("postmaster.pid").exists() {
             return Err(PgError::Usage(format!(
                 "the server on {} stopped during recovery:\n{}",
                 pgdata.display(),
-                log_tail(&log)
+                log_tail(&log, 15)
             )));
         }
         if let Ok(client) = connect.connect().await
@@ -130,10 +118,4 @@ pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) ->
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Whether this process runs as root.
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }

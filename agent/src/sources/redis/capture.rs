@@ -31,7 +31,7 @@ use super::replication::{RdbLink, RdbPayload};
 use super::sentinel::locate;
 use super::server::{Role, Server};
 use crate::progress::Progress;
-use crate::sources::files::lost_footing;
+use crate::sources::files::{Captured, lost_footing};
 
 /// Chunk sizes for RDBs, far smaller than for files: an RDB is rewritten
 /// whole each time, with changed keys scattered through it, so a chunk
@@ -131,33 +131,21 @@ pub async fn capture_redis(
             lost.join(", ")
         )));
     }
-    let mut summary = stored.summary;
-    summary.duration_secs = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
-    let snapshot = Snapshot {
-        time: started,
-        hostname: opts.hostname,
-        source: "redis".into(),
-        paths: vec![url.to_string()],
-        tags: opts.tags,
-        tree: stored.tree,
-        parent: None,
-        summary,
-        postgres: None,
-        redis: Some(RedisCapture {
-            server: addr.to_string(),
-            version,
-            role,
-            rdb_version: stored.facts.version,
-            replication_id: resync.replication_id,
-            replication_offset: resync.offset,
-            rdb_bytes: stored.facts.bytes,
-            checksum: stored.facts.checksum,
-            keyspace,
-        }),
-    };
-    let saved = repo.save_snapshot(&snapshot).instrument(tracing::info_span!("index and snapshot")).await;
-    session.finish().await;
-    Ok(CaptureOutcome { id: saved?, snapshot })
+    let captured = Captured::new(started, vec![url.to_string()], stored.tree, stored.summary, session);
+    let mut snapshot = captured.manifest("redis", opts.hostname, opts.tags);
+    snapshot.redis = Some(RedisCapture {
+        server: addr.to_string(),
+        version,
+        role,
+        rdb_version: stored.facts.version,
+        replication_id: resync.replication_id,
+        replication_offset: resync.offset,
+        rdb_bytes: stored.facts.bytes,
+        checksum: stored.facts.checksum,
+        keyspace,
+    });
+    let id = captured.save(repo, &snapshot).await?;
+    Ok(CaptureOutcome { id, snapshot })
 }
 
 /// A message from the socket to the chunking thread.
@@ -252,9 +240,8 @@ fn store_rdb(
                 s.spawn(move || {
                     let mut ids = Vec::new();
                     for (seq, chunk) in chunk_rx {
-                        let id = blob_id(repo.keyring(), &chunk);
-                        if seen.claim(repo, id) {
-                            let stored = packer.add(id, &chunk)?;
+                        let (id, stored) = seen.store(repo, &mut packer, &chunk)?;
+                        if let Some(stored) = stored {
                             blobs_new.fetch_add(1, Ordering::Relaxed);
                             bytes_new.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             bytes_stored.fetch_add(stored, Ordering::Relaxed);

@@ -210,6 +210,11 @@ impl Connection {
                 "{url}: rediss:// needs the CA that signed the server's certificate (ca_file, --ca-file)"
             )));
         }
+        if !url.tls && self.ca_file.is_some() {
+            return Err(RedisError::Config(format!(
+                "{url}: ca_file applies to rediss:// only (the servers of a sentinel:// set are reached without TLS)"
+            )));
+        }
         if self.password_file.is_some() && self.password_env.is_some() {
             return Err(RedisError::Config("give the password in a file or a variable, not both".into()));
         }

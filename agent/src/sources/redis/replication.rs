@@ -21,6 +21,8 @@ const SILENCE: Duration = Duration::from_secs(120);
 const PIECE: usize = 256 * 1024;
 /// The length of a diskless transfer's end mark.
 const MARK_LEN: usize = 40;
+/// What cuts a transfer short, said with the cut.
+const CUT_CAUSES: &str = "the link was killed, the server failed over or restarted, or it gave up waiting for a reader slower than its repl-timeout";
 /// The longest status line accepted.
 const MAX_LINE: u64 = 4096;
 
@@ -185,14 +187,18 @@ impl RdbPayload {
                     let n = read(reader, &mut buf, want).await.map_err(cut_short)?;
                     if n == 0 {
                         let got = *total - *remaining;
-                        return Err(cut_short(format!("was cut short: the link closed after {got} of {total} bytes")));
+                        return Err(cut_short(format!(
+                            "was cut short: the link closed after {got} of {total} bytes ({CUT_CAUSES})"
+                        )));
                     }
                     *remaining -= n as u64;
                     return Ok(Some(buf));
                 }
                 Framing::Mark { mark, held, ended } => {
                     if read(reader, &mut buf, PIECE).await.map_err(cut_short)? == 0 {
-                        return Err(cut_short("was cut short: the link closed before its end mark".into()));
+                        return Err(cut_short(format!(
+                            "was cut short: the link closed before its end mark ({CUT_CAUSES})"
+                        )));
                     }
                     let mut piece = std::mem::take(held);
                     piece.extend_from_slice(&buf);

@@ -5,7 +5,7 @@
 //! started on it, waited on until the dataset is loaded, and checked
 //! against the key counts recorded at capture.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use super::endpoint::{Access, HostPort};
 use super::server::Server;
 use crate::progress::Progress;
 use crate::sources::files::{RestoreOptions, restore_files};
+use crate::sources::owner::{give_to_owner_of, log_tail, run_as_owner_of};
 
 /// What a restore did.
 #[derive(Debug)]
@@ -28,8 +29,9 @@ pub struct RedisRestored {
     pub rdb: PathBuf,
     /// Its size.
     pub bytes: u64,
-    /// What was moved out of the way, each saying where to.
-    pub moved_aside: Vec<String>,
+    /// What was moved out of the way (each saying where to), and what
+    /// could not be checked.
+    pub warnings: Vec<String>,
 }
 
 /// The AOF a server would load instead of the RDB: Redis 7's directory and
@@ -50,11 +52,20 @@ pub async fn restore_redis(
     }
     std::fs::create_dir_all(dir).map_err(RedisError::io("creating", dir))?;
     let dir = std::fs::canonicalize(dir).map_err(RedisError::io("resolving", dir))?;
-    if let Some(pid) = server_running_in(&dir) {
-        return Err(RedisError::Usage(format!(
-            "redis-server (pid {pid}) runs on {}: stop it first (it would overwrite dump.rdb when it next saves or shuts down)",
+    let mut warnings = Vec::new();
+    match servers_in(&dir) {
+        Servers { running: Some(pid), .. } => {
+            return Err(RedisError::Usage(format!(
+                "redis-server (pid {pid}) runs on {}: stop it first (it would overwrite dump.rdb when it next saves or shuts down)",
+                dir.display()
+            )));
+        }
+        Servers { unknown, .. } if !unknown.is_empty() => warnings.push(format!(
+            "could not tell whether redis-server {} runs on {} (its directory cannot be read by this user): make sure none does",
+            unknown.iter().map(|p| format!("pid {p}")).collect::<Vec<_>>().join(", "),
             dir.display()
-        )));
+        )),
+        _ => {}
     }
     let dir_meta = std::fs::metadata(&dir).map_err(RedisError::io("reading", &dir))?;
     // Staged in the directory itself, so that the rename into place is
@@ -74,42 +85,76 @@ pub async fn restore_redis(
         )));
     }
     let staged = staging.path().join(RDB_FILE);
-    std::os::unix::fs::chown(&staged, Some(dir_meta.uid()), Some(dir_meta.gid()))
-        .map_err(RedisError::io("giving the directory's owner", &staged))?;
+    give_to_owner_of(&dir, &staged).map_err(RedisError::io("giving the directory's owner", &staged))?;
     let mode = dir_meta.permissions().mode() & 0o666;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
         .map_err(RedisError::io("setting the mode of", &staged))?;
     std::fs::File::open(&staged).and_then(|f| f.sync_all()).map_err(RedisError::io("syncing", &staged))?;
 
-    let mut moved_aside = Vec::new();
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    for name in AOF_NAMES {
-        let aof = dir.join(name);
-        if aof.symlink_metadata().is_ok() {
-            let aside = dir.join(format!("{name}.before-restore-{stamp}"));
-            std::fs::rename(&aof, &aside).map_err(RedisError::io("moving aside", &aof))?;
-            moved_aside.push(format!(
-                "{} moved to {} (a server started with appendonly yes would load it instead of the restored RDB)",
-                aof.display(),
-                aside.display()
-            ));
-        }
-    }
     let rdb = dir.join(RDB_FILE);
-    std::fs::rename(&staged, &rdb).map_err(RedisError::io("renaming into place", &rdb))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(RedisError::io("syncing", &dir))?;
+    let mut moved = Vec::new();
+    // A failure half-way says what it already moved.
+    let placed = (|| {
+        for name in AOF_NAMES {
+            let aof = dir.join(name);
+            if aof.symlink_metadata().is_ok() {
+                let aside = dir.join(format!("{name}.before-restore-{stamp}"));
+                std::fs::rename(&aof, &aside).map_err(RedisError::io("moving aside", &aof))?;
+                moved.push((aof, aside));
+            }
+        }
+        std::fs::rename(&staged, &rdb).map_err(RedisError::io("renaming into place", &rdb))?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(RedisError::io("syncing", &dir))
+    })();
+    let moved: Vec<String> =
+        moved.iter().map(|(from, to)| format!("{} moved to {}", from.display(), to.display())).collect();
+    if let Err(e) = placed {
+        return Err(match moved.is_empty() {
+            true => e,
+            false => RedisError::Usage(format!("{e} (already done: {})", moved.join(", "))),
+        });
+    }
     drop(staging);
-    Ok(RedisRestored { rdb, bytes: report.bytes, moved_aside })
+    warnings.extend(
+        moved
+            .into_iter()
+            .map(|m| format!("{m} (a server started with appendonly yes would load it instead of the restored RDB)")),
+    );
+    Ok(RedisRestored { rdb, bytes: report.bytes, warnings })
 }
 
-/// The pid of a `redis-server` whose working directory (its `dir`) is `dir`.
-pub fn server_running_in(dir: &Path) -> Option<u32> {
-    let procs = std::fs::read_dir("/proc").ok()?;
-    procs.flatten().find_map(|p| {
-        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
-        (comm.trim() == "redis-server" && std::fs::read_link(p.path().join("cwd")).ok()? == dir).then_some(pid)
-    })
+/// The `redis-server` processes that may work in a directory.
+#[derive(Debug, Default)]
+pub struct Servers {
+    /// One whose working directory (its `dir`) is the directory.
+    pub running: Option<u32>,
+    /// Those whose working directory this user cannot read.
+    pub unknown: Vec<u32>,
+}
+
+/// Looks for a `redis-server` working in `dir`.
+pub fn servers_in(dir: &Path) -> Servers {
+    let mut found = Servers::default();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let is_redis = std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "redis-server");
+        if !is_redis {
+            continue;
+        }
+        match std::fs::read_link(p.path().join("cwd")) {
+            Ok(cwd) if cwd == dir => {
+                found.running = Some(pid);
+                return found;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => found.unknown.push(pid),
+            // Gone since it was listed.
+            Err(_) => {}
+        }
+    }
+    found
 }
 
 /// How to start a server on a restored directory.
@@ -146,8 +191,13 @@ pub struct Started {
 /// the dataset is loaded, and checks its key counts against `capture`.
 pub async fn start_and_check(dir: &Path, capture: &RedisCapture, opts: &StartOptions) -> Result<Started, RedisError> {
     let dir = std::fs::canonicalize(dir).map_err(RedisError::io("resolving", dir))?;
-    let meta = std::fs::metadata(&dir).map_err(RedisError::io("reading", &dir))?;
+    let addr = HostPort { host: opts.bind.clone(), port: opts.port };
+    // Whatever answers there is not the server about to be started.
+    if std::net::TcpStream::connect_timeout(&to_socket(&addr)?, Duration::from_secs(1)).is_ok() {
+        return Err(RedisError::Usage(format!("{addr} is in use: start the restored server on a free port (--port)")));
+    }
     let (log, pidfile) = (dir.join("redis-server.log"), dir.join("redis-server.pid"));
+    let _ = std::fs::remove_file(&pidfile);
     let mut cmd = Command::new(&opts.redis_server);
     cmd.current_dir(&dir)
         .args(["--bind", &opts.bind, "--port", &opts.port.to_string(), "--dbfilename", RDB_FILE, "--appendonly", "no"])
@@ -158,57 +208,63 @@ pub async fn start_and_check(dir: &Path, capture: &RedisCapture, opts: &StartOpt
         .arg(&log)
         .arg("--pidfile")
         .arg(&pidfile);
-    if rustix::process::geteuid().is_root() && meta.uid() != 0 {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(meta.uid()).gid(meta.gid());
-    }
-    let status = cmd.status().map_err(RedisError::io("running", &opts.redis_server))?;
+    run_as_owner_of(&mut cmd, &dir).map_err(RedisError::io("reading", &dir))?;
+    let program = opts.redis_server.clone();
+    let status = tokio::task::spawn_blocking(move || cmd.status())
+        .await
+        .map_err(|_| RedisError::Usage("running redis-server panicked".into()))?
+        .map_err(RedisError::io("running", &program))?;
+    let failed = |what: String| {
+        RedisError::Usage(format!("the server started on {}: {what}; its log:\n{}", dir.display(), log_tail(&log, 10)))
+    };
     if !status.success() {
-        return Err(RedisError::Usage(format!(
-            "{} on {} exited with {status}; its log: {}",
-            opts.redis_server.display(),
-            dir.display(),
-            tail(&log)
-        )));
+        return Err(failed(format!("{} exited with {status}", opts.redis_server.display())));
     }
+    // Daemonised: the pid file names the server once it runs.
     let started = Instant::now();
-    let addr = HostPort { host: opts.bind.clone(), port: opts.port };
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            break pid;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(failed("it wrote no pid file within 30s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let mut server = loop {
-        let ready = async {
-            let mut server = Server::open(&addr, &Access::default()).await?;
-            let loading: Option<u8> = server.info("persistence").await?.get("loading");
-            Ok::<_, RedisError>((loading == Some(0)).then_some(server))
-        };
-        match ready.await {
-            Ok(Some(server)) => break server,
-            Ok(None) => {}
-            Err(e) if started.elapsed() > opts.timeout => {
-                return Err(RedisError::Usage(format!(
-                    "the server started on {} did not finish loading within {}s ({e}); its log: {}",
-                    dir.display(),
-                    opts.timeout.as_secs(),
-                    tail(&log)
-                )));
-            }
-            Err(_) => {}
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(failed(format!("it (pid {pid}) exited")));
         }
         if started.elapsed() > opts.timeout {
-            return Err(RedisError::Usage(format!("loading took longer than {}s", opts.timeout.as_secs())));
+            return Err(failed(format!(
+                "it (pid {pid}, left running) did not finish loading within {}s",
+                opts.timeout.as_secs()
+            )));
+        }
+        if let Ok(mut server) = Server::open(&addr, &Access::default()).await
+            && let Ok(info) = server.info("server").await
+            && info.get::<u32>("process_id") == Some(pid)
+            && server.info("persistence").await.is_ok_and(|i| i.get::<u8>("loading") == Some(0))
+        {
+            break server;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let load_seconds = started.elapsed().as_secs_f64();
     let now = server.keyspace().await?;
-    let remarks = compare_keyspace(&capture.keyspace, &now)?;
-    let pid = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+    let remarks = compare_keyspace(&capture.keyspace, &now)
+        .map_err(|e| RedisError::Mismatch(format!("{e} (the server, pid {pid}, is left running at {addr})")))?;
     Ok(Started { pid, addr, keys: now.iter().map(|d| d.keys).sum(), load_seconds, remarks, log })
 }
 
-/// The last lines of a log, for an error message.
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" | ")
+/// The address to probe for `addr`.
+fn to_socket(addr: &HostPort) -> Result<std::net::SocketAddr, RedisError> {
+    use std::net::ToSocketAddrs;
+    (addr.host.as_str(), addr.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| RedisError::Config(format!("{addr}: not an address this host can listen on")))
 }
 
 /// Checks a started server's keys against the capture's: equal, or fewer

@@ -60,7 +60,9 @@ async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -
         // Its own word on its link, not the sentinel's last look at it.
         match Server::open(&candidate, access).await {
             Ok(mut server) => match server.role().await {
-                Ok(Role::Replica { master: of, connected: true }) if of.port == master.port => return Ok(candidate),
+                Ok(Role::Replica { master: of, connected: true }) if same_server(&of, &master).await => {
+                    return Ok(candidate);
+                }
                 Ok(role) => {
                     tracing::info!(replica = %candidate, ?role, "passed over: not a synchronised replica of the master")
                 }
@@ -71,6 +73,26 @@ async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -
     }
     tracing::warn!(%master, "no healthy replica of {name}: capturing the master");
     Ok(master)
+}
+
+/// Whether two addresses name one server: the same port, and the same
+/// host or a resolved address in common (a replica may know its master by
+/// name where the sentinels report its address).
+async fn same_server(a: &HostPort, b: &HostPort) -> bool {
+    if a.port != b.port {
+        return false;
+    }
+    if a.host == b.host {
+        return true;
+    }
+    let (Ok(x), Ok(y)) = (
+        tokio::net::lookup_host((a.host.as_str(), a.port)).await,
+        tokio::net::lookup_host((b.host.as_str(), b.port)).await,
+    ) else {
+        return false;
+    };
+    let x: Vec<_> = x.collect();
+    y.into_iter().any(|addr| x.contains(&addr))
 }
 
 /// A replica the sentinel sees up, with its link to the master up.

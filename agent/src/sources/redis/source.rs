@@ -142,6 +142,6 @@ impl Source for RedisSource {
             started.elapsed().as_secs_f64(),
             request.target.display(),
         );
-        Ok(RestoreDone { snapshot: id, headline, warnings: done.moved_aside, failed: Vec::new() })
+        Ok(RestoreDone { snapshot: id, headline, warnings: done.warnings, failed: Vec::new() })
     }
 }

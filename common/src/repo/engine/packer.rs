@@ -20,7 +20,7 @@ use crate::repo::format::compress::compress;
 use crate::repo::format::id::{BlobId, PackId};
 use crate::repo::format::index::IndexedPack;
 use crate::repo::format::layout::pack_key;
-use crate::repo::format::pack::{BlobKind, FinishedPack, PackBuilder};
+use crate::repo::format::pack::{BlobKind, FinishedPack, PackBuilder, blob_id};
 
 /// Packs that landed are indexed in batches of this many, so an interrupted
 /// backup leaves its finished work indexed for the next run to reuse.
@@ -42,6 +42,19 @@ impl SeenBlobs {
             return false;
         }
         self.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+    }
+
+    /// Stores a data chunk through `packer` unless the repository or this
+    /// writer has it already: its id, and the bytes it took if stored.
+    pub fn store(
+        &self,
+        repo: &Repository,
+        packer: &mut Packer,
+        chunk: &[u8],
+    ) -> Result<(BlobId, Option<u64>), RepoError> {
+        let id = blob_id(repo.keyring(), chunk);
+        let stored = if self.claim(repo, id) { Some(packer.add(id, chunk)?) } else { None };
+        Ok((id, stored))
     }
 
     /// Leans on the stored copies of `ids` (content taken unread from an
