@@ -179,6 +179,42 @@ struct Stored {
     reused: std::collections::HashSet<PackId>,
 }
 
+/// Chunks handed to a worker together: one wake-up per few hundred KiB
+/// rather than per chunk.
+#[derive(Default)]
+struct Batch {
+    /// The sequence number of the first chunk.
+    first: usize,
+    /// The chunks, end to end.
+    data: Vec<u8>,
+    /// Where each chunk ends in `data`.
+    ends: Vec<usize>,
+}
+
+/// Bytes gathered before a batch goes to the workers.
+const BATCH_BYTES: usize = 512 << 10;
+
+impl Batch {
+    /// Adds a chunk; true once the batch is big enough to send.
+    fn push(&mut self, chunk: &[u8]) -> bool {
+        self.data.extend_from_slice(chunk);
+        self.ends.push(self.data.len());
+        self.data.len() >= BATCH_BYTES
+    }
+
+    /// The batch to send; this one starts over after it.
+    fn take(&mut self) -> Batch {
+        let next = Batch { first: self.first + self.ends.len(), ..Default::default() };
+        std::mem::replace(self, next)
+    }
+
+    /// Each chunk with its sequence number.
+    fn chunks(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).enumerate().map(|(i, (start, &end))| (self.first + i, &self.data[start..end]))
+    }
+}
+
 /// The queue as a reader, checking the RDB as it goes.
 struct QueueReader<'a> {
     rx: mpsc::Receiver<Piece>,
@@ -228,7 +264,7 @@ fn store_rdb(
     let seen = SeenBlobs::default();
     let (blobs_new, bytes_new, bytes_stored) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
-    let (chunk_tx, chunk_rx) = bounded::<(usize, Vec<u8>)>(workers * 2);
+    let (chunk_tx, chunk_rx) = bounded::<Batch>(workers * 2);
     let mut reader = QueueReader { rx, piece: Vec::new(), at: 0, ended: false, check: RdbCheck::default(), progress };
 
     let chunked = std::thread::scope(|s| {
@@ -239,14 +275,16 @@ fn store_rdb(
                 let (seen, blobs_new, bytes_new, bytes_stored) = (&seen, &blobs_new, &bytes_new, &bytes_stored);
                 s.spawn(move || {
                     let mut ids = Vec::new();
-                    for (seq, chunk) in chunk_rx {
-                        let (id, stored) = seen.store(repo, &mut packer, &chunk)?;
-                        if let Some(stored) = stored {
-                            blobs_new.fetch_add(1, Ordering::Relaxed);
-                            bytes_new.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                            bytes_stored.fetch_add(stored, Ordering::Relaxed);
+                    for batch in chunk_rx {
+                        for (seq, chunk) in batch.chunks() {
+                            let (id, stored) = seen.store(repo, &mut packer, chunk)?;
+                            if let Some(stored) = stored {
+                                blobs_new.fetch_add(1, Ordering::Relaxed);
+                                bytes_new.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                                bytes_stored.fetch_add(stored, Ordering::Relaxed);
+                            }
+                            ids.push((seq, id));
                         }
-                        ids.push((seq, id));
                     }
                     packer.flush()?;
                     Ok::<_, RedisError>(ids)
@@ -255,12 +293,17 @@ fn store_rdb(
             .collect();
         drop(chunk_rx);
         let mut chunker = Chunker::new(RDB_CHUNKS, repo.keyring().chunker_seed);
-        let mut seq = 0;
-        let read = chunker.chunk_reader(&mut reader, |chunk| {
-            chunk_tx.send((seq, chunk.to_vec())).map_err(|_| io::Error::other("the chunk workers stopped"))?;
-            seq += 1;
-            Ok::<_, io::Error>(())
-        });
+        let mut batch = Batch::default();
+        let stopped = || io::Error::other("the chunk workers stopped");
+        let read = chunker
+            .chunk_reader(&mut reader, |chunk| {
+                if batch.push(chunk) {
+                    chunk_tx.send(batch.take()).map_err(|_| stopped())?;
+                }
+                Ok::<_, io::Error>(())
+            })
+            .and_then(|()| chunk_tx.send(batch.take()).map_err(|_| stopped()));
+        let seq = batch.first;
         drop(chunk_tx);
         let mut content: Vec<(usize, BlobId)> = Vec::with_capacity(seq);
         let mut failed = None;
