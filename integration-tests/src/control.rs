@@ -326,6 +326,19 @@ impl Deployment {
             .expect("running lifeboat")
     }
 
+    /// `lifeboat snapshots --json`, read from the repository itself.
+    pub fn snapshots(&self) -> serde_json::Value {
+        let out = Command::new(workspace_bin("lifeboat"))
+            .args(["snapshots", "--json", "--repo"])
+            .arg(&self.repo)
+            .arg("--key-file")
+            .arg(&self.key)
+            .output()
+            .expect("running lifeboat snapshots");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("snapshots as JSON")
+    }
+
     /// Waits until the coordinator at `url` has its first agent attached.
     pub fn wait_attached(&self, url: &str) {
         wait_for(Duration::from_secs(30), "the agent to attach", || {

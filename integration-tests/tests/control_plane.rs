@@ -34,22 +34,9 @@ fn job_state(job: &Value) -> String {
     job.get("state").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
-/// `lifeboat snapshots --json`, read from the repository itself.
-fn snapshots(d: &Deployment) -> Value {
-    let out = Command::new(workspace_bin("lifeboat"))
-        .args(["snapshots", "--json", "--repo"])
-        .arg(&d.repo)
-        .arg("--key-file")
-        .arg(&d.key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Snapshots by the job tag they carry.
 fn snapshots_per_job(d: &Deployment) -> HashMap<String, usize> {
-    let listed = snapshots(d);
+    let listed = d.snapshots();
     let mut per_job = HashMap::new();
     for s in listed.as_array().unwrap() {
         for tag in s["tags"].as_array().unwrap() {
@@ -609,7 +596,7 @@ fn without_etcd_quorum_coordinators_stop_scheduling_and_say_why_while_wal_is_sti
 
 /// Scheduled snapshots in the order they were taken: (time, schedule).
 fn scheduled_in_order(d: &Deployment) -> Vec<(String, String)> {
-    let listed = snapshots(d);
+    let listed = d.snapshots();
     let mut runs: Vec<(String, String)> = listed
         .as_array()
         .unwrap()

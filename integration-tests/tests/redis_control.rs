@@ -6,25 +6,15 @@
 // Test code: a failed step stops the test loudly, with the value shown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, free_port, serial, wait_for};
-use lifeboat_integration_tests::postgres::workspace_bin;
 use lifeboat_integration_tests::redis::{RedisServer, SentinelSet, assert_same_keys, fill_every_type};
 use serde_json::Value;
 
-/// The Redis snapshots in the repository, oldest first, read from it directly.
+/// The Redis snapshots in the repository, oldest first.
 fn redis_snapshots(d: &Deployment) -> Vec<Value> {
-    let out = Command::new(workspace_bin("lifeboat"))
-        .args(["snapshots", "--json", "--repo"])
-        .arg(&d.repo)
-        .arg("--key-file")
-        .arg(&d.key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let all = d.snapshots().as_array().cloned().unwrap_or_default();
     all.into_iter().filter(|s| s["source"] == "redis").collect()
 }
 
