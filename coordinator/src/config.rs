@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeboat_common::policy::alerting::{Alerting, alerting_from_yaml};
+use lifeboat_common::policy::failover::{FailoverGroup, failover_from_yaml};
 use lifeboat_common::policy::monitoring::{MonitoredJob, monitoring_from_yaml};
 use lifeboat_common::policy::prices::{Prices, prices_from_yaml};
 use lifeboat_common::policy::storage_lifecycle_from_yaml;
@@ -220,6 +221,8 @@ pub struct Policy {
     pub lifecycle: Option<Lifecycle>,
     /// What storage costs (the `storage_prices` block over the list prices).
     pub prices: Prices,
+    /// The failover groups (the `failover` block).
+    pub failover: Vec<FailoverGroup>,
 }
 
 impl Policy {
@@ -236,7 +239,8 @@ impl Policy {
             Err(e) => return Err(invalid(e)),
         };
         let prices = prices_from_yaml(&text).map_err(invalid)?;
-        Ok(Policy { path: path.to_owned(), schedules, monitoring, alerting, lifecycle, prices })
+        let failover = failover_from_yaml(&text).map_err(invalid)?;
+        Ok(Policy { path: path.to_owned(), schedules, monitoring, alerting, lifecycle, prices, failover })
     }
 
     /// The schedule of id `group.name`.

@@ -274,6 +274,18 @@ fn a_malformed_policy_is_refused_at_start_and_on_reload_and_the_old_one_stays() 
     let log = refused.log_text();
     assert!(log.contains("policy") && log.contains("line 4"), "{log}");
 
+    // A failover group whose fence would not come before its failover.
+    let unsafe_group = "backup_schedules: {}\nfailover:\n  orders:\n    kind: postgres\n    members: [a/pg, b/pg]\n    primary: a/pg\n    \
+                        max_lag: 30s\n    failover_after: 30s\n    fence_after: 29s\n";
+    std::fs::write(&policy, unsafe_group).unwrap();
+    let checked =
+        Command::new(workspace_bin("lifeboat-coordinator")).args(["check", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success() && err.contains("failover.orders") && err.contains("at least 5s shorter"),
+        "{err}"
+    );
+
     let good = "backup_schedules:\n  files:\n    media:\n      cron: \"0 3 * * *\"\n";
     std::fs::write(&policy, good).unwrap();
     let coordinator = d.start_coordinator(&config);

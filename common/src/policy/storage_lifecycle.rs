@@ -52,6 +52,14 @@ pub enum PolicyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A failover group is wrong.
+    #[error("failover.{group}: {reason}")]
+    Failover {
+        /// The group's name.
+        group: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tier is wrong.
     #[error("storage_lifecycle.{tier}: {reason}")]
     Tier {
