@@ -29,7 +29,7 @@ use super::endpoint::Connection;
 use super::rdb::{RdbCheck, RdbFacts};
 use super::replication::{RdbLink, RdbPayload};
 use super::sentinel::locate;
-use super::server::{Role, Server};
+use super::server::Role;
 use crate::progress::Progress;
 use crate::sources::files::{Captured, lost_footing};
 
@@ -82,11 +82,11 @@ pub async fn capture_redis(
 ) -> Result<CaptureOutcome, RedisError> {
     let (url, access) = opts.connection.access()?;
     let started = Utc::now();
-    let addr = locate(&url, &access, opts.connection.prefer).await?;
-    let mut server = Server::open(&addr, &access).await?;
+    let (mut server, role) = locate(&url, &access, opts.connection.prefer).await?;
+    let addr = server.addr.clone();
     let info = server.info("server").await?;
     let version: String = info.get("redis_version").unwrap_or_default();
-    let role = match server.role().await? {
+    let role = match role {
         Role::Master => "master".to_owned(),
         Role::Replica { .. } => "slave".to_owned(),
         Role::Other(other) => {

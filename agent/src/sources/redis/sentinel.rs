@@ -12,10 +12,15 @@ use super::RedisError;
 use super::endpoint::{Access, HostPort, Prefer, Target, Url};
 use super::server::{Role, Server};
 
-/// The server to capture for `url`.
-pub async fn locate(url: &Url, access: &Access, prefer: Prefer) -> Result<HostPort, RedisError> {
+/// The server to capture for `url`, connected, and what its own `ROLE`
+/// says it is.
+pub async fn locate(url: &Url, access: &Access, prefer: Prefer) -> Result<(Server, Role), RedisError> {
     let (sentinels, name) = match &url.target {
-        Target::Server(server) => return Ok(server.clone()),
+        Target::Server(addr) => {
+            let mut server = Server::open(addr, access).await?;
+            let role = server.role().await?;
+            return Ok((server, role));
+        }
         Target::Sentinels { sentinels, master } => (sentinels, master),
     };
     let mut why = Vec::new();
@@ -32,14 +37,15 @@ pub async fn locate(url: &Url, access: &Access, prefer: Prefer) -> Result<HostPo
 }
 
 /// Asks one sentinel.
-async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -> Result<HostPort, RedisError> {
+async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -> Result<(Server, Role), RedisError> {
     let mut s = Server::open(sentinel, &Access::default()).await?;
     let named: Option<(String, u16)> = s
         .query(redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(name), "SENTINEL get-master-addr-by-name")
         .await?;
     let (host, port) = named.ok_or_else(|| RedisError::Topology(format!("it watches no master named {name:?}")))?;
     let master = HostPort { host, port };
-    match Server::open(&master, access).await?.role().await? {
+    let mut master_server = Server::open(&master, access).await?;
+    match master_server.role().await? {
         Role::Master => {}
         other => {
             return Err(RedisError::Topology(format!(
@@ -48,7 +54,7 @@ async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -
         }
     }
     if prefer == Prefer::Master {
-        return Ok(master);
+        return Ok((master_server, Role::Master));
     }
     let replicas: Vec<HashMap<String, String>> =
         s.query(redis::cmd("SENTINEL").arg("replicas").arg(name), "SENTINEL replicas").await?;
@@ -61,7 +67,7 @@ async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -
         match Server::open(&candidate, access).await {
             Ok(mut server) => match server.role().await {
                 Ok(Role::Replica { master: of, connected: true }) if same_server(&of, &master).await => {
-                    return Ok(candidate);
+                    return Ok((server, Role::Replica { master: of, connected: true }));
                 }
                 Ok(role) => {
                     tracing::info!(replica = %candidate, ?role, "passed over: not a synchronised replica of the master")
@@ -72,7 +78,7 @@ async fn ask(sentinel: &HostPort, name: &str, access: &Access, prefer: Prefer) -
         }
     }
     tracing::warn!(%master, "no healthy replica of {name}: capturing the master");
-    Ok(master)
+    Ok((master_server, Role::Master))
 }
 
 /// Whether two addresses name one server: the same port, and the same
