@@ -61,6 +61,8 @@ enum Command {
     Cancel(commands::control::CancelArgs),
     /// The leader's incidents (exit 2 while one is open); `alerts ack ID` stops one's escalation.
     Alerts(commands::alerts::AlertsCommand),
+    /// Failover groups: `status`, `promote GROUP --to HOST/SOURCE`, `pause`, `resume`.
+    Failover(commands::failover::FailoverCommand),
 }
 
 /// Exit code for "done, but some entries could not be read".
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             Command::Jobs(c) => c.run().await,
             Command::Cancel(c) => c.run().await,
             Command::Alerts(c) => c.run().await,
+            Command::Failover(c) => c.run().await,
         }
     })
 }

@@ -28,6 +28,18 @@ pub struct SourceRecord {
     /// Its backups' figures and outcomes.
     #[serde(default)]
     pub history: BackupHistory,
+    /// As a failover member, its server as last reported.
+    #[serde(default)]
+    pub member: Option<MemberSeen>,
+}
+
+/// A failover member's report, and when it came.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberSeen {
+    /// The agent's report.
+    pub state: v1::MemberState,
+    /// When it was heard.
+    pub reported: DateTime<Utc>,
 }
 
 /// WAL streaming as last reported.
@@ -89,6 +101,7 @@ impl AgentRecord {
                     wal: old.and_then(|o| o.wal.clone()),
                     error: String::new(),
                     history: old.map(|o| o.history.clone()).unwrap_or_default(),
+                    member: old.and_then(|o| o.member.clone()),
                 };
                 (s.id.clone(), record)
             })
@@ -120,6 +133,9 @@ impl AgentRecord {
                 source.last_snapshot_id.clone_from(&state.last_snapshot_id);
             }
             source.wal = state.wal.clone().map(|lag| WalState { lag, reported: now });
+            if let Some(member) = &state.member {
+                source.member = Some(MemberSeen { state: member.clone(), reported: now });
+            }
         }
     }
 

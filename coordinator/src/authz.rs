@@ -74,10 +74,16 @@ pub enum AdminCall {
     ListIncidents,
     /// `AckIncident`.
     AckIncident,
+    /// `FailoverStatus`.
+    FailoverStatus,
+    /// `Promote`.
+    Promote,
+    /// `PauseFailover`.
+    PauseFailover,
 }
 
 impl AdminCall {
-    const ALL: [AdminCall; 10] = [
+    const ALL: [AdminCall; 13] = [
         AdminCall::Status,
         AdminCall::ListAgents,
         AdminCall::ListJobs,
@@ -88,6 +94,9 @@ impl AdminCall {
         AdminCall::Audit,
         AdminCall::ListIncidents,
         AdminCall::AckIncident,
+        AdminCall::FailoverStatus,
+        AdminCall::Promote,
+        AdminCall::PauseFailover,
     ];
 
     /// The method's name in the service.
@@ -103,6 +112,9 @@ impl AdminCall {
             AdminCall::Audit => "Audit",
             AdminCall::ListIncidents => "ListIncidents",
             AdminCall::AckIncident => "AckIncident",
+            AdminCall::FailoverStatus => "FailoverStatus",
+            AdminCall::Promote => "Promote",
+            AdminCall::PauseFailover => "PauseFailover",
         }
     }
 
@@ -113,9 +125,10 @@ impl AdminCall {
             | AdminCall::ListAgents
             | AdminCall::ListJobs
             | AdminCall::ListSnapshots
-            | AdminCall::ListIncidents => Role::Viewer,
+            | AdminCall::ListIncidents
+            | AdminCall::FailoverStatus => Role::Viewer,
             AdminCall::RunBackup | AdminCall::Restore | AdminCall::CancelJob | AdminCall::AckIncident => Role::Operator,
-            AdminCall::Audit => Role::Admin,
+            AdminCall::Audit | AdminCall::Promote | AdminCall::PauseFailover => Role::Admin,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod config;
 pub mod core;
 pub mod election;
+pub mod failover;
 pub mod history;
 pub mod jobs;
 pub mod lag;

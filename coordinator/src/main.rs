@@ -94,7 +94,7 @@ async fn serve(config_path: &Path) -> Result<()> {
     let tls = config.tls.server().context("the coordinator's TLS files")?;
     let audit_path = config.state_dir.join("audit.log");
     let audit = Arc::new(AuditLog::open(&audit_path).with_context(|| format!("audit log {}", audit_path.display()))?);
-    let gate = Arc::new(Gate::new(config.role_map()?, audit));
+    let gate = Arc::new(Gate::new(config.role_map()?, audit.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -113,7 +113,7 @@ async fn serve(config_path: &Path) -> Result<()> {
     );
     let retention = config.repository.clone().map(|r| (r, config.retention_every, config.prune_grace));
     let storage = config.repository.clone().map(|r| (r, config.storage_every));
-    let shared = core::start(config, policy, backend);
+    let shared = core::start(config, policy, backend, audit);
     match retention {
         Some((settings, every, grace)) => {
             tokio::spawn(lifeboat_coordinator::retention::keep_applying(shared.clone(), settings, every, grace));

@@ -29,6 +29,9 @@ pub enum StateError {
         /// What failed.
         cause: Box<redb::Error>,
     },
+    /// A record changed since it was read: nothing was written.
+    #[error("{0} changed meanwhile; nothing was written")]
+    Conflict(String),
     /// A record could not be serialised, so nothing was written.
     #[error("encoding {what}: {cause}")]
     Encode {

@@ -13,3 +13,4 @@ pub mod postgres;
 pub mod redis;
 pub mod services;
 pub mod tree_gen;
+pub mod writer;

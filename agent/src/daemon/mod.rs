@@ -84,7 +84,16 @@ struct Book {
     last_backup: HashMap<String, (String, i64)>,
     /// Assignments taken, by job and attempt, so a repeat is not run twice.
     taken: BTreeSet<(String, u32)>,
+    /// The last heartbeat's number, and when recent ones were sent.
+    beat_seq: u64,
+    beats_sent: VecDeque<(u64, std::time::Instant)>,
+    /// The shortest fence_after of a primary member: heartbeats go at
+    /// least four times within it, so one lost answer does not fence.
+    lease_beat: Option<Duration>,
 }
+
+/// Heartbeats remembered for the leases their answers renew.
+const BEATS_KEPT: usize = 64;
 
 /// The running agent.
 pub struct Agent {
@@ -142,7 +151,13 @@ impl Agent {
     }
 
     fn heartbeat(&self) -> v1::Heartbeat {
-        let book = self.book();
+        let mut book = self.book();
+        book.beat_seq += 1;
+        let seq = book.beat_seq;
+        if book.beats_sent.len() == BEATS_KEPT {
+            book.beats_sent.pop_front();
+        }
+        book.beats_sent.push_back((seq, std::time::Instant::now()));
         let sources = self
             .sources
             .iter()
@@ -155,6 +170,7 @@ impl Agent {
                     last_backup_unix,
                     error: health.error.unwrap_or_default(),
                     wal: health.wal,
+                    member: health.member,
                 }
             })
             .collect();
@@ -162,7 +178,46 @@ impl Agent {
             sent_unix_ms: Utc::now().timestamp_millis(),
             sources,
             running_jobs: book.running.keys().cloned().collect(),
+            seq,
         }
+    }
+
+    /// Takes the leader's orders for this host's failover members; the
+    /// lease a primary's order renews runs from when the answered
+    /// heartbeat was sent.
+    fn roles(&self, roles: v1::Roles) {
+        let confirmed_at = {
+            let mut book = self.book();
+            let sent = book.beats_sent.iter().find(|(seq, _)| *seq == roles.heartbeat_seq).map(|(_, at)| *at);
+            let shortest = roles
+                .orders
+                .iter()
+                .filter(|o| o.role == v1::MemberRole::Primary as i32)
+                .map(|o| Duration::from_millis(o.fence_after_ms.into()))
+                .min();
+            book.lease_beat = shortest.map(|d| (d / 4).max(Duration::from_millis(200)));
+            sent
+        };
+        for order in roles.orders {
+            let Some(source) = self.source(&order.source_id) else {
+                tracing::error!(
+                    group = order.group,
+                    source = order.source_id,
+                    "ordered a role for a source this agent does not have"
+                );
+                continue;
+            };
+            if let Err(e) = source.order(crate::sources::Order { order, confirmed_at }) {
+                tracing::error!(error = e, "failover order refused");
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// How often heartbeats go: the coordinator's interval, or faster while
+    /// a primary's lease depends on them.
+    fn beat_every(&self, coordinator: Duration) -> Duration {
+        self.book().lease_beat.map_or(coordinator, |l| l.min(coordinator))
     }
 
     /// Progress of every running job.
@@ -251,7 +306,12 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         tokio::spawn(endpoint.serve(Arc::new(metrics::AgentScrape { agent: agent.clone() })));
     }
     agent.learn_last_backups().await;
-    let ongoing = Ongoing { repo: agent.repo.clone(), events: agent.clone(), shutdown: shutdown.clone() };
+    let ongoing = Ongoing {
+        repo: agent.repo.clone(),
+        spec: agent.spec.clone(),
+        events: agent.clone(),
+        shutdown: shutdown.clone(),
+    };
     let background: Vec<JoinHandle<()>> = agent.sources.iter().flat_map(|s| s.start(ongoing.clone())).collect();
     tracing::info!(host = agent.config.host, sources = agent.sources.len(), "agent running");
     tokio::select! {

@@ -121,7 +121,9 @@ async fn attach(agent: &Arc<Agent>, url: &str, unreachable: &str) -> Result<Ende
         let tx = tx.clone();
         async move { tx.send(v1::AgentMessage { body: Some(body) }).await.is_ok() }
     };
-    let mut beat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_seconds.max(1).into()));
+    let every = Duration::from_secs(welcome.heartbeat_seconds.max(1).into());
+    let mut period = agent.beat_every(every);
+    let mut beat = tokio::time::interval(period);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut term = welcome.term;
     // What finished while detached goes first.
@@ -143,6 +145,13 @@ async fn attach(agent: &Arc<Agent>, url: &str, unreachable: &str) -> Result<Ende
                         tracing::warn!(job = job.job_id, job_term = job.term, term, "assignment from an older term ignored");
                     }
                     Some(In::Cancel(c)) => agent.cancel(&c.job_id, &c.reason),
+                    Some(In::Roles(roles)) => {
+                        agent.roles(roles);
+                        if agent.beat_every(every) != period {
+                            period = agent.beat_every(every);
+                            beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                        }
+                    }
                     Some(In::Redirect(r)) => return Ok(Ended::Redirect(r.leader_url)),
                     Some(In::Welcome(_)) | None => {}
                 }

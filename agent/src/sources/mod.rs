@@ -204,6 +204,18 @@ pub struct SourceHealth {
     pub wal: Option<v1::WalLag>,
     /// WAL segments this process stored whole, for a source that streams.
     pub wal_segments_stored: u64,
+    /// Its server, for a member of a failover group.
+    pub member: Option<v1::MemberState>,
+}
+
+/// The leader's order for a failover member, and the lease it carries.
+#[derive(Debug, Clone)]
+pub struct Order {
+    /// The role, epoch and what acting on them needs.
+    pub order: v1::RoleOrder,
+    /// When the heartbeat this order answers was sent: a primary may write
+    /// until `fence_after` past it (none: the order renews no lease).
+    pub confirmed_at: Option<std::time::Instant>,
 }
 
 /// What a source's ongoing work may tell the daemon.
@@ -217,6 +229,8 @@ pub trait Events: Send + Sync {
 pub struct Ongoing {
     /// The repository.
     pub repo: Repository,
+    /// How it was opened (a standby built from it fetches WAL with it).
+    pub spec: RepoSpec,
     /// Where to report.
     pub events: Arc<dyn Events>,
     /// Set when the daemon stops: each task stores what it holds and ends.
@@ -269,6 +283,13 @@ pub trait Source: Send + Sync {
     /// Its state for the next heartbeat.
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
+    }
+
+    /// Takes the leader's order for it as a failover member; an error says
+    /// why this kind cannot be one.
+    fn order(&self, order: Order) -> Result<(), String> {
+        let _ = order;
+        Err(format!("source {} is of a kind that cannot be a failover member", self.id()))
     }
 }
 

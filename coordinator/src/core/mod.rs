@@ -65,6 +65,12 @@ pub enum Query {
     Incidents(bool, Reply<v1::ListIncidentsReply>),
     /// `AckIncident` of this id, by `by`.
     Ack(String, String, Reply<v1::IncidentReply>),
+    /// `FailoverStatus`.
+    Failover(Reply<v1::FailoverStatusReply>),
+    /// `Promote`, asked for by `by`.
+    Promote(v1::PromoteRequest, String, Reply<v1::FailoverGroupReply>),
+    /// `PauseFailover`, asked for by `by`.
+    PauseFailover(v1::PauseFailoverRequest, String, Reply<v1::FailoverGroupReply>),
 }
 
 /// What the core is told.
@@ -126,6 +132,32 @@ pub struct Shared {
     pub view: Mutex<Option<(tokio::time::Instant, Arc<crate::metrics::View>)>>,
     /// When `/metrics` was last scraped.
     pub last_scrape: Mutex<Option<tokio::time::Instant>>,
+    /// Where what the core decides by itself (a failover) is recorded.
+    pub auditor: Auditor,
+}
+
+/// Records the coordinator's own decisions (as principal
+/// `coordinator:NAME`) in the audit log.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    log: Arc<lifeboat_common::audit::AuditLog>,
+    name: String,
+}
+
+impl Auditor {
+    /// Appends one decision.
+    pub fn record(&self, action: &str, target: &str, result: &str) {
+        let record = lifeboat_common::audit::AuditRecord {
+            principal: format!("coordinator:{}", self.name),
+            role: None,
+            action: action.to_owned(),
+            target: Some(target.to_owned()),
+            result: result.to_owned(),
+        };
+        if let Err(e) = self.log.append(record) {
+            tracing::error!(error = %e, action, target, "cannot append to the audit log");
+        }
+    }
 }
 
 impl Shared {
@@ -252,12 +284,18 @@ fn prefix(config: &CoordinatorConfig) -> String {
 }
 
 /// Starts the core; returns what the handlers share with it.
-pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc<Shared> {
+pub fn start(
+    config: CoordinatorConfig,
+    policy: Policy,
+    backend: Backend,
+    audit: Arc<lifeboat_common::audit::AuditLog>,
+) -> Arc<Shared> {
     let (role_tx, role) = watch::channel(NodeRole::Starting);
     let (events, inbox) = mpsc::channel(4096);
     let counts = crate::metrics::Counts::default();
     let context = crate::notify::Context { coordinator: config.name.clone() };
     let notifier = crate::notify::Notifier::new(counts.clone(), events.clone(), context);
+    let auditor = Auditor { log: audit, name: config.name.clone() };
     let shared = Arc::new(Shared {
         config,
         role,
@@ -270,6 +308,7 @@ pub fn start(config: CoordinatorConfig, policy: Policy, backend: Backend) -> Arc
         storage: Mutex::new(None),
         view: Mutex::new(None),
         last_scrape: Mutex::new(None),
+        auditor,
     });
     tokio::spawn(crate::alerts::local::watch(shared.clone(), prefix(&shared.config)));
     tokio::spawn(run(shared.clone(), backend, role_tx, inbox));
@@ -284,7 +323,7 @@ async fn run(shared: Arc<Shared>, backend: Backend, role: watch::Sender<NodeRole
             // made before a restart are told apart.
             let term = chrono::Utc::now().timestamp_millis();
             role.send_replace(NodeRole::Leader { term });
-            term::lead(&shared, State::Embedded(&db), term, &prefix, &mut inbox, || false).await;
+            term::lead(&shared, State::Embedded(&db), term, &prefix, &mut inbox, &|| false).await;
         }
         Backend::Etcd(elector) => loop {
             let leadership = follow(&shared, &elector, &role, &prefix, &mut inbox).await;
@@ -292,7 +331,7 @@ async fn run(shared: Arc<Shared>, backend: Backend, role: watch::Sender<NodeRole
             let term = leadership.term();
             role.send_replace(NodeRole::Leader { term });
             shared.set_degraded(None);
-            term::lead(&shared, State::Etcd(&leadership), term, &prefix, &mut inbox, || leadership.is_lost()).await;
+            term::lead(&shared, State::Etcd(&leadership), term, &prefix, &mut inbox, &|| leadership.is_lost()).await;
             shared.publish_view(None);
             tracing::warn!(term, "leadership lost; following");
             role.send_replace(NodeRole::Follower { leader: None });

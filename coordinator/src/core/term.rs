@@ -16,12 +16,14 @@ use crate::agents::AgentRecord;
 use crate::alerts::conditions::{self, Facts};
 use crate::alerts::incidents::{AckRefused, Incident, IncidentBook, Notify, Outcome, Send};
 use crate::election::ElectionError;
+use crate::failover::{GroupBook, PromoteRefused, Promotion};
 use crate::history::{BackupFigures, Failure};
 use crate::jobs::{BackupMade, JobBook, JobKind, JobRecord, JobState, RestoreTarget};
 use crate::metrics::View;
 use crate::scheduler::{Scheduler, Target};
 use crate::state::{Op, State, StateError, encode};
 use lifeboat_common::policy::alerting::Channel;
+use lifeboat_common::policy::failover::{FENCE_MARGIN, FailoverGroup, Member};
 use lifeboat_common::telemetry::traces;
 
 /// Messages buffered for one agent's stream; an agent that lets this many
@@ -87,7 +89,24 @@ struct Term<'a> {
     alerting: Outcome,
     last_alerts: tokio::time::Instant,
     last_refresh: tokio::time::Instant,
+    /// Failover groups: primaries, epochs, promotions.
+    groups: GroupBook,
+    /// When each member was last confirmed as primary, by this leader.
+    confirmed: HashMap<String, DateTime<Utc>>,
+    /// What was last said of each group that cannot fail over, so it is logged once.
+    blocked: HashMap<String, String>,
+    /// Whether the term is known to be lost: a leader that may have lost
+    /// it confirms no primary's lease.
+    is_lost: &'a (dyn Fn() -> bool + Sync),
+    /// What agents' silence counts from: the start of the term, or the end
+    /// of a stall of this coordinator (frozen, starved), during which it
+    /// heard nothing and so knows nothing of their silence.
+    counting_from: DateTime<Utc>,
+    last_tick: tokio::time::Instant,
 }
+
+/// A gap between ticks longer than this is a stall of the coordinator itself.
+const STALL: Duration = Duration::from_secs(3);
 
 /// Leads until the term ends (`is_lost`, or a fenced write refused) or the
 /// inbox closes.
@@ -97,10 +116,10 @@ pub(super) async fn lead(
     term: i64,
     prefix: &str,
     inbox: &mut mpsc::Receiver<Event>,
-    is_lost: impl Fn() -> bool,
+    is_lost: &(dyn Fn() -> bool + Sync),
 ) {
     let mut t = loop {
-        match Term::load(shared, state, term, prefix).await {
+        match Term::load(shared, state, term, prefix, is_lost).await {
             Ok(t) => break t,
             Err(e) if is_not_leader(&e) || is_lost() => return,
             Err(e) => {
@@ -138,8 +157,16 @@ fn is_not_leader(e: &StateError) -> bool {
 }
 
 impl<'a> Term<'a> {
-    async fn load(shared: &'a Shared, state: State<'a>, term: i64, prefix: &'a str) -> Result<Self, StateError> {
+    async fn load(
+        shared: &'a Shared,
+        state: State<'a>,
+        term: i64,
+        prefix: &'a str,
+        is_lost: &'a (dyn Fn() -> bool + Sync),
+    ) -> Result<Self, StateError> {
         let jobs = JobBook::load(state, prefix).await?;
+        let mut groups = GroupBook::load(state, prefix).await?;
+        groups.ensure(state, prefix, &shared.policy().failover).await?;
         let agents = views::load_agents(state, prefix).await?;
         let incidents = IncidentBook::load(state, prefix).await?;
         // Notices a previous leader owed go first.
@@ -165,6 +192,12 @@ impl<'a> Term<'a> {
             alerting,
             last_alerts: now,
             last_refresh: now,
+            groups,
+            confirmed: HashMap::new(),
+            blocked: HashMap::new(),
+            is_lost,
+            counting_from: Utc::now(),
+            last_tick: now,
         })
     }
 
@@ -330,7 +363,7 @@ impl<'a> Term<'a> {
                     // Written with the next periodic flush.
                     self.dirty.insert(host.to_owned());
                 }
-                Ok(())
+                self.failover_heard(host, beat.seq, now).await
             }
             Body::Progress(p) => {
                 if let Some(progress) = p.progress {
@@ -509,12 +542,22 @@ impl<'a> Term<'a> {
 
     async fn tick(&mut self) -> Result<(), StateError> {
         let now = Utc::now();
+        let gap = self.last_tick.elapsed();
+        self.last_tick = tokio::time::Instant::now();
+        if gap > STALL {
+            tracing::warn!(
+                stalled_s = gap.as_secs_f64(),
+                "this coordinator stalled: agents' silence is counted afresh"
+            );
+            self.counting_from = now;
+        }
         self.schedule(now).await?;
         self.notice_lost(now).await?;
         let hosts: Vec<String> = self.sessions.keys().cloned().collect();
         for host in hosts {
             self.dispatch(&host).await?;
         }
+        self.failover_tick(now).await?;
         if self.urgent || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush_agents().await?;
         }
@@ -741,6 +784,32 @@ impl<'a> Term<'a> {
                 let incidents = views::list_incidents(&self.incidents, all);
                 reply.send(Ok(v1::ListIncidentsReply { incidents })).ok();
             }
+            Query::Failover(reply) => {
+                let now = Utc::now();
+                let policy = self.shared.policy();
+                let connected = |h: &str| self.sessions.contains_key(h);
+                let judged = self.groups.judge_all(&policy.failover, &self.agents, connected, self.counting_from, now);
+                let groups =
+                    judged.iter().map(|(g, j)| self.groups.to_proto(g, Some(j), &self.agents, connected)).collect();
+                reply.send(Ok(v1::FailoverStatusReply { groups })).ok();
+            }
+            Query::Promote(request, by, reply) => {
+                let promoted = self.promote_by_hand(&request, &by).await;
+                reply.send(promoted).ok();
+            }
+            Query::PauseFailover(request, by, reply) => {
+                let paused = match self.groups.set_paused(self.state, self.prefix, &request.group, request.pause).await
+                {
+                    Ok(true) => {
+                        let what = if request.pause { "paused" } else { "resumed" };
+                        tracing::info!(group = request.group, by, "automatic failover {what}");
+                        Ok(self.group_reply(&request.group))
+                    }
+                    Ok(false) => Err(Status::not_found(format!("no failover group {:?}", request.group))),
+                    Err(e) => Err(self.refused(e)),
+                };
+                reply.send(paused).ok();
+            }
             Query::Ack(id, by, reply) => {
                 let acked = match self.incidents.acknowledge(&id, &by, Utc::now()) {
                     Err(why @ AckRefused::NoIncident(_)) => Err(Status::not_found(why.to_string())),
@@ -837,6 +906,187 @@ impl<'a> Term<'a> {
             session.tx.try_send(Ok(v1::CoordinatorMessage { body: Some(Out::Cancel(cancel)) })).ok();
         }
         Ok(v1::CancelJobReply { job: Some(views::job(&updated, self.progress.get(id))) })
+    }
+
+    /// A heartbeat of `host`: its members' reports taken in, and the
+    /// answer that carries their orders (and, for a primary, renews its
+    /// lease from the moment the heartbeat was sent).
+    async fn failover_heard(&mut self, host: &str, seq: u64, now: DateTime<Utc>) -> Result<(), StateError> {
+        let policy = self.shared.policy();
+        if !GroupBook::has_members(&policy.failover, host) {
+            return Ok(());
+        }
+        if let Some(agent) = self.agents.get(host) {
+            let done = self.groups.heard(self.state, self.prefix, &policy.failover, agent, now).await?;
+            for event in done {
+                let failover = event.to_proto();
+                tracing::warn!(
+                    from = event.from,
+                    to = event.to,
+                    epoch = event.epoch,
+                    rto_seconds = failover.rto_seconds,
+                    rpo_bytes = failover.rpo_bytes,
+                    rpo_seconds = failover.rpo_seconds,
+                    "the new primary accepts writes"
+                );
+                let target = format!("{} -> {} (epoch {})", event.from, event.to, event.epoch);
+                let result = format!(
+                    "accepting writes at {}: RTO {:.1}s, RPO {} bytes / {:.1}s",
+                    event.promoted_lsn, failover.rto_seconds, failover.rpo_bytes, failover.rpo_seconds
+                );
+                self.shared.auditor.record("Failover/Accepted", &target, &result);
+            }
+        }
+        self.send_roles(host, seq, now);
+        Ok(())
+    }
+
+    /// Sends `host` its members' orders; `seq` is the heartbeat answered
+    /// (0: none, which renews no lease).
+    fn send_roles(&mut self, host: &str, seq: u64, now: DateTime<Utc>) {
+        // A leader that may have lost its term confirms no lease: a new
+        // leader may already count the primary's silence.
+        if (self.is_lost)() {
+            return;
+        }
+        let Some(session) = self.sessions.get(host) else { return };
+        let policy = self.shared.policy();
+        let orders = self.groups.orders_for(&policy.failover, host, &self.agents, now);
+        if orders.is_empty() {
+            return;
+        }
+        if seq > 0 {
+            for order in orders.iter().filter(|o| o.role == v1::MemberRole::Primary as i32) {
+                self.confirmed.insert(format!("{host}/{}", order.source_id), now);
+            }
+        }
+        let roles = v1::Roles { heartbeat_seq: seq, orders };
+        if session.tx.try_send(Ok(v1::CoordinatorMessage { body: Some(Out::Roles(roles)) })).is_err() {
+            tracing::warn!(host, "could not send the failover orders; dropping the stream");
+            self.sessions.remove(host);
+        }
+    }
+
+    /// Judges every failover group and promotes where a primary is lost
+    /// and a standby is eligible.
+    async fn failover_tick(&mut self, now: DateTime<Utc>) -> Result<(), StateError> {
+        let policy = self.shared.policy();
+        if policy.failover.is_empty() {
+            return Ok(());
+        }
+        self.groups.ensure(self.state, self.prefix, &policy.failover).await?;
+        let connected = |h: &str| self.sessions.contains_key(h);
+        let judged = self.groups.judge_all(&policy.failover, &self.agents, connected, self.counting_from, now);
+        let mut due = Vec::new();
+        for (group, judgement) in judged {
+            let Some(silent) = judgement.primary_silent_since else {
+                self.blocked.remove(&group.name);
+                continue;
+            };
+            if judgement.promote_now
+                && let Some(to) = judgement.candidate
+            {
+                due.push((group.clone(), to, silent));
+            } else if !judgement.blocked.is_empty()
+                && (now - silent).to_std().unwrap_or_default() >= group.failover_after
+                && self.blocked.get(&group.name) != Some(&judgement.blocked)
+            {
+                tracing::error!(
+                    group = group.name,
+                    reason = judgement.blocked,
+                    "the primary is lost and nothing is promoted"
+                );
+                self.blocked.insert(group.name.clone(), judgement.blocked.clone());
+            }
+        }
+        for (group, to, silent) in due {
+            let cause = format!("automatic: the primary's agent was silent for {}s", (now - silent).num_seconds());
+            self.promote(&group, &to, cause, silent, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes `to` the primary of `group` under a new epoch, audits it, runs
+    /// the group's fencing command against the old primary, and tells the
+    /// members at once.
+    async fn promote(
+        &mut self,
+        group: &FailoverGroup,
+        to: &Member,
+        cause: String,
+        lost: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::failover::Promoted>, StateError> {
+        let Some(old) = self.groups.record(&group.name).map(|r| r.primary.clone()) else { return Ok(None) };
+        // The old primary's lease runs out fence_after after this leader
+        // last renewed it (a previous leader's renewals are older than this term).
+        let renewed = self.confirmed.get(&old).copied().unwrap_or(self.started).max(self.started);
+        let lease = chrono::Duration::from_std(group.fence_after + FENCE_MARGIN).unwrap_or_default();
+        let promotion = Promotion { to: to.clone(), cause: cause.clone(), lost, hold_until: renewed + lease, now };
+        let promoted = self.groups.promote(self.state, self.prefix, group, promotion).await?;
+        let Some(promoted) = promoted else { return Ok(None) };
+        let target = format!("{}: {} -> {} (epoch {})", group.name, old, to, promoted.event.epoch);
+        tracing::warn!(group = group.name, from = old, to = %to, epoch = promoted.event.epoch, cause, "promoting");
+        self.shared.auditor.record("Failover/Promote", &target, &cause);
+        if let Some(command) = &group.fence_command
+            && let Ok(old) = old.parse::<Member>()
+        {
+            crate::failover::fence::spawn(self.shared.auditor.clone(), &group.name, &old, command);
+        }
+        let hosts: std::collections::BTreeSet<String> = group.members.iter().map(|m| m.host.clone()).collect();
+        for host in hosts {
+            self.send_roles(&host, 0, now);
+        }
+        Ok(Some(promoted))
+    }
+
+    /// An operator's promotion of `request.to`.
+    async fn promote_by_hand(
+        &mut self,
+        request: &v1::PromoteRequest,
+        by: &str,
+    ) -> Result<v1::FailoverGroupReply, Status> {
+        let policy = self.shared.policy();
+        let refused = |r: PromoteRefused| match r {
+            PromoteRefused::NoGroup(_) | PromoteRefused::NotMember { .. } => Status::not_found(r.to_string()),
+            _ => Status::failed_precondition(r.to_string()),
+        };
+        let Some(group) = policy.failover.iter().find(|g| g.name == request.group) else {
+            return Err(refused(PromoteRefused::NoGroup(request.group.clone())));
+        };
+        let to = group.members.iter().find(|m| m.to_string() == request.to).cloned().ok_or_else(|| {
+            refused(PromoteRefused::NotMember { group: group.name.clone(), member: request.to.clone() })
+        })?;
+        if self.groups.record(&group.name).is_some_and(|r| r.primary == request.to) {
+            return Err(refused(PromoteRefused::AlreadyPrimary(request.to.clone())));
+        }
+        let now = Utc::now();
+        let connected = |h: &str| self.sessions.contains_key(h);
+        let judged =
+            self.groups.judge_all(std::slice::from_ref(group), &self.agents, connected, self.counting_from, now);
+        let judgement = judged.into_iter().next().map(|(_, j)| j);
+        let member = judgement.as_ref().and_then(|j| j.members.iter().find(|m| m.member == to));
+        if let Some(m) = member.filter(|m| !m.eligible && !request.force) {
+            return Err(refused(PromoteRefused::NotEligible { member: request.to.clone(), why: m.why_not.clone() }));
+        }
+        let lost = judgement.and_then(|j| j.primary_silent_since).unwrap_or(now);
+        let cause = format!("manual by {by}{}", if request.force { " (forced)" } else { "" });
+        match self.promote(group, &to, cause, lost, now).await {
+            Ok(_) => Ok(self.group_reply(&group.name)),
+            Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    /// A group as `Promote` and `PauseFailover` answer.
+    fn group_reply(&self, name: &str) -> v1::FailoverGroupReply {
+        let policy = self.shared.policy();
+        let connected = |h: &str| self.sessions.contains_key(h);
+        let group = policy.failover.iter().find(|g| g.name == name).map(|g| {
+            let judged =
+                self.groups.judge_all(std::slice::from_ref(g), &self.agents, connected, self.counting_from, Utc::now());
+            self.groups.to_proto(g, judged.first().map(|(_, j)| j), &self.agents, connected)
+        });
+        v1::FailoverGroupReply { group }
     }
 
     /// An operator's write that the state refused, as the caller sees it.

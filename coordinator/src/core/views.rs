@@ -266,6 +266,23 @@ async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, rol
         Query::Ack(_, _, reply) => {
             reply.send(Err(not_leader(role))).ok();
         }
+        Query::Failover(reply) => {
+            let read = async {
+                let book = crate::failover::GroupBook::load(state, prefix).await?;
+                let agents = load_agents(state, prefix).await?;
+                Ok::<_, StateError>((book, agents))
+            };
+            let listed = read.await.map_err(unreadable).map(|(book, agents)| {
+                let connected = |h: &str| agents.get(h).is_some_and(|r| r.attached_to.is_some());
+                let policy = shared.policy();
+                let groups = policy.failover.iter().map(|g| book.to_proto(g, None, &agents, connected)).collect();
+                v1::FailoverStatusReply { groups }
+            });
+            reply.send(listed).ok();
+        }
+        Query::Promote(_, _, reply) | Query::PauseFailover(_, _, reply) => {
+            reply.send(Err(not_leader(role))).ok();
+        }
     }
 }
 

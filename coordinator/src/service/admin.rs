@@ -139,6 +139,36 @@ impl Admin for AdminService {
         self.audited(&caller, AdminCall::AckIncident, Some(&target), result)
     }
 
+    async fn failover_status(
+        &self,
+        request: Request<v1::FailoverStatusRequest>,
+    ) -> Result<Response<v1::FailoverStatusReply>, Status> {
+        let caller = self.admit(&request, AdminCall::FailoverStatus, None)?;
+        let result = self.shared.ask(Query::Failover).await;
+        self.audited(&caller, AdminCall::FailoverStatus, None, result)
+    }
+
+    async fn promote(&self, request: Request<v1::PromoteRequest>) -> Result<Response<v1::FailoverGroupReply>, Status> {
+        let r = request.get_ref();
+        let target = format!("{} -> {}{}", r.group, r.to, if r.force { " (forced)" } else { "" });
+        let caller = self.admit(&request, AdminCall::Promote, Some(&target))?;
+        let by = caller.who.to_string();
+        let result = self.shared.ask(|reply| Query::Promote(request.into_inner(), by, reply)).await;
+        self.audited(&caller, AdminCall::Promote, Some(&target), result)
+    }
+
+    async fn pause_failover(
+        &self,
+        request: Request<v1::PauseFailoverRequest>,
+    ) -> Result<Response<v1::FailoverGroupReply>, Status> {
+        let r = request.get_ref();
+        let target = format!("{}: {}", r.group, if r.pause { "pause" } else { "resume" });
+        let caller = self.admit(&request, AdminCall::PauseFailover, Some(&target))?;
+        let by = caller.who.to_string();
+        let result = self.shared.ask(|reply| Query::PauseFailover(request.into_inner(), by, reply)).await;
+        self.audited(&caller, AdminCall::PauseFailover, Some(&target), result)
+    }
+
     async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReply>, Status> {
         let caller = self.admit(&request, AdminCall::Audit, None)?;
         let limit = match request.get_ref().limit {

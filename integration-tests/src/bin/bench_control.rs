@@ -186,6 +186,7 @@ async fn session(
                     sent_unix_ms: chrono_ms(),
                     sources: vec![v1::SourceState { source_id: "files".into(), ..Default::default() }],
                     running_jobs: Vec::new(),
+                    seq: 0,
                 };
                 if tx.send(v1::AgentMessage { body: Some(Body::Heartbeat(heartbeat)) }).await.is_err() {
                     return Ok(None);

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod connect;
 mod error;
+pub mod member;
 pub mod prefetch;
 pub mod relfile;
 pub mod replication;

@@ -16,11 +16,12 @@ use tokio::task::JoinHandle;
 
 use super::basebackup::{PgBackupOptions, backup_postgres};
 use super::connect::ConnectArgs;
+use super::member::Member;
 use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
 use super::stream::{StreamOptions, StreamStatus, stream_wal};
 use crate::sources::{
-    BackupContext, BackupDone, Common, Ongoing, RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest, Source,
-    SourceError, SourceHealth, SourceSection,
+    BackupContext, BackupDone, Common, Ongoing, Order, RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest,
+    Source, SourceError, SourceHealth, SourceSection,
 };
 
 /// WAL streaming for a PostgreSQL source.
@@ -68,8 +69,13 @@ pub struct PostgresConfig {
     pub pg_user: Option<String>,
     /// Database.
     pub pg_dbname: Option<String>,
-    /// Stream WAL continuously, whether or not a coordinator is reachable.
+    /// Stream WAL continuously, whether or not a coordinator is reachable
+    /// (as a failover member: only while it is the unfenced primary).
     pub wal_stream: Option<WalStreamConfig>,
+    /// Directory of `pg_ctl`, for a failover member whose server the agent
+    /// starts, stops and promotes (default: the cluster's major version's,
+    /// as Debian installs it, else `PATH`).
+    pub pg_bin: Option<PathBuf>,
 }
 
 impl PostgresConfig {
@@ -118,6 +124,8 @@ pub struct PostgresSource {
     agent_bin: Option<PathBuf>,
     tablespace_map: Vec<(String, PathBuf)>,
     stream: Mutex<Option<watch::Receiver<StreamStatus>>>,
+    /// Its role in a failover group, once the daemon runs it.
+    member: std::sync::OnceLock<Arc<Member>>,
 }
 
 impl PostgresSource {
@@ -262,7 +270,14 @@ impl Source for PostgresSource {
     }
 
     fn start(&self, ongoing: Ongoing) -> Vec<JoinHandle<()>> {
-        let Some(stream) = &self.config.wal_stream else { return Vec::new() };
+        let member = self
+            .member
+            .get_or_init(|| Member::new(self.config.pgdata.clone(), self.connect.clone(), self.config.pg_bin.clone()))
+            .clone();
+        let may_stream = member.may_stream();
+        let mut tasks =
+            vec![tokio::spawn(member.run(ongoing.repo.clone(), ongoing.spec.clone(), ongoing.shutdown.clone()))];
+        let Some(stream) = &self.config.wal_stream else { return tasks };
         let (tx, rx) = watch::channel(StreamStatus::default());
         *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
         let options = StreamOptions {
@@ -273,12 +288,17 @@ impl Source for PostgresSource {
             status_file: None,
         };
         let id = self.config.common.id.clone();
-        vec![tokio::spawn(keep_streaming(id, ongoing.repo, self.connect.clone(), options, tx, ongoing.shutdown))]
+        let streaming = Streaming { id, repo: ongoing.repo, connect: self.connect.clone(), options, status: tx };
+        tasks.push(tokio::spawn(keep_streaming(streaming, may_stream, ongoing.shutdown)));
+        tasks
     }
 
     fn health(&self) -> SourceHealth {
+        let member = self.member.get().and_then(|m| m.report());
         let stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(status) = stream.as_ref().map(|rx| rx.borrow().clone()) else { return SourceHealth::default() };
+        let Some(status) = stream.as_ref().map(|rx| rx.borrow().clone()) else {
+            return SourceHealth { member, ..SourceHealth::default() };
+        };
         SourceHealth {
             error: (!status.connected).then(|| status.last_error.clone()).flatten(),
             wal: Some(v1::WalLag {
@@ -291,32 +311,59 @@ impl Source for PostgresSource {
                 newest_stored_age_seconds: status.newest_stored_age_seconds.unwrap_or(-1.0),
             }),
             wal_segments_stored: status.segments_stored,
+            member,
+        }
+    }
+
+    fn order(&self, order: Order) -> Result<(), String> {
+        match self.member.get() {
+            Some(member) => {
+                member.order(order);
+                Ok(())
+            }
+            None => Err(format!("source {} is not running under the daemon", self.config.common.id)),
         }
     }
 }
 
-/// Streams WAL for one source for as long as the agent runs, retrying
-/// after failures: this goes on whether or not a coordinator is reachable.
-async fn keep_streaming(
+/// What one source's WAL streaming needs.
+struct Streaming {
     id: String,
     repo: Repository,
     connect: ConnectArgs,
     options: StreamOptions,
     status: watch::Sender<StreamStatus>,
-    shutdown: watch::Receiver<bool>,
-) {
+}
+
+/// Streams WAL for one source for as long as the agent runs and
+/// `may_stream` allows, retrying after failures: this goes on whether or
+/// not a coordinator is reachable.
+async fn keep_streaming(s: Streaming, mut may_stream: watch::Receiver<bool>, shutdown: watch::Receiver<bool>) {
     loop {
         let mut stop = shutdown.clone();
+        tokio::select! {
+            allowed = may_stream.wait_for(|m| *m) => if allowed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (mut stop, mut barred) = (shutdown.clone(), may_stream.clone());
         let stopping = async move {
-            stop.wait_for(|s| *s).await.ok();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = barred.wait_for(|m| !*m) => {}
+            }
         };
-        match stream_wal(&repo, &connect, &options, status.clone(), stopping).await {
-            Ok(()) => return,
+        match stream_wal(&s.repo, &s.connect, &s.options, s.status.clone(), stopping).await {
+            Ok(()) if *shutdown.borrow() => return,
+            Ok(()) => {
+                tracing::warn!(source = s.id, "WAL streaming stopped: this member is not the primary");
+                s.status.send_modify(|st| st.connected = false);
+                continue;
+            }
             Err(e) => {
-                tracing::error!(source = id, error = %e, "WAL streaming failed; retrying in 10s");
-                status.send_modify(|s| {
-                    s.connected = false;
-                    s.last_error = Some(e.to_string());
+                tracing::error!(source = s.id, error = %e, "WAL streaming failed; retrying in 10s");
+                s.status.send_modify(|st| {
+                    st.connected = false;
+                    st.last_error = Some(e.to_string());
                 });
             }
         }

@@ -1,0 +1,544 @@
+//! A PostgreSQL source as a member of a failover group: its agent keeps
+//! the server in the role the leader orders.
+//!
+//! - **Primary**: it may accept writes only while a heartbeat answered
+//!   less than `fence_after` ago confirms its epoch. When the lease
+//!   lapses (the leader is unreachable, or this host is cut off) the agent
+//!   fences the server: a fast stop, kept until a leader confirms the same
+//!   epoch again. The lease and the epoch held survive an agent restart
+//!   (a file beside the data directory), so a restart neither lifts a
+//!   fence nor extends a lease.
+//! - **Standby**: built from the repository (the newest base backup,
+//!   `standby.signal`, `restore_command` through `wal-fetch`, which
+//!   serves the segment being streamed as far as it was stored), so it
+//!   follows the primary to within seconds with no network path to it.
+//!   A server found running as a primary under an epoch that made it a
+//!   standby is stopped at once; it is rebuilt as a standby only when the
+//!   group says `rejoin: auto`.
+//! - **Promotion** (a primary order of a newer epoch to a standby): replay
+//!   all the repository holds, `pg_promote`, a checkpoint so WAL
+//!   streaming starts on the new timeline, the timeline's history stored,
+//!   then the group's hooks.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::engine::open::RepoSpec;
+use lifeboat_proto::v1;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::connect::ConnectArgs;
+use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
+use super::{PgError, wal};
+use crate::progress::Progress;
+use crate::sources::owner::{log_tail, run_as_owner_of};
+use crate::sources::{Order, RecoveryPoint};
+
+/// How often the server is looked at.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Replay unchanged this long after a promotion was ordered: all the
+/// repository holds is replayed (the standby asks for more every second).
+const CAUGHT_UP_AFTER: Duration = Duration::from_secs(3);
+/// The longest a promotion waits for replay to settle.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+
+/// What survives an agent restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Kept {
+    group: String,
+    epoch: u64,
+    /// 1 primary, 2 standby (the wire's values).
+    role: i32,
+    fenced: bool,
+    /// The lease's end, wall clock (ms): a restarted agent keeps no more of it than was left.
+    lease_until_unix_ms: i64,
+    fence_after_ms: u32,
+    rejoin_auto: bool,
+    promoted_unix_ms: i64,
+    promoted_lsn: String,
+}
+
+/// The server as looked at.
+#[derive(Debug, Clone, Default)]
+struct Looked {
+    running: bool,
+    in_recovery: bool,
+    lsn: String,
+    timeline: u32,
+    last_replayed_commit_unix_ms: i64,
+    replay_paused: bool,
+}
+
+/// Where the member stands, for the controller and the heartbeat.
+#[derive(Debug, Default)]
+struct Standing {
+    kept: Kept,
+    order: Option<v1::RoleOrder>,
+    /// The lease's end on this host's monotonic clock.
+    lease_until: Option<Instant>,
+    looked: Looked,
+    detail: String,
+}
+
+/// The controller of one member.
+#[derive(Debug)]
+pub struct Member {
+    pgdata: PathBuf,
+    connect: ConnectArgs,
+    pg_bin: Option<PathBuf>,
+    kept_file: PathBuf,
+    standing: Mutex<Standing>,
+    wake: tokio::sync::Notify,
+    /// Whether WAL may be streamed into the repository: only from an
+    /// unfenced primary (a standby's stream would overwrite the
+    /// primary's newest partial segment with older content).
+    may_stream: watch::Sender<bool>,
+}
+
+impl Member {
+    /// The controller of the cluster at `pgdata`, reached through `connect`.
+    pub fn new(pgdata: PathBuf, connect: ConnectArgs, pg_bin: Option<PathBuf>) -> Arc<Self> {
+        let name = pgdata.file_name().map_or_else(|| "pgdata".into(), |n| n.to_string_lossy().into_owned());
+        let kept_file = pgdata.with_file_name(format!("{name}.lifeboat-member.json"));
+        let kept: Option<Kept> = std::fs::read(&kept_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let mut standing = Standing::default();
+        if let Some(kept) = kept {
+            let left = kept.lease_until_unix_ms - Utc::now().timestamp_millis();
+            standing.lease_until = (left > 0).then(|| Instant::now() + Duration::from_millis(left.unsigned_abs()));
+            standing.kept = kept;
+        }
+        // Not a member (no order, nothing kept): streaming as configured.
+        let may_stream = watch::Sender::new(standing.kept.group.is_empty());
+        Arc::new(Member {
+            pgdata,
+            connect,
+            pg_bin,
+            kept_file,
+            standing: Mutex::new(standing),
+            wake: tokio::sync::Notify::new(),
+            may_stream,
+        })
+    }
+
+    fn standing(&self) -> std::sync::MutexGuard<'_, Standing> {
+        self.standing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether WAL may be streamed now, and its changes.
+    pub fn may_stream(&self) -> watch::Receiver<bool> {
+        self.may_stream.subscribe()
+    }
+
+    /// Takes an order (newer epochs only) and the lease it renews.
+    pub fn order(&self, order: Order) {
+        let mut s = self.standing();
+        if order.order.epoch < s.kept.epoch {
+            tracing::warn!(
+                group = order.order.group,
+                epoch = order.order.epoch,
+                held = s.kept.epoch,
+                "order of an older epoch ignored"
+            );
+            return;
+        }
+        let fence_after = Duration::from_millis(order.order.fence_after_ms.into());
+        if order.order.role == v1::MemberRole::Primary as i32
+            && let Some(at) = order.confirmed_at
+        {
+            let until = at + fence_after;
+            s.lease_until = Some(s.lease_until.map_or(until, |u| u.max(until)));
+        }
+        s.kept.group.clone_from(&order.order.group);
+        s.kept.fence_after_ms = order.order.fence_after_ms;
+        s.kept.rejoin_auto = order.order.rejoin_auto;
+        s.order = Some(order.order);
+        self.save(&mut s);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Its state for the heartbeat (none when it is not a member).
+    pub fn report(&self) -> Option<v1::MemberState> {
+        let s = self.standing();
+        if s.kept.group.is_empty() {
+            return None;
+        }
+        let role = match (s.looked.running, s.looked.in_recovery) {
+            (false, _) => v1::MemberRole::Unspecified,
+            (true, true) => v1::MemberRole::Standby,
+            (true, false) => v1::MemberRole::Primary,
+        };
+        Some(v1::MemberState {
+            group: s.kept.group.clone(),
+            epoch: s.kept.epoch,
+            role: role.into(),
+            fenced: s.kept.fenced,
+            timeline: s.looked.timeline,
+            lsn: s.looked.lsn.clone(),
+            last_replayed_commit_unix_ms: s.looked.last_replayed_commit_unix_ms,
+            promoted_unix_ms: s.kept.promoted_unix_ms,
+            promoted_lsn: s.kept.promoted_lsn.clone(),
+            detail: s.detail.clone(),
+            address: format!("{}:{}", self.connect.host(), self.connect.port()),
+            replay_paused: s.looked.replay_paused,
+        })
+    }
+
+    /// Writes what must survive a restart (the lease's end as wall time).
+    fn save(&self, s: &mut Standing) {
+        s.kept.lease_until_unix_ms = s.lease_until.map_or(0, |u| {
+            let left = u.saturating_duration_since(Instant::now());
+            Utc::now().timestamp_millis() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2)
+        });
+        let written = serde_json::to_vec(&s.kept)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&self.kept_file, bytes));
+        if let Err(e) = written {
+            tracing::error!(file = %self.kept_file.display(), error = %e, "cannot keep the failover member's state");
+        }
+    }
+
+    fn set_detail(&self, detail: impl Into<String>) {
+        let detail = detail.into();
+        let mut s = self.standing();
+        if s.detail != detail {
+            tracing::info!(pgdata = %self.pgdata.display(), "{detail}");
+            s.detail = detail;
+        }
+    }
+
+    /// Keeps the server in its ordered role until `shutdown` is set.
+    pub async fn run(self: Arc<Self>, repo: Repository, spec: RepoSpec, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.step(&repo, &spec).await {
+                tracing::error!(pgdata = %self.pgdata.display(), error = %e, "failover member");
+                self.set_detail(format!("error: {e}"));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One look at the server, and what the order asks of it.
+    async fn step(&self, repo: &Repository, spec: &RepoSpec) -> Result<(), PgError> {
+        let looked = self.look().await;
+        let (order, lease_until, kept) = {
+            let mut s = self.standing();
+            s.looked = looked.clone();
+            (s.order.clone(), s.lease_until, s.kept.clone())
+        };
+        if kept.group.is_empty() {
+            return Ok(());
+        }
+        let role = order.as_ref().map_or(kept.role, |o| o.role);
+        let epoch = order.as_ref().map_or(kept.epoch, |o| o.epoch);
+        let leased = lease_until.is_some_and(|u| Instant::now() < u);
+        let writable = looked.running && !looked.in_recovery;
+        if role == v1::MemberRole::Primary as i32 {
+            if !leased {
+                self.may_stream.send_replace(false);
+                if writable || (looked.running && kept.role == v1::MemberRole::Primary as i32 && !kept.fenced) {
+                    self.fence("no leader has confirmed this primary's epoch within fence_after").await?;
+                } else if kept.fenced {
+                    self.set_detail("fenced: waiting for a leader to confirm this primary's epoch");
+                } else {
+                    self.set_detail("waiting for a leader to confirm this primary's epoch");
+                }
+                return Ok(());
+            }
+            if looked.running && looked.in_recovery {
+                if epoch > kept.epoch || kept.role != v1::MemberRole::Primary as i32 {
+                    let order = order.unwrap_or_default();
+                    return self.promote(repo, &order).await;
+                }
+                self.set_detail("a standby, though primary: waiting");
+                return Ok(());
+            }
+            if !looked.running {
+                if kept.fenced && epoch == kept.epoch {
+                    self.unfence().await?;
+                } else {
+                    self.set_detail("primary, but its server is not running");
+                }
+                return Ok(());
+            }
+            self.hold(epoch, v1::MemberRole::Primary, false);
+            self.may_stream.send_replace(true);
+            self.set_detail("primary: accepting writes");
+            return Ok(());
+        }
+        // A standby.
+        self.may_stream.send_replace(false);
+        if writable {
+            // The epoch says another is primary: this one must not write.
+            self.hold(epoch, v1::MemberRole::Primary, kept.fenced);
+            return self.fence("another member is primary under a newer epoch").await;
+        }
+        if looked.running {
+            self.hold(epoch, v1::MemberRole::Standby, false);
+            let paused = if looked.replay_paused { " (replay paused)" } else { "" };
+            self.set_detail(format!("standby: replaying what the repository holds{paused}"));
+            return Ok(());
+        }
+        let has_cluster = self.pgdata.join("PG_VERSION").exists();
+        let was_standby = self.pgdata.join("standby.signal").exists();
+        if has_cluster && was_standby && !kept.fenced {
+            self.hold(epoch, v1::MemberRole::Standby, false);
+            return self.start("starting the standby").await;
+        }
+        if has_cluster && !kept.rejoin_auto {
+            self.hold(epoch, v1::MemberRole::Primary, true);
+            self.set_detail(
+                "fenced: a former primary; rejoin is manual (restore it as a standby, or set rejoin: auto)",
+            );
+            return Ok(());
+        }
+        self.build_standby(repo, spec, has_cluster).await?;
+        self.hold(epoch, v1::MemberRole::Standby, false);
+        self.start("starting the standby built from the repository").await
+    }
+
+    /// Records the epoch, role and fence held.
+    fn hold(&self, epoch: u64, role: v1::MemberRole, fenced: bool) {
+        let mut s = self.standing();
+        if s.kept.epoch != epoch || s.kept.role != role as i32 || s.kept.fenced != fenced {
+            s.kept.epoch = epoch;
+            s.kept.role = role.into();
+            s.kept.fenced = fenced;
+            self.save(&mut s);
+        }
+    }
+
+    /// Stops the server fast: it accepts no more writes.
+    async fn fence(&self, why: &str) -> Result<(), PgError> {
+        {
+            let mut s = self.standing();
+            s.kept.fenced = true;
+            self.save(&mut s);
+        }
+        tracing::error!(pgdata = %self.pgdata.display(), why, "fencing PostgreSQL");
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]).await?;
+        self.set_detail(format!("fenced: {why}"));
+        Ok(())
+    }
+
+    /// Starts a fenced primary again: a leader confirmed its epoch.
+    async fn unfence(&self) -> Result<(), PgError> {
+        self.start("unfencing: a leader confirmed this primary's epoch").await?;
+        let mut s = self.standing();
+        s.kept.fenced = false;
+        self.save(&mut s);
+        Ok(())
+    }
+
+    async fn start(&self, what: &str) -> Result<(), PgError> {
+        self.set_detail(what);
+        // Beside the data directory, not in it: base backups do not carry it.
+        let log = self.kept_file.with_extension("log");
+        let log_arg = log.display().to_string();
+        let out = self.pg_ctl(&["start", "-w", "-t", "300", "-l", &log_arg]).await;
+        if let Err(e) = out {
+            return Err(PgError::Usage(format!("{e}\n{}", log_tail(&log, 15))));
+        }
+        Ok(())
+    }
+
+    /// Restores the newest base backup into the data directory (reusing
+    /// what matches when a cluster is there) and makes it a standby that
+    /// fetches WAL from the repository.
+    async fn build_standby(&self, repo: &Repository, spec: &RepoSpec, delta: bool) -> Result<(), PgError> {
+        self.set_detail(if delta {
+            "rebuilding this former primary as a standby from the repository"
+        } else {
+            "building a standby from the repository"
+        });
+        let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
+        let restore_command = wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
+            .map_err(PgError::io("resolving", Path::new("the key file")))?;
+        if let Some(parent) = self.pgdata.parent()
+            && !self.pgdata.exists()
+        {
+            std::fs::create_dir_all(&self.pgdata).map_err(PgError::io("creating", &self.pgdata))?;
+            let meta = std::fs::metadata(parent).map_err(PgError::io("reading", parent))?;
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::chown(&self.pgdata, Some(meta.uid()), Some(meta.gid()))
+                .map_err(PgError::io("changing owner of", &self.pgdata))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.pgdata, std::fs::Permissions::from_mode(0o700))
+            .map_err(PgError::io("setting the mode of", &self.pgdata))?;
+        let opts = PgRestoreOptions {
+            target_dir: self.pgdata.clone(),
+            from_backup: None,
+            target: RecoveryPoint::Latest,
+            restore_command,
+            delta,
+            tablespace_map: Vec::new(),
+            threads: 0,
+            protect: spec.local_paths(),
+        };
+        let outcome = restore_postgres(repo, opts, Arc::new(Progress::default())).await?;
+        let signal = self.pgdata.join("recovery.signal");
+        std::fs::rename(&signal, self.pgdata.join("standby.signal")).map_err(PgError::io("renaming", &signal))?;
+        // Its own address, not the primary's the backup carries; and WAL
+        // asked for every second, so it follows the repository closely.
+        let mut settings = format!(
+            "# Added by the lifeboat agent: a standby of the failover group\nwal_retrieve_retry_interval = '1s'\nport = {}\n",
+            self.connect.port()
+        );
+        if self.connect.host().starts_with('/') {
+            settings.push_str(&format!("unix_socket_directories = '{}'\n", self.connect.host().replace('\'', "''")));
+        }
+        let auto = self.pgdata.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto))?;
+        conf.push_str(&settings);
+        std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto))?;
+        tracing::info!(backup = %outcome.backup.short(), pgdata = %self.pgdata.display(), "standby built from the repository");
+        Ok(())
+    }
+
+    /// Replays what the repository holds, promotes, and runs the hooks.
+    async fn promote(&self, repo: &Repository, order: &v1::RoleOrder) -> Result<(), PgError> {
+        self.set_detail(format!("promoting under epoch {}: replaying what the repository holds", order.epoch));
+        let client = self.connect.connect().await?;
+        let fail = |what: &str| PgError::db(format!("{what} on {}", self.connect.describe()));
+        client.batch_execute("SELECT pg_wal_replay_resume()").await.map_err(fail("resuming replay"))?;
+        let started = Instant::now();
+        let (mut last, mut since) = (String::new(), Instant::now());
+        loop {
+            let row = client
+                .query_one("SELECT coalesce(pg_last_wal_replay_lsn()::text, '')", &[])
+                .await
+                .map_err(fail("reading the replay position"))?;
+            let lsn: String = row.get(0);
+            if lsn != last {
+                (last, since) = (lsn, Instant::now());
+            } else if since.elapsed() >= CAUGHT_UP_AFTER {
+                break;
+            }
+            if started.elapsed() > CATCH_UP_LIMIT {
+                tracing::warn!(lsn = last, "replay did not settle; promoting where it is");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(fail("promoting"))?;
+        let promoted_at = Utc::now();
+        // Streaming starts from the slot's restart point: a checkpoint puts it on the new timeline.
+        client.batch_execute("CHECKPOINT").await.map_err(fail("checkpointing after the promotion"))?;
+        let row = client
+            .query_one("SELECT timeline_id::int8 FROM pg_control_checkpoint()", &[])
+            .await
+            .map_err(fail("reading the new timeline"))?;
+        let timeline = u32::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+        let history = self.pgdata.join("pg_wal").join(format!("{timeline:08X}.history"));
+        if history.exists() {
+            wal::push(repo, &history).await?;
+        }
+        {
+            let mut s = self.standing();
+            s.kept.epoch = order.epoch;
+            s.kept.role = v1::MemberRole::Primary.into();
+            s.kept.fenced = false;
+            s.kept.promoted_unix_ms = promoted_at.timestamp_millis();
+            s.kept.promoted_lsn.clone_from(&last);
+            self.save(&mut s);
+        }
+        self.may_stream.send_replace(true);
+        tracing::warn!(group = order.group, epoch = order.epoch, lsn = last, timeline, "promoted: accepting writes");
+        self.set_detail(format!("promoted at {last} onto timeline {timeline}"));
+        for hook in &order.after_promotion {
+            self.run_hook(order, hook).await;
+        }
+        Ok(())
+    }
+
+    /// Runs one hook with the new primary's address in its environment;
+    /// its failure is logged, and the promotion stands.
+    async fn run_hook(&self, order: &v1::RoleOrder, hook: &v1::Hook) {
+        let Some((program, args)) = hook.argv.split_first() else { return };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env("LIFEBOAT_GROUP", &order.group)
+            .env("LIFEBOAT_PRIMARY", &order.primary)
+            .env("LIFEBOAT_EPOCH", order.epoch.to_string())
+            .env("PGHOST", self.connect.host())
+            .env("PGPORT", self.connect.port().to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let timeout = Duration::from_secs(hook.timeout_seconds.max(1).into());
+        match tokio::time::timeout(timeout, cmd.output()).await {
+            Ok(Ok(out)) if out.status.success() => tracing::info!(hook = program, "promotion hook ran"),
+            Ok(Ok(out)) => tracing::error!(
+                hook = program,
+                status = %out.status,
+                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                "promotion hook failed"
+            ),
+            Ok(Err(e)) => tracing::error!(hook = program, error = %e, "cannot run the promotion hook"),
+            Err(_) => tracing::error!(hook = program, timeout_s = timeout.as_secs(), "promotion hook timed out"),
+        }
+    }
+
+    /// Whether the server runs, and where it stands.
+    async fn look(&self) -> Looked {
+        if !self.pgdata.join("postmaster.pid").exists() {
+            return Looked::default();
+        }
+        let Ok(client) = self.connect.connect().await else { return Looked::default() };
+        let sql = "SELECT pg_is_in_recovery(), \
+                   CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0')::text \
+                        ELSE pg_current_wal_lsn()::text END, \
+                   (SELECT timeline_id::int8 FROM pg_control_checkpoint()), \
+                   coalesce((extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::int8, 0), \
+                   CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
+        match client.query_one(sql, &[]).await {
+            Ok(row) => Looked {
+                running: true,
+                in_recovery: row.get(0),
+                lsn: row.get(1),
+                timeline: u32::try_from(row.get::<_, i64>(2)).unwrap_or_default(),
+                last_replayed_commit_unix_ms: row.get(3),
+                replay_paused: row.get(4),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look at the server");
+                Looked::default()
+            }
+        }
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) -> Result<(), PgError> {
+        let program = match &self.pg_bin {
+            Some(dir) => dir.join("pg_ctl"),
+            None => {
+                let version = std::fs::read_to_string(self.pgdata.join("PG_VERSION")).unwrap_or_default();
+                let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", version.trim()));
+                if debian.exists() { debian } else { PathBuf::from("pg_ctl") }
+            }
+        };
+        let mut cmd = std::process::Command::new(&program);
+        cmd.arg("-D").arg(&self.pgdata).args(args);
+        run_as_owner_of(&mut cmd, &self.pgdata).map_err(PgError::io("reading", &self.pgdata))?;
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|_| PgError::Usage("running pg_ctl panicked".into()))?
+            .map_err(PgError::io("running", &program))?;
+        if !out.status.success() {
+            return Err(PgError::Usage(format!(
+                "pg_ctl {} on {}: {}",
+                args.first().copied().unwrap_or_default(),
+                self.pgdata.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,420 @@
+//! Failover groups under the leader: their stored state (primary, epoch),
+//! the orders each member's agent is sent with every heartbeat answer
+//! (which are, for a primary, the lease it keeps writing under), the
+//! judgement of a lost primary, and promotions, automatic or by hand.
+//!
+//! The order of events in a partition, which is what keeps two primaries
+//! from ever accepting writes at once: the old primary's agent stops
+//! hearing confirmations and fences its server `fence_after` after the
+//! last heartbeat it had confirmed; this leader (or a new one, counting
+//! from the start of its term) promotes only `failover_after` after it
+//! last heard that agent, and `failover_after` exceeds `fence_after` by a
+//! margin the policy enforces. A promotion raises the epoch in a
+//! conditional write, so an order from a leader that lost its term cannot
+//! be written, and an agent ignores orders of an older epoch.
+
+pub mod fence;
+pub mod judge;
+pub mod record;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use lifeboat_common::policy::failover::{FailoverGroup, GroupKind, Member, Rejoin};
+use lifeboat_proto::v1;
+
+use self::judge::{Judgement, Observed, Positions, judge, parse_lsn};
+use self::record::{FailoverEvent, GroupRecord};
+use crate::agents::AgentRecord;
+use crate::state::{Condition, Op, State, StateError, encode};
+
+/// A group's record and the revision it was read or written at.
+#[derive(Debug, Clone)]
+struct Stored {
+    record: GroupRecord,
+    revision: i64,
+}
+
+/// Why an operator's promotion was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteRefused {
+    /// No group of that name in the policy.
+    #[error("no failover group {0:?} in the policy")]
+    NoGroup(String),
+    /// Not a member of the group.
+    #[error("{member} is not a member of group {group}")]
+    NotMember {
+        /// The group.
+        group: String,
+        /// What was named.
+        member: String,
+    },
+    /// Already its primary.
+    #[error("{0} is the primary already")]
+    AlreadyPrimary(String),
+    /// Not eligible, and not forced.
+    #[error("{member} cannot be promoted: {why} (give --force to promote it anyway)")]
+    NotEligible {
+        /// The member.
+        member: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// What a promotion did, for the audit log and the caller.
+#[derive(Debug, Clone)]
+pub struct Promoted {
+    /// The group.
+    pub group: String,
+    /// The event recorded.
+    pub event: FailoverEvent,
+}
+
+/// A promotion to make.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    /// The member promoted.
+    pub to: Member,
+    /// `automatic: ...`, or `manual by WHO`.
+    pub cause: String,
+    /// When the old primary was last heard (or now, when it is alive).
+    pub lost: DateTime<Utc>,
+    /// The old primary's lease has surely run out by then.
+    pub hold_until: DateTime<Utc>,
+    /// When it is ordered.
+    pub now: DateTime<Utc>,
+}
+
+/// Every group of the policy, as this leader holds it.
+#[derive(Debug, Default)]
+pub struct GroupBook {
+    stored: HashMap<String, Stored>,
+    /// The primary's positions, per group.
+    positions: HashMap<String, Positions>,
+    /// The positions of the primary before the last promotion, for its RPO.
+    previous: HashMap<String, Positions>,
+}
+
+impl GroupBook {
+    /// Reads the stored groups.
+    pub async fn load(state: State<'_>, prefix: &str) -> Result<Self, StateError> {
+        let mut book = GroupBook::default();
+        for (_, v) in state.list(&GroupRecord::prefix(prefix)).await? {
+            match serde_json::from_slice::<GroupRecord>(&v.value) {
+                Ok(record) => {
+                    book.stored.insert(record.name.clone(), Stored { record, revision: v.revision });
+                }
+                Err(e) => tracing::error!(error = %e, "unreadable failover group record ignored"),
+            }
+        }
+        Ok(book)
+    }
+
+    /// Stores a first record for each group of the policy that has none:
+    /// the policy's primary, epoch 1.
+    pub async fn ensure(&mut self, state: State<'_>, prefix: &str, groups: &[FailoverGroup]) -> Result<(), StateError> {
+        let missing: Vec<&FailoverGroup> = groups.iter().filter(|g| !self.stored.contains_key(&g.name)).collect();
+        for group in missing {
+            let record = GroupRecord {
+                name: group.name.clone(),
+                primary: group.primary.to_string(),
+                epoch: 1,
+                paused: false,
+                last_failover: None,
+            };
+            let key = GroupRecord::key(prefix, &group.name);
+            let put = Op::Put(key.clone(), encode("a failover group", &record)?);
+            match state.commit_if(&[Condition::Absent(key.clone())], &[put]).await? {
+                Some(revision) => {
+                    tracing::info!(group = group.name, primary = record.primary, "failover group started");
+                    self.stored.insert(group.name.clone(), Stored { record, revision });
+                }
+                None => {
+                    // Written meanwhile (by a previous leader): read it.
+                    if let Some(v) = state.get(&key).await?
+                        && let Ok(record) = serde_json::from_slice::<GroupRecord>(&v.value)
+                    {
+                        self.stored.insert(group.name.clone(), Stored { record, revision: v.revision });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of a group.
+    pub fn record(&self, group: &str) -> Option<&GroupRecord> {
+        self.stored.get(group).map(|s| &s.record)
+    }
+
+    /// Whether `host` has a member in any group.
+    pub fn has_members(groups: &[FailoverGroup], host: &str) -> bool {
+        groups.iter().any(|g| g.members.iter().any(|m| m.host == host))
+    }
+
+    /// Takes in a heartbeat of `agent`: the primaries' positions, and a
+    /// promoted member's first report of accepting writes (its RTO).
+    /// Returns the failovers that completed.
+    pub async fn heard(
+        &mut self,
+        state: State<'_>,
+        prefix: &str,
+        groups: &[FailoverGroup],
+        agent: &AgentRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<FailoverEvent>, StateError> {
+        let mut completed = Vec::new();
+        for group in groups {
+            let Some(stored) = self.stored.get(&group.name) else { continue };
+            let primary = stored.record.primary.clone();
+            let Some(seen) = member_of(agent, &primary).and_then(|s| s.member.as_ref()) else { continue };
+            let reports_primary = seen.state.role == v1::MemberRole::Primary as i32 && !seen.state.fenced;
+            if reports_primary && let Some(lsn) = parse_lsn(&seen.state.lsn) {
+                self.positions.entry(group.name.clone()).or_default().record(now, lsn);
+            }
+            let waiting = stored.record.last_failover.as_ref().is_some_and(|f| f.accepted.is_none() && f.to == primary);
+            if waiting && reports_primary && seen.state.epoch == stored.record.epoch && seen.state.promoted_unix_ms > 0
+            {
+                let mut record = stored.record.clone();
+                if let Some(event) = record.last_failover.as_mut() {
+                    event.accepted = DateTime::from_timestamp_millis(seen.state.promoted_unix_ms).or(Some(now));
+                    event.promoted_lsn.clone_from(&seen.state.promoted_lsn);
+                    if let Some(p) = parse_lsn(&event.promoted_lsn)
+                        && event.old_past_promoted.is_none()
+                    {
+                        event.old_past_promoted = self.previous.get(&group.name).and_then(|h| h.first_past(p));
+                    }
+                    completed.push(event.clone());
+                }
+                self.write(state, prefix, record).await?;
+            }
+        }
+        Ok(completed)
+    }
+
+    /// The orders for `host`'s members: its role in each group, the epoch,
+    /// and what it needs to act on them.
+    pub fn orders_for(
+        &self,
+        groups: &[FailoverGroup],
+        host: &str,
+        agents: &HashMap<String, AgentRecord>,
+        now: DateTime<Utc>,
+    ) -> Vec<v1::RoleOrder> {
+        let mut orders = Vec::new();
+        for group in groups {
+            let Some(stored) = self.stored.get(&group.name) else { continue };
+            let held = stored.record.last_failover.as_ref().is_some_and(|f| {
+                f.epoch == stored.record.epoch && now < f.hold_until && !stepped_down(agents, &f.from, f.epoch)
+            });
+            for member in group.members.iter().filter(|m| m.host == host) {
+                // Until the old primary has surely stopped, its successor waits as a standby.
+                let primary = member.to_string() == stored.record.primary && !held;
+                let primary_address = stored
+                    .record
+                    .primary
+                    .parse::<Member>()
+                    .ok()
+                    .and_then(|p| agents.get(&p.host).and_then(|a| a.sources.get(&p.source)))
+                    .and_then(|s| s.member.as_ref())
+                    .map(|m| m.state.address.clone())
+                    .unwrap_or_default();
+                orders.push(v1::RoleOrder {
+                    group: group.name.clone(),
+                    source_id: member.source.clone(),
+                    role: if primary { v1::MemberRole::Primary } else { v1::MemberRole::Standby }.into(),
+                    epoch: stored.record.epoch,
+                    fence_after_ms: u32::try_from(group.fence_after.as_millis()).unwrap_or(u32::MAX),
+                    rejoin_auto: group.rejoin == Rejoin::Auto,
+                    after_promotion: group
+                        .after_promotion
+                        .iter()
+                        .map(|h| v1::Hook {
+                            argv: h.command.clone(),
+                            timeout_seconds: u32::try_from(h.timeout.as_secs()).unwrap_or(u32::MAX),
+                        })
+                        .collect(),
+                    primary: stored.record.primary.clone(),
+                    primary_address,
+                });
+            }
+        }
+        orders
+    }
+
+    /// Judges every group at `now`.
+    pub fn judge_all<'g>(
+        &self,
+        groups: &'g [FailoverGroup],
+        agents: &HashMap<String, AgentRecord>,
+        connected: impl Fn(&str) -> bool,
+        started: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Vec<(&'g FailoverGroup, Judgement)> {
+        let empty = Positions::default();
+        groups
+            .iter()
+            .filter_map(|group| {
+                let stored = self.stored.get(&group.name)?;
+                let observed: Vec<Observed<'_>> = group
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let agent = agents.get(&m.host);
+                        Observed {
+                            member: m,
+                            region: agent.map(|a| a.region.clone()).unwrap_or_default(),
+                            connected: connected(&m.host),
+                            last_seen: agent.map(|a| a.last_seen),
+                            seen: agent.and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref()),
+                        }
+                    })
+                    .collect();
+                let positions = self.positions.get(&group.name).unwrap_or(&empty);
+                Some((group, judge(group, &stored.record, &observed, positions, started, now)))
+            })
+            .collect()
+    }
+
+    /// Makes `to` the primary of `group` under a new epoch (the caller has
+    /// judged it may). The write is conditional on the record not having
+    /// changed since it was read.
+    pub async fn promote(
+        &mut self,
+        state: State<'_>,
+        prefix: &str,
+        group: &FailoverGroup,
+        promotion: Promotion,
+    ) -> Result<Option<Promoted>, StateError> {
+        let Some(stored) = self.stored.get(&group.name) else { return Ok(None) };
+        let old_lsn = self.positions.get(&group.name).and_then(Positions::newest).unwrap_or(0);
+        let event = FailoverEvent {
+            from: stored.record.primary.clone(),
+            to: promotion.to.to_string(),
+            epoch: stored.record.epoch + 1,
+            cause: promotion.cause,
+            lost: promotion.lost,
+            ordered: promotion.now,
+            accepted: None,
+            promoted_lsn: String::new(),
+            old_lsn,
+            old_past_promoted: None,
+            hold_until: promotion.hold_until,
+        };
+        let record = GroupRecord {
+            primary: promotion.to.to_string(),
+            epoch: event.epoch,
+            last_failover: Some(event.clone()),
+            ..stored.record.clone()
+        };
+        self.write(state, prefix, record).await?;
+        // The old primary's positions stay for the RPO; the new one's start afresh.
+        if let Some(old) = self.positions.remove(&group.name) {
+            self.previous.insert(group.name.clone(), old);
+        }
+        Ok(Some(Promoted { group: group.name.clone(), event }))
+    }
+
+    /// Pauses or resumes automatic failover of `group`: false when there is no such group.
+    pub async fn set_paused(
+        &mut self,
+        state: State<'_>,
+        prefix: &str,
+        group: &str,
+        paused: bool,
+    ) -> Result<bool, StateError> {
+        let Some(stored) = self.stored.get(group) else { return Ok(false) };
+        let record = GroupRecord { paused, ..stored.record.clone() };
+        self.write(state, prefix, record).await.map(|()| true)
+    }
+
+    async fn write(&mut self, state: State<'_>, prefix: &str, record: GroupRecord) -> Result<(), StateError> {
+        let key = GroupRecord::key(prefix, &record.name);
+        let revision = self.stored.get(&record.name).map(|s| s.revision);
+        let condition = match revision {
+            Some(r) => Condition::Revision(key.clone(), r),
+            None => Condition::Absent(key.clone()),
+        };
+        let put = Op::Put(key.clone(), encode("a failover group", &record)?);
+        match state.commit_if(&[condition], &[put]).await? {
+            Some(revision) => {
+                self.stored.insert(record.name.clone(), Stored { record, revision });
+                Ok(())
+            }
+            None => {
+                // Changed behind this leader's back: take what is there.
+                if let Some(v) = state.get(&key).await?
+                    && let Ok(theirs) = serde_json::from_slice::<GroupRecord>(&v.value)
+                {
+                    self.stored.insert(theirs.name.clone(), Stored { record: theirs, revision: v.revision });
+                }
+                Err(StateError::Conflict(key))
+            }
+        }
+    }
+
+    /// A group on the wire.
+    pub fn to_proto(
+        &self,
+        group: &FailoverGroup,
+        judgement: Option<&Judgement>,
+        agents: &HashMap<String, AgentRecord>,
+        connected: impl Fn(&str) -> bool,
+    ) -> v1::FailoverGroup {
+        let record = self.stored.get(&group.name).map(|s| &s.record);
+        let primary = record.map_or_else(|| group.primary.to_string(), |r| r.primary.clone());
+        let members = group
+            .members
+            .iter()
+            .map(|m| {
+                let agent = agents.get(&m.host);
+                let judged = judgement.and_then(|j| j.members.iter().find(|x| &x.member == m));
+                v1::FailoverMember {
+                    member: m.to_string(),
+                    region: agent.map(|a| a.region.clone()).unwrap_or_default(),
+                    connected: connected(&m.host),
+                    state: agent
+                        .and_then(|a| a.sources.get(&m.source))
+                        .and_then(|s| s.member.as_ref())
+                        .map(|s| s.state.clone()),
+                    lag_bytes: judged.map_or(0, |j| j.lag_bytes),
+                    lag_seconds: judged.map_or(0.0, |j| j.lag_seconds),
+                    eligible: judged.is_some_and(|j| j.eligible),
+                    why_not: judged.map(|j| j.why_not.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        v1::FailoverGroup {
+            name: group.name.clone(),
+            kind: match group.kind {
+                GroupKind::Postgres => "postgres",
+                GroupKind::Redis => "redis",
+            }
+            .into(),
+            primary,
+            epoch: record.map_or(0, |r| r.epoch),
+            automatic: group.automatic,
+            paused: record.is_some_and(|r| r.paused),
+            failover_after_seconds: u32::try_from(group.failover_after.as_secs()).unwrap_or(u32::MAX),
+            max_lag_seconds: u32::try_from(group.max_lag.as_secs()).unwrap_or(u32::MAX),
+            members,
+            blocked: judgement.map(|j| j.blocked.clone()).unwrap_or_default(),
+            last_failover: record.and_then(|r| r.last_failover.as_ref()).map(FailoverEvent::to_proto),
+            primary_lost_unix_ms: judgement.and_then(|j| j.primary_silent_since).map_or(0, |t| t.timestamp_millis()),
+        }
+    }
+}
+
+/// Whether the old primary `from` reported itself stopped, or a standby, under `epoch`.
+fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -> bool {
+    let Ok(m) = from.parse::<Member>() else { return false };
+    let seen = agents.get(&m.host).and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref());
+    seen.is_some_and(|s| s.state.epoch >= epoch && (s.state.fenced || s.state.role != v1::MemberRole::Primary as i32))
+}
+
+/// The source record of `member` (`HOST/SOURCE`) if `agent` is its host.
+fn member_of<'a>(agent: &'a AgentRecord, member: &str) -> Option<&'a crate::agents::SourceRecord> {
+    let m: Member = member.parse().ok()?;
+    (m.host == agent.host).then(|| agent.sources.get(&m.source)).flatten()
+}

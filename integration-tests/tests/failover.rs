@@ -1,0 +1,253 @@
+//! Multi-region failover with real processes: a coordinator, an agent per
+//! region, a PostgreSQL 15 primary under a writer that records every
+//! acknowledged commit, and a standby its agent builds from the
+//! repository. The primary's region is lost (agent SIGKILLed, server
+//! stopped immediate) and the standby must be promoted within the bounds;
+//! the leader stalls (SIGSTOP) and the primary must fence itself, then
+//! resume when a confirmation comes again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, Proc, free_port, serial, wait_for};
+use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir};
+use lifeboat_integration_tests::writer::{Writer, ids_on};
+
+/// The group's bounds in these tests.
+const FAILOVER_AFTER: u64 = 10;
+const MAX_LAG: u64 = 30;
+
+/// Two regions: `fra` with the primary, `dub` with the standby its agent builds.
+struct Regions {
+    dir: KeptOnFailure,
+    deployment: Deployment,
+    url: String,
+    coordinator: Proc,
+    primary: Cluster,
+    fra: Proc,
+    dub: Proc,
+    standby_port: u16,
+    standby_pgdata: std::path::PathBuf,
+}
+
+fn postgres_source(pgdata: &Path, port: u16) -> String {
+    format!(
+        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\n\
+         [source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\n",
+        pgdata.display()
+    )
+}
+
+fn region_config(path: &Path, region: &str) {
+    lifeboat_integration_tests::control::configure(path, &format!("region = \"{region}\""));
+}
+
+impl Regions {
+    fn start() -> Regions {
+        let dir = KeptOnFailure::new();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deployment = Deployment::new(dir.path(), &["c1"], &["fra-db1", "dub-db1"]);
+        // The servers' restore_command (wal-fetch) runs as postgres.
+        give_to_postgres(&deployment.repo);
+        give_to_postgres(&deployment.key);
+        let policy = deployment.policy(
+            "policy.yaml",
+            &format!(
+                "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
+                 failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
+                 max_lag: {MAX_LAG}s\n    failover_after: {FAILOVER_AFTER}s\n"
+            ),
+        );
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let coordinator = deployment.start_coordinator(&deployment.coordinator_config("c1", port, &policy, None));
+
+        let mut primary = Cluster::init(dir.path(), "fra", "");
+        primary.start();
+        let fra_config = deployment.agent_config(
+            "fra-db1",
+            std::slice::from_ref(&url),
+            &postgres_source(&primary.pgdata, primary.port),
+        );
+        region_config(&fra_config, "fra");
+        let fra = deployment.start_agent(&fra_config);
+        // A base backup while the agent streams: the standby is built from it.
+        let out = Command::new(lifeboat_integration_tests::postgres::workspace_bin("lifeboat"))
+            .args(["backup", "postgres", "--pgdata"])
+            .arg(&primary.pgdata)
+            .args(["--repo"])
+            .arg(&deployment.repo)
+            .arg("--key-file")
+            .arg(&deployment.key)
+            .args(primary.conn_args())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "base backup: {}", String::from_utf8_lossy(&out.stderr));
+
+        let standby_port = free_port();
+        let standby_pgdata = postgres_dir(dir.path(), "dub").join("data");
+        let dub_config = deployment.agent_config(
+            "dub-db1",
+            std::slice::from_ref(&url),
+            &postgres_source(&standby_pgdata, standby_port),
+        );
+        region_config(&dub_config, "dub");
+        let dub = deployment.start_agent(&dub_config);
+        Regions { dir, deployment, url, coordinator, primary, fra, dub, standby_port, standby_pgdata }
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let reply = self.deployment.admin_json(&self.url, "vera", &["failover", "status"])?;
+        Some(reply["groups"][0].clone())
+    }
+
+    fn member<'a>(group: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        group["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["member"] == name))
+            .unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// Waits until the standby replays and is eligible.
+    fn wait_standby_eligible(&self) {
+        wait_for(Duration::from_secs(120), "the standby to be built and eligible", || {
+            let group = self.status()?;
+            (Self::member(&group, "dub-db1/pg")["eligible"] == true).then_some(())
+        });
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- coordinator\n{}\n--- fra\n{}\n--- dub\n{}",
+            tail(&self.coordinator.log_text()),
+            tail(&self.fra.log_text()),
+            tail(&self.dub.log_text())
+        )
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn accepts_connections(port: u16) -> bool {
+    Command::new(pg_bin("pg_isready"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A number of the JSON mapping, where 64-bit integers are strings.
+fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0)
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[test]
+fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_lag() {
+    let _one = serial();
+    let mut r = Regions::start();
+    r.wait_standby_eligible();
+    let writer = Writer::start(r.primary.port, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Region fra lost: its agent and its server die together.
+    r.fra.kill();
+    r.primary.kill();
+    let lost = SystemTime::now();
+    let lost_at = Instant::now();
+    let acked = writer.stop();
+    assert!(acked.len() > 50, "the writer committed only {} rows", acked.len());
+
+    let group = wait_for(Duration::from_secs(FAILOVER_AFTER + 60), "the standby's promotion", || {
+        let group = r.status()?;
+        (group["primary"] == "dub-db1/pg" && num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0).then_some(group)
+    });
+    let took = lost_at.elapsed();
+    let failover = &group["lastFailover"];
+    eprintln!("failover: {failover}\ndetected and promoted {took:?} after the loss");
+    assert_eq!(num(&group["epoch"]), 2.0, "{group}");
+    assert!(failover["cause"].as_str().unwrap().starts_with("automatic"), "{failover}");
+    // RTO: within failover_after and 15 s more.
+    assert!(seconds(took) <= (FAILOVER_AFTER + 15) as f64, "promoted {took:?} after the loss\n{}", r.logs());
+    assert!(accepts_connections(r.standby_port));
+    let rto = num(&failover["rtoSeconds"]);
+    assert!(rto >= FAILOVER_AFTER as f64 - 1.0 && rto <= (FAILOVER_AFTER + 15) as f64, "{failover}");
+
+    // RPO: every commit acknowledged more than 5 s before the loss is there.
+    let present = ids_on(r.standby_port);
+    let missing: Vec<_> = acked.iter().filter(|a| !present.contains(&a.id)).collect();
+    let oldest_missing = missing.iter().map(|a| lost.duration_since(a.at).unwrap_or_default()).max();
+    eprintln!(
+        "{} commits acknowledged, {} missing after the failover (the oldest {:?} before the loss)",
+        acked.len(),
+        missing.len(),
+        oldest_missing
+    );
+    assert!(oldest_missing.is_none_or(|d| d < Duration::from_secs(5)), "lost commits older than 5 s: {missing:?}");
+
+    // The new primary writes, and streams its new timeline into the repository.
+    let promoted = Cluster::running(&r.standby_pgdata, &r.standby_pgdata, r.standby_port);
+    promoted.sql("INSERT INTO lifeboat_writes (id) VALUES (-1)");
+    assert_eq!(promoted.sql("SELECT pg_is_in_recovery()"), "f");
+    wait_for(Duration::from_secs(30), "the new timeline's history in the repository", || {
+        r.deployment.repo.join("wal/00000002/00000002.history").exists().then_some(())
+    });
+    let audit = std::fs::read_to_string(r.dir.path().join("coordinator-c1/audit.log")).unwrap();
+    assert!(audit.contains("Failover/Promote") && audit.contains("Failover/Accepted"), "{audit}");
+    drop(promoted);
+    r.dub.kill();
+    pg_stop(&r.standby_pgdata);
+}
+
+#[test]
+fn a_primary_unconfirmed_for_fence_after_fences_itself_and_resumes_when_confirmed() {
+    let _one = serial();
+    let mut r = Regions::start();
+    r.wait_standby_eligible();
+    // The leader stalls past fence_after (5 s for failover_after 10 s) but
+    // not past failover_after counted from its recovery: the primary must
+    // stop accepting writes, and nothing is promoted.
+    let paused = Instant::now();
+    r.coordinator.pause();
+    wait_for(Duration::from_secs(20), "the primary to fence itself", || {
+        (!accepts_connections(r.primary.port)).then_some(())
+    });
+    let fenced_after = paused.elapsed();
+    // fence_after is 5 s; a heartbeat answered just before the pause may extend it by one beat.
+    assert!(fenced_after >= Duration::from_secs(4), "fenced {fenced_after:?} after the leader stalled");
+    let log = r.fra.log_text();
+    assert!(log.contains("fencing PostgreSQL"), "{}", tail(&log));
+    r.coordinator.resume();
+    wait_for(Duration::from_secs(30), "the primary to be confirmed and started again", || {
+        accepts_connections(r.primary.port).then_some(())
+    });
+    eprintln!("fenced {fenced_after:?} after the leader stalled; serving again {:?} after it", paused.elapsed());
+    assert!(r.fra.log_text().contains("unfencing"), "{}", r.logs());
+    let group = r.status().unwrap();
+    assert_eq!(group["primary"], "fra-db1/pg", "{group}\n{}", r.logs());
+    assert_eq!(num(&group["epoch"]), 1.0, "{group}");
+    assert_ne!(Regions::member(&group, "fra-db1/pg")["state"]["fenced"], true, "{group}");
+    // The restarted server is under pg_ctl now: stop it at the end.
+    r.fra.kill();
+    r.dub.kill();
+    pg_stop(&r.primary.pgdata);
+    pg_stop(&r.standby_pgdata);
+}
+
+/// Stops a server the agent started (not a child of the test).
+fn pg_stop(pgdata: &Path) {
+    let _ = lifeboat_integration_tests::postgres::as_postgres(&pg_bin("pg_ctl"))
+        .arg("-D")
+        .arg(pgdata)
+        .args(["stop", "-m", "immediate", "-w"])
+        .output();
+}
