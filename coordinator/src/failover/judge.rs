@@ -281,6 +281,8 @@ mod tests {
         let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
         let mut positions = Positions::default();
         positions.record(t0, 0x1000);
+        // Past b's position a minute before it was last heard.
+        positions.record(t0 + chrono::Duration::seconds(1), 0x1800);
         positions.record(t0 + chrono::Duration::seconds(60), 0x2000);
         let (a, b, c) = (&g.members[0], &g.members[1], &g.members[2]);
         let sb = seen(v1::MemberRole::Standby, "0/1000", t0);
