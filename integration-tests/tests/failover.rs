@@ -19,7 +19,6 @@ use lifeboat_integration_tests::writer::{Writer, ids_on};
 
 /// The group's bounds in these tests.
 const FAILOVER_AFTER: u64 = 10;
-const MAX_LAG: u64 = 30;
 
 /// Two regions: `fra` with the primary, `dub` with the standby its agent builds.
 struct Regions {
@@ -47,7 +46,8 @@ fn region_config(path: &Path, region: &str) {
 }
 
 impl Regions {
-    fn start() -> Regions {
+    /// The group allows `max_lag` seconds and rejoins as `rejoin` says.
+    fn start(max_lag: u64, rejoin: &str) -> Regions {
         let dir = KeptOnFailure::new();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let deployment = Deployment::new(dir.path(), &["c1"], &["fra-db1", "dub-db1"]);
@@ -59,7 +59,7 @@ impl Regions {
             &format!(
                 "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
                  failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
-                 max_lag: {MAX_LAG}s\n    failover_after: {FAILOVER_AFTER}s\n"
+                 max_lag: {max_lag}s\n    failover_after: {FAILOVER_AFTER}s\n    rejoin: {rejoin}\n"
             ),
         );
         let port = free_port();
@@ -154,7 +154,7 @@ fn seconds(d: Duration) -> f64 {
 #[test]
 fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_lag() {
     let _one = serial();
-    let mut r = Regions::start();
+    let mut r = Regions::start(30, "auto");
     r.wait_standby_eligible();
     let writer = Writer::start(r.primary.port, Duration::from_millis(20));
     std::thread::sleep(Duration::from_secs(5));
@@ -203,7 +203,77 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
     });
     let audit = std::fs::read_to_string(r.dir.path().join("coordinator-c1/audit.log")).unwrap();
     assert!(audit.contains("Failover/Promote") && audit.contains("Failover/Accepted"), "{audit}");
+
+    // Region fra returns: its old primary must not come back as a primary;
+    // with rejoin: auto its agent rebuilds it as a standby of the new
+    // timeline, and it catches up with what the new primary wrote.
+    promoted.sql("INSERT INTO lifeboat_writes (id) VALUES (-2)");
+    r.fra = r.deployment.start_agent(&r.dir.path().join("agent-fra-db1.toml"));
+    wait_for(Duration::from_secs(120), "the old primary to rejoin as a standby", || {
+        let group = r.status()?;
+        let fra = Regions::member(&group, "fra-db1/pg");
+        (fra["state"]["role"] == "MEMBER_ROLE_STANDBY" && fra["eligible"] == true).then_some(())
+    });
+    let rejoined = Cluster::running(&r.primary.pgdata, &r.primary.run_dir, r.primary.port);
+    wait_for(Duration::from_secs(30), "the rejoined standby to replay the new primary's writes", || {
+        (rejoined.sql("SELECT count(*) FROM lifeboat_writes WHERE id = -2") == "1").then_some(())
+    });
+    assert_eq!(rejoined.sql("SELECT pg_is_in_recovery()"), "t");
+    assert!(r.fra.log_text().contains("rebuilding this former primary as a standby"), "{}", r.logs());
+    drop(rejoined);
     drop(promoted);
+    r.fra.kill();
+    r.dub.kill();
+    pg_stop(&r.standby_pgdata);
+    pg_stop(&r.primary.pgdata);
+}
+
+#[test]
+fn a_lagging_standby_is_not_promoted_and_says_why_until_an_admin_forces_it() {
+    let _one = serial();
+    let mut r = Regions::start(3, "manual");
+    r.wait_standby_eligible();
+    let standby = Cluster::running(&r.standby_pgdata, &r.standby_pgdata, r.standby_port);
+    standby.sql("SELECT pg_wal_replay_pause()");
+    let writer = Writer::start(r.primary.port, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(8));
+    r.fra.kill();
+    r.primary.kill();
+    let lost = SystemTime::now();
+    let acked = writer.stop();
+
+    // Past failover_after: nothing promoted, and status says why.
+    std::thread::sleep(Duration::from_secs(FAILOVER_AFTER + 4));
+    let group = r.status().unwrap();
+    assert_eq!(group["primary"], "fra-db1/pg", "{group}");
+    let blocked = group["blocked"].as_str().unwrap_or_default();
+    assert!(blocked.contains("past max_lag 3s"), "{group}");
+    let out = r.deployment.admin(&r.url, "vera", &["failover", "status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing would be promoted"));
+
+    // Promoting is an admin's call, and refused past max_lag without --force.
+    let promote = ["failover", "promote", "orders-db", "--to", "dub-db1/pg"];
+    let out = r.deployment.admin(&r.url, "alice", &promote);
+    assert!(!out.status.success(), "an operator promoted");
+    let out = r.deployment.admin(&r.url, "root", &promote);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("past max_lag") && said.contains("--force"), "{said}");
+    let forced = [&promote[..], &["--force"]].concat();
+    let out = r.deployment.admin(&r.url, "root", &forced);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(Duration::from_secs(60), "the forced promotion", || {
+        let group = r.status()?;
+        (num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0).then_some(())
+    });
+    // Replay resumed before the promotion: all the repository held is there.
+    let present = ids_on(r.standby_port);
+    let missing: Vec<_> = acked.iter().filter(|a| !present.contains(&a.id)).collect();
+    let oldest = missing.iter().map(|a| lost.duration_since(a.at).unwrap_or_default()).max();
+    assert!(oldest.is_none_or(|d| d < Duration::from_secs(5)), "lost commits older than 5 s: {missing:?}");
+    let audit = std::fs::read_to_string(r.dir.path().join("coordinator-c1/audit.log")).unwrap();
+    assert!(audit.contains("manual by admin:root (forced)"), "{audit}");
+    drop(standby);
     r.dub.kill();
     pg_stop(&r.standby_pgdata);
 }
@@ -211,7 +281,7 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
 #[test]
 fn a_primary_unconfirmed_for_fence_after_fences_itself_and_resumes_when_confirmed() {
     let _one = serial();
-    let mut r = Regions::start();
+    let mut r = Regions::start(30, "manual");
     r.wait_standby_eligible();
     // The leader stalls past fence_after (5 s for failover_after 10 s) but
     // not past failover_after counted from its recovery: the primary must

@@ -45,6 +45,8 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 const CAUGHT_UP_AFTER: Duration = Duration::from_secs(3);
 /// The longest a promotion waits for replay to settle.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// How long after a failure (a build that could not be made) the next try waits.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// What survives an agent restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -214,12 +216,16 @@ impl Member {
     /// Keeps the server in its ordered role until `shutdown` is set.
     pub async fn run(self: Arc<Self>, repo: Repository, spec: RepoSpec, mut shutdown: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.step(&repo, &spec).await {
-                tracing::error!(pgdata = %self.pgdata.display(), error = %e, "failover member");
-                self.set_detail(format!("error: {e}"));
-            }
+            let pause = match self.step(&repo, &spec).await {
+                Ok(()) => LOOK_EVERY,
+                Err(e) => {
+                    tracing::error!(pgdata = %self.pgdata.display(), error = %e, "failover member");
+                    self.set_detail(format!("error: {e}"));
+                    RETRY_AFTER
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
@@ -359,6 +365,15 @@ impl Member {
         } else {
             "building a standby from the repository"
         });
+        if delta && self.pgdata.join("postmaster.pid").exists() {
+            // Left by a server that crashed (or was killed with its host):
+            // `pg_ctl status` says whether one still runs on it.
+            if self.pg_ctl(&["status"]).await.is_ok() {
+                return Err(PgError::Usage(format!("a server still runs on {}", self.pgdata.display())));
+            }
+            let pid = self.pgdata.join("postmaster.pid");
+            std::fs::remove_file(&pid).map_err(PgError::io("removing the stale", &pid))?;
+        }
         let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
         let restore_command = wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
             .map_err(PgError::io("resolving", Path::new("the key file")))?;
