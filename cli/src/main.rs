@@ -61,7 +61,7 @@ enum Command {
     Cancel(commands::control::CancelArgs),
     /// The leader's incidents (exit 2 while one is open); `alerts ack ID` stops one's escalation.
     Alerts(commands::alerts::AlertsCommand),
-    /// Failover groups: `status`, `promote GROUP --to HOST/SOURCE`, `pause`, `resume`.
+    /// Failover groups: `status`, `promote GROUP --to HOST/SOURCE`, `switchover`, `pause`, `resume`.
     Failover(commands::failover::FailoverCommand),
 }
 

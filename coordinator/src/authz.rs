@@ -78,12 +78,14 @@ pub enum AdminCall {
     FailoverStatus,
     /// `Promote`.
     Promote,
+    /// `Switchover`.
+    Switchover,
     /// `PauseFailover`.
     PauseFailover,
 }
 
 impl AdminCall {
-    const ALL: [AdminCall; 13] = [
+    const ALL: [AdminCall; 14] = [
         AdminCall::Status,
         AdminCall::ListAgents,
         AdminCall::ListJobs,
@@ -96,6 +98,7 @@ impl AdminCall {
         AdminCall::AckIncident,
         AdminCall::FailoverStatus,
         AdminCall::Promote,
+        AdminCall::Switchover,
         AdminCall::PauseFailover,
     ];
 
@@ -114,6 +117,7 @@ impl AdminCall {
             AdminCall::AckIncident => "AckIncident",
             AdminCall::FailoverStatus => "FailoverStatus",
             AdminCall::Promote => "Promote",
+            AdminCall::Switchover => "Switchover",
             AdminCall::PauseFailover => "PauseFailover",
         }
     }
@@ -128,7 +132,7 @@ impl AdminCall {
             | AdminCall::ListIncidents
             | AdminCall::FailoverStatus => Role::Viewer,
             AdminCall::RunBackup | AdminCall::Restore | AdminCall::CancelJob | AdminCall::AckIncident => Role::Operator,
-            AdminCall::Audit | AdminCall::Promote | AdminCall::PauseFailover => Role::Admin,
+            AdminCall::Audit | AdminCall::Promote | AdminCall::Switchover | AdminCall::PauseFailover => Role::Admin,
         }
     }
 }

@@ -114,3 +114,12 @@ pub fn ids_on(port: u16) -> std::collections::BTreeSet<i64> {
         rows.iter().map(|r| r.get::<_, i64>(0)).collect()
     })
 }
+
+/// Runs `sql` on the server on `port` (one that no test's `Cluster` owns).
+pub fn sql_on(port: u16, sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        let client = connect(port).await.expect("connecting");
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, Proc, free_port, serial, wait_for};
 use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir};
-use lifeboat_integration_tests::writer::{Writer, ids_on};
+use lifeboat_integration_tests::writer::{Writer, ids_on, sql_on};
 
 /// The group's bounds in these tests.
 const FAILOVER_AFTER: u64 = 10;
@@ -320,4 +320,52 @@ fn pg_stop(pgdata: &Path) {
         .arg(pgdata)
         .args(["stop", "-m", "immediate", "-w"])
         .output();
+}
+
+#[test]
+fn a_switchover_and_back_loses_no_commit_and_the_old_primary_follows_each_time() {
+    let _one = serial();
+    let mut r = Regions::start(30, "manual");
+    r.wait_standby_eligible();
+    let ports = [(r.primary.port, "dub-db1/pg", r.standby_port), (r.standby_port, "fra-db1/pg", r.primary.port)];
+    for (round, (from_port, to, to_port)) in ports.into_iter().enumerate() {
+        let writer = Writer::start(from_port, Duration::from_millis(10));
+        std::thread::sleep(Duration::from_secs(3));
+        let started = Instant::now();
+        let out = r.deployment.admin(&r.url, "root", &["failover", "switchover", "orders-db", "--to", to]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let group = wait_for(Duration::from_secs(90), "the switchover", || {
+            let group = r.status()?;
+            (num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0 && group["primary"] == to).then_some(group)
+        });
+        let took = started.elapsed();
+        // The writer's last commits on the old primary were acknowledged
+        // before it stopped; every one must be on the new primary.
+        let acked = writer.stop();
+        let present = ids_on(to_port);
+        let missing: Vec<i64> = acked.iter().filter(|a| !present.contains(&a.id)).map(|a| a.id).collect();
+        eprintln!(
+            "switchover {round}: to {to} in {took:?} ({}), {} commits acknowledged, {} missing",
+            group["lastFailover"],
+            acked.len(),
+            missing.len()
+        );
+        assert!(missing.is_empty(), "switchover {round} lost commits {missing:?}\n{}", r.logs());
+        assert!(group["lastFailover"]["cause"].as_str().unwrap_or_default().starts_with("switchover"), "{group}");
+        // The old primary follows the new timeline as a standby, without a rebuild.
+        let old = if round == 0 { "fra-db1/pg" } else { "dub-db1/pg" };
+        wait_for(Duration::from_secs(60), "the old primary to follow as a standby", || {
+            let group = r.status()?;
+            (Regions::member(&group, old)["state"]["role"] == "MEMBER_ROLE_STANDBY").then_some(())
+        });
+        // The next round's writer counts from 1 again.
+        sql_on(to_port, "TRUNCATE lifeboat_writes");
+    }
+    let logs = format!("{}{}", r.fra.log_text(), r.dub.log_text());
+    assert!(logs.contains("follows the new timeline as a standby"), "{}", r.logs());
+    assert!(!logs.contains("rebuilding this former primary"), "{}", r.logs());
+    r.fra.kill();
+    r.dub.kill();
+    pg_stop(&r.standby_pgdata);
+    pg_stop(&r.primary.pgdata);
 }

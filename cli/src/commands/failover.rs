@@ -1,5 +1,6 @@
 //! `lifeboat failover`: failover groups as the leader holds them (`status`),
-//! a promotion by hand (`promote`, admin role), and maintenance (`pause`,
+//! a promotion by hand (`promote`) or without loss (`switchover`), both of
+//! the admin role, and maintenance (`pause`,
 //! `resume`: nothing automatic meanwhile). Every call is audited.
 
 use anyhow::Result;
@@ -36,6 +37,18 @@ enum Action {
         /// Promote it even when it is past max_lag or not reporting.
         #[arg(long)]
         force: bool,
+    },
+    /// Hand the primary role to a standby without losing a commit: the
+    /// primary stops cleanly, the standby replays its last WAL from the
+    /// repository and promotes, the old primary follows it (admin role).
+    Switchover {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// The group.
+        group: String,
+        /// The standby to hand over to, HOST/SOURCE.
+        #[arg(long)]
+        to: String,
     },
     /// Stop automatic failover of a group (admin role).
     Pause {
@@ -79,6 +92,17 @@ impl FailoverCommand {
                     .call(|mut c| {
                         let request = request.clone();
                         async move { c.promote(request).await }
+                    })
+                    .await?;
+                show(&args, &reply)
+            }
+            Action::Switchover { control: args, group, to } => {
+                let control = args.connect()?;
+                let request = v1::PromoteRequest { group, to, force: false };
+                let reply = control
+                    .call(|mut c| {
+                        let request = request.clone();
+                        async move { c.switchover(request).await }
                     })
                     .await?;
                 show(&args, &reply)

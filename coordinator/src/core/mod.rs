@@ -69,6 +69,8 @@ pub enum Query {
     Failover(Reply<v1::FailoverStatusReply>),
     /// `Promote`, asked for by `by`.
     Promote(v1::PromoteRequest, String, Reply<v1::FailoverGroupReply>),
+    /// `Switchover`, asked for by `by`.
+    Switchover(v1::PromoteRequest, String, Reply<v1::FailoverGroupReply>),
     /// `PauseFailover`, asked for by `by`.
     PauseFailover(v1::PauseFailoverRequest, String, Reply<v1::FailoverGroupReply>),
 }

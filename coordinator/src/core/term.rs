@@ -105,6 +105,10 @@ struct Term<'a> {
     last_tick: tokio::time::Instant,
 }
 
+/// How long a switchover waits for the old primary's clean stop before it
+/// goes on as a failover.
+const SWITCHOVER_PATIENCE: Duration = Duration::from_secs(60);
+
 /// A gap between ticks longer than this is a stall of the coordinator itself.
 const STALL: Duration = Duration::from_secs(3);
 
@@ -794,8 +798,13 @@ impl<'a> Term<'a> {
                 reply.send(Ok(v1::FailoverStatusReply { groups })).ok();
             }
             Query::Promote(request, by, reply) => {
-                let promoted = self.promote_by_hand(&request, &by).await;
+                let promoted = self.promote_by_hand(&request, &by, false).await;
                 reply.send(promoted).ok();
+            }
+            Query::Switchover(request, by, reply) => {
+                let request = v1::PromoteRequest { force: false, ..request };
+                let switched = self.promote_by_hand(&request, &by, true).await;
+                reply.send(switched).ok();
             }
             Query::PauseFailover(request, by, reply) => {
                 let paused = match self.groups.set_paused(self.state, self.prefix, &request.group, request.pause).await
@@ -1001,7 +1010,7 @@ impl<'a> Term<'a> {
         }
         for (group, to, silent) in due {
             let cause = format!("automatic: the primary's agent was silent for {}s", (now - silent).num_seconds());
-            self.promote(&group, &to, cause, silent, now).await?;
+            self.promote(&group, &to, cause, silent, now, false).await?;
         }
         Ok(())
     }
@@ -1016,13 +1025,19 @@ impl<'a> Term<'a> {
         cause: String,
         lost: DateTime<Utc>,
         now: DateTime<Utc>,
+        switchover: bool,
     ) -> Result<Option<crate::failover::Promoted>, StateError> {
         let Some(old) = self.groups.record(&group.name).map(|r| r.primary.clone()) else { return Ok(None) };
         // The old primary's lease runs out fence_after after this leader
         // last renewed it (a previous leader's renewals are older than this term).
         let renewed = self.confirmed.get(&old).copied().unwrap_or(self.started).max(self.started);
-        let lease = chrono::Duration::from_std(group.fence_after + FENCE_MARGIN).unwrap_or_default();
-        let promotion = Promotion { to: to.clone(), cause: cause.clone(), lost, hold_until: renewed + lease, now };
+        let mut hold = group.fence_after + FENCE_MARGIN;
+        if switchover {
+            // Time for the old primary to stop cleanly and say where.
+            hold += SWITCHOVER_PATIENCE;
+        }
+        let hold_until = renewed + chrono::Duration::from_std(hold).unwrap_or_default();
+        let promotion = Promotion { to: to.clone(), cause: cause.clone(), lost, hold_until, now, switchover };
         let promoted = self.groups.promote(self.state, self.prefix, group, promotion).await?;
         let Some(promoted) = promoted else { return Ok(None) };
         let target = format!("{}: {} -> {} (epoch {})", group.name, old, to, promoted.event.epoch);
@@ -1045,6 +1060,7 @@ impl<'a> Term<'a> {
         &mut self,
         request: &v1::PromoteRequest,
         by: &str,
+        switchover: bool,
     ) -> Result<v1::FailoverGroupReply, Status> {
         let policy = self.shared.policy();
         let refused = |r: PromoteRefused| match r {
@@ -1069,9 +1085,17 @@ impl<'a> Term<'a> {
         if let Some(m) = member.filter(|m| !m.eligible && !request.force) {
             return Err(refused(PromoteRefused::NotEligible { member: request.to.clone(), why: m.why_not.clone() }));
         }
-        let lost = judgement.and_then(|j| j.primary_silent_since).unwrap_or(now);
-        let cause = format!("manual by {by}{}", if request.force { " (forced)" } else { "" });
-        match self.promote(group, &to, cause, lost, now).await {
+        let silent = judgement.as_ref().and_then(|j| j.primary_silent_since);
+        if switchover && silent.is_some() {
+            return Err(refused(PromoteRefused::PrimarySilent));
+        }
+        let lost = silent.unwrap_or(now);
+        let cause = match (switchover, request.force) {
+            (true, _) => format!("switchover by {by}"),
+            (false, true) => format!("manual by {by} (forced)"),
+            (false, false) => format!("manual by {by}"),
+        };
+        match self.promote(group, &to, cause, lost, now, switchover).await {
             Ok(_) => Ok(self.group_reply(&group.name)),
             Err(e) => Err(self.refused(e)),
         }

@@ -280,7 +280,7 @@ async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, rol
             });
             reply.send(listed).ok();
         }
-        Query::Promote(_, _, reply) | Query::PauseFailover(_, _, reply) => {
+        Query::Promote(_, _, reply) | Query::Switchover(_, _, reply) | Query::PauseFailover(_, _, reply) => {
             reply.send(Err(not_leader(role))).ok();
         }
     }

@@ -52,6 +52,9 @@ pub enum PromoteRefused {
     /// Already its primary.
     #[error("{0} is the primary already")]
     AlreadyPrimary(String),
+    /// A switchover needs a primary that answers.
+    #[error("the primary's agent is silent: a switchover needs it to stop cleanly (use promote to fail over)")]
+    PrimarySilent,
     /// Not eligible, and not forced.
     #[error("{member} cannot be promoted: {why} (give --force to promote it anyway)")]
     NotEligible {
@@ -84,6 +87,8 @@ pub struct Promotion {
     pub hold_until: DateTime<Utc>,
     /// When it is ordered.
     pub now: DateTime<Utc>,
+    /// A switchover (the old primary stops cleanly first).
+    pub switchover: bool,
 }
 
 /// Every group of the policy, as this leader holds it.
@@ -205,9 +210,15 @@ impl GroupBook {
         let mut orders = Vec::new();
         for group in groups {
             let Some(stored) = self.stored.get(&group.name) else { continue };
-            let held = stored.record.last_failover.as_ref().is_some_and(|f| {
-                f.epoch == stored.record.epoch && now < f.hold_until && !stepped_down(agents, &f.from, f.epoch)
+            let current = stored.record.last_failover.as_ref().filter(|f| f.epoch == stored.record.epoch);
+            let final_lsn = current.and_then(|f| stepped_down(agents, &f.from, f.epoch));
+            // A switchover waits for the old primary's shutdown checkpoint
+            // (or, if it never comes, for its lease to have run out: then it
+            // is a failover); a failover waits only for the lease.
+            let held = current.is_some_and(|f| {
+                now < f.hold_until && final_lsn.as_ref().is_none_or(|lsn| f.switchover && lsn.is_empty())
             });
+            let replay_to = current.filter(|f| f.switchover).and(final_lsn).unwrap_or_default();
             for member in group.members.iter().filter(|m| m.host == host) {
                 // Until the old primary has surely stopped, its successor waits as a standby.
                 let primary = member.to_string() == stored.record.primary && !held;
@@ -237,6 +248,7 @@ impl GroupBook {
                         .collect(),
                     primary: stored.record.primary.clone(),
                     primary_address,
+                    replay_to: if primary { replay_to.clone() } else { String::new() },
                 });
             }
         }
@@ -301,6 +313,7 @@ impl GroupBook {
             old_lsn,
             old_past_promoted: None,
             hold_until: promotion.hold_until,
+            switchover: promotion.switchover,
         };
         let record = GroupRecord {
             primary: promotion.to.to_string(),
@@ -406,11 +419,14 @@ impl GroupBook {
     }
 }
 
-/// Whether the old primary `from` reported itself stopped, or a standby, under `epoch`.
-fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -> bool {
-    let Ok(m) = from.parse::<Member>() else { return false };
-    let seen = agents.get(&m.host).and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref());
-    seen.is_some_and(|s| s.state.epoch >= epoch && (s.state.fenced || s.state.role != v1::MemberRole::Primary as i32))
+/// Whether the old primary `from` reported its server no longer writable
+/// under `epoch`: then its shutdown checkpoint's position (empty when it
+/// did not stop cleanly).
+fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -> Option<String> {
+    let m = from.parse::<Member>().ok()?;
+    let seen = agents.get(&m.host).and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref())?;
+    (seen.state.epoch >= epoch && seen.state.role != v1::MemberRole::Primary as i32)
+        .then(|| seen.state.final_lsn.clone())
 }
 
 /// The source record of `member` (`HOST/SOURCE`) if `agent` is its host.

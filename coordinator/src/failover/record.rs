@@ -64,6 +64,10 @@ pub struct FailoverEvent {
     /// The new primary is told to promote only after this, unless the old
     /// one reports itself stopped first: by then its lease has lapsed.
     pub hold_until: DateTime<Utc>,
+    /// A switchover: the new primary promotes only once it replayed the
+    /// old one's shutdown checkpoint.
+    #[serde(default)]
+    pub switchover: bool,
 }
 
 impl FailoverEvent {

@@ -157,6 +157,18 @@ impl Admin for AdminService {
         self.audited(&caller, AdminCall::Promote, Some(&target), result)
     }
 
+    async fn switchover(
+        &self,
+        request: Request<v1::PromoteRequest>,
+    ) -> Result<Response<v1::FailoverGroupReply>, Status> {
+        let r = request.get_ref();
+        let target = format!("{} -> {}", r.group, r.to);
+        let caller = self.admit(&request, AdminCall::Switchover, Some(&target))?;
+        let by = caller.who.to_string();
+        let result = self.shared.ask(|reply| Query::Switchover(request.into_inner(), by, reply)).await;
+        self.audited(&caller, AdminCall::Switchover, Some(&target), result)
+    }
+
     async fn pause_failover(
         &self,
         request: Request<v1::PauseFailoverRequest>,

@@ -32,10 +32,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::connect::ConnectArgs;
+use super::restore::parse_lsn;
 use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
 use super::{PgError, wal};
 use crate::progress::Progress;
-use crate::sources::owner::{log_tail, run_as_owner_of};
+use crate::sources::owner::{give_to_owner_of, log_tail, run_as_owner_of};
 use crate::sources::{Order, RecoveryPoint};
 
 /// How often the server is looked at.
@@ -45,6 +46,9 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 const CAUGHT_UP_AFTER: Duration = Duration::from_secs(3);
 /// The longest a promotion waits for replay to settle.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// How long the stream of a server just stopped may go on, to store the
+/// WAL the server sent as it shut down.
+const STREAM_DRAIN: Duration = Duration::from_secs(2);
 /// How long after a failure (a build that could not be made) the next try waits.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -73,6 +77,9 @@ struct Looked {
     timeline: u32,
     last_replayed_commit_unix_ms: i64,
     replay_paused: bool,
+    /// Stopped cleanly as a primary: where its shutdown checkpoint is, and on which timeline.
+    final_lsn: String,
+    final_timeline: u32,
 }
 
 /// Where the member stands, for the controller and the heartbeat.
@@ -187,6 +194,7 @@ impl Member {
             detail: s.detail.clone(),
             address: format!("{}:{}", self.connect.host(), self.connect.port()),
             replay_paused: s.looked.replay_paused,
+            final_lsn: s.looked.final_lsn.clone(),
         })
     }
 
@@ -249,10 +257,14 @@ impl Member {
         let writable = looked.running && !looked.in_recovery;
         if role == v1::MemberRole::Primary as i32 {
             if !leased {
-                self.may_stream.send_replace(false);
                 if writable || (looked.running && kept.role == v1::MemberRole::Primary as i32 && !kept.fenced) {
                     self.fence("no leader has confirmed this primary's epoch within fence_after").await?;
-                } else if kept.fenced {
+                    tokio::time::sleep(STREAM_DRAIN).await;
+                    self.may_stream.send_replace(false);
+                    return Ok(());
+                }
+                self.may_stream.send_replace(false);
+                if kept.fenced {
                     self.set_detail("fenced: waiting for a leader to confirm this primary's epoch");
                 } else {
                     self.set_detail("waiting for a leader to confirm this primary's epoch");
@@ -281,12 +293,17 @@ impl Member {
             return Ok(());
         }
         // A standby.
-        self.may_stream.send_replace(false);
         if writable {
             // The epoch says another is primary: this one must not write.
+            // The stream goes on until the server is down, to store its last
+            // WAL (a switchover's successor replays up to it).
             self.hold(epoch, v1::MemberRole::Primary, kept.fenced);
-            return self.fence("another member is primary under a newer epoch").await;
+            self.fence("another member is primary under a newer epoch").await?;
+            tokio::time::sleep(STREAM_DRAIN).await;
+            self.may_stream.send_replace(false);
+            return Ok(());
         }
+        self.may_stream.send_replace(false);
         if looked.running {
             self.hold(epoch, v1::MemberRole::Standby, false);
             let paused = if looked.replay_paused { " (replay paused)" } else { "" };
@@ -298,6 +315,25 @@ impl Member {
         if has_cluster && was_standby && !kept.fenced {
             self.hold(epoch, v1::MemberRole::Standby, false);
             return self.start("starting the standby").await;
+        }
+        if has_cluster && !looked.final_lsn.is_empty() {
+            // Stopped cleanly: it can follow a successor whose timeline
+            // branched after its shutdown checkpoint, with no rebuild.
+            match self.successor_after(repo, &looked).await? {
+                Some(timeline) => {
+                    self.become_standby(spec, timeline).await?;
+                    self.hold(epoch, v1::MemberRole::Standby, false);
+                    return self.start("starting the former primary as a standby of the new timeline").await;
+                }
+                None if !kept.rejoin_auto => {
+                    self.hold(epoch, v1::MemberRole::Primary, true);
+                    self.set_detail(
+                        "fenced: stopped cleanly; waiting for the new primary's timeline in the repository",
+                    );
+                    return Ok(());
+                }
+                None => {}
+            }
         }
         if has_cluster && !kept.rejoin_auto {
             self.hold(epoch, v1::MemberRole::Primary, true);
@@ -353,6 +389,54 @@ impl Member {
         if let Err(e) = out {
             return Err(PgError::Usage(format!("{e}\n{}", log_tail(&log, 15))));
         }
+        Ok(())
+    }
+
+    /// The timeline after this cluster's, if the repository holds its
+    /// history and it branched past `looked`'s shutdown checkpoint.
+    async fn successor_after(&self, repo: &Repository, looked: &Looked) -> Result<Option<u32>, PgError> {
+        let next = looked.final_timeline + 1;
+        let Some(history) = wal::read(repo, &format!("{next:08X}.history")).await? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&history.content);
+        let switch = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let parent: u32 = parts.next()?.parse().ok()?;
+                (parent == looked.final_timeline).then(|| parts.next().and_then(parse_lsn)).flatten()
+            })
+            .next();
+        let checkpoint = parse_lsn(&looked.final_lsn);
+        Ok(match (switch, checkpoint) {
+            (Some(s), Some(c)) if s > c => Some(next),
+            _ => None,
+        })
+    }
+
+    /// Makes a cleanly stopped cluster a standby that fetches WAL from the
+    /// repository and follows the newest timeline.
+    async fn become_standby(&self, spec: &RepoSpec, timeline: u32) -> Result<(), PgError> {
+        let control = self.control_data().await.unwrap_or_default();
+        let segment_size = control.get("Bytes per WAL segment").cloned().unwrap_or_else(|| (16u64 << 20).to_string());
+        let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
+        let restore_command = wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
+            .map_err(PgError::io("resolving", Path::new("the key file")))?;
+        let settings = format!(
+            "# Added by the lifeboat agent: following timeline {timeline} as a standby
+restore_command = '{}'
+recovery_target_timeline = 'latest'
+wal_retrieve_retry_interval = '1s'
+",
+            format!("{restore_command} --segment-size={segment_size} %f %p").replace('\'', "''")
+        );
+        let auto = self.pgdata.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto))?;
+        conf.push_str(&settings);
+        std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto))?;
+        let signal = self.pgdata.join("standby.signal");
+        std::fs::write(&signal, "").map_err(PgError::io("writing", &signal))?;
+        give_to_owner_of(&self.pgdata, &signal).map_err(PgError::io("changing owner of", &signal))?;
+        tracing::warn!(pgdata = %self.pgdata.display(), timeline, "the former primary follows the new timeline as a standby");
         Ok(())
     }
 
@@ -427,20 +511,34 @@ impl Member {
         client.batch_execute("SELECT pg_wal_replay_resume()").await.map_err(fail("resuming replay"))?;
         let started = Instant::now();
         let (mut last, mut since) = (String::new(), Instant::now());
+        // A switchover names the old primary's shutdown checkpoint: nothing
+        // before it may be left behind, so without it there is no promotion.
+        let replay_to = (!order.replay_to.is_empty()).then(|| parse_lsn(&order.replay_to)).flatten();
         loop {
             let row = client
                 .query_one("SELECT coalesce(pg_last_wal_replay_lsn()::text, '')", &[])
                 .await
                 .map_err(fail("reading the replay position"))?;
             let lsn: String = row.get(0);
-            if lsn != last {
-                (last, since) = (lsn, Instant::now());
-            } else if since.elapsed() >= CAUGHT_UP_AFTER {
-                break;
-            }
-            if started.elapsed() > CATCH_UP_LIMIT {
-                tracing::warn!(lsn = last, "replay did not settle; promoting where it is");
-                break;
+            match replay_to {
+                Some(target) if parse_lsn(&lsn).is_some_and(|l| l > target) => {
+                    last = lsn;
+                    break;
+                }
+                Some(_) if started.elapsed() > CATCH_UP_LIMIT => {
+                    return Err(PgError::Usage(format!(
+                        "switchover: replay reached {lsn}, not the old primary's shutdown checkpoint at {}: its last WAL is not in the repository; not promoting",
+                        order.replay_to
+                    )));
+                }
+                Some(_) => last = lsn,
+                None if lsn != last => (last, since) = (lsn, Instant::now()),
+                None if since.elapsed() >= CAUGHT_UP_AFTER => break,
+                None if started.elapsed() > CATCH_UP_LIMIT => {
+                    tracing::warn!(lsn = last, "replay did not settle; promoting where it is");
+                    break;
+                }
+                None => {}
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -505,7 +603,7 @@ impl Member {
     /// Whether the server runs, and where it stands.
     async fn look(&self) -> Looked {
         if !self.pgdata.join("postmaster.pid").exists() {
-            return Looked::default();
+            return self.stopped().await;
         }
         let Ok(client) = self.connect.connect().await else { return Looked::default() };
         let sql = "SELECT pg_is_in_recovery(), \
@@ -522,6 +620,7 @@ impl Member {
                 timeline: u32::try_from(row.get::<_, i64>(2)).unwrap_or_default(),
                 last_replayed_commit_unix_ms: row.get(3),
                 replay_paused: row.get(4),
+                ..Looked::default()
             },
             Err(e) => {
                 tracing::debug!(error = %e, "cannot look at the server");
@@ -530,15 +629,49 @@ impl Member {
         }
     }
 
+    /// A stopped server's control data: where a clean shutdown left it.
+    async fn stopped(&self) -> Looked {
+        let Some(control) = self.control_data().await else { return Looked::default() };
+        if control.get("Database cluster state").map(String::as_str) != Some("shut down") {
+            return Looked::default();
+        }
+        Looked {
+            final_lsn: control.get("Latest checkpoint location").cloned().unwrap_or_default(),
+            final_timeline: control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0),
+            ..Looked::default()
+        }
+    }
+
+    /// `pg_controldata`'s lines as name and value.
+    async fn control_data(&self) -> Option<std::collections::HashMap<String, String>> {
+        if !self.pgdata.join("global/pg_control").exists() {
+            return None;
+        }
+        let mut cmd = tokio::process::Command::new(self.program("pg_controldata"));
+        cmd.arg("-D").arg(&self.pgdata).env("LC_ALL", "C");
+        let out = cmd.output().await.ok().filter(|o| o.status.success())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+        )
+    }
+
+    /// A PostgreSQL program: in `pg_bin`, else the cluster's major
+    /// version's as Debian installs it, else on `PATH`.
+    fn program(&self, name: &str) -> PathBuf {
+        if let Some(dir) = &self.pg_bin {
+            return dir.join(name);
+        }
+        let version = std::fs::read_to_string(self.pgdata.join("PG_VERSION")).unwrap_or_default();
+        let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/{name}", version.trim()));
+        if debian.exists() { debian } else { PathBuf::from(name) }
+    }
+
     async fn pg_ctl(&self, args: &[&str]) -> Result<(), PgError> {
-        let program = match &self.pg_bin {
-            Some(dir) => dir.join("pg_ctl"),
-            None => {
-                let version = std::fs::read_to_string(self.pgdata.join("PG_VERSION")).unwrap_or_default();
-                let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", version.trim()));
-                if debian.exists() { debian } else { PathBuf::from("pg_ctl") }
-            }
-        };
+        let program = self.program("pg_ctl");
         let mut cmd = std::process::Command::new(&program);
         cmd.arg("-D").arg(&self.pgdata).args(args);
         run_as_owner_of(&mut cmd, &self.pgdata).map_err(PgError::io("reading", &self.pgdata))?;
