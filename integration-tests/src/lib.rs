@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod control;
 pub mod etcd;
+pub mod failover;
 pub mod http_receiver;
 pub mod monitoring;
 pub mod otlp;

@@ -8,153 +8,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use lifeboat_integration_tests::control::{Deployment, KeptOnFailure, Proc, free_port, serial, wait_for};
-use lifeboat_integration_tests::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir};
+use lifeboat_integration_tests::control::{serial, wait_for};
+use lifeboat_integration_tests::failover::{Regions, Settings, accepts_connections, num, pg_stop, tail};
+use lifeboat_integration_tests::postgres::Cluster;
 use lifeboat_integration_tests::writer::{Writer, ids_on, sql_on};
 
 /// The group's bounds in these tests.
 const FAILOVER_AFTER: u64 = 10;
 
-/// Two regions: `fra` with the primary, `dub` with the standby its agent builds.
-struct Regions {
-    dir: KeptOnFailure,
-    deployment: Deployment,
-    url: String,
-    coordinator: Proc,
-    primary: Cluster,
-    fra: Proc,
-    dub: Proc,
-    standby_port: u16,
-    standby_pgdata: std::path::PathBuf,
-}
-
-fn postgres_source(pgdata: &Path, port: u16) -> String {
-    format!(
-        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\n\
-         [source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\n",
-        pgdata.display()
-    )
-}
-
-fn region_config(path: &Path, region: &str) {
-    lifeboat_integration_tests::control::configure(path, &format!("region = \"{region}\""));
-}
-
-impl Regions {
-    /// The group allows `max_lag` seconds and rejoins as `rejoin` says.
-    fn start(max_lag: u64, rejoin: &str) -> Regions {
-        let dir = KeptOnFailure::new();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let deployment = Deployment::new(dir.path(), &["c1"], &["fra-db1", "dub-db1"]);
-        // The servers' restore_command (wal-fetch) runs as postgres.
-        give_to_postgres(&deployment.repo);
-        give_to_postgres(&deployment.key);
-        let policy = deployment.policy(
-            "policy.yaml",
-            &format!(
-                "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
-                 failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
-                 max_lag: {max_lag}s\n    failover_after: {FAILOVER_AFTER}s\n    rejoin: {rejoin}\n"
-            ),
-        );
-        let port = free_port();
-        let url = format!("https://127.0.0.1:{port}");
-        let coordinator = deployment.start_coordinator(&deployment.coordinator_config("c1", port, &policy, None));
-
-        let mut primary = Cluster::init(dir.path(), "fra", "");
-        primary.start();
-        let fra_config = deployment.agent_config(
-            "fra-db1",
-            std::slice::from_ref(&url),
-            &postgres_source(&primary.pgdata, primary.port),
-        );
-        region_config(&fra_config, "fra");
-        let fra = deployment.start_agent(&fra_config);
-        // A base backup while the agent streams: the standby is built from it.
-        let out = Command::new(lifeboat_integration_tests::postgres::workspace_bin("lifeboat"))
-            .args(["backup", "postgres", "--pgdata"])
-            .arg(&primary.pgdata)
-            .args(["--repo"])
-            .arg(&deployment.repo)
-            .arg("--key-file")
-            .arg(&deployment.key)
-            .args(primary.conn_args())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "base backup: {}", String::from_utf8_lossy(&out.stderr));
-
-        let standby_port = free_port();
-        let standby_pgdata = postgres_dir(dir.path(), "dub").join("data");
-        let dub_config = deployment.agent_config(
-            "dub-db1",
-            std::slice::from_ref(&url),
-            &postgres_source(&standby_pgdata, standby_port),
-        );
-        region_config(&dub_config, "dub");
-        let dub = deployment.start_agent(&dub_config);
-        Regions { dir, deployment, url, coordinator, primary, fra, dub, standby_port, standby_pgdata }
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        let reply = self.deployment.admin_json(&self.url, "vera", &["failover", "status"])?;
-        Some(reply["groups"][0].clone())
-    }
-
-    fn member<'a>(group: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-        group["members"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["member"] == name))
-            .unwrap_or(&serde_json::Value::Null)
-    }
-
-    /// Waits until the standby replays and is eligible.
-    fn wait_standby_eligible(&self) {
-        wait_for(Duration::from_secs(120), "the standby to be built and eligible", || {
-            let group = self.status()?;
-            (Self::member(&group, "dub-db1/pg")["eligible"] == true).then_some(())
-        });
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- coordinator\n{}\n--- fra\n{}\n--- dub\n{}",
-            tail(&self.coordinator.log_text()),
-            tail(&self.fra.log_text()),
-            tail(&self.dub.log_text())
-        )
-    }
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn accepts_connections(port: u16) -> bool {
-    Command::new(pg_bin("pg_isready"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A number of the JSON mapping, where 64-bit integers are strings.
-fn num(v: &serde_json::Value) -> f64 {
-    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0)
-}
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
+fn start(max_lag: u64, rejoin: &str) -> Regions {
+    Regions::start(&Settings { max_lag, failover_after: FAILOVER_AFTER, rejoin: rejoin.into(), synchronous: false })
 }
 
 #[test]
 fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_lag() {
     let _one = serial();
-    let mut r = Regions::start(30, "auto");
+    let mut r = start(30, "auto");
     r.wait_standby_eligible();
     let writer = Writer::start(r.primary.port, Duration::from_millis(20));
     std::thread::sleep(Duration::from_secs(5));
@@ -177,7 +48,7 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
     assert_eq!(num(&group["epoch"]), 2.0, "{group}");
     assert!(failover["cause"].as_str().unwrap().starts_with("automatic"), "{failover}");
     // RTO: within failover_after and 15 s more.
-    assert!(seconds(took) <= (FAILOVER_AFTER + 15) as f64, "promoted {took:?} after the loss\n{}", r.logs());
+    assert!(took.as_secs_f64() <= (FAILOVER_AFTER + 15) as f64, "promoted {took:?} after the loss\n{}", r.logs());
     assert!(accepts_connections(r.standby_port));
     let rto = num(&failover["rtoSeconds"]);
     assert!(rto >= FAILOVER_AFTER as f64 - 1.0 && rto <= (FAILOVER_AFTER + 15) as f64, "{failover}");
@@ -231,7 +102,7 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
 #[test]
 fn a_lagging_standby_is_not_promoted_and_says_why_until_an_admin_forces_it() {
     let _one = serial();
-    let mut r = Regions::start(3, "manual");
+    let mut r = start(3, "manual");
     r.wait_standby_eligible();
     let standby = Cluster::running(&r.standby_pgdata, &r.standby_pgdata, r.standby_port);
     standby.sql("SELECT pg_wal_replay_pause()");
@@ -281,7 +152,7 @@ fn a_lagging_standby_is_not_promoted_and_says_why_until_an_admin_forces_it() {
 #[test]
 fn a_primary_unconfirmed_for_fence_after_fences_itself_and_resumes_when_confirmed() {
     let _one = serial();
-    let mut r = Regions::start(30, "manual");
+    let mut r = start(30, "manual");
     r.wait_standby_eligible();
     // The leader stalls past fence_after (5 s for failover_after 10 s) but
     // not past failover_after counted from its recovery: the primary must
@@ -302,10 +173,12 @@ fn a_primary_unconfirmed_for_fence_after_fences_itself_and_resumes_when_confirme
     });
     eprintln!("fenced {fenced_after:?} after the leader stalled; serving again {:?} after it", paused.elapsed());
     assert!(r.fra.log_text().contains("unfencing"), "{}", r.logs());
-    let group = r.status().unwrap();
+    let group = wait_for(Duration::from_secs(10), "the primary reported unfenced", || {
+        let group = r.status()?;
+        (Regions::member(&group, "fra-db1/pg")["state"]["fenced"] != true).then_some(group)
+    });
     assert_eq!(group["primary"], "fra-db1/pg", "{group}\n{}", r.logs());
     assert_eq!(num(&group["epoch"]), 1.0, "{group}");
-    assert_ne!(Regions::member(&group, "fra-db1/pg")["state"]["fenced"], true, "{group}");
     // The restarted server is under pg_ctl now: stop it at the end.
     r.fra.kill();
     r.dub.kill();
@@ -313,19 +186,10 @@ fn a_primary_unconfirmed_for_fence_after_fences_itself_and_resumes_when_confirme
     pg_stop(&r.standby_pgdata);
 }
 
-/// Stops a server the agent started (not a child of the test).
-fn pg_stop(pgdata: &Path) {
-    let _ = lifeboat_integration_tests::postgres::as_postgres(&pg_bin("pg_ctl"))
-        .arg("-D")
-        .arg(pgdata)
-        .args(["stop", "-m", "immediate", "-w"])
-        .output();
-}
-
 #[test]
 fn a_switchover_and_back_loses_no_commit_and_the_old_primary_follows_each_time() {
     let _one = serial();
-    let mut r = Regions::start(30, "manual");
+    let mut r = start(30, "manual");
     r.wait_standby_eligible();
     let ports = [(r.primary.port, "dub-db1/pg", r.standby_port), (r.standby_port, "fra-db1/pg", r.primary.port)];
     for (round, (from_port, to, to_port)) in ports.into_iter().enumerate() {

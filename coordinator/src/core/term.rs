@@ -103,6 +103,8 @@ struct Term<'a> {
     /// heard nothing and so knows nothing of their silence.
     counting_from: DateTime<Utc>,
     last_tick: tokio::time::Instant,
+    /// No lease is renewed before this (after a stall).
+    quiet_until: tokio::time::Instant,
 }
 
 /// How long a switchover waits for the old primary's clean stop before it
@@ -202,6 +204,7 @@ impl<'a> Term<'a> {
             is_lost,
             counting_from: Utc::now(),
             last_tick: now,
+            quiet_until: now,
         })
     }
 
@@ -561,7 +564,8 @@ impl<'a> Term<'a> {
         for host in hosts {
             self.dispatch(&host).await?;
         }
-        self.failover_tick(now).await?;
+        // Its failure does not hold up the rest of the tick; it is reported at the end.
+        let failover = self.failover_tick(now).await;
         if self.urgent || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush_agents().await?;
         }
@@ -582,6 +586,7 @@ impl<'a> Term<'a> {
             }
             self.last_expire = tokio::time::Instant::now();
         }
+        failover?;
         self.shared.set_degraded(None);
         Ok(())
     }
@@ -925,6 +930,8 @@ impl<'a> Term<'a> {
         if !GroupBook::has_members(&policy.failover, host) {
             return Ok(());
         }
+        // The answer first: a failed write below must not cost a primary its lease.
+        self.send_roles(host, seq, now);
         if let Some(agent) = self.agents.get(host) {
             let done = self.groups.heard(self.state, self.prefix, &policy.failover, agent, now).await?;
             for event in done {
@@ -946,7 +953,6 @@ impl<'a> Term<'a> {
                 self.shared.auditor.record("Failover/Accepted", &target, &result);
             }
         }
-        self.send_roles(host, seq, now);
         Ok(())
     }
 
@@ -954,10 +960,14 @@ impl<'a> Term<'a> {
     /// (0: none, which renews no lease).
     fn send_roles(&mut self, host: &str, seq: u64, now: DateTime<Utc>) {
         // A leader that may have lost its term confirms no lease: a new
-        // leader may already count the primary's silence.
+        // leader may already count the primary's silence. After a stall of
+        // its own it cannot know yet (its etcd lease may have run out while
+        // it was frozen), so it renews nothing for an etcd TTL.
         if (self.is_lost)() {
             return;
         }
+        let seq =
+            if tokio::time::Instant::now() < self.quiet_until || self.last_tick.elapsed() > STALL { 0 } else { seq };
         let Some(session) = self.sessions.get(host) else { return };
         let policy = self.shared.policy();
         let orders = self.groups.orders_for(&policy.failover, host, &self.agents, now);
@@ -1030,13 +1040,22 @@ impl<'a> Term<'a> {
         let Some(old) = self.groups.record(&group.name).map(|r| r.primary.clone()) else { return Ok(None) };
         // The old primary's lease runs out fence_after after this leader
         // last renewed it (a previous leader's renewals are older than this term).
-        let renewed = self.confirmed.get(&old).copied().unwrap_or(self.started).max(self.started);
+        // Any member this leader confirmed as primary may hold a lease (a
+        // held successor of an earlier promotion too).
+        let renewed = group
+            .members
+            .iter()
+            .filter_map(|m| self.confirmed.get(&m.to_string()).copied())
+            .fold(self.started, DateTime::max);
         let mut hold = group.fence_after + FENCE_MARGIN;
         if switchover {
             // Time for the old primary to stop cleanly and say where.
             hold += SWITCHOVER_PATIENCE;
         }
-        let hold_until = renewed + chrono::Duration::from_std(hold).unwrap_or_default();
+        let mut hold_until = renewed + chrono::Duration::from_std(hold).unwrap_or_default();
+        if let Some(earlier) = self.groups.in_progress(&group.name, now) {
+            hold_until = hold_until.max(earlier.hold_until);
+        }
         let promotion = Promotion { to: to.clone(), cause: cause.clone(), lost, hold_until, now, switchover };
         let promoted = self.groups.promote(self.state, self.prefix, group, promotion).await?;
         let Some(promoted) = promoted else { return Ok(None) };
@@ -1077,13 +1096,21 @@ impl<'a> Term<'a> {
             return Err(refused(PromoteRefused::AlreadyPrimary(request.to.clone())));
         }
         let now = Utc::now();
+        if let Some(f) = self.groups.in_progress(&group.name, now) {
+            return Err(refused(PromoteRefused::InProgress { to: f.to.clone(), until: f.hold_until }));
+        }
         let connected = |h: &str| self.sessions.contains_key(h);
         let judged =
             self.groups.judge_all(std::slice::from_ref(group), &self.agents, connected, self.counting_from, now);
         let judgement = judged.into_iter().next().map(|(_, j)| j);
         let member = judgement.as_ref().and_then(|j| j.members.iter().find(|m| m.member == to));
         if let Some(m) = member.filter(|m| !m.eligible && !request.force) {
-            return Err(refused(PromoteRefused::NotEligible { member: request.to.clone(), why: m.why_not.clone() }));
+            let (member, why) = (request.to.clone(), m.why_not.clone());
+            return Err(refused(if switchover {
+                PromoteRefused::NotReady { member, why }
+            } else {
+                PromoteRefused::NotEligible { member, why }
+            }));
         }
         let silent = judgement.as_ref().and_then(|j| j.primary_silent_since);
         if switchover && silent.is_some() {

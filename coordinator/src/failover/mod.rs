@@ -52,6 +52,22 @@ pub enum PromoteRefused {
     /// Already its primary.
     #[error("{0} is the primary already")]
     AlreadyPrimary(String),
+    /// Not ready for a switchover.
+    #[error("{member} cannot take over: {why}")]
+    NotReady {
+        /// The member.
+        member: String,
+        /// Why.
+        why: String,
+    },
+    /// A promotion is under way.
+    #[error("a promotion of {to} is under way (its predecessor's lease runs out by {until}); wait for it")]
+    InProgress {
+        /// The member being promoted.
+        to: String,
+        /// When it is released at the latest.
+        until: DateTime<Utc>,
+    },
     /// A switchover needs a primary that answers.
     #[error("the primary's agent is silent: a switchover needs it to stop cleanly (use promote to fail over)")]
     PrimarySilent,
@@ -137,15 +153,27 @@ impl GroupBook {
                 }
                 None => {
                     // Written meanwhile (by a previous leader): read it.
-                    if let Some(v) = state.get(&key).await?
-                        && let Ok(record) = serde_json::from_slice::<GroupRecord>(&v.value)
-                    {
-                        self.stored.insert(group.name.clone(), Stored { record, revision: v.revision });
+                    if let Some(v) = state.get(&key).await? {
+                        match serde_json::from_slice::<GroupRecord>(&v.value) {
+                            Ok(record) => {
+                                self.stored.insert(group.name.clone(), Stored { record, revision: v.revision });
+                            }
+                            Err(e) => {
+                                tracing::error!(group = group.name, error = %e, "unreadable failover group record")
+                            }
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The promotion of `group` still under way: its successor is held back
+    /// until this time or has not accepted writes yet.
+    pub fn in_progress(&self, group: &str, now: DateTime<Utc>) -> Option<&FailoverEvent> {
+        let record = &self.stored.get(group)?.record;
+        record.last_failover.as_ref().filter(|f| f.epoch == record.epoch && f.accepted.is_none() && now < f.hold_until)
     }
 
     /// The record of a group.
@@ -211,14 +239,24 @@ impl GroupBook {
         for group in groups {
             let Some(stored) = self.stored.get(&group.name) else { continue };
             let current = stored.record.last_failover.as_ref().filter(|f| f.epoch == stored.record.epoch);
-            let final_lsn = current.and_then(|f| stepped_down(agents, &f.from, f.epoch));
-            // A switchover waits for the old primary's shutdown checkpoint
-            // (or, if it never comes, for its lease to have run out: then it
-            // is a failover); a failover waits only for the lease.
+            let old = current.map_or(StepDown::NotYet, |f| stepped_down(agents, &f.from, f.epoch));
+            // Until the old primary has surely stopped, its successor waits
+            // as a standby: until its lease has run out, or it reports
+            // itself stopped (for a switchover: cleanly, with its shutdown
+            // checkpoint) or following. Never again once the successor promoted.
             let held = current.is_some_and(|f| {
-                now < f.hold_until && final_lsn.as_ref().is_none_or(|lsn| f.switchover && lsn.is_empty())
+                f.accepted.is_none()
+                    && now < f.hold_until
+                    && match &old {
+                        StepDown::NotYet => true,
+                        StepDown::Stopped(lsn) => f.switchover && lsn.is_empty(),
+                        StepDown::Following => false,
+                    }
             });
-            let replay_to = current.filter(|f| f.switchover).and(final_lsn).unwrap_or_default();
+            let replay_to = match (&old, current.is_some_and(|f| f.switchover)) {
+                (StepDown::Stopped(lsn), true) => lsn.clone(),
+                _ => String::new(),
+            };
             for member in group.members.iter().filter(|m| m.host == host) {
                 // Until the old primary has surely stopped, its successor waits as a standby.
                 let primary = member.to_string() == stored.record.primary && !held;
@@ -419,14 +457,25 @@ impl GroupBook {
     }
 }
 
-/// Whether the old primary `from` reported its server no longer writable
-/// under `epoch`: then its shutdown checkpoint's position (empty when it
-/// did not stop cleanly).
-fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -> Option<String> {
-    let m = from.parse::<Member>().ok()?;
-    let seen = agents.get(&m.host).and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref())?;
-    (seen.state.epoch >= epoch && seen.state.role != v1::MemberRole::Primary as i32)
-        .then(|| seen.state.final_lsn.clone())
+/// Where an old primary stands after a promotion, as it last reported.
+enum StepDown {
+    /// Still writable, or not heard under the new epoch.
+    NotYet,
+    /// Stopped: its shutdown checkpoint's position (empty when it did not stop cleanly).
+    Stopped(String),
+    /// Running as a standby.
+    Following,
+}
+
+/// Where the old primary `from` stands under `epoch`.
+fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -> StepDown {
+    let Ok(m) = from.parse::<Member>() else { return StepDown::NotYet };
+    let seen = agents.get(&m.host).and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref());
+    match seen.map(|s| &s.state).filter(|s| s.epoch >= epoch) {
+        Some(s) if s.role == v1::MemberRole::Standby as i32 => StepDown::Following,
+        Some(s) if s.role == v1::MemberRole::Unspecified as i32 => StepDown::Stopped(s.final_lsn.clone()),
+        _ => StepDown::NotYet,
+    }
 }
 
 /// The source record of `member` (`HOST/SOURCE`) if `agent` is its host.

@@ -46,6 +46,8 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 const CAUGHT_UP_AFTER: Duration = Duration::from_secs(3);
 /// The longest a promotion waits for replay to settle.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// How long a look at the server may take.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the stream of a server just stopped may go on, to store the
 /// WAL the server sent as it shut down.
 const STREAM_DRAIN: Duration = Duration::from_secs(2);
@@ -66,6 +68,13 @@ struct Kept {
     rejoin_auto: bool,
     promoted_unix_ms: i64,
     promoted_lsn: String,
+    /// The role last ordered and the newest epoch ordered: a restarted
+    /// agent acts on these until the leader speaks again (never on the
+    /// server's own past role).
+    #[serde(default)]
+    ordered_role: i32,
+    #[serde(default)]
+    ordered_epoch: u64,
 }
 
 /// The server as looked at.
@@ -113,7 +122,14 @@ impl Member {
     pub fn new(pgdata: PathBuf, connect: ConnectArgs, pg_bin: Option<PathBuf>) -> Arc<Self> {
         let name = pgdata.file_name().map_or_else(|| "pgdata".into(), |n| n.to_string_lossy().into_owned());
         let kept_file = pgdata.with_file_name(format!("{name}.lifeboat-member.json"));
-        let kept: Option<Kept> = std::fs::read(&kept_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let kept: Option<Kept> = match std::fs::read(&kept_file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(kept) => Some(kept),
+                Err(e) => Some(Self::unknown(&kept_file, &e.to_string())),
+            },
+            Err(e) => Some(Self::unknown(&kept_file, &e.to_string())),
+        };
         let mut standing = Standing::default();
         if let Some(kept) = kept {
             let left = kept.lease_until_unix_ms - Utc::now().timestamp_millis();
@@ -133,6 +149,19 @@ impl Member {
         })
     }
 
+    /// What to assume when the kept state cannot be read: a member whose
+    /// lease has run out, so a writable server is fenced until a leader
+    /// says otherwise.
+    fn unknown(file: &Path, why: &str) -> Kept {
+        tracing::error!(file = %file.display(), error = why, "the failover member's state is unreadable: fencing until a leader confirms");
+        Kept {
+            group: "(unknown until a leader's order)".into(),
+            ordered_role: v1::MemberRole::Primary.into(),
+            role: v1::MemberRole::Primary.into(),
+            ..Kept::default()
+        }
+    }
+
     fn standing(&self) -> std::sync::MutexGuard<'_, Standing> {
         self.standing.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -145,22 +174,31 @@ impl Member {
     /// Takes an order (newer epochs only) and the lease it renews.
     pub fn order(&self, order: Order) {
         let mut s = self.standing();
-        if order.order.epoch < s.kept.epoch {
+        let newest = s.kept.epoch.max(s.kept.ordered_epoch);
+        if order.order.epoch < newest {
             tracing::warn!(
                 group = order.order.group,
                 epoch = order.order.epoch,
-                held = s.kept.epoch,
+                newest,
                 "order of an older epoch ignored"
             );
             return;
         }
         let fence_after = Duration::from_millis(order.order.fence_after_ms.into());
-        if order.order.role == v1::MemberRole::Primary as i32
-            && let Some(at) = order.confirmed_at
-        {
-            let until = at + fence_after;
-            s.lease_until = Some(s.lease_until.map_or(until, |u| u.max(until)));
+        if order.order.role == v1::MemberRole::Primary as i32 {
+            if order.order.epoch > newest {
+                // A lease is for one epoch.
+                s.lease_until = None;
+            }
+            if let Some(at) = order.confirmed_at {
+                let until = at + fence_after;
+                s.lease_until = Some(s.lease_until.map_or(until, |u| u.max(until)));
+            }
+        } else {
+            s.lease_until = None;
         }
+        s.kept.ordered_role = order.order.role;
+        s.kept.ordered_epoch = order.order.epoch;
         s.kept.group.clone_from(&order.order.group);
         s.kept.fence_after_ms = order.order.fence_after_ms;
         s.kept.rejoin_auto = order.order.rejoin_auto;
@@ -204,9 +242,14 @@ impl Member {
             let left = u.saturating_duration_since(Instant::now());
             Utc::now().timestamp_millis() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2)
         });
-        let written = serde_json::to_vec(&s.kept)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&self.kept_file, bytes));
+        // Written aside and renamed: a crash leaves the old state or the new, never half.
+        let tmp = self.kept_file.with_extension("json.tmp");
+        let written = serde_json::to_vec(&s.kept).map_err(std::io::Error::other).and_then(|bytes| {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.kept_file)
+        });
         if let Err(e) = written {
             tracing::error!(file = %self.kept_file.display(), error = %e, "cannot keep the failover member's state");
         }
@@ -229,7 +272,10 @@ impl Member {
                 Err(e) => {
                     tracing::error!(pgdata = %self.pgdata.display(), error = %e, "failover member");
                     self.set_detail(format!("error: {e}"));
-                    RETRY_AFTER
+                    // A primary's lease is watched every second whatever failed;
+                    // a standby that could not be built waits before the next try.
+                    let primary = self.standing().kept.ordered_role == v1::MemberRole::Primary as i32;
+                    if primary { LOOK_EVERY } else { RETRY_AFTER }
                 }
             };
             tokio::select! {
@@ -242,26 +288,25 @@ impl Member {
 
     /// One look at the server, and what the order asks of it.
     async fn step(&self, repo: &Repository, spec: &RepoSpec) -> Result<(), PgError> {
+        if self.standing().kept.group.is_empty() {
+            // Not a member (yet): a standby's WAL is never streamed over the primary's.
+            self.may_stream.send_replace(!self.pgdata.join("standby.signal").exists());
+            return Ok(());
+        }
         let looked = self.look().await;
         let (order, lease_until, kept) = {
             let mut s = self.standing();
             s.looked = looked.clone();
             (s.order.clone(), s.lease_until, s.kept.clone())
         };
-        if kept.group.is_empty() {
-            return Ok(());
-        }
-        let role = order.as_ref().map_or(kept.role, |o| o.role);
-        let epoch = order.as_ref().map_or(kept.epoch, |o| o.epoch);
+        let role = order.as_ref().map_or(kept.ordered_role, |o| o.role);
+        let epoch = order.as_ref().map_or(kept.ordered_epoch, |o| o.epoch);
         let leased = lease_until.is_some_and(|u| Instant::now() < u);
         let writable = looked.running && !looked.in_recovery;
         if role == v1::MemberRole::Primary as i32 {
             if !leased {
                 if writable || (looked.running && kept.role == v1::MemberRole::Primary as i32 && !kept.fenced) {
-                    self.fence("no leader has confirmed this primary's epoch within fence_after").await?;
-                    tokio::time::sleep(STREAM_DRAIN).await;
-                    self.may_stream.send_replace(false);
-                    return Ok(());
+                    return self.fence("no leader has confirmed this primary's epoch within fence_after").await;
                 }
                 self.may_stream.send_replace(false);
                 if kept.fenced {
@@ -298,10 +343,7 @@ impl Member {
             // The stream goes on until the server is down, to store its last
             // WAL (a switchover's successor replays up to it).
             self.hold(epoch, v1::MemberRole::Primary, kept.fenced);
-            self.fence("another member is primary under a newer epoch").await?;
-            tokio::time::sleep(STREAM_DRAIN).await;
-            self.may_stream.send_replace(false);
-            return Ok(());
+            return self.fence("another member is primary under a newer epoch").await;
         }
         self.may_stream.send_replace(false);
         if looked.running {
@@ -359,6 +401,10 @@ impl Member {
     }
 
     /// Stops the server fast: it accepts no more writes.
+    /// Stops the server: a fast stop (clients cut, a shutdown checkpoint),
+    /// an immediate one when that fails. The WAL stream goes on a moment
+    /// longer, to store what the server sent as it stopped (a switchover's
+    /// successor replays up to it).
     async fn fence(&self, why: &str) -> Result<(), PgError> {
         {
             let mut s = self.standing();
@@ -366,8 +412,13 @@ impl Member {
             self.save(&mut s);
         }
         tracing::error!(pgdata = %self.pgdata.display(), why, "fencing PostgreSQL");
-        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]).await?;
+        if let Err(e) = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "20"]).await {
+            tracing::error!(pgdata = %self.pgdata.display(), error = %e, "a fast stop failed: stopping immediate");
+            self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]).await?;
+        }
         self.set_detail(format!("fenced: {why}"));
+        tokio::time::sleep(STREAM_DRAIN).await;
+        self.may_stream.send_replace(false);
         Ok(())
     }
 
@@ -542,6 +593,11 @@ wal_retrieve_retry_interval = '1s'
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // Catching up took a while: promote only under a lease still running.
+        if self.standing().lease_until.is_none_or(|u| Instant::now() >= u) {
+            self.set_detail("promotion deferred: the lease ran out while replaying");
+            return Ok(());
+        }
         client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(fail("promoting"))?;
         let promoted_at = Utc::now();
         // Streaming starts from the slot's restart point: a checkpoint puts it on the new timeline.
@@ -567,37 +623,14 @@ wal_retrieve_retry_interval = '1s'
         self.may_stream.send_replace(true);
         tracing::warn!(group = order.group, epoch = order.epoch, lsn = last, timeline, "promoted: accepting writes");
         self.set_detail(format!("promoted at {last} onto timeline {timeline}"));
-        for hook in &order.after_promotion {
-            self.run_hook(order, hook).await;
-        }
+        // In the background: the lease is watched meanwhile.
+        let (order, connect) = (order.clone(), self.connect.clone());
+        tokio::spawn(async move {
+            for hook in &order.after_promotion {
+                run_hook(&order, hook, &connect).await;
+            }
+        });
         Ok(())
-    }
-
-    /// Runs one hook with the new primary's address in its environment;
-    /// its failure is logged, and the promotion stands.
-    async fn run_hook(&self, order: &v1::RoleOrder, hook: &v1::Hook) {
-        let Some((program, args)) = hook.argv.split_first() else { return };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .env("LIFEBOAT_GROUP", &order.group)
-            .env("LIFEBOAT_PRIMARY", &order.primary)
-            .env("LIFEBOAT_EPOCH", order.epoch.to_string())
-            .env("PGHOST", self.connect.host())
-            .env("PGPORT", self.connect.port().to_string())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let timeout = Duration::from_secs(hook.timeout_seconds.max(1).into());
-        match tokio::time::timeout(timeout, cmd.output()).await {
-            Ok(Ok(out)) if out.status.success() => tracing::info!(hook = program, "promotion hook ran"),
-            Ok(Ok(out)) => tracing::error!(
-                hook = program,
-                status = %out.status,
-                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-                "promotion hook failed"
-            ),
-            Ok(Err(e)) => tracing::error!(hook = program, error = %e, "cannot run the promotion hook"),
-            Err(_) => tracing::error!(hook = program, timeout_s = timeout.as_secs(), "promotion hook timed out"),
-        }
     }
 
     /// Whether the server runs, and where it stands.
@@ -605,7 +638,21 @@ wal_retrieve_retry_interval = '1s'
         if !self.pgdata.join("postmaster.pid").exists() {
             return self.stopped().await;
         }
-        let Ok(client) = self.connect.connect().await else { return Looked::default() };
+        match tokio::time::timeout(LOOK_TIMEOUT, self.query()).await {
+            Ok(Some(looked)) => looked,
+            // No answer is not "stopped": a server that runs but does not
+            // answer (connections full, hung) is taken for what its data
+            // directory says it is, and a primary is fenced like any other.
+            _ if self.pg_ctl(&["status"]).await.is_ok() => {
+                Looked { running: true, in_recovery: self.pgdata.join("standby.signal").exists(), ..Looked::default() }
+            }
+            _ => Looked::default(),
+        }
+    }
+
+    /// The server's answer to where it stands; none when it does not answer.
+    async fn query(&self) -> Option<Looked> {
+        let client = self.connect.connect().await.ok()?;
         let sql = "SELECT pg_is_in_recovery(), \
                    CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0')::text \
                         ELSE pg_current_wal_lsn()::text END, \
@@ -613,7 +660,7 @@ wal_retrieve_retry_interval = '1s'
                    coalesce((extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::int8, 0), \
                    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
         match client.query_one(sql, &[]).await {
-            Ok(row) => Looked {
+            Ok(row) => Some(Looked {
                 running: true,
                 in_recovery: row.get(0),
                 lsn: row.get(1),
@@ -621,10 +668,10 @@ wal_retrieve_retry_interval = '1s'
                 last_replayed_commit_unix_ms: row.get(3),
                 replay_paused: row.get(4),
                 ..Looked::default()
-            },
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot look at the server");
-                Looked::default()
+                None
             }
         }
     }
@@ -688,5 +735,32 @@ wal_retrieve_retry_interval = '1s'
             )));
         }
         Ok(())
+    }
+}
+
+/// Runs one promotion hook with the new primary's address in its
+/// environment; its failure is logged, and the promotion stands.
+async fn run_hook(order: &v1::RoleOrder, hook: &v1::Hook, connect: &ConnectArgs) {
+    let Some((program, args)) = hook.argv.split_first() else { return };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("LIFEBOAT_GROUP", &order.group)
+        .env("LIFEBOAT_PRIMARY", &order.primary)
+        .env("LIFEBOAT_EPOCH", order.epoch.to_string())
+        .env("PGHOST", connect.host())
+        .env("PGPORT", connect.port().to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let timeout = Duration::from_secs(hook.timeout_seconds.max(1).into());
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(Ok(out)) if out.status.success() => tracing::info!(hook = program, "promotion hook ran"),
+        Ok(Ok(out)) => tracing::error!(
+            hook = program,
+            status = %out.status,
+            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+            "promotion hook failed"
+        ),
+        Ok(Err(e)) => tracing::error!(hook = program, error = %e, "cannot run the promotion hook"),
+        Err(_) => tracing::error!(hook = program, timeout_s = timeout.as_secs(), "promotion hook timed out"),
     }
 }

@@ -1,0 +1,177 @@
+//! Two regions of a failover group for tests and benchmarks: a
+//! coordinator, an agent per region, a PostgreSQL 15 primary streaming
+//! into the repository in `fra`, and in `dub` a standby its agent builds
+//! from the repository.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::control::{Deployment, KeptOnFailure, Proc, configure, free_port, wait_for};
+use crate::postgres::{Cluster, as_postgres, give_to_postgres, pg_bin, postgres_dir, workspace_bin};
+
+/// A failover group's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `max_lag`, seconds.
+    pub max_lag: u64,
+    /// `failover_after`, seconds.
+    pub failover_after: u64,
+    /// `rejoin`: `auto` or `manual`.
+    pub rejoin: String,
+    /// Commits wait for the repository (`wal_stream.synchronous`).
+    pub synchronous: bool,
+}
+
+/// Two regions: `fra` with the primary, `dub` with the standby its agent builds.
+pub struct Regions {
+    /// Where everything is (kept when a test fails).
+    pub dir: KeptOnFailure,
+    /// Certificates, repository, configurations.
+    pub deployment: Deployment,
+    /// The coordinator's URL.
+    pub url: String,
+    /// The coordinator.
+    pub coordinator: Proc,
+    /// The primary at the start (in `fra`).
+    pub primary: Cluster,
+    /// The agents of `fra` and `dub`.
+    pub fra: Proc,
+    /// The agent of `dub`.
+    pub dub: Proc,
+    /// The standby's port and data directory (in `dub`).
+    pub standby_port: u16,
+    /// The standby's data directory.
+    pub standby_pgdata: PathBuf,
+}
+
+fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> String {
+    format!(
+        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\n\
+         [source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\nsynchronous = {synchronous}\napplication_name = \"{SYNC_NAME}\"\n",
+        pgdata.display()
+    )
+}
+
+/// The stream's name in `synchronous_standby_names`.
+const SYNC_NAME: &str = "lifeboat_sync";
+
+fn region_config(path: &Path, region: &str) {
+    configure(path, &format!("region = \"{region}\""));
+}
+
+impl Regions {
+    /// Starts both regions, the primary streaming, a base backup taken, and
+    /// the standby's agent told to build it.
+    pub fn start(settings: &Settings) -> Regions {
+        let Settings { max_lag, failover_after, rejoin, synchronous } = settings;
+        let dir = KeptOnFailure::new();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deployment = Deployment::new(dir.path(), &["c1"], &["fra-db1", "dub-db1"]);
+        // The servers' restore_command (wal-fetch) runs as postgres.
+        give_to_postgres(&deployment.repo);
+        give_to_postgres(&deployment.key);
+        let policy = deployment.policy(
+            "policy.yaml",
+            &format!(
+                "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
+                 failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
+                 max_lag: {max_lag}s\n    failover_after: {failover_after}s\n    rejoin: {rejoin}\n"
+            ),
+        );
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let coordinator = deployment.start_coordinator(&deployment.coordinator_config("c1", port, &policy, None));
+
+        let conf = if *synchronous { format!("synchronous_standby_names = '{SYNC_NAME}'\n") } else { String::new() };
+        let mut primary = Cluster::init(dir.path(), "fra", &conf);
+        primary.start();
+        let fra_config = deployment.agent_config(
+            "fra-db1",
+            std::slice::from_ref(&url),
+            &postgres_source(&primary.pgdata, primary.port, *synchronous),
+        );
+        region_config(&fra_config, "fra");
+        let fra = deployment.start_agent(&fra_config);
+        // A base backup while the agent streams: the standby is built from it.
+        let out = Command::new(workspace_bin("lifeboat"))
+            .args(["backup", "postgres", "--pgdata"])
+            .arg(&primary.pgdata)
+            .args(["--repo"])
+            .arg(&deployment.repo)
+            .arg("--key-file")
+            .arg(&deployment.key)
+            .args(primary.conn_args())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "base backup: {}", String::from_utf8_lossy(&out.stderr));
+
+        let standby_port = free_port();
+        let standby_pgdata = postgres_dir(dir.path(), "dub").join("data");
+        let dub_config = deployment.agent_config(
+            "dub-db1",
+            std::slice::from_ref(&url),
+            &postgres_source(&standby_pgdata, standby_port, *synchronous),
+        );
+        region_config(&dub_config, "dub");
+        let dub = deployment.start_agent(&dub_config);
+        Regions { dir, deployment, url, coordinator, primary, fra, dub, standby_port, standby_pgdata }
+    }
+
+    /// The group as `lifeboat failover status --json` shows it.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let reply = self.deployment.admin_json(&self.url, "vera", &["failover", "status"])?;
+        Some(reply["groups"][0].clone())
+    }
+
+    /// A member of `group`, by name.
+    pub fn member<'a>(group: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        group["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["member"] == name))
+            .unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// Waits until the standby replays and is eligible.
+    pub fn wait_standby_eligible(&self) {
+        wait_for(Duration::from_secs(120), "the standby to be built and eligible", || {
+            let group = self.status()?;
+            (Self::member(&group, "dub-db1/pg")["eligible"] == true).then_some(())
+        });
+    }
+
+    /// The tails of the processes' logs.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- coordinator\n{}\n--- fra\n{}\n--- dub\n{}",
+            tail(&self.coordinator.log_text()),
+            tail(&self.fra.log_text()),
+            tail(&self.dub.log_text())
+        )
+    }
+}
+
+/// The last lines of a log.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Whether a server on `port` accepts connections.
+pub fn accepts_connections(port: u16) -> bool {
+    Command::new(pg_bin("pg_isready"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A number of the JSON mapping, where 64-bit integers are strings.
+pub fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0)
+}
+
+/// Stops a server the agent started (not a child of the test).
+pub fn pg_stop(pgdata: &Path) {
+    let _ = as_postgres(&pg_bin("pg_ctl")).arg("-D").arg(pgdata).args(["stop", "-m", "immediate", "-w"]).output();
+}
