@@ -483,3 +483,105 @@ fn member_of<'a>(agent: &'a AgentRecord, member: &str) -> Option<&'a crate::agen
     let m: Member = member.parse().ok()?;
     (m.host == agent.host).then(|| agent.sources.get(&m.source)).flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_common::policy::failover::failover_from_yaml;
+
+    fn group() -> FailoverGroup {
+        let yaml = "failover:\n  orders:\n    kind: postgres\n    members: [a/pg, b/pg]\n    primary: a/pg\n    max_lag: 30s\n    failover_after: 10s\n";
+        failover_from_yaml(yaml).unwrap().remove(0)
+    }
+
+    /// Agents `a` and `b`, `a`'s member reporting `role` under `epoch` with `final_lsn`.
+    fn agents(role: v1::MemberRole, epoch: u64, final_lsn: &str, now: DateTime<Utc>) -> HashMap<String, AgentRecord> {
+        let mut agents = HashMap::new();
+        for host in ["a", "b"] {
+            let hello = v1::Hello {
+                host: host.into(),
+                sources: vec![v1::Source {
+                    id: "pg".into(),
+                    kind: v1::SourceKind::Postgres.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let mut record = AgentRecord::from_hello(&hello, None, now);
+            if host == "a"
+                && let Some(source) = record.sources.get_mut("pg")
+            {
+                let state =
+                    v1::MemberState { epoch, role: role.into(), final_lsn: final_lsn.into(), ..Default::default() };
+                source.member = Some(crate::agents::MemberSeen { state, reported: now });
+            }
+            agents.insert(host.to_owned(), record);
+        }
+        agents
+    }
+
+    /// A book where `b` was just promoted over `a` (epoch 2), held until `hold_until`.
+    fn promoted(switchover: bool, hold_until: DateTime<Utc>, now: DateTime<Utc>) -> GroupBook {
+        let event = FailoverEvent {
+            from: "a/pg".into(),
+            to: "b/pg".into(),
+            epoch: 2,
+            cause: "test".into(),
+            lost: now,
+            ordered: now,
+            accepted: None,
+            promoted_lsn: String::new(),
+            old_lsn: 0,
+            old_past_promoted: None,
+            hold_until,
+            switchover,
+        };
+        let record = GroupRecord {
+            name: "orders".into(),
+            primary: "b/pg".into(),
+            epoch: 2,
+            paused: false,
+            last_failover: Some(event),
+        };
+        let mut book = GroupBook::default();
+        book.stored.insert("orders".into(), Stored { record, revision: 1 });
+        book
+    }
+
+    fn role_of_b(book: &GroupBook, agents: &HashMap<String, AgentRecord>, now: DateTime<Utc>) -> (i32, String) {
+        let orders = book.orders_for(&[group()], "b", agents, now);
+        (orders[0].role, orders[0].replay_to.clone())
+    }
+
+    #[test]
+    fn a_successor_waits_until_the_old_primary_stopped_or_its_lease_ran_out() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let later = now + chrono::Duration::seconds(10);
+        let book = promoted(false, later, now);
+        let standby = v1::MemberRole::Standby as i32;
+        let primary = v1::MemberRole::Primary as i32;
+        // The old primary still writes (or was not heard under epoch 2): held.
+        assert_eq!(role_of_b(&book, &agents(v1::MemberRole::Primary, 2, "", now), now).0, standby);
+        assert_eq!(role_of_b(&book, &agents(v1::MemberRole::Unspecified, 1, "", now), now).0, standby);
+        // Stopped under epoch 2 (even uncleanly): released.
+        assert_eq!(role_of_b(&book, &agents(v1::MemberRole::Unspecified, 2, "", now), now).0, primary);
+        // Silent: released once its lease has surely run out.
+        assert_eq!(role_of_b(&book, &agents(v1::MemberRole::Primary, 1, "", now), later).0, primary);
+    }
+
+    #[test]
+    fn a_switchover_successor_replays_to_the_shutdown_checkpoint_and_is_not_held_again() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let book = promoted(true, now + chrono::Duration::seconds(70), now);
+        let (standby, primary) = (v1::MemberRole::Standby as i32, v1::MemberRole::Primary as i32);
+        // Stopped, but not cleanly: a switchover waits for the checkpoint.
+        assert_eq!(role_of_b(&book, &agents(v1::MemberRole::Unspecified, 2, "", now), now).0, standby);
+        let (role, replay_to) = role_of_b(&book, &agents(v1::MemberRole::Unspecified, 2, "0/3000028", now), now);
+        assert_eq!((role, replay_to.as_str()), (primary, "0/3000028"));
+        // The old primary now follows as a standby: the successor stays primary.
+        assert_eq!(role_of_b(&book, &agents(v1::MemberRole::Standby, 2, "", now), now).0, primary);
+        // The old primary's own order: a standby of epoch 2, with no lease.
+        let orders = book.orders_for(&[group()], "a", &agents(v1::MemberRole::Primary, 1, "", now), now);
+        assert_eq!((orders[0].role, orders[0].epoch), (standby, 2));
+    }
+}
