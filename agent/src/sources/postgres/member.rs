@@ -34,9 +34,10 @@ use tokio::sync::watch;
 use super::connect::ConnectArgs;
 use super::restore::parse_lsn;
 use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
+use super::startup::{output_as_owner, pg_program};
 use super::{PgError, wal};
 use crate::progress::Progress;
-use crate::sources::owner::{give_to_owner_of, log_tail, run_as_owner_of};
+use crate::sources::owner::{give_to_owner_of, log_tail};
 use crate::sources::{Order, RecoveryPoint};
 
 /// How often the server is looked at.
@@ -706,26 +707,17 @@ wal_retrieve_retry_interval = '1s'
         )
     }
 
-    /// A PostgreSQL program: in `pg_bin`, else the cluster's major
-    /// version's as Debian installs it, else on `PATH`.
+    /// A PostgreSQL program for this cluster's major version.
     fn program(&self, name: &str) -> PathBuf {
-        if let Some(dir) = &self.pg_bin {
-            return dir.join(name);
-        }
-        let version = std::fs::read_to_string(self.pgdata.join("PG_VERSION")).unwrap_or_default();
-        let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/{name}", version.trim()));
-        if debian.exists() { debian } else { PathBuf::from(name) }
+        let major = std::fs::read_to_string(self.pgdata.join("PG_VERSION")).unwrap_or_default();
+        pg_program(self.pg_bin.as_deref(), major.trim(), name)
     }
 
     async fn pg_ctl(&self, args: &[&str]) -> Result<(), PgError> {
         let program = self.program("pg_ctl");
         let mut cmd = std::process::Command::new(&program);
         cmd.arg("-D").arg(&self.pgdata).args(args);
-        run_as_owner_of(&mut cmd, &self.pgdata).map_err(PgError::io("reading", &self.pgdata))?;
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .map_err(|_| PgError::Usage("running pg_ctl panicked".into()))?
-            .map_err(PgError::io("running", &program))?;
+        let out = output_as_owner(cmd, &program, &self.pgdata).await?;
         if !out.status.success() {
             return Err(PgError::Usage(format!(
                 "pg_ctl {} on {}: {}",

@@ -35,12 +35,24 @@ pub struct RecoveryReached {
     pub log: PathBuf,
 }
 
-fn pg_ctl(opts: &StartOptions, version: u32) -> PathBuf {
-    if let Some(dir) = &opts.pg_bin {
-        return dir.join("pg_ctl");
+/// PostgreSQL's program `name`: in `pg_bin`, else major version `major`'s
+/// as Debian installs it, else on `PATH`.
+pub fn pg_program(pg_bin: Option<&Path>, major: &str, name: &str) -> PathBuf {
+    if let Some(dir) = pg_bin {
+        return dir.join(name);
     }
-    let debian = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", version / 10000));
-    if debian.exists() { debian } else { PathBuf::from("pg_ctl") }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/{name}"));
+    if debian.exists() { debian } else { PathBuf::from(name) }
+}
+
+/// Runs `cmd` (a PostgreSQL program on `pgdata`) as the directory's owner
+/// and returns its output, or why it could not be run.
+pub async fn output_as_owner(mut cmd: Command, program: &Path, pgdata: &Path) -> Result<std::process::Output, PgError> {
+    run_as_owner_of(&mut cmd, pgdata).map_err(PgError::io("reading", pgdata))?;
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|_| PgError::Usage(format!("running {} panicked", program.display())))?
+        .map_err(PgError::io("running", program))
 }
 
 /// Starts PostgreSQL on `pgdata` (as the directory's owner) and waits
@@ -48,15 +60,11 @@ fn pg_ctl(opts: &StartOptions, version: u32) -> PathBuf {
 pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) -> Result<RecoveryReached, PgError> {
     let log = pgdata.join("lifeboat-start.log");
     let started = Instant::now();
-    let program = pg_ctl(opts, version);
+    let program = pg_program(opts.pg_bin.as_deref(), &(version / 10000).to_string(), "pg_ctl");
     let mut cmd = Command::new(&program);
     cmd.arg("-D").arg(pgdata).arg("-l").arg(&log).args(["-w", "-t"]).arg(opts.timeout.as_secs().to_string());
     cmd.arg("start");
-    run_as_owner_of(&mut cmd, pgdata).map_err(PgError::io("reading", pgdata))?;
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .map_err(|_| PgError::Usage("running pg_ctl panicked".into()))?
-        .map_err(PgError::io("running", &program))?;
+    let out = output_as_owner(cmd, &program, pgdata).await?;
     if !out.status.success() {
         return Err(PgError::Usage(format!(
             "the server did not start on {} ({}):\n{}",
