@@ -797,7 +797,7 @@ impl<'a> Term<'a> {
                 let now = Utc::now();
                 let policy = self.shared.policy();
                 let connected = |h: &str| self.sessions.contains_key(h);
-                let judged = self.groups.judge_all(&policy.failover, &self.agents, connected, self.counting_from, now);
+                let judged = self.judge(&policy.failover, now);
                 let groups =
                     judged.iter().map(|(g, j)| self.groups.to_proto(g, Some(j), &self.agents, connected)).collect();
                 reply.send(Ok(v1::FailoverStatusReply { groups })).ok();
@@ -994,8 +994,7 @@ impl<'a> Term<'a> {
             return Ok(());
         }
         self.groups.ensure(self.state, self.prefix, &policy.failover).await?;
-        let connected = |h: &str| self.sessions.contains_key(h);
-        let judged = self.groups.judge_all(&policy.failover, &self.agents, connected, self.counting_from, now);
+        let judged = self.judge(&policy.failover, now);
         let mut due = Vec::new();
         for (group, judgement) in judged {
             let Some(silent) = judgement.primary_silent_since else {
@@ -1099,10 +1098,7 @@ impl<'a> Term<'a> {
         if let Some(f) = self.groups.in_progress(&group.name, now) {
             return Err(refused(PromoteRefused::InProgress { to: f.to.clone(), until: f.hold_until }));
         }
-        let connected = |h: &str| self.sessions.contains_key(h);
-        let judged =
-            self.groups.judge_all(std::slice::from_ref(group), &self.agents, connected, self.counting_from, now);
-        let judgement = judged.into_iter().next().map(|(_, j)| j);
+        let judgement = self.judge(std::slice::from_ref(group), now).into_iter().next().map(|(_, j)| j);
         let member = judgement.as_ref().and_then(|j| j.members.iter().find(|m| m.member == to));
         if let Some(m) = member.filter(|m| !m.eligible && !request.force) {
             let (member, why) = (request.to.clone(), m.why_not.clone());
@@ -1128,13 +1124,23 @@ impl<'a> Term<'a> {
         }
     }
 
+    /// `groups` judged at `now` against the agents attached here, silence
+    /// counted from the start of this term or the end of its last stall.
+    fn judge<'g>(
+        &self,
+        groups: &'g [FailoverGroup],
+        now: DateTime<Utc>,
+    ) -> Vec<(&'g FailoverGroup, crate::failover::judge::Judgement)> {
+        let connected = |h: &str| self.sessions.contains_key(h);
+        self.groups.judge_all(groups, &self.agents, connected, self.counting_from, now)
+    }
+
     /// A group as `Promote` and `PauseFailover` answer.
     fn group_reply(&self, name: &str) -> v1::FailoverGroupReply {
         let policy = self.shared.policy();
         let connected = |h: &str| self.sessions.contains_key(h);
         let group = policy.failover.iter().find(|g| g.name == name).map(|g| {
-            let judged =
-                self.groups.judge_all(std::slice::from_ref(g), &self.agents, connected, self.counting_from, Utc::now());
+            let judged = self.judge(std::slice::from_ref(g), Utc::now());
             self.groups.to_proto(g, judged.first().map(|(_, j)| j), &self.agents, connected)
         });
         v1::FailoverGroupReply { group }

@@ -55,11 +55,6 @@ impl Positions {
     pub fn first_past(&self, lsn: u64) -> Option<DateTime<Utc>> {
         self.seen.iter().find(|(_, l)| *l > lsn).map(|(t, _)| *t)
     }
-
-    /// Forgets everything (a new primary, a new history).
-    pub fn clear(&mut self) {
-        self.seen.clear();
-    }
 }
 
 /// `X/Y` as one number.
@@ -72,8 +67,6 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 pub struct Observed<'a> {
     /// Which.
     pub member: &'a Member,
-    /// Its agent's region.
-    pub region: String,
     /// Its agent holds a stream to this leader.
     pub connected: bool,
     /// When its agent was last heard (for the primary: what its silence counts from).
@@ -247,15 +240,9 @@ mod tests {
         let lost_at = t0 + chrono::Duration::seconds(5);
         let observed = |connected_a: bool| {
             vec![
-                Observed {
-                    member: a,
-                    region: "A".into(),
-                    connected: connected_a,
-                    last_seen: Some(lost_at),
-                    seen: Some(&pa),
-                },
-                Observed { member: b, region: "B".into(), connected: true, last_seen: Some(lost_at), seen: Some(&sb) },
-                Observed { member: c, region: "C".into(), connected: true, last_seen: Some(lost_at), seen: Some(&sc) },
+                Observed { member: a, connected: connected_a, last_seen: Some(lost_at), seen: Some(&pa) },
+                Observed { member: b, connected: true, last_seen: Some(lost_at), seen: Some(&sb) },
+                Observed { member: c, connected: true, last_seen: Some(lost_at), seen: Some(&sc) },
             ]
         };
         let j = judge(&g, &record(), &observed(true), &positions, t0, lost_at + chrono::Duration::seconds(1));
@@ -291,9 +278,9 @@ mod tests {
         fenced.state.detail = "stopped".into();
         let heard = t0 + chrono::Duration::seconds(61);
         let observed = vec![
-            Observed { member: a, region: "A".into(), connected: false, last_seen: Some(heard), seen: None },
-            Observed { member: b, region: "B".into(), connected: true, last_seen: Some(heard), seen: Some(&sb) },
-            Observed { member: c, region: "C".into(), connected: true, last_seen: Some(heard), seen: Some(&fenced) },
+            Observed { member: a, connected: false, last_seen: Some(heard), seen: None },
+            Observed { member: b, connected: true, last_seen: Some(heard), seen: Some(&sb) },
+            Observed { member: c, connected: true, last_seen: Some(heard), seen: Some(&fenced) },
         ];
         let j = judge(&g, &record(), &observed, &positions, t0, heard + chrono::Duration::seconds(30));
         assert!(!j.promote_now);
@@ -303,8 +290,8 @@ mod tests {
         // Paused: the candidate is named, nothing happens.
         let sb = seen(v1::MemberRole::Standby, "0/2000", t0);
         let observed = vec![
-            Observed { member: a, region: "A".into(), connected: false, last_seen: Some(heard), seen: None },
-            Observed { member: b, region: "B".into(), connected: true, last_seen: Some(heard), seen: Some(&sb) },
+            Observed { member: a, connected: false, last_seen: Some(heard), seen: None },
+            Observed { member: b, connected: true, last_seen: Some(heard), seen: Some(&sb) },
         ];
         let paused = GroupRecord { paused: true, ..record() };
         let j = judge(&g, &paused, &observed, &positions, t0, heard + chrono::Duration::seconds(30));

@@ -25,7 +25,7 @@ use lifeboat_proto::v1;
 
 use self::judge::{Judgement, Observed, Positions, judge, parse_lsn};
 use self::record::{FailoverEvent, GroupRecord};
-use crate::agents::AgentRecord;
+use crate::agents::{AgentRecord, MemberSeen};
 use crate::state::{Condition, Op, State, StateError, encode};
 
 /// A group's record and the revision it was read or written at.
@@ -257,18 +257,17 @@ impl GroupBook {
                 (StepDown::Stopped(lsn), true) => lsn.clone(),
                 _ => String::new(),
             };
+            let primary_address = stored
+                .record
+                .primary
+                .parse::<Member>()
+                .ok()
+                .and_then(|p| seen(agents, &p))
+                .map(|m| m.state.address.clone())
+                .unwrap_or_default();
             for member in group.members.iter().filter(|m| m.host == host) {
                 // Until the old primary has surely stopped, its successor waits as a standby.
                 let primary = member.to_string() == stored.record.primary && !held;
-                let primary_address = stored
-                    .record
-                    .primary
-                    .parse::<Member>()
-                    .ok()
-                    .and_then(|p| agents.get(&p.host).and_then(|a| a.sources.get(&p.source)))
-                    .and_then(|s| s.member.as_ref())
-                    .map(|m| m.state.address.clone())
-                    .unwrap_or_default();
                 orders.push(v1::RoleOrder {
                     group: group.name.clone(),
                     source_id: member.source.clone(),
@@ -285,7 +284,7 @@ impl GroupBook {
                         })
                         .collect(),
                     primary: stored.record.primary.clone(),
-                    primary_address,
+                    primary_address: primary_address.clone(),
                     replay_to: if primary { replay_to.clone() } else { String::new() },
                 });
             }
@@ -310,15 +309,11 @@ impl GroupBook {
                 let observed: Vec<Observed<'_>> = group
                     .members
                     .iter()
-                    .map(|m| {
-                        let agent = agents.get(&m.host);
-                        Observed {
-                            member: m,
-                            region: agent.map(|a| a.region.clone()).unwrap_or_default(),
-                            connected: connected(&m.host),
-                            last_seen: agent.map(|a| a.last_seen),
-                            seen: agent.and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref()),
-                        }
+                    .map(|m| Observed {
+                        member: m,
+                        connected: connected(&m.host),
+                        last_seen: agents.get(&m.host).map(|a| a.last_seen),
+                        seen: seen(agents, m),
                     })
                     .collect();
                 let positions = self.positions.get(&group.name).unwrap_or(&empty);
@@ -425,10 +420,7 @@ impl GroupBook {
                     member: m.to_string(),
                     region: agent.map(|a| a.region.clone()).unwrap_or_default(),
                     connected: connected(&m.host),
-                    state: agent
-                        .and_then(|a| a.sources.get(&m.source))
-                        .and_then(|s| s.member.as_ref())
-                        .map(|s| s.state.clone()),
+                    state: seen(agents, m).map(|s| s.state.clone()),
                     lag_bytes: judged.map_or(0, |j| j.lag_bytes),
                     lag_seconds: judged.map_or(0.0, |j| j.lag_seconds),
                     eligible: judged.is_some_and(|j| j.eligible),
@@ -470,12 +462,16 @@ enum StepDown {
 /// Where the old primary `from` stands under `epoch`.
 fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -> StepDown {
     let Ok(m) = from.parse::<Member>() else { return StepDown::NotYet };
-    let seen = agents.get(&m.host).and_then(|a| a.sources.get(&m.source)).and_then(|s| s.member.as_ref());
-    match seen.map(|s| &s.state).filter(|s| s.epoch >= epoch) {
+    match seen(agents, &m).map(|s| &s.state).filter(|s| s.epoch >= epoch) {
         Some(s) if s.role == v1::MemberRole::Standby as i32 => StepDown::Following,
         Some(s) if s.role == v1::MemberRole::Unspecified as i32 => StepDown::Stopped(s.final_lsn.clone()),
         _ => StepDown::NotYet,
     }
+}
+
+/// What `member`'s agent last reported of its server.
+fn seen<'a>(agents: &'a HashMap<String, AgentRecord>, member: &Member) -> Option<&'a MemberSeen> {
+    agents.get(&member.host)?.sources.get(&member.source)?.member.as_ref()
 }
 
 /// The source record of `member` (`HOST/SOURCE`) if `agent` is its host.

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use super::connect::ConnectArgs;
 use super::restore::parse_lsn;
-use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
+use super::restore::{PgRestoreOptions, recovery_settings, restore_postgres, wal_fetch_command};
 use super::startup::{output_as_owner, pg_program};
 use super::{PgError, wal};
 use crate::progress::Progress;
@@ -469,27 +469,24 @@ impl Member {
     /// repository and follows the newest timeline.
     async fn become_standby(&self, spec: &RepoSpec, timeline: u32) -> Result<(), PgError> {
         let control = self.control_data().await.unwrap_or_default();
-        let segment_size = control.get("Bytes per WAL segment").cloned().unwrap_or_else(|| (16u64 << 20).to_string());
-        let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
-        let restore_command = wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
-            .map_err(PgError::io("resolving", Path::new("the key file")))?;
-        let settings = format!(
-            "# Added by the lifeboat agent: following timeline {timeline} as a standby
-restore_command = '{}'
-recovery_target_timeline = 'latest'
-wal_retrieve_retry_interval = '1s'
-",
-            format!("{restore_command} --segment-size={segment_size} %f %p").replace('\'', "''")
-        );
-        let auto = self.pgdata.join("postgresql.auto.conf");
-        let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto))?;
-        conf.push_str(&settings);
-        std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto))?;
+        let segment_size = control.get("Bytes per WAL segment").and_then(|s| s.parse().ok()).unwrap_or(16u64 << 20);
+        self.append_settings(&format!(
+            "# Added by the lifeboat agent: following timeline {timeline} as a standby\n{}wal_retrieve_retry_interval = '1s'\n",
+            recovery_settings(&restore_command(spec)?, segment_size)
+        ))?;
         let signal = self.pgdata.join("standby.signal");
         std::fs::write(&signal, "").map_err(PgError::io("writing", &signal))?;
         give_to_owner_of(&self.pgdata, &signal).map_err(PgError::io("changing owner of", &signal))?;
         tracing::warn!(pgdata = %self.pgdata.display(), timeline, "the former primary follows the new timeline as a standby");
         Ok(())
+    }
+
+    /// Appends `settings` to the cluster's `postgresql.auto.conf`.
+    fn append_settings(&self, settings: &str) -> Result<(), PgError> {
+        let auto = self.pgdata.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto))?;
+        conf.push_str(settings);
+        std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto))
     }
 
     /// Restores the newest base backup into the data directory (reusing
@@ -510,9 +507,6 @@ wal_retrieve_retry_interval = '1s'
             let pid = self.pgdata.join("postmaster.pid");
             std::fs::remove_file(&pid).map_err(PgError::io("removing the stale", &pid))?;
         }
-        let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
-        let restore_command = wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
-            .map_err(PgError::io("resolving", Path::new("the key file")))?;
         if let Some(parent) = self.pgdata.parent()
             && !self.pgdata.exists()
         {
@@ -529,7 +523,7 @@ wal_retrieve_retry_interval = '1s'
             target_dir: self.pgdata.clone(),
             from_backup: None,
             target: RecoveryPoint::Latest,
-            restore_command,
+            restore_command: restore_command(spec)?,
             delta,
             tablespace_map: Vec::new(),
             threads: 0,
@@ -547,10 +541,7 @@ wal_retrieve_retry_interval = '1s'
         if self.connect.host().starts_with('/') {
             settings.push_str(&format!("unix_socket_directories = '{}'\n", self.connect.host().replace('\'', "''")));
         }
-        let auto = self.pgdata.join("postgresql.auto.conf");
-        let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto))?;
-        conf.push_str(&settings);
-        std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto))?;
+        self.append_settings(&settings)?;
         tracing::info!(backup = %outcome.backup.short(), pgdata = %self.pgdata.display(), "standby built from the repository");
         Ok(())
     }
@@ -728,6 +719,13 @@ wal_retrieve_retry_interval = '1s'
         }
         Ok(())
     }
+}
+
+/// The `wal-fetch` command of this agent binary on the repository `spec` opens.
+fn restore_command(spec: &RepoSpec) -> Result<String, PgError> {
+    let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
+    wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
+        .map_err(PgError::io("resolving", Path::new("the key file")))
 }
 
 /// Runs one promotion hook with the new primary's address in its

@@ -125,6 +125,15 @@ fn tablespace_targets(pg: &PostgresBackup, map: &[(String, PathBuf)]) -> Result<
         .collect()
 }
 
+/// The lines that make a server fetch WAL with `restore_command` (the
+/// `wal-fetch` command) and follow the newest timeline.
+pub fn recovery_settings(restore_command: &str, segment_size: u64) -> String {
+    format!(
+        "restore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        conf_literal(&format!("{restore_command} --segment-size={segment_size} %f %p"))
+    )
+}
+
 /// A value as a quoted string literal of postgresql.conf.
 fn conf_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -223,9 +232,9 @@ pub async fn restore_postgres(
     }
     write("recovery.signal", "")?;
     let mut settings = format!(
-        "\n# Added by lifeboat restore postgres from backup {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        "\n# Added by lifeboat restore postgres from backup {}\n{}",
         id.short(),
-        conf_literal(&format!("{} --segment-size={} %f %p", opts.restore_command, pg.wal_segment_size))
+        recovery_settings(&opts.restore_command, pg.wal_segment_size)
     );
     match &opts.target {
         RecoveryPoint::Latest => {}
