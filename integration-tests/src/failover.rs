@@ -1,7 +1,8 @@
-//! Two regions of a failover group for tests and benchmarks: a
-//! coordinator, an agent per region, a PostgreSQL 15 primary streaming
-//! into the repository in `fra`, and in `dub` a standby its agent builds
-//! from the repository.
+//! Regions of a failover group for tests and benchmarks: a coordinator,
+//! an agent per region, and either a PostgreSQL 15 primary streaming into
+//! the repository in `fra` with a standby its agent builds from the
+//! repository in `dub`, or a Redis master in `fra` with replicas in `dub`
+//! and `iad`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use crate::control::{Deployment, KeptOnFailure, Proc, configure, free_port, wait_for};
 use crate::postgres::{Cluster, as_postgres, give_to_postgres, pg_bin, postgres_dir, workspace_bin};
+use crate::redis::RedisServer;
 
 /// A failover group's settings.
 #[derive(Debug, Clone)]
@@ -149,6 +151,113 @@ impl Regions {
             tail(&self.fra.log_text()),
             tail(&self.dub.log_text())
         )
+    }
+}
+
+/// A Redis failover group in three regions: a master in `fra`, replicas
+/// of it in `dub` and `iad`, each under its region's agent.
+pub struct RedisRegions {
+    /// Where everything is (kept when a test fails).
+    pub dir: KeptOnFailure,
+    /// Certificates, repository, configurations.
+    pub deployment: Deployment,
+    /// The coordinator's URL.
+    pub url: String,
+    /// The coordinator.
+    pub coordinator: Proc,
+    /// The servers of `fra`, `dub` and `iad`.
+    pub servers: Vec<RedisServer>,
+    /// Their agents, in the same order.
+    pub agents: Vec<Proc>,
+}
+
+/// The regions of a Redis group, in order; the first holds the master.
+pub const REDIS_REGIONS: [&str; 3] = ["fra", "dub", "iad"];
+
+impl RedisRegions {
+    /// Starts the servers, the coordinator with group `cache` (`max_lag`
+    /// and `failover_after` in seconds) and the agents.
+    pub fn start(max_lag: u64, failover_after: u64) -> RedisRegions {
+        let dir = KeptOnFailure::new();
+        let hosts: Vec<String> = REDIS_REGIONS.iter().map(|r| format!("{r}-cache")).collect();
+        let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let deployment = Deployment::new(dir.path(), &["c1"], &host_refs);
+        let members: Vec<String> = hosts.iter().map(|h| format!("{h}/cache")).collect();
+        let policy = deployment.policy(
+            "policy.yaml",
+            &format!(
+                "backup_schedules: {{}}
+failover:
+  cache:
+    kind: redis
+    members: [{}]
+    primary: {}
+    \
+                 max_lag: {max_lag}s
+    failover_after: {failover_after}s
+    rejoin: manual
+",
+                members.join(", "),
+                members[0]
+            ),
+        );
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let coordinator = deployment.start_coordinator(&deployment.coordinator_config("c1", port, &policy, None));
+        let master = RedisServer::start(&dir.path().join("redis-fra"), &[]);
+        let master_port = master.port.to_string();
+        let mut servers = vec![master];
+        for region in &REDIS_REGIONS[1..] {
+            let replica = RedisServer::start(
+                &dir.path().join(format!("redis-{region}")),
+                &["--replicaof", "127.0.0.1", &master_port],
+            );
+            servers.push(replica);
+        }
+        let agents = REDIS_REGIONS
+            .iter()
+            .zip(&hosts)
+            .zip(&servers)
+            .map(|((region, host), server)| {
+                let state = dir.path().join(format!("member-{region}"));
+                std::fs::create_dir_all(&state).unwrap();
+                let source = format!(
+                    "[[source]]\nid = \"cache\"\nkind = \"redis\"\nurl = \"{}\"\n[source.member]\nstate_dir = \"{}\"\n",
+                    server.url(),
+                    state.display()
+                );
+                let config = deployment.agent_config(host, std::slice::from_ref(&url), &source);
+                region_config(&config, region);
+                deployment.start_agent(&config)
+            })
+            .collect();
+        RedisRegions { dir, deployment, url, coordinator, servers, agents }
+    }
+
+    /// The group as `lifeboat failover status --json` shows it.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let reply = self.deployment.admin_json(&self.url, "vera", &["failover", "status"])?;
+        Some(reply["groups"][0].clone())
+    }
+
+    /// Waits until every replica is eligible.
+    pub fn wait_replicas_eligible(&self) {
+        wait_for(Duration::from_secs(60), "the replicas to be eligible", || {
+            let group = self.status()?;
+            REDIS_REGIONS[1..]
+                .iter()
+                .all(|r| Regions::member(&group, &format!("{r}-cache/cache"))["eligible"] == true)
+                .then_some(())
+        });
+    }
+
+    /// The tails of the processes' logs.
+    pub fn logs(&self) -> String {
+        let mut text = format!("--- coordinator\n{}", tail(&self.coordinator.log_text()));
+        for (region, agent) in REDIS_REGIONS.iter().zip(&self.agents) {
+            text.push_str(&format!("\n--- {region}\n{}", tail(&agent.log_text())));
+        }
+        text
     }
 }
 

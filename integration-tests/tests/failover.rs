@@ -4,14 +4,17 @@
 //! repository. The primary's region is lost (agent SIGKILLed, server
 //! stopped immediate) and the standby must be promoted within the bounds;
 //! the leader stalls (SIGSTOP) and the primary must fence itself, then
-//! resume when a confirmation comes again.
+//! resume when a confirmation comes again. A Redis master in the same
+//! position has its writes paused, and a replica takes over.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_integration_tests::control::{serial, wait_for};
-use lifeboat_integration_tests::failover::{Regions, Settings, accepts_connections, num, pg_stop, tail};
+use lifeboat_integration_tests::failover::{
+    REDIS_REGIONS, RedisRegions, Regions, Settings, accepts_connections, num, pg_stop, tail,
+};
 use lifeboat_integration_tests::postgres::Cluster;
 use lifeboat_integration_tests::writer::{Writer, ids_on, sql_on};
 
@@ -232,4 +235,194 @@ fn a_switchover_and_back_loses_no_commit_and_the_old_primary_follows_each_time()
     r.dub.kill();
     pg_stop(&r.standby_pgdata);
     pg_stop(&r.primary.pgdata);
+}
+
+/// A write and the master's replication offset once it was acknowledged.
+struct RedisAck {
+    key: String,
+    offset: u64,
+}
+
+/// Writes keys to a Redis master, recording each acknowledged one with the
+/// master's replication offset read after it.
+struct RedisWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<RedisAck>>,
+}
+
+impl RedisWriter {
+    fn start(port: u16) -> RedisWriter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let mut conn = client.get_connection().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w:{port}:{i}");
+                if redis::cmd("SET").arg(&key).arg(i).query::<()>(&mut conn).is_err() {
+                    break;
+                }
+                let Ok(info) = redis::cmd("INFO").arg("replication").query::<String>(&mut conn) else { break };
+                let offset = info_field(&info, "master_repl_offset").parse().unwrap();
+                acked.push(RedisAck { key, offset });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            acked
+        });
+        RedisWriter { stop, thread }
+    }
+
+    /// Stops it (or finds it stopped by an error) and returns what was acknowledged.
+    fn stop(self) -> Vec<RedisAck> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The keys of `acked` missing on the server at `port`.
+fn missing_on(port: u16, acked: &[&RedisAck]) -> Vec<String> {
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
+    acked
+        .iter()
+        .filter(|a| !redis::cmd("EXISTS").arg(&a.key).query::<bool>(&mut conn).unwrap())
+        .map(|a| a.key.clone())
+        .collect()
+}
+
+/// One `SET` on the server at `port` with a short answer timeout: whether
+/// it was acknowledged (a fenced master pauses it).
+fn redis_set_answers(port: u16, key: &str) -> bool {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return false };
+    conn.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    redis::cmd("SET").arg(key).arg("1").query::<()>(&mut conn).is_ok()
+}
+
+fn redis_replication(port: u16) -> String {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).unwrap();
+    redis::cmd("INFO").arg("replication").query(&mut conn).unwrap()
+}
+
+fn info_field(info: &str, name: &str) -> String {
+    info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_default().trim().to_owned()
+}
+
+#[test]
+fn a_redis_master_pauses_unconfirmed_and_its_replica_is_promoted_when_its_region_is_lost() {
+    let _one = serial();
+    let mut r = RedisRegions::start(30, FAILOVER_AFTER);
+    r.wait_replicas_eligible();
+    let master_port = r.servers[0].port;
+
+    // The leader stalls past fence_after: the master's writes are paused
+    // (none acknowledged), and resume when a confirmation comes again.
+    r.coordinator.pause();
+    let paused = Instant::now();
+    wait_for(Duration::from_secs(20), "the master's writes to be paused", || {
+        (!redis_set_answers(master_port, "probe")).then_some(())
+    });
+    let fenced_after = paused.elapsed();
+    assert!(fenced_after >= Duration::from_secs(4), "fenced {fenced_after:?} after the leader stalled");
+    r.coordinator.resume();
+    wait_for(Duration::from_secs(30), "the master's writes to resume", || {
+        redis_set_answers(master_port, "probe").then_some(())
+    });
+    assert!(r.agents[0].log_text().contains("fencing Redis"), "{}", r.logs());
+    wait_for(Duration::from_secs(5), "the agent to log the fence lifted", || {
+        r.agents[0].log_text().contains("unfenced").then_some(())
+    });
+
+    let writer = RedisWriter::start(master_port);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Region fra lost: its agent and its server die together.
+    r.agents[0].kill();
+    r.servers[0].kill();
+    let lost_at = Instant::now();
+    let acked = writer.stop();
+    assert!(acked.len() > 100, "the writer had only {} writes acknowledged", acked.len());
+
+    let group = wait_for(Duration::from_secs(FAILOVER_AFTER + 60), "a replica's promotion", || {
+        let group = r.status()?;
+        (group["primary"] != "fra-cache/cache" && num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0).then_some(group)
+    });
+    let took = lost_at.elapsed();
+    eprintln!("failover: {}\npromoted {took:?} after the loss", group["lastFailover"]);
+    assert!(took.as_secs_f64() <= (FAILOVER_AFTER + 15) as f64, "promoted {took:?} after the loss\n{}", r.logs());
+    let promoted = REDIS_REGIONS.iter().position(|reg| group["primary"] == format!("{reg}-cache/cache")).unwrap();
+    let other = if promoted == 1 { 2 } else { 1 };
+    let (new, follower) = (&r.servers[promoted], &r.servers[other]);
+    assert_eq!(info_field(&redis_replication(new.port), "role"), "master");
+
+    // Every write acknowledged at or before the promoted offset is there.
+    let at: u64 = group["lastFailover"]["promotedLsn"].as_str().unwrap().parse().unwrap();
+    let missing = missing_on(new.port, &acked.iter().filter(|a| a.offset <= at).collect::<Vec<_>>());
+    let beyond = acked.iter().filter(|a| a.offset > at).count();
+    eprintln!("{} writes acknowledged, {beyond} after the promoted offset {at}", acked.len());
+    assert!(missing.is_empty(), "acknowledged before offset {at} but missing: {missing:?}");
+
+    // The other replica follows the new primary and receives its writes.
+    wait_for(Duration::from_secs(30), "the other replica to follow the new primary", || {
+        let info = redis_replication(follower.port);
+        (info_field(&info, "master_port") == new.port.to_string() && info_field(&info, "master_link_status") == "up")
+            .then_some(())
+    });
+    redis::cmd("SET").arg("after-failover").arg("1").query::<()>(&mut new.conn()).unwrap();
+    wait_for(Duration::from_secs(10), "the write on the new primary to reach the other replica", || {
+        redis::cmd("EXISTS").arg("after-failover").query::<bool>(&mut follower.conn()).unwrap().then_some(())
+    });
+    let audit = std::fs::read_to_string(r.dir.path().join("coordinator-c1/audit.log")).unwrap();
+    assert!(audit.contains("Failover/Promote") && audit.contains("Failover/Accepted"), "{audit}");
+    for agent in &mut r.agents {
+        agent.kill();
+    }
+}
+
+#[test]
+fn a_redis_switchover_and_back_loses_no_write_and_the_old_master_follows_each_time() {
+    let _one = serial();
+    let mut r = RedisRegions::start(30, FAILOVER_AFTER);
+    r.wait_replicas_eligible();
+    for (round, (from, to)) in [(0, 1), (1, 0)].into_iter().enumerate() {
+        let to_member = format!("{}-cache/cache", REDIS_REGIONS[to]);
+        let writer = RedisWriter::start(r.servers[from].port);
+        std::thread::sleep(Duration::from_secs(2));
+        let started = Instant::now();
+        let out = r.deployment.admin(&r.url, "root", &["failover", "switchover", "cache", "--to", &to_member]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let group = wait_for(Duration::from_secs(60), "the switchover", || {
+            let group = r.status()?;
+            (num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0 && group["primary"] == to_member).then_some(group)
+        });
+        let took = started.elapsed();
+        // The old master's writes were paused, then refused once it followed.
+        let acked = writer.stop();
+        let missing = missing_on(r.servers[to].port, &acked.iter().collect::<Vec<_>>());
+        eprintln!(
+            "redis switchover {round}: to {to_member} in {took:?} ({}), {} writes acknowledged, {} missing",
+            group["lastFailover"],
+            acked.len(),
+            missing.len()
+        );
+        assert!(acked.len() > 50, "the writer had only {} writes acknowledged", acked.len());
+        assert!(missing.is_empty(), "switchover {round} lost writes {missing:?}\n{}", r.logs());
+        wait_for(Duration::from_secs(30), "the old master to follow the new one", || {
+            let info = redis_replication(r.servers[from].port);
+            (info_field(&info, "master_port") == r.servers[to].port.to_string()
+                && info_field(&info, "master_link_status") == "up")
+                .then_some(())
+        });
+        assert!(redis_set_answers(r.servers[to].port, "after-switchover"), "{}", r.logs());
+    }
+    let logs: String = r.agents.iter().map(|a| a.log_text()).collect();
+    assert!(logs.contains("the former primary follows the new one") && logs.contains("lossless=true"), "{}", r.logs());
+    for agent in &mut r.agents {
+        agent.kill();
+    }
 }

@@ -18,6 +18,7 @@ pub mod files;
 pub mod owner;
 pub mod postgres;
 pub mod redis;
+pub mod tenure;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

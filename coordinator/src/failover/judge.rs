@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lifeboat_common::policy::failover::{FailoverGroup, Member};
+use lifeboat_common::policy::failover::{FailoverGroup, GroupKind, Member};
 use lifeboat_proto::v1;
 
 use super::record::GroupRecord;
@@ -57,9 +57,13 @@ impl Positions {
     }
 }
 
-/// `X/Y` as one number.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    text.parse::<lifeboat_common::repo::format::wal::Lsn>().ok().map(|l| l.0)
+/// A member's reported position as one number: PostgreSQL's `X/Y` LSN,
+/// or Redis's replication offset (which a promoted replica carries on).
+pub fn position(kind: GroupKind, text: &str) -> Option<u64> {
+    match kind {
+        GroupKind::Postgres => text.parse::<lifeboat_common::repo::format::wal::Lsn>().ok().map(|l| l.0),
+        GroupKind::Redis => text.parse().ok(),
+    }
 }
 
 /// What the leader knows of one member.
@@ -117,8 +121,11 @@ pub fn judge(
     now: DateTime<Utc>,
 ) -> Judgement {
     let primary = observed.iter().find(|o| o.member.to_string() == record.primary);
-    let primary_lsn =
-        positions.newest().into_iter().chain(primary.and_then(|p| p.seen).and_then(|s| parse_lsn(&s.state.lsn))).max();
+    let primary_lsn = positions
+        .newest()
+        .into_iter()
+        .chain(primary.and_then(|p| p.seen).and_then(|s| position(group.kind, &s.state.lsn)))
+        .max();
     // Silence is counted from the last heartbeat, not from the stream: a
     // partitioned or paused agent's stream can stay open for a long while.
     let last_heard = primary.and_then(|p| p.last_seen).map_or(started, |s| s.max(started));
@@ -127,7 +134,7 @@ pub fn judge(
     let mut members = Vec::new();
     for o in observed.iter().filter(|o| o.member.to_string() != record.primary) {
         let state = o.seen.map(|s| &s.state);
-        let lsn = state.and_then(|s| parse_lsn(&s.lsn));
+        let lsn = state.and_then(|s| position(group.kind, &s.lsn));
         let lag_bytes = match (primary_lsn, lsn) {
             (Some(p), Some(l)) => p.saturating_sub(l),
             _ => 0,

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::policy::failover::{FailoverGroup, GroupKind, Member, Rejoin};
 use lifeboat_proto::v1;
 
-use self::judge::{Judgement, Observed, Positions, judge, parse_lsn};
+use self::judge::{Judgement, Observed, Positions, judge, position};
 use self::record::{FailoverEvent, GroupRecord};
 use crate::agents::{AgentRecord, MemberSeen};
 use crate::state::{Condition, Op, State, StateError, encode};
@@ -203,7 +203,7 @@ impl GroupBook {
             let primary = stored.record.primary.clone();
             let Some(seen) = member_of(agent, &primary).and_then(|s| s.member.as_ref()) else { continue };
             let reports_primary = seen.state.role == v1::MemberRole::Primary as i32 && !seen.state.fenced;
-            if reports_primary && let Some(lsn) = parse_lsn(&seen.state.lsn) {
+            if reports_primary && let Some(lsn) = position(group.kind, &seen.state.lsn) {
                 self.positions.entry(group.name.clone()).or_default().record(now, lsn);
             }
             let waiting = stored.record.last_failover.as_ref().is_some_and(|f| f.accepted.is_none() && f.to == primary);
@@ -213,7 +213,8 @@ impl GroupBook {
                 if let Some(event) = record.last_failover.as_mut() {
                     event.accepted = DateTime::from_timestamp_millis(seen.state.promoted_unix_ms).or(Some(now));
                     event.promoted_lsn.clone_from(&seen.state.promoted_lsn);
-                    if let Some(p) = parse_lsn(&event.promoted_lsn)
+                    event.promoted_position = position(group.kind, &event.promoted_lsn);
+                    if let Some(p) = event.promoted_position
                         && event.old_past_promoted.is_none()
                     {
                         event.old_past_promoted = self.previous.get(&group.name).and_then(|h| h.first_past(p));
@@ -243,9 +244,13 @@ impl GroupBook {
             // Until the old primary has surely stopped, its successor waits
             // as a standby: until its lease has run out, or it reports
             // itself stopped (for a switchover: cleanly, with its shutdown
-            // checkpoint) or following. Never again once the successor promoted.
+            // checkpoint) or following. Never again once the successor
+            // promoted: its own report says so before its acceptance is
+            // recorded (the answer to a heartbeat goes before the heartbeat
+            // is taken in).
             let held = current.is_some_and(|f| {
                 f.accepted.is_none()
+                    && !reports_promoted(agents, &f.to, f.epoch)
                     && now < f.hold_until
                     && match &old {
                         StepDown::NotYet => true,
@@ -343,6 +348,7 @@ impl GroupBook {
             ordered: promotion.now,
             accepted: None,
             promoted_lsn: String::new(),
+            promoted_position: None,
             old_lsn,
             old_past_promoted: None,
             hold_until: promotion.hold_until,
@@ -470,6 +476,14 @@ fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -
 }
 
 /// What `member`'s agent last reported of its server.
+/// Whether `member` reports itself promoted and writable under `epoch`.
+fn reports_promoted(agents: &HashMap<String, AgentRecord>, member: &str, epoch: u64) -> bool {
+    let Ok(m) = member.parse::<Member>() else { return false };
+    seen(agents, &m).is_some_and(|s| {
+        s.state.epoch == epoch && s.state.promoted_unix_ms > 0 && s.state.role == v1::MemberRole::Primary as i32
+    })
+}
+
 fn seen<'a>(agents: &'a HashMap<String, AgentRecord>, member: &Member) -> Option<&'a MemberSeen> {
     agents.get(&member.host)?.sources.get(&member.source)?.member.as_ref()
 }
@@ -527,6 +541,7 @@ mod tests {
             ordered: now,
             accepted: None,
             promoted_lsn: String::new(),
+            promoted_position: None,
             old_lsn: 0,
             old_past_promoted: None,
             hold_until,
@@ -579,5 +594,25 @@ mod tests {
         // The old primary's own order: a standby of epoch 2, with no lease.
         let orders = book.orders_for(&[group()], "a", &agents(v1::MemberRole::Primary, 1, "", now), now);
         assert_eq!((orders[0].role, orders[0].epoch), (standby, 2));
+    }
+
+    #[test]
+    fn a_successor_that_reports_itself_promoted_is_never_held_again() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let book = promoted(true, now + chrono::Duration::seconds(70), now);
+        // The old primary's report is stale (still a writable primary)...
+        let mut agents = agents(v1::MemberRole::Primary, 2, "", now);
+        assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Standby as i32);
+        // ...but the successor reports its promotion under epoch 2, before the leader recorded it.
+        let state = v1::MemberState {
+            epoch: 2,
+            role: v1::MemberRole::Primary.into(),
+            promoted_unix_ms: now.timestamp_millis(),
+            ..Default::default()
+        };
+        if let Some(source) = agents.get_mut("b").and_then(|b| b.sources.get_mut("pg")) {
+            source.member = Some(crate::agents::MemberSeen { state, reported: now });
+        }
+        assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Primary as i32);
     }
 }

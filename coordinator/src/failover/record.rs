@@ -57,6 +57,9 @@ pub struct FailoverEvent {
     pub accepted: Option<DateTime<Utc>>,
     /// The position it was promoted at.
     pub promoted_lsn: String,
+    /// The same as one number, comparable with `old_lsn`.
+    #[serde(default)]
+    pub promoted_position: Option<u64>,
     /// The old primary's newest position known when it was ordered.
     pub old_lsn: u64,
     /// When the old primary was first seen past the promoted position.
@@ -73,7 +76,7 @@ pub struct FailoverEvent {
 impl FailoverEvent {
     /// The event on the wire, with its RTO and RPO once it completed.
     pub fn to_proto(&self) -> v1::FailoverEvent {
-        let promoted = crate::failover::judge::parse_lsn(&self.promoted_lsn);
+        let promoted = self.promoted_position;
         let rto = self.accepted.map_or(0.0, |a| (a - self.lost).num_milliseconds().max(0) as f64 / 1000.0);
         let (rpo_bytes, rpo_seconds) = match promoted {
             Some(p) => (

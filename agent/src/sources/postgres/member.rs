@@ -28,7 +28,6 @@ use chrono::Utc;
 use lifeboat_common::repo::Repository;
 use lifeboat_common::repo::engine::open::RepoSpec;
 use lifeboat_proto::v1;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::connect::ConnectArgs;
@@ -38,6 +37,7 @@ use super::startup::{output_as_owner, pg_program};
 use super::{PgError, wal};
 use crate::progress::Progress;
 use crate::sources::owner::{give_to_owner_of, log_tail};
+use crate::sources::tenure::{Standing, Tenure, run_hooks};
 use crate::sources::{Order, RecoveryPoint};
 
 /// How often the server is looked at.
@@ -55,29 +55,6 @@ const STREAM_DRAIN: Duration = Duration::from_secs(2);
 /// How long after a failure (a build that could not be made) the next try waits.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// What survives an agent restart.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Kept {
-    group: String,
-    epoch: u64,
-    /// 1 primary, 2 standby (the wire's values).
-    role: i32,
-    fenced: bool,
-    /// The lease's end, wall clock (ms): a restarted agent keeps no more of it than was left.
-    lease_until_unix_ms: i64,
-    fence_after_ms: u32,
-    rejoin_auto: bool,
-    promoted_unix_ms: i64,
-    promoted_lsn: String,
-    /// The role last ordered and the newest epoch ordered: a restarted
-    /// agent acts on these until the leader speaks again (never on the
-    /// server's own past role).
-    #[serde(default)]
-    ordered_role: i32,
-    #[serde(default)]
-    ordered_epoch: u64,
-}
-
 /// The server as looked at.
 #[derive(Debug, Clone, Default)]
 struct Looked {
@@ -92,25 +69,14 @@ struct Looked {
     final_timeline: u32,
 }
 
-/// Where the member stands, for the controller and the heartbeat.
-#[derive(Debug, Default)]
-struct Standing {
-    kept: Kept,
-    order: Option<v1::RoleOrder>,
-    /// The lease's end on this host's monotonic clock.
-    lease_until: Option<Instant>,
-    looked: Looked,
-    detail: String,
-}
-
 /// The controller of one member.
 #[derive(Debug)]
 pub struct Member {
     pgdata: PathBuf,
     connect: ConnectArgs,
     pg_bin: Option<PathBuf>,
-    kept_file: PathBuf,
-    standing: Mutex<Standing>,
+    tenure: Tenure,
+    looked: Mutex<Looked>,
     wake: tokio::sync::Notify,
     /// Whether WAL may be streamed into the repository: only from an
     /// unfenced primary (a standby's stream would overwrite the
@@ -122,49 +88,19 @@ impl Member {
     /// The controller of the cluster at `pgdata`, reached through `connect`.
     pub fn new(pgdata: PathBuf, connect: ConnectArgs, pg_bin: Option<PathBuf>) -> Arc<Self> {
         let name = pgdata.file_name().map_or_else(|| "pgdata".into(), |n| n.to_string_lossy().into_owned());
-        let kept_file = pgdata.with_file_name(format!("{name}.lifeboat-member.json"));
-        let kept: Option<Kept> = match std::fs::read(&kept_file) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(kept) => Some(kept),
-                Err(e) => Some(Self::unknown(&kept_file, &e.to_string())),
-            },
-            Err(e) => Some(Self::unknown(&kept_file, &e.to_string())),
-        };
-        let mut standing = Standing::default();
-        if let Some(kept) = kept {
-            let left = kept.lease_until_unix_ms - Utc::now().timestamp_millis();
-            standing.lease_until = (left > 0).then(|| Instant::now() + Duration::from_millis(left.unsigned_abs()));
-            standing.kept = kept;
-        }
+        let tenure =
+            Tenure::open(pgdata.with_file_name(format!("{name}.lifeboat-member.json")), pgdata.display().to_string());
         // Not a member (no order, nothing kept): streaming as configured.
-        let may_stream = watch::Sender::new(standing.kept.group.is_empty());
+        let may_stream = watch::Sender::new(!tenure.is_member());
         Arc::new(Member {
             pgdata,
             connect,
             pg_bin,
-            kept_file,
-            standing: Mutex::new(standing),
+            tenure,
+            looked: Mutex::new(Looked::default()),
             wake: tokio::sync::Notify::new(),
             may_stream,
         })
-    }
-
-    /// What to assume when the kept state cannot be read: a member whose
-    /// lease has run out, so a writable server is fenced until a leader
-    /// says otherwise.
-    fn unknown(file: &Path, why: &str) -> Kept {
-        tracing::error!(file = %file.display(), error = why, "the failover member's state is unreadable: fencing until a leader confirms");
-        Kept {
-            group: "(unknown until a leader's order)".into(),
-            ordered_role: v1::MemberRole::Primary.into(),
-            role: v1::MemberRole::Primary.into(),
-            ..Kept::default()
-        }
-    }
-
-    fn standing(&self) -> std::sync::MutexGuard<'_, Standing> {
-        self.standing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether WAL may be streamed now, and its changes.
@@ -174,95 +110,31 @@ impl Member {
 
     /// Takes an order (newer epochs only) and the lease it renews.
     pub fn order(&self, order: Order) {
-        let mut s = self.standing();
-        let newest = s.kept.epoch.max(s.kept.ordered_epoch);
-        if order.order.epoch < newest {
-            tracing::warn!(
-                group = order.order.group,
-                epoch = order.order.epoch,
-                newest,
-                "order of an older epoch ignored"
-            );
-            return;
-        }
-        let fence_after = Duration::from_millis(order.order.fence_after_ms.into());
-        if order.order.role == v1::MemberRole::Primary as i32 {
-            if order.order.epoch > newest {
-                // A lease is for one epoch.
-                s.lease_until = None;
-            }
-            if let Some(at) = order.confirmed_at {
-                let until = at + fence_after;
-                s.lease_until = Some(s.lease_until.map_or(until, |u| u.max(until)));
-            }
-        } else {
-            s.lease_until = None;
-        }
-        s.kept.ordered_role = order.order.role;
-        s.kept.ordered_epoch = order.order.epoch;
-        s.kept.group.clone_from(&order.order.group);
-        s.kept.fence_after_ms = order.order.fence_after_ms;
-        s.kept.rejoin_auto = order.order.rejoin_auto;
-        s.order = Some(order.order);
-        self.save(&mut s);
-        drop(s);
+        self.tenure.take(order);
         self.wake.notify_one();
     }
 
     /// Its state for the heartbeat (none when it is not a member).
     pub fn report(&self) -> Option<v1::MemberState> {
-        let s = self.standing();
-        if s.kept.group.is_empty() {
-            return None;
-        }
-        let role = match (s.looked.running, s.looked.in_recovery) {
+        let mut state = self.tenure.report()?;
+        let looked = self.looked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let role = match (looked.running, looked.in_recovery) {
             (false, _) => v1::MemberRole::Unspecified,
             (true, true) => v1::MemberRole::Standby,
             (true, false) => v1::MemberRole::Primary,
         };
-        Some(v1::MemberState {
-            group: s.kept.group.clone(),
-            epoch: s.kept.epoch,
-            role: role.into(),
-            fenced: s.kept.fenced,
-            timeline: s.looked.timeline,
-            lsn: s.looked.lsn.clone(),
-            last_replayed_commit_unix_ms: s.looked.last_replayed_commit_unix_ms,
-            promoted_unix_ms: s.kept.promoted_unix_ms,
-            promoted_lsn: s.kept.promoted_lsn.clone(),
-            detail: s.detail.clone(),
-            address: format!("{}:{}", self.connect.host(), self.connect.port()),
-            replay_paused: s.looked.replay_paused,
-            final_lsn: s.looked.final_lsn.clone(),
-        })
-    }
-
-    /// Writes what must survive a restart (the lease's end as wall time).
-    fn save(&self, s: &mut Standing) {
-        s.kept.lease_until_unix_ms = s.lease_until.map_or(0, |u| {
-            let left = u.saturating_duration_since(Instant::now());
-            Utc::now().timestamp_millis() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2)
-        });
-        // Written aside and renamed: a crash leaves the old state or the new, never half.
-        let tmp = self.kept_file.with_extension("json.tmp");
-        let written = serde_json::to_vec(&s.kept).map_err(std::io::Error::other).and_then(|bytes| {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.kept_file)
-        });
-        if let Err(e) = written {
-            tracing::error!(file = %self.kept_file.display(), error = %e, "cannot keep the failover member's state");
-        }
+        state.role = role.into();
+        state.timeline = looked.timeline;
+        state.lsn = looked.lsn;
+        state.last_replayed_commit_unix_ms = looked.last_replayed_commit_unix_ms;
+        state.address = format!("{}:{}", self.connect.host(), self.connect.port());
+        state.replay_paused = looked.replay_paused;
+        state.final_lsn = looked.final_lsn;
+        Some(state)
     }
 
     fn set_detail(&self, detail: impl Into<String>) {
-        let detail = detail.into();
-        let mut s = self.standing();
-        if s.detail != detail {
-            tracing::info!(pgdata = %self.pgdata.display(), "{detail}");
-            s.detail = detail;
-        }
+        self.tenure.set_detail(detail);
     }
 
     /// Keeps the server in its ordered role until `shutdown` is set.
@@ -275,8 +147,7 @@ impl Member {
                     self.set_detail(format!("error: {e}"));
                     // A primary's lease is watched every second whatever failed;
                     // a standby that could not be built waits before the next try.
-                    let primary = self.standing().kept.ordered_role == v1::MemberRole::Primary as i32;
-                    if primary { LOOK_EVERY } else { RETRY_AFTER }
+                    if self.tenure.standing().primary() { LOOK_EVERY } else { RETRY_AFTER }
                 }
             };
             tokio::select! {
@@ -289,22 +160,18 @@ impl Member {
 
     /// One look at the server, and what the order asks of it.
     async fn step(&self, repo: &Repository, spec: &RepoSpec) -> Result<(), PgError> {
-        if self.standing().kept.group.is_empty() {
+        if !self.tenure.is_member() {
             // Not a member (yet): a standby's WAL is never streamed over the primary's.
             self.may_stream.send_replace(!self.pgdata.join("standby.signal").exists());
             return Ok(());
         }
         let looked = self.look().await;
-        let (order, lease_until, kept) = {
-            let mut s = self.standing();
-            s.looked = looked.clone();
-            (s.order.clone(), s.lease_until, s.kept.clone())
-        };
-        let role = order.as_ref().map_or(kept.ordered_role, |o| o.role);
-        let epoch = order.as_ref().map_or(kept.ordered_epoch, |o| o.epoch);
-        let leased = lease_until.is_some_and(|u| Instant::now() < u);
+        *self.looked.lock().unwrap_or_else(|p| p.into_inner()) = looked.clone();
+        let standing = self.tenure.standing();
+        let primary = standing.primary();
+        let Standing { order, kept, epoch, leased, .. } = standing;
         let writable = looked.running && !looked.in_recovery;
-        if role == v1::MemberRole::Primary as i32 {
+        if primary {
             if !leased {
                 if writable || (looked.running && kept.role == v1::MemberRole::Primary as i32 && !kept.fenced) {
                     return self.fence("no leader has confirmed this primary's epoch within fence_after").await;
@@ -333,7 +200,7 @@ impl Member {
                 }
                 return Ok(());
             }
-            self.hold(epoch, v1::MemberRole::Primary, false);
+            self.tenure.hold(epoch, v1::MemberRole::Primary, false);
             self.may_stream.send_replace(true);
             self.set_detail("primary: accepting writes");
             return Ok(());
@@ -343,12 +210,12 @@ impl Member {
             // The epoch says another is primary: this one must not write.
             // The stream goes on until the server is down, to store its last
             // WAL (a switchover's successor replays up to it).
-            self.hold(epoch, v1::MemberRole::Primary, kept.fenced);
+            self.tenure.hold(epoch, v1::MemberRole::Primary, kept.fenced);
             return self.fence("another member is primary under a newer epoch").await;
         }
         self.may_stream.send_replace(false);
         if looked.running {
-            self.hold(epoch, v1::MemberRole::Standby, false);
+            self.tenure.hold(epoch, v1::MemberRole::Standby, false);
             let paused = if looked.replay_paused { " (replay paused)" } else { "" };
             self.set_detail(format!("standby: replaying what the repository holds{paused}"));
             return Ok(());
@@ -356,7 +223,7 @@ impl Member {
         let has_cluster = self.pgdata.join("PG_VERSION").exists();
         let was_standby = self.pgdata.join("standby.signal").exists();
         if has_cluster && was_standby && !kept.fenced {
-            self.hold(epoch, v1::MemberRole::Standby, false);
+            self.tenure.hold(epoch, v1::MemberRole::Standby, false);
             return self.start("starting the standby").await;
         }
         if has_cluster && !looked.final_lsn.is_empty() {
@@ -365,11 +232,11 @@ impl Member {
             match self.successor_after(repo, &looked).await? {
                 Some(timeline) => {
                     self.become_standby(spec, timeline).await?;
-                    self.hold(epoch, v1::MemberRole::Standby, false);
+                    self.tenure.hold(epoch, v1::MemberRole::Standby, false);
                     return self.start("starting the former primary as a standby of the new timeline").await;
                 }
                 None if !kept.rejoin_auto => {
-                    self.hold(epoch, v1::MemberRole::Primary, true);
+                    self.tenure.hold(epoch, v1::MemberRole::Primary, true);
                     self.set_detail(
                         "fenced: stopped cleanly; waiting for the new primary's timeline in the repository",
                     );
@@ -379,39 +246,23 @@ impl Member {
             }
         }
         if has_cluster && !kept.rejoin_auto {
-            self.hold(epoch, v1::MemberRole::Primary, true);
+            self.tenure.hold(epoch, v1::MemberRole::Primary, true);
             self.set_detail(
                 "fenced: a former primary; rejoin is manual (restore it as a standby, or set rejoin: auto)",
             );
             return Ok(());
         }
         self.build_standby(repo, spec, has_cluster).await?;
-        self.hold(epoch, v1::MemberRole::Standby, false);
+        self.tenure.hold(epoch, v1::MemberRole::Standby, false);
         self.start("starting the standby built from the repository").await
     }
 
-    /// Records the epoch, role and fence held.
-    fn hold(&self, epoch: u64, role: v1::MemberRole, fenced: bool) {
-        let mut s = self.standing();
-        if s.kept.epoch != epoch || s.kept.role != role as i32 || s.kept.fenced != fenced {
-            s.kept.epoch = epoch;
-            s.kept.role = role.into();
-            s.kept.fenced = fenced;
-            self.save(&mut s);
-        }
-    }
-
-    /// Stops the server fast: it accepts no more writes.
     /// Stops the server: a fast stop (clients cut, a shutdown checkpoint),
     /// an immediate one when that fails. The WAL stream goes on a moment
     /// longer, to store what the server sent as it stopped (a switchover's
     /// successor replays up to it).
     async fn fence(&self, why: &str) -> Result<(), PgError> {
-        {
-            let mut s = self.standing();
-            s.kept.fenced = true;
-            self.save(&mut s);
-        }
+        self.tenure.fence();
         tracing::error!(pgdata = %self.pgdata.display(), why, "fencing PostgreSQL");
         if let Err(e) = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "20"]).await {
             tracing::error!(pgdata = %self.pgdata.display(), error = %e, "a fast stop failed: stopping immediate");
@@ -426,16 +277,14 @@ impl Member {
     /// Starts a fenced primary again: a leader confirmed its epoch.
     async fn unfence(&self) -> Result<(), PgError> {
         self.start("unfencing: a leader confirmed this primary's epoch").await?;
-        let mut s = self.standing();
-        s.kept.fenced = false;
-        self.save(&mut s);
+        self.tenure.unfence();
         Ok(())
     }
 
     async fn start(&self, what: &str) -> Result<(), PgError> {
         self.set_detail(what);
         // Beside the data directory, not in it: base backups do not carry it.
-        let log = self.kept_file.with_extension("log");
+        let log = self.tenure.file().with_extension("log");
         let log_arg = log.display().to_string();
         let out = self.pg_ctl(&["start", "-w", "-t", "300", "-l", &log_arg]).await;
         if let Err(e) = out {
@@ -586,7 +435,7 @@ impl Member {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // Catching up took a while: promote only under a lease still running.
-        if self.standing().lease_until.is_none_or(|u| Instant::now() >= u) {
+        if !self.tenure.leased() {
             self.set_detail("promotion deferred: the lease ran out while replaying");
             return Ok(());
         }
@@ -603,25 +452,13 @@ impl Member {
         if history.exists() {
             wal::push(repo, &history).await?;
         }
-        {
-            let mut s = self.standing();
-            s.kept.epoch = order.epoch;
-            s.kept.role = v1::MemberRole::Primary.into();
-            s.kept.fenced = false;
-            s.kept.promoted_unix_ms = promoted_at.timestamp_millis();
-            s.kept.promoted_lsn.clone_from(&last);
-            self.save(&mut s);
-        }
+        self.tenure.promoted(order.epoch, promoted_at, &last);
         self.may_stream.send_replace(true);
         tracing::warn!(group = order.group, epoch = order.epoch, lsn = last, timeline, "promoted: accepting writes");
         self.set_detail(format!("promoted at {last} onto timeline {timeline}"));
         // In the background: the lease is watched meanwhile.
-        let (order, connect) = (order.clone(), self.connect.clone());
-        tokio::spawn(async move {
-            for hook in &order.after_promotion {
-                run_hook(&order, hook, &connect).await;
-            }
-        });
+        let (host, port) = (self.connect.host().to_owned(), self.connect.port().to_string());
+        run_hooks(order, format!("{host}:{port}"), vec![("PGHOST", host), ("PGPORT", port)]);
         Ok(())
     }
 
@@ -726,31 +563,4 @@ fn restore_command(spec: &RepoSpec) -> Result<String, PgError> {
     let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
     wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
         .map_err(PgError::io("resolving", Path::new("the key file")))
-}
-
-/// Runs one promotion hook with the new primary's address in its
-/// environment; its failure is logged, and the promotion stands.
-async fn run_hook(order: &v1::RoleOrder, hook: &v1::Hook, connect: &ConnectArgs) {
-    let Some((program, args)) = hook.argv.split_first() else { return };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env("LIFEBOAT_GROUP", &order.group)
-        .env("LIFEBOAT_PRIMARY", &order.primary)
-        .env("LIFEBOAT_EPOCH", order.epoch.to_string())
-        .env("PGHOST", connect.host())
-        .env("PGPORT", connect.port().to_string())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let timeout = Duration::from_secs(hook.timeout_seconds.max(1).into());
-    match tokio::time::timeout(timeout, cmd.output()).await {
-        Ok(Ok(out)) if out.status.success() => tracing::info!(hook = program, "promotion hook ran"),
-        Ok(Ok(out)) => tracing::error!(
-            hook = program,
-            status = %out.status,
-            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-            "promotion hook failed"
-        ),
-        Ok(Err(e)) => tracing::error!(hook = program, error = %e, "cannot run the promotion hook"),
-        Err(_) => tracing::error!(hook = program, timeout_s = timeout.as_secs(), "promotion hook timed out"),
-    }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::RedisError;
 
 /// The port a Redis server listens on unless told otherwise.
-const REDIS_PORT: u16 = 6379;
+pub(crate) const REDIS_PORT: u16 = 6379;
 /// The port a sentinel listens on unless told otherwise.
 const SENTINEL_PORT: u16 = 26379;
 
@@ -38,7 +38,7 @@ impl fmt::Display for HostPort {
 
 impl HostPort {
     /// Parses `host[:port]`, `[v6]:port`, with `default` for a missing port.
-    fn parse(text: &str, default: u16) -> Result<HostPort, String> {
+    pub(crate) fn parse(text: &str, default: u16) -> Result<HostPort, String> {
         let (host, port) = match text.strip_prefix('[') {
             Some(rest) => match rest.split_once(']') {
                 Some((host, "")) => (host, None),

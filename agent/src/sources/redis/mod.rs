@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod endpoint;
 mod error;
+pub mod member;
 pub mod rdb;
 pub mod replication;
 pub mod restore;

@@ -2,7 +2,7 @@
 //! `[[source]]` section, captures and restores through the trait.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use indicatif::HumanBytes;
 use lifeboat_proto::v1;
@@ -10,10 +10,11 @@ use serde::Deserialize;
 
 use super::capture::{CaptureOptions, capture_redis};
 use super::endpoint::{Connection, Url};
+use super::member::{Member, MemberConfig};
 use super::restore::restore_redis;
 use crate::sources::{
-    BackupContext, BackupDone, Common, RestoreContext, RestoreDone, RestoreRequest, Source, SourceError, SourceSection,
-    pick_snapshot,
+    BackupContext, BackupDone, Common, Ongoing, Order, RestoreContext, RestoreDone, RestoreRequest, Source,
+    SourceError, SourceHealth, SourceSection, pick_snapshot,
 };
 
 /// A `[[source]]` of `kind = "redis"`.
@@ -26,6 +27,8 @@ pub struct RedisConfig {
     /// The URL, credentials, CA and preference.
     #[serde(flatten)]
     pub connection: Connection,
+    /// As a member of a failover group: where its agent keeps its state.
+    pub member: Option<MemberConfig>,
 }
 
 impl SourceSection for RedisConfig {
@@ -42,6 +45,11 @@ impl SourceSection for RedisConfig {
 
     fn resolve(&mut self, base: &Path) {
         self.connection.resolve(base);
+        if let Some(m) = self.member.as_mut()
+            && m.state_dir.is_relative()
+        {
+            m.state_dir = base.join(&m.state_dir);
+        }
     }
 
     fn build(&self) -> Arc<dyn Source> {
@@ -54,12 +62,14 @@ impl SourceSection for RedisConfig {
 pub struct RedisSource {
     config: RedisConfig,
     compression_level: Option<i32>,
+    /// Its failover member's controller, once the daemon started it.
+    member: OnceLock<Arc<Member>>,
 }
 
 impl RedisSource {
     /// The source `config` describes.
     pub fn new(config: RedisConfig) -> Self {
-        RedisSource { config, compression_level: None }
+        RedisSource { config, compression_level: None, member: OnceLock::new() }
     }
 
     /// The zstd level of the data.
@@ -143,5 +153,32 @@ impl Source for RedisSource {
             request.target.display(),
         );
         Ok(RestoreDone { snapshot: id, headline, warnings: done.warnings, failed: Vec::new() })
+    }
+
+    fn start(&self, ongoing: Ongoing) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(config) = &self.config.member else { return Vec::new() };
+        let member = self
+            .member
+            .get_or_init(|| Member::new(&self.config.common.id, self.config.connection.clone(), config))
+            .clone();
+        vec![tokio::spawn(member.run(ongoing.shutdown))]
+    }
+
+    fn health(&self) -> SourceHealth {
+        SourceHealth { member: self.member.get().and_then(|m| m.report()), ..SourceHealth::default() }
+    }
+
+    fn order(&self, order: Order) -> Result<(), String> {
+        match (self.member.get(), &self.config.member) {
+            (Some(member), _) => {
+                member.order(order);
+                Ok(())
+            }
+            (None, None) => Err(format!(
+                "source {} is named in failover group {}, but has no [source.member] table (state_dir)",
+                self.config.common.id, order.order.group
+            )),
+            (None, Some(_)) => Err(format!("source {} is not running under the daemon", self.config.common.id)),
+        }
     }
 }

@@ -1,0 +1,371 @@
+//! A Redis source as a member of a failover group: its agent keeps the
+//! server in the role the leader orders, under the same lease as a
+//! PostgreSQL member ([`Tenure`]).
+//!
+//! - **Primary**: a master that writes only under a lease. When the lease
+//!   lapses its writes are paused (`CLIENT PAUSE … WRITE`: writes wait,
+//!   none is acknowledged, reads go on), kept paused until a leader
+//!   confirms the same epoch. The pause is asked again every second, so a
+//!   restarted server is paused again within one.
+//! - **Standby**: a replica. After a failover the other replicas are
+//!   pointed at the new primary (`REPLICAOF`). A master found under an
+//!   epoch that made it a standby is paused at once; it follows the new
+//!   primary by itself when nothing it acknowledged would be lost (the new
+//!   primary's previous replication id is this server's, valid past its
+//!   offset: a switchover), otherwise only with `rejoin: auto` (a full
+//!   resynchronisation drops what it wrote after the new primary left it).
+//! - **Promotion**: a replica under a newer epoch's primary order; for a
+//!   switchover, once its offset reached the old primary's paused offset;
+//!   then `REPLICAOF NO ONE` (the offset carries on) and the group's hooks.
+//! - **Sentinel**: a set Sentinel manages is reported on (its master's
+//!   role and offset) and fenced like any primary, but never promoted or
+//!   repointed behind Sentinel's back.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lifeboat_proto::v1;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::RedisError;
+use super::endpoint::{Access, Connection, HostPort, Prefer, REDIS_PORT, Target, Url};
+use super::sentinel::locate;
+use super::server::Server;
+use crate::sources::Order;
+use crate::sources::tenure::{Standing, Tenure, run_hooks};
+
+/// How often the server is looked at.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long a look at the server may take.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a switchover's successor may take to reach the old primary's offset.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+/// A fence's pause, asked again every second while fenced: long enough
+/// that it never ends by itself while the agent is away.
+const FENCE_PAUSE_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// `[source.member]`: what the agent of a failover member needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Where its state (the epoch, role and lease held) is kept across restarts.
+    pub state_dir: PathBuf,
+}
+
+/// The server as looked at.
+#[derive(Debug, Clone, Default)]
+struct Looked {
+    /// Where it is (under Sentinel: the master the sentinels name).
+    addr: Option<HostPort>,
+    running: bool,
+    master: bool,
+    /// A replica's master, and whether the link is up.
+    following: Option<(HostPort, bool)>,
+    offset: u64,
+    replid: String,
+}
+
+/// The controller of one member.
+#[derive(Debug)]
+pub struct Member {
+    source: String,
+    connection: Connection,
+    tenure: Tenure,
+    looked: Mutex<Looked>,
+    wake: tokio::sync::Notify,
+}
+
+impl Member {
+    /// The controller of the server `connection` reaches, keeping its state in `config.state_dir`.
+    pub fn new(source: &str, connection: Connection, config: &MemberConfig) -> Arc<Self> {
+        let file = config.state_dir.join(format!("{source}.lifeboat-member.json"));
+        let tenure = Tenure::open(file, connection.url.clone());
+        Arc::new(Member {
+            source: source.to_owned(),
+            connection,
+            tenure,
+            looked: Mutex::new(Looked::default()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Takes an order (newer epochs only) and the lease it renews.
+    pub fn order(&self, order: Order) {
+        self.tenure.take(order);
+        self.wake.notify_one();
+    }
+
+    fn looked(&self) -> Looked {
+        self.looked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Its state for the heartbeat (none when it is not a member).
+    pub fn report(&self) -> Option<v1::MemberState> {
+        let mut state = self.tenure.report()?;
+        let looked = self.looked();
+        let under_sentinel = self.under_sentinel();
+        // A paused master accepts no writes: it is not a primary, and its
+        // offset is final (a switchover's successor catches up to it).
+        let role = match (looked.running, looked.master) {
+            (false, _) => v1::MemberRole::Unspecified,
+            (true, true) if state.fenced => v1::MemberRole::Unspecified,
+            (true, true) => v1::MemberRole::Primary,
+            // Never a candidate for promotion behind Sentinel's back.
+            (true, false) if under_sentinel => v1::MemberRole::Unspecified,
+            (true, false) => v1::MemberRole::Standby,
+        };
+        state.role = role.into();
+        state.lsn = if looked.running { looked.offset.to_string() } else { String::new() };
+        if looked.running && looked.master && state.fenced {
+            state.final_lsn = looked.offset.to_string();
+        }
+        state.address = looked.addr.map(|a| a.to_string()).unwrap_or_default();
+        Some(state)
+    }
+
+    fn under_sentinel(&self) -> bool {
+        Url::parse(&self.connection.url).is_ok_and(|u| matches!(u.target, Target::Sentinels { .. }))
+    }
+
+    /// Keeps the server in its ordered role until `shutdown` is set.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.step().await {
+                tracing::error!(source = self.source, error = %e, "failover member");
+                self.tenure.set_detail(format!("error: {e}"));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One look at the server, and what the order asks of it.
+    async fn step(&self) -> Result<(), RedisError> {
+        if !self.tenure.is_member() {
+            return Ok(());
+        }
+        let (url, access) = self.connection.access()?;
+        let (looked, server) = self.look(&url, &access).await;
+        let standing = self.tenure.standing();
+        let Some(mut server) = server else {
+            self.tenure.set_detail(if standing.primary() {
+                "primary, but its server does not answer"
+            } else {
+                "standby, but its server does not answer"
+            });
+            return Ok(());
+        };
+        let Standing { kept, epoch, leased, .. } = &standing;
+        let (epoch, leased) = (*epoch, *leased);
+        if standing.primary() {
+            if !leased {
+                if looked.master {
+                    let why = "no leader has confirmed this primary's epoch within fence_after";
+                    self.fence(&mut server, why).await?;
+                    self.tenure.set_detail(format!("fenced: {why}"));
+                    return Ok(());
+                }
+                self.tenure.set_detail("waiting for a leader to confirm this primary's epoch");
+                return Ok(());
+            }
+            if !looked.master {
+                if epoch > kept.epoch || kept.role != v1::MemberRole::Primary as i32 {
+                    let order = standing.order.clone().unwrap_or_default();
+                    self.promote(&mut server, &looked, &order).await?;
+                    // Reported as it is now, not as it was before the promotion.
+                    self.look(&url, &access).await;
+                    return Ok(());
+                }
+                self.tenure.set_detail("a replica, though primary: waiting");
+                return Ok(());
+            }
+            if kept.fenced {
+                if epoch != kept.epoch {
+                    // Fenced, then made primary under a newer epoch without
+                    // having followed the one between: its data is not the group's.
+                    self.tenure.set_detail(
+                        "fenced: ordered primary under a newer epoch, but this former primary never followed the last one; restore it by hand",
+                    );
+                    return Ok(());
+                }
+                unpause(&mut server).await?;
+                tracing::warn!(source = self.source, epoch, "unfenced: a leader confirmed this primary's epoch");
+            }
+            self.tenure.hold(epoch, v1::MemberRole::Primary, false);
+            self.tenure.set_detail("primary: accepting writes");
+            return Ok(());
+        }
+        // A standby.
+        let primary = standing.order.as_ref().map(|o| o.primary_address.clone()).unwrap_or_default();
+        let primary = HostPort::parse(&primary, REDIS_PORT).ok();
+        if looked.master {
+            // Another is primary under a newer epoch: this one must not write.
+            self.fence(&mut server, "another member is primary under a newer epoch").await?;
+            self.tenure.hold(epoch, v1::MemberRole::Primary, true);
+            let Some(primary) = primary.filter(|p| Some(p) != looked.addr.as_ref()) else {
+                self.tenure.set_detail("fenced: a former primary; waiting for the new primary's address");
+                return Ok(());
+            };
+            if self.under_sentinel() {
+                self.tenure.set_detail("fenced: a former primary under Sentinel; never repointed behind its back");
+                return Ok(());
+            }
+            let Some(lossless) = follows_without_loss(&access, &primary, &looked).await else {
+                self.tenure.set_detail(format!("fenced: a former primary; waiting for {primary} to become master"));
+                return Ok(());
+            };
+            if !lossless && !kept.rejoin_auto {
+                self.tenure.set_detail(format!(
+                    "fenced: a former primary with writes {primary} does not have; rejoin is manual (REPLICAOF it, or set rejoin: auto)"
+                ));
+                return Ok(());
+            }
+            replicaof(&mut server, &primary).await?;
+            unpause(&mut server).await?;
+            tracing::warn!(source = self.source, %primary, lossless, "the former primary follows the new one");
+            self.tenure.hold(epoch, v1::MemberRole::Standby, false);
+            // Never reported as the writable master it was a moment ago.
+            self.look(&url, &access).await;
+            return Ok(());
+        }
+        match (&primary, &looked.following) {
+            // Never itself: a successor held back as a standby is named primary already.
+            (Some(primary), Some((master, _)))
+                if primary != master && Some(primary) != looked.addr.as_ref() && !self.under_sentinel() =>
+            {
+                replicaof(&mut server, primary).await?;
+                tracing::warn!(source = self.source, %primary, was = %master, "the replica follows the group's new primary");
+            }
+            (_, Some((master, link_up))) => {
+                let link = if *link_up { "up" } else { "down" };
+                self.tenure.set_detail(format!("standby: a replica of {master} (link {link})"));
+            }
+            (_, None) => {}
+        }
+        self.tenure.hold(epoch, v1::MemberRole::Standby, false);
+        Ok(())
+    }
+
+    /// Looks at the server (none when it does not answer) and keeps what
+    /// was seen for the heartbeat.
+    async fn look(&self, url: &Url, access: &Access) -> (Looked, Option<Server>) {
+        let (looked, server) = match tokio::time::timeout(LOOK_TIMEOUT, look(url, access)).await {
+            Ok(Ok((looked, server))) => (looked, Some(server)),
+            Ok(Err(e)) => {
+                tracing::debug!(source = self.source, error = %e, "cannot look at the server");
+                (Looked::default(), None)
+            }
+            Err(_) => (Looked::default(), None),
+        };
+        *self.looked.lock().unwrap_or_else(|p| p.into_inner()) = looked.clone();
+        (looked, server)
+    }
+
+    /// Pauses the server's writes (asked again at each look while fenced);
+    /// the caller says what it waits for.
+    async fn fence(&self, server: &mut Server, why: &str) -> Result<(), RedisError> {
+        if !self.tenure.standing().kept.fenced {
+            self.tenure.fence();
+            tracing::error!(source = self.source, why, "fencing Redis: pausing its writes");
+        }
+        let pause = redis::cmd("CLIENT").arg("PAUSE").arg(FENCE_PAUSE_MS).arg("WRITE").clone();
+        server.query::<()>(&pause, "CLIENT PAUSE").await
+    }
+
+    /// Makes the replica a master (for a switchover, once it reached the
+    /// old primary's offset) and runs the hooks.
+    async fn promote(&self, server: &mut Server, looked: &Looked, order: &v1::RoleOrder) -> Result<(), RedisError> {
+        if self.under_sentinel() {
+            self.tenure.set_detail("ordered primary, but Sentinel manages this set: never promoted behind its back");
+            return Ok(());
+        }
+        self.tenure.set_detail(format!("promoting under epoch {}", order.epoch));
+        if let Ok(target) = order.replay_to.parse::<u64>() {
+            let started = Instant::now();
+            let mut offset = looked.offset;
+            while offset < target {
+                if started.elapsed() > CATCH_UP_LIMIT {
+                    return Err(RedisError::Usage(format!(
+                        "switchover: the replica reached offset {offset}, not the old primary's {target}; not promoting"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                offset = server.info("replication").await?.get("master_repl_offset").unwrap_or(offset);
+            }
+        }
+        if !self.tenure.leased() {
+            self.tenure.set_detail("promotion deferred: the lease ran out");
+            return Ok(());
+        }
+        server.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"), "REPLICAOF NO ONE").await?;
+        let promoted_at = Utc::now();
+        let offset: u64 = server.info("replication").await?.get("master_repl_offset").unwrap_or_default();
+        self.tenure.promoted(order.epoch, promoted_at, &offset.to_string());
+        tracing::warn!(group = order.group, epoch = order.epoch, offset, "promoted: accepting writes");
+        self.tenure.set_detail(format!("promoted at offset {offset}"));
+        let addr = looked.addr.clone().unwrap_or_else(|| server.addr.clone());
+        run_hooks(
+            order,
+            addr.to_string(),
+            vec![("REDIS_HOST", addr.host.clone()), ("REDIS_PORT", addr.port.to_string())],
+        );
+        Ok(())
+    }
+}
+
+/// Connects to the server (under Sentinel: the master it names) and reads
+/// its replication state.
+async fn look(url: &Url, access: &Access) -> Result<(Looked, Server), RedisError> {
+    let (mut server, _) = locate(url, access, Prefer::Master).await?;
+    let info = server.info("replication").await?;
+    let text = |k: &str| info.get::<String>(k).unwrap_or_default();
+    let master = text("role") == "master";
+    let following = (!master).then(|| {
+        let port = info.get::<u16>("master_port").unwrap_or_default();
+        (HostPort { host: text("master_host"), port }, text("master_link_status") == "up")
+    });
+    let looked = Looked {
+        addr: Some(server.addr.clone()),
+        running: true,
+        master,
+        following,
+        offset: info.get("master_repl_offset").unwrap_or_default(),
+        replid: text("master_replid"),
+    };
+    Ok((looked, server))
+}
+
+/// Whether this former master can follow `primary` losing nothing: the
+/// new primary's previous replication history is this server's, and runs
+/// at least as far as its offset (a partial resynchronisation). None until
+/// `primary` answers as a master (following a replica not yet promoted
+/// would make a loop).
+async fn follows_without_loss(access: &Access, primary: &HostPort, looked: &Looked) -> Option<bool> {
+    let mut new = Server::open(primary, access).await.ok()?;
+    let info = new.info("replication").await.ok()?;
+    if info.get::<String>("role").as_deref() != Some("master") {
+        return None;
+    }
+    // second_repl_offset is one past the last offset the previous id covers.
+    Some(
+        info.get::<String>("master_replid2").is_some_and(|id| id == looked.replid)
+            && info.get::<u64>("second_repl_offset").is_some_and(|end| end > looked.offset),
+    )
+}
+
+/// Makes the server a replica of `primary`.
+async fn replicaof(server: &mut Server, primary: &HostPort) -> Result<(), RedisError> {
+    let cmd = redis::cmd("REPLICAOF").arg(&primary.host).arg(primary.port).clone();
+    server.query::<()>(&cmd, "REPLICAOF").await
+}
+
+/// Lifts a fence's pause.
+async fn unpause(server: &mut Server) -> Result<(), RedisError> {
+    server.query::<()>(redis::cmd("CLIENT").arg("UNPAUSE"), "CLIENT UNPAUSE").await
+}
