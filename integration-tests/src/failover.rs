@@ -123,8 +123,7 @@ impl Regions {
 
     /// The group as `lifeboat failover status --json` shows it.
     pub fn status(&self) -> Option<serde_json::Value> {
-        let reply = self.deployment.admin_json(&self.url, "vera", &["failover", "status"])?;
-        Some(reply["groups"][0].clone())
+        group_status(&self.deployment, &self.url)
     }
 
     /// A member of `group`, by name.
@@ -236,8 +235,7 @@ failover:
 
     /// The group as `lifeboat failover status --json` shows it.
     pub fn status(&self) -> Option<serde_json::Value> {
-        let reply = self.deployment.admin_json(&self.url, "vera", &["failover", "status"])?;
-        Some(reply["groups"][0].clone())
+        group_status(&self.deployment, &self.url)
     }
 
     /// Waits until every replica is eligible.
@@ -259,6 +257,12 @@ failover:
         }
         text
     }
+}
+
+/// The first group as `lifeboat failover status --json` shows it, asked of `url`.
+fn group_status(deployment: &Deployment, url: &str) -> Option<serde_json::Value> {
+    let reply = deployment.admin_json(url, "vera", &["failover", "status"])?;
+    Some(reply["groups"][0].clone())
 }
 
 /// The last lines of a log.

@@ -324,16 +324,16 @@ fn a_redis_master_pauses_unconfirmed_and_its_replica_is_promoted_when_its_region
     // (none acknowledged), and resume when a confirmation comes again.
     r.coordinator.pause();
     let paused = Instant::now();
-    wait_for(Duration::from_secs(20), "the master's writes to be paused", || {
-        (!redis_set_answers(master_port, "probe")).then_some(())
+    wait_for(Duration::from_secs(20), "the master's agent to fence it", || {
+        r.agents[0].log_text().contains("fencing Redis").then_some(())
     });
     let fenced_after = paused.elapsed();
     assert!(fenced_after >= Duration::from_secs(4), "fenced {fenced_after:?} after the leader stalled");
+    assert!(!redis_set_answers(master_port, "probe"), "a fenced master acknowledged a write\n{}", r.logs());
     r.coordinator.resume();
     wait_for(Duration::from_secs(30), "the master's writes to resume", || {
         redis_set_answers(master_port, "probe").then_some(())
     });
-    assert!(r.agents[0].log_text().contains("fencing Redis"), "{}", r.logs());
     wait_for(Duration::from_secs(5), "the agent to log the fence lifted", || {
         r.agents[0].log_text().contains("unfenced").then_some(())
     });
@@ -366,6 +366,15 @@ fn a_redis_master_pauses_unconfirmed_and_its_replica_is_promoted_when_its_region
     let beyond = acked.iter().filter(|a| a.offset > at).count();
     eprintln!("{} writes acknowledged, {beyond} after the promoted offset {at}", acked.len());
     assert!(missing.is_empty(), "acknowledged before offset {at} but missing: {missing:?}");
+    // The RPO recorded is what the leader knew the old master had past the
+    // promoted offset: no more than the writer saw acknowledged (give or
+    // take a replication PING, 14 bytes).
+    let newest = acked.iter().map(|a| a.offset).max().unwrap_or(0);
+    let rpo = num(&group["lastFailover"]["rpoBytes"]);
+    assert!(
+        rpo <= (newest.saturating_sub(at) + 64) as f64,
+        "RPO {rpo} bytes, acknowledged up to {newest}, promoted at {at}"
+    );
 
     // The other replica follows the new primary and receives its writes.
     wait_for(Duration::from_secs(30), "the other replica to follow the new primary", || {
@@ -401,7 +410,7 @@ fn a_redis_switchover_and_back_loses_no_write_and_the_old_master_follows_each_ti
             (num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0 && group["primary"] == to_member).then_some(group)
         });
         let took = started.elapsed();
-        // The old master's writes were paused, then refused once it followed.
+        // The old master's writes were paused: none acknowledged after its final offset.
         let acked = writer.stop();
         let missing = missing_on(r.servers[to].port, &acked.iter().collect::<Vec<_>>());
         eprintln!(
@@ -421,7 +430,8 @@ fn a_redis_switchover_and_back_loses_no_write_and_the_old_master_follows_each_ti
         assert!(redis_set_answers(r.servers[to].port, "after-switchover"), "{}", r.logs());
     }
     let logs: String = r.agents.iter().map(|a| a.log_text()).collect();
-    assert!(logs.contains("the former primary follows the new one") && logs.contains("lossless=true"), "{}", r.logs());
+    let followed = logs.matches("the former primary follows the new one").count();
+    assert_eq!((followed, logs.matches("lossless=true").count()), (2, 2), "{}", r.logs());
     for agent in &mut r.agents {
         agent.kill();
     }

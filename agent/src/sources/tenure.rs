@@ -41,6 +41,9 @@ pub struct Kept {
     pub promoted_unix_ms: i64,
     /// The position it was promoted at.
     pub promoted_lsn: String,
+    /// The epoch it was promoted under.
+    #[serde(default)]
+    pub promoted_epoch: u64,
     /// The role last ordered and the newest epoch ordered: a restarted
     /// agent acts on these until the leader speaks again (never on the
     /// server's own past role).
@@ -212,6 +215,7 @@ impl Tenure {
         h.kept.fenced = false;
         h.kept.promoted_unix_ms = at.timestamp_millis();
         h.kept.promoted_lsn = position.to_owned();
+        h.kept.promoted_epoch = epoch;
         self.save(&mut h);
     }
 
@@ -238,6 +242,7 @@ impl Tenure {
             fenced: h.kept.fenced,
             promoted_unix_ms: h.kept.promoted_unix_ms,
             promoted_lsn: h.kept.promoted_lsn.clone(),
+            promoted_epoch: h.kept.promoted_epoch,
             detail: h.detail.clone(),
             ..v1::MemberState::default()
         })
@@ -394,5 +399,6 @@ mod tests {
         assert!(
             !report.fenced && report.epoch == 3 && report.promoted_lsn == "0/3000000" && report.promoted_unix_ms > 0
         );
+        assert_eq!(report.promoted_epoch, 3);
     }
 }

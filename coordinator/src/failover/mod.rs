@@ -475,15 +475,15 @@ fn stepped_down(agents: &HashMap<String, AgentRecord>, from: &str, epoch: u64) -
     }
 }
 
-/// What `member`'s agent last reported of its server.
-/// Whether `member` reports itself promoted and writable under `epoch`.
+/// Whether `member` reports itself promoted under `epoch`, and writable.
 fn reports_promoted(agents: &HashMap<String, AgentRecord>, member: &str, epoch: u64) -> bool {
     let Ok(m) = member.parse::<Member>() else { return false };
     seen(agents, &m).is_some_and(|s| {
-        s.state.epoch == epoch && s.state.promoted_unix_ms > 0 && s.state.role == v1::MemberRole::Primary as i32
+        s.state.promoted_epoch == epoch && !s.state.fenced && s.state.role == v1::MemberRole::Primary as i32
     })
 }
 
+/// What `member`'s agent last reported of its server.
 fn seen<'a>(agents: &'a HashMap<String, AgentRecord>, member: &Member) -> Option<&'a MemberSeen> {
     agents.get(&member.host)?.sources.get(&member.source)?.member.as_ref()
 }
@@ -603,11 +603,24 @@ mod tests {
         // The old primary's report is stale (still a writable primary)...
         let mut agents = agents(v1::MemberRole::Primary, 2, "", now);
         assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Standby as i32);
+        // ...and a promotion of an earlier epoch releases nothing.
+        let earlier = v1::MemberState {
+            epoch: 2,
+            role: v1::MemberRole::Primary.into(),
+            promoted_unix_ms: now.timestamp_millis(),
+            promoted_epoch: 1,
+            ..Default::default()
+        };
+        if let Some(source) = agents.get_mut("b").and_then(|b| b.sources.get_mut("pg")) {
+            source.member = Some(crate::agents::MemberSeen { state: earlier, reported: now });
+        }
+        assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Standby as i32);
         // ...but the successor reports its promotion under epoch 2, before the leader recorded it.
         let state = v1::MemberState {
             epoch: 2,
             role: v1::MemberRole::Primary.into(),
             promoted_unix_ms: now.timestamp_millis(),
+            promoted_epoch: 2,
             ..Default::default()
         };
         if let Some(source) = agents.get_mut("b").and_then(|b| b.sources.get_mut("pg")) {

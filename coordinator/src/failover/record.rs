@@ -5,7 +5,10 @@
 //! changes only in a conditional write on its own revision.
 
 use chrono::{DateTime, Utc};
+use lifeboat_common::policy::failover::GroupKind;
 use lifeboat_proto::v1;
+
+use super::judge;
 use serde::{Deserialize, Serialize};
 
 /// A group's stored state.
@@ -76,7 +79,8 @@ pub struct FailoverEvent {
 impl FailoverEvent {
     /// The event on the wire, with its RTO and RPO once it completed.
     pub fn to_proto(&self) -> v1::FailoverEvent {
-        let promoted = self.promoted_position;
+        // Records written before the position was kept as a number were all PostgreSQL's.
+        let promoted = self.promoted_position.or_else(|| judge::position(GroupKind::Postgres, &self.promoted_lsn));
         let rto = self.accepted.map_or(0.0, |a| (a - self.lost).num_milliseconds().max(0) as f64 / 1000.0);
         let (rpo_bytes, rpo_seconds) = match promoted {
             Some(p) => (

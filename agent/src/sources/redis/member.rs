@@ -66,6 +66,9 @@ struct Looked {
     following: Option<(HostPort, bool)>,
     offset: u64,
     replid: String,
+    /// Paused by this agent's fence, at this offset (final while paused:
+    /// a master whose writes are paused sends no more to its replicas).
+    paused_offset: Option<u64>,
 }
 
 /// The controller of one member.
@@ -73,6 +76,8 @@ struct Looked {
 pub struct Member {
     source: String,
     connection: Connection,
+    /// A set Sentinel manages: reported and fenced, never promoted or repointed.
+    under_sentinel: bool,
     tenure: Tenure,
     looked: Mutex<Looked>,
     wake: tokio::sync::Notify,
@@ -83,9 +88,11 @@ impl Member {
     pub fn new(source: &str, connection: Connection, config: &MemberConfig) -> Arc<Self> {
         let file = config.state_dir.join(format!("{source}.lifeboat-member.json"));
         let tenure = Tenure::open(file, connection.url.clone());
+        let under_sentinel = Url::parse(&connection.url).is_ok_and(|u| matches!(u.target, Target::Sentinels { .. }));
         Arc::new(Member {
             source: source.to_owned(),
             connection,
+            under_sentinel,
             tenure,
             looked: Mutex::new(Looked::default()),
             wake: tokio::sync::Notify::new(),
@@ -106,28 +113,24 @@ impl Member {
     pub fn report(&self) -> Option<v1::MemberState> {
         let mut state = self.tenure.report()?;
         let looked = self.looked();
-        let under_sentinel = self.under_sentinel();
-        // A paused master accepts no writes: it is not a primary, and its
-        // offset is final (a switchover's successor catches up to it).
+        // A master whose writes this agent paused accepts none: it is not
+        // a primary, and its offset is final (a switchover's successor
+        // catches up to it). One not known to be paused may be writable.
         let role = match (looked.running, looked.master) {
             (false, _) => v1::MemberRole::Unspecified,
-            (true, true) if state.fenced => v1::MemberRole::Unspecified,
+            (true, true) if looked.paused_offset.is_some() => v1::MemberRole::Unspecified,
             (true, true) => v1::MemberRole::Primary,
             // Never a candidate for promotion behind Sentinel's back.
-            (true, false) if under_sentinel => v1::MemberRole::Unspecified,
+            (true, false) if self.under_sentinel => v1::MemberRole::Unspecified,
             (true, false) => v1::MemberRole::Standby,
         };
         state.role = role.into();
         state.lsn = if looked.running { looked.offset.to_string() } else { String::new() };
-        if looked.running && looked.master && state.fenced {
-            state.final_lsn = looked.offset.to_string();
+        if let Some(offset) = looked.paused_offset.filter(|_| looked.master) {
+            state.final_lsn = offset.to_string();
         }
         state.address = looked.addr.map(|a| a.to_string()).unwrap_or_default();
         Some(state)
-    }
-
-    fn under_sentinel(&self) -> bool {
-        Url::parse(&self.connection.url).is_ok_and(|u| matches!(u.target, Target::Sentinels { .. }))
     }
 
     /// Keeps the server in its ordered role until `shutdown` is set.
@@ -189,12 +192,13 @@ impl Member {
                 if epoch != kept.epoch {
                     // Fenced, then made primary under a newer epoch without
                     // having followed the one between: its data is not the group's.
+                    self.fence(&mut server, "a former primary").await?;
                     self.tenure.set_detail(
                         "fenced: ordered primary under a newer epoch, but this former primary never followed the last one; restore it by hand",
                     );
                     return Ok(());
                 }
-                unpause(&mut server).await?;
+                self.unpause(&mut server).await?;
                 tracing::warn!(source = self.source, epoch, "unfenced: a leader confirmed this primary's epoch");
             }
             self.tenure.hold(epoch, v1::MemberRole::Primary, false);
@@ -212,32 +216,34 @@ impl Member {
                 self.tenure.set_detail("fenced: a former primary; waiting for the new primary's address");
                 return Ok(());
             };
-            if self.under_sentinel() {
+            if self.under_sentinel {
                 self.tenure.set_detail("fenced: a former primary under Sentinel; never repointed behind its back");
                 return Ok(());
             }
-            let Some(lossless) = follows_without_loss(&access, &primary, &looked).await else {
+            let asked = tokio::time::timeout(LOOK_TIMEOUT, follows_without_loss(&access, &primary, &looked)).await;
+            let Some(lossless) = asked.ok().flatten() else {
                 self.tenure.set_detail(format!("fenced: a former primary; waiting for {primary} to become master"));
                 return Ok(());
             };
             if !lossless && !kept.rejoin_auto {
                 self.tenure.set_detail(format!(
-                    "fenced: a former primary with writes {primary} does not have; rejoin is manual (REPLICAOF it, or set rejoin: auto)"
+                    "fenced: a former primary with writes {primary} does not have; rejoin is manual (REPLICAOF it and CLIENT UNPAUSE, or set rejoin: auto)"
                 ));
                 return Ok(());
             }
             replicaof(&mut server, &primary).await?;
-            unpause(&mut server).await?;
+            self.unpause(&mut server).await?;
             tracing::warn!(source = self.source, %primary, lossless, "the former primary follows the new one");
-            self.tenure.hold(epoch, v1::MemberRole::Standby, false);
-            // Never reported as the writable master it was a moment ago.
+            // Looked at again before the fence is dropped: never reported
+            // as the writable master it was a moment ago.
             self.look(&url, &access).await;
+            self.tenure.hold(epoch, v1::MemberRole::Standby, false);
             return Ok(());
         }
         match (&primary, &looked.following) {
             // Never itself: a successor held back as a standby is named primary already.
             (Some(primary), Some((master, _)))
-                if primary != master && Some(primary) != looked.addr.as_ref() && !self.under_sentinel() =>
+                if primary != master && Some(primary) != looked.addr.as_ref() && !self.under_sentinel =>
             {
                 replicaof(&mut server, primary).await?;
                 tracing::warn!(source = self.source, %primary, was = %master, "the replica follows the group's new primary");
@@ -247,6 +253,11 @@ impl Member {
                 self.tenure.set_detail(format!("standby: a replica of {master} (link {link})"));
             }
             (_, None) => {}
+        }
+        if kept.fenced {
+            // A replica now (repointed by hand, or by Sentinel): a pause
+            // left on it would stop it applying its master's stream.
+            self.unpause(&mut server).await?;
         }
         self.tenure.hold(epoch, v1::MemberRole::Standby, false);
         Ok(())
@@ -263,8 +274,22 @@ impl Member {
             }
             Err(_) => (Looked::default(), None),
         };
-        *self.looked.lock().unwrap_or_else(|p| p.into_inner()) = looked.clone();
+        let mut kept = self.looked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut looked = looked;
+        // Still the paused master it was: the pause holds (asked again this step).
+        if looked.master && kept.master && looked.addr == kept.addr && self.tenure.standing().kept.fenced {
+            looked.paused_offset = kept.paused_offset;
+        }
+        *kept = looked.clone();
+        drop(kept);
         (looked, server)
+    }
+
+    /// Lifts a fence's pause.
+    async fn unpause(&self, server: &mut Server) -> Result<(), RedisError> {
+        server.query::<()>(redis::cmd("CLIENT").arg("UNPAUSE"), "CLIENT UNPAUSE").await?;
+        self.looked.lock().unwrap_or_else(|p| p.into_inner()).paused_offset = None;
+        Ok(())
     }
 
     /// Pauses the server's writes (asked again at each look while fenced);
@@ -275,13 +300,17 @@ impl Member {
             tracing::error!(source = self.source, why, "fencing Redis: pausing its writes");
         }
         let pause = redis::cmd("CLIENT").arg("PAUSE").arg(FENCE_PAUSE_MS).arg("WRITE").clone();
-        server.query::<()>(&pause, "CLIENT PAUSE").await
+        server.query::<()>(&pause, "CLIENT PAUSE").await?;
+        // Read once paused: no write is acknowledged past it.
+        let offset = offset_of(server).await?;
+        self.looked.lock().unwrap_or_else(|p| p.into_inner()).paused_offset = Some(offset);
+        Ok(())
     }
 
     /// Makes the replica a master (for a switchover, once it reached the
     /// old primary's offset) and runs the hooks.
     async fn promote(&self, server: &mut Server, looked: &Looked, order: &v1::RoleOrder) -> Result<(), RedisError> {
-        if self.under_sentinel() {
+        if self.under_sentinel {
             self.tenure.set_detail("ordered primary, but Sentinel manages this set: never promoted behind its back");
             return Ok(());
         }
@@ -296,7 +325,7 @@ impl Member {
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                offset = server.info("replication").await?.get("master_repl_offset").unwrap_or(offset);
+                offset = offset_of(server).await?;
             }
         }
         if !self.tenure.leased() {
@@ -304,8 +333,10 @@ impl Member {
             return Ok(());
         }
         server.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"), "REPLICAOF NO ONE").await?;
+        // A pause left from an earlier fence would keep the new primary from writing.
+        self.unpause(server).await?;
         let promoted_at = Utc::now();
-        let offset: u64 = server.info("replication").await?.get("master_repl_offset").unwrap_or_default();
+        let offset = offset_of(server).await?;
         self.tenure.promoted(order.epoch, promoted_at, &offset.to_string());
         tracing::warn!(group = order.group, epoch = order.epoch, offset, "promoted: accepting writes");
         self.tenure.set_detail(format!("promoted at offset {offset}"));
@@ -337,6 +368,7 @@ async fn look(url: &Url, access: &Access) -> Result<(Looked, Server), RedisError
         following,
         offset: info.get("master_repl_offset").unwrap_or_default(),
         replid: text("master_replid"),
+        paused_offset: None,
     };
     Ok((looked, server))
 }
@@ -365,7 +397,7 @@ async fn replicaof(server: &mut Server, primary: &HostPort) -> Result<(), RedisE
     server.query::<()>(&cmd, "REPLICAOF").await
 }
 
-/// Lifts a fence's pause.
-async fn unpause(server: &mut Server) -> Result<(), RedisError> {
-    server.query::<()>(redis::cmd("CLIENT").arg("UNPAUSE"), "CLIENT UNPAUSE").await
+/// The server's replication offset.
+async fn offset_of(server: &mut Server) -> Result<u64, RedisError> {
+    Ok(server.info("replication").await?.get("master_repl_offset").unwrap_or_default())
 }
