@@ -603,29 +603,21 @@ mod tests {
         // The old primary's report is stale (still a writable primary)...
         let mut agents = agents(v1::MemberRole::Primary, 2, "", now);
         assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Standby as i32);
-        // ...and a promotion of an earlier epoch releases nothing.
-        let earlier = v1::MemberState {
-            epoch: 2,
-            role: v1::MemberRole::Primary.into(),
-            promoted_unix_ms: now.timestamp_millis(),
-            promoted_epoch: 1,
-            ..Default::default()
-        };
-        if let Some(source) = agents.get_mut("b").and_then(|b| b.sources.get_mut("pg")) {
-            source.member = Some(crate::agents::MemberSeen { state: earlier, reported: now });
+        // ...and a promotion of an earlier epoch releases nothing, but the
+        // successor's report of its promotion under epoch 2 does, before the
+        // leader recorded it.
+        for (promoted_epoch, role) in [(1, v1::MemberRole::Standby), (2, v1::MemberRole::Primary)] {
+            let state = v1::MemberState {
+                epoch: 2,
+                role: v1::MemberRole::Primary.into(),
+                promoted_unix_ms: now.timestamp_millis(),
+                promoted_epoch,
+                ..Default::default()
+            };
+            if let Some(source) = agents.get_mut("b").and_then(|b| b.sources.get_mut("pg")) {
+                source.member = Some(crate::agents::MemberSeen { state, reported: now });
+            }
+            assert_eq!(role_of_b(&book, &agents, now).0, role as i32, "promoted under epoch {promoted_epoch}");
         }
-        assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Standby as i32);
-        // ...but the successor reports its promotion under epoch 2, before the leader recorded it.
-        let state = v1::MemberState {
-            epoch: 2,
-            role: v1::MemberRole::Primary.into(),
-            promoted_unix_ms: now.timestamp_millis(),
-            promoted_epoch: 2,
-            ..Default::default()
-        };
-        if let Some(source) = agents.get_mut("b").and_then(|b| b.sources.get_mut("pg")) {
-            source.member = Some(crate::agents::MemberSeen { state, reported: now });
-        }
-        assert_eq!(role_of_b(&book, &agents, now).0, v1::MemberRole::Primary as i32);
     }
 }
