@@ -144,12 +144,7 @@ impl Regions {
 
     /// The tails of the processes' logs.
     pub fn logs(&self) -> String {
-        format!(
-            "--- coordinator\n{}\n--- fra\n{}\n--- dub\n{}",
-            tail(&self.coordinator.log_text()),
-            tail(&self.fra.log_text()),
-            tail(&self.dub.log_text())
-        )
+        logs_of(&[("coordinator", &self.coordinator), ("fra", &self.fra), ("dub", &self.dub)])
     }
 }
 
@@ -251,12 +246,16 @@ failover:
 
     /// The tails of the processes' logs.
     pub fn logs(&self) -> String {
-        let mut text = format!("--- coordinator\n{}", tail(&self.coordinator.log_text()));
-        for (region, agent) in REDIS_REGIONS.iter().zip(&self.agents) {
-            text.push_str(&format!("\n--- {region}\n{}", tail(&agent.log_text())));
-        }
-        text
+        let mut named = vec![("coordinator", &self.coordinator)];
+        named.extend(REDIS_REGIONS.iter().copied().zip(&self.agents));
+        logs_of(&named)
     }
+}
+
+/// The tails of the named processes' logs, one after the other.
+fn logs_of(named: &[(&str, &Proc)]) -> String {
+    let parts: Vec<String> = named.iter().map(|(name, p)| format!("--- {name}\n{}", tail(&p.log_text()))).collect();
+    parts.join("\n")
 }
 
 /// The first group as `lifeboat failover status --json` shows it, asked of `url`.

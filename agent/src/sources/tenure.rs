@@ -92,6 +92,8 @@ pub struct Tenure {
     server: String,
     file: PathBuf,
     held: Mutex<Held>,
+    /// Rung by each order: the controller acts on it at once.
+    wake: tokio::sync::Notify,
 }
 
 impl Tenure {
@@ -108,7 +110,7 @@ impl Tenure {
             held.lease_until = (left > 0).then(|| Instant::now() + Duration::from_millis(left.unsigned_abs()));
             held.kept = kept;
         }
-        Tenure { server, file, held: Mutex::new(held) }
+        Tenure { server, file, held: Mutex::new(held), wake: tokio::sync::Notify::new() }
     }
 
     fn held(&self) -> MutexGuard<'_, Held> {
@@ -158,6 +160,17 @@ impl Tenure {
         h.kept.rejoin_auto = order.order.rejoin_auto;
         h.order = Some(order.order);
         self.save(&mut h);
+        drop(h);
+        self.wake.notify_one();
+    }
+
+    /// Waits `pause`, or less when an order comes; false once `shutdown` is set.
+    pub async fn rest(&self, pause: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = self.wake.notified() => true,
+            _ = shutdown.wait_for(|s| *s) => false,
+        }
     }
 
     /// What to act on now.

@@ -77,7 +77,6 @@ pub struct Member {
     pg_bin: Option<PathBuf>,
     tenure: Tenure,
     looked: Mutex<Looked>,
-    wake: tokio::sync::Notify,
     /// Whether WAL may be streamed into the repository: only from an
     /// unfenced primary (a standby's stream would overwrite the
     /// primary's newest partial segment with older content).
@@ -92,15 +91,7 @@ impl Member {
             Tenure::open(pgdata.with_file_name(format!("{name}.lifeboat-member.json")), pgdata.display().to_string());
         // Not a member (no order, nothing kept): streaming as configured.
         let may_stream = watch::Sender::new(!tenure.is_member());
-        Arc::new(Member {
-            pgdata,
-            connect,
-            pg_bin,
-            tenure,
-            looked: Mutex::new(Looked::default()),
-            wake: tokio::sync::Notify::new(),
-            may_stream,
-        })
+        Arc::new(Member { pgdata, connect, pg_bin, tenure, looked: Mutex::new(Looked::default()), may_stream })
     }
 
     /// Whether WAL may be streamed now, and its changes.
@@ -111,7 +102,6 @@ impl Member {
     /// Takes an order (newer epochs only) and the lease it renews.
     pub fn order(&self, order: Order) {
         self.tenure.take(order);
-        self.wake.notify_one();
     }
 
     /// Its state for the heartbeat (none when it is not a member).
@@ -150,10 +140,8 @@ impl Member {
                     if self.tenure.standing().primary() { LOOK_EVERY } else { RETRY_AFTER }
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = self.wake.notified() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+            if !self.tenure.rest(pause, &mut shutdown).await {
+                return;
             }
         }
     }

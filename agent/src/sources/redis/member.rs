@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use super::RedisError;
 use super::endpoint::{Access, Connection, HostPort, Prefer, REDIS_PORT, Target, Url};
 use super::sentinel::locate;
-use super::server::Server;
+use super::server::{Role, Server};
 use crate::sources::Order;
 use crate::sources::tenure::{Standing, Tenure, run_hooks};
 
@@ -59,8 +59,8 @@ pub struct MemberConfig {
 #[derive(Debug, Clone, Default)]
 struct Looked {
     /// Where it is (under Sentinel: the master the sentinels name).
+    /// None: it did not answer.
     addr: Option<HostPort>,
-    running: bool,
     master: bool,
     /// A replica's master, and whether the link is up.
     following: Option<(HostPort, bool)>,
@@ -80,7 +80,6 @@ pub struct Member {
     under_sentinel: bool,
     tenure: Tenure,
     looked: Mutex<Looked>,
-    wake: tokio::sync::Notify,
 }
 
 impl Member {
@@ -95,14 +94,12 @@ impl Member {
             under_sentinel,
             tenure,
             looked: Mutex::new(Looked::default()),
-            wake: tokio::sync::Notify::new(),
         })
     }
 
     /// Takes an order (newer epochs only) and the lease it renews.
     pub fn order(&self, order: Order) {
         self.tenure.take(order);
-        self.wake.notify_one();
     }
 
     fn looked(&self) -> Looked {
@@ -116,7 +113,7 @@ impl Member {
         // A master whose writes this agent paused accepts none: it is not
         // a primary, and its offset is final (a switchover's successor
         // catches up to it). One not known to be paused may be writable.
-        let role = match (looked.running, looked.master) {
+        let role = match (looked.addr.is_some(), looked.master) {
             (false, _) => v1::MemberRole::Unspecified,
             (true, true) if looked.paused_offset.is_some() => v1::MemberRole::Unspecified,
             (true, true) => v1::MemberRole::Primary,
@@ -125,7 +122,7 @@ impl Member {
             (true, false) => v1::MemberRole::Standby,
         };
         state.role = role.into();
-        state.lsn = if looked.running { looked.offset.to_string() } else { String::new() };
+        state.lsn = if looked.addr.is_some() { looked.offset.to_string() } else { String::new() };
         if let Some(offset) = looked.paused_offset.filter(|_| looked.master) {
             state.final_lsn = offset.to_string();
         }
@@ -140,10 +137,8 @@ impl Member {
                 tracing::error!(source = self.source, error = %e, "failover member");
                 self.tenure.set_detail(format!("error: {e}"));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(LOOK_EVERY) => {}
-                _ = self.wake.notified() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+            if !self.tenure.rest(LOOK_EVERY, &mut shutdown).await {
+                return;
             }
         }
     }
@@ -156,17 +151,17 @@ impl Member {
         let (url, access) = self.connection.access()?;
         let (looked, server) = self.look(&url, &access).await;
         let standing = self.tenure.standing();
+        let primary = standing.primary();
+        let Standing { order, kept, epoch, leased, .. } = standing;
         let Some(mut server) = server else {
-            self.tenure.set_detail(if standing.primary() {
+            self.tenure.set_detail(if primary {
                 "primary, but its server does not answer"
             } else {
                 "standby, but its server does not answer"
             });
             return Ok(());
         };
-        let Standing { kept, epoch, leased, .. } = &standing;
-        let (epoch, leased) = (*epoch, *leased);
-        if standing.primary() {
+        if primary {
             if !leased {
                 if looked.master {
                     let why = "no leader has confirmed this primary's epoch within fence_after";
@@ -179,8 +174,7 @@ impl Member {
             }
             if !looked.master {
                 if epoch > kept.epoch || kept.role != v1::MemberRole::Primary as i32 {
-                    let order = standing.order.clone().unwrap_or_default();
-                    self.promote(&mut server, &looked, &order).await?;
+                    self.promote(&mut server, &looked, &order.unwrap_or_default()).await?;
                     // Reported as it is now, not as it was before the promotion.
                     self.look(&url, &access).await;
                     return Ok(());
@@ -206,8 +200,7 @@ impl Member {
             return Ok(());
         }
         // A standby.
-        let primary = standing.order.as_ref().map(|o| o.primary_address.clone()).unwrap_or_default();
-        let primary = HostPort::parse(&primary, REDIS_PORT).ok();
+        let primary = order.and_then(|o| HostPort::parse(&o.primary_address, REDIS_PORT).ok());
         if looked.master {
             // Another is primary under a newer epoch: this one must not write.
             self.fence(&mut server, "another member is primary under a newer epoch").await?;
@@ -353,21 +346,17 @@ impl Member {
 /// Connects to the server (under Sentinel: the master it names) and reads
 /// its replication state.
 async fn look(url: &Url, access: &Access) -> Result<(Looked, Server), RedisError> {
-    let (mut server, _) = locate(url, access, Prefer::Master).await?;
+    let (mut server, role) = locate(url, access, Prefer::Master).await?;
     let info = server.info("replication").await?;
-    let text = |k: &str| info.get::<String>(k).unwrap_or_default();
-    let master = text("role") == "master";
-    let following = (!master).then(|| {
-        let port = info.get::<u16>("master_port").unwrap_or_default();
-        (HostPort { host: text("master_host"), port }, text("master_link_status") == "up")
-    });
     let looked = Looked {
         addr: Some(server.addr.clone()),
-        running: true,
-        master,
-        following,
+        master: role == Role::Master,
+        following: match role {
+            Role::Replica { master, connected } => Some((master, connected)),
+            _ => None,
+        },
         offset: info.get("master_repl_offset").unwrap_or_default(),
-        replid: text("master_replid"),
+        replid: info.get("master_replid").unwrap_or_default(),
         paused_offset: None,
     };
     Ok((looked, server))
