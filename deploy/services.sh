@@ -30,9 +30,10 @@ AZURITE="$DIR/azurite"
 # protoc with its well-known types (libprotobuf-dev: etcd-client's protos
 # import google/protobuf/descriptor.proto), PostgreSQL 15 server and tools
 # (tests make their own clusters with initdb, run as the `postgres` user),
-# pgBackRest (the benchmark peer) and etcd (control-plane tests start their
-# own clusters).
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client prometheus prometheus-alertmanager redis-server redis-sentinel redis-tools)
+# pgBackRest (the benchmark peer), etcd (control-plane tests start their
+# own clusters) and iproute2 (failover tests make regions of network
+# namespaces).
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev restic util-linux python3-venv curl postgresql-15 postgresql-client-15 pgbackrest etcd-server etcd-client prometheus prometheus-alertmanager redis-server redis-sentinel redis-tools iproute2)
 PG_BIN="${LIFEBOAT_PG_BIN:-/usr/lib/postgresql/15/bin}"
 VENV="$DIR/venv"
 
@@ -78,6 +79,7 @@ check() {
     command -v protoc >/dev/null || { echo "missing: protoc (apt-get install protobuf-compiler)" >&2; ok=0; }
     command -v restic >/dev/null || { echo "missing: restic (apt-get install restic)" >&2; ok=0; }
     command -v etcd >/dev/null || { echo "missing: etcd (apt-get install etcd-server)" >&2; ok=0; }
+    command -v ip >/dev/null || { echo "missing: ip (apt-get install iproute2)" >&2; ok=0; }
     command -v prometheus >/dev/null && command -v promtool >/dev/null || { echo "missing: prometheus and promtool (apt-get install prometheus)" >&2; ok=0; }
     command -v prometheus-alertmanager >/dev/null || { echo "missing: prometheus-alertmanager (apt-get install prometheus-alertmanager)" >&2; ok=0; }
     [ -x "$VENV/bin/aiosmtpd" ] || { echo "missing: aiosmtpd in $VENV (deploy/services.sh install)" >&2; ok=0; }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_common::tls::{DevCaRequest, issue_dev_certs};
 
+use crate::netns;
 use crate::postgres::workspace_bin;
 
 /// A free loopback port.
@@ -118,10 +119,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(bin: &str, config: &Path, log: PathBuf) -> Self {
+    fn spawn(bin: &str, config: &Path, log: PathBuf, ns: Option<&str>) -> Self {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(workspace_bin(bin))
+        let child = netns::command(ns, workspace_bin(bin))
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -193,6 +194,8 @@ pub struct Deployment {
     pub repo: PathBuf,
     /// Its master key.
     pub key: PathBuf,
+    /// The network namespace the test's admin commands run in (None: its own).
+    pub reach: Option<String>,
 }
 
 /// etcd for coordinators.
@@ -210,13 +213,21 @@ impl Deployment {
     /// operators `alice` (operator), `vera` (viewer) and `root` (admin);
     /// an initialised repository.
     pub fn new(dir: &Path, coordinators: &[&str], agents: &[&str]) -> Self {
+        Self::with_hosts(dir, coordinators, agents, &[])
+    }
+
+    /// As [`Deployment::new`], with the coordinators' certificates naming
+    /// `addresses` as well.
+    pub fn with_hosts(dir: &Path, coordinators: &[&str], agents: &[&str], addresses: &[&str]) -> Self {
         let certs = dir.join("certs");
+        let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        hosts.extend(addresses.iter().map(|a| a.to_string()));
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         issue_dev_certs(
             &certs,
             &DevCaRequest {
                 coordinators: owned(coordinators),
-                hosts: vec!["127.0.0.1".into(), "localhost".into()],
+                hosts,
                 agents: owned(agents),
                 admins: owned(&["alice", "vera", "root"]),
                 days: 2,
@@ -238,7 +249,7 @@ impl Deployment {
             "--key-file",
             key.to_str().unwrap_or_default(),
         ]);
-        Deployment { dir: dir.to_owned(), certs, repo, key }
+        Deployment { dir: dir.to_owned(), certs, repo, key, reach: None }
     }
 
     /// Writes a policy file.
@@ -248,11 +259,22 @@ impl Deployment {
         path
     }
 
-    /// Writes coordinator `name`'s configuration, listening on `port`.
+    /// Writes coordinator `name`'s configuration, listening on `127.0.0.1:port`.
     pub fn coordinator_config(&self, name: &str, port: u16, policy: &Path, etcd: Option<&EtcdSettings>) -> PathBuf {
+        self.coordinator_config_on(name, &format!("127.0.0.1:{port}"), policy, etcd)
+    }
+
+    /// Writes coordinator `name`'s configuration, listening on `listen` (`IP:PORT`).
+    pub fn coordinator_config_on(
+        &self,
+        name: &str,
+        listen: &str,
+        policy: &Path,
+        etcd: Option<&EtcdSettings>,
+    ) -> PathBuf {
         let c = &self.certs;
         let mut text = format!(
-            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\npolicy = \"{policy}\"\n\
+            "name = \"{name}\"\nlisten = \"{listen}\"\nstate_dir = \"{state}\"\npolicy = \"{policy}\"\n\
              heartbeat = \"1s\"\nlost_after = \"6s\"\nretry_after = \"1s\"\n\
              retention_every = \"2s\"\nprune_grace = \"1h\"\n\
              [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
@@ -302,19 +324,29 @@ impl Deployment {
 
     /// Starts a coordinator.
     pub fn start_coordinator(&self, config: &Path) -> Proc {
+        self.start_coordinator_in(config, None)
+    }
+
+    /// Starts a coordinator in network namespace `ns`.
+    pub fn start_coordinator_in(&self, config: &Path, ns: Option<&str>) -> Proc {
         let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("coordinator");
-        Proc::spawn("lifeboat-coordinator", config, self.dir.join(format!("{stem}.log")))
+        Proc::spawn("lifeboat-coordinator", config, self.dir.join(format!("{stem}.log")), ns)
     }
 
     /// Starts an agent.
     pub fn start_agent(&self, config: &Path) -> Proc {
+        self.start_agent_in(config, None)
+    }
+
+    /// Starts an agent in network namespace `ns`.
+    pub fn start_agent_in(&self, config: &Path, ns: Option<&str>) -> Proc {
         let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("agent");
-        Proc::spawn("lifeboat-agent", config, self.dir.join(format!("{stem}.log")))
+        Proc::spawn("lifeboat-agent", config, self.dir.join(format!("{stem}.log")), ns)
     }
 
     /// Runs `lifeboat ARGS --coordinator URL` as operator `login`.
     pub fn admin(&self, url: &str, login: &str, args: &[&str]) -> Output {
-        Command::new(workspace_bin("lifeboat"))
+        netns::command(self.reach.as_deref(), workspace_bin("lifeboat"))
             .args(args)
             .arg("--coordinator")
             .arg(url)

@@ -4,14 +4,20 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::netns::{self, NetRegion};
 
 /// One member.
 struct Member {
     name: String,
+    /// Its address (127.0.0.1, or its region's).
+    ip: String,
     client_port: u16,
     peer_port: u16,
+    /// The network namespace it runs in (None: the test's own).
+    ns: Option<String>,
     child: Option<Child>,
 }
 
@@ -27,18 +33,43 @@ fn free_port() -> u16 {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members under `dir` and waits until the cluster answers.
+    /// Starts `n` members on loopback under `dir` and waits until the cluster answers.
     pub fn start(dir: &Path, n: usize) -> Self {
+        let members = (1..=n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                ip: "127.0.0.1".into(),
+                client_port: free_port(),
+                peer_port: free_port(),
+                ns: None,
+                child: None,
+            })
+            .collect();
+        Self::start_members(dir, members)
+    }
+
+    /// Starts a member in each region (named after it, on its address).
+    pub fn start_in(dir: &Path, regions: &[&NetRegion]) -> Self {
+        let members = regions
+            .iter()
+            .map(|r| Member {
+                name: r.name.clone(),
+                ip: r.ip.clone(),
+                client_port: 2379,
+                peer_port: 2380,
+                ns: Some(r.ns.clone()),
+                child: None,
+            })
+            .collect();
+        Self::start_members(dir, members)
+    }
+
+    fn start_members(dir: &Path, members: Vec<Member>) -> Self {
         let etcd = which("etcd");
         assert!(etcd.is_some(), "etcd is not installed: run `deploy/services.sh install` (Debian package etcd-server)");
-        let members: Vec<Member> = (1..=n)
-            .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None })
-            .collect();
-        let initial = members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial =
+            members.iter().map(|m| format!("{}=http://{}:{}", m.name, m.ip, m.peer_port)).collect::<Vec<_>>().join(",");
+        let n = members.len();
         let mut cluster = EtcdCluster { dir: dir.to_owned(), members, initial };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -51,14 +82,14 @@ impl EtcdCluster {
         let m = &self.members[i];
         let data = self.dir.join(&m.name);
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).expect("etcd log file");
-        let child = Command::new("etcd")
+        let child = netns::command(m.ns.as_deref(), "etcd")
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
             .args(["--logger=zap", "--log-outputs=stderr", "--initial-cluster-token", "lifeboat-test"])
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{}", m.client_port))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{}", m.client_port))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer_port))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{}", m.peer_port))
+            .arg(format!("--listen-client-urls=http://{}:{}", m.ip, m.client_port))
+            .arg(format!("--advertise-client-urls=http://{}:{}", m.ip, m.client_port))
+            .arg(format!("--listen-peer-urls=http://{}:{}", m.ip, m.peer_port))
+            .arg(format!("--initial-advertise-peer-urls=http://{}:{}", m.ip, m.peer_port))
             .arg(format!("--initial-cluster={}", self.initial))
             .arg(format!("--initial-cluster-state={state}"))
             // Fast elections: loopback is quick, tests are short.
@@ -70,9 +101,9 @@ impl EtcdCluster {
         self.members[i].child = Some(child);
     }
 
-    /// Client endpoints of every member (`http://127.0.0.1:PORT`).
+    /// Client endpoints of every member (`http://IP:PORT`).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+        self.members.iter().map(|m| format!("http://{}:{}", m.ip, m.client_port)).collect()
     }
 
     /// SIGKILLs member `i`.
@@ -94,7 +125,8 @@ impl EtcdCluster {
         let deadline = Instant::now() + within;
         let endpoints = self.endpoints().join(",");
         loop {
-            let ok = Command::new("etcdctl")
+            // Asked from the first member's namespace: the others are reachable from there.
+            let ok = netns::command(self.members[0].ns.as_deref(), "etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args(["--endpoints", &endpoints, "--command-timeout=1s", "endpoint", "health", "--cluster"])
                 .stdout(Stdio::null())

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::netns;
 use crate::control::{Deployment, KeptOnFailure, Proc, configure, free_port, wait_for};
 use crate::postgres::{Cluster, as_postgres, give_to_postgres, pg_bin, postgres_dir, workspace_bin};
 use crate::redis::RedisServer;
@@ -48,7 +49,7 @@ pub struct Regions {
     pub standby_pgdata: PathBuf,
 }
 
-fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> String {
+pub(crate) fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> String {
     format!(
         "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\n\
          [source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\nsynchronous = {synchronous}\napplication_name = \"{SYNC_NAME}\"\n",
@@ -57,7 +58,7 @@ fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> String {
 }
 
 /// The stream's name in `synchronous_standby_names`.
-const SYNC_NAME: &str = "lifeboat_sync";
+pub(crate) const SYNC_NAME: &str = "lifeboat_sync";
 
 fn region_config(path: &Path, region: &str) {
     configure(path, &format!("region = \"{region}\""));
@@ -96,18 +97,7 @@ impl Regions {
         );
         region_config(&fra_config, "fra");
         let fra = deployment.start_agent(&fra_config);
-        // A base backup while the agent streams: the standby is built from it.
-        let out = Command::new(workspace_bin("lifeboat"))
-            .args(["backup", "postgres", "--pgdata"])
-            .arg(&primary.pgdata)
-            .args(["--repo"])
-            .arg(&deployment.repo)
-            .arg("--key-file")
-            .arg(&deployment.key)
-            .args(primary.conn_args())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "base backup: {}", String::from_utf8_lossy(&out.stderr));
+        base_backup(&deployment, &primary);
 
         let standby_port = free_port();
         let standby_pgdata = postgres_dir(dir.path(), "dub").join("data");
@@ -250,6 +240,22 @@ failover:
         named.extend(REDIS_REGIONS.iter().copied().zip(&self.agents));
         logs_of(&named)
     }
+}
+
+/// A base backup of `primary` (from its namespace) while its agent
+/// streams: standbys are built from it.
+pub(crate) fn base_backup(deployment: &Deployment, primary: &Cluster) {
+    let out = netns::command(primary.netns.as_deref(), workspace_bin("lifeboat"))
+        .args(["backup", "postgres", "--pgdata"])
+        .arg(&primary.pgdata)
+        .args(["--repo"])
+        .arg(&deployment.repo)
+        .arg("--key-file")
+        .arg(&deployment.key)
+        .args(primary.conn_args())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "base backup: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The tails of the named processes' logs, one after the other.

@@ -9,6 +9,8 @@ pub mod etcd;
 pub mod failover;
 pub mod http_receiver;
 pub mod monitoring;
+pub mod net_regions;
+pub mod netns;
 pub mod otlp;
 pub mod postgres;
 pub mod redis;

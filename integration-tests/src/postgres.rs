@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns;
+
 /// Where PostgreSQL 15's programs are (`LIFEBOAT_PG_BIN` overrides).
 pub fn pg_bin(program: &str) -> PathBuf {
     let dir = std::env::var("LIFEBOAT_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
@@ -39,7 +41,12 @@ pub fn give_to_postgres(path: &Path) {
 
 /// A command run as the postgres user.
 pub fn as_postgres(program: &Path) -> Command {
-    let mut c = Command::new("setpriv");
+    as_postgres_in(None, program)
+}
+
+/// A command run as the postgres user, in network namespace `ns` when one is named.
+pub fn as_postgres_in(ns: Option<&str>, program: &Path) -> Command {
+    let mut c = netns::command(ns, "setpriv");
     c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
     c
 }
@@ -64,6 +71,8 @@ pub struct Cluster {
     server: Option<Child>,
     /// Started by someone else's pg_ctl (e.g. `lifeboat restore --start`).
     external: bool,
+    /// The network namespace it runs in (None: the test's own).
+    pub netns: Option<String>,
 }
 
 impl Cluster {
@@ -87,17 +96,17 @@ impl Cluster {
         let mut f =
             std::fs::OpenOptions::new().append(true).open(pgdata.join("postgresql.conf")).expect("postgresql.conf");
         std::io::Write::write_all(&mut f, format!("{base}{conf}\n").as_bytes()).expect("writing postgresql.conf");
-        Cluster { pgdata, run_dir, port, server: None, external: false }
+        Cluster { pgdata, run_dir, port, server: None, external: false, netns: None }
     }
 
     /// A cluster around an existing (e.g. restored) data directory.
     pub fn existing(pgdata: &Path, run_dir: &Path, port: u16) -> Self {
-        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: false }
+        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: false, netns: None }
     }
 
     /// A cluster already running, started by pg_ctl elsewhere; stopped on drop.
     pub fn running(pgdata: &Path, run_dir: &Path, port: u16) -> Self {
-        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: true }
+        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: true, netns: None }
     }
 
     fn pg_ctl_stop(&mut self, mode: &str) {
@@ -111,7 +120,7 @@ impl Cluster {
     /// SIGKILL it) and waits until it accepts connections, up to `wait`.
     pub fn start_waiting(&mut self, wait: Duration) -> bool {
         let log = std::fs::File::create(self.run_dir.join("server.log")).expect("server log");
-        let child = as_postgres(&pg_bin("postgres"))
+        let child = as_postgres_in(self.netns.as_deref(), &pg_bin("postgres"))
             .arg("-D")
             .arg(&self.pgdata)
             .stdout(Stdio::null())
@@ -121,7 +130,7 @@ impl Cluster {
         self.server = Some(child);
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
-            let ok = Command::new(pg_bin("pg_isready"))
+            let ok = netns::command(self.netns.as_deref(), pg_bin("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
                 .status()
                 .is_ok_and(|s| s.success());
@@ -171,7 +180,7 @@ impl Cluster {
 
     /// Runs SQL through psql and returns its unaligned output.
     pub fn sql(&self, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
+        let out = netns::command(self.netns.as_deref(), pg_bin("psql"))
             .args([
                 "-h",
                 "127.0.0.1",

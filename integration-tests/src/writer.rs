@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use crate::netns;
+
 /// One acknowledged commit.
 #[derive(Debug, Clone, Copy)]
 pub struct Acked {
@@ -32,11 +34,20 @@ impl Writer {
     /// `every` until stopped; failed commits (the server gone) are
     /// retried after a pause and never recorded.
     pub fn start(port: u16, every: Duration) -> Self {
+        Self::start_in(None, port, every)
+    }
+
+    /// As [`Writer::start`], connecting from network namespace `ns`.
+    pub fn start_in(ns: Option<&str>, port: u16, every: Duration) -> Self {
+        let ns = ns.map(str::to_owned);
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (stop2, acked2) = (stop.clone(), acked.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
+            if let Some(ns) = &ns {
+                netns::enter(ns);
+            }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             rt.block_on(write(port, every, stop2, acked2, ready_tx));
         });
@@ -107,11 +118,50 @@ async fn write(
 
 /// The ids present in `TABLE` of the server on `port`.
 pub fn ids_on(port: u16) -> std::collections::BTreeSet<i64> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    rt.block_on(async {
+    ids_in(None, port)
+}
+
+/// The ids present in `TABLE` of the server on `port` in network namespace `ns`.
+pub fn ids_in(ns: Option<&str>, port: u16) -> std::collections::BTreeSet<i64> {
+    run_in(ns, async move {
         let client = connect(port).await.expect("connecting to read the ids");
         let rows = client.query(&format!("SELECT id FROM {TABLE}"), &[]).await.expect("reading the ids");
         rows.iter().map(|r| r.get::<_, i64>(0)).collect()
+    })
+}
+
+/// Inserts row `id` into the server on `port` in namespace `ns`, trying
+/// every 50 ms for up to `within`; when it was first acknowledged.
+pub fn first_accepted(ns: Option<&str>, port: u16, id: i64, within: Duration) -> Option<SystemTime> {
+    run_in(ns, async move {
+        let deadline = tokio::time::Instant::now() + within;
+        let insert = format!("INSERT INTO {TABLE} (id) VALUES ($1)");
+        while tokio::time::Instant::now() < deadline {
+            // A fresh connection each time: the server may have restarted.
+            if let Some(c) = connect(port).await
+                && c.execute(insert.as_str(), &[&id]).await.is_ok()
+            {
+                return Some(SystemTime::now());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    })
+}
+
+/// Runs `work` to completion on a thread of its own in namespace `ns`.
+fn run_in<T: Send>(ns: Option<&str>, work: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(ns) = ns {
+                    netns::enter(ns);
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                rt.block_on(work)
+            })
+            .join()
+            .expect("the database thread")
     })
 }
 

@@ -15,8 +15,9 @@ use lifeboat_integration_tests::control::{serial, wait_for};
 use lifeboat_integration_tests::failover::{
     REDIS_REGIONS, RedisRegions, Regions, Settings, accepts_connections, num, pg_stop, tail,
 };
+use lifeboat_integration_tests::net_regions::NetRegions;
 use lifeboat_integration_tests::postgres::Cluster;
-use lifeboat_integration_tests::writer::{Writer, ids_on, sql_on};
+use lifeboat_integration_tests::writer::{Writer, first_accepted, ids_in, ids_on, sql_on};
 
 /// The group's bounds in these tests.
 const FAILOVER_AFTER: u64 = 10;
@@ -100,6 +101,81 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
     r.dub.kill();
     pg_stop(&r.standby_pgdata);
     pg_stop(&r.primary.pgdata);
+}
+
+/// Regions in network namespaces, each with an etcd member and a
+/// coordinator, the leader in `fra` with the primary: `fra` is cut off
+/// under a writer, then `dub` (primary by then), then `fra` again. Each
+/// time the cut-off primary must stop acknowledging commits before its
+/// successor accepts one, the leadership must move out of a cut-off
+/// region, and the old primary must rejoin as a standby once its region
+/// returns.
+#[test]
+fn a_partitioned_primary_is_fenced_before_its_successor_accepts_a_write_three_times_over() {
+    let _one = serial();
+    let settings = Settings { max_lag: 30, failover_after: FAILOVER_AFTER, rejoin: "auto".into(), synchronous: false };
+    let mut r = NetRegions::start(&settings);
+    let mut pair = ("fra", "dub");
+    for round in 1..=3 {
+        let p = r.partition(pair.0, pair.1, round, Duration::from_secs(FAILOVER_AFTER));
+        eprintln!("round {round}, {} cut off: {p:?}", pair.0);
+        assert_eq!(p.split_brain, 0, "round {round}: commits acknowledged by two primaries: {p:?}\n{}", r.logs());
+        assert!(p.fenced, "round {round}: the old primary still accepts connections: {p:?}");
+        assert!(p.acked > 50, "round {round}: the writer committed only {} rows", p.acked);
+        if round == 1 {
+            assert_eq!(p.leader_before, "c-fra", "{p:?}");
+        }
+        assert_ne!(p.leader_after, format!("c-{}", pair.0), "round {round}: the cut-off region still leads: {p:?}");
+        assert!(
+            p.promoted_after <= Duration::from_secs(FAILOVER_AFTER + 20),
+            "round {round}: promoted {:?} after the cut\n{}",
+            p.promoted_after,
+            r.logs()
+        );
+        pair = (pair.1, pair.0);
+    }
+    let group = r.status().unwrap();
+    assert_eq!(num(&group["epoch"]), 4.0, "{group}");
+    let audit = std::fs::read_to_string(r.dir.path().join("coordinator-c-fra/audit.log")).unwrap_or_default()
+        + &std::fs::read_to_string(r.dir.path().join("coordinator-c-dub/audit.log")).unwrap_or_default()
+        + &std::fs::read_to_string(r.dir.path().join("coordinator-c-iad/audit.log")).unwrap_or_default();
+    assert_eq!(audit.matches("Failover/Promote").count(), 3, "{audit}");
+    r.stop_servers();
+}
+
+/// The leader's region lost with the primary (coordinator, etcd member,
+/// agent SIGKILLed, server stopped immediate): a coordinator of another
+/// region takes the leadership and promotes the standby.
+#[test]
+fn the_leaders_region_lost_with_the_primary_a_coordinator_elsewhere_leads_and_promotes() {
+    let _one = serial();
+    let settings = Settings { max_lag: 30, failover_after: FAILOVER_AFTER, rejoin: "manual".into(), synchronous: false };
+    let mut r = NetRegions::start(&settings);
+    r.wait_eligible("dub", Duration::from_secs(120));
+    assert_eq!(r.leader().as_deref(), Some("c-fra"));
+    let fra_ns = r.net.region("fra").ns.clone();
+    let writer = Writer::start_in(Some(&fra_ns), r.database("fra").port, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(3));
+    r.lose("fra");
+    let lost = SystemTime::now();
+    let acked = writer.stop();
+    let dub_ns = r.net.region("dub").ns.clone();
+    let first = first_accepted(Some(&dub_ns), r.database("dub").port, -1, Duration::from_secs(FAILOVER_AFTER + 60));
+    let first = first.unwrap_or_else(|| panic!("dub never accepted a write\n{}", r.logs()));
+    let rto = first.duration_since(lost).unwrap_or_default();
+    let leader = r.leader().unwrap_or_default();
+    eprintln!("{leader} leads; dub accepted its first write {rto:?} after fra was lost");
+    assert!(leader == "c-dub" || leader == "c-iad", "leader {leader:?}");
+    let group = r.status().unwrap();
+    assert_eq!(group["primary"], "dub-db1/pg", "{group}");
+    assert!(group["lastFailover"]["cause"].as_str().unwrap_or_default().starts_with("automatic"), "{group}");
+    assert!(rto <= Duration::from_secs(FAILOVER_AFTER + 15), "promoted {rto:?} after the loss\n{}", r.logs());
+    let present = ids_in(Some(&dub_ns), r.database("dub").port);
+    let missing: Vec<_> = acked.iter().filter(|a| !present.contains(&a.id)).collect();
+    let oldest = missing.iter().map(|a| lost.duration_since(a.at).unwrap_or_default()).max();
+    eprintln!("{} of {} commits lost, the oldest {oldest:?} before the loss", missing.len(), acked.len());
+    assert!(oldest.is_none_or(|d| d < Duration::from_secs(5)), "lost commits older than 5 s: {missing:?}");
+    r.stop_servers();
 }
 
 #[test]

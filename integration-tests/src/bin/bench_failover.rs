@@ -6,9 +6,13 @@
 //! accepting writes, by this process's clock and as the leader recorded
 //! it), the RPO (acknowledged commits missing from the new primary, and
 //! how long before the loss the oldest of them was acknowledged), and
-//! the switchover time and loss, beside the seed's targets.
+//! the switchover time and loss, beside the seed's targets. Then
+//! partitions between regions in network namespaces (each with an etcd
+//! member and a coordinator): the primary's region cut off under a
+//! writer, back and forth, counting commits the cut-off primary
+//! acknowledged once its successor accepted writes (split brain).
 //!
-//!   bench_failover [LOSSES] [SWITCHOVERS] [SYNCHRONOUS_LOSSES]   (default: 10 10 3)
+//!   bench_failover [LOSSES] [SWITCHOVERS] [SYNCHRONOUS_LOSSES] [PARTITIONS]   (default: 10 10 3 20)
 
 // A benchmark: a failed step stops it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_integration_tests::control::wait_for;
 use lifeboat_integration_tests::failover::{Regions, Settings, num, pg_stop};
+use lifeboat_integration_tests::net_regions::{NetRegions, Partition};
 use lifeboat_integration_tests::writer::{Writer, ids_on, sql_on};
 
 const FAILOVER_AFTER: u64 = 10;
@@ -107,6 +112,33 @@ fn switchovers(n: usize) -> Vec<(Duration, usize)> {
     measured
 }
 
+fn partitions(n: usize) -> Vec<Partition> {
+    let settings = Settings { rejoin: "auto".into(), ..settings(false) };
+    let mut r = NetRegions::start(&settings);
+    let mut pair = ("fra", "dub");
+    let mut seen = Vec::new();
+    for round in 1..=n {
+        let p = r.partition(pair.0, pair.1, round as i64, Duration::from_secs(FAILOVER_AFTER));
+        println!(
+            "partition {round:>2} ({} cut off): new primary's first write {:.1} s after the cut, {} commits acknowledged by both, \
+             old primary silent {} before it, {} of {} commits lost ({} acknowledged by the cut-off primary after the cut), leader {} -> {}",
+            pair.0,
+            p.promoted_after.as_secs_f64(),
+            p.split_brain,
+            p.quiet_before_first.map_or("not".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            p.lost,
+            p.acked,
+            p.acked_after_cut,
+            p.leader_before,
+            p.leader_after,
+        );
+        seen.push(p);
+        pair = (pair.1, pair.0);
+    }
+    r.stop_servers();
+    seen
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -139,8 +171,12 @@ fn report(name: &str, losses: &[Loss]) {
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let (losses, switches, sync_losses) =
-        (args.first().copied().unwrap_or(10), args.get(1).copied().unwrap_or(10), args.get(2).copied().unwrap_or(3));
+    let (losses, switches, sync_losses, cuts) = (
+        args.first().copied().unwrap_or(10),
+        args.get(1).copied().unwrap_or(10),
+        args.get(2).copied().unwrap_or(3),
+        args.get(3).copied().unwrap_or(20),
+    );
     let mut asynchronous = Vec::new();
     for i in 0..losses {
         let l = region_loss(false);
@@ -167,6 +203,7 @@ fn main() {
         synchronous.push(l);
     }
     let switched = switchovers(switches);
+    let cut = partitions(cuts);
     println!();
     println!("failover_after = {FAILOVER_AFTER}s, fence_after = 5s, max_lag = 30s, WAL streamed every 1 s (async)");
     report("async", &asynchronous);
@@ -183,7 +220,16 @@ fn main() {
         "targets: RTO within failover_after + 15 s = {} s; RPO async under 5 s, synchronous 0; switchover under 10 s with 0 lost; seed: RTO 15 min, RPO 5 min",
         FAILOVER_AFTER + 15
     );
+    let promoted: Vec<f64> = cut.iter().map(|p| p.promoted_after.as_secs_f64()).collect();
+    let quiet: Vec<f64> = cut.iter().filter_map(|p| p.quiet_before_first).map(|d| d.as_secs_f64()).collect();
     println!(
-        "split brain over partitions: not measured here (partitions need the network-namespace harness, still to come)"
+        "partitions: {} rounds, split brain {} (rounds with a commit acknowledged by both primaries: {}), \
+         new primary's first write median {:.1} s, max {:.1} s after the cut; the old primary silent at least {:.1} s before it",
+        cut.len(),
+        cut.iter().map(|p| p.split_brain).sum::<usize>(),
+        cut.iter().filter(|p| p.split_brain > 0).count(),
+        median(promoted.clone()),
+        max(&promoted),
+        quiet.iter().copied().fold(f64::INFINITY, f64::min),
     );
 }
