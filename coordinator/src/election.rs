@@ -83,9 +83,18 @@ impl Elector {
     /// Connects to etcd.
     pub async fn connect(config: ElectionConfig) -> Result<Self, ElectionError> {
         // Requests time out well inside the TTL, so a stalled etcd is noticed
-        // while the lease can still be kept.
+        // while the lease can still be kept. HTTP/2 pings drop a connection
+        // to a member cut off by a partition (no reset ever comes), which
+        // the client would otherwise keep sending a share of its requests
+        // to; a member without a raft leader (the minority side) refuses at
+        // once instead of letting requests wait.
         let timeout = (config.ttl / 3).max(Duration::from_millis(500));
-        let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(timeout, timeout)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|cause| etcd(&config, cause))?;
         Ok(Elector { client, config })
     }

@@ -6,8 +6,10 @@
 //! was known at. In bytes that is a difference of positions; in seconds it
 //! is how long ago the primary was first seen past the standby's replay
 //! position, from the positions the leader has been recording (so a quiet
-//! primary does not make a caught-up standby look late, and no clocks are
-//! compared across hosts).
+//! primary does not make a caught-up standby look late). The positions
+//! are kept in the control-plane state as well, so a leader elected after
+//! the primary went silent (its region lost with the old leader) still
+//! knows where the primary was; only then are two hosts' clocks compared.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,18 +27,21 @@ const PROMOTION_PATIENCE: Duration = Duration::from_secs(120);
 /// Silence shorter than this is a heartbeat on its way, not worth showing.
 const SILENT_AFTER: Duration = Duration::from_secs(3);
 
-/// Positions the primary was seen at, oldest first.
-#[derive(Debug, Default, Clone)]
+/// Positions the primary was seen at, oldest first, and when it was last heard.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Positions {
     seen: VecDeque<(DateTime<Utc>, u64)>,
+    #[serde(default)]
+    heard: Option<DateTime<Utc>>,
 }
 
 /// Positions kept per group (about an hour at one heartbeat a second).
 const POSITIONS_KEPT: usize = 4096;
 
 impl Positions {
-    /// Records the primary at `lsn` at `at` (only when it moved).
+    /// Records the primary heard at `lsn` at `at` (the position only when it moved).
     pub fn record(&mut self, at: DateTime<Utc>, lsn: u64) {
+        self.heard = Some(at);
         if self.seen.back().is_some_and(|(_, last)| *last >= lsn) {
             return;
         }
@@ -49,6 +54,11 @@ impl Positions {
     /// The newest position known.
     pub fn newest(&self) -> Option<u64> {
         self.seen.back().map(|(_, l)| *l)
+    }
+
+    /// When the primary was last heard.
+    pub fn heard(&self) -> Option<DateTime<Utc>> {
+        self.heard
     }
 
     /// When the primary was first seen past `lsn`.
@@ -130,6 +140,9 @@ pub fn judge(
     // partitioned or paused agent's stream can stay open for a long while.
     let last_heard = primary.and_then(|p| p.last_seen).map_or(started, |s| s.max(started));
     let silent_for = (now - last_heard).to_std().unwrap_or_default();
+    // A standby's lag counts to when the primary was last heard, by this
+    // leader or (kept in the state) by the one before it.
+    let lag_until = primary.and_then(|p| p.last_seen).into_iter().chain(positions.heard()).max().unwrap_or(last_heard);
     let silent_since = (silent_for >= SILENT_AFTER).then_some(last_heard);
     let mut members = Vec::new();
     for o in observed.iter().filter(|o| o.member.to_string() != record.primary) {
@@ -141,7 +154,7 @@ pub fn judge(
         };
         let lag_seconds = lsn
             .and_then(|l| positions.first_past(l))
-            .map_or(0.0, |t| (last_heard - t).num_milliseconds().max(0) as f64 / 1000.0);
+            .map_or(0.0, |t| (lag_until - t).num_milliseconds().max(0) as f64 / 1000.0);
         let why_not = if !o.connected {
             "its agent is not attached".to_owned()
         } else if let Some(s) = state.filter(|s| s.fenced) {
@@ -267,6 +280,35 @@ mod tests {
         let later_term = lost_at + chrono::Duration::seconds(8);
         let j = judge(&g, &record(), &observed(false), &positions, later_term, lost_at + chrono::Duration::seconds(12));
         assert!(!j.promote_now);
+    }
+
+    #[test]
+    fn a_leader_that_never_heard_the_primary_judges_by_the_positions_kept_before_it() {
+        let g = group();
+        let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        // What the previous leader kept: the primary at 0x300, last heard at t0 + 6 s.
+        let mut kept = Positions::default();
+        kept.record(t0, 0x100);
+        kept.record(t0 + chrono::Duration::seconds(5), 0x300);
+        kept.record(t0 + chrono::Duration::seconds(6), 0x300);
+        let kept: Positions = serde_json::from_slice(&serde_json::to_vec(&kept).unwrap()).unwrap();
+        assert_eq!((kept.newest(), kept.heard()), (Some(0x300), Some(t0 + chrono::Duration::seconds(6))));
+        let (a, b) = (&g.members[0], &g.members[1]);
+        let sb = seen(v1::MemberRole::Standby, "0/200", t0);
+        let observed = vec![
+            Observed { member: a, connected: false, last_seen: None, seen: None },
+            Observed { member: b, connected: true, last_seen: Some(t0), seen: Some(&sb) },
+        ];
+        // This leader's term began 20 s later: the silence counts from it,
+        // the lag to when the primary was last heard.
+        let started = t0 + chrono::Duration::seconds(20);
+        let j = judge(&g, &record(), &observed, &kept, started, started + chrono::Duration::seconds(10));
+        assert!(j.promote_now && j.candidate.as_ref() == Some(b), "{j:?}");
+        assert_eq!(j.members[0].lag_bytes, 0x100);
+        // The primary passed 0/200 at t0 + 5 s and was last heard a second later.
+        assert!((j.members[0].lag_seconds - 1.0).abs() < 1e-9, "{j:?}");
+        let early = judge(&g, &record(), &observed, &kept, started, started + chrono::Duration::seconds(9));
+        assert!(!early.promote_now, "{early:?}");
     }
 
     #[test]

@@ -28,6 +28,19 @@ use self::record::{FailoverEvent, GroupRecord};
 use crate::agents::{AgentRecord, MemberSeen};
 use crate::state::{Condition, Op, State, StateError, encode};
 
+/// How often the leader writes a primary's positions to the state.
+const KEEP_POSITIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where group `name`'s primary positions are kept (apart from the group
+/// records, which are listed under their own prefix).
+fn progress_key(prefix: &str, name: &str) -> String {
+    format!("{}{name}", progress_prefix(prefix))
+}
+
+fn progress_prefix(prefix: &str) -> String {
+    format!("{prefix}/failover-positions/")
+}
+
 /// A group's record and the revision it was read or written at.
 #[derive(Debug, Clone)]
 struct Stored {
@@ -113,6 +126,8 @@ pub struct GroupBook {
     stored: HashMap<String, Stored>,
     /// The primary's positions, per group.
     positions: HashMap<String, Positions>,
+    /// When each group's positions were last written to the state.
+    kept: HashMap<String, DateTime<Utc>>,
     /// The positions of the primary before the last promotion, for its RPO.
     previous: HashMap<String, Positions>,
 }
@@ -127,6 +142,15 @@ impl GroupBook {
                     book.stored.insert(record.name.clone(), Stored { record, revision: v.revision });
                 }
                 Err(e) => tracing::error!(error = %e, "unreadable failover group record ignored"),
+            }
+        }
+        for (key, v) in state.list(&progress_prefix(prefix)).await? {
+            let group = key.rsplit('/').next().unwrap_or_default().to_owned();
+            match serde_json::from_slice::<Positions>(&v.value) {
+                Ok(positions) => {
+                    book.positions.insert(group, positions);
+                }
+                Err(e) => tracing::warn!(group, error = %e, "unreadable primary positions ignored"),
             }
         }
         Ok(book)
@@ -199,13 +223,14 @@ impl GroupBook {
     ) -> Result<Vec<FailoverEvent>, StateError> {
         let mut completed = Vec::new();
         for group in groups {
-            let Some(stored) = self.stored.get(&group.name) else { continue };
-            let primary = stored.record.primary.clone();
+            let Some(primary) = self.stored.get(&group.name).map(|s| s.record.primary.clone()) else { continue };
             let Some(seen) = member_of(agent, &primary).and_then(|s| s.member.as_ref()) else { continue };
             let reports_primary = seen.state.role == v1::MemberRole::Primary as i32 && !seen.state.fenced;
             if reports_primary && let Some(lsn) = position(group.kind, &seen.state.lsn) {
                 self.positions.entry(group.name.clone()).or_default().record(now, lsn);
+                self.keep_positions(state, prefix, &group.name, now).await;
             }
+            let Some(stored) = self.stored.get(&group.name) else { continue };
             let waiting = stored.record.last_failover.as_ref().is_some_and(|f| f.accepted.is_none() && f.to == primary);
             if waiting && reports_primary && seen.state.epoch == stored.record.epoch && seen.state.promoted_unix_ms > 0
             {
@@ -327,6 +352,24 @@ impl GroupBook {
             .collect()
     }
 
+    /// Writes `group`'s positions to the state every [`KEEP_POSITIONS_EVERY`],
+    /// so a leader elected after the primary went silent knows where it was.
+    /// A failure is only logged: the positions are kept again next time.
+    async fn keep_positions(&mut self, state: State<'_>, prefix: &str, group: &str, now: DateTime<Utc>) {
+        let due = self.kept.get(group).is_none_or(|t| (now - *t).to_std().unwrap_or_default() >= KEEP_POSITIONS_EVERY);
+        let Some(positions) = self.positions.get(group).filter(|_| due) else { return };
+        let put = match encode("a primary's positions", positions) {
+            Ok(bytes) => Op::Put(progress_key(prefix, group), bytes),
+            Err(e) => return tracing::warn!(group, error = %e, "cannot encode the primary's positions"),
+        };
+        match state.commit_if(&[], &[put]).await {
+            Ok(_) => {
+                self.kept.insert(group.to_owned(), now);
+            }
+            Err(e) => tracing::warn!(group, error = %e, "cannot keep the primary's positions in the state"),
+        }
+    }
+
     /// Makes `to` the primary of `group` under a new epoch (the caller has
     /// judged it may). The write is conditional on the record not having
     /// changed since it was read.
@@ -364,6 +407,10 @@ impl GroupBook {
         // The old primary's positions stay for the RPO; the new one's start afresh.
         if let Some(old) = self.positions.remove(&group.name) {
             self.previous.insert(group.name.clone(), old);
+        }
+        self.kept.remove(&group.name);
+        if let Err(e) = state.commit_if(&[], &[Op::Delete(progress_key(prefix, &group.name))]).await {
+            tracing::warn!(group = group.name, error = %e, "cannot drop the old primary's positions from the state");
         }
         Ok(Some(Promoted { group: group.name.clone(), event }))
     }
