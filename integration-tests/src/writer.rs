@@ -91,15 +91,20 @@ async fn write(
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let mut client = connect(port).await;
+    // Ids go on from the largest there: the table may hold an earlier writer's rows.
+    let mut id: i64 = 0;
     if let Some(c) = &client {
         let create =
             format!("CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())");
-        if c.batch_execute(&create).await.is_ok() {
+        let largest = format!("SELECT coalesce(max(id), 0) FROM {TABLE}");
+        if c.batch_execute(&create).await.is_ok()
+            && let Ok(row) = c.query_one(&largest, &[]).await
+        {
+            id = row.get(0);
             ready.send(()).ok();
         }
     }
     let insert = format!("INSERT INTO {TABLE} (id) VALUES ($1)");
-    let mut id: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
         id += 1;
         let done = match &client {

@@ -131,6 +131,17 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::Serve
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
+/// A client of a server outside Lifeboat (PostgreSQL, Redis): trusts only
+/// `ca`, presents no certificate, and speaks TLS 1.2 or 1.3 as such
+/// servers may be configured.
+pub fn verifying_client(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(pinned_roots(ca)?)
+        .with_no_client_auth())
+}
+
 /// A client that speaks TLS 1.3 only, trusts only `ca`, and presents `cert`.
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ClientConfig, TlsError> {
     rustls::ClientConfig::builder_with_provider(provider())

@@ -104,6 +104,31 @@ fn server_error(context: &str, body: &backend::ErrorResponseBody) -> PgError {
     protocol(format!("{context}: server said {severity} {code}: {message}"))
 }
 
+/// Asks the server for TLS (an SSLRequest before the startup message) and
+/// makes the handshake, the certificate checked against the CA and `host`.
+async fn start_tls(
+    mut tcp: tokio::net::TcpStream,
+    host: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    describe: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PgError> {
+    let failed = |e: std::io::Error| protocol(format!("asking {describe} for TLS: {e}"));
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(failed)?;
+    match tcp.read_u8().await.map_err(failed)? {
+        b'S' => {}
+        b'N' => return Err(protocol(format!("{describe} does not accept TLS (ssl = off), and sslmode asks for it"))),
+        other => return Err(protocol(format!("{describe} answered the TLS request with {other:#x}"))),
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| protocol(format!("{describe}: {host:?} is not a name TLS can check: {e}")))?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| protocol(format!("TLS handshake with {describe}: {e}")))
+}
+
 impl ReplicationConn {
     /// Opens a physical replication connection as `args` describes.
     pub async fn connect(args: &ConnectArgs, application_name: &str) -> Result<Self, PgError> {
@@ -117,7 +142,10 @@ impl ReplicationConn {
                 .await
                 .map_err(|e| protocol(format!("connecting to {describe}: {e}")))?;
             tcp.set_nodelay(true).map_err(|e| protocol(format!("connecting to {describe}: {e}")))?;
-            Box::new(tcp)
+            match args.tls()? {
+                Some(tls) => Box::new(start_tls(tcp, args.host(), tls, &describe).await?),
+                None => Box::new(tcp),
+            }
         };
         let mut conn =
             ReplicationConn { socket, read: BytesMut::with_capacity(1 << 20), write: BytesMut::new(), describe };

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::basebackup::{PgBackupOptions, backup_postgres};
-use super::connect::ConnectArgs;
+use super::connect::{ConnectArgs, SslMode};
 use super::member::Member;
 use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
 use super::stream::{StreamOptions, StreamStatus, stream_wal};
@@ -69,6 +69,11 @@ pub struct PostgresConfig {
     pub pg_user: Option<String>,
     /// Database.
     pub pg_dbname: Option<String>,
+    /// TLS: `disable` (the default) or `verify-full`.
+    #[serde(default)]
+    pub pg_sslmode: SslMode,
+    /// The CA the server's certificate must chain to (`verify-full`).
+    pub pg_sslrootcert: Option<PathBuf>,
     /// Stream WAL continuously, whether or not a coordinator is reachable
     /// (as a failover member: only while it is the unfenced primary).
     pub wal_stream: Option<WalStreamConfig>,
@@ -86,6 +91,8 @@ impl PostgresConfig {
             port: self.pg_port,
             user: self.pg_user.clone(),
             dbname: self.pg_dbname.clone(),
+            sslmode: self.pg_sslmode,
+            sslrootcert: self.pg_sslrootcert.clone(),
         }
     }
 }

@@ -84,8 +84,13 @@ pub async fn start_and_wait(pgdata: &Path, version: u32, opts: &StartOptions) ->
         (None, Some("*") | None) => "127.0.0.1".to_owned(),
         (None, Some(addr)) => addr.to_owned(),
     };
-    let connect =
-        ConnectArgs { host: Some(host), port, user: Some(opts.user.clone()), dbname: Some("postgres".into()) };
+    let connect = ConnectArgs {
+        host: Some(host),
+        port,
+        user: Some(opts.user.clone()),
+        dbname: Some("postgres".into()),
+        ..ConnectArgs::default()
+    };
 
     loop {
         let remaining = opts.timeout.saturating_sub(started.elapsed());

@@ -279,12 +279,7 @@ impl fmt::Debug for Access {
 
 /// A TLS client trusting only `ca`.
 fn client_tls(ca: &Path) -> Result<Arc<rustls::ClientConfig>, RedisError> {
-    let roots = lifeboat_common::tls::pinned_roots(ca).map_err(|e| RedisError::Config(format!("the CA file: {e}")))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RedisError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = lifeboat_common::tls::verifying_client(ca).map_err(|e| RedisError::Config(format!("the CA file: {e}")))?;
     Ok(Arc::new(config))
 }
 
