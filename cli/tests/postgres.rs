@@ -670,3 +670,90 @@ fn streaming_from_a_standby_follows_its_promotion_onto_the_new_timeline() {
     let restored = restore_and_start(&env, &primary, "restored", &["--latest"]);
     assert_eq!(restored.sql("SELECT string_agg(n::text, ',' ORDER BY n) FROM events"), "1,2,3");
 }
+
+/// A certificate for 127.0.0.1 signed by a CA of its own, in `dir`.
+fn issue_certs(dir: &std::path::Path) {
+    let request = lifeboat_common::tls::DevCaRequest {
+        coordinators: vec!["pg".into()],
+        hosts: vec!["127.0.0.1".into()],
+        agents: Vec::new(),
+        admins: Vec::new(),
+        days: 1,
+    };
+    lifeboat_common::tls::issue_dev_certs(dir, &request).unwrap();
+}
+
+#[test]
+fn tls_verified_against_the_ca_carries_the_backup_and_the_stream_and_a_wrong_ca_or_name_is_refused() {
+    let env = env_for_postgres();
+    let (certs, other) = (env.path("certs"), env.path("other-ca"));
+    issue_certs(&certs);
+    issue_certs(&other);
+    // The server's own copy: owned by postgres, the key readable by it alone.
+    let server_dir = postgres_dir(env.dir.path(), "server-tls");
+    for file in ["coordinator-pg.pem", "coordinator-pg.key"] {
+        std::fs::copy(certs.join(file), server_dir.join(file)).unwrap();
+    }
+    give_to_postgres(&server_dir);
+    std::fs::set_permissions(server_dir.join("coordinator-pg.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        server_dir.join("coordinator-pg.pem").display(),
+        server_dir.join("coordinator-pg.key").display()
+    );
+    let mut pg = Cluster::init(env.dir.path(), "primary", &conf);
+    // Over TCP the server takes TLS only: a plain connection is refused.
+    std::fs::write(
+        pg.pgdata.join("pg_hba.conf"),
+        "local all all trust\nlocal replication all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    pg.start();
+    let ca = certs.join("ca.pem").display().to_string();
+    let tls = ["--sslmode", "verify-full", "--sslrootcert", ca.as_str()];
+
+    let mut streamer = Streamer::start(&env, &pg, "stream", &tls);
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["backup".to_owned(), "postgres".to_owned(), "--pgdata".to_owned()];
+        args.push(pg.pgdata.display().to_string());
+        args.extend(pg.conn_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        env.cmd().args(&args).output().unwrap()
+    };
+    let plain = backup(&[]);
+    let said = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success() && said.contains("no encryption"), "{said}");
+    let out = backup(&tls);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pg.sql("CREATE TABLE events (n int PRIMARY KEY)");
+    pg.sql("INSERT INTO events SELECT generate_series(1, 1000)");
+    let lsn = pg.sql("SELECT pg_current_wal_lsn()");
+    streamer.wait_stored(&lsn, Duration::from_secs(15));
+    let encrypted = pg.sql(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND backend_type = 'walsender'",
+    );
+    assert_eq!(encrypted, "1", "the stream's connection is not encrypted");
+    streamer.kill();
+
+    // A certificate from another CA, or one that does not name the host: refused, in one line.
+    let other_ca = other.join("ca.pem").display().to_string();
+    let out = backup(&["--sslmode", "verify-full", "--sslrootcert", &other_ca]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!("another CA: {said}");
+    assert!(!out.status.success() && said.contains("certificate"), "{said}");
+    let mut by_name = vec!["backup".to_owned(), "postgres".to_owned(), "--pgdata".to_owned()];
+    by_name.push(pg.pgdata.display().to_string());
+    by_name.extend(["--host", "localhost", "--port", &pg.port.to_string(), "--user", "postgres"].map(String::from));
+    by_name.extend(tls.map(String::from));
+    let out = env.cmd().args(&by_name).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!("another name: {said}");
+    assert!(!out.status.success() && said.contains("certificate"), "{said}");
+    // verify-full without a CA is a usage error, before anything is dialled.
+    let out = backup(&["--sslmode", "verify-full"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("needs sslrootcert"), "{said}");
+    let snapshots = env.ok(&["snapshots", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&snapshots).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::netns;
 use crate::control::{Deployment, KeptOnFailure, Proc, configure, free_port, wait_for};
+use crate::netns;
 use crate::postgres::{Cluster, as_postgres, give_to_postgres, pg_bin, postgres_dir, workspace_bin};
 use crate::redis::RedisServer;
 

@@ -128,7 +128,8 @@ impl NetRegions {
         primary.netns = Some(fra_ns.clone());
         primary.start();
         let mut databases = Vec::new();
-        let fra = Self::start_database(&deployment, &net, &urls, "fra", primary.pgdata.clone(), primary.port, *synchronous);
+        let fra =
+            Self::start_database(&deployment, &net, &urls, "fra", primary.pgdata.clone(), primary.port, *synchronous);
         databases.push(fra);
         base_backup(&deployment, &primary);
         let standby_pgdata = postgres_dir(dir.path(), "dub").join("data");
@@ -196,8 +197,11 @@ impl NetRegions {
 
     /// The tails of the processes' logs.
     pub fn logs(&self) -> String {
-        let mut parts: Vec<String> =
-            REGIONS.iter().zip(&self.coordinators).map(|(r, c)| format!("--- c-{r}\n{}", tail(&c.log_text()))).collect();
+        let mut parts: Vec<String> = REGIONS
+            .iter()
+            .zip(&self.coordinators)
+            .map(|(r, c)| format!("--- c-{r}\n{}", tail(&c.log_text())))
+            .collect();
         parts.extend(self.databases.iter().map(|d| format!("--- {}\n{}", d.member, tail(&d.agent.log_text()))));
         parts.join("\n")
     }
@@ -219,8 +223,12 @@ impl NetRegions {
         let first = first_accepted(Some(new_ns), new.port, -round, failover_after + Duration::from_secs(60));
         let Some(first) = first else {
             self.net.heal(from);
-            panic!("round {round}: {} never accepted a write after {from} was cut off
-{}", new.member, self.logs());
+            panic!(
+                "round {round}: {} never accepted a write after {from} was cut off
+{}",
+                new.member,
+                self.logs()
+            );
         };
         // Whatever the old primary acknowledges from now on is split brain.
         std::thread::sleep(Duration::from_secs(2));

@@ -101,12 +101,26 @@ impl Cluster {
 
     /// A cluster around an existing (e.g. restored) data directory.
     pub fn existing(pgdata: &Path, run_dir: &Path, port: u16) -> Self {
-        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: false, netns: None }
+        Cluster {
+            pgdata: pgdata.to_owned(),
+            run_dir: run_dir.to_owned(),
+            port,
+            server: None,
+            external: false,
+            netns: None,
+        }
     }
 
     /// A cluster already running, started by pg_ctl elsewhere; stopped on drop.
     pub fn running(pgdata: &Path, run_dir: &Path, port: u16) -> Self {
-        Cluster { pgdata: pgdata.to_owned(), run_dir: run_dir.to_owned(), port, server: None, external: true, netns: None }
+        Cluster {
+            pgdata: pgdata.to_owned(),
+            run_dir: run_dir.to_owned(),
+            port,
+            server: None,
+            external: true,
+            netns: None,
+        }
     }
 
     fn pg_ctl_stop(&mut self, mode: &str) {

@@ -149,7 +149,8 @@ fn a_partitioned_primary_is_fenced_before_its_successor_accepts_a_write_three_ti
 #[test]
 fn the_leaders_region_lost_with_the_primary_a_coordinator_elsewhere_leads_and_promotes() {
     let _one = serial();
-    let settings = Settings { max_lag: 30, failover_after: FAILOVER_AFTER, rejoin: "manual".into(), synchronous: false };
+    let settings =
+        Settings { max_lag: 30, failover_after: FAILOVER_AFTER, rejoin: "manual".into(), synchronous: false };
     let mut r = NetRegions::start(&settings);
     r.wait_eligible("dub", Duration::from_secs(120));
     assert_eq!(r.leader().as_deref(), Some("c-fra"));

@@ -12,7 +12,7 @@ use crate::sources::files::FilesError;
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The server refused or the connection failed.
-    #[error("{what}: {cause}")]
+    #[error("{what}: {}", explain(cause))]
     Db {
         /// What was being done.
         what: String,
@@ -55,6 +55,25 @@ pub enum PgError {
     /// The request cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
+}
+
+/// The server's own words when it refused (the driver's message is only
+/// "db error" then), else the driver's message with its causes (a TLS
+/// handshake's says which certificate check failed).
+fn explain(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("server said {} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl PgError {

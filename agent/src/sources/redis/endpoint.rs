@@ -279,7 +279,8 @@ impl fmt::Debug for Access {
 
 /// A TLS client trusting only `ca`.
 fn client_tls(ca: &Path) -> Result<Arc<rustls::ClientConfig>, RedisError> {
-    let config = lifeboat_common::tls::verifying_client(ca).map_err(|e| RedisError::Config(format!("the CA file: {e}")))?;
+    let config =
+        lifeboat_common::tls::verifying_client(ca).map_err(|e| RedisError::Config(format!("the CA file: {e}")))?;
     Ok(Arc::new(config))
 }
 
