@@ -149,10 +149,12 @@ pub struct RedisRegions {
     pub url: String,
     /// The coordinator.
     pub coordinator: Proc,
-    /// The servers of `fra`, `dub` and `iad`.
+    /// The servers of `fra`, `dub` and `iad` (only `fra`'s with a cold member).
     pub servers: Vec<RedisServer>,
-    /// Their agents, in the same order.
+    /// The agents of the regions, in the same order.
     pub agents: Vec<Proc>,
+    /// A cold member's port and directory (its server, once restored).
+    pub cold: Option<(u16, PathBuf)>,
 }
 
 /// The regions of a Redis group, in order; the first holds the master.
@@ -162,8 +164,18 @@ impl RedisRegions {
     /// Starts the servers, the coordinator with group `cache` (`max_lag`
     /// and `failover_after` in seconds) and the agents.
     pub fn start(max_lag: u64, failover_after: u64) -> RedisRegions {
+        Self::start_regions(&REDIS_REGIONS, false, max_lag, failover_after)
+    }
+
+    /// Two regions: the master in `fra`, and in `dub` a cold member (no
+    /// server: restored from the master's newest snapshot when promoted).
+    pub fn start_cold(max_lag: u64, failover_after: u64) -> RedisRegions {
+        Self::start_regions(&REDIS_REGIONS[..2], true, max_lag, failover_after)
+    }
+
+    fn start_regions(regions: &[&str], cold: bool, max_lag: u64, failover_after: u64) -> RedisRegions {
         let dir = KeptOnFailure::new();
-        let hosts: Vec<String> = REDIS_REGIONS.iter().map(|r| format!("{r}-cache")).collect();
+        let hosts: Vec<String> = regions.iter().map(|r| format!("{r}-cache")).collect();
         let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
         let deployment = Deployment::new(dir.path(), &["c1"], &host_refs);
         let members: Vec<String> = hosts.iter().map(|h| format!("{h}/cache")).collect();
@@ -191,23 +203,31 @@ failover:
         let master = RedisServer::start(&dir.path().join("redis-fra"), &[]);
         let master_port = master.port.to_string();
         let mut servers = vec![master];
-        for region in &REDIS_REGIONS[1..] {
+        let replicas = if cold { &[][..] } else { &regions[1..] };
+        for region in replicas {
             let replica = RedisServer::start(
                 &dir.path().join(format!("redis-{region}")),
                 &["--replicaof", "127.0.0.1", &master_port],
             );
             servers.push(replica);
         }
-        let agents = REDIS_REGIONS
+        let cold = cold.then(|| (free_port(), dir.path().join("redis-dub-cold")));
+        let mut urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+        let mut cold_table = String::new();
+        if let Some((port, server_dir)) = &cold {
+            urls.push(format!("redis://127.0.0.1:{port}"));
+            cold_table = format!("[source.member.cold]\ndir = \"{}\"\n", server_dir.display());
+        }
+        let agents = regions
             .iter()
             .zip(&hosts)
-            .zip(&servers)
-            .map(|((region, host), server)| {
+            .zip(&urls)
+            .map(|((region, host), server_url)| {
                 let state = dir.path().join(format!("member-{region}"));
                 std::fs::create_dir_all(&state).unwrap();
+                let cold = if *region == regions[0] { "" } else { cold_table.as_str() };
                 let source = format!(
-                    "[[source]]\nid = \"cache\"\nkind = \"redis\"\nurl = \"{}\"\n[source.member]\nstate_dir = \"{}\"\n",
-                    server.url(),
+                    "[[source]]\nid = \"cache\"\nkind = \"redis\"\nurl = \"{server_url}\"\n[source.member]\nstate_dir = \"{}\"\n{cold}",
                     state.display()
                 );
                 let config = deployment.agent_config(host, std::slice::from_ref(&url), &source);
@@ -215,7 +235,7 @@ failover:
                 deployment.start_agent(&config)
             })
             .collect();
-        RedisRegions { dir, deployment, url, coordinator, servers, agents }
+        RedisRegions { dir, deployment, url, coordinator, servers, agents, cold }
     }
 
     /// The group as `lifeboat failover status --json` shows it.

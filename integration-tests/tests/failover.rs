@@ -513,3 +513,57 @@ fn a_redis_switchover_and_back_loses_no_write_and_the_old_master_follows_each_ti
         agent.kill();
     }
 }
+
+/// A cold member (no server of its own) stands by at the offset of the
+/// master's newest snapshot; when the master's region is lost, its agent
+/// restores that snapshot, starts a server on it, and it becomes the
+/// primary: every write the snapshot holds is there, and it takes writes.
+#[test]
+fn a_cold_redis_member_is_restored_from_the_newest_snapshot_when_the_master_is_lost() {
+    let _one = serial();
+    let mut r = RedisRegions::start_cold(120, FAILOVER_AFTER);
+    let master_port = r.servers[0].port;
+    let before = RedisWriter::start(master_port);
+    std::thread::sleep(Duration::from_secs(2));
+    let in_snapshot = before.stop();
+    // A snapshot of the master, taken by its agent at the coordinator's request.
+    let out = r.deployment.admin(&r.url, "alice", &["backup", "run", "fra-cache/cache", "--wait"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), r.logs());
+    let cold = "dub-cache/cache";
+    let group = wait_for(Duration::from_secs(60), "the cold member to stand by, eligible", || {
+        let group = r.status()?;
+        (Regions::member(&group, cold)["eligible"] == true).then_some(group)
+    });
+    let member = Regions::member(&group, cold);
+    assert!(member["state"]["detail"].as_str().unwrap_or_default().starts_with("cold standby"), "{member}");
+    let after = RedisWriter::start(master_port);
+    std::thread::sleep(Duration::from_secs(2));
+
+    r.agents[0].kill();
+    r.servers[0].kill();
+    let lost_at = Instant::now();
+    let later = after.stop();
+    let group = wait_for(Duration::from_secs(FAILOVER_AFTER + 60), "the cold member's promotion", || {
+        let group = r.status()?;
+        (group["primary"] == cold && num(&group["lastFailover"]["acceptedUnixMs"]) > 0.0).then_some(group)
+    });
+    let took = lost_at.elapsed();
+    eprintln!("failover: {}\npromoted {took:?} after the loss", group["lastFailover"]);
+    assert!(took.as_secs_f64() <= (FAILOVER_AFTER + 15) as f64, "promoted {took:?} after the loss\n{}", r.logs());
+    let (port, dir) = r.cold.clone().unwrap();
+    let restored = lifeboat_integration_tests::redis::RedisServer::adopt(&dir, port);
+    assert_eq!(info_field(&redis_replication(port), "role"), "master");
+    let missing = missing_on(port, &in_snapshot.iter().collect::<Vec<_>>());
+    assert!(missing.is_empty() && in_snapshot.len() > 100, "{} of {} missing", missing.len(), in_snapshot.len());
+    // What was written after the snapshot is the recovery point's price.
+    let lost = missing_on(port, &later.iter().collect::<Vec<_>>()).len();
+    eprintln!(
+        "{} writes in the snapshot, all there; {lost} of {} written after it lost",
+        in_snapshot.len(),
+        later.len()
+    );
+    redis::cmd("SET").arg("after-failover").arg("1").query::<()>(&mut restored.conn()).unwrap();
+    assert!(r.agents[1].log_text().contains("restoring the primary's newest snapshot"), "{}", r.logs());
+    r.agents[1].kill();
+    drop(restored);
+}

@@ -309,6 +309,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     let ongoing = Ongoing {
         repo: agent.repo.clone(),
         spec: agent.spec.clone(),
+        host: agent.config.host.clone(),
         events: agent.clone(),
         shutdown: shutdown.clone(),
     };

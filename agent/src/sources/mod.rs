@@ -232,6 +232,8 @@ pub struct Ongoing {
     pub repo: Repository,
     /// How it was opened (a standby built from it fetches WAL with it).
     pub spec: RepoSpec,
+    /// This agent's host name (a failover member is `HOST/SOURCE`).
+    pub host: String,
     /// Where to report.
     pub events: Arc<dyn Events>,
     /// Set when the daemon stops: each task stores what it holds and ends.

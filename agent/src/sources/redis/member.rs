@@ -20,6 +20,9 @@
 //! - **Sentinel**: a set Sentinel manages is reported on (its master's
 //!   role and offset) and fenced like any primary, but never promoted or
 //!   repointed behind Sentinel's back.
+//! - **Cold** (`[source.member.cold]`): with no server answering, a
+//!   standby at the offset of the primary's newest snapshot; promoted, it
+//!   is restored from that snapshot and started ([`cold`](super::cold)).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,7 +33,11 @@ use lifeboat_proto::v1;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use lifeboat_common::repo::format::snapshot::Snapshot;
+use lifeboat_common::repo::{Repository, SnapshotId};
+
 use super::RedisError;
+use super::cold::{ColdConfig, bring_up, newest_snapshot};
 use super::endpoint::{Access, Connection, HostPort, Prefer, REDIS_PORT, Target, Url};
 use super::sentinel::locate;
 use super::server::{Role, Server};
@@ -47,12 +54,29 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 /// that it never ends by itself while the agent is away.
 const FENCE_PAUSE_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// How often a cold member looks for a newer snapshot of the primary.
+const SNAPSHOTS_EVERY: Duration = Duration::from_secs(10);
+
 /// `[source.member]`: what the agent of a failover member needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// Where its state (the epoch, role and lease held) is kept across restarts.
     pub state_dir: PathBuf,
+    /// With no server running: stand by on the primary's snapshots.
+    pub cold: Option<ColdConfig>,
+}
+
+/// What a cold member stands by on.
+#[derive(Debug, Default)]
+struct StandingBy {
+    /// This member, `HOST/SOURCE`.
+    me: String,
+    /// The primary it was last ordered to follow (whose snapshots it restores).
+    primary: Option<String>,
+    /// The newest snapshot of it, and when the repository was last asked.
+    newest: Option<(SnapshotId, Snapshot)>,
+    asked: Option<Instant>,
 }
 
 /// The server as looked at.
@@ -80,6 +104,10 @@ pub struct Member {
     under_sentinel: bool,
     tenure: Tenure,
     looked: Mutex<Looked>,
+    cold: Option<ColdConfig>,
+    standing_by: tokio::sync::Mutex<StandingBy>,
+    /// The offset of the snapshot a cold standby stands at (for the heartbeat).
+    cold_offset: Mutex<Option<u64>>,
 }
 
 impl Member {
@@ -94,6 +122,9 @@ impl Member {
             under_sentinel,
             tenure,
             looked: Mutex::new(Looked::default()),
+            cold: config.cold.clone(),
+            standing_by: tokio::sync::Mutex::new(StandingBy::default()),
+            cold_offset: Mutex::new(None),
         })
     }
 
@@ -110,6 +141,12 @@ impl Member {
     pub fn report(&self) -> Option<v1::MemberState> {
         let mut state = self.tenure.report()?;
         let looked = self.looked();
+        let cold_offset = *self.cold_offset.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(offset) = cold_offset.filter(|_| looked.addr.is_none()) {
+            state.role = v1::MemberRole::Standby.into();
+            state.lsn = offset.to_string();
+            return Some(state);
+        }
         // A master whose writes this agent paused accepts none: it is not
         // a primary, and its offset is final (a switchover's successor
         // catches up to it). One not known to be paused may be writable.
@@ -130,10 +167,12 @@ impl Member {
         Some(state)
     }
 
-    /// Keeps the server in its ordered role until `shutdown` is set.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Keeps the server in its ordered role until `shutdown` is set
+    /// (a cold member restores from `repo`); `host` is this agent's.
+    pub async fn run(self: Arc<Self>, repo: Repository, host: String, mut shutdown: watch::Receiver<bool>) {
+        self.standing_by.lock().await.me = format!("{host}/{}", self.source);
         loop {
-            if let Err(e) = self.step().await {
+            if let Err(e) = self.step(&repo).await {
                 tracing::error!(source = self.source, error = %e, "failover member");
                 self.tenure.set_detail(format!("error: {e}"));
             }
@@ -144,7 +183,7 @@ impl Member {
     }
 
     /// One look at the server, and what the order asks of it.
-    async fn step(&self) -> Result<(), RedisError> {
+    async fn step(&self, repo: &Repository) -> Result<(), RedisError> {
         if !self.tenure.is_member() {
             return Ok(());
         }
@@ -152,6 +191,16 @@ impl Member {
         let (looked, server) = self.look(&url, &access).await;
         let standing = self.tenure.standing();
         let primary = standing.primary();
+        if let Some(cold) = &self.cold {
+            if server.is_none() {
+                let stood = self.step_cold(repo, cold, &url, &access, standing).await;
+                if !matches!(stood, Ok(true)) {
+                    self.set_cold_offset(None);
+                }
+                return stood.map(|_| ());
+            }
+            self.set_cold_offset(None);
+        }
         let Standing { order, kept, epoch, leased, .. } = standing;
         let Some(mut server) = server else {
             self.tenure.set_detail(if primary {
@@ -254,6 +303,95 @@ impl Member {
         }
         self.tenure.hold(epoch, v1::MemberRole::Standby, false);
         Ok(())
+    }
+
+    fn set_cold_offset(&self, offset: Option<u64>) {
+        *self.cold_offset.lock().unwrap_or_else(|p| p.into_inner()) = offset;
+    }
+
+    /// A cold member with no server: a standby at the offset of the
+    /// primary's newest snapshot (true), or, ordered primary, restored from it.
+    async fn step_cold(
+        &self,
+        repo: &Repository,
+        cold: &ColdConfig,
+        url: &Url,
+        access: &Access,
+        standing: Standing,
+    ) -> Result<bool, RedisError> {
+        let primary = standing.primary();
+        let Standing { order, kept, epoch, leased, .. } = standing;
+        let order = order.unwrap_or_default();
+        let mut by = self.standing_by.lock().await;
+        // A successor held back as a standby is named primary already: never itself.
+        let other = !order.primary.is_empty() && order.primary != by.me;
+        if !primary && other && by.primary.as_deref() != Some(order.primary.as_str()) {
+            by.primary = Some(order.primary.clone());
+            by.asked = None;
+        }
+        let Some(of) = by.primary.clone() else {
+            self.tenure.set_detail("cold: no server, and no primary named yet whose snapshots to stand by on");
+            return Ok(false);
+        };
+        if by.asked.is_none_or(|t| t.elapsed() >= SNAPSHOTS_EVERY) {
+            by.newest = newest_snapshot(repo, &of).await?;
+            by.asked = Some(Instant::now());
+        }
+        let Some(newest) = by.newest.clone() else {
+            self.tenure.set_detail(format!("cold: no server, and no snapshot of {of} to restore yet"));
+            return Ok(false);
+        };
+        let offset = newest.1.redis.as_ref().map_or(0, |r| r.replication_offset);
+        let about = format!("snapshot {} of {of} at offset {offset}, taken {}", newest.0.short(), newest.1.time);
+        if !primary {
+            self.set_cold_offset(Some(offset));
+            self.tenure.set_detail(format!("cold standby: no server; would restore {about}"));
+            self.tenure.hold(epoch, v1::MemberRole::Standby, false);
+            return Ok(true);
+        }
+        if !(epoch > kept.epoch || kept.role != v1::MemberRole::Primary as i32) {
+            self.tenure.set_detail("primary, but its server does not answer");
+            return Ok(false);
+        }
+        if let Ok(target) = order.replay_to.parse::<u64>()
+            && target > offset
+        {
+            self.tenure.set_detail(format!(
+                "a switchover needs everything to offset {target}, and the newest snapshot stops at {offset}: not promoting"
+            ));
+            return Ok(false);
+        }
+        if !leased {
+            self.tenure.set_detail("promotion deferred: the lease ran out");
+            return Ok(false);
+        }
+        let Target::Server(addr) = &url.target else {
+            return Err(RedisError::Config("a cold member needs a redis:// URL naming the server to start".into()));
+        };
+        self.tenure.set_detail(format!("promoting under epoch {epoch}: restoring {about}"));
+        tracing::warn!(group = order.group, epoch, snapshot = %newest.0.short(), offset, "restoring the primary's newest snapshot to promote");
+        let started = bring_up(repo, &newest, cold, addr).await?;
+        let promoted_at = Utc::now();
+        self.tenure.promoted(epoch, promoted_at, &offset.to_string());
+        tracing::warn!(
+            group = order.group,
+            epoch,
+            offset,
+            keys = started.keys,
+            pid = started.pid,
+            "promoted: a server restored from the newest snapshot accepts writes"
+        );
+        self.tenure
+            .set_detail(format!("promoted from {about}: {} keys loaded in {:.1}s", started.keys, started.load_seconds));
+        drop(by);
+        run_hooks(
+            &order,
+            addr.to_string(),
+            vec![("REDIS_HOST", addr.host.clone()), ("REDIS_PORT", addr.port.to_string())],
+        );
+        // Reported as it is now: a master.
+        self.look(url, access).await;
+        Ok(false)
     }
 
     /// Looks at the server (none when it does not answer) and keeps what

@@ -3,6 +3,7 @@
 //! restores to a directory a server can start on.
 
 pub mod capture;
+pub mod cold;
 pub mod endpoint;
 mod error;
 pub mod member;

@@ -161,7 +161,7 @@ impl Source for RedisSource {
             .member
             .get_or_init(|| Member::new(&self.config.common.id, self.config.connection.clone(), config))
             .clone();
-        vec![tokio::spawn(member.run(ongoing.shutdown))]
+        vec![tokio::spawn(member.run(ongoing.repo, ongoing.host, ongoing.shutdown))]
     }
 
     fn health(&self) -> SourceHealth {
