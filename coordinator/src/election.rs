@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How often an etcd connection is pinged: etcd answers pings more frequent
+/// than its `--grpc-keepalive-min-time` (5 s by default) by closing the
+/// connection (`too_many_pings`).
+const PING_EVERY: Duration = Duration::from_secs(5);
+
 /// How soon a failed lease renewal is tried again.
 const RETRY_SOON: Duration = Duration::from_millis(100);
 
@@ -92,7 +97,7 @@ impl Elector {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(timeout, timeout)
+            .with_keep_alive(PING_EVERY, timeout)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|cause| etcd(&config, cause))?;

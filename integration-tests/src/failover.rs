@@ -57,6 +57,16 @@ pub(crate) fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> St
     )
 }
 
+/// The policy of group `orders-db`: `fra-db1/pg` primary, `dub-db1/pg` its standby.
+pub(crate) fn postgres_policy(settings: &Settings) -> String {
+    let Settings { max_lag, failover_after, rejoin, .. } = settings;
+    format!(
+        "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
+         failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
+         max_lag: {max_lag}s\n    failover_after: {failover_after}s\n    rejoin: {rejoin}\n"
+    )
+}
+
 /// The stream's name in `synchronous_standby_names`.
 pub(crate) const SYNC_NAME: &str = "lifeboat_sync";
 
@@ -68,21 +78,14 @@ impl Regions {
     /// Starts both regions, the primary streaming, a base backup taken, and
     /// the standby's agent told to build it.
     pub fn start(settings: &Settings) -> Regions {
-        let Settings { max_lag, failover_after, rejoin, synchronous } = settings;
+        let synchronous = &settings.synchronous;
         let dir = KeptOnFailure::new();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let deployment = Deployment::new(dir.path(), &["c1"], &["fra-db1", "dub-db1"]);
         // The servers' restore_command (wal-fetch) runs as postgres.
         give_to_postgres(&deployment.repo);
         give_to_postgres(&deployment.key);
-        let policy = deployment.policy(
-            "policy.yaml",
-            &format!(
-                "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
-                 failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
-                 max_lag: {max_lag}s\n    failover_after: {failover_after}s\n    rejoin: {rejoin}\n"
-            ),
-        );
+        let policy = deployment.policy("policy.yaml", &postgres_policy(settings));
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
         let coordinator = deployment.start_coordinator(&deployment.coordinator_config("c1", port, &policy, None));

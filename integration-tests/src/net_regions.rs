@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::control::{Deployment, EtcdSettings, KeptOnFailure, Proc, configure, free_port, wait_for};
 use crate::etcd::EtcdCluster;
-use crate::failover::{Regions, SYNC_NAME, Settings, base_backup, pg_stop, postgres_source, tail};
+use crate::failover::{Regions, SYNC_NAME, Settings, base_backup, pg_stop, postgres_policy, postgres_source, tail};
 use crate::netns::{self, Net};
 use crate::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir};
 use crate::writer::{Acked, Writer, first_accepted, ids_in};
@@ -60,10 +60,9 @@ pub struct Partition {
     pub fenced: bool,
 }
 
-/// The deployment across the three regions.
+/// The deployment across the three regions. Fields drop in order: the
+/// processes, then the namespaces, then the directory they worked in.
 pub struct NetRegions {
-    /// Where everything is (kept when a test fails).
-    pub dir: KeptOnFailure,
     /// Certificates, repository, configurations.
     pub deployment: Deployment,
     /// The coordinators, in the order of [`REGIONS`].
@@ -76,14 +75,23 @@ pub struct NetRegions {
     pub primary: Cluster,
     /// The etcd members.
     pub etcd: EtcdCluster,
-    /// The namespaces (dropped last: everything above runs in them).
+    /// The namespaces (everything above runs in them).
     pub net: Net,
+    /// Where everything is (kept when a test fails).
+    pub dir: KeptOnFailure,
+}
+
+impl Drop for NetRegions {
+    fn drop(&mut self) {
+        // The servers the agents started are not this process's children.
+        self.stop_servers();
+    }
 }
 
 impl NetRegions {
     /// Starts the regions; the coordinator of `fra` first, so that it leads.
     pub fn start(settings: &Settings) -> NetRegions {
-        let Settings { max_lag, failover_after, rejoin, synchronous } = settings;
+        let synchronous = &settings.synchronous;
         let dir = KeptOnFailure::new();
         let net = Net::create(&REGIONS);
         let ips: Vec<&str> = REGIONS.iter().map(|r| net.region(r).ip.as_str()).collect();
@@ -98,14 +106,7 @@ impl NetRegions {
         std::fs::create_dir_all(&etcd_dir).unwrap();
         let regions: Vec<_> = REGIONS.iter().map(|r| net.region(r)).collect();
         let etcd = EtcdCluster::start_in(&etcd_dir, &regions);
-        let policy = deployment.policy(
-            "policy.yaml",
-            &format!(
-                "backup_schedules:\n  database:\n    full:\n      interval: \"24h\"\n      retention_days: 7\n\
-                 failover:\n  orders-db:\n    kind: postgres\n    members: [fra-db1/pg, dub-db1/pg]\n    primary: fra-db1/pg\n    \
-                 max_lag: {max_lag}s\n    failover_after: {failover_after}s\n    rejoin: {rejoin}\n"
-            ),
-        );
+        let policy = deployment.policy("policy.yaml", &postgres_policy(settings));
         let etcd_settings =
             EtcdSettings { endpoints: etcd.endpoints(), prefix: "/lifeboat/failover".into(), ttl_secs: 3 };
         let urls: Vec<String> = ips.iter().map(|ip| format!("https://{ip}:{COORDINATOR_PORT}")).collect();
@@ -135,7 +136,7 @@ impl NetRegions {
         let standby_pgdata = postgres_dir(dir.path(), "dub").join("data");
         let dub = Self::start_database(&deployment, &net, &urls, "dub", standby_pgdata, free_port(), *synchronous);
         databases.push(dub);
-        NetRegions { dir, deployment, coordinators, urls, databases, primary, etcd, net }
+        NetRegions { deployment, coordinators, urls, databases, primary, etcd, net, dir }
     }
 
     fn start_database(
@@ -235,12 +236,13 @@ impl NetRegions {
         let acked = writer.stop();
         let fenced = !self.accepts_connections(from);
         let present = ids_in(Some(new_ns), new.port);
+        let leader_after = self.leader().unwrap_or_default();
         self.net.heal(from);
         let after_first: Vec<&Acked> = acked.iter().filter(|a| a.at >= first).collect();
         let last_old = acked.last().map(|a| a.at);
         let outcome = Partition {
             leader_before,
-            leader_after: self.leader().unwrap_or_default(),
+            leader_after,
             promoted_after: first.duration_since(cut).unwrap_or_default(),
             quiet_before_first: last_old.and_then(|l| first.duration_since(l).ok()),
             split_brain: after_first.len(),

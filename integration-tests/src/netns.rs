@@ -86,8 +86,19 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // Deleting a namespace deletes its veth ends too.
         for ns in self.regions.iter().map(|r| &r.ns).chain([&self.bridge]) {
+            // Whatever still runs inside (a test that failed half-way) would
+            // outlive the namespace's name.
+            let pids = Command::new("ip").args(["netns", "pids", ns]).output();
+            for pid in pids.iter().flat_map(|o| {
+                String::from_utf8_lossy(&o.stdout).into_owned().lines().map(str::to_owned).collect::<Vec<_>>()
+            }) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill(2) on a process of the namespace this test made.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            // Deleting a namespace deletes its veth ends too.
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }

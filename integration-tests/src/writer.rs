@@ -172,8 +172,7 @@ fn run_in<T: Send>(ns: Option<&str>, work: impl std::future::Future<Output = T> 
 
 /// Runs `sql` on the server on `port` (one that no test's `Cluster` owns).
 pub fn sql_on(port: u16, sql: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    rt.block_on(async {
+    run_in(None, async move {
         let client = connect(port).await.expect("connecting");
         client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     })

@@ -61,6 +61,16 @@ impl Positions {
         self.heard
     }
 
+    /// The positions of the last `window` before the primary was last
+    /// heard, and the newest one older than that (a standby behind all of
+    /// them is judged at least that far behind, never as recent).
+    pub fn recent(&self, window: Duration) -> Positions {
+        let since = self.heard.zip(chrono::Duration::from_std(window).ok()).and_then(|(h, w)| h.checked_sub_signed(w));
+        let Some(since) = since else { return self.clone() };
+        let first = self.seen.iter().rposition(|(t, _)| *t < since).unwrap_or(0);
+        Positions { seen: self.seen.iter().skip(first).copied().collect(), heard: self.heard }
+    }
+
     /// When the primary was first seen past `lsn`.
     pub fn first_past(&self, lsn: u64) -> Option<DateTime<Utc>> {
         self.seen.iter().find(|(_, l)| *l > lsn).map(|(t, _)| *t)
@@ -309,6 +319,20 @@ mod tests {
         assert!((j.members[0].lag_seconds - 1.0).abs() < 1e-9, "{j:?}");
         let early = judge(&g, &record(), &observed, &kept, started, started + chrono::Duration::seconds(9));
         assert!(!early.promote_now, "{early:?}");
+    }
+
+    #[test]
+    fn recent_positions_keep_one_older_than_the_window() {
+        let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let mut all = Positions::default();
+        for (secs, lsn) in [(0, 0x100), (50, 0x200), (80, 0x300), (100, 0x400)] {
+            all.record(t0 + chrono::Duration::seconds(secs), lsn);
+        }
+        let recent = all.recent(Duration::from_secs(40));
+        // 0x200 (50 s) is the newest older than 60 s: a standby at 0x100 is still found behind it.
+        assert_eq!(recent.first_past(0x100), Some(t0 + chrono::Duration::seconds(50)));
+        assert_eq!((recent.newest(), recent.heard()), (all.newest(), all.heard()));
+        assert_eq!(recent.seen.len(), 3);
     }
 
     #[test]

@@ -31,6 +31,17 @@ use crate::state::{Condition, Op, State, StateError, encode};
 /// How often the leader writes a primary's positions to the state.
 const KEEP_POSITIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How much history past `max_lag` is kept in the state.
+const KEPT_BEYOND_MAX_LAG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A primary's positions as kept in the state, with whose they are.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct KeptPositions {
+    primary: String,
+    epoch: u64,
+    positions: Positions,
+}
+
 /// Where group `name`'s primary positions are kept (apart from the group
 /// records, which are listed under their own prefix).
 fn progress_key(prefix: &str, name: &str) -> String {
@@ -146,10 +157,17 @@ impl GroupBook {
         }
         for (key, v) in state.list(&progress_prefix(prefix)).await? {
             let group = key.rsplit('/').next().unwrap_or_default().to_owned();
-            match serde_json::from_slice::<Positions>(&v.value) {
-                Ok(positions) => {
-                    book.positions.insert(group, positions);
+            match serde_json::from_slice::<KeptPositions>(&v.value) {
+                // Only the current primary's: a promotion's clean-up may not have happened.
+                Ok(kept)
+                    if book
+                        .stored
+                        .get(&group)
+                        .is_some_and(|s| s.record.primary == kept.primary && s.record.epoch == kept.epoch) =>
+                {
+                    book.positions.insert(group, kept.positions);
                 }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(group, error = %e, "unreadable primary positions ignored"),
             }
         }
@@ -228,7 +246,7 @@ impl GroupBook {
             let reports_primary = seen.state.role == v1::MemberRole::Primary as i32 && !seen.state.fenced;
             if reports_primary && let Some(lsn) = position(group.kind, &seen.state.lsn) {
                 self.positions.entry(group.name.clone()).or_default().record(now, lsn);
-                self.keep_positions(state, prefix, &group.name, now).await;
+                self.keep_positions(state, prefix, group, now).await;
             }
             let Some(stored) = self.stored.get(&group.name) else { continue };
             let waiting = stored.record.last_failover.as_ref().is_some_and(|f| f.accepted.is_none() && f.to == primary);
@@ -352,21 +370,31 @@ impl GroupBook {
             .collect()
     }
 
-    /// Writes `group`'s positions to the state every [`KEEP_POSITIONS_EVERY`],
-    /// so a leader elected after the primary went silent knows where it was.
-    /// A failure is only logged: the positions are kept again next time.
-    async fn keep_positions(&mut self, state: State<'_>, prefix: &str, group: &str, now: DateTime<Utc>) {
-        let due = self.kept.get(group).is_none_or(|t| (now - *t).to_std().unwrap_or_default() >= KEEP_POSITIONS_EVERY);
-        let Some(positions) = self.positions.get(group).filter(|_| due) else { return };
-        let put = match encode("a primary's positions", positions) {
-            Ok(bytes) => Op::Put(progress_key(prefix, group), bytes),
-            Err(e) => return tracing::warn!(group, error = %e, "cannot encode the primary's positions"),
+    /// Writes `group`'s recent positions to the state every
+    /// [`KEEP_POSITIONS_EVERY`], so a leader elected after the primary went
+    /// silent knows where it was (as of up to that long before). A failure
+    /// is only logged: the positions are kept again next time.
+    async fn keep_positions(&mut self, state: State<'_>, prefix: &str, group: &FailoverGroup, now: DateTime<Utc>) {
+        let name = group.name.as_str();
+        let due = self.kept.get(name).is_none_or(|t| (now - *t).to_std().unwrap_or_default() >= KEEP_POSITIONS_EVERY);
+        let (Some(positions), Some(stored)) = (self.positions.get(name).filter(|_| due), self.stored.get(name)) else {
+            return;
+        };
+        let kept = KeptPositions {
+            primary: stored.record.primary.clone(),
+            epoch: stored.record.epoch,
+            // Only what judging a standby against max_lag needs: the record stays small.
+            positions: positions.recent(group.max_lag + KEPT_BEYOND_MAX_LAG),
+        };
+        let put = match encode("a primary's positions", &kept) {
+            Ok(bytes) => Op::Put(progress_key(prefix, name), bytes),
+            Err(e) => return tracing::warn!(group = name, error = %e, "cannot encode the primary's positions"),
         };
         match state.commit_if(&[], &[put]).await {
             Ok(_) => {
-                self.kept.insert(group.to_owned(), now);
+                self.kept.insert(name.to_owned(), now);
             }
-            Err(e) => tracing::warn!(group, error = %e, "cannot keep the primary's positions in the state"),
+            Err(e) => tracing::warn!(group = name, error = %e, "cannot keep the primary's positions in the state"),
         }
     }
 
@@ -641,6 +669,42 @@ mod tests {
         // The old primary's own order: a standby of epoch 2, with no lease.
         let orders = book.orders_for(&[group()], "a", &agents(v1::MemberRole::Primary, 1, "", now), now);
         assert_eq!((orders[0].role, orders[0].epoch), (standby, 2));
+    }
+
+    #[tokio::test]
+    async fn the_primary_positions_outlive_the_leader_and_go_with_a_promotion() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::state::EmbeddedState::open(&dir.path().join("state.redb")).unwrap();
+        let (state, prefix, groups) = (State::Embedded(&db), "/t", [group()]);
+        let t0 = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let mut book = GroupBook::load(state, prefix).await.unwrap();
+        book.ensure(state, prefix, &groups).await.unwrap();
+        let mut agents = agents(v1::MemberRole::Primary, 1, "", t0);
+        let a = agents.get_mut("a").unwrap();
+        for (secs, lsn) in [(0, "0/100"), (1, "0/200"), (3, "0/300")] {
+            if let Some(seen) = a.sources.get_mut("pg").and_then(|s| s.member.as_mut()) {
+                seen.state.lsn = lsn.into();
+            }
+            book.heard(state, prefix, &groups, a, t0 + chrono::Duration::seconds(secs)).await.unwrap();
+        }
+        // A new leader reads what was kept (every 2 s: as of the third report).
+        let next = GroupBook::load(state, prefix).await.unwrap();
+        let kept = &next.positions["orders"];
+        assert_eq!((kept.newest(), kept.heard()), (Some(0x300), Some(t0 + chrono::Duration::seconds(3))));
+        // A promotion drops them; and positions of an earlier primary are never taken as the new one's.
+        let promotion = Promotion {
+            to: groups[0].members[1].clone(),
+            cause: "test".into(),
+            lost: t0,
+            hold_until: t0,
+            now: t0 + chrono::Duration::seconds(10),
+            switchover: false,
+        };
+        let stale = state.get(&progress_key(prefix, "orders")).await.unwrap().unwrap().value;
+        book.promote(state, prefix, &groups[0], promotion).await.unwrap();
+        assert!(!GroupBook::load(state, prefix).await.unwrap().positions.contains_key("orders"));
+        state.commit_if(&[], &[Op::Put(progress_key(prefix, "orders"), stale)]).await.unwrap();
+        assert!(!GroupBook::load(state, prefix).await.unwrap().positions.contains_key("orders"));
     }
 
     #[test]

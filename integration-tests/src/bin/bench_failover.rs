@@ -113,6 +113,9 @@ fn switchovers(n: usize) -> Vec<(Duration, usize)> {
 }
 
 fn partitions(n: usize) -> Vec<Partition> {
+    if n == 0 {
+        return Vec::new();
+    }
     let settings = Settings { rejoin: "auto".into(), ..settings(false) };
     let mut r = NetRegions::start(&settings);
     let mut pair = ("fra", "dub");
@@ -120,7 +123,7 @@ fn partitions(n: usize) -> Vec<Partition> {
     for round in 1..=n {
         let p = r.partition(pair.0, pair.1, round as i64, Duration::from_secs(FAILOVER_AFTER));
         println!(
-            "partition {round:>2} ({} cut off): new primary's first write {:.1} s after the cut, {} commits acknowledged by both, \
+            "partition {round:>2} ({} cut off): new primary's first write {:.1} s after the cut, {} commits acknowledged by the old primary after it, \
              old primary silent {} before it, {} of {} commits lost ({} acknowledged by the cut-off primary after the cut), leader {} -> {}",
             pair.0,
             p.promoted_after.as_secs_f64(),
@@ -222,14 +225,14 @@ fn main() {
     );
     let promoted: Vec<f64> = cut.iter().map(|p| p.promoted_after.as_secs_f64()).collect();
     let quiet: Vec<f64> = cut.iter().filter_map(|p| p.quiet_before_first).map(|d| d.as_secs_f64()).collect();
+    let quietest = quiet.iter().copied().reduce(f64::min).unwrap_or(0.0);
     println!(
-        "partitions: {} rounds, split brain {} (rounds with a commit acknowledged by both primaries: {}), \
-         new primary's first write median {:.1} s, max {:.1} s after the cut; the old primary silent at least {:.1} s before it",
+        "partitions: {} rounds, split brain {} commits (acknowledged by a cut-off primary once its successor accepted writes; in {} rounds), \
+         new primary's first write median {:.1} s, max {:.1} s after the cut; the old primary silent at least {quietest:.1} s before it",
         cut.len(),
         cut.iter().map(|p| p.split_brain).sum::<usize>(),
         cut.iter().filter(|p| p.split_brain > 0).count(),
         median(promoted.clone()),
         max(&promoted),
-        quiet.iter().copied().fold(f64::INFINITY, f64::min),
     );
 }

@@ -133,6 +133,8 @@ impl ReplicationConn {
     /// Opens a physical replication connection as `args` describes.
     pub async fn connect(args: &ConnectArgs, application_name: &str) -> Result<Self, PgError> {
         let describe = args.describe();
+        // Asked before dialling: TLS over a socket directory is refused, never skipped.
+        let tls = args.tls()?;
         let socket: Box<dyn Socket> = if args.host().starts_with('/') {
             let path = format!("{}/.s.PGSQL.{}", args.host(), args.port());
             Box::new(tokio::net::UnixStream::connect(&path).await.map_err(PgError::io("connecting to", &path))?)
@@ -142,7 +144,7 @@ impl ReplicationConn {
                 .await
                 .map_err(|e| protocol(format!("connecting to {describe}: {e}")))?;
             tcp.set_nodelay(true).map_err(|e| protocol(format!("connecting to {describe}: {e}")))?;
-            match args.tls()? {
+            match tls {
                 Some(tls) => Box::new(start_tls(tcp, args.host(), tls, &describe).await?),
                 None => Box::new(tcp),
             }

@@ -106,12 +106,20 @@ impl SourceSection for PostgresConfig {
         if self.pgdata.as_os_str().is_empty() {
             return Err(format!("source {:?}: a postgres source needs pgdata", self.common.id));
         }
+        if self.pg_sslmode == SslMode::VerifyFull && self.pg_sslrootcert.is_none() {
+            return Err(format!(
+                "source {:?}: pg_sslmode verify-full needs pg_sslrootcert (the CA the server's certificate chains to)",
+                self.common.id
+            ));
+        }
         Ok(())
     }
 
     fn resolve(&mut self, base: &Path) {
-        if self.pgdata.is_relative() {
-            self.pgdata = base.join(&self.pgdata);
+        for path in [Some(&mut self.pgdata), self.pg_sslrootcert.as_mut()].into_iter().flatten() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
     }
 

@@ -62,6 +62,8 @@ pub async fn bring_up(
     let Some(capture) = &snapshot.redis else {
         return Err(RedisError::Usage(format!("snapshot {} is not of Redis", id.short())));
     };
+    // The snapshot was written by another agent after this one opened the repository.
+    repo.reload_index().await?;
     restore_redis(repo, id, snapshot, &config.dir, Arc::new(Progress::default())).await?;
     let opts = StartOptions {
         redis_server: config.redis_server.clone(),
