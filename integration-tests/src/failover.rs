@@ -6,7 +6,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::control::{Deployment, KeptOnFailure, Proc, configure, free_port, wait_for};
@@ -282,7 +281,7 @@ pub(crate) fn base_backup(deployment: &Deployment, primary: &Cluster) {
 }
 
 /// The tails of the named processes' logs, one after the other.
-fn logs_of(named: &[(&str, &Proc)]) -> String {
+pub(crate) fn logs_of(named: &[(&str, &Proc)]) -> String {
     let parts: Vec<String> = named.iter().map(|(name, p)| format!("--- {name}\n{}", tail(&p.log_text()))).collect();
     parts.join("\n")
 }
@@ -301,8 +300,13 @@ pub fn tail(text: &str) -> String {
 
 /// Whether a server on `port` accepts connections.
 pub fn accepts_connections(port: u16) -> bool {
-    Command::new(pg_bin("pg_isready"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+    accepts_connections_in(None, port)
+}
+
+/// Whether a server on `port` in network namespace `ns` accepts connections.
+pub(crate) fn accepts_connections_in(ns: Option<&str>, port: u16) -> bool {
+    netns::command(ns, pg_bin("pg_isready"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "-t", "2"])
         .status()
         .is_ok_and(|s| s.success())
 }

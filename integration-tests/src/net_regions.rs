@@ -9,9 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::control::{Deployment, EtcdSettings, KeptOnFailure, Proc, configure, free_port, wait_for};
 use crate::etcd::EtcdCluster;
-use crate::failover::{Regions, SYNC_NAME, Settings, base_backup, pg_stop, postgres_policy, postgres_source, tail};
-use crate::netns::{self, Net};
-use crate::postgres::{Cluster, give_to_postgres, pg_bin, postgres_dir};
+use crate::failover::{
+    Regions, SYNC_NAME, Settings, accepts_connections_in, base_backup, logs_of, pg_stop, postgres_policy,
+    postgres_source,
+};
+use crate::netns::Net;
+use crate::postgres::{Cluster, give_to_postgres, postgres_dir};
 use crate::writer::{Acked, Writer, first_accepted, ids_in};
 
 /// The regions, in order: the primary's, the standby's, the third.
@@ -189,22 +192,15 @@ impl NetRegions {
 
     /// Whether `region`'s server accepts connections (asked from inside the region).
     pub fn accepts_connections(&self, region: &str) -> bool {
-        let port = self.database(region).port.to_string();
-        netns::command(Some(&self.net.region(region).ns), pg_bin("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-q", "-t", "2"])
-            .status()
-            .is_ok_and(|s| s.success())
+        accepts_connections_in(Some(&self.net.region(region).ns), self.database(region).port)
     }
 
     /// The tails of the processes' logs.
     pub fn logs(&self) -> String {
-        let mut parts: Vec<String> = REGIONS
-            .iter()
-            .zip(&self.coordinators)
-            .map(|(r, c)| format!("--- c-{r}\n{}", tail(&c.log_text())))
-            .collect();
-        parts.extend(self.databases.iter().map(|d| format!("--- {}\n{}", d.member, tail(&d.agent.log_text()))));
-        parts.join("\n")
+        let names: Vec<String> = REGIONS.iter().map(|r| format!("c-{r}")).collect();
+        let mut named: Vec<(&str, &Proc)> = names.iter().map(String::as_str).zip(&self.coordinators).collect();
+        named.extend(self.databases.iter().map(|d| (d.member.as_str(), &d.agent)));
+        logs_of(&named)
     }
 
     /// Cuts off region `from`, whose server is the primary, under a

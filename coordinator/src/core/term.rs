@@ -172,6 +172,7 @@ impl<'a> Term<'a> {
     ) -> Result<Self, StateError> {
         let jobs = JobBook::load(state, prefix).await?;
         let mut groups = GroupBook::load(state, prefix).await?;
+        groups.load_positions(state, prefix).await?;
         groups.ensure(state, prefix, &shared.policy().failover).await?;
         let agents = views::load_agents(state, prefix).await?;
         let incidents = IncidentBook::load(state, prefix).await?;

@@ -44,11 +44,11 @@ struct KeptPositions {
 
 /// Where group `name`'s primary positions are kept (apart from the group
 /// records, which are listed under their own prefix).
-fn progress_key(prefix: &str, name: &str) -> String {
-    format!("{}{name}", progress_prefix(prefix))
+fn positions_key(prefix: &str, name: &str) -> String {
+    format!("{}{name}", positions_prefix(prefix))
 }
 
-fn progress_prefix(prefix: &str) -> String {
+fn positions_prefix(prefix: &str) -> String {
     format!("{prefix}/failover-positions/")
 }
 
@@ -155,23 +155,29 @@ impl GroupBook {
                 Err(e) => tracing::error!(error = %e, "unreadable failover group record ignored"),
             }
         }
-        for (key, v) in state.list(&progress_prefix(prefix)).await? {
+        Ok(book)
+    }
+
+    /// Reads the primaries' positions an earlier leader kept (only a
+    /// leader judges by them: a follower's view does without).
+    pub async fn load_positions(&mut self, state: State<'_>, prefix: &str) -> Result<(), StateError> {
+        for (key, v) in state.list(&positions_prefix(prefix)).await? {
             let group = key.rsplit('/').next().unwrap_or_default().to_owned();
             match serde_json::from_slice::<KeptPositions>(&v.value) {
                 // Only the current primary's: a promotion's clean-up may not have happened.
                 Ok(kept)
-                    if book
+                    if self
                         .stored
                         .get(&group)
                         .is_some_and(|s| s.record.primary == kept.primary && s.record.epoch == kept.epoch) =>
                 {
-                    book.positions.insert(group, kept.positions);
+                    self.positions.insert(group, kept.positions);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(group, error = %e, "unreadable primary positions ignored"),
             }
         }
-        Ok(book)
+        Ok(())
     }
 
     /// Stores a first record for each group of the policy that has none:
@@ -387,7 +393,7 @@ impl GroupBook {
             positions: positions.recent(group.max_lag + KEPT_BEYOND_MAX_LAG),
         };
         let put = match encode("a primary's positions", &kept) {
-            Ok(bytes) => Op::Put(progress_key(prefix, name), bytes),
+            Ok(bytes) => Op::Put(positions_key(prefix, name), bytes),
             Err(e) => return tracing::warn!(group = name, error = %e, "cannot encode the primary's positions"),
         };
         match state.commit_if(&[], &[put]).await {
@@ -437,7 +443,7 @@ impl GroupBook {
             self.previous.insert(group.name.clone(), old);
         }
         self.kept.remove(&group.name);
-        if let Err(e) = state.commit_if(&[], &[Op::Delete(progress_key(prefix, &group.name))]).await {
+        if let Err(e) = state.commit_if(&[], &[Op::Delete(positions_key(prefix, &group.name))]).await {
             tracing::warn!(group = group.name, error = %e, "cannot drop the old primary's positions from the state");
         }
         Ok(Some(Promoted { group: group.name.clone(), event }))
@@ -688,7 +694,12 @@ mod tests {
             book.heard(state, prefix, &groups, a, t0 + chrono::Duration::seconds(secs)).await.unwrap();
         }
         // A new leader reads what was kept (every 2 s: as of the third report).
-        let next = GroupBook::load(state, prefix).await.unwrap();
+        let leader = |state| async move {
+            let mut book = GroupBook::load(state, prefix).await.unwrap();
+            book.load_positions(state, prefix).await.unwrap();
+            book
+        };
+        let next = leader(state).await;
         let kept = &next.positions["orders"];
         assert_eq!((kept.newest(), kept.heard()), (Some(0x300), Some(t0 + chrono::Duration::seconds(3))));
         // A promotion drops them; and positions of an earlier primary are never taken as the new one's.
@@ -700,11 +711,11 @@ mod tests {
             now: t0 + chrono::Duration::seconds(10),
             switchover: false,
         };
-        let stale = state.get(&progress_key(prefix, "orders")).await.unwrap().unwrap().value;
+        let stale = state.get(&positions_key(prefix, "orders")).await.unwrap().unwrap().value;
         book.promote(state, prefix, &groups[0], promotion).await.unwrap();
-        assert!(!GroupBook::load(state, prefix).await.unwrap().positions.contains_key("orders"));
-        state.commit_if(&[], &[Op::Put(progress_key(prefix, "orders"), stale)]).await.unwrap();
-        assert!(!GroupBook::load(state, prefix).await.unwrap().positions.contains_key("orders"));
+        assert!(!leader(state).await.positions.contains_key("orders"));
+        state.commit_if(&[], &[Op::Put(positions_key(prefix, "orders"), stale)]).await.unwrap();
+        assert!(!leader(state).await.positions.contains_key("orders"));
     }
 
     #[test]
