@@ -266,20 +266,29 @@ impl Member {
     /// (`host:port`): it streams while the primary is reachable and
     /// follows the repository through `restore_command` when not.
     async fn stream_from(&self, address: &str) -> Result<(), PgError> {
-        let Some((host, port)) = address.rsplit_once(':').filter(|(host, _)| !host.starts_with('/')) else {
+        let own = format!("{}:{}", self.connect.host(), self.connect.port());
+        let conninfo = match address.rsplit_once(':') {
+            // A successor held back as a standby is named primary already:
+            // streaming from itself, it would wait on itself and never read
+            // the repository again.
+            _ if address == own => String::new(),
             // A socket directory is another host's: nothing to reach.
-            return Ok(());
+            Some((host, port)) if !host.starts_with('/') => {
+                let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+                let mut conninfo = format!(
+                    "host={} port={} user={} application_name={STANDBY_NAME}",
+                    value(host),
+                    value(port),
+                    value(&self.connect.user_or_default())
+                );
+                if let (SslMode::VerifyFull, Some(ca)) = (self.connect.sslmode, &self.connect.sslrootcert) {
+                    conninfo
+                        .push_str(&format!(" sslmode=verify-full sslrootcert={}", value(&ca.display().to_string())));
+                }
+                conninfo
+            }
+            _ => return Ok(()),
         };
-        let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-        let mut conninfo = format!(
-            "host={} port={} user={} application_name={STANDBY_NAME}",
-            value(host),
-            value(port),
-            value(&self.connect.user_or_default())
-        );
-        if let (SslMode::VerifyFull, Some(ca)) = (self.connect.sslmode, &self.connect.sslrootcert) {
-            conninfo.push_str(&format!(" sslmode=verify-full sslrootcert={}", value(&ca.display().to_string())));
-        }
         let client = self.connect.connect().await?;
         let now: String = client
             .query_one("SELECT current_setting('primary_conninfo')", &[])
@@ -293,7 +302,11 @@ impl Member {
         let set = format!("ALTER SYSTEM SET primary_conninfo = {}", conf_literal(&conninfo));
         client.batch_execute(&set).await.map_err(PgError::db("setting primary_conninfo"))?;
         client.batch_execute("SELECT pg_reload_conf()").await.map_err(PgError::db("reloading the configuration"))?;
-        tracing::info!(primary = address, "the standby streams from the primary whenever it is reachable");
+        if conninfo.is_empty() {
+            tracing::info!("the standby no longer streams: it is the successor named primary");
+        } else {
+            tracing::info!(primary = address, "the standby streams from the primary whenever it is reachable");
+        }
         Ok(())
     }
 
