@@ -50,7 +50,7 @@ pub struct Regions {
 
 pub(crate) fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> String {
     format!(
-        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\n\
+        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\nstream_from_primary = true\n\
          [source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\nsynchronous = {synchronous}\napplication_name = \"{SYNC_NAME}\"\n",
         pgdata.display()
     )

@@ -31,6 +31,12 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
     let _one = serial();
     let mut r = start(30, "auto");
     r.wait_standby_eligible();
+    // The standby streams from the primary as well as following the repository.
+    let streaming =
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'lifeboat_standby' AND state = 'streaming'";
+    wait_for(Duration::from_secs(30), "the standby to stream from the primary", || {
+        (r.primary.sql(streaming) == "1").then_some(())
+    });
     let writer = Writer::start(r.primary.port, Duration::from_millis(20));
     std::thread::sleep(Duration::from_secs(5));
 
@@ -94,6 +100,9 @@ fn the_primary_region_lost_promotes_the_standby_within_failover_after_and_max_la
         (rejoined.sql("SELECT count(*) FROM lifeboat_writes WHERE id = -2") == "1").then_some(())
     });
     assert_eq!(rejoined.sql("SELECT pg_is_in_recovery()"), "t");
+    wait_for(Duration::from_secs(30), "the rejoined standby to stream from the new primary", || {
+        (promoted.sql(streaming) == "1").then_some(())
+    });
     assert!(r.fra.log_text().contains("rebuilding this former primary as a standby"), "{}", r.logs());
     drop(rejoined);
     drop(promoted);

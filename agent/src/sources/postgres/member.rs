@@ -30,9 +30,9 @@ use lifeboat_common::repo::engine::open::RepoSpec;
 use lifeboat_proto::v1;
 use tokio::sync::watch;
 
-use super::connect::ConnectArgs;
+use super::connect::{ConnectArgs, SslMode};
 use super::restore::parse_lsn;
-use super::restore::{PgRestoreOptions, recovery_settings, restore_postgres, wal_fetch_command};
+use super::restore::{PgRestoreOptions, conf_literal, recovery_settings, restore_postgres, wal_fetch_command};
 use super::startup::{output_as_owner, pg_program};
 use super::{PgError, wal};
 use crate::progress::Progress;
@@ -40,6 +40,8 @@ use crate::sources::owner::{give_to_owner_of, log_tail};
 use crate::sources::tenure::{Standing, Tenure, run_hooks};
 use crate::sources::{Order, RecoveryPoint};
 
+/// The name a standby streaming from the primary gives itself there.
+const STANDBY_NAME: &str = "lifeboat_standby";
 /// How often the server is looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Replay unchanged this long after a promotion was ordered: all the
@@ -81,17 +83,27 @@ pub struct Member {
     /// unfenced primary (a standby's stream would overwrite the
     /// primary's newest partial segment with older content).
     may_stream: watch::Sender<bool>,
+    /// A standby streams from the primary when it is reachable.
+    stream_from_primary: bool,
 }
 
 impl Member {
     /// The controller of the cluster at `pgdata`, reached through `connect`.
-    pub fn new(pgdata: PathBuf, connect: ConnectArgs, pg_bin: Option<PathBuf>) -> Arc<Self> {
+    pub fn new(pgdata: PathBuf, connect: ConnectArgs, pg_bin: Option<PathBuf>, stream_from_primary: bool) -> Arc<Self> {
         let name = pgdata.file_name().map_or_else(|| "pgdata".into(), |n| n.to_string_lossy().into_owned());
         let tenure =
             Tenure::open(pgdata.with_file_name(format!("{name}.lifeboat-member.json")), pgdata.display().to_string());
         // Not a member (no order, nothing kept): streaming as configured.
         let may_stream = watch::Sender::new(!tenure.is_member());
-        Arc::new(Member { pgdata, connect, pg_bin, tenure, looked: Mutex::new(Looked::default()), may_stream })
+        Arc::new(Member {
+            pgdata,
+            connect,
+            pg_bin,
+            tenure,
+            looked: Mutex::new(Looked::default()),
+            may_stream,
+            stream_from_primary,
+        })
     }
 
     /// Whether WAL may be streamed now, and its changes.
@@ -204,6 +216,11 @@ impl Member {
         self.may_stream.send_replace(false);
         if looked.running {
             self.tenure.hold(epoch, v1::MemberRole::Standby, false);
+            if self.stream_from_primary
+                && let Some(order) = &order
+            {
+                self.stream_from(&order.primary_address).await?;
+            }
             let paused = if looked.replay_paused { " (replay paused)" } else { "" };
             self.set_detail(format!("standby: replaying what the repository holds{paused}"));
             return Ok(());
@@ -243,6 +260,54 @@ impl Member {
         self.build_standby(repo, spec, has_cluster).await?;
         self.tenure.hold(epoch, v1::MemberRole::Standby, false);
         self.start("starting the standby built from the repository").await
+    }
+
+    /// Points the standby's WAL receiver at the primary at `address`
+    /// (`host:port`): it streams while the primary is reachable and
+    /// follows the repository through `restore_command` when not.
+    async fn stream_from(&self, address: &str) -> Result<(), PgError> {
+        let own = format!("{}:{}", self.connect.host(), self.connect.port());
+        let conninfo = match address.rsplit_once(':') {
+            // A successor held back as a standby is named primary already:
+            // streaming from itself, it would wait on itself and never read
+            // the repository again.
+            _ if address == own => String::new(),
+            // A socket directory is another host's: nothing to reach.
+            Some((host, port)) if !host.starts_with('/') => {
+                let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+                let mut conninfo = format!(
+                    "host={} port={} user={} application_name={STANDBY_NAME}",
+                    value(host),
+                    value(port),
+                    value(&self.connect.user_or_default())
+                );
+                if let (SslMode::VerifyFull, Some(ca)) = (self.connect.sslmode, &self.connect.sslrootcert) {
+                    conninfo
+                        .push_str(&format!(" sslmode=verify-full sslrootcert={}", value(&ca.display().to_string())));
+                }
+                conninfo
+            }
+            _ => return Ok(()),
+        };
+        let client = self.connect.connect().await?;
+        let now: String = client
+            .query_one("SELECT current_setting('primary_conninfo')", &[])
+            .await
+            .map_err(PgError::db("reading primary_conninfo"))?
+            .get(0);
+        if now == conninfo {
+            return Ok(());
+        }
+        // ALTER SYSTEM writes postgresql.auto.conf, which a standby may do.
+        let set = format!("ALTER SYSTEM SET primary_conninfo = {}", conf_literal(&conninfo));
+        client.batch_execute(&set).await.map_err(PgError::db("setting primary_conninfo"))?;
+        client.batch_execute("SELECT pg_reload_conf()").await.map_err(PgError::db("reloading the configuration"))?;
+        if conninfo.is_empty() {
+            tracing::info!("the standby no longer streams: it is the successor named primary");
+        } else {
+            tracing::info!(primary = address, "the standby streams from the primary whenever it is reachable");
+        }
+        Ok(())
     }
 
     /// Stops the server: a fast stop (clients cut, a shutdown checkpoint),

@@ -135,7 +135,7 @@ pub fn recovery_settings(restore_command: &str, segment_size: u64) -> String {
 }
 
 /// A value as a quoted string literal of postgresql.conf.
-fn conf_literal(s: &str) -> String {
+pub(crate) fn conf_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

@@ -77,6 +77,10 @@ pub struct PostgresConfig {
     /// Stream WAL continuously, whether or not a coordinator is reachable
     /// (as a failover member: only while it is the unfenced primary).
     pub wal_stream: Option<WalStreamConfig>,
+    /// As a failover standby, stream from the group's primary whenever it
+    /// is reachable (`primary_conninfo`), besides following the repository.
+    #[serde(default)]
+    pub stream_from_primary: bool,
     /// Directory of `pg_ctl`, for a failover member whose server the agent
     /// starts, stops and promotes (default: the cluster's major version's,
     /// as Debian installs it, else `PATH`).
@@ -287,7 +291,14 @@ impl Source for PostgresSource {
     fn start(&self, ongoing: Ongoing) -> Vec<JoinHandle<()>> {
         let member = self
             .member
-            .get_or_init(|| Member::new(self.config.pgdata.clone(), self.connect.clone(), self.config.pg_bin.clone()))
+            .get_or_init(|| {
+                Member::new(
+                    self.config.pgdata.clone(),
+                    self.connect.clone(),
+                    self.config.pg_bin.clone(),
+                    self.config.stream_from_primary,
+                )
+            })
             .clone();
         let may_stream = member.may_stream();
         let mut tasks =

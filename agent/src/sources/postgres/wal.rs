@@ -113,9 +113,30 @@ pub async fn push_content(repo: &Repository, name: &str, content: Vec<u8>) -> Re
 #[tracing::instrument(skip(repo))]
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, PgError> {
     match read(repo, name).await? {
+        // Not found, for PostgreSQL: it reads its own copy from pg_wal instead.
+        Some(found) if found.partial && streamed_further(dest, name, &found.content) => Ok(false),
         Some(found) => write_whole(dest, &found.content).await.map(|()| true),
         None => Ok(false),
     }
+}
+
+/// The size of a WAL page (PostgreSQL's `XLOG_BLCKSZ`).
+const WAL_PAGE: usize = 8192;
+
+/// Whether the server's own copy of segment `name` in `pg_wal` (beside
+/// `dest`), written by a WAL receiver streaming from a primary, holds more
+/// than the repository's `partial` one. Handed the shorter copy, a standby
+/// that already replayed past its end would stop at promotion, unable to
+/// read its last record again.
+fn streamed_further(dest: &Path, name: &str, partial: &[u8]) -> bool {
+    let Ok(own) = std::fs::read(dest.with_file_name(name)) else { return false };
+    written(&own) > written(partial)
+}
+
+/// How far a segment holds WAL: up to its first page of zeros (the rest of
+/// a segment being written is zeros).
+fn written(segment: &[u8]) -> usize {
+    segment.chunks(WAL_PAGE).position(|p| p.iter().all(|b| *b == 0)).map_or(segment.len(), |i| i * WAL_PAGE)
 }
 
 /// A WAL file read back from the repository.
@@ -219,6 +240,26 @@ pub fn check_chain(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_partial_segment_is_not_handed_over_a_longer_streamed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "000000010000000000000003";
+        let dest = dir.path().join("RECOVERYXLOG");
+        let segment = |pages: usize| {
+            let mut s = vec![0u8; 16 * WAL_PAGE];
+            s[..pages * WAL_PAGE].fill(0xd1);
+            s
+        };
+        assert_eq!(written(&segment(3)), 3 * WAL_PAGE);
+        assert_eq!(written(&[0xd1; 100]), 100);
+        // No copy of its own: the repository's is handed over.
+        assert!(!streamed_further(&dest, name, &segment(3)));
+        std::fs::write(dir.path().join(name), segment(5)).unwrap();
+        assert!(streamed_further(&dest, name, &segment(3)));
+        assert!(!streamed_further(&dest, name, &segment(5)));
+        assert!(!streamed_further(&dest, name, &segment(8)));
+    }
+
     use super::*;
 
     #[test]
