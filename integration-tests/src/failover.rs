@@ -48,9 +48,12 @@ pub struct Regions {
     pub standby_pgdata: PathBuf,
 }
 
-pub(crate) fn postgres_source(pgdata: &Path, port: u16, synchronous: bool) -> String {
+/// A failover member's source; `stream_from_primary` where members reach
+/// each other at the addresses they report (not across namespaces, where
+/// each reports its own loopback).
+pub(crate) fn postgres_source(pgdata: &Path, port: u16, synchronous: bool, stream_from_primary: bool) -> String {
     format!(
-        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\nstream_from_primary = true\n\
+        "[[source]]\nid = \"pg\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {port}\npg_user = \"postgres\"\nstream_from_primary = {stream_from_primary}\n\
          [source.wal_stream]\nslot = \"lifeboat\"\ninterval = \"1s\"\nsynchronous = {synchronous}\napplication_name = \"{SYNC_NAME}\"\n",
         pgdata.display()
     )
@@ -95,7 +98,7 @@ impl Regions {
         let fra_config = deployment.agent_config(
             "fra-db1",
             std::slice::from_ref(&url),
-            &postgres_source(&primary.pgdata, primary.port, *synchronous),
+            &postgres_source(&primary.pgdata, primary.port, *synchronous, true),
         );
         region_config(&fra_config, "fra");
         let fra = deployment.start_agent(&fra_config);
@@ -106,7 +109,7 @@ impl Regions {
         let dub_config = deployment.agent_config(
             "dub-db1",
             std::slice::from_ref(&url),
-            &postgres_source(&standby_pgdata, standby_port, *synchronous),
+            &postgres_source(&standby_pgdata, standby_port, *synchronous, true),
         );
         region_config(&dub_config, "dub");
         let dub = deployment.start_agent(&dub_config);

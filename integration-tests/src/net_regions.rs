@@ -152,7 +152,7 @@ impl NetRegions {
         synchronous: bool,
     ) -> Database {
         let host = format!("{region}-db1");
-        let config = deployment.agent_config(&host, urls, &postgres_source(&pgdata, port, synchronous));
+        let config = deployment.agent_config(&host, urls, &postgres_source(&pgdata, port, synchronous, false));
         configure(&config, &format!("region = \"{region}\""));
         let agent = deployment.start_agent_in(&config, Some(&net.region(region).ns));
         Database { region, member: format!("{host}/pg"), agent, config, port, pgdata }

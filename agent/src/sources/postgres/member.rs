@@ -236,7 +236,8 @@ impl Member {
             // branched after its shutdown checkpoint, with no rebuild.
             match self.successor_after(repo, &looked).await? {
                 Some(timeline) => {
-                    self.become_standby(spec, timeline).await?;
+                    self.become_standby(spec, &format!("following timeline {timeline}")).await?;
+                    tracing::warn!(pgdata = %self.pgdata.display(), timeline, "the former primary follows the new timeline as a standby");
                     self.tenure.hold(epoch, v1::MemberRole::Standby, false);
                     return self.start("starting the former primary as a standby of the new timeline").await;
                 }
@@ -257,6 +258,15 @@ impl Member {
             );
             return Ok(());
         }
+        if has_cluster && let Some(conninfo) = order.as_ref().and_then(|o| self.primary_conninfo(&o.primary_address)) {
+            match self.rewind(spec, &conninfo).await {
+                Ok(()) => {
+                    self.tenure.hold(epoch, v1::MemberRole::Standby, false);
+                    return self.start("starting the rewound former primary as a standby").await;
+                }
+                Err(e) => tracing::warn!(error = %e, "pg_rewind failed: rebuilding from the repository instead"),
+            }
+        }
         self.build_standby(repo, spec, has_cluster).await?;
         self.tenure.hold(epoch, v1::MemberRole::Standby, false);
         self.start("starting the standby built from the repository").await
@@ -266,28 +276,16 @@ impl Member {
     /// (`host:port`): it streams while the primary is reachable and
     /// follows the repository through `restore_command` when not.
     async fn stream_from(&self, address: &str) -> Result<(), PgError> {
-        let own = format!("{}:{}", self.connect.host(), self.connect.port());
-        let conninfo = match address.rsplit_once(':') {
-            // A successor held back as a standby is named primary already:
-            // streaming from itself, it would wait on itself and never read
-            // the repository again.
-            _ if address == own => String::new(),
-            // A socket directory is another host's: nothing to reach.
-            Some((host, port)) if !host.starts_with('/') => {
-                let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-                let mut conninfo = format!(
-                    "host={} port={} user={} application_name={STANDBY_NAME}",
-                    value(host),
-                    value(port),
-                    value(&self.connect.user_or_default())
-                );
-                if let (SslMode::VerifyFull, Some(ca)) = (self.connect.sslmode, &self.connect.sslrootcert) {
-                    conninfo
-                        .push_str(&format!(" sslmode=verify-full sslrootcert={}", value(&ca.display().to_string())));
-                }
-                conninfo
+        // A successor held back as a standby is named primary already:
+        // streaming from itself, it would wait on itself and never read the
+        // repository again.
+        let conninfo = if self.is_own(address) {
+            String::new()
+        } else {
+            match self.primary_conninfo(address) {
+                Some(conninfo) => conninfo,
+                None => return Ok(()),
             }
-            _ => return Ok(()),
         };
         let client = self.connect.connect().await?;
         let now: String = client
@@ -308,6 +306,85 @@ impl Member {
             tracing::info!(primary = address, "the standby streams from the primary whenever it is reachable");
         }
         Ok(())
+    }
+
+    /// The connection string to the primary at `address` (`host:port`),
+    /// as this source connects (user, TLS): `None` when this member does
+    /// not stream from the primary, or the address is its own or a socket
+    /// directory (another host's).
+    fn primary_conninfo(&self, address: &str) -> Option<String> {
+        let (host, port) = address.rsplit_once(':')?;
+        if !self.stream_from_primary || self.is_own(address) || host.starts_with('/') {
+            return None;
+        }
+        let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut conninfo = format!(
+            "host={} port={} user={} application_name={STANDBY_NAME}",
+            value(host),
+            value(port),
+            value(&self.connect.user_or_default())
+        );
+        if let (SslMode::VerifyFull, Some(ca)) = (self.connect.sslmode, &self.connect.sslrootcert) {
+            conninfo.push_str(&format!(" sslmode=verify-full sslrootcert={}", value(&ca.display().to_string())));
+        }
+        Some(conninfo)
+    }
+
+    /// Whether `address` (`host:port`, as members report it) is this member's.
+    fn is_own(&self, address: &str) -> bool {
+        address == format!("{}:{}", self.connect.host(), self.connect.port())
+    }
+
+    /// Rewinds this former primary to where its timeline and the new
+    /// primary's parted (`pg_rewind` from the server at `conninfo`, which
+    /// copies only what changed since, after crash recovery if the server
+    /// died), and makes it a standby of the new primary. Reads far less
+    /// than a rebuild from the repository.
+    async fn rewind(&self, spec: &RepoSpec, conninfo: &str) -> Result<(), PgError> {
+        self.set_detail("rewinding this former primary to the new primary (pg_rewind)");
+        self.clear_stale_pid().await?;
+        let program = self.program("pg_rewind");
+        let mut cmd = std::process::Command::new(&program);
+        cmd.arg("--target-pgdata")
+            .arg(&self.pgdata)
+            .arg(format!("--source-server={conninfo} dbname=postgres"))
+            .arg("--write-recovery-conf");
+        let out = output_as_owner(cmd, &program, &self.pgdata).await?;
+        if !out.status.success() {
+            return Err(PgError::Usage(format!(
+                "pg_rewind on {}: {}",
+                self.pgdata.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        // pg_rewind copied the new primary's configuration files.
+        self.become_standby(spec, "rewound to the new primary with pg_rewind").await?;
+        self.append_settings(&self.own_address())?;
+        tracing::warn!(pgdata = %self.pgdata.display(), "the former primary was rewound to the new primary");
+        Ok(())
+    }
+
+    /// Removes a `postmaster.pid` left by a server that crashed (or was
+    /// killed with its host), after `pg_ctl status` says none runs on it.
+    async fn clear_stale_pid(&self) -> Result<(), PgError> {
+        let pid = self.pgdata.join("postmaster.pid");
+        if !pid.exists() {
+            return Ok(());
+        }
+        if self.pg_ctl(&["status"]).await.is_ok() {
+            return Err(PgError::Usage(format!("a server still runs on {}", self.pgdata.display())));
+        }
+        std::fs::remove_file(&pid).map_err(PgError::io("removing the stale", &pid))
+    }
+
+    /// The settings giving the server this member's own address (a backup
+    /// or a rewind brings the primary's).
+    fn own_address(&self) -> String {
+        let mut settings = format!("port = {}\n", self.connect.port());
+        if self.connect.host().starts_with('/') {
+            settings.push_str(&format!("unix_socket_directories = '{}'\n", self.connect.host().replace('\'', "''")));
+        }
+        settings
     }
 
     /// Stops the server: a fast stop (clients cut, a shutdown checkpoint),
@@ -367,19 +444,19 @@ impl Member {
         })
     }
 
-    /// Makes a cleanly stopped cluster a standby that fetches WAL from the
-    /// repository and follows the newest timeline.
-    async fn become_standby(&self, spec: &RepoSpec, timeline: u32) -> Result<(), PgError> {
+    /// Makes a stopped cluster a standby that fetches WAL from the
+    /// repository and follows the newest timeline; `why` goes in the
+    /// settings' comment.
+    async fn become_standby(&self, spec: &RepoSpec, why: &str) -> Result<(), PgError> {
         let control = self.control_data().await.unwrap_or_default();
         let segment_size = control.get("Bytes per WAL segment").and_then(|s| s.parse().ok()).unwrap_or(16u64 << 20);
         self.append_settings(&format!(
-            "# Added by the lifeboat agent: following timeline {timeline} as a standby\n{}wal_retrieve_retry_interval = '1s'\n",
+            "# Added by the lifeboat agent: a standby, {why}\n{}wal_retrieve_retry_interval = '1s'\n",
             recovery_settings(&restore_command(spec)?, segment_size)
         ))?;
         let signal = self.pgdata.join("standby.signal");
         std::fs::write(&signal, "").map_err(PgError::io("writing", &signal))?;
         give_to_owner_of(&self.pgdata, &signal).map_err(PgError::io("changing owner of", &signal))?;
-        tracing::warn!(pgdata = %self.pgdata.display(), timeline, "the former primary follows the new timeline as a standby");
         Ok(())
     }
 
@@ -400,14 +477,8 @@ impl Member {
         } else {
             "building a standby from the repository"
         });
-        if delta && self.pgdata.join("postmaster.pid").exists() {
-            // Left by a server that crashed (or was killed with its host):
-            // `pg_ctl status` says whether one still runs on it.
-            if self.pg_ctl(&["status"]).await.is_ok() {
-                return Err(PgError::Usage(format!("a server still runs on {}", self.pgdata.display())));
-            }
-            let pid = self.pgdata.join("postmaster.pid");
-            std::fs::remove_file(&pid).map_err(PgError::io("removing the stale", &pid))?;
+        if delta {
+            self.clear_stale_pid().await?;
         }
         if let Some(parent) = self.pgdata.parent()
             && !self.pgdata.exists()
@@ -436,14 +507,10 @@ impl Member {
         std::fs::rename(&signal, self.pgdata.join("standby.signal")).map_err(PgError::io("renaming", &signal))?;
         // Its own address, not the primary's the backup carries; and WAL
         // asked for every second, so it follows the repository closely.
-        let mut settings = format!(
-            "# Added by the lifeboat agent: a standby of the failover group\nwal_retrieve_retry_interval = '1s'\nport = {}\n",
-            self.connect.port()
-        );
-        if self.connect.host().starts_with('/') {
-            settings.push_str(&format!("unix_socket_directories = '{}'\n", self.connect.host().replace('\'', "''")));
-        }
-        self.append_settings(&settings)?;
+        self.append_settings(&format!(
+            "# Added by the lifeboat agent: a standby of the failover group\nwal_retrieve_retry_interval = '1s'\n{}",
+            self.own_address()
+        ))?;
         tracing::info!(backup = %outcome.backup.short(), pgdata = %self.pgdata.display(), "standby built from the repository");
         Ok(())
     }

@@ -18,6 +18,7 @@ mod source;
 pub mod startup;
 pub mod stream;
 pub mod wal;
+pub mod wal_records;
 
 pub use error::PgError;
 pub use source::{PostgresConfig, PostgresSource, WalStreamConfig};

@@ -14,6 +14,7 @@ use lifeboat_common::repo::format::wal::{Lsn, Segment, Timeline, WalFile, WalNam
 use lifeboat_common::store::StoreError;
 
 use super::PgError;
+use super::wal_records::valid_end;
 
 /// zstd level for WAL: archiving must keep up with a busy primary, and WAL
 /// (mostly page images and zero-filled tails) compresses well even at 1.
@@ -120,23 +121,19 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, P
     }
 }
 
-/// The size of a WAL page (PostgreSQL's `XLOG_BLCKSZ`).
-const WAL_PAGE: usize = 8192;
-
 /// Whether the server's own copy of segment `name` in `pg_wal` (beside
 /// `dest`), written by a WAL receiver streaming from a primary, holds more
-/// than the repository's `partial` one. Handed the shorter copy, a standby
-/// that already replayed past its end would stop at promotion, unable to
-/// read its last record again.
+/// WAL than the repository's `partial` one. Handed the shorter copy, a
+/// standby that already replayed past its end would stop, unable to read
+/// its last record again.
 fn streamed_further(dest: &Path, name: &str, partial: &[u8]) -> bool {
     let Ok(own) = std::fs::read(dest.with_file_name(name)) else { return false };
-    written(&own) > written(partial)
-}
-
-/// How far a segment holds WAL: up to its first page of zeros (the rest of
-/// a segment being written is zeros).
-fn written(segment: &[u8]) -> usize {
-    segment.chunks(WAL_PAGE).position(|p| p.iter().all(|b| *b == 0)).map_or(segment.len(), |i| i * WAL_PAGE)
+    let Some(start) = segment_start(name, partial.len() as u64) else { return false };
+    let (own_end, partial_end) = (valid_end(&own, start), valid_end(partial, start));
+    if own_end > partial_end {
+        tracing::info!(segment = name, own_end, partial_end, "the server's own copy holds more WAL: it reads that one");
+    }
+    own_end > partial_end
 }
 
 /// A WAL file read back from the repository.
@@ -245,22 +242,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = "000000010000000000000003";
         let dest = dir.path().join("RECOVERYXLOG");
-        let segment = |pages: usize| {
-            let mut s = vec![0u8; 16 * WAL_PAGE];
-            s[..pages * WAL_PAGE].fill(0xd1);
-            s
-        };
-        assert_eq!(written(&segment(3)), 3 * WAL_PAGE);
-        assert_eq!(written(&[0xd1; 100]), 100);
+        let (shorter, _) = segment_of(&[100, 9000, 57]);
+        let (longer, _) = segment_of(&[100, 9000, 57, 300]);
         // No copy of its own: the repository's is handed over.
-        assert!(!streamed_further(&dest, name, &segment(3)));
-        std::fs::write(dir.path().join(name), segment(5)).unwrap();
-        assert!(streamed_further(&dest, name, &segment(3)));
-        assert!(!streamed_further(&dest, name, &segment(5)));
-        assert!(!streamed_further(&dest, name, &segment(8)));
+        assert!(!streamed_further(&dest, name, &shorter));
+        // Its own copy reaches one record further, in the same page.
+        std::fs::write(dir.path().join(name), &longer).unwrap();
+        assert!(streamed_further(&dest, name, &shorter));
+        assert!(!streamed_further(&dest, name, &longer));
+        std::fs::write(dir.path().join(name), &shorter).unwrap();
+        assert!(!streamed_further(&dest, name, &longer));
     }
 
     use super::*;
+    use crate::sources::postgres::wal_records::tests::segment_of;
 
     #[test]
     fn chains_and_gaps() {
