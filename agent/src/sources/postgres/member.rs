@@ -42,6 +42,8 @@ use crate::sources::{Order, RecoveryPoint};
 
 /// The name a standby streaming from the primary gives itself there.
 const STANDBY_NAME: &str = "lifeboat_standby";
+/// How long the new primary is given to answer before a rewind.
+const PRIMARY_ANSWERS_WITHIN: Duration = Duration::from_secs(10);
 /// How often the server is looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Replay unchanged this long after a promotion was ordered: all the
@@ -219,7 +221,10 @@ impl Member {
             if self.stream_from_primary
                 && let Some(order) = &order
             {
-                self.stream_from(&order.primary_address).await?;
+                // Not yet consistent, it takes no connection: the next look tries again.
+                if let Err(e) = self.stream_from(&order.primary_address).await {
+                    tracing::debug!(error = %e, "primary_conninfo not set yet");
+                }
             }
             let paused = if looked.replay_paused { " (replay paused)" } else { "" };
             self.set_detail(format!("standby: replaying what the repository holds{paused}"));
@@ -258,16 +263,34 @@ impl Member {
             );
             return Ok(());
         }
-        if has_cluster && let Some(conninfo) = order.as_ref().and_then(|o| self.primary_conninfo(&o.primary_address)) {
-            match self.rewind(spec, &conninfo).await {
-                Ok(()) => {
-                    self.tenure.hold(epoch, v1::MemberRole::Standby, false);
-                    return self.start("starting the rewound former primary as a standby").await;
+        // A rewind that failed part-way leaves a directory no second
+        // rewind can trust: only a rebuild follows it.
+        let rewinding = self.tenure.file().with_extension("rewinding");
+        if has_cluster
+            && !rewinding.exists()
+            && let Some(order) = &order
+            && let Some(conninfo) = self.primary_conninfo(&order.primary_address)
+        {
+            match self.primary_branched(&order.primary_address).await {
+                Ok(true) => match self.rewind(spec, &conninfo, &rewinding).await {
+                    Ok(()) => {
+                        self.tenure.hold(epoch, v1::MemberRole::Standby, false);
+                        return self.start("starting the rewound former primary as a standby").await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pg_rewind failed: rebuilding from the repository instead"),
+                },
+                Ok(false) => {
+                    // pg_rewind would find nothing to rewind against yet.
+                    self.set_detail("waiting for the new primary to checkpoint on its new timeline, to rewind");
+                    return Ok(());
                 }
-                Err(e) => tracing::warn!(error = %e, "pg_rewind failed: rebuilding from the repository instead"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the new primary cannot be asked: rebuilding from the repository instead");
+                }
             }
         }
         self.build_standby(repo, spec, has_cluster).await?;
+        let _ = std::fs::remove_file(&rewinding);
         self.tenure.hold(epoch, v1::MemberRole::Standby, false);
         self.start("starting the standby built from the repository").await
     }
@@ -319,7 +342,7 @@ impl Member {
         }
         let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut conninfo = format!(
-            "host={} port={} user={} application_name={STANDBY_NAME}",
+            "host={} port={} user={} application_name={STANDBY_NAME} connect_timeout=10",
             value(host),
             value(port),
             value(&self.connect.user_or_default())
@@ -340,9 +363,10 @@ impl Member {
     /// copies only what changed since, after crash recovery if the server
     /// died), and makes it a standby of the new primary. Reads far less
     /// than a rebuild from the repository.
-    async fn rewind(&self, spec: &RepoSpec, conninfo: &str) -> Result<(), PgError> {
+    async fn rewind(&self, spec: &RepoSpec, conninfo: &str, rewinding: &Path) -> Result<(), PgError> {
         self.set_detail("rewinding this former primary to the new primary (pg_rewind)");
         self.clear_stale_pid().await?;
+        std::fs::write(rewinding, "").map_err(PgError::io("writing", rewinding))?;
         let program = self.program("pg_rewind");
         let mut cmd = std::process::Command::new(&program);
         cmd.arg("--target-pgdata")
@@ -360,8 +384,33 @@ impl Member {
         // pg_rewind copied the new primary's configuration files.
         self.become_standby(spec, "rewound to the new primary with pg_rewind").await?;
         self.append_settings(&self.own_address())?;
+        std::fs::remove_file(rewinding).map_err(PgError::io("removing", rewinding))?;
         tracing::warn!(pgdata = %self.pgdata.display(), "the former primary was rewound to the new primary");
         Ok(())
+    }
+
+    /// Whether the primary at `address` runs, out of recovery, on a
+    /// timeline after this cluster's last checkpoint's, with a checkpoint
+    /// on it: before that `pg_rewind` reads no divergence, says no rewind
+    /// is needed, and the server could not follow.
+    async fn primary_branched(&self, address: &str) -> Result<bool, PgError> {
+        let control = self.control_data().await.unwrap_or_default();
+        let timeline: u32 = control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+        let mut args = self.connect.clone();
+        args.host = Some(host.to_owned());
+        args.port = port.parse().ok();
+        args.dbname = Some("postgres".to_owned());
+        let asked = async {
+            let client = args.connect().await?;
+            let query = "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint())";
+            client.query_one(query, &[]).await.map_err(PgError::db("asking the new primary its timeline"))
+        };
+        let row = tokio::time::timeout(PRIMARY_ANSWERS_WITHIN, asked)
+            .await
+            .map_err(|_| PgError::Usage(format!("the new primary at {address} did not answer")))??;
+        let (recovering, current): (bool, i32) = (row.get(0), row.get(1));
+        Ok(!recovering && u32::try_from(current).is_ok_and(|c| c > timeline))
     }
 
     /// Removes a `postmaster.pid` left by a server that crashed (or was

@@ -131,7 +131,12 @@ fn streamed_further(dest: &Path, name: &str, partial: &[u8]) -> bool {
     let Some(start) = segment_start(name, partial.len() as u64) else { return false };
     let (own_end, partial_end) = (valid_end(&own, start), valid_end(partial, start));
     if own_end > partial_end {
-        tracing::info!(segment = name, own_end, partial_end, "the server's own copy holds more WAL: it reads that one");
+        tracing::info!(
+            segment = name,
+            ?own_end,
+            ?partial_end,
+            "the server's own copy holds more WAL: it reads that one"
+        );
     }
     own_end > partial_end
 }

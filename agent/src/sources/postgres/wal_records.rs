@@ -24,25 +24,42 @@ const FIRST_IS_CONTRECORD: u16 = 0x0001;
 const LONG_HEADER_FLAG: u16 = 0x0002;
 /// Records start on 8-byte boundaries (`MAXALIGN`).
 const ALIGN: usize = 8;
+/// The largest a record can be (`XLogRecordMaxSize`, 1 GiB in PostgreSQL 15).
+const MAX_RECORD: u64 = 1 << 30;
 /// WAL's record checksum.
 const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
-/// The byte offset in `segment` (the file of the segment starting at
-/// `start_lsn`) just past its last whole, valid record; the whole length
-/// when its WAL runs on into the next segment.
-pub fn valid_end(segment: &[u8], start_lsn: u64) -> usize {
+/// How far a segment file holds WAL, ordered by how much it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WalEnd {
+    /// The byte offset just past the last whole, valid record.
+    pub whole: usize,
+    /// A record whose header checks starts there and runs through this
+    /// segment's pages into the next segment (its CRC cannot be checked
+    /// without the rest).
+    pub runs_on: bool,
+}
+
+/// How far `segment` (the file of the segment starting at `start_lsn`)
+/// holds WAL.
+pub fn valid_end(segment: &[u8], start_lsn: u64) -> WalEnd {
     let walk = Walk { segment, start_lsn };
-    let Some(first) = walk.page(0) else { return 0 };
+    let Some(first) = walk.page(0) else { return WalEnd { whole: 0, runs_on: false } };
     let mut at = first.header;
+    // The oldest the first record's back-link may point at: into the
+    // segment before, or anywhere up to a whole record's size back when
+    // a record begun earlier continues here (a recycled file's old
+    // records point further back).
+    let mut oldest_prev = start_lsn.saturating_sub(segment.len() as u64);
     if first.info & FIRST_IS_CONTRECORD != 0 {
-        // The tail of a record begun in the segment before.
+        // The tail of a record begun in a segment before.
+        oldest_prev = start_lsn.saturating_sub(MAX_RECORD);
         match walk.gather(at, first.rem_len as usize) {
             Gathered::Whole(_, next) => at = next,
-            Gathered::PastSegment => return segment.len(),
-            Gathered::Broken => return at,
+            Gathered::PastSegment | Gathered::Broken => return WalEnd { whole: at, runs_on: false },
         }
     }
-    let mut end = at;
+    let mut end = WalEnd { whole: at, runs_on: false };
     let mut prev = None;
     loop {
         at = at.next_multiple_of(ALIGN);
@@ -57,20 +74,33 @@ pub fn valid_end(segment: &[u8], start_lsn: u64) -> usize {
         if len < RECORD_HEADER {
             break;
         }
+        let here = walk.start_lsn + at as u64;
+        let linked = |back: u64| match prev {
+            Some(p) => back == p,
+            None => back >= oldest_prev && back < here,
+        };
+        // Checked before following a length that may be stale bytes; a
+        // header split across pages is checked once gathered.
+        let header_on_page = at % WAL_PAGE + RECORD_HEADER <= WAL_PAGE;
+        if header_on_page && !linked(u64_at(segment, at + PREV_AT)) {
+            break;
+        }
         let (record, next) = match walk.gather(at, len) {
             Gathered::Whole(record, next) => (record, next),
-            Gathered::PastSegment => return segment.len(),
+            Gathered::PastSegment => {
+                end.runs_on = header_on_page;
+                break;
+            }
             Gathered::Broken => break,
         };
-        let linked = prev.is_none_or(|p| u64_at(&record, PREV_AT) == p);
         let mut crc = CRC32C.digest();
         crc.update(&record[RECORD_HEADER..]);
         crc.update(&record[..CRC_AT]);
-        if !linked || crc.finalize() != u32_at(&record, CRC_AT) {
+        if !linked(u64_at(&record, PREV_AT)) || crc.finalize() != u32_at(&record, CRC_AT) {
             break;
         }
-        prev = Some(walk.start_lsn + at as u64);
-        end = next;
+        prev = Some(here);
+        end.whole = next;
         at = next;
     }
     end
@@ -180,7 +210,8 @@ pub(crate) mod tests {
             o + if page == 0 { LONG_HEADER } else { SHORT_HEADER }
         };
         let mut at = header(&mut seg, 0, 0);
-        let mut prev = 0u64;
+        // The first record links back into the segment before.
+        let mut prev = start - 64;
         for (n, &len) in lengths.iter().enumerate() {
             at = at.next_multiple_of(ALIGN);
             if at.is_multiple_of(WAL_PAGE) {
@@ -213,9 +244,9 @@ pub(crate) mod tests {
     #[test]
     fn the_end_is_past_the_last_whole_record_across_pages() {
         let (seg, ends) = segment_of(&[100, 9000, 57, 30_000, 24, 8000]);
-        assert_eq!(valid_end(&seg, START), *ends.last().unwrap());
+        assert_eq!(valid_end(&seg, START), WalEnd { whole: *ends.last().unwrap(), runs_on: false });
         // Not this segment's WAL at all.
-        assert_eq!(valid_end(&seg, START + SEGMENT as u64), 0);
+        assert_eq!(valid_end(&seg, START + SEGMENT as u64).whole, 0);
     }
 
     #[test]
@@ -224,29 +255,38 @@ pub(crate) mod tests {
         // The last record's bytes only in part (a stream cut mid-record).
         let mut torn = whole.clone();
         torn[ends[4] - 10..ends[4]].fill(0);
-        assert_eq!(valid_end(&torn, START), ends[3]);
+        assert_eq!(valid_end(&torn, START).whole, ends[3]);
         // A recycled file: after the end, the WAL of the segment it was
         // (whole records with good CRCs, linked back to their own past).
         let (mut recycled, _) = segment_of(&[100, 9000, 57]);
         let (old, _) = segment_at(START - SEGMENT as u64, &[100, 9000, 57, 300, 24, 2000]);
         recycled[ends[2]..].copy_from_slice(&old[ends[2]..]);
-        assert_eq!(valid_end(&recycled, START), ends[2]);
+        assert_eq!(valid_end(&recycled, START).whole, ends[2]);
         // The same records after the end, but one flipped bit: the CRC fails.
         let mut flipped = whole.clone();
         flipped[ends[4] - 3] ^= 1;
-        assert_eq!(valid_end(&flipped, START), ends[3]);
+        assert_eq!(valid_end(&flipped, START).whole, ends[3]);
         // A record running into a page that is not this segment's.
         let (spanning, span_ends) = segment_of(&[100, 9000]);
         let mut stale = spanning.clone();
         stale[WAL_PAGE + 8..WAL_PAGE + 16].copy_from_slice(&0u64.to_ne_bytes());
-        assert_eq!(valid_end(&stale, START), span_ends[0]);
-        assert_eq!(valid_end(&spanning, START), span_ends[1]);
+        assert_eq!(valid_end(&stale, START).whole, span_ends[0]);
+        assert_eq!(valid_end(&spanning, START).whole, span_ends[1]);
     }
 
     #[test]
     fn wal_running_into_the_next_segment_is_the_whole_file() {
         let (seg, ends) = segment_of(&[100, SEGMENT]);
         assert_eq!(ends.len(), 2);
-        assert_eq!(valid_end(&seg, START), SEGMENT);
+        let end = valid_end(&seg, START);
+        assert_eq!(end, WalEnd { whole: ends[0], runs_on: true });
+        // Ahead of a copy holding the same whole records and no more.
+        let (shorter, _) = segment_of(&[100]);
+        assert!(end > valid_end(&shorter, START));
+        // Stale bytes after the end whose length runs on: not a record.
+        let mut stale = shorter.clone();
+        let at = ends[0].next_multiple_of(ALIGN);
+        stale[at..at + 4].copy_from_slice(&(SEGMENT as u32).to_ne_bytes());
+        assert_eq!(valid_end(&stale, START), WalEnd { whole: ends[0], runs_on: false });
     }
 }
