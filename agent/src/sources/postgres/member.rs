@@ -395,7 +395,7 @@ impl Member {
     /// is needed, and the server could not follow.
     async fn primary_branched(&self, address: &str) -> Result<bool, PgError> {
         let control = self.control_data().await.unwrap_or_default();
-        let timeline: u32 = control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let timeline = checkpoint_timeline(&control);
         let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
         let mut args = self.connect.clone();
         args.host = Some(host.to_owned());
@@ -682,7 +682,7 @@ impl Member {
         }
         Looked {
             final_lsn: control.get("Latest checkpoint location").cloned().unwrap_or_default(),
-            final_timeline: control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0),
+            final_timeline: checkpoint_timeline(&control),
             ..Looked::default()
         }
     }
@@ -725,6 +725,11 @@ impl Member {
         }
         Ok(())
     }
+}
+
+/// The timeline of the last checkpoint `pg_controldata` reported (0 when unknown).
+fn checkpoint_timeline(control: &std::collections::HashMap<String, String>) -> u32 {
+    control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
 /// The `wal-fetch` command of this agent binary on the repository `spec` opens.
