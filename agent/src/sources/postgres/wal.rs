@@ -242,6 +242,9 @@ pub fn check_chain(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::sources::postgres::wal_records::tests::segment_of;
+
     #[test]
     fn a_partial_segment_is_not_handed_over_a_longer_streamed_copy() {
         let dir = tempfile::tempdir().unwrap();
@@ -258,9 +261,6 @@ mod tests {
         std::fs::write(dir.path().join(name), &shorter).unwrap();
         assert!(!streamed_further(&dest, name, &longer));
     }
-
-    use super::*;
-    use crate::sources::postgres::wal_records::tests::segment_of;
 
     #[test]
     fn chains_and_gaps() {
