@@ -39,6 +39,8 @@ enum Command {
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// Restore a snapshot.
     Restore(Box<commands::restore::RestoreCommand>),
+    /// Run a restore drill of the policy here, offline (`drill run --policy FILE NAME`).
+    Drill(commands::drill::DrillCommand),
     /// Check the repository's integrity.
     Verify(commands::verify::VerifyArgs),
     /// Forget snapshots past their retention (--policy) and delete the data
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Backups(c) => c.run().await,
             Command::Snapshots(c) => c.run().await,
             Command::Restore(c) => c.run().await,
+            Command::Drill(c) => c.run().await,
             Command::Verify(c) => c.run().await,
             Command::Prune(c) => c.run().await,
             Command::Repair(c) => c.run().await,

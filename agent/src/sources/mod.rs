@@ -12,12 +12,15 @@
 //! Adding a kind is one new directory `sources/<kind>/` (its config
 //! section implementing [`SourceSection`], its source implementing
 //! [`Source`]) plus one line in the `registry!` call at the end of this
-//! file (and the kind's value in `proto`'s `SourceKind`, for the wire).
+//! file (and the kind's value in `proto`'s `SourceKind`, for the wire). A
+//! kind that drills can recover implements [`Source::drill_plan`] and
+//! [`Source::drill_recover`] (see [`rehearsal`]).
 
 pub mod files;
 pub mod owner;
 pub mod postgres;
 pub mod redis;
+pub mod rehearsal;
 pub mod tenure;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +39,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::progress::Progress;
+use rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
 
 /// What every `[[source]]` table has, whatever its kind.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -294,6 +298,29 @@ pub trait Source: Send + Sync {
         let _ = order;
         Err(format!("source {} is of a kind that cannot be a failover member", self.id()))
     }
+
+    /// The ports its production servers listen on (a drill never takes one).
+    fn ports(&self) -> Vec<u16> {
+        Vec::new()
+    }
+
+    /// Plans a drill's recovery of it: the snapshot to restore, and the
+    /// kind's checklist of what recovery reads beyond it.
+    async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
+        let _ = request;
+        Err(SourceError::Request(format!("source {} is of a kind no drill can recover", self.id())))
+    }
+
+    /// Restores `plan` into `scratch.dir` and brings it up for checks.
+    async fn drill_recover(
+        &self,
+        ctx: RestoreContext,
+        plan: &DrillPlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        let _ = (ctx, plan, scratch);
+        Err(SourceError::Request(format!("source {} is of a kind no drill can recover", self.id())))
+    }
 }
 
 /// The newest of `snapshots` that `hostname` made of the source tagged `tag`.
@@ -324,7 +351,7 @@ pub async fn pick_snapshot(
 
 /// Lists the kinds: the config enum and the dispatch to each kind's section.
 macro_rules! registry {
-    ($($(#[$doc:meta])* $variant:ident => $section:ty,)*) => {
+    ($($(#[$doc:meta])* $variant:ident => $section:ty, $source:ty,)*) => {
         /// One `[[source]]` table: `kind` says which kind's fields it has.
         #[derive(Debug, Clone, Deserialize)]
         #[serde(tag = "kind", rename_all = "lowercase")]
@@ -347,16 +374,27 @@ macro_rules! registry {
                 }
             }
         }
+
+        /// A source of the kind a snapshot's manifest names (`files`,
+        /// `postgres`, `redis`), with default settings: a drill restores
+        /// backups other hosts made, of sources this agent has no
+        /// configuration for.
+        pub fn of_kind(kind: &str) -> Option<Arc<dyn Source>> {
+            $(if kind.eq_ignore_ascii_case(stringify!($variant)) {
+                return Some(Arc::new(<$source>::default()));
+            })*
+            None
+        }
     };
 }
 
 registry! {
     /// File trees.
-    Files => files::FilesConfig,
+    Files => files::FilesConfig, files::FilesSource,
     /// A PostgreSQL cluster.
-    Postgres => postgres::PostgresConfig,
+    Postgres => postgres::PostgresConfig, postgres::PostgresSource,
     /// A Redis server, or a set under Sentinel.
-    Redis => redis::RedisConfig,
+    Redis => redis::RedisConfig, redis::RedisSource,
 }
 
 #[cfg(test)]

@@ -23,6 +23,19 @@ pub fn run_as_owner_of(cmd: &mut Command, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The name of `dir`'s owner, as `/etc/passwd` gives it (PostgreSQL's
+/// bootstrap superuser is named after the user who ran `initdb`, which
+/// owns the data directory).
+pub fn owner_name(dir: &Path) -> Option<String> {
+    let uid = std::fs::metadata(dir).ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
 /// The last `lines` lines of a server's log, for an error message.
 pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()));

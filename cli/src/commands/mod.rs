@@ -6,6 +6,7 @@ pub mod backup;
 pub mod backups;
 pub mod certs;
 pub mod control;
+pub mod drill;
 pub mod failover;
 pub mod key;
 pub mod prune;

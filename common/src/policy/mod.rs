@@ -2,6 +2,7 @@
 //! so the requirements document's own examples parse as they stand.
 
 pub mod alerting;
+pub mod drills;
 pub mod failover;
 pub mod monitoring;
 pub mod prices;

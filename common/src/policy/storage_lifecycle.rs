@@ -60,6 +60,14 @@ pub enum PolicyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A recovery objective or a drill is wrong.
+    #[error("{entry}: {reason}")]
+    Drill {
+        /// `recovery_objectives.NAME` or `drills.NAME`.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tier is wrong.
     #[error("storage_lifecycle.{tier}: {reason}")]
     Tier {

@@ -2,6 +2,7 @@
 
 mod backup;
 mod dirfd;
+pub mod drill;
 mod error;
 mod filter;
 mod meta;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::{BackupOptions, ChangeWatcher, RestoreOptions, backup_files, restore_files};
+use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{
     BackupContext, BackupDone, Common, Ongoing, RestoreContext, RestoreDone, RestoreRequest, Source, SourceError,
     SourceSection, pick_snapshot,
@@ -165,6 +166,19 @@ impl Source for FilesSource {
             started.elapsed().as_secs_f64()
         );
         Ok(RestoreDone { snapshot: id, headline, warnings: report.warnings, failed: report.failed })
+    }
+
+    async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
+        super::drill::plan(request).await.map_err(SourceError::kind)
+    }
+
+    async fn drill_recover(
+        &self,
+        ctx: RestoreContext,
+        plan: &DrillPlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        super::drill::recover(ctx, plan, scratch).await
     }
 
     fn start(&self, ongoing: Ongoing) -> Vec<JoinHandle<()>> {

@@ -1,13 +1,14 @@
 //! PostgreSQL: base backups through the non-exclusive backup API, WAL
 //! archiving (`wal-push` / `wal-fetch`), WAL streaming through a
-//! replication slot (`wal-stream`), and restore to a recoverable data
-//! directory.
+//! replication slot (`wal-stream`), restore to a recoverable data
+//! directory, and a drill's recovery into a scratch server.
 
 pub mod archive;
 pub mod basebackup;
 pub mod catalog;
 pub mod checksum;
 pub mod connect;
+pub mod drill;
 mod error;
 pub mod member;
 pub mod prefetch;

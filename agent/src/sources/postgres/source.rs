@@ -19,6 +19,7 @@ use super::connect::{ConnectArgs, SslMode};
 use super::member::Member;
 use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
 use super::stream::{StreamOptions, StreamStatus, stream_wal};
+use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{
     BackupContext, BackupDone, Common, Ongoing, Order, RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest,
     Source, SourceError, SourceHealth, SourceSection,
@@ -317,6 +318,23 @@ impl Source for PostgresSource {
         let streaming = Streaming { id, repo: ongoing.repo, connect: self.connect.clone(), options, status: tx };
         tasks.push(tokio::spawn(keep_streaming(streaming, may_stream, ongoing.shutdown)));
         tasks
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        vec![self.connect.port()]
+    }
+
+    async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
+        super::drill::plan(request).await.map_err(SourceError::kind)
+    }
+
+    async fn drill_recover(
+        &self,
+        ctx: RestoreContext,
+        plan: &DrillPlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        super::drill::recover(ctx, plan, scratch).await
     }
 
     fn health(&self) -> SourceHealth {

@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod cold;
+pub mod drill;
 pub mod endpoint;
 mod error;
 pub mod member;

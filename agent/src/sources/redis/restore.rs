@@ -187,9 +187,33 @@ pub struct Started {
     pub log: PathBuf,
 }
 
+/// A server started on a restored RDB, its dataset loaded.
+pub struct Running {
+    /// Its process id.
+    pub pid: u32,
+    /// Where it listens.
+    pub addr: HostPort,
+    /// A connection to it.
+    pub server: Server,
+    /// How long loading took.
+    pub load_seconds: f64,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
 /// Starts `redis-server` on `dir` (as the directory's owner), waits until
 /// the dataset is loaded, and checks its key counts against `capture`.
 pub async fn start_and_check(dir: &Path, capture: &RedisCapture, opts: &StartOptions) -> Result<Started, RedisError> {
+    let Running { pid, addr, mut server, load_seconds, log } = start(dir, opts).await?;
+    let now = server.keyspace().await?;
+    let remarks = compare_keyspace(&capture.keyspace, &now)
+        .map_err(|e| RedisError::Mismatch(format!("{e} (the server, pid {pid}, is left running at {addr})")))?;
+    Ok(Started { pid, addr, keys: now.iter().map(|d| d.keys).sum(), load_seconds, remarks, log })
+}
+
+/// Starts `redis-server` on `dir` (as the directory's owner) and waits
+/// until the dataset is loaded.
+pub async fn start(dir: &Path, opts: &StartOptions) -> Result<Running, RedisError> {
     let dir = std::fs::canonicalize(dir).map_err(RedisError::io("resolving", dir))?;
     let addr = HostPort { host: opts.bind.clone(), port: opts.port };
     // Whatever answers there is not the server about to be started.
@@ -231,7 +255,7 @@ pub async fn start_and_check(dir: &Path, capture: &RedisCapture, opts: &StartOpt
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut server = loop {
+    let server = loop {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return Err(failed(format!("it (pid {pid}) exited")));
         }
@@ -250,11 +274,7 @@ pub async fn start_and_check(dir: &Path, capture: &RedisCapture, opts: &StartOpt
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let load_seconds = started.elapsed().as_secs_f64();
-    let now = server.keyspace().await?;
-    let remarks = compare_keyspace(&capture.keyspace, &now)
-        .map_err(|e| RedisError::Mismatch(format!("{e} (the server, pid {pid}, is left running at {addr})")))?;
-    Ok(Started { pid, addr, keys: now.iter().map(|d| d.keys).sum(), load_seconds, remarks, log })
+    Ok(Running { pid, addr, server, load_seconds: started.elapsed().as_secs_f64(), log })
 }
 
 /// The address to probe for `addr`.

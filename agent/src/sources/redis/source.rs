@@ -9,9 +9,10 @@ use lifeboat_proto::v1;
 use serde::Deserialize;
 
 use super::capture::{CaptureOptions, capture_redis};
-use super::endpoint::{Connection, Url};
+use super::endpoint::{Connection, Target, Url};
 use super::member::{Member, MemberConfig};
 use super::restore::restore_redis;
+use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{
     BackupContext, BackupDone, Common, Ongoing, Order, RestoreContext, RestoreDone, RestoreRequest, Source,
     SourceError, SourceHealth, SourceSection, pick_snapshot,
@@ -153,6 +154,27 @@ impl Source for RedisSource {
             request.target.display(),
         );
         Ok(RestoreDone { snapshot: id, headline, warnings: done.warnings, failed: Vec::new() })
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        match Url::parse(&self.config.connection.url).map(|u| u.target) {
+            Ok(Target::Server(server)) => vec![server.port],
+            Ok(Target::Sentinels { sentinels, .. }) => sentinels.iter().map(|s| s.port).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
+        super::drill::plan(request).await.map_err(SourceError::kind)
+    }
+
+    async fn drill_recover(
+        &self,
+        ctx: RestoreContext,
+        plan: &DrillPlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        super::drill::recover(ctx, plan, scratch).await
     }
 
     fn start(&self, ongoing: Ongoing) -> Vec<tokio::task::JoinHandle<()>> {

@@ -23,6 +23,8 @@ pub const WAL_PREFIX: &str = "wal/";
 pub const WRITERS_PREFIX: &str = "writers/";
 /// `prune/<id>`: the packs a prune marked, deleted after the grace period.
 pub const PRUNE_PREFIX: &str = "prune/";
+/// `drills/<id>`: restore drills' reports, kept for as long as the repository.
+pub const DRILLS_PREFIX: &str = "drills/";
 
 /// The kind a sealed index object is bound to (with its key), so that one
 /// kind of object cannot be passed off as another.
@@ -35,14 +37,17 @@ pub const PRUNE_PLAN_KIND: &str = "prune plan";
 pub const WRITER_KIND: &str = "writer";
 /// The kind of a sealed WAL file.
 pub const WAL_KIND: &str = "wal";
+/// The kind of a sealed drill report.
+pub const DRILL_KIND: &str = "drill report";
 
 /// Every prefix of sealed objects, with the kind they are bound to.
-pub const SEALED: [(&str, &str); 5] = [
+pub const SEALED: [(&str, &str); 6] = [
     (INDEX_PREFIX, INDEX_KIND),
     (SNAPSHOTS_PREFIX, SNAPSHOT_KIND),
     (PRUNE_PREFIX, PRUNE_PLAN_KIND),
     (WRITERS_PREFIX, WRITER_KIND),
     (WAL_PREFIX, WAL_KIND),
+    (DRILLS_PREFIX, DRILL_KIND),
 ];
 
 /// Prefixes under which packs live.
@@ -71,6 +76,11 @@ pub fn index_key(id: &IndexId) -> String {
 /// Store key of a snapshot manifest.
 pub fn snapshot_key(id: &SnapshotId) -> String {
     format!("{SNAPSHOTS_PREFIX}{id}")
+}
+
+/// Store key of a drill report.
+pub fn drill_key(id: &str) -> String {
+    format!("{DRILLS_PREFIX}{id}")
 }
 
 /// Store key of the keyring wrapped by master key `master_id`.

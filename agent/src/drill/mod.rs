@@ -1,0 +1,574 @@
+//! Restore drills: one run of a drill of the policy, on this host, from
+//! the simulated disaster to the report.
+//!
+//! 1. *fetch*: each source's snapshot chosen (the kind's plan);
+//! 2. *checklist*, for every source before anything is restored: what the
+//!    restore reads present and authentic (trees, packs present at their
+//!    size, a sample read whole; WAL unbroken), the newest recovery point
+//!    within the RPO, room in the scratch directory;
+//! 3. *restore* and *replay*: each source brought back into a directory of
+//!    its own, served on a free port (priority 1 first; one priority's
+//!    sources at once);
+//! 4. *checks*: each kind's (connection, `pg_amcheck`, SQL probes, key
+//!    counts, content ids), then the smoke commands with every recovered
+//!    server's address in their environment;
+//! 5. *clean-up*, always: servers stopped, the directory removed unless
+//!    kept. A marker written before anything is made lets a later start
+//!    remove what a crash left.
+//!
+//! RTO runs from the start to the last check passing; RPO is the age of
+//! the newest point recovered, at the start (or at the target time, for a
+//! point-in-time drill: the disaster it simulates happened then).
+
+pub mod scratch;
+mod smoke;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lifeboat_common::policy::drills::{Drill, DrillKind, DrillPolicy, FULL_SYSTEM, Objective};
+use lifeboat_common::policy::failover::Member;
+use lifeboat_common::repo::Repository;
+use lifeboat_common::repo::engine::open::RepoSpec;
+use lifeboat_common::repo::format::drill::{Check, DrillReport, Phase, SourceRun, Verdict};
+use lifeboat_common::repo::ops::drill_reports::save_drill_report;
+use lifeboat_common::repo::ops::retention::source_tag;
+use lifeboat_common::repo::ops::verify::check_snapshot;
+
+use crate::progress::Progress;
+use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
+use crate::sources::{RecoveryPoint, RestoreContext, Source, of_kind};
+use scratch::{Marker, Protected};
+
+/// What a drill runs with.
+#[derive(Clone)]
+pub struct DrillContext {
+    /// The repository.
+    pub repo: Repository,
+    /// How it was opened (a restored server fetches WAL with it).
+    pub spec: RepoSpec,
+    /// This host's name.
+    pub host: String,
+    /// This host's own sources: production, never touched.
+    pub local: Vec<Arc<dyn Source>>,
+    /// The objectives.
+    pub policy: DrillPolicy,
+    /// Each source's priority (the highest of its schedules'), where known.
+    pub priorities: BTreeMap<Member, u8>,
+    /// The `lifeboat-agent` binary a restored server fetches WAL with.
+    pub agent_bin: Option<PathBuf>,
+    /// The agent job it runs as, if it does.
+    pub job: Option<String>,
+    /// Counters to advance.
+    pub progress: Arc<Progress>,
+}
+
+/// Why a drill could not run or keep its report.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// Its report could not be stored.
+    #[error("storing the report of drill {id}: {cause}")]
+    Store {
+        /// The run.
+        id: String,
+        /// Why.
+        cause: lifeboat_common::repo::RepoError,
+    },
+}
+
+/// One source as the drill goes: planned, then recovered.
+struct Step {
+    member: Member,
+    source: Arc<dyn Source>,
+    priority: u8,
+    plan: Option<DrillPlan>,
+    recovered: Option<Box<dyn Recovered>>,
+    run: SourceRun,
+}
+
+/// The drill's running record, filled as it goes.
+struct Record {
+    started: DateTime<Utc>,
+    clock: Instant,
+    /// When the disaster the drill simulates happened.
+    reference: DateTime<Utc>,
+    seed: u64,
+    phases: Vec<Phase>,
+    checks: Vec<Check>,
+    error: Option<String>,
+}
+
+impl Record {
+    fn phase(&mut self, name: &str, source: Option<&Member>, took: Duration) {
+        self.phases.push(Phase {
+            name: name.to_owned(),
+            source: source.map(Member::to_string),
+            seconds: took.as_secs_f64(),
+        });
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some() || self.checks.iter().any(|c| !c.ok())
+    }
+}
+
+/// The id of a run of `name` started at `started`: sorts by start, and
+/// `tie` (random) tells apart two runs started in the same second.
+pub fn run_id(name: &str, started: DateTime<Utc>, tie: u64) -> String {
+    format!("{}-{name}-{:04x}", started.format("%Y%m%dT%H%M%SZ"), tie & 0xffff)
+}
+
+/// Runs `drill` and stores its report in the repository (`drills/<id>`).
+/// A drill that fails is a report that says so, not an error: the error is
+/// only for a report that could not be stored.
+#[tracing::instrument(skip_all, fields(drill = %drill.name))]
+pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport, DrillError> {
+    let started = Utc::now();
+    let mut seed_bytes = [0u8; 8];
+    if let Err(e) = lifeboat_common::crypto::random_fill(&mut seed_bytes) {
+        tracing::warn!(error = %e, "no random seed: choices fall back on the clock");
+        seed_bytes = started.timestamp_nanos_opt().unwrap_or_default().to_le_bytes();
+    }
+    let mut record = Record {
+        started,
+        clock: Instant::now(),
+        reference: drill.target.time(started).unwrap_or(started),
+        seed: u64::from_le_bytes(seed_bytes),
+        phases: Vec::new(),
+        checks: Vec::new(),
+        error: None,
+    };
+    let id = run_id(&drill.name, started, record.seed);
+    let dir = drill.scratch.join(&id);
+    let marker =
+        Marker { id: id.clone(), dir: dir.clone(), pid: std::process::id(), keep: drill.keep, job: ctx.job.clone() };
+    tracing::info!(id, scratch = %dir.display(), "drill starts");
+
+    let mut steps = Vec::new();
+    let within =
+        tokio::time::timeout(drill.timeout, rehearse(ctx, drill, &dir, &marker, &mut record, &mut steps)).await;
+    if within.is_err() {
+        record.error =
+            Some(format!("the drill did not end within its timeout, {}", humantime::format_duration(drill.timeout)));
+    }
+    let last_check = record.clock.elapsed();
+
+    // Clean-up, whatever happened.
+    let cleaning = Instant::now();
+    for step in &steps {
+        if let Some(r) = &step.recovered
+            && let Err(e) = r.stop().await
+        {
+            tracing::warn!(source = %step.member, error = e, "stopping the drill's server");
+        }
+    }
+    if marker_written(&marker)
+        && let Err(e) = tokio::task::spawn_blocking({
+            let marker = marker.clone();
+            move || scratch::clean(&marker)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    {
+        record.checks.push(Check::failed("clean-up", e));
+    }
+    record.phase("cleanup", None, cleaning.elapsed());
+
+    let report = finish(ctx, drill, id, dir, record, steps, last_check);
+    tracing::info!("{}", report.headline());
+    save_drill_report(&ctx.repo, &report).await.map_err(|cause| DrillError::Store { id: report.id.clone(), cause })?;
+    Ok(report)
+}
+
+/// Whether the marker was written (the drill got as far as its directory).
+fn marker_written(marker: &Marker) -> bool {
+    scratch::markers_dir().join(format!("{}.json", marker.id)).exists()
+}
+
+/// Everything up to the last check; returns early (with `record.error` or
+/// a failed check) where the drill cannot go on.
+async fn rehearse(
+    ctx: &DrillContext,
+    drill: &Drill,
+    dir: &std::path::Path,
+    marker: &Marker,
+    record: &mut Record,
+    steps: &mut Vec<Step>,
+) {
+    // Fetch: which snapshot of each source, and of what kind.
+    let fetching = Instant::now();
+    let snapshots = match ctx.repo.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            record.error = Some(format!("listing the repository's snapshots: {e}"));
+            return;
+        }
+    };
+    for member in &drill.sources {
+        let tag = source_tag(&member.source);
+        let kind = snapshots
+            .iter()
+            .rev()
+            .find(|(_, s)| s.hostname == member.host && s.tags.contains(&tag))
+            .map(|(_, s)| s.source.clone());
+        let local =
+            (member.host == ctx.host).then(|| ctx.local.iter().find(|s| s.id() == member.source).cloned()).flatten();
+        let source = match (local, kind.as_deref().and_then(of_kind)) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => {
+                record.checks.push(
+                    Check::failed("snapshot found", format!("{member} has no snapshot in the repository"))
+                        .about(&member.to_string()),
+                );
+                continue;
+            }
+        };
+        let priority = ctx.priorities.get(member).copied().unwrap_or(3);
+        let run = SourceRun {
+            source: member.to_string(),
+            kind: kind.unwrap_or_default(),
+            snapshot: None,
+            snapshot_time: None,
+            recovered_point: None,
+            summary: String::new(),
+            rto_seconds: None,
+            rpo_seconds: None,
+            verdict: None,
+            passed: false,
+        };
+        steps.push(Step { member: member.clone(), source, priority, plan: None, recovered: None, run });
+    }
+    if drill.kind == DrillKind::FullSystem {
+        steps.sort_by_key(|s| s.priority);
+    }
+    let point = match drill.target.time(record.started) {
+        Some(t) => RecoveryPoint::Time(t),
+        None => RecoveryPoint::Latest,
+    };
+    for step in steps.iter_mut() {
+        let request = PlanRequest {
+            repo: &ctx.repo,
+            host: &step.member.host,
+            source: &step.member.source,
+            point: point.clone(),
+            sample: drill.checks.sample_packs,
+            seed: record.seed,
+        };
+        match step.source.drill_plan(request).await {
+            Ok(plan) => {
+                step.run.snapshot = Some(plan.snapshot.to_string());
+                step.run.snapshot_time = Some(plan.manifest.time);
+                step.plan = Some(plan);
+            }
+            Err(e) => {
+                record.checks.push(Check::failed("snapshot found", e.to_string()).about(&step.member.to_string()))
+            }
+        }
+    }
+    record.phase("fetch", None, fetching.elapsed());
+
+    // The pre-recovery checklist, for every source before any restore.
+    let checking = Instant::now();
+    let mut protected = production(ctx);
+    // Where the backups were taken, on whichever host: refusing a path
+    // that is production only elsewhere costs nothing.
+    for step in steps.iter() {
+        let Some(plan) = &step.plan else { continue };
+        let what = format!("source {}'s path as its snapshot records it", step.member);
+        protected.extend(recorded_paths(&plan.manifest).into_iter().map(|path| Protected { what: what.clone(), path }));
+    }
+    if let Some(refused) = scratch::overlap(&drill.scratch, &protected) {
+        record.checks.push(Check::failed("scratch apart from production", refused));
+        record.phase("checklist", None, checking.elapsed());
+        return;
+    }
+    record.checks.push(Check::passed(
+        "scratch apart from production",
+        format!("{} overlaps none of {} production paths", drill.scratch.display(), protected.len()),
+    ));
+    let mut needed = 0u64;
+    for step in steps.iter() {
+        let Some(plan) = &step.plan else { continue };
+        let about = step.member.to_string();
+        needed += plan.restore_bytes;
+        match check_snapshot(&ctx.repo, &plan.manifest, drill.checks.sample_packs, record.seed).await {
+            Ok(found) if found.problems.is_empty() => record.checks.push(
+                Check::passed(
+                    "objects present and authentic",
+                    format!(
+                        "snapshot {}: {} trees read, {} packs present, {} read whole ({} bytes)",
+                        plan.snapshot.short(),
+                        found.trees,
+                        found.packs,
+                        found.packs_read,
+                        found.bytes_read
+                    ),
+                )
+                .about(&about),
+            ),
+            Ok(found) => record.checks.push(
+                Check::failed(
+                    "objects present and authentic",
+                    format!(
+                        "snapshot {}: {}{}",
+                        plan.snapshot.short(),
+                        found.problems.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+                        if found.problems.len() > 5 {
+                            format!(" (and {} more)", found.problems.len() - 5)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+                .about(&about),
+            ),
+            Err(e) => record.checks.push(Check::failed("objects present and authentic", e.to_string()).about(&about)),
+        }
+        record.checks.extend(plan.checks.iter().cloned().map(|c| c.about(&about)));
+        let age = (record.reference - plan.newest_point).to_std().unwrap_or_default();
+        let objective = objective_of(ctx, drill, step);
+        record.checks.push(
+            match objective {
+                Some(o) => Check::of(
+                    "newest recovery point within RPO",
+                    age <= o.rpo,
+                    format!(
+                        "the newest point the repository holds is {} old (objective {}: RPO {})",
+                        human(age),
+                        o.name,
+                        human(o.rpo)
+                    ),
+                ),
+                None => Check::passed(
+                    "newest recovery point within RPO",
+                    format!("the newest point the repository holds is {} old; no objective binds it", human(age)),
+                ),
+            }
+            .about(&about),
+        );
+    }
+    let room = std::fs::create_dir_all(&drill.scratch)
+        .map_err(|e| e.to_string())
+        .and_then(|()| rustix::fs::statvfs(&drill.scratch).map_err(|e| e.to_string()))
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+    record.checks.push(match room {
+        Ok(free) => Check::of(
+            "scratch has room",
+            free >= needed + needed / 10,
+            format!("{} free in {}, the restore writes {}", bytes(free), drill.scratch.display(), bytes(needed)),
+        ),
+        Err(e) => Check::failed("scratch has room", format!("{}: {e}", drill.scratch.display())),
+    });
+    record.phase("checklist", None, checking.elapsed());
+    if record.failed() {
+        return;
+    }
+
+    // Recovery, priority by priority.
+    if let Err(e) = marker.write() {
+        record.error = Some(format!("writing the drill's marker in {}: {e}", scratch::markers_dir().display()));
+        return;
+    }
+    if let Err(e) = make_dir(dir) {
+        record.error = Some(format!("making the scratch directory {}: {e}", dir.display()));
+        return;
+    }
+    let production_ports: Vec<u16> = ctx.local.iter().flat_map(|s| s.ports()).collect();
+    let mut i = 0;
+    while i < steps.len() {
+        let level = steps[i].priority;
+        let end = steps[i..].iter().position(|s| s.priority != level).map_or(steps.len(), |n| i + n);
+        let mut recoveries = Vec::new();
+        for step in &steps[i..end] {
+            let Some(plan) = step.plan.clone() else { continue };
+            let port = match scratch::free_port(&production_ports) {
+                Ok(p) => p,
+                Err(e) => {
+                    record.error = Some(e.to_string());
+                    return;
+                }
+            };
+            let source_dir = dir.join(&step.member.source);
+            let scratch = Scratch {
+                dir: source_dir.clone(),
+                port,
+                point: point.clone(),
+                checks: drill.checks.clone(),
+                seed: record.seed,
+                agent_bin: ctx.agent_bin.clone(),
+                timeout: drill.timeout,
+            };
+            let restore = RestoreContext {
+                repo: ctx.repo.clone(),
+                spec: ctx.spec.clone(),
+                hostname: step.member.host.clone(),
+                progress: ctx.progress.clone(),
+            };
+            let source = step.source.clone();
+            recoveries.push(async move {
+                make_dir(&source_dir).map_err(|e| format!("making {}: {e}", source_dir.display()))?;
+                source.drill_recover(restore, &plan, scratch).await.map_err(|e| e.to_string())
+            });
+        }
+        let done = futures::future::join_all(recoveries).await;
+        for (step, result) in steps[i..end].iter_mut().filter(|s| s.plan.is_some()).zip(done) {
+            let about = step.member.to_string();
+            match result {
+                Ok(recovered) => {
+                    for (name, took) in recovered.phases() {
+                        record.phase(name, Some(&step.member), took);
+                    }
+                    step.run.summary = recovered.summary();
+                    step.run.recovered_point = recovered.recovered_point();
+                    step.recovered = Some(recovered);
+                }
+                Err(e) => record.checks.push(Check::failed("recovery", e).about(&about)),
+            }
+        }
+        i = end;
+    }
+    if record.failed() {
+        return;
+    }
+
+    // Checks: each kind's, then the smoke commands.
+    let checking = Instant::now();
+    let mut env = vec![("LIFEBOAT_DRILL_SCRATCH".to_owned(), dir.display().to_string())];
+    for step in steps.iter_mut() {
+        let Some(recovered) = &step.recovered else { continue };
+        let about = step.member.to_string();
+        let checks = recovered.check().await;
+        step.run.passed = checks.iter().all(Check::ok);
+        if step.run.passed {
+            step.run.rto_seconds = Some(record.clock.elapsed().as_secs_f64());
+        }
+        record.checks.extend(checks.into_iter().map(|c| c.about(&about)));
+        env.extend(recovered.env());
+    }
+    for smoke in &drill.checks.smoke {
+        record.checks.push(smoke::run(smoke, dir, &env).await);
+    }
+    record.phase("checks", None, checking.elapsed());
+}
+
+/// The paths of this host that are production: its sources' paths, the
+/// repository's local directories and the key file.
+fn production(ctx: &DrillContext) -> Vec<Protected> {
+    let mut out = Vec::new();
+    for source in &ctx.local {
+        for path in source.describe().paths {
+            if path.starts_with('/') {
+                out.push(Protected { what: format!("source {}'s path", source.id()), path: path.into() });
+            }
+        }
+    }
+    for path in ctx.spec.local_paths() {
+        out.push(Protected { what: "the repository's own files".into(), path });
+    }
+    out
+}
+
+/// The paths a snapshot was taken of (its roots, a base backup's data
+/// directory and tablespaces).
+fn recorded_paths(snapshot: &lifeboat_common::repo::format::snapshot::Snapshot) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = snapshot.paths.iter().map(PathBuf::from).collect();
+    if let Some(pg) = &snapshot.postgres {
+        out.push(PathBuf::from(&pg.pgdata));
+        out.extend(pg.tablespaces.iter().map(|t| PathBuf::from(&t.location)));
+    }
+    out.retain(|p| p.is_absolute());
+    out
+}
+
+/// The objective a source is measured against in this drill.
+fn objective_of<'a>(ctx: &'a DrillContext, drill: &Drill, step: &Step) -> Option<&'a Objective> {
+    match (&drill.objective, drill.kind) {
+        (Some(name), DrillKind::Recovery) => ctx.policy.objective(name),
+        _ => ctx.policy.objective_for(&step.member, ctx.priorities.get(&step.member).copied()),
+    }
+}
+
+fn make_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    // Servers run as their data's owner: they must be able to reach it.
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+fn bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+fn verdict(o: &Objective, rto: Option<f64>, rpo: Option<f64>) -> Verdict {
+    Verdict {
+        objective: o.name.clone(),
+        rto_target_seconds: o.rto.as_secs_f64(),
+        rpo_target_seconds: o.rpo.as_secs_f64(),
+        rto_met: rto.is_some_and(|r| r <= o.rto.as_secs_f64()),
+        rpo_met: rpo.is_some_and(|r| r <= o.rpo.as_secs_f64()),
+    }
+}
+
+/// The report, from what the drill recorded.
+fn finish(
+    ctx: &DrillContext,
+    drill: &Drill,
+    id: String,
+    dir: PathBuf,
+    record: Record,
+    steps: Vec<Step>,
+    last_check: Duration,
+) -> DrillReport {
+    let passed = !record.failed() && !steps.is_empty() && steps.iter().all(|s| s.run.passed);
+    let mut sources = Vec::new();
+    for step in &steps {
+        let mut run = step.run.clone();
+        run.rpo_seconds =
+            run.recovered_point.map(|p| (record.reference - p).to_std().unwrap_or_default().as_secs_f64());
+        if !passed {
+            run.rto_seconds = None;
+        }
+        run.verdict = objective_of(ctx, drill, step).map(|o| verdict(o, run.rto_seconds, run.rpo_seconds));
+        sources.push(run);
+    }
+    let rto_seconds = passed.then(|| last_check.as_secs_f64());
+    let rpo_seconds = sources.iter().filter_map(|s| s.rpo_seconds).reduce(f64::max);
+    let whole = match drill.kind {
+        DrillKind::FullSystem => ctx
+            .policy
+            .objective(drill.objective.as_deref().unwrap_or(FULL_SYSTEM))
+            .map(|o| verdict(o, rto_seconds, rpo_seconds)),
+        DrillKind::Recovery => None,
+    };
+    let met = |v: &Verdict| v.rto_met && v.rpo_met;
+    let objectives_met =
+        passed && sources.iter().filter_map(|s| s.verdict.as_ref()).all(met) && whole.as_ref().is_none_or(met);
+    DrillReport {
+        id,
+        drill: drill.name.clone(),
+        kind: drill.kind.as_str().to_owned(),
+        agent: ctx.host.clone(),
+        target: drill.target.to_string(),
+        started: record.started,
+        finished: Utc::now(),
+        passed,
+        objectives_met,
+        rto_seconds,
+        rpo_seconds,
+        verdict: whole,
+        phases: record.phases,
+        checks: record.checks,
+        sources,
+        scratch: dir.display().to_string(),
+        kept: drill.keep && dir.exists(),
+        error: record.error,
+        seed: record.seed,
+    }
+}

@@ -1,0 +1,87 @@
+//! What a restore drill asks of a source kind: a plan (the snapshot it
+//! would restore, and the checklist of what recovery reads beyond it), then
+//! the recovery itself into a scratch directory, served on a free port,
+//! checked, and stopped. The drill's own sequence (checklist, timing,
+//! report, clean-up) is `crate::drill`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lifeboat_common::policy::drills::DrillChecks;
+use lifeboat_common::repo::format::drill::Check;
+use lifeboat_common::repo::format::snapshot::Snapshot;
+use lifeboat_common::repo::{Repository, SnapshotId};
+
+use super::RecoveryPoint;
+
+/// What a drill of one source would restore, found before anything is.
+#[derive(Debug, Clone)]
+pub struct DrillPlan {
+    /// The snapshot (base backup) to restore.
+    pub snapshot: SnapshotId,
+    /// Its manifest.
+    pub manifest: Snapshot,
+    /// The newest point the repository holds for it (a snapshot's time;
+    /// for PostgreSQL, when the newest WAL it can replay was stored).
+    pub newest_point: DateTime<Utc>,
+    /// What the kind checked of the objects recovery reads beyond the
+    /// snapshot (WAL present, unbroken and authentic).
+    pub checks: Vec<Check>,
+    /// Bytes the restore writes.
+    pub restore_bytes: u64,
+}
+
+/// What a drill asks a kind's planning for.
+#[derive(Debug, Clone)]
+pub struct PlanRequest<'a> {
+    /// The repository.
+    pub repo: &'a Repository,
+    /// The host whose backups are restored.
+    pub host: &'a str,
+    /// The source's id on it.
+    pub source: &'a str,
+    /// Where recovery stops.
+    pub point: RecoveryPoint,
+    /// Objects read whole beyond the snapshot's packs (WAL segments).
+    pub sample: u32,
+    /// The seed of random choices.
+    pub seed: u64,
+}
+
+/// Where and how a drill brings one source back.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    /// An empty directory of its own.
+    pub dir: PathBuf,
+    /// A free port, no production server's, for what serves the copy.
+    pub port: u16,
+    /// Where recovery stops.
+    pub point: RecoveryPoint,
+    /// What is checked.
+    pub checks: DrillChecks,
+    /// The seed of random choices (the files sampled).
+    pub seed: u64,
+    /// The `lifeboat-agent` binary a restored server fetches WAL with.
+    pub agent_bin: Option<PathBuf>,
+    /// How long bringing it up may take.
+    pub timeout: Duration,
+}
+
+/// A source brought back by a drill, running until stopped.
+#[async_trait::async_trait]
+pub trait Recovered: Send + Sync {
+    /// What was restored and reached, in one line.
+    fn summary(&self) -> String;
+    /// Timed parts of bringing it up beyond restoring files (`replay`).
+    fn phases(&self) -> Vec<(&'static str, Duration)>;
+    /// The newest point recovered (the last replayed commit).
+    fn recovered_point(&self) -> Option<DateTime<Utc>>;
+    /// What smoke commands find in their environment (the server's address).
+    fn env(&self) -> Vec<(String, String)>;
+    /// The kind's own checks (connection, pg_amcheck, probes, key counts,
+    /// content ids).
+    async fn check(&self) -> Vec<Check>;
+    /// Stops what serves it.
+    async fn stop(&self) -> Result<(), String>;
+}

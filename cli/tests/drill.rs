@@ -1,0 +1,262 @@
+//! Restore drills run offline (`lifeboat drill run`) on real PostgreSQL
+//! clusters and file trees: a passing drill with measured RTO and RPO and
+//! its scratch gone; an objective below what the machine can do; a missing
+//! WAL segment and a flipped byte in a pack caught by the checklist before
+//! anything is restored; a scratch directory inside the data directory
+//! refused; a full-system drill in priority order.
+
+// Test code: a failed step stops the test loudly, with the value shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use lifeboat_integration_tests::postgres::{Cluster, pg_bin};
+use serde_json::Value;
+use support::Env;
+use support::pg::{archive_conf, archive_current_wal, env_for_postgres};
+
+/// Runs drill `name` of `policy`; returns the exit code and the JSON report.
+fn drill(env: &Env, policy: &Path, name: &str) -> (i32, Value) {
+    let out = env.cmd().args(["drill", "run", "--json", "--policy", policy.to_str().unwrap(), name]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), report)
+}
+
+/// The check named `name` of the report (the first).
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+}
+
+fn phases(report: &Value) -> Vec<String> {
+    report["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// What is left in a scratch directory.
+fn left_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+fn policy(env: &Env, scratch: &Path, extra: &str) -> PathBuf {
+    let psql = pg_bin("psql").display().to_string();
+    let text = format!(
+        r#"recovery_objectives:
+  database: {{ rto: 15m, rpo: 5m, sources: [db1/orders] }}
+  instant:  {{ rto: 1ms, rpo: 1h }}
+  file_storage: {{ rto: 1h, rpo: 4h, sources: [app1/media] }}
+  full_system: {{ rto: 2h, rpo: 1h }}
+drills:
+  database:
+    schedule: "0 4 * * 1#1"
+    kind: recovery
+    sources: [db1/orders]
+    agent: db1
+    scratch: {scratch}
+    checks:
+      sql:
+        - {{ query: "SELECT count(*) FROM users", expect: "12" }}
+        - {{ query: "SELECT count(*) > 0 FROM users WHERE name = 'after'", expect: "true" }}
+      smoke:
+        - command: [sh, -c, "{psql} -XAtq -d postgres -c 'SELECT count(*) FROM users' | grep -qx 12 && echo \"$DATABASE_URL\""]
+          timeout: 60s
+  too-fast:
+    kind: recovery
+    sources: [db1/orders]
+    agent: db1
+    scratch: {scratch}
+    objective: instant
+{extra}"#,
+        scratch = scratch.display(),
+    );
+    let path = env.path("policy.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_database_drill_recovers_measures_and_cleans_up_and_the_checklist_stops_bad_backups() {
+    let env = env_for_postgres();
+    let mut pg = Cluster::init(env.dir.path(), "primary", &archive_conf(&env));
+    pg.start();
+    pg.sql("CREATE TABLE users (id serial PRIMARY KEY, name text)");
+    pg.sql("INSERT INTO users(name) SELECT 'before' FROM generate_series(1, 10)");
+    let mut args: Vec<String> =
+        ["backup", "postgres", "--hostname", "db1", "--tag", "source:orders", "--pgdata"].map(str::to_owned).to_vec();
+    args.push(pg.pgdata.display().to_string());
+    args.extend(pg.conn_args());
+    let out = env.cmd().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Committed after the base backup: only WAL replay brings these back.
+    pg.sql("INSERT INTO users(name) VALUES ('after'), ('after')");
+    pg.sql("CREATE TABLE churn (n int)");
+    for n in 0..3 {
+        pg.sql(&format!("INSERT INTO churn VALUES ({n})"));
+        archive_current_wal(&pg);
+    }
+    let scratch = env.path("scratch");
+    let policy = policy(
+        &env,
+        &scratch,
+        &format!(
+            "  inside-pgdata:\n    kind: recovery\n    sources: [db1/orders]\n    agent: db1\n    scratch: {}\n",
+            pg.pgdata.join("drills").display()
+        ),
+    );
+
+    // The production server keeps running beside the drill's.
+    let (code, report) = drill(&env, &policy, "database");
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["objectives_met"], true);
+    let rto = report["rto_seconds"].as_f64().unwrap();
+    let rpo = report["rpo_seconds"].as_f64().unwrap();
+    assert!(rto > 0.0 && rto < 900.0, "{rto}");
+    assert!((0.0..300.0).contains(&rpo), "the last replayed commit is seconds old: {rpo}");
+    for p in ["fetch", "checklist", "restore", "replay", "checks", "cleanup"] {
+        assert!(phases(&report).contains(&p.to_owned()), "no phase {p}: {report:#}");
+    }
+    for c in [
+        "objects present and authentic",
+        "WAL present",
+        "WAL authentic",
+        "newest recovery point",
+        "scratch has room",
+        "connection",
+        "pg_amcheck",
+        "sql: SELECT count(*) FROM users",
+        "smoke",
+    ] {
+        assert_eq!(check(&report, c)["result"], "passed", "{c}: {report:#}");
+    }
+    assert!(check(&report, "smoke")["message"].as_str().unwrap().contains("postgresql://postgres@127.0.0.1:"));
+    let source = &report["sources"][0];
+    assert_eq!(source["source"], "db1/orders");
+    assert_eq!(source["verdict"]["objective"], "database");
+    assert!(source["summary"].as_str().unwrap().contains("recovery reached"), "{source:#}");
+    assert!(left_in(&scratch).is_empty(), "scratch left behind: {:?}", left_in(&scratch));
+    let id = report["id"].as_str().unwrap();
+    assert!(env.repo.join("drills").join(id).exists(), "no report drills/{id} in the repository");
+    // Production was not touched.
+    assert_eq!(pg.sql("SELECT count(*) FROM users"), "12");
+
+    // An objective below what the machine can do: the checks pass, the objective is missed.
+    let (code, report) = drill(&env, &policy, "too-fast");
+    assert_eq!(code, 2, "{report:#}");
+    assert_eq!((report["passed"].clone(), report["objectives_met"].clone()), (Value::from(true), Value::from(false)));
+    let verdict = &report["sources"][0]["verdict"];
+    assert_eq!((verdict["rto_met"].clone(), verdict["rpo_met"].clone()), (Value::from(false), Value::from(true)));
+
+    // A scratch directory inside the data directory is refused, and nothing is made there.
+    let (code, report) = drill(&env, &policy, "inside-pgdata");
+    assert_eq!(code, 1);
+    let refused = check(&report, "scratch apart from production");
+    assert_eq!(refused["result"], "failed");
+    assert!(refused["message"].as_str().unwrap().contains("lies inside"), "{refused:#}");
+    assert!(!pg.pgdata.join("drills").exists());
+    assert!(!phases(&report).contains(&"restore".to_owned()));
+
+    // A WAL segment missing between the backup and the newest: the
+    // checklist names it and nothing is restored.
+    let timeline = env.repo.join("wal/00000001");
+    let mut segments: Vec<PathBuf> =
+        left_in(&timeline).into_iter().filter(|p| p.file_name().unwrap().to_str().unwrap().len() == 24).collect();
+    segments.sort();
+    let gone = segments[segments.len() - 2].clone();
+    let kept = env.path("kept-segment");
+    std::fs::rename(&gone, &kept).unwrap();
+    let (code, report) = drill(&env, &policy, "database");
+    assert_eq!(code, 1);
+    let wal = check(&report, "WAL present");
+    assert_eq!(wal["result"], "failed");
+    let name = gone.file_name().unwrap().to_str().unwrap();
+    assert!(wal["message"].as_str().unwrap().contains(&format!("wal/00000001/{name} is missing")), "{wal:#}");
+    assert!(!phases(&report).contains(&"restore".to_owned()), "{report:#}");
+    assert!(left_in(&scratch).is_empty());
+    std::fs::rename(&kept, &gone).unwrap();
+
+    // One flipped byte in a pack the restore needs.
+    let pack = first_file(&env.repo.join("data"));
+    let original = std::fs::read(&pack).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&pack, &flipped).unwrap();
+    let (code, report) = drill(&env, &policy, "database");
+    assert_eq!(code, 1);
+    let objects = check(&report, "objects present and authentic");
+    assert_eq!(objects["result"], "failed");
+    let key = pack.strip_prefix(&env.repo).unwrap().display().to_string();
+    assert!(objects["message"].as_str().unwrap().contains(&key), "{key}: {objects:#}");
+    assert!(!phases(&report).contains(&"restore".to_owned()));
+    std::fs::write(&pack, &original).unwrap();
+    pg.stop();
+}
+
+/// The first regular file below `dir`.
+fn first_file(dir: &Path) -> PathBuf {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<PathBuf> = left_in(&d);
+        entries.sort();
+        for e in entries {
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                return e;
+            }
+        }
+    }
+    panic!("no file below {}", dir.display());
+}
+
+#[test]
+fn a_files_drill_samples_and_a_full_system_drill_measures_the_whole() {
+    let env = Env::new();
+    let media = env.path("media");
+    support::make_tree(&media);
+    env.ok(&["backup", "files", "--host", "app1", "--tag", "source:media", media.to_str().unwrap()]);
+    let scratch = env.path("scratch");
+    let policy = policy(
+        &env,
+        &scratch,
+        "  media-sample:\n    kind: recovery\n    sources: [app1/media]\n    agent: app1\n    scratch: SCRATCH\n    checks: { sample_files: 3 }\n  \
+         whole:\n    kind: full_system\n    sources: [app1/media]\n    agent: app1\n    scratch: SCRATCH\n",
+    );
+    let text = std::fs::read_to_string(&policy).unwrap().replace("SCRATCH", scratch.to_str().unwrap());
+    std::fs::write(&policy, text).unwrap();
+
+    let (code, report) = drill(&env, &policy, "media-sample");
+    assert_eq!(code, 0, "{report:#}");
+    let ids = check(&report, "content ids");
+    assert_eq!(ids["result"], "passed");
+    assert!(ids["message"].as_str().unwrap().starts_with("3 files"), "{ids:#}");
+    let seed = report["seed"].as_u64().unwrap();
+    assert!(report["sources"][0]["summary"].as_str().unwrap().contains(&format!("seed {seed}")));
+    assert_eq!(report["sources"][0]["verdict"]["objective"], "file_storage");
+    assert!(left_in(&scratch).is_empty());
+
+    let (code, report) = drill(&env, &policy, "whole");
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["kind"], "full_system");
+    assert_eq!(report["verdict"]["objective"], "full_system");
+    assert_eq!(report["verdict"]["rto_met"], true);
+    assert!(check(&report, "content ids")["message"].as_str().unwrap().contains("files"));
+    assert!(left_in(&scratch).is_empty());
+
+    // A source with no backup fails the drill, saying so.
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("[app1/media]\n    agent: app1\n    scratch", "[app1/nothing]\n    agent: app1\n    scratch");
+    std::fs::write(&policy, text).unwrap();
+    let (code, report) = drill(&env, &policy, "whole");
+    assert_eq!(code, 1);
+    assert!(check(&report, "snapshot found")["message"].as_str().unwrap().contains("app1/nothing"), "{report:#}");
+}
