@@ -538,7 +538,7 @@ fn finish(
         run.verdict = objective_of(ctx, drill, step).map(|o| verdict(o, run.rto_seconds, run.rpo_seconds));
         sources.push(run);
     }
-    let rto_seconds = passed.then(|| last_check.as_secs_f64());
+    let rto_seconds = passed.then_some(last_check.as_secs_f64());
     let rpo_seconds = sources.iter().filter_map(|s| s.rpo_seconds).reduce(f64::max);
     let whole = match drill.kind {
         DrillKind::FullSystem => ctx
