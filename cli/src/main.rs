@@ -63,6 +63,9 @@ enum Command {
     Cancel(commands::control::CancelArgs),
     /// The leader's incidents (exit 2 while one is open); `alerts ack ID` stops one's escalation.
     Alerts(commands::alerts::AlertsCommand),
+    /// Restore drills the coordinators ran (`drills`), one report (`drills show ID [--markdown]`),
+    /// one drill now (`drills run NAME [--wait]`).
+    Drills(commands::drills::DrillsCommand),
     /// Failover groups: `status`, `promote GROUP --to HOST/SOURCE`, `switchover`, `pause`, `resume`.
     Failover(commands::failover::FailoverCommand),
 }
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             Command::Jobs(c) => c.run().await,
             Command::Cancel(c) => c.run().await,
             Command::Alerts(c) => c.run().await,
+            Command::Drills(c) => c.run().await,
             Command::Failover(c) => c.run().await,
         }
     })

@@ -82,10 +82,16 @@ pub enum AdminCall {
     Switchover,
     /// `PauseFailover`.
     PauseFailover,
+    /// `ListDrills`.
+    ListDrills,
+    /// `ShowDrill`.
+    ShowDrill,
+    /// `RunDrill`.
+    RunDrill,
 }
 
 impl AdminCall {
-    const ALL: [AdminCall; 14] = [
+    const ALL: [AdminCall; 17] = [
         AdminCall::Status,
         AdminCall::ListAgents,
         AdminCall::ListJobs,
@@ -100,6 +106,9 @@ impl AdminCall {
         AdminCall::Promote,
         AdminCall::Switchover,
         AdminCall::PauseFailover,
+        AdminCall::ListDrills,
+        AdminCall::ShowDrill,
+        AdminCall::RunDrill,
     ];
 
     /// The method's name in the service.
@@ -119,6 +128,9 @@ impl AdminCall {
             AdminCall::Promote => "Promote",
             AdminCall::Switchover => "Switchover",
             AdminCall::PauseFailover => "PauseFailover",
+            AdminCall::ListDrills => "ListDrills",
+            AdminCall::ShowDrill => "ShowDrill",
+            AdminCall::RunDrill => "RunDrill",
         }
     }
 
@@ -130,8 +142,14 @@ impl AdminCall {
             | AdminCall::ListJobs
             | AdminCall::ListSnapshots
             | AdminCall::ListIncidents
-            | AdminCall::FailoverStatus => Role::Viewer,
-            AdminCall::RunBackup | AdminCall::Restore | AdminCall::CancelJob | AdminCall::AckIncident => Role::Operator,
+            | AdminCall::FailoverStatus
+            | AdminCall::ListDrills
+            | AdminCall::ShowDrill => Role::Viewer,
+            AdminCall::RunBackup
+            | AdminCall::Restore
+            | AdminCall::CancelJob
+            | AdminCall::AckIncident
+            | AdminCall::RunDrill => Role::Operator,
             AdminCall::Audit | AdminCall::Promote | AdminCall::Switchover | AdminCall::PauseFailover => Role::Admin,
         }
     }

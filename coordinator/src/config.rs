@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeboat_common::policy::alerting::{Alerting, alerting_from_yaml};
+use lifeboat_common::policy::drills::{DrillPolicy, drills_from_yaml};
 use lifeboat_common::policy::failover::{FailoverGroup, failover_from_yaml};
 use lifeboat_common::policy::monitoring::{MonitoredJob, monitoring_from_yaml};
 use lifeboat_common::policy::prices::{Prices, prices_from_yaml};
 use lifeboat_common::policy::storage_lifecycle_from_yaml;
-use lifeboat_common::policy::{PolicyError, Schedule, backup_schedules_from_yaml, human_duration};
+use lifeboat_common::policy::{PolicyError, Schedule, Trigger, backup_schedules_from_yaml, human_duration};
 use lifeboat_common::store::lifecycle::Lifecycle;
 use lifeboat_common::tls::TlsFiles;
 use serde::Deserialize;
@@ -206,6 +207,13 @@ impl CoordinatorConfig {
     }
 }
 
+/// The group of the schedules drills run by (`drills.NAME`).
+pub const DRILL_GROUP: &str = "drills";
+
+/// A drill's place in its agent's queue: after critical backups, before
+/// the rest (it takes the agent's time but proves the backups).
+pub const DRILL_PRIORITY: u8 = 2;
+
 /// The policy in force.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -223,6 +231,13 @@ pub struct Policy {
     pub prices: Prices,
     /// The failover groups (the `failover` block).
     pub failover: Vec<FailoverGroup>,
+    /// The recovery objectives and the drills' calendar.
+    pub drills: DrillPolicy,
+    /// Each scheduled drill as a schedule `drills.NAME` (its agent runs it).
+    pub drill_schedules: Vec<Schedule>,
+    /// The document as written: a drill's agent reads it with the same code
+    /// as `lifeboat drill run --policy`.
+    pub text: String,
 }
 
 impl Policy {
@@ -240,7 +255,32 @@ impl Policy {
         };
         let prices = prices_from_yaml(&text).map_err(invalid)?;
         let failover = failover_from_yaml(&text).map_err(invalid)?;
-        Ok(Policy { path: path.to_owned(), schedules, monitoring, alerting, lifecycle, prices, failover })
+        let drills = drills_from_yaml(&text).map_err(invalid)?;
+        let drill_schedules = drills
+            .drills
+            .iter()
+            .filter_map(|d| {
+                Some(Schedule {
+                    group: DRILL_GROUP.to_owned(),
+                    name: d.name.clone(),
+                    trigger: Trigger::Cron(d.schedule.clone()?),
+                    retention_days: None,
+                    priority: DRILL_PRIORITY,
+                })
+            })
+            .collect();
+        Ok(Policy {
+            path: path.to_owned(),
+            schedules,
+            monitoring,
+            alerting,
+            lifecycle,
+            prices,
+            failover,
+            drills,
+            drill_schedules,
+            text,
+        })
     }
 
     /// The schedule of id `group.name`.

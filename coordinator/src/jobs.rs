@@ -41,6 +41,19 @@ pub enum JobKind {
     Backup,
     /// Restore the source (or a snapshot of it) on the agent.
     Restore,
+    /// Run a restore drill (the source id is the drill's name).
+    Drill,
+}
+
+impl JobKind {
+    /// As logs and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+            JobKind::Drill => "drill",
+        }
+    }
 }
 
 /// A restore's target, as an operator asked for it.
@@ -119,6 +132,9 @@ pub struct JobRecord {
     pub made: Option<BackupMade>,
     /// A restore's target.
     pub restore: Option<RestoreTarget>,
+    /// A drill's report id, once it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_report: Option<String>,
     /// Who asked for it, when an operator did.
     pub requested_by: Option<String>,
     /// An operator asked to cancel it while it ran.
@@ -153,6 +169,7 @@ impl JobRecord {
             error: None,
             made: None,
             restore: None,
+            drill_report: None,
             requested_by: None,
             cancel_requested: false,
         }

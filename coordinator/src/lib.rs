@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod authz;
 pub mod config;
 pub mod core;
+pub mod drills;
 pub mod election;
 pub mod failover;
 pub mod history;

@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::agents::AgentRecord;
 use crate::core::{NodeRole, Query, Shared};
+use crate::drills::DrillRow;
 use crate::history::BackupFigures;
 use crate::jobs::JobKind;
 use crate::lag::recovery_point_age;
@@ -39,11 +40,22 @@ pub struct ChannelLabels {
     pub result: &'static str,
 }
 
+/// `lifeboat_drills_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabels {
+    /// The drill's name in the policy.
+    pub drill: String,
+    /// `passed`, `objectives_missed` or `failed`.
+    pub result: &'static str,
+}
+
 /// Counters the leader's work increments, kept for the life of the process.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
     /// Jobs by kind and outcome.
     pub jobs: Counters<JobLabels>,
+    /// Drill runs by drill and outcome.
+    pub drills: Counters<DrillLabels>,
     /// Notification attempts by channel and outcome.
     pub notifications: Counters<ChannelLabels>,
 }
@@ -51,11 +63,12 @@ pub struct Counts {
 impl Counts {
     /// Counts a job's outcome.
     pub fn job(&self, kind: JobKind, result: &'static str) {
-        let kind = match kind {
-            JobKind::Backup => "backup",
-            JobKind::Restore => "restore",
-        };
-        self.jobs.get_or_create(&JobLabels { kind, result }).inc();
+        self.jobs.get_or_create(&JobLabels { kind: kind.as_str(), result }).inc();
+    }
+
+    /// Counts a drill run's outcome.
+    pub fn drill(&self, drill: &str, result: &'static str) {
+        self.drills.get_or_create(&DrillLabels { drill: drill.to_owned(), result }).inc();
     }
 
     /// Counts a delivery attempt on a channel.
@@ -114,6 +127,8 @@ pub struct View {
     pub agents: AgentCounts,
     /// Incidents open, by alert.
     pub alerts_firing: Vec<(String, u64)>,
+    /// Each drill's newest run (the leader only).
+    pub drills: Vec<DrillRow>,
     /// When the leader built it.
     pub built: Option<DateTime<Utc>>,
 }
@@ -238,6 +253,44 @@ fn storage(r: &mut Registry, figures: &StorageFigures, prices: &Prices) {
     );
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillNameLabels {
+    drill: String,
+}
+
+/// Each drill's newest run: whether it passed and met its objectives, its
+/// measured RTO and RPO, and when it ended.
+fn drills(r: &mut Registry, rows: &[DrillRow]) {
+    let passed =
+        gauges::<DrillNameLabels>(r, "lifeboat_drill_last_passed", "1 when the drill's newest run passed its checks");
+    let met = gauges::<DrillNameLabels>(
+        r,
+        "lifeboat_drill_last_objectives_met",
+        "1 when the drill's newest run met its recovery objectives",
+    );
+    let rto = gauges::<DrillNameLabels>(
+        r,
+        "lifeboat_drill_last_rto_seconds",
+        "The RTO the drill's newest passing run measured",
+    );
+    let rpo =
+        gauges::<DrillNameLabels>(r, "lifeboat_drill_last_rpo_seconds", "The RPO the drill's newest run measured");
+    let when =
+        gauges::<DrillNameLabels>(r, "lifeboat_drill_last_run_timestamp_seconds", "When the drill's newest run ended");
+    for row in rows {
+        let labels = DrillNameLabels { drill: row.drill.clone() };
+        passed.get_or_create(&labels).set(f64::from(u8::from(row.passed)));
+        met.get_or_create(&labels).set(f64::from(u8::from(row.objectives_met)));
+        if let Some(s) = row.rto_seconds {
+            rto.get_or_create(&labels).set(s);
+        }
+        if let Some(s) = row.rpo_seconds {
+            rpo.get_or_create(&labels).set(s);
+        }
+        when.get_or_create(&labels).set(timestamp_seconds(row.finished));
+    }
+}
+
 /// The registry a scrape encodes.
 pub fn registry(view: &View, counts: &Counts) -> Registry {
     let mut r = Registry::default();
@@ -255,9 +308,15 @@ pub fn registry(view: &View, counts: &Counts) -> Registry {
         counts.jobs.clone(),
     );
     r.register("lifeboat_notifications", "Alert notifications by channel and outcome", counts.notifications.clone());
+    r.register(
+        "lifeboat_drills",
+        "Restore drill runs by drill and outcome (passed, objectives_missed, failed), counted while this coordinator led",
+        counts.drills.clone(),
+    );
     if !view.leader {
         return r;
     }
+    drills(&mut r, &view.drills);
     if let Some(built) = view.built {
         let age = FloatGauge::default();
         age.set((Utc::now() - built).num_milliseconds().max(0) as f64 / 1000.0);

@@ -25,8 +25,10 @@ pub struct Target<'a> {
     pub schedule: &'a Schedule,
     /// The agent.
     pub host: &'a str,
-    /// The source on it.
+    /// The source on it (a drill's name, for a drill).
     pub source_id: &'a str,
+    /// What its jobs do.
+    pub kind: JobKind,
 }
 
 /// A job made by the scheduler, and the revision it was stored at.
@@ -122,7 +124,7 @@ impl Scheduler {
                 format!("{}@{}/{}@{}", target.schedule.id(), target.host, target.source_id, slot.to_rfc3339()),
                 target.host,
                 target.source_id,
-                JobKind::Backup,
+                target.kind,
                 target.schedule.priority,
                 now,
             );

@@ -14,10 +14,22 @@ use lifeboat_proto::v1;
 use tracing::Instrument;
 
 use super::{Agent, Running};
+use crate::drill::{DrillContext, run_drill};
 use crate::progress::Progress;
 use crate::sources::{
     BackupContext, RecoveryPoint, RestoreContext, RestoreRequest, Source, SourceError, newest_of, parse_recovery_time,
 };
+use lifeboat_common::policy::drills::drills_from_yaml;
+use lifeboat_common::policy::failover::Member;
+use lifeboat_common::repo::format::drill::DrillReport;
+
+/// What a job that ran made.
+enum Done {
+    /// A backup's snapshot (none for a restore).
+    Snapshot(Option<v1::SnapshotSummary>),
+    /// A drill's report.
+    Drill(Box<DrillReport>),
+}
 
 /// Why a job failed, as its result says.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +79,7 @@ impl Agent {
         let (id, attempt, source_id) = (job.job_id.clone(), job.attempt, job.source_id.clone());
         let kind = match v1::JobKind::try_from(job.kind) {
             Ok(v1::JobKind::Restore) => "restore",
+            Ok(v1::JobKind::Drill) => "drill",
             _ => "backup",
         };
         let task_progress = progress.clone();
@@ -81,7 +94,18 @@ impl Agent {
                 tracing::info!(job = job.job_id, attempt = job.attempt, source = job.source_id, "job started");
                 let outcome = agent.execute(&job, task_progress).await;
                 let result = match outcome {
-                    Ok(snapshot) => {
+                    Ok(Done::Drill(report)) => {
+                        // The job ran; whether the drill passed is the report's to say.
+                        tracing::info!(job = job.job_id, "{}", report.headline());
+                        v1::JobResult {
+                            job_id: job.job_id.clone(),
+                            ok: report.passed,
+                            error: if report.passed { String::new() } else { report.headline() },
+                            drill_report_json: serde_json::to_string(&report).unwrap_or_default(),
+                            ..Default::default()
+                        }
+                    }
+                    Ok(Done::Snapshot(snapshot)) => {
                         tracing::info!(job = job.job_id, "job succeeded");
                         v1::JobResult { job_id: job.job_id.clone(), ok: true, snapshot, ..Default::default() }
                     }
@@ -112,31 +136,65 @@ impl Agent {
                 job_id: id.to_owned(),
                 ok: false,
                 error: format!("cancelled: {reason}"),
-                snapshot: None,
                 finished_unix_ms: Utc::now().timestamp_millis(),
+                ..Default::default()
             };
             self.finish(id, result);
         }
     }
 
-    async fn execute(
-        &self,
-        job: &v1::JobAssignment,
-        progress: Arc<Progress>,
-    ) -> Result<Option<v1::SnapshotSummary>, JobError> {
+    async fn execute(&self, job: &v1::JobAssignment, progress: Arc<Progress>) -> Result<Done, JobError> {
+        if v1::JobKind::try_from(job.kind) == Ok(v1::JobKind::Drill) {
+            let spec = job.drill.clone().unwrap_or_default();
+            let report = self.drill(&spec, &job.job_id, progress).await?;
+            self.settle().await;
+            return Ok(Done::Drill(Box::new(report)));
+        }
         let source = self.source(&job.source_id).ok_or_else(|| JobError::NoSource(job.source_id.clone()))?;
         match v1::JobKind::try_from(job.kind) {
             Ok(v1::JobKind::Backup) => {
                 let summary = self.backup(source.as_ref(), job, progress).await?;
                 self.settle().await;
-                Ok(Some(summary))
+                Ok(Done::Snapshot(Some(summary)))
             }
             Ok(v1::JobKind::Restore) => {
                 let spec = job.restore.clone().unwrap_or_default();
-                self.restore(source.as_ref(), &spec, progress).await.map(|()| None)
+                self.restore(source.as_ref(), &spec, progress).await.map(|()| Done::Snapshot(None))
             }
             _ => Err(JobError::Kind(job.kind)),
         }
+    }
+
+    /// Runs the drill the coordinator sent, from the policy it sent.
+    async fn drill(
+        &self,
+        spec: &v1::DrillSpec,
+        job_id: &str,
+        progress: Arc<Progress>,
+    ) -> Result<DrillReport, JobError> {
+        let policy = drills_from_yaml(&spec.policy_yaml)
+            .map_err(|e| JobError::Request(format!("the coordinator's policy: {e}")))?;
+        let drill = policy
+            .drill(&spec.name)
+            .cloned()
+            .ok_or_else(|| JobError::Request(format!("the policy has no drill {:?}", spec.name)))?;
+        let priorities = spec
+            .priorities
+            .iter()
+            .filter_map(|(member, p)| Some((member.parse::<Member>().ok()?, u8::try_from(*p).ok()?)))
+            .collect();
+        let ctx = DrillContext {
+            repo: self.repo.clone(),
+            spec: self.spec.clone(),
+            host: self.config.host.clone(),
+            local: self.sources.clone(),
+            policy,
+            priorities,
+            agent_bin: std::env::current_exe().ok(),
+            job: Some(job_id.to_owned()),
+            progress,
+        };
+        run_drill(&ctx, &drill).await.map_err(|e| JobError::Request(e.to_string()))
     }
 
     async fn backup(

@@ -306,6 +306,12 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         tokio::spawn(endpoint.serve(Arc::new(metrics::AgentScrape { agent: agent.clone() })));
     }
     agent.learn_last_backups().await;
+    // A drill this agent was running when it stopped: its servers and
+    // scratch go, and its report says it was cut short (the coordinator
+    // marks its job failed when this agent attaches without it).
+    for (report, job) in crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host).await {
+        tracing::warn!(drill = report.id, job = job.as_deref().unwrap_or("-"), "a drill cut short was cleaned up");
+    }
     let ongoing = Ongoing {
         repo: agent.repo.clone(),
         spec: agent.spec.clone(),
@@ -327,6 +333,9 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     let running: Vec<JoinHandle<()>> = agent.book().running.drain().map(|(_, r)| r.task).collect();
     for task in running {
         task.abort();
+        task.await.ok();
     }
+    // Drills stopped with it leave nothing running behind.
+    crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host).await;
     Ok(())
 }

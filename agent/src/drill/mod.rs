@@ -143,8 +143,17 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport,
     };
     let id = run_id(&drill.name, started, record.seed);
     let dir = drill.scratch.join(&id);
-    let marker =
-        Marker { id: id.clone(), dir: dir.clone(), pid: std::process::id(), keep: drill.keep, job: ctx.job.clone() };
+    let marker = Marker {
+        id: id.clone(),
+        drill: drill.name.clone(),
+        kind: drill.kind.as_str().to_owned(),
+        target: drill.target.to_string(),
+        started,
+        dir: dir.clone(),
+        pid: std::process::id(),
+        keep: drill.keep,
+        job: ctx.job.clone(),
+    };
     tracing::info!(id, scratch = %dir.display(), "drill starts");
 
     let mut steps = Vec::new();
@@ -181,6 +190,48 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport,
     tracing::info!("{}", report.headline());
     save_drill_report(&ctx.repo, &report).await.map_err(|cause| DrillError::Store { id: report.id.clone(), cause })?;
     Ok(report)
+}
+
+/// Removes what drills cut short (their process killed or stopped) left
+/// behind: their servers stopped, their directories removed; each is
+/// reported failed in the repository. Returns those reports, and the job
+/// each ran as.
+pub async fn clean_up_cut_short(repo: &Repository, host: &str) -> Vec<(DrillReport, Option<String>)> {
+    let leftovers = tokio::task::spawn_blocking(scratch::clean_leftovers).await.unwrap_or_default();
+    let mut reports = Vec::new();
+    for left in leftovers {
+        let m = &left.marker;
+        let cleaned = match &left.error {
+            None => "its servers were stopped and its scratch directory removed".to_owned(),
+            Some(e) => format!("what it left could not all be removed: {e}"),
+        };
+        let report = DrillReport {
+            id: m.id.clone(),
+            drill: m.drill.clone(),
+            kind: m.kind.clone(),
+            agent: host.to_owned(),
+            target: m.target.clone(),
+            started: m.started,
+            finished: Utc::now(),
+            passed: false,
+            objectives_met: false,
+            rto_seconds: None,
+            rpo_seconds: None,
+            verdict: None,
+            phases: Vec::new(),
+            checks: vec![Check::of("clean-up", left.error.is_none(), cleaned)],
+            sources: Vec::new(),
+            scratch: m.dir.display().to_string(),
+            kept: false,
+            error: Some("cut short: the process running the drill stopped before it ended".into()),
+            seed: 0,
+        };
+        if let Err(e) = save_drill_report(repo, &report).await {
+            tracing::warn!(drill = report.id, error = %e, "storing the report of a drill cut short");
+        }
+        reports.push((report, m.job.clone()));
+    }
+    reports
 }
 
 /// Whether the marker was written (the drill got as far as its directory).

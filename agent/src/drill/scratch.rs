@@ -84,11 +84,20 @@ pub fn free_port(production: &[u16]) -> io::Result<u16> {
     Err(io::Error::other("no free port found that no production server uses"))
 }
 
-/// What a marker records: enough to find and remove a drill's leftovers.
+/// What a marker records: enough to find and remove a drill's leftovers,
+/// and to report the run as cut short.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Marker {
     /// The drill run's id.
     pub id: String,
+    /// The drill's name.
+    pub drill: String,
+    /// Its kind.
+    pub kind: String,
+    /// Where recovery was to stop.
+    pub target: String,
+    /// When it started.
+    pub started: chrono::DateTime<chrono::Utc>,
     /// Its scratch directory.
     pub dir: PathBuf,
     /// The process that ran it.

@@ -358,21 +358,17 @@ pub fn parse_target(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Prints the job just made, and with `wait`, follows it to its end:
-/// exit 0 when it succeeded, 1 when it did not.
-pub async fn follow(control: &Control, json: bool, reply: v1::JobReply, wait: bool) -> Result<u8> {
-    let Some(mut job) = reply.job else { bail!("the coordinator answered without the job") };
+/// Waits until `job` ends, saying on stderr (unless `quiet`) how it stands.
+pub async fn wait_for(control: &Control, mut job: v1::Job, quiet: bool) -> Result<v1::Job> {
     let id = job.assignment.as_ref().map(|a| a.job_id.clone()).unwrap_or_default();
-    if !json {
+    if !quiet {
         eprintln!("job {id} {} on {}", state_name(job.state), job.host);
     }
     let mut last_line = String::new();
-    while wait
-        && !matches!(
-            v1::JobState::try_from(job.state),
-            Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
-        )
-    {
+    while !matches!(
+        v1::JobState::try_from(job.state),
+        Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
+    ) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let request = v1::ListJobsRequest { host: job.host.clone(), active: false, limit: u32::MAX };
         let jobs = control
@@ -391,11 +387,27 @@ pub async fn follow(control: &Control, json: bool, reply: v1::JobReply, wait: bo
             state_name(job.state),
             job.assignment.as_ref().map_or(0, |a| a.attempt)
         );
-        if !json && line != last_line {
+        if !quiet && line != last_line {
             eprintln!("{line}");
             last_line = line;
         }
     }
+    Ok(job)
+}
+
+/// Prints the job just made, and with `wait`, follows it to its end:
+/// exit 0 when it succeeded, 1 when it did not.
+pub async fn follow(control: &Control, json: bool, reply: v1::JobReply, wait: bool) -> Result<u8> {
+    let Some(job) = reply.job else { bail!("the coordinator answered without the job") };
+    let id = job.assignment.as_ref().map(|a| a.job_id.clone()).unwrap_or_default();
+    let job = match wait {
+        true => wait_for(control, job, json).await?,
+        false if !json => {
+            eprintln!("job {id} {} on {}", state_name(job.state), job.host);
+            job
+        }
+        false => job,
+    };
     if json {
         print_json(&job)?;
     } else if let Some(r) = &job.result {

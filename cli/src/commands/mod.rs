@@ -7,6 +7,7 @@ pub mod backups;
 pub mod certs;
 pub mod control;
 pub mod drill;
+pub mod drills;
 pub mod failover;
 pub mod key;
 pub mod prune;

@@ -31,6 +31,10 @@ pub enum Alert {
     CopyLag,
     /// No coordinator leads.
     NoLeader,
+    /// A restore drill's newest run failed.
+    DrillFailed,
+    /// A restore drill's newest run passed its checks and missed an objective.
+    DrillObjectiveMissed,
 }
 
 impl Alert {
@@ -46,6 +50,8 @@ impl Alert {
             Alert::AgentLost => "agent_lost",
             Alert::CopyLag => "copy_lag",
             Alert::NoLeader => "no_leader",
+            Alert::DrillFailed => "drill_failed",
+            Alert::DrillObjectiveMissed => "drill_objective_missed",
         }
     }
 
@@ -53,8 +59,12 @@ impl Alert {
     pub fn severity(self) -> Severity {
         match self {
             Alert::RpoBreached | Alert::NoLeader => Severity::Critical,
-            Alert::BackupFailed | Alert::WalLag | Alert::AgentLost => Severity::Error,
-            Alert::SuccessRate | Alert::SizeDeviation | Alert::SuccessMetric | Alert::CopyLag => Severity::Warning,
+            Alert::BackupFailed | Alert::WalLag | Alert::AgentLost | Alert::DrillFailed => Severity::Error,
+            Alert::SuccessRate
+            | Alert::SizeDeviation
+            | Alert::SuccessMetric
+            | Alert::CopyLag
+            | Alert::DrillObjectiveMissed => Severity::Warning,
         }
     }
 }

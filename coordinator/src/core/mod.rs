@@ -59,6 +59,12 @@ pub enum Query {
     Restore(v1::RestoreRequest, String, Reply<v1::JobReply>),
     /// `CancelJob`, asked for by `by`.
     Cancel(v1::CancelJobRequest, String, Reply<v1::CancelJobReply>),
+    /// `RunDrill`, asked for by `by`.
+    RunDrill(v1::RunDrillRequest, String, Reply<v1::JobReply>),
+    /// `ListDrills`.
+    Drills(v1::ListDrillsRequest, Reply<v1::ListDrillsReply>),
+    /// `ShowDrill`.
+    Drill(v1::ShowDrillRequest, Reply<v1::DrillReply>),
     /// A scrape of `/metrics`.
     Metrics(Reply<crate::metrics::View>),
     /// `ListIncidents` (resolved ones too when true).

@@ -15,6 +15,8 @@ use super::{AgentTx, Event, NodeRole, Query, Shared};
 use crate::agents::AgentRecord;
 use crate::alerts::conditions::{self, Facts};
 use crate::alerts::incidents::{AckRefused, Incident, IncidentBook, Notify, Outcome, Send};
+use crate::config::DRILL_PRIORITY;
+use crate::drills::{self, DrillBook};
 use crate::election::ElectionError;
 use crate::failover::{GroupBook, PromoteRefused, Promotion};
 use crate::history::{BackupFigures, Failure};
@@ -91,6 +93,8 @@ struct Term<'a> {
     last_refresh: tokio::time::Instant,
     /// Failover groups: primaries, epochs, promotions.
     groups: GroupBook,
+    /// Restore drills' reports: the newest run of each.
+    drills: DrillBook,
     /// When each member was last confirmed as primary, by this leader.
     confirmed: HashMap<String, DateTime<Utc>>,
     /// What was last said of each group that cannot fail over, so it is logged once.
@@ -176,6 +180,7 @@ impl<'a> Term<'a> {
         groups.ensure(state, prefix, &shared.policy().failover).await?;
         let agents = views::load_agents(state, prefix).await?;
         let incidents = IncidentBook::load(state, prefix).await?;
+        let drills = DrillBook::load(state, prefix).await?;
         // Notices a previous leader owed go first.
         let alerting = Outcome { write: Vec::new(), send: incidents.owed() };
         let now = tokio::time::Instant::now();
@@ -200,6 +205,7 @@ impl<'a> Term<'a> {
             last_alerts: now,
             last_refresh: now,
             groups,
+            drills,
             confirmed: HashMap::new(),
             blocked: HashMap::new(),
             is_lost,
@@ -264,6 +270,7 @@ impl<'a> Term<'a> {
             Utc::now(),
         );
         view.alerts_firing = self.incidents.firing().into_iter().map(|(a, n)| (a.to_owned(), n)).collect();
+        view.drills = self.drills.latest().cloned().collect();
         view
     }
 
@@ -274,7 +281,8 @@ impl<'a> Term<'a> {
         let policy = self.shared.policy();
         let copy_lag = self.shared.storage().map(|s| s.copy_lag()).unwrap_or_default();
         let facts = Facts { policy: &policy, wal_max_lag: self.shared.config.wal_max_lag, copy_lag: &copy_lag, now };
-        let found = conditions::evaluate(self.agents.values(), &facts);
+        let mut found = conditions::evaluate(self.agents.values(), &facts);
+        found.extend(drills::conditions(self.drills.latest(), &policy));
         let opened = self.incidents.reconcile(found, &policy.monitoring, &policy.alerting, now);
         let escalated = self.incidents.escalate(&policy.alerting, now);
         for outcome in [opened, escalated] {
@@ -406,6 +414,9 @@ impl<'a> Term<'a> {
             return Ok(());
         }
         self.progress.remove(&result.job_id);
+        if !result.drill_report_json.is_empty() {
+            self.drill_reported(&result.job_id, &result.drill_report_json).await?;
+        }
         if !result.ok {
             let reason = if result.error.is_empty() { "failed".to_owned() } else { result.error };
             return self.attempt_failed(&result.job_id, &reason).await;
@@ -480,7 +491,24 @@ impl<'a> Term<'a> {
         self.changed_agent(&host);
     }
 
+    /// A drill job's report: kept in the state, counted, and linked from the job.
+    async fn drill_reported(&mut self, job_id: &str, json: &str) -> Result<(), StateError> {
+        let Some(report) = self.drills.record(self.state, json).await? else { return Ok(()) };
+        let outcome = match (report.passed, report.objectives_met) {
+            (true, true) => "passed",
+            (true, false) => "objectives_missed",
+            (false, _) => "failed",
+        };
+        self.shared.counts.drill(&report.drill, outcome);
+        tracing::info!(job = job_id, report = report.id, "{}", report.headline());
+        let id = report.id.clone();
+        self.jobs.update(self.state, job_id, |j| j.drill_report = Some(id)).await?;
+        Ok(())
+    }
+
     /// An attempt failed: queued again after a back-off, or failed for good.
+    /// A drill is never run again by itself: one cut short is a failed
+    /// drill, and the calendar's next slot (or an operator) runs it anew.
     async fn attempt_failed(&mut self, id: &str, reason: &str) -> Result<(), StateError> {
         let config = &self.shared.config;
         let (max, retry_after) = (config.max_attempts, config.retry_after);
@@ -492,7 +520,7 @@ impl<'a> Term<'a> {
                 if j.cancel_requested {
                     j.state = JobState::Cancelled;
                     j.finished = Some(now);
-                } else if j.attempt < max {
+                } else if j.attempt < max && j.kind != JobKind::Drill {
                     j.state = JobState::Queued;
                     let wait = retry_after.saturating_mul(1 << j.attempt.saturating_sub(1).min(16));
                     j.not_before = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
@@ -603,9 +631,12 @@ impl<'a> Term<'a> {
             for source in agent.sources.values() {
                 for id in &source.source.schedules {
                     match policy.schedule(id) {
-                        Some(schedule) => {
-                            targets.push(Target { schedule, host: &agent.host, source_id: &source.source.id })
-                        }
+                        Some(schedule) => targets.push(Target {
+                            schedule,
+                            host: &agent.host,
+                            source_id: &source.source.id,
+                            kind: JobKind::Backup,
+                        }),
                         None => {
                             tracing::debug!(
                                 host = agent.host,
@@ -617,6 +648,11 @@ impl<'a> Term<'a> {
                     }
                 }
             }
+        }
+        // A drill runs on its agent, known or not yet: its job waits for it.
+        for (schedule, drill) in policy.drill_schedules.iter().filter_map(|s| Some((s, policy.drills.drill(&s.name)?)))
+        {
+            targets.push(Target { schedule, host: &drill.agent, source_id: &drill.name, kind: JobKind::Drill });
         }
         let made = self.scheduler.tick(self.state, &targets, now).await?;
         for made in made {
@@ -709,7 +745,11 @@ impl<'a> Term<'a> {
             span.in_scope(|| {
                 tracing::info!(host, job = job.id, attempt = job.attempt, priority = job.priority, "job assigned")
             });
-            let assignment = v1::JobAssignment { traceparent: traces::traceparent(&span), ..views::assignment(&job) };
+            let mut assignment =
+                v1::JobAssignment { traceparent: traces::traceparent(&span), ..views::assignment(&job) };
+            if job.kind == JobKind::Drill {
+                assignment.drill = Some(drills::spec(&self.shared.policy(), &job.source_id, self.agents.values()));
+            }
             let message = v1::CoordinatorMessage { body: Some(Out::Assign(assignment)) };
             if tx.try_send(Ok(message)).is_err() {
                 // The stream is gone or stuck: the agent's next hello reconciles it.
@@ -783,6 +823,16 @@ impl<'a> Term<'a> {
                 let job = self.run_by_hand(&request.host, &request.source_id, JobKind::Restore, Some(target), by).await;
                 reply.send(job).ok();
             }
+            Query::RunDrill(request, by, reply) => {
+                let job = self.run_drill_by_hand(&request.name, by).await;
+                reply.send(job).ok();
+            }
+            Query::Drills(request, reply) => {
+                reply.send(drills::list(self.state, self.prefix, &request).await).ok();
+            }
+            Query::Drill(request, reply) => {
+                reply.send(drills::show(self.state, self.prefix, &request).await).ok();
+            }
             Query::Cancel(request, by, reply) => {
                 let job = self.cancel(&request.job_id, &request.reason, &by).await;
                 reply.send(job).ok();
@@ -842,6 +892,34 @@ impl<'a> Term<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A drill an operator asked for, queued at once on its agent.
+    async fn run_drill_by_hand(&mut self, name: &str, by: String) -> Result<v1::JobReply, Status> {
+        let policy = self.shared.policy();
+        let Some(drill) = policy.drills.drill(name) else {
+            let names: Vec<&str> = policy.drills.drills.iter().map(|d| d.name.as_str()).collect();
+            return Err(Status::not_found(format!(
+                "the policy has no drill {name:?} (it has: {})",
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            )));
+        };
+        let mut nonce = [0u8; 6];
+        lifeboat_common::crypto::random_fill(&mut nonce).map_err(|e| Status::internal(e.to_string()))?;
+        let id = format!("drill-{}@{}/{name}", hex::encode(nonce), drill.agent);
+        let mut job = JobRecord::new(id, &drill.agent, name, JobKind::Drill, DRILL_PRIORITY, Utc::now());
+        job.requested_by = Some(by);
+        match self.jobs.create(self.state, job.clone()).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Status::already_exists("a job of that id exists")),
+            Err(e) => return Err(self.refused(e)),
+        }
+        let host = drill.agent.clone();
+        if let Err(e) = self.dispatch(&host).await {
+            return Err(self.refused(e));
+        }
+        let job = self.jobs.get(&job.id).cloned().unwrap_or(job);
+        Ok(v1::JobReply { job: Some(views::job(&job, self.progress.get(&job.id))) })
     }
 
     /// A backup or restore an operator asked for, queued at once.

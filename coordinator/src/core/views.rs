@@ -103,6 +103,7 @@ fn kind(kind: JobKind) -> v1::JobKind {
     match kind {
         JobKind::Backup => v1::JobKind::Backup,
         JobKind::Restore => v1::JobKind::Restore,
+        JobKind::Drill => v1::JobKind::Drill,
     }
 }
 
@@ -137,6 +138,7 @@ pub(super) fn assignment(job: &JobRecord) -> v1::JobAssignment {
             to_lsn: r.to_lsn.clone(),
             delta: r.delta,
         }),
+        drill: None,
     }
 }
 
@@ -154,6 +156,8 @@ pub(super) fn job(job: &JobRecord, progress: Option<&v1::Progress>) -> v1::Job {
             ..Default::default()
         }),
         finished_unix_ms: unix_ms(job.finished),
+        drill_report_json: String::new(),
+        drill_report_id: job.drill_report.clone().unwrap_or_default(),
     });
     v1::Job {
         assignment: Some(assignment(job)),
@@ -247,11 +251,17 @@ async fn answer_as_follower(shared: &Shared, state: State<'_>, prefix: &str, rol
                 .map(|book| v1::ListJobsReply { jobs: list_jobs(book.iter(), &request, &HashMap::new()) });
             reply.send(jobs).ok();
         }
-        Query::RunBackup(_, _, reply) | Query::Restore(_, _, reply) => {
+        Query::RunBackup(_, _, reply) | Query::Restore(_, _, reply) | Query::RunDrill(_, _, reply) => {
             reply.send(Err(not_leader(role))).ok();
         }
         Query::Cancel(_, _, reply) => {
             reply.send(Err(not_leader(role))).ok();
+        }
+        Query::Drills(request, reply) => {
+            reply.send(crate::drills::list(state, prefix, &request).await).ok();
+        }
+        Query::Drill(request, reply) => {
+            reply.send(crate::drills::show(state, prefix, &request).await).ok();
         }
         Query::Metrics(reply) => {
             reply.send(Ok(crate::metrics::View::of_role(role))).ok();

@@ -108,6 +108,33 @@ impl Admin for AdminService {
         self.audited(&caller, AdminCall::Restore, Some(&target), result)
     }
 
+    async fn list_drills(
+        &self,
+        request: Request<v1::ListDrillsRequest>,
+    ) -> Result<Response<v1::ListDrillsReply>, Status> {
+        let caller = self.admit(&request, AdminCall::ListDrills, None)?;
+        let req = request.into_inner();
+        let result = self.shared.ask(|r| Query::Drills(req, r)).await;
+        self.audited(&caller, AdminCall::ListDrills, None, result)
+    }
+
+    async fn show_drill(&self, request: Request<v1::ShowDrillRequest>) -> Result<Response<v1::DrillReply>, Status> {
+        let target = request.get_ref().id.clone();
+        let caller = self.admit(&request, AdminCall::ShowDrill, Some(&target))?;
+        let req = request.into_inner();
+        let result = self.shared.ask(|r| Query::Drill(req, r)).await;
+        self.audited(&caller, AdminCall::ShowDrill, Some(&target), result)
+    }
+
+    async fn run_drill(&self, request: Request<v1::RunDrillRequest>) -> Result<Response<v1::JobReply>, Status> {
+        let target = format!("drill:{}", request.get_ref().name);
+        let caller = self.admit(&request, AdminCall::RunDrill, Some(&target))?;
+        let req = request.into_inner();
+        let by = caller.who.to_string();
+        let result = self.shared.ask(|r| Query::RunDrill(req, by, r)).await;
+        self.audited(&caller, AdminCall::RunDrill, Some(&target), result)
+    }
+
     async fn cancel_job(&self, request: Request<v1::CancelJobRequest>) -> Result<Response<v1::CancelJobReply>, Status> {
         let target = request.get_ref().job_id.clone();
         let caller = self.admit(&request, AdminCall::CancelJob, Some(&target))?;

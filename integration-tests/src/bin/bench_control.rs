@@ -173,7 +173,13 @@ async fn session(
                         duration_seconds: 0.5,
                         ..Default::default()
                     };
-                    let result = v1::JobResult { job_id: job.job_id, ok: true, error: String::new(), snapshot: Some(snapshot), finished_unix_ms: now };
+                    let result = v1::JobResult {
+                        job_id: job.job_id,
+                        ok: true,
+                        snapshot: Some(snapshot),
+                        finished_unix_ms: now,
+                        ..Default::default()
+                    };
                     if tx.send(v1::AgentMessage { body: Some(Body::Result(result)) }).await.is_err() {
                         return Ok(None);
                     }
