@@ -126,6 +126,8 @@ impl Proc {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            // Its own local state (a drill's markers), beside its log.
+            .env("LIFEBOAT_STATE_DIR", log.with_extension("state"))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -311,6 +311,17 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     // marks its job failed when this agent attaches without it).
     for (report, job) in crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host).await {
         tracing::warn!(drill = report.id, job = job.as_deref().unwrap_or("-"), "a drill cut short was cleaned up");
+        if let Some(job) = job {
+            let result = v1::JobResult {
+                job_id: job.clone(),
+                ok: false,
+                error: report.headline(),
+                finished_unix_ms: report.finished.timestamp_millis(),
+                drill_report_json: serde_json::to_string(&report).unwrap_or_default(),
+                ..Default::default()
+            };
+            agent.finish(&job, result);
+        }
     }
     let ongoing = Ongoing {
         repo: agent.repo.clone(),

@@ -403,6 +403,16 @@ impl<'a> Term<'a> {
             tracing::warn!(host, job = result.job_id, "result for a job not known here");
             return Ok(());
         };
+        // A drill's report is kept even when its job ended already (its
+        // agent restarted mid-drill: the report says it was cut short).
+        if job.kind == JobKind::Drill
+            && job.host == host
+            && job.drill_report.is_none()
+            && !result.drill_report_json.is_empty()
+        {
+            self.drill_reported(&result.job_id, &result.drill_report_json).await?;
+        }
+        let Some(job) = self.jobs.get(&result.job_id) else { return Ok(()) };
         if job.host != host || job.state != JobState::Running {
             // Agents send recent results again on every reconnect: a final
             // job hearing its result twice is expected.
@@ -414,9 +424,6 @@ impl<'a> Term<'a> {
             return Ok(());
         }
         self.progress.remove(&result.job_id);
-        if !result.drill_report_json.is_empty() {
-            self.drill_reported(&result.job_id, &result.drill_report_json).await?;
-        }
         if !result.ok {
             let reason = if result.error.is_empty() { "failed".to_owned() } else { result.error };
             return self.attempt_failed(&result.job_id, &reason).await;

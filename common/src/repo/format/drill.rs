@@ -167,10 +167,12 @@ impl DrillReport {
     /// One line: what, pass or fail, RTO and RPO against the objectives.
     pub fn headline(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1}s"));
-        let verdict = match (self.passed, self.objectives_met) {
-            (true, true) => "PASSED, objectives met",
-            (true, false) => "PASSED its checks, objectives MISSED",
-            (false, _) => "FAILED",
+        let failed_check = self.checks.iter().find(|c| !c.ok()).map(|c| format!("FAILED ({}: {})", c.name, c.message));
+        let verdict = match (self.passed, self.objectives_met, &self.error) {
+            (true, true, _) => "PASSED, objectives met".to_owned(),
+            (true, false, _) => "PASSED its checks, objectives MISSED".to_owned(),
+            (false, _, Some(e)) => format!("FAILED ({e})"),
+            (false, _, None) => failed_check.unwrap_or_else(|| "FAILED".to_owned()),
         };
         format!(
             "drill {} ({}): {verdict}; RTO {}, RPO {}",
