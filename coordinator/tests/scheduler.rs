@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::policy::Schedule;
 use lifeboat_common::policy::backup_schedules_from_yaml;
 use lifeboat_coordinator::election::{ElectionConfig, ElectionError, Elector};
+use lifeboat_coordinator::jobs::JobKind;
 use lifeboat_coordinator::scheduler::{Made, Scheduler, Target};
 use lifeboat_coordinator::state::{EmbeddedState, State, StateError};
 use lifeboat_integration_tests::etcd::EtcdCluster;
@@ -20,7 +21,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 /// Every schedule, applied to source `pg` of host `db-1`.
 fn targets(schedules: &[Schedule]) -> Vec<Target<'_>> {
-    schedules.iter().map(|schedule| Target { schedule, host: "db-1", source_id: "pg" }).collect()
+    schedules.iter().map(|schedule| Target { schedule, host: "db-1", source_id: "pg", kind: JobKind::Backup }).collect()
 }
 
 fn ids(made: &[Made]) -> Vec<String> {

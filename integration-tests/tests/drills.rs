@@ -91,7 +91,7 @@ drills:
     let agent_config = d.agent_config("app1", std::slice::from_ref(&url), &files_source(&data, "\"files.docs\""));
     let mut agent = d.start_agent(&agent_config);
     d.wait_attached(&url);
-    wait_for(Duration::from_secs(60), "a first backup", || (d.snapshots().as_array()?.len() > 0).then_some(()));
+    wait_for(Duration::from_secs(60), "a first backup", || (!d.snapshots().as_array()?.is_empty()).then_some(()));
 
     // By hand, waited on: the report comes back whole.
     let out = d.admin(&url, "alice", &["drills", "run", "monthly", "--wait", "--json"]);

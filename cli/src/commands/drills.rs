@@ -63,12 +63,7 @@ impl DrillsCommand {
 
 async fn list(control: &Control, json: bool, limit: u32) -> Result<u8> {
     let request = v1::ListDrillsRequest { limit };
-    let reply = control
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_drills(request).await }
-        })
-        .await?;
+    let reply = control.call(|mut c| async move { c.list_drills(request).await }).await?;
     let reports: Vec<DrillReport> = reply.reports_json.iter().map(|j| parse(j)).collect::<Result<_>>()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
