@@ -260,3 +260,33 @@ fn a_files_drill_samples_and_a_full_system_drill_measures_the_whole() {
     assert_eq!(code, 1);
     assert!(check(&report, "snapshot found")["message"].as_str().unwrap().contains("app1/nothing"), "{report:#}");
 }
+
+#[test]
+fn a_redis_drill_starts_the_snapshot_on_a_free_port_and_checks_its_key_counts() {
+    use lifeboat_integration_tests::redis::{RedisServer, fill_every_type, redis_program};
+    let env = Env::new();
+    let source = RedisServer::start(&env.path("source"), &["--repl-diskless-sync-delay", "0"]);
+    fill_every_type(&mut source.conn(), 5_000);
+    env.ok(&["backup", "redis", "--hostname", "cache1", "--tag", "source:sessions", "--url", &source.url()]);
+    let scratch = env.path("scratch");
+    let cli = redis_program("redis-cli").display().to_string();
+    let policy = policy(
+        &env,
+        &scratch,
+        &format!(
+            "  sessions:\n    kind: recovery\n    sources: [cache1/sessions]\n    agent: cache1\n    scratch: {}\n    \
+             checks:\n      smoke:\n        - {{ command: [sh, -c, \"{cli} -u $REDIS_URL dbsize | grep -qx 4500\"], timeout: 30s }}\n",
+            scratch.display()
+        ),
+    );
+    let (code, report) = drill(&env, &policy, "sessions");
+    assert_eq!(code, 0, "{report:#}");
+    let counts = check(&report, "key counts");
+    assert_eq!(counts["result"], "passed");
+    assert!(counts["message"].as_str().unwrap().starts_with("5000 keys"), "{counts:#}");
+    assert_eq!(check(&report, "smoke")["result"], "passed", "{report:#}");
+    assert!(phases(&report).contains(&"replay".to_owned()), "the load is timed as replay: {report:#}");
+    assert!(left_in(&scratch).is_empty(), "{:?}", left_in(&scratch));
+    // The production server was not touched.
+    assert_eq!(source.cmd(&["DBSIZE"]), redis::Value::Int(4500));
+}
