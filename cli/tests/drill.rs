@@ -228,7 +228,9 @@ fn a_files_drill_samples_and_a_full_system_drill_measures_the_whole() {
         &env,
         &scratch,
         "  media-sample:\n    kind: recovery\n    sources: [app1/media]\n    agent: app1\n    scratch: SCRATCH\n    checks: { sample_files: 3 }\n  \
-         whole:\n    kind: full_system\n    sources: [app1/media]\n    agent: app1\n    scratch: SCRATCH\n",
+         whole:\n    kind: full_system\n    sources: [app1/media]\n    agent: app1\n    scratch: SCRATCH\n  \
+         verify:\n    kind: verification\n    sources: [app1/media]\n    agent: app1\n    scratch: SCRATCH\n    checks: { sample_files: 4 }\n\
+         backup_schedules:\n  files:\n    media: { interval: 1h, retention_days: 30 }\n",
     );
     let text = std::fs::read_to_string(&policy).unwrap().replace("SCRATCH", scratch.to_str().unwrap());
     std::fs::write(&policy, text).unwrap();
@@ -249,6 +251,26 @@ fn a_files_drill_samples_and_a_full_system_drill_measures_the_whole() {
     assert_eq!(report["verdict"]["objective"], "full_system");
     assert_eq!(report["verdict"]["rto_met"], true);
     assert!(check(&report, "content ids")["message"].as_str().unwrap().contains("files"));
+    assert!(left_in(&scratch).is_empty());
+
+    // Verification: random files of random snapshots compared, objects
+    // shown to be ciphertext, retention within policy.
+    std::fs::write(media.join("added.txt"), "a second snapshot differs").unwrap();
+    env.ok(&["backup", "files", "--host", "app1", "--tag", "source:media", media.to_str().unwrap()]);
+    let (code, report) = drill(&env, &policy, "verify");
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["kind"], "verification");
+    let restores: Vec<&Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("random restore of snapshot"))
+        .collect();
+    assert_eq!(restores.len(), 2, "both snapshots sampled: {report:#}");
+    assert!(restores.iter().all(|c| c["result"] == "passed" && c["message"].as_str().unwrap().starts_with("4 of")));
+    for c in ["stored objects are ciphertext", "unreadable under a wrong key", "retention ran within policy"] {
+        assert_eq!(check(&report, c)["result"], "passed", "{c}: {report:#}");
+    }
     assert!(left_in(&scratch).is_empty());
 
     // A source with no backup fails the drill, saying so.

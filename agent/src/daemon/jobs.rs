@@ -14,7 +14,7 @@ use lifeboat_proto::v1;
 use tracing::Instrument;
 
 use super::{Agent, Running};
-use crate::drill::{DrillContext, run_drill};
+use crate::drill::{DrillContext, retention_days, run_drill};
 use crate::progress::Progress;
 use crate::sources::{
     BackupContext, RecoveryPoint, RestoreContext, RestoreRequest, Source, SourceError, newest_of, parse_recovery_time,
@@ -190,6 +190,7 @@ impl Agent {
             local: self.sources.clone(),
             policy,
             priorities,
+            retention_days: retention_days(&spec.policy_yaml),
             agent_bin: std::env::current_exe().ok(),
             job: Some(job_id.to_owned()),
             progress,

@@ -22,8 +22,9 @@
 
 pub mod scratch;
 mod smoke;
+mod verification;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,8 @@ pub struct DrillContext {
     pub policy: DrillPolicy,
     /// Each source's priority (the highest of its schedules'), where known.
     pub priorities: BTreeMap<Member, u8>,
+    /// Each schedule's retention in days (`group.name`), for verification.
+    pub retention_days: HashMap<String, u32>,
     /// The `lifeboat-agent` binary a restored server fetches WAL with.
     pub agent_bin: Option<PathBuf>,
     /// The agent job it runs as, if it does.
@@ -99,6 +102,8 @@ struct Record {
     phases: Vec<Phase>,
     checks: Vec<Check>,
     error: Option<String>,
+    /// What a verification drill found of each source.
+    verified: Vec<SourceRun>,
 }
 
 impl Record {
@@ -113,6 +118,13 @@ impl Record {
     fn failed(&self) -> bool {
         self.error.is_some() || self.checks.iter().any(|c| !c.ok())
     }
+}
+
+/// Each schedule's retention in days, from the policy's `backup_schedules`
+/// (none when it has no such block).
+pub fn retention_days(policy_text: &str) -> HashMap<String, u32> {
+    let schedules = lifeboat_common::policy::backup_schedules_from_yaml(policy_text).unwrap_or_default();
+    schedules.iter().filter_map(|s| Some((s.id(), s.retention_days?))).collect()
 }
 
 /// The id of a run of `name` started at `started`: sorts by start, and
@@ -140,6 +152,7 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport,
         phases: Vec::new(),
         checks: Vec::new(),
         error: None,
+        verified: Vec::new(),
     };
     let id = run_id(&drill.name, started, record.seed);
     let dir = drill.scratch.join(&id);
@@ -249,6 +262,18 @@ async fn rehearse(
     record: &mut Record,
     steps: &mut Vec<Step>,
 ) {
+    if drill.kind == DrillKind::Verification {
+        if let Some(refused) = scratch::overlap(&drill.scratch, &production(ctx)) {
+            record.checks.push(Check::failed("scratch apart from production", refused));
+            return;
+        }
+        if let Err(e) = marker.write().and_then(|()| make_dir(dir)) {
+            record.error = Some(format!("making the scratch directory {}: {e}", dir.display()));
+            return;
+        }
+        record.verified = verification::verify(ctx, drill, dir, record).await;
+        return;
+    }
     // Fetch: which snapshot of each source, and of what kind.
     let fetching = Instant::now();
     let snapshots = match ctx.repo.snapshots().await {
@@ -573,30 +598,38 @@ fn finish(
     drill: &Drill,
     id: String,
     dir: PathBuf,
-    record: Record,
+    mut record: Record,
     steps: Vec<Step>,
     last_check: Duration,
 ) -> DrillReport {
-    let passed = !record.failed() && !steps.is_empty() && steps.iter().all(|s| s.run.passed);
-    let mut sources = Vec::new();
-    for step in &steps {
-        let mut run = step.run.clone();
-        run.rpo_seconds =
-            run.recovered_point.map(|p| (record.reference - p).to_std().unwrap_or_default().as_secs_f64());
-        if !passed {
-            run.rto_seconds = None;
-        }
-        run.verdict = objective_of(ctx, drill, step).map(|o| verdict(o, run.rto_seconds, run.rpo_seconds));
-        sources.push(run);
-    }
+    let (passed, sources) = if drill.kind == DrillKind::Verification {
+        let verified = std::mem::take(&mut record.verified);
+        (!record.failed() && !verified.is_empty() && verified.iter().all(|s| s.passed), verified)
+    } else {
+        let passed = !record.failed() && !steps.is_empty() && steps.iter().all(|s| s.run.passed);
+        let sources = steps
+            .iter()
+            .map(|step| {
+                let mut run = step.run.clone();
+                run.rpo_seconds =
+                    run.recovered_point.map(|p| (record.reference - p).to_std().unwrap_or_default().as_secs_f64());
+                if !passed {
+                    run.rto_seconds = None;
+                }
+                run.verdict = objective_of(ctx, drill, step).map(|o| verdict(o, run.rto_seconds, run.rpo_seconds));
+                run
+            })
+            .collect();
+        (passed, sources)
+    };
     let rto_seconds = passed.then_some(last_check.as_secs_f64());
-    let rpo_seconds = sources.iter().filter_map(|s| s.rpo_seconds).reduce(f64::max);
+    let rpo_seconds = sources.iter().filter_map(|s: &SourceRun| s.rpo_seconds).reduce(f64::max);
     let whole = match drill.kind {
         DrillKind::FullSystem => ctx
             .policy
             .objective(drill.objective.as_deref().unwrap_or(FULL_SYSTEM))
             .map(|o| verdict(o, rto_seconds, rpo_seconds)),
-        DrillKind::Recovery => None,
+        DrillKind::Recovery | DrillKind::Verification => None,
     };
     let met = |v: &Verdict| v.rto_met && v.rpo_met;
     let objectives_met =

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lifeboat_agent::daemon::config::AgentConfig;
-use lifeboat_agent::drill::{DrillContext, run_drill, scratch};
+use lifeboat_agent::drill::{DrillContext, retention_days, run_drill, scratch};
 use lifeboat_agent::progress::Progress;
 use lifeboat_agent::sources::Source;
 use lifeboat_common::policy::backup_schedules_from_yaml;
@@ -145,6 +145,7 @@ impl RunArgs {
             repo,
             spec,
             priorities: priorities(&host, &local, &text),
+            retention_days: retention_days(&text),
             host,
             local,
             policy,

@@ -11,7 +11,7 @@
 //! drills:
 //!   database-recovery:
 //!     schedule: "0 4 * * 1#1"       # the first Monday, 04:00 UTC
-//!     kind: recovery                # or full_system
+//!     kind: recovery                # or full_system, verification
 //!     sources: [db1/orders]         # HOST/SOURCE: whose backups
 //!     agent: drill1                 # the host it runs on
 //!     scratch: /var/lib/lifeboat/drills
@@ -76,6 +76,10 @@ pub enum DrillKind {
     /// Restores every source it names in priority order and measures the
     /// whole against the full-system objective.
     FullSystem,
+    /// Restores random files of random snapshots of each source it names
+    /// and compares them, checks stored objects are ciphertext no other key
+    /// opens, and that retention runs (the fourth Monday).
+    Verification,
 }
 
 impl DrillKind {
@@ -84,6 +88,7 @@ impl DrillKind {
         match self {
             DrillKind::Recovery => "recovery",
             DrillKind::FullSystem => "full_system",
+            DrillKind::Verification => "verification",
         }
     }
 }
@@ -419,6 +424,14 @@ mod tests {
         assert_eq!(
             third.schedule.as_ref().unwrap().next_after(at("2026-12-01T00:00:00Z")),
             Some(at("2026-12-21T04:00:00Z"))
+        );
+
+        let fourth = policy.drill("backup-verification").unwrap();
+        assert_eq!(fourth.kind, DrillKind::Verification);
+        assert_eq!(fourth.checks.sample_files, Some(50));
+        assert_eq!(
+            fourth.schedule.as_ref().unwrap().next_after(at("2026-12-01T00:00:00Z")),
+            Some(at("2026-12-28T04:00:00Z"))
         );
 
         let orders: Member = "db1/orders".parse().unwrap();
