@@ -525,7 +525,8 @@ async fn rehearse(
         env.extend(recovered.env());
     }
     for smoke in &drill.checks.smoke {
-        record.checks.push(smoke::run(smoke, dir, &env).await);
+        let started = Instant::now();
+        record.checks.push(smoke::run(smoke, dir, &env).await.timed(started));
     }
     record.phase("checks", None, checking.elapsed());
 }

@@ -411,11 +411,13 @@ impl Recovered for PgRecovered {
             }
         }
         if self.checks.amcheck {
-            checks.push(self.amcheck().await);
+            let started = Instant::now();
+            checks.push(self.amcheck().await.timed(started));
         }
         for probe in &self.checks.sql {
             let db = probe.database.as_deref().unwrap_or("postgres");
-            checks.push(self.probe(&probe.query, probe.expect.as_deref(), db).await);
+            let started = Instant::now();
+            checks.push(self.probe(&probe.query, probe.expect.as_deref(), db).await.timed(started));
         }
         checks
     }

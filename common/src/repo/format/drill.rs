@@ -28,17 +28,20 @@ pub struct Check {
     /// The source it checked (none: the drill as a whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// How long it took, where it is timed on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 impl Check {
     /// A check that held.
     pub fn passed(name: impl Into<String>, message: impl Into<String>) -> Check {
-        Check { name: name.into(), result: Outcome::Passed, message: message.into(), source: None }
+        Check { name: name.into(), result: Outcome::Passed, message: message.into(), source: None, seconds: None }
     }
 
     /// A check that did not.
     pub fn failed(name: impl Into<String>, message: impl Into<String>) -> Check {
-        Check { name: name.into(), result: Outcome::Failed, message: message.into(), source: None }
+        Check { name: name.into(), result: Outcome::Failed, message: message.into(), source: None, seconds: None }
     }
 
     /// Passed when `ok`, failed otherwise.
@@ -49,6 +52,12 @@ impl Check {
     /// The same check, about `source`.
     pub fn about(mut self, source: &str) -> Check {
         self.source = Some(source.to_owned());
+        self
+    }
+
+    /// The same check, timed from `started`.
+    pub fn timed(mut self, started: std::time::Instant) -> Check {
+        self.seconds = Some(started.elapsed().as_secs_f64());
         self
     }
 
