@@ -256,6 +256,12 @@ impl Policy {
         let prices = prices_from_yaml(&text).map_err(invalid)?;
         let failover = failover_from_yaml(&text).map_err(invalid)?;
         let drills = drills_from_yaml(&text).map_err(invalid)?;
+        if schedules.iter().any(|s| s.group == DRILL_GROUP) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                reason: format!("backup_schedules.{DRILL_GROUP}: the group's name is the drills' own; use another"),
+            });
+        }
         let drill_schedules = drills
             .drills
             .iter()

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use lifeboat_common::repo::format::drill::DrillReport;
+use lifeboat_common::repo::ops::drill_reports::find_drill_report_in;
 use lifeboat_proto::v1;
 use tonic::Status;
 
@@ -27,6 +28,8 @@ pub struct DrillRow {
     pub passed: bool,
     /// Every objective met.
     pub objectives_met: bool,
+    /// `passed`, `objectives_missed` or `failed`.
+    pub outcome: &'static str,
     /// Measured RTO, when it passed.
     pub rto_seconds: Option<f64>,
     /// Measured RPO.
@@ -44,6 +47,7 @@ impl DrillRow {
             id: report.id.clone(),
             passed: report.passed,
             objectives_met: report.objectives_met,
+            outcome: report.outcome(),
             rto_seconds: report.rto_seconds,
             rpo_seconds: report.rpo_seconds,
             finished: report.finished,
@@ -85,8 +89,11 @@ impl DrillBook {
     /// The newest run of each drill stored under `prefix`.
     pub async fn load(state: State<'_>, prefix: &str) -> Result<Self, StateError> {
         let mut book = DrillBook { prefix: prefix.to_owned(), latest: BTreeMap::new() };
-        for report in Self::reports(state, prefix).await?.iter().rev() {
-            book.latest.insert(report.drill.clone(), DrillRow::of(report));
+        for report in Self::reports(state, prefix).await? {
+            let newer = book.latest.get(&report.drill).is_none_or(|r| r.finished <= report.finished);
+            if newer {
+                book.latest.insert(report.drill.clone(), DrillRow::of(&report));
+            }
         }
         Ok(book)
     }
@@ -109,19 +116,6 @@ impl DrillBook {
     }
 }
 
-/// The report whose id is `id` or starts with it (unique).
-fn find<'a>(reports: &'a [DrillReport], id: &str) -> Result<&'a DrillReport, String> {
-    if let Some(exact) = reports.iter().find(|r| r.id == id) {
-        return Ok(exact);
-    }
-    let mut matches = reports.iter().filter(|r| !id.is_empty() && r.id.starts_with(id));
-    match (matches.next(), matches.next()) {
-        (Some(found), None) => Ok(found),
-        (None, _) => Err(format!("no drill report {id:?}")),
-        _ => Err(format!("{id:?} names several drill reports: give more of the id")),
-    }
-}
-
 /// `ListDrills`, from the state (the leader and followers alike).
 pub async fn list(
     state: State<'_>,
@@ -137,7 +131,7 @@ pub async fn list(
 /// `ShowDrill`, from the state.
 pub async fn show(state: State<'_>, prefix: &str, request: &v1::ShowDrillRequest) -> Result<v1::DrillReply, Status> {
     let reports = DrillBook::reports(state, prefix).await.map_err(unreadable)?;
-    let report = find(&reports, &request.id).map_err(Status::not_found)?;
+    let report = find_drill_report_in(&reports, &request.id).map_err(Status::not_found)?;
     let report_json = serde_json::to_string(report).map_err(|e| Status::internal(e.to_string()))?;
     Ok(v1::DrillReply { report_json })
 }
@@ -169,10 +163,10 @@ pub fn conditions<'a>(latest: impl Iterator<Item = &'a DrillRow>, policy: &Polic
         if policy.drills.drill(&row.drill).is_none() {
             continue;
         }
-        let alert = match (row.passed, row.objectives_met) {
-            (false, _) => Alert::DrillFailed,
-            (true, false) => Alert::DrillObjectiveMissed,
-            (true, true) => continue,
+        let alert = match row.outcome {
+            "failed" => Alert::DrillFailed,
+            "objectives_missed" => Alert::DrillObjectiveMissed,
+            _ => continue,
         };
         let mut details = BTreeMap::from([("report".to_owned(), row.id.clone())]);
         if let Some(rto) = row.rto_seconds {

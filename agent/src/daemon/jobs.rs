@@ -126,10 +126,23 @@ impl Agent {
     }
 
     /// Stops a job the coordinator cancelled, and reports it so.
-    pub(super) fn cancel(&self, id: &str, reason: &str) {
+    pub(super) fn cancel(self: &Arc<Self>, id: &str, reason: &str) {
         let running = self.book().running.remove(id);
         if let Some(running) = running {
             running.task.abort();
+            if running.kind == "drill" {
+                // Cut short: its servers and scratch go, its report says so.
+                let (agent, job) = (self.clone(), id.to_owned());
+                tokio::spawn(async move {
+                    let which = job.clone();
+                    let cut = crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host, move |m| {
+                        m.job.as_deref() == Some(which.as_str())
+                    });
+                    for (report, _) in cut.await {
+                        tracing::warn!(job, drill = report.id, "a cancelled drill was cleaned up");
+                    }
+                });
+            }
             tracing::warn!(job = id, attempt = running.attempt, reason, "job cancelled");
             self.outcomes.count(running.kind, "cancelled");
             let result = v1::JobResult {
@@ -195,7 +208,7 @@ impl Agent {
             job: Some(job_id.to_owned()),
             progress,
         };
-        run_drill(&ctx, &drill).await.map_err(|e| JobError::Request(e.to_string()))
+        Ok(run_drill(&ctx, &drill).await)
     }
 
     async fn backup(

@@ -309,7 +309,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     // A drill this agent was running when it stopped: its servers and
     // scratch go, and its report says it was cut short (the coordinator
     // marks its job failed when this agent attaches without it).
-    for (report, job) in crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host).await {
+    for (report, job) in crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host, |_| true).await {
         tracing::warn!(drill = report.id, job = job.as_deref().unwrap_or("-"), "a drill cut short was cleaned up");
         if let Some(job) = job {
             let result = v1::JobResult {
@@ -346,7 +346,8 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         task.abort();
         task.await.ok();
     }
-    // Drills stopped with it leave nothing running behind.
-    crate::drill::clean_up_cut_short(&agent.repo, &agent.config.host).await;
+    // Drills stopped with it leave nothing running; their scratch and
+    // markers stay, for the next start to remove and report to the leader.
+    tokio::task::spawn_blocking(crate::drill::scratch::stop_own_servers).await.ok();
     Ok(())
 }

@@ -69,18 +69,8 @@ pub struct DrillContext {
     pub progress: Arc<Progress>,
 }
 
-/// Why a drill could not run or keep its report.
-#[derive(Debug, thiserror::Error)]
-pub enum DrillError {
-    /// Its report could not be stored.
-    #[error("storing the report of drill {id}: {cause}")]
-    Store {
-        /// The run.
-        id: String,
-        /// Why.
-        cause: lifeboat_common::repo::RepoError,
-    },
-}
+/// Where a source of no known priority goes in a full-system drill.
+const UNKNOWN_PRIORITY: u8 = 3;
 
 /// One source as the drill goes: planned, then recovered.
 struct Step {
@@ -134,10 +124,10 @@ pub fn run_id(name: &str, started: DateTime<Utc>, tie: u64) -> String {
 }
 
 /// Runs `drill` and stores its report in the repository (`drills/<id>`).
-/// A drill that fails is a report that says so, not an error: the error is
-/// only for a report that could not be stored.
+/// A drill that fails is a report that says so; one whose report could
+/// not be stored fails for it (its evidence is not kept).
 #[tracing::instrument(skip_all, fields(drill = %drill.name))]
-pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport, DrillError> {
+pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> DrillReport {
     let started = Utc::now();
     let mut seed_bytes = [0u8; 8];
     if let Err(e) = lifeboat_common::crypto::random_fill(&mut seed_bytes) {
@@ -164,6 +154,8 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport,
         started,
         dir: dir.clone(),
         pid: std::process::id(),
+        pid_start: scratch::process_start(std::process::id()),
+        reported: false,
         keep: drill.keep,
         job: ctx.job.clone(),
     };
@@ -196,23 +188,37 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> Result<DrillReport,
         .unwrap_or_else(|e| Err(e.to_string()))
     {
         record.checks.push(Check::failed("clean-up", e));
+        // What is left is removed at the next start; this run reports itself.
+        if let Err(e) = (Marker { reported: true, ..marker.clone() }).write() {
+            tracing::warn!(drill = marker.id, error = %e, "marking the drill reported");
+        }
     }
     record.phase("cleanup", None, cleaning.elapsed());
 
-    let report = finish(ctx, drill, id, dir, record, steps, last_check);
+    let mut report = finish(ctx, drill, id, dir, record, steps, last_check);
+    if let Err(e) = save_drill_report(&ctx.repo, &report).await {
+        report.checks.push(Check::failed("report stored", format!("drills/{}: {e}", report.id)));
+        report.passed = false;
+        report.objectives_met = false;
+        report.rto_seconds = None;
+    }
     tracing::info!("{}", report.headline());
-    save_drill_report(&ctx.repo, &report).await.map_err(|cause| DrillError::Store { id: report.id.clone(), cause })?;
-    Ok(report)
+    report
 }
 
-/// Removes what drills cut short (their process killed or stopped) left
-/// behind: their servers stopped, their directories removed; each is
+/// Removes what drills cut short (their process killed or stopped, or the
+/// job cancelled) left behind, among those `which` picks: their servers
+/// stopped, their directories removed; each run that had not reported is
 /// reported failed in the repository. Returns those reports, and the job
 /// each ran as.
-pub async fn clean_up_cut_short(repo: &Repository, host: &str) -> Vec<(DrillReport, Option<String>)> {
-    let leftovers = tokio::task::spawn_blocking(scratch::clean_leftovers).await.unwrap_or_default();
+pub async fn clean_up_cut_short(
+    repo: &Repository,
+    host: &str,
+    which: impl Fn(&Marker) -> bool + Send + 'static,
+) -> Vec<(DrillReport, Option<String>)> {
+    let leftovers = tokio::task::spawn_blocking(move || scratch::clean_leftovers(which)).await.unwrap_or_default();
     let mut reports = Vec::new();
-    for left in leftovers {
+    for left in leftovers.into_iter().filter(|l| !l.marker.reported) {
         let m = &left.marker;
         let cleaned = match &left.error {
             None => "its servers were stopped and its scratch directory removed".to_owned(),
@@ -240,7 +246,9 @@ pub async fn clean_up_cut_short(repo: &Repository, host: &str) -> Vec<(DrillRepo
             seed: 0,
         };
         if let Err(e) = save_drill_report(repo, &report).await {
+            // Already there: the run reported before it was cut short.
             tracing::warn!(drill = report.id, error = %e, "storing the report of a drill cut short");
+            continue;
         }
         reports.push((report, m.job.clone()));
     }
@@ -302,7 +310,7 @@ async fn rehearse(
                 continue;
             }
         };
-        let priority = ctx.priorities.get(member).copied().unwrap_or(3);
+        let priority = ctx.priorities.get(member).copied().unwrap_or(UNKNOWN_PRIORITY);
         let run = SourceRun {
             source: member.to_string(),
             kind: kind.unwrap_or_default(),
@@ -408,9 +416,18 @@ async fn rehearse(
         let objective = objective_of(ctx, drill, step);
         record.checks.push(
             match objective {
-                Some(o) => Check::of(
+                // Recovery goes on: the RPO missed is the verdict's to say.
+                Some(o) if age > o.rpo => Check::warning(
                     "newest recovery point within RPO",
-                    age <= o.rpo,
+                    format!(
+                        "the newest point the repository holds is {} old, past the RPO of {} (objective {}): the objective will be missed",
+                        human(age),
+                        human(o.rpo),
+                        o.name
+                    ),
+                ),
+                Some(o) => Check::passed(
+                    "newest recovery point within RPO",
                     format!(
                         "the newest point the repository holds is {} old (objective {}: RPO {})",
                         human(age),
@@ -452,7 +469,9 @@ async fn rehearse(
         record.error = Some(format!("making the scratch directory {}: {e}", dir.display()));
         return;
     }
-    let production_ports: Vec<u16> = ctx.local.iter().flat_map(|s| s.ports()).collect();
+    // Production's ports, then each one handed out: never taken twice.
+    let mut taken: Vec<u16> = ctx.local.iter().flat_map(|s| s.ports()).collect();
+    let mut env = vec![("LIFEBOAT_DRILL_SCRATCH".to_owned(), dir.display().to_string())];
     let mut i = 0;
     while i < steps.len() {
         let level = steps[i].priority;
@@ -460,13 +479,14 @@ async fn rehearse(
         let mut recoveries = Vec::new();
         for step in &steps[i..end] {
             let Some(plan) = step.plan.clone() else { continue };
-            let port = match scratch::free_port(&production_ports) {
+            let port = match scratch::free_port(&taken) {
                 Ok(p) => p,
                 Err(e) => {
                     record.error = Some(e.to_string());
                     return;
                 }
             };
+            taken.push(port);
             let source_dir = dir.join(&step.member.source);
             let scratch = Scratch {
                 dir: source_dir.clone(),
@@ -504,31 +524,39 @@ async fn rehearse(
                 Err(e) => record.checks.push(Check::failed("recovery", e).about(&about)),
             }
         }
+        if record.failed() {
+            return;
+        }
+        // Each source's own checks as soon as its level is up: its RTO
+        // does not wait for the levels after it.
+        for step in steps[i..end].iter_mut() {
+            let Some(recovered) = &step.recovered else { continue };
+            let about = step.member.to_string();
+            let checking = Instant::now();
+            let checks = recovered.check().await;
+            step.run.passed = checks.iter().all(Check::ok);
+            if step.run.passed {
+                step.run.rto_seconds = Some(record.clock.elapsed().as_secs_f64());
+            }
+            record.checks.extend(checks.into_iter().map(|c| c.about(&about)));
+            record.phase("checks", Some(&step.member), checking.elapsed());
+            env.extend(recovered.env());
+        }
         i = end;
     }
     if record.failed() {
         return;
     }
 
-    // Checks: each kind's, then the smoke commands.
+    // Then the smoke commands, with every recovered server's address.
     let checking = Instant::now();
-    let mut env = vec![("LIFEBOAT_DRILL_SCRATCH".to_owned(), dir.display().to_string())];
-    for step in steps.iter_mut() {
-        let Some(recovered) = &step.recovered else { continue };
-        let about = step.member.to_string();
-        let checks = recovered.check().await;
-        step.run.passed = checks.iter().all(Check::ok);
-        if step.run.passed {
-            step.run.rto_seconds = Some(record.clock.elapsed().as_secs_f64());
-        }
-        record.checks.extend(checks.into_iter().map(|c| c.about(&about)));
-        env.extend(recovered.env());
-    }
     for smoke in &drill.checks.smoke {
         let started = Instant::now();
         record.checks.push(smoke::run(smoke, dir, &env).await.timed(started));
     }
-    record.phase("checks", None, checking.elapsed());
+    if !drill.checks.smoke.is_empty() {
+        record.phase("checks", None, checking.elapsed());
+    }
 }
 
 /// The paths of this host that are production: its sources' paths, the

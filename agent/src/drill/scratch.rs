@@ -20,32 +20,26 @@ pub struct Protected {
 }
 
 /// `path` made absolute and with its links resolved as far as it exists
-/// (a scratch directory need not exist yet).
+/// (a scratch directory need not exist yet), `.` and `..` applied after.
 fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let mut existing = path.as_path();
-    let mut rest: Vec<std::ffi::OsString> = Vec::new();
-    loop {
-        if let Ok(mut real) = std::fs::canonicalize(existing) {
-            for part in rest.iter().rev() {
-                match part.to_str() {
-                    Some("..") => {
-                        real.pop();
-                    }
-                    Some(".") => {}
-                    _ => real.push(part),
+    let parts: Vec<Component> = path.components().collect();
+    for n in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..n].iter().collect();
+        let Ok(mut real) = std::fs::canonicalize(&prefix) else { continue };
+        for part in &parts[n..] {
+            match part {
+                Component::ParentDir => {
+                    real.pop();
                 }
+                Component::Normal(name) => real.push(name),
+                _ => {}
             }
-            return real;
         }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return path,
-        }
+        return real;
     }
+    path
 }
 
 /// Why `scratch` may not be used: it lies inside a protected path or holds one.
@@ -102,11 +96,34 @@ pub struct Marker {
     pub dir: PathBuf,
     /// The process that ran it.
     pub pid: u32,
+    /// When that process started (clock ticks after boot), so a pid used
+    /// again by another process is not taken for it.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    /// Its report was stored: what is left is only to remove.
+    #[serde(default)]
+    pub reported: bool,
     /// Keep the restored data (its servers are stopped all the same).
     pub keep: bool,
     /// The agent job it runs as, if it does.
     #[serde(default)]
     pub job: Option<String>,
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`'s
+/// 22nd field), if it runs.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Marker {
+    /// Whether the process that wrote it still runs (and is not this one).
+    fn owner_alive(&self) -> bool {
+        self.pid != std::process::id() && process_start(self.pid).is_some_and(|s| self.pid_start.is_none_or(|p| p == s))
+    }
 }
 
 /// Where markers live: `<state dir>/drills/`.
@@ -178,6 +195,14 @@ pub fn kill_servers_in(dir: &Path) -> Result<usize, String> {
 /// Removes the drill's servers and (unless kept) its directory, then its
 /// marker. What cannot be removed is returned, and the marker kept.
 pub fn clean(marker: &Marker) -> Result<(), String> {
+    // A marker names its run's own directory, nothing else.
+    if marker.dir.file_name() != Some(std::ffi::OsStr::new(&marker.id)) {
+        return Err(format!(
+            "marker {} names {}, not a directory of its own: left alone",
+            marker.id,
+            marker.dir.display()
+        ));
+    }
     kill_servers_in(&marker.dir)?;
     if !marker.keep {
         match std::fs::remove_dir_all(&marker.dir) {
@@ -199,9 +224,8 @@ pub struct Leftover {
     pub error: Option<String>,
 }
 
-/// Removes what drills left behind when the process running them died:
-/// those whose marker names a process that no longer runs.
-pub fn clean_leftovers() -> Vec<Leftover> {
+/// Every marker, and those that cannot be read (logged).
+fn markers() -> Vec<Marker> {
     let Ok(entries) = std::fs::read_dir(markers_dir()) else { return Vec::new() };
     let mut found = Vec::new();
     for entry in entries.flatten() {
@@ -209,18 +233,33 @@ pub fn clean_leftovers() -> Vec<Leftover> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        let marker: Marker = match std::fs::read(&path)
+        match std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(marker = %path.display(), error = %e, "an unreadable drill marker");
-                continue;
-            }
-        };
-        let alive = marker.pid != std::process::id() && Path::new(&format!("/proc/{}", marker.pid)).exists();
-        if alive {
+            Ok(m) => found.push(m),
+            Err(e) => tracing::warn!(marker = %path.display(), error = %e, "an unreadable drill marker"),
+        }
+    }
+    found
+}
+
+/// Kills what still runs in the scratch of the drills this process runs
+/// (it is stopping); their markers stay, for the next start to report them.
+pub fn stop_own_servers() {
+    for marker in markers().into_iter().filter(|m| m.pid == std::process::id()) {
+        if let Err(e) = kill_servers_in(&marker.dir) {
+            tracing::error!(drill = marker.id, error = e, "stopping a drill's servers");
+        }
+    }
+}
+
+/// Removes what drills left behind: those `which` picks among the ones
+/// whose process no longer runs (or is this one, for a job it cancelled).
+pub fn clean_leftovers(which: impl Fn(&Marker) -> bool) -> Vec<Leftover> {
+    let mut found = Vec::new();
+    for marker in markers() {
+        if marker.owner_alive() || !which(&marker) {
             continue;
         }
         let error = clean(&marker).err();

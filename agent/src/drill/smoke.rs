@@ -25,12 +25,20 @@ pub async fn run(smoke: &SmokeCommand, scratch: &Path, env: &[(String, String)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own, so what it starts goes with it.
+        .process_group(0)
         .kill_on_drop(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Check::failed(name, format!("could not start {}: {e}", smoke.command[0])),
     };
-    match tokio::time::timeout(smoke.timeout, child.wait_with_output()).await {
+    let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    let waited = tokio::time::timeout(smoke.timeout, child.wait_with_output()).await;
+    if let Some(group) = group {
+        // Whatever it left running (a server, a browser) is stopped too.
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    match waited {
         Err(_) => {
             Check::failed(name, format!("still running after {}: killed", humantime::format_duration(smoke.timeout)))
         }

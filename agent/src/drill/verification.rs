@@ -5,9 +5,7 @@
 //! have run within the policy.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -21,13 +19,12 @@ use lifeboat_common::repo::format::layout::{
 use lifeboat_common::repo::format::object;
 use lifeboat_common::repo::format::pack::read_header;
 use lifeboat_common::repo::format::snapshot::Snapshot;
-use lifeboat_common::repo::format::tree::NodeKind;
 use lifeboat_common::repo::ops::retention::{expired, source_tag};
-use lifeboat_common::repo::{BlobId, Repository, SnapshotId};
+use lifeboat_common::repo::{Repository, SnapshotId};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::sources::files::{RestoreOptions, restore_files};
+use crate::sources::files::drill::{Wanted, regular_files, restore_one};
 
 use super::{DrillContext, Record};
 
@@ -132,38 +129,17 @@ async fn restore_and_compare(
     want: usize,
     rng: &mut Xoshiro256PlusPlus,
 ) -> Result<(usize, usize), String> {
-    let mut files: Vec<(PathBuf, Vec<BlobId>)> = Vec::new();
-    let mut stack = vec![(snapshot.tree, PathBuf::from("/"))];
-    while let Some((tree, at)) = stack.pop() {
-        let tree = repo.load_tree(&tree).await.map_err(|e| format!("directory {}: {e}", at.display()))?;
-        for node in tree.nodes {
-            let path = at.join(OsStr::from_bytes(&node.name));
-            match node.kind {
-                NodeKind::Dir { subtree } => stack.push((subtree, path)),
-                NodeKind::File { content } if path.to_str().is_some() => files.push((path, content)),
-                _ => {}
-            }
-        }
-    }
-    files.sort();
+    let files: Vec<Wanted> = regular_files(repo, snapshot.tree)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(p, _)| p.to_str().is_some())
+        .collect();
     let total = files.len();
     let picked = rand::seq::index::sample(rng, total, want.min(total));
     for i in picked.iter() {
         let (path, content) = &files[i];
-        let parent = path.parent().map_or(PathBuf::new(), |p| p.strip_prefix("/").unwrap_or(p).to_owned());
-        let opts = RestoreOptions {
-            target: target.join(&parent),
-            sub_path: path.to_str().map(str::to_owned),
-            skip_xattrs: true,
-            ..Default::default()
-        };
-        let report = restore_files(repo, snapshot, opts, Arc::default())
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(f) = report.failed.first() {
-            return Err(format!("{}: {f}", path.display()));
-        }
-        let local = target.join(path.strip_prefix("/").unwrap_or(path));
+        let local = restore_one(repo, snapshot, target, path, Arc::default()).await?;
         let restored = std::fs::read(&local).map_err(|e| format!("{}: {e}", local.display()))?;
         let mut at = 0usize;
         for blob in content {

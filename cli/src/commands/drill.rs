@@ -9,13 +9,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lifeboat_agent::daemon::config::AgentConfig;
-use lifeboat_agent::drill::{DrillContext, retention_days, run_drill, scratch};
+use lifeboat_agent::drill::{DrillContext, clean_up_cut_short, retention_days, run_drill};
 use lifeboat_agent::progress::Progress;
 use lifeboat_agent::sources::Source;
 use lifeboat_common::policy::backup_schedules_from_yaml;
 use lifeboat_common::policy::drills::drills_from_yaml;
 use lifeboat_common::policy::failover::Member;
-use lifeboat_common::repo::format::drill::DrillReport;
+use lifeboat_common::repo::format::drill::{DrillReport, Outcome};
 
 use crate::RepoArgs;
 use crate::progress::ProgressView;
@@ -120,19 +120,9 @@ impl RunArgs {
         let agent_bin =
             std::path::absolute(&agent_bin).with_context(|| format!("resolving {}", agent_bin.display()))?;
 
-        for left in scratch::clean_leftovers() {
-            match &left.error {
-                None => eprintln!(
-                    "lifeboat: removed what drill {} left in {} when it was cut short",
-                    left.marker.id,
-                    left.marker.dir.display()
-                ),
-                Some(e) => eprintln!(
-                    "lifeboat: warning: drill {} left {} behind: {e}",
-                    left.marker.id,
-                    left.marker.dir.display()
-                ),
-            }
+        for (report, _) in clean_up_cut_short(&repo, &host, |m| m.job.is_none()).await {
+            // An agent's own jobs are its to report to the coordinator.
+            eprintln!("lifeboat: {} (its scratch {} removed)", report.headline(), report.scratch);
         }
         if drill.agent != host {
             eprintln!(
@@ -154,7 +144,7 @@ impl RunArgs {
             progress: progress.clone(),
         };
         let view = ProgressView::start("drill", progress);
-        let report = run_drill(&ctx, &drill).await?;
+        let report = run_drill(&ctx, &drill).await;
         drop(view);
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -167,10 +157,10 @@ impl RunArgs {
 
 /// 0: passed and met; 2: passed, an objective missed; 1: failed.
 pub fn exit_code(report: &DrillReport) -> u8 {
-    match (report.passed, report.objectives_met) {
-        (true, true) => 0,
-        (true, false) => 2,
-        (false, _) => 1,
+    match report.outcome() {
+        "passed" => 0,
+        "objectives_missed" => 2,
+        _ => 1,
     }
 }
 
@@ -217,7 +207,12 @@ pub fn print_report(report: &DrillReport) {
     println!("  phases: {}", phases.join(", "));
     for c in &report.checks {
         let about = c.source.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
-        println!("  {} {}{about}: {}", if c.ok() { "ok  " } else { "FAIL" }, c.name, c.message);
+        let result = match c.result {
+            Outcome::Passed => "ok  ",
+            Outcome::Warning => "WARN",
+            Outcome::Failed => "FAIL",
+        };
+        println!("  {result} {}{about}: {}", c.name, c.message);
     }
     if let Some(e) = &report.error {
         println!("  stopped: {e}");

@@ -74,10 +74,10 @@ async fn list(control: &Control, json: bool, limit: u32) -> Result<u8> {
     }
     let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1}s"));
     for r in &reports {
-        let result = match (r.passed, r.objectives_met) {
-            (true, true) => "passed",
-            (true, false) => "passed, objectives MISSED",
-            (false, _) => "FAILED",
+        let result = match r.outcome() {
+            "passed" => "passed",
+            "objectives_missed" => "passed, objectives MISSED",
+            _ => "FAILED",
         };
         let against: Vec<String> = r
             .sources

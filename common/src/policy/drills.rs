@@ -110,7 +110,12 @@ impl DrillTarget {
     pub fn time(&self, start: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             DrillTarget::Latest => None,
-            DrillTarget::Ago(d) => Some(start - chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)),
+            DrillTarget::Ago(d) => Some(
+                chrono::Duration::from_std(*d)
+                    .ok()
+                    .and_then(|d| start.checked_sub_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            ),
             DrillTarget::At(t) => Some(*t),
         }
     }
@@ -164,6 +169,9 @@ pub struct DrillChecks {
     pub sample_files: Option<u32>,
     /// Packs the pre-recovery checklist reads whole.
     pub sample_packs: u32,
+    /// PostgreSQL: the role checks connect as (default: the restored data
+    /// directory's owner, whom initdb names the first superuser after).
+    pub user: Option<String>,
 }
 
 impl Default for DrillChecks {
@@ -174,6 +182,7 @@ impl Default for DrillChecks {
             smoke: Vec::new(),
             sample_files: None,
             sample_packs: SAMPLE_PACKS,
+            user: None,
         }
     }
 }
@@ -279,6 +288,7 @@ struct ChecksSpec {
     smoke: Vec<SmokeSpec>,
     sample_files: Option<u32>,
     sample_packs: Option<u32>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +342,11 @@ pub fn drills_from_yaml(text: &str) -> Result<DrillPolicy, PolicyError> {
     }
     for (name, spec) in doc.drills.unwrap_or_default() {
         let bad = |reason: String| PolicyError::Drill { entry: format!("drills.{name}"), reason };
+        if !is_plain_name(&name) {
+            return Err(bad(
+                "a drill's name is letters, digits, '_', '-' and '.', not first (it names a directory)".into()
+            ));
+        }
         let sources = members(&spec.sources).map_err(&bad)?;
         if sources.is_empty() {
             return Err(bad("name at least one source (HOST/SOURCE)".into()));
@@ -374,6 +389,7 @@ pub fn drills_from_yaml(text: &str) -> Result<DrillPolicy, PolicyError> {
             smoke,
             sample_files: spec.checks.sample_files.filter(|n| *n > 0),
             sample_packs: spec.checks.sample_packs.unwrap_or(SAMPLE_PACKS),
+            user: spec.checks.user,
         };
         policy.drills.push(Drill {
             name: name.clone(),
@@ -393,7 +409,20 @@ pub fn drills_from_yaml(text: &str) -> Result<DrillPolicy, PolicyError> {
 }
 
 fn members(texts: &[String]) -> Result<Vec<Member>, String> {
-    texts.iter().map(|m| m.parse::<Member>().map_err(|e| format!("sources: {e}"))).collect()
+    let members: Vec<Member> =
+        texts.iter().map(|m| m.parse::<Member>().map_err(|e| format!("sources: {e}"))).collect::<Result<_, _>>()?;
+    match members.iter().find(|m| !is_plain_name(&m.source)) {
+        // A drill restores each source into a directory named after it.
+        Some(m) => Err(format!("sources: {m}: a source id is letters, digits, '_', '-' and '.', not first")),
+        None => Ok(members),
+    }
+}
+
+/// Letters, digits, `_`, `-` and `.`, not first: safe as a directory name.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 #[cfg(test)]
@@ -447,6 +476,7 @@ mod tests {
         assert_eq!(parse_target("90m ago"), Ok(DrillTarget::Ago(Duration::from_secs(5400))));
         assert_eq!(parse_target("2026-12-01 10:00:00+00"), Ok(DrillTarget::At(at("2026-12-01T10:00:00Z"))));
         assert_eq!(parse_target("2026-12-01T10:00:00+01:00"), Ok(DrillTarget::At(at("2026-12-01T09:00:00Z"))));
+        assert_eq!(DrillTarget::Ago(Duration::MAX).time(at("2026-12-07T04:00:00Z")), Some(DateTime::<Utc>::MIN_UTC));
         for bad in ["yesterday", "2026-12-01 10:00:00", "1 fortnight ago"] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
@@ -480,6 +510,12 @@ mod tests {
             (format!("{head}    sources: [a/b]\n    scratch: /s\n    colour: red\n"), "line 7", "colour"),
             ("recovery_objectives:\n  db: { rto: fast, rpo: 5m }\n".to_owned(), "recovery_objectives.db", "rto"),
             ("drills:\n  d: { kind: rehearsal }\n".to_owned(), "line 2", "rehearsal"),
+            (format!("{head}    sources: [a/..]\n    scratch: /s\n"), "drills.d", "a source id"),
+            (
+                "drills:\n  ../x: { kind: recovery, agent: a, sources: [a/b], scratch: /s }\n".to_owned(),
+                "drills.../x",
+                "name",
+            ),
         ];
         for (yaml, place, what) in cases {
             let err = drills_from_yaml(&yaml).unwrap_err().to_string();

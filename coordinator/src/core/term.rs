@@ -501,12 +501,7 @@ impl<'a> Term<'a> {
     /// A drill job's report: kept in the state, counted, and linked from the job.
     async fn drill_reported(&mut self, job_id: &str, json: &str) -> Result<(), StateError> {
         let Some(report) = self.drills.record(self.state, json).await? else { return Ok(()) };
-        let outcome = match (report.passed, report.objectives_met) {
-            (true, true) => "passed",
-            (true, false) => "objectives_missed",
-            (false, _) => "failed",
-        };
-        self.shared.counts.drill(&report.drill, outcome);
+        self.shared.counts.drill(&report.drill, report.outcome());
         tracing::info!(job = job_id, report = report.id, "{}", report.headline());
         let id = report.id.clone();
         self.jobs.update(self.state, job_id, |j| j.drill_report = Some(id)).await?;

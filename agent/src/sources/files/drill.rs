@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use lifeboat_common::repo::engine::chunker::Chunker;
 use lifeboat_common::repo::format::drill::Check;
 use lifeboat_common::repo::format::pack::blob_id;
+use lifeboat_common::repo::format::snapshot::Snapshot;
 use lifeboat_common::repo::format::tree::NodeKind;
 use lifeboat_common::repo::ops::retention::source_tag;
 use lifeboat_common::repo::{BlobId, Repository};
@@ -48,10 +49,10 @@ pub async fn plan(request: PlanRequest<'_>) -> Result<DrillPlan, FilesError> {
 }
 
 /// A regular file of the snapshot: its path in it, and its content ids.
-type Wanted = (PathBuf, Vec<BlobId>);
+pub(crate) type Wanted = (PathBuf, Vec<BlobId>);
 
-/// Every regular file of the snapshot.
-async fn regular_files(repo: &Repository, root: BlobId) -> Result<Vec<Wanted>, FilesError> {
+/// Every regular file of the snapshot, sorted by path.
+pub(crate) async fn regular_files(repo: &Repository, root: BlobId) -> Result<Vec<Wanted>, FilesError> {
     let mut out = Vec::new();
     let mut stack = vec![(root, PathBuf::from("/"))];
     while let Some((tree, dir)) = stack.pop() {
@@ -66,6 +67,31 @@ async fn regular_files(repo: &Repository, root: BlobId) -> Result<Vec<Wanted>, F
     }
     out.sort();
     Ok(out)
+}
+
+/// Restores the file at `path` of `snapshot` alone, to the same path below
+/// `target` (a path that is not text cannot be named alone).
+pub(crate) async fn restore_one(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    target: &Path,
+    path: &Path,
+    progress: Arc<crate::progress::Progress>,
+) -> Result<PathBuf, String> {
+    let text = path.to_str().ok_or_else(|| format!("{}: not a text path", path.display()))?;
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    // A single file lands in its target directory by its name.
+    let opts = RestoreOptions {
+        target: target.join(relative.parent().unwrap_or(Path::new(""))),
+        sub_path: Some(text.to_owned()),
+        skip_xattrs: true,
+        ..Default::default()
+    };
+    let report = restore_files(repo, snapshot, opts, progress).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    match report.failed.first() {
+        Some(f) => Err(format!("{}: {f}", path.display())),
+        None => Ok(target.join(relative)),
+    }
 }
 
 /// Restores the snapshot (or a sample of its files) into `scratch.dir/files`.
@@ -87,19 +113,9 @@ pub async fn recover(
             picked.sort_unstable();
             let files: Vec<Wanted> = picked.into_iter().map(|i| named[i].clone()).collect();
             for (path, _) in &files {
-                // A single file lands in its target directory by its name.
-                let parent = path.parent().map_or(PathBuf::new(), |p| p.strip_prefix("/").unwrap_or(p).to_owned());
-                let opts = RestoreOptions {
-                    target: target.join(parent),
-                    sub_path: path.to_str().map(str::to_owned),
-                    ..Default::default()
-                };
-                let report = restore_files(&ctx.repo, &plan.manifest, opts, ctx.progress.clone())
+                restore_one(&ctx.repo, &plan.manifest, &target, path, ctx.progress.clone())
                     .await
-                    .map_err(SourceError::kind)?;
-                if let Some(f) = report.failed.first() {
-                    return Err(SourceError::Request(format!("restoring {}: {f}", path.display())));
-                }
+                    .map_err(|e| SourceError::Request(format!("restoring {e}")))?;
             }
             (files, Some(all.len()))
         }

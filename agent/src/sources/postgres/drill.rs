@@ -154,7 +154,10 @@ async fn authenticate(repo: &Repository, chain: &[String], sample: u32, seed: u6
     }
     let mut bytes_read = 0usize;
     for name in &picked {
-        let Ok(key) = wal_key(name) else { continue };
+        let key = match wal_key(name) {
+            Ok(k) => k,
+            Err(e) => return Check::failed("WAL authentic", format!("{name}: {e}")),
+        };
         let opened = match repo.store().get(&key).await {
             Ok(bytes) => {
                 bytes_read += bytes.len();
@@ -174,7 +177,10 @@ async fn authenticate(repo: &Repository, chain: &[String], sample: u32, seed: u6
 
 /// The settings a drill's server runs with, after what the backup brought:
 /// its own port and socket, reachable from this host only, archiving off,
-/// following no primary, waiting for no synchronous standby.
+/// following no primary, waiting for no synchronous standby, starting no
+/// logical replication worker (a promoted copy's subscriptions would
+/// otherwise connect to production's publishers and consume their slots),
+/// its log and pid files its own.
 fn scratch_settings(pgdata: &Path, port: u16, hba: &Path) -> String {
     format!(
         "\n# Added by a lifeboat drill: a scratch copy, never production\n\
@@ -186,6 +192,10 @@ fn scratch_settings(pgdata: &Path, port: u16, hba: &Path) -> String {
          primary_conninfo = ''\n\
          primary_slot_name = ''\n\
          synchronous_standby_names = ''\n\
+         max_logical_replication_workers = 0\n\
+         max_sync_workers_per_subscription = 0\n\
+         external_pid_file = ''\n\
+         logging_collector = off\n\
          ssl = off\n\
          cluster_name = 'lifeboat-drill'\n",
         conf_literal(&pgdata.display().to_string()),
@@ -248,7 +258,10 @@ pub async fn recover(
     conf.push_str(&scratch_settings(&pgdata, scratch.port, &hba));
     std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto)).map_err(fail)?;
 
-    let user = owner_name(&pgdata).unwrap_or_else(|| "postgres".to_owned());
+    // initdb names the first superuser after the user who ran it, who owns
+    // the data directory (on another host the uid may name someone else:
+    // `checks.user` says whom).
+    let user = scratch.checks.user.clone().or_else(|| owner_name(&pgdata)).unwrap_or_else(|| "postgres".to_owned());
     let opts = StartOptions { pg_bin: None, user: user.clone(), timeout: scratch.timeout };
     let replay_started = Instant::now();
     let reached = start_and_wait(&pgdata, pg.version, &opts).await.map_err(fail)?;

@@ -14,6 +14,9 @@ pub enum Outcome {
     Passed,
     /// It did not.
     Failed,
+    /// It held with a reservation that counts against the objectives, not
+    /// the checks (the newest recovery point is older than the RPO).
+    Warning,
 }
 
 /// One check of the pre-recovery checklist or after recovery.
@@ -44,6 +47,11 @@ impl Check {
         Check { name: name.into(), result: Outcome::Failed, message: message.into(), source: None, seconds: None }
     }
 
+    /// One that held with a reservation.
+    pub fn warning(name: impl Into<String>, message: impl Into<String>) -> Check {
+        Check { result: Outcome::Warning, ..Check::passed(name, message) }
+    }
+
     /// Passed when `ok`, failed otherwise.
     pub fn of(name: impl Into<String>, ok: bool, message: impl Into<String>) -> Check {
         if ok { Check::passed(name, message) } else { Check::failed(name, message) }
@@ -61,9 +69,9 @@ impl Check {
         self
     }
 
-    /// Whether it held.
+    /// Whether it held (with a reservation or without).
     pub fn ok(&self) -> bool {
-        self.result == Outcome::Passed
+        self.result != Outcome::Failed
     }
 }
 
@@ -173,15 +181,24 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
+    /// `passed`, `objectives_missed` or `failed`: as metrics count it.
+    pub fn outcome(&self) -> &'static str {
+        match (self.passed, self.objectives_met) {
+            (true, true) => "passed",
+            (true, false) => "objectives_missed",
+            (false, _) => "failed",
+        }
+    }
+
     /// One line: what, pass or fail, RTO and RPO against the objectives.
     pub fn headline(&self) -> String {
         let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1}s"));
         let failed_check = self.checks.iter().find(|c| !c.ok()).map(|c| format!("FAILED ({}: {})", c.name, c.message));
-        let verdict = match (self.passed, self.objectives_met, &self.error) {
-            (true, true, _) => "PASSED, objectives met".to_owned(),
-            (true, false, _) => "PASSED its checks, objectives MISSED".to_owned(),
-            (false, _, Some(e)) => format!("FAILED ({e})"),
-            (false, _, None) => failed_check.unwrap_or_else(|| "FAILED".to_owned()),
+        let verdict = match (self.outcome(), &self.error) {
+            ("passed", _) => "PASSED, objectives met".to_owned(),
+            ("objectives_missed", _) => "PASSED its checks, objectives MISSED".to_owned(),
+            (_, Some(e)) => format!("FAILED ({e})"),
+            (_, None) => failed_check.unwrap_or_else(|| "FAILED".to_owned()),
         };
         format!(
             "drill {} ({}): {verdict}; RTO {}, RPO {}",
@@ -238,7 +255,11 @@ impl DrillReport {
         }
         md.push_str("\n| check | source | result | message |\n| --- | --- | --- | --- |\n");
         for c in &self.checks {
-            let result = if c.ok() { "passed" } else { "**failed**" };
+            let result = match c.result {
+                Outcome::Passed => "passed",
+                Outcome::Warning => "**warning**",
+                Outcome::Failed => "**failed**",
+            };
             let message = c.message.replace('|', "\\|").replace('\n', " ");
             md.push_str(&format!("| {} | {} | {result} | {message} |\n", c.name, c.source.as_deref().unwrap_or("-")));
         }

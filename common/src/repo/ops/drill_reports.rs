@@ -31,13 +31,18 @@ pub async fn drill_reports(repo: &Repository) -> Result<(Vec<DrillReport>, Vec<D
 /// The report whose id is `id` or starts with it (unique).
 pub async fn find_drill_report(repo: &Repository, id: &str) -> Result<DrillReport, RepoError> {
     let (reports, _) = drill_reports(repo).await?;
+    find_drill_report_in(&reports, id).cloned().map_err(RepoError::SnapshotLookup)
+}
+
+/// Among `reports`, the one whose id is `id` or starts with it (unique).
+pub fn find_drill_report_in<'a>(reports: &'a [DrillReport], id: &str) -> Result<&'a DrillReport, String> {
     if let Some(exact) = reports.iter().find(|r| r.id == id) {
-        return Ok(exact.clone());
+        return Ok(exact);
     }
-    let mut matches = reports.into_iter().filter(|r| !id.is_empty() && r.id.starts_with(id));
+    let mut matches = reports.iter().filter(|r| !id.is_empty() && r.id.starts_with(id));
     match (matches.next(), matches.next()) {
         (Some(found), None) => Ok(found),
-        (None, _) => Err(RepoError::SnapshotLookup(format!("{id}: no such drill report"))),
-        _ => Err(RepoError::SnapshotLookup(format!("{id}: prefix matches several drill reports"))),
+        (None, _) => Err(format!("{id}: no such drill report")),
+        _ => Err(format!("{id}: prefix matches several drill reports: give more of the id")),
     }
 }
