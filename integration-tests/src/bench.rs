@@ -74,3 +74,25 @@ pub fn sync_and_settle() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
 }
+
+/// `lifeboat` and `lifeboat-agent` beside the running benchmark binary.
+pub fn lifeboat_binaries() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = std::env::current_exe()?.parent().context("binary directory")?.to_owned();
+    let (lifeboat, agent) = (dir.join("lifeboat"), dir.join("lifeboat-agent"));
+    if !lifeboat.exists() || !agent.exists() {
+        bail!("build lifeboat and lifeboat-agent first (cargo build --release --workspace)");
+    }
+    Ok((lifeboat, agent))
+}
+
+/// `work` emptied (or made), and open to the postgres user a benchmark's
+/// cluster runs as.
+pub fn fresh_work_dir(work: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if work.exists() {
+        fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    fs::create_dir_all(work)?;
+    fs::set_permissions(work, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}

@@ -311,18 +311,7 @@ async fn rehearse(
             }
         };
         let priority = ctx.priorities.get(member).copied().unwrap_or(UNKNOWN_PRIORITY);
-        let run = SourceRun {
-            source: member.to_string(),
-            kind: kind.unwrap_or_default(),
-            snapshot: None,
-            snapshot_time: None,
-            recovered_point: None,
-            summary: String::new(),
-            rto_seconds: None,
-            rpo_seconds: None,
-            verdict: None,
-            passed: false,
-        };
+        let run = SourceRun::new(member.to_string(), kind.unwrap_or_default());
         steps.push(Step { member: member.clone(), source, priority, plan: None, recovered: None, run });
     }
     if drill.kind == DrillKind::FullSystem {
@@ -496,6 +485,7 @@ async fn rehearse(
                 seed: record.seed,
                 agent_bin: ctx.agent_bin.clone(),
                 timeout: drill.timeout,
+                keep: drill.keep,
             };
             let restore = RestoreContext {
                 repo: ctx.repo.clone(),

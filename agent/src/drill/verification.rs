@@ -59,18 +59,8 @@ pub(super) async fn verify(ctx: &DrillContext, drill: &Drill, dir: &Path, record
         let tag = source_tag(&member.source);
         let of_source: Vec<&(SnapshotId, Snapshot)> =
             snapshots.iter().filter(|(_, s)| s.hostname == member.host && s.tags.contains(&tag)).collect();
-        let mut run = SourceRun {
-            source: about.clone(),
-            kind: of_source.last().map(|(_, s)| s.source.clone()).unwrap_or_default(),
-            snapshot: None,
-            snapshot_time: None,
-            recovered_point: None,
-            summary: String::new(),
-            rto_seconds: None,
-            rpo_seconds: None,
-            verdict: None,
-            passed: false,
-        };
+        let kind = of_source.last().map(|(_, s)| s.source.clone()).unwrap_or_default();
+        let mut run = SourceRun::new(about.clone(), kind);
         if of_source.is_empty() {
             record.checks.push(
                 Check::failed("snapshot found", format!("{about} has no snapshot in the repository")).about(&about),

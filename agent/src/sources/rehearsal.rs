@@ -13,7 +13,8 @@ use lifeboat_common::repo::format::drill::Check;
 use lifeboat_common::repo::format::snapshot::Snapshot;
 use lifeboat_common::repo::{Repository, SnapshotId};
 
-use super::RecoveryPoint;
+use super::{RecoveryPoint, SourceError, newest_of};
+use lifeboat_common::repo::ops::retention::source_tag;
 
 /// What a drill of one source would restore, found before anything is.
 #[derive(Debug, Clone)]
@@ -30,6 +31,37 @@ pub struct DrillPlan {
     pub checks: Vec<Check>,
     /// Bytes the restore writes.
     pub restore_bytes: u64,
+}
+
+impl DrillPlan {
+    /// The plan of a kind whose snapshot is all a recovery reads: the
+    /// newest of `kind` (the manifest's `source`) that `request.host` made
+    /// of the source, taken at or before a target time.
+    pub async fn newest_snapshot(request: &PlanRequest<'_>, kind: &str) -> Result<DrillPlan, SourceError> {
+        let snapshots = request.repo.snapshots().await?;
+        let tag = source_tag(request.source);
+        let fits = |s: &Snapshot| {
+            s.source == kind
+                && match request.point {
+                    RecoveryPoint::Time(t) => s.time <= t,
+                    _ => true,
+                }
+        };
+        let (id, manifest) =
+            newest_of(snapshots.iter().filter(|(_, s)| fits(s)), request.host, &tag).ok_or_else(|| {
+                SourceError::Request(format!(
+                    "{}/{} has no {kind} snapshot in the repository that fits the target",
+                    request.host, request.source
+                ))
+            })?;
+        Ok(DrillPlan {
+            snapshot: *id,
+            manifest: manifest.clone(),
+            newest_point: manifest.time,
+            checks: Vec::new(),
+            restore_bytes: manifest.summary.bytes_total,
+        })
+    }
 }
 
 /// What a drill asks a kind's planning for.
@@ -66,6 +98,9 @@ pub struct Scratch {
     pub agent_bin: Option<PathBuf>,
     /// How long bringing it up may take.
     pub timeout: Duration,
+    /// The copy is kept after the drill: stop its server cleanly (else
+    /// it is thrown away, and stopped at once).
+    pub keep: bool,
 }
 
 /// A source brought back by a drill, running until stopped.

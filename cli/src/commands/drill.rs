@@ -15,7 +15,7 @@ use lifeboat_agent::sources::Source;
 use lifeboat_common::policy::backup_schedules_from_yaml;
 use lifeboat_common::policy::drills::drills_from_yaml;
 use lifeboat_common::policy::failover::Member;
-use lifeboat_common::repo::format::drill::{DrillReport, Outcome};
+use lifeboat_common::repo::format::drill::{DrillReport, Outcome, Verdict};
 
 use crate::RepoArgs;
 use crate::progress::ProgressView;
@@ -164,6 +164,19 @@ pub fn exit_code(report: &DrillReport) -> u8 {
     }
 }
 
+/// An objective and how the measures stood against it.
+fn against(v: &Verdict) -> String {
+    let met = |m: bool| if m { "met" } else { "MISSED" };
+    format!(
+        "{} (RTO {:.0}s {}, RPO {:.0}s {})",
+        v.objective,
+        v.rto_target_seconds,
+        met(v.rto_met),
+        v.rpo_target_seconds,
+        met(v.rpo_met)
+    )
+}
+
 /// The report for a terminal: the headline, each source against its
 /// objective, the phases and the checks.
 pub fn print_report(report: &DrillReport) {
@@ -171,14 +184,7 @@ pub fn print_report(report: &DrillReport) {
     let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1}s"));
     for s in &report.sources {
         let against = match &s.verdict {
-            Some(v) => format!(
-                " against {} (RTO {:.0}s {}, RPO {:.0}s {})",
-                v.objective,
-                v.rto_target_seconds,
-                if v.rto_met { "met" } else { "MISSED" },
-                v.rpo_target_seconds,
-                if v.rpo_met { "met" } else { "MISSED" }
-            ),
+            Some(v) => format!(" against {}", against(v)),
             None => " (no objective binds it)".to_owned(),
         };
         println!("  {}: RTO {}, RPO {}{against}", s.source, secs(s.rto_seconds), secs(s.rpo_seconds));
@@ -187,14 +193,7 @@ pub fn print_report(report: &DrillReport) {
         }
     }
     if let Some(v) = &report.verdict {
-        println!(
-            "  whole against {}: RTO {:.0}s {}, RPO {:.0}s {}",
-            v.objective,
-            v.rto_target_seconds,
-            if v.rto_met { "met" } else { "MISSED" },
-            v.rpo_target_seconds,
-            if v.rpo_met { "met" } else { "MISSED" }
-        );
+        println!("  whole against {}", against(v));
     }
     let phases: Vec<String> = report
         .phases

@@ -13,13 +13,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use lifeboat_integration_tests::bench::{Measured, drop_caches, du, measure, sync_and_settle};
+use anyhow::{Context, Result};
+use lifeboat_integration_tests::bench::{
+    Measured, drop_caches, du, fresh_work_dir, lifeboat_binaries, measure, sync_and_settle,
+};
 use lifeboat_integration_tests::postgres::{Cluster, as_postgres, give_to_postgres};
 
 /// WAL segments in the archiving burst.
@@ -29,16 +30,8 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let work = PathBuf::from(args.next().unwrap_or_else(|| "/tmp/lifeboat-bench-postgres".into()));
     let gib: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.5);
-    let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_owned();
-    let (lifeboat, agent) = (bin_dir.join("lifeboat"), bin_dir.join("lifeboat-agent"));
-    if !lifeboat.exists() || !agent.exists() {
-        bail!("build lifeboat and lifeboat-agent first (cargo build --release --workspace)");
-    }
-    if work.exists() {
-        fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
-    }
-    fs::create_dir_all(&work)?;
-    fs::set_permissions(&work, fs::Permissions::from_mode(0o755))?;
+    let (lifeboat, agent) = lifeboat_binaries()?;
+    fresh_work_dir(&work)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
 
     // Lifeboat's repository, usable by the postgres user that runs archive_command.

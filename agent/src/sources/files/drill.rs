@@ -1,8 +1,8 @@
-//! A drill's recovery of a file tree: the newest snapshot the host made of
-//! the source, restored whole into a scratch directory or as a random
-//! sample of its files (the seed recorded in the report), then every
-//! restored file cut and hashed again and compared with the snapshot's
-//! content ids.
+//! A drill's recovery of a file tree: the newest snapshot the host made
+//! of the source (`DrillPlan::newest_snapshot`), restored whole into a
+//! scratch directory or as a random sample of its files (the seed recorded
+//! in the report), then every restored file cut and hashed again and
+//! compared with the snapshot's content ids.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -16,37 +16,12 @@ use lifeboat_common::repo::format::drill::Check;
 use lifeboat_common::repo::format::pack::blob_id;
 use lifeboat_common::repo::format::snapshot::Snapshot;
 use lifeboat_common::repo::format::tree::NodeKind;
-use lifeboat_common::repo::ops::retention::source_tag;
 use lifeboat_common::repo::{BlobId, Repository};
 use rand::SeedableRng;
 
 use super::{FilesError, RestoreOptions, restore_files};
-use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
-use crate::sources::{RecoveryPoint, RestoreContext, SourceError, newest_of};
-
-/// Plans the recovery: the newest snapshot `host` made of the source.
-pub async fn plan(request: PlanRequest<'_>) -> Result<DrillPlan, FilesError> {
-    let snapshots = request.repo.snapshots().await?;
-    let files_only = snapshots.iter().filter(|(_, s)| s.source == "files");
-    let tag = source_tag(request.source);
-    let found = match request.point {
-        RecoveryPoint::Time(t) => newest_of(files_only.filter(|(_, s)| s.time <= t), request.host, &tag),
-        _ => newest_of(files_only, request.host, &tag),
-    };
-    let (id, manifest) = found.ok_or_else(|| {
-        FilesError::Usage(format!(
-            "{}/{} has no file snapshot in the repository that fits",
-            request.host, request.source
-        ))
-    })?;
-    Ok(DrillPlan {
-        snapshot: *id,
-        manifest: manifest.clone(),
-        newest_point: manifest.time,
-        checks: Vec::new(),
-        restore_bytes: manifest.summary.bytes_total,
-    })
-}
+use crate::sources::rehearsal::{DrillPlan, Recovered, Scratch};
+use crate::sources::{RestoreContext, SourceError};
 
 /// A regular file of the snapshot: its path in it, and its content ids.
 pub(crate) type Wanted = (PathBuf, Vec<BlobId>);

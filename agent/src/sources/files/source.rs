@@ -169,7 +169,7 @@ impl Source for FilesSource {
     }
 
     async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
-        super::drill::plan(request).await.map_err(SourceError::kind)
+        DrillPlan::newest_snapshot(&request, "files").await
     }
 
     async fn drill_recover(

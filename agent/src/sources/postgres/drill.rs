@@ -273,6 +273,7 @@ pub async fn recover(
         user,
         major: (pg.version / 10000).to_string(),
         checks: scratch.checks,
+        keep: scratch.keep,
         restore,
         replay,
         summary: format!(
@@ -295,6 +296,7 @@ struct PgRecovered {
     user: String,
     major: String,
     checks: DrillChecks,
+    keep: bool,
     restore: Duration,
     replay: Duration,
     summary: String,
@@ -439,8 +441,13 @@ impl Recovered for PgRecovered {
         if !self.pgdata.join("postmaster.pid").exists() {
             return Ok(());
         }
-        if let Err(e) = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]).await {
+        // A copy thrown away needs no shutdown checkpoint.
+        if self.keep
+            && let Err(e) = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]).await
+        {
             tracing::warn!(pgdata = %self.pgdata.display(), error = %e, "a fast stop of the drill's server failed: stopping immediate");
+        }
+        if self.pgdata.join("postmaster.pid").exists() {
             self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await?;
         }
         Ok(())

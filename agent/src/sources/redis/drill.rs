@@ -1,46 +1,20 @@
 //! A drill's recovery of Redis: the newest snapshot the host made of the
-//! source, its RDB restored into a scratch directory, a server started on
-//! it on a free port, and its key counts checked against the capture.
+//! source (`DrillPlan::newest_snapshot`), its RDB restored into a scratch
+//! directory, a server started on it on a free port, and its key counts
+//! checked against the capture.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lifeboat_common::repo::format::drill::Check;
 use lifeboat_common::repo::format::snapshot::RedisCapture;
-use lifeboat_common::repo::ops::retention::source_tag;
 use tokio::sync::Mutex;
 
-use super::RedisError;
 use super::endpoint::HostPort;
 use super::restore::{Running, StartOptions, compare_keyspace, restore_redis, start};
 use super::server::Server;
-use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
-use crate::sources::{RestoreContext, SourceError, newest_of};
-
-/// Plans the recovery: the newest snapshot `host` made of the source.
-pub async fn plan(request: PlanRequest<'_>) -> Result<DrillPlan, RedisError> {
-    let snapshots = request.repo.snapshots().await?;
-    let redis_only = snapshots.iter().filter(|(_, s)| s.redis.is_some());
-    let found = match request.point {
-        crate::sources::RecoveryPoint::Time(t) => {
-            newest_of(redis_only.filter(|(_, s)| s.time <= t), request.host, &source_tag(request.source))
-        }
-        _ => newest_of(redis_only, request.host, &source_tag(request.source)),
-    };
-    let (id, manifest) = found.ok_or_else(|| {
-        RedisError::Usage(format!(
-            "{}/{} has no Redis snapshot in the repository that fits",
-            request.host, request.source
-        ))
-    })?;
-    Ok(DrillPlan {
-        snapshot: *id,
-        manifest: manifest.clone(),
-        newest_point: manifest.time,
-        checks: Vec::new(),
-        restore_bytes: manifest.summary.bytes_total,
-    })
-}
+use crate::sources::rehearsal::{DrillPlan, Recovered, Scratch};
+use crate::sources::{RestoreContext, SourceError};
 
 /// Restores the RDB into `scratch.dir/redis` and starts a server on it.
 pub async fn recover(

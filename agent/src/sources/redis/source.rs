@@ -165,7 +165,7 @@ impl Source for RedisSource {
     }
 
     async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
-        super::drill::plan(request).await.map_err(SourceError::kind)
+        DrillPlan::newest_snapshot(&request, "redis").await
     }
 
     async fn drill_recover(

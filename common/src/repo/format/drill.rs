@@ -135,6 +135,24 @@ pub struct SourceRun {
     pub passed: bool,
 }
 
+impl SourceRun {
+    /// `source` (`HOST/SOURCE`), of `kind`, before anything is known of its run.
+    pub fn new(source: String, kind: String) -> SourceRun {
+        SourceRun {
+            source,
+            kind,
+            snapshot: None,
+            snapshot_time: None,
+            recovered_point: None,
+            summary: String::new(),
+            rto_seconds: None,
+            rpo_seconds: None,
+            verdict: None,
+            passed: false,
+        }
+    }
+}
+
 /// A drill run's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillReport {
