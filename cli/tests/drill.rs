@@ -106,8 +106,12 @@ fn a_database_drill_recovers_measures_and_cleans_up_and_the_checklist_stops_bad_
         &env,
         &scratch,
         &format!(
-            "  inside-pgdata:\n    kind: recovery\n    sources: [db1/orders]\n    agent: db1\n    scratch: {}\n",
-            pg.pgdata.join("drills").display()
+            "  inside-pgdata:\n    kind: recovery\n    sources: [db1/orders]\n    agent: db1\n    scratch: {}\n  \
+             everything:\n    kind: full_system\n    sources: [db1/etc, db1/orders]\n    agent: db1\n    scratch: {}\n\
+             backup_schedules:\n  database:\n    full: {{ cron: \"0 2 * * 0\", priority: 1 }}\n  \
+             files:\n    configs: {{ on_change: true, priority: 4 }}\n",
+            pg.pgdata.join("drills").display(),
+            scratch.display()
         ),
     );
 
@@ -197,6 +201,63 @@ fn a_database_drill_recovers_measures_and_cleans_up_and_the_checklist_stops_bad_
     assert!(objects["message"].as_str().unwrap().contains(&key), "{key}: {objects:#}");
     assert!(!phases(&report).contains(&"restore".to_owned()));
     std::fs::write(&pack, &original).unwrap();
+
+    // Full system on the database's own host (its agent configuration
+    // gives the sources' priorities): priority 1 first, the whole against
+    // full_system.
+    let etc = env.path("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("app.conf"), "listen = 8080\n").unwrap();
+    env.ok(&["backup", "files", "--host", "db1", "--tag", "source:etc", etc.to_str().unwrap()]);
+    let agent = env.path("agent.toml");
+    std::fs::write(
+        &agent,
+        format!(
+            "host = \"db1\"\ncoordinators = [\"https://127.0.0.1:1\"]\n[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             [repository]\nrepo = \"{}\"\nkey_file = \"{}\"\n\
+             [[source]]\nid = \"orders\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_port = {}\nschedules = [\"database.full\"]\n\
+             [[source]]\nid = \"etc\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [\"files.configs\"]\n",
+            env.repo.display(),
+            env.key.display(),
+            pg.pgdata.display(),
+            pg.port,
+            etc.display()
+        ),
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .args([
+            "drill",
+            "run",
+            "--json",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--agent-config",
+            agent.to_str().unwrap(),
+        ])
+        .arg("everything")
+        .output()
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let order: Vec<&str> =
+        report["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
+    assert_eq!(order, ["db1/orders", "db1/etc"], "priority 1 first");
+    let restored: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "restore")
+        .map(|p| p["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(restored, ["db1/orders", "db1/etc"]);
+    assert_eq!(report["verdict"]["objective"], "full_system");
+    assert_eq!(report["sources"][0]["verdict"]["objective"], "database");
+    assert!(report["sources"][1]["verdict"].is_null(), "no objective binds priority 4");
+    assert!(check(&report, "scratch apart from production")["message"].as_str().unwrap().contains("overlaps none"));
+    assert!(left_in(&scratch).is_empty());
     pg.stop();
 }
 
