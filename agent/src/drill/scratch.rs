@@ -205,10 +205,20 @@ pub fn clean(marker: &Marker) -> Result<(), String> {
     }
     kill_servers_in(&marker.dir)?;
     if !marker.keep {
-        match std::fs::remove_dir_all(&marker.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("removing {}: {e}", marker.dir.display())),
+        // A restore cut short by a timeout may still be writing its last
+        // files for a moment: a few tries, the servers killed each time.
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir_all(&marker.dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) if tries >= 5 => return Err(format!("removing {}: {e}", marker.dir.display())),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                    kill_servers_in(&marker.dir)?;
+                }
+            }
         }
     }
     marker.remove();
