@@ -96,3 +96,40 @@ pub fn fresh_work_dir(work: &Path) -> Result<()> {
     fs::set_permissions(work, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
+
+/// Where [`pgbackrest_setup`] writes pgBackRest's configuration.
+pub fn pgbackrest_conf(work: &Path) -> std::path::PathBuf {
+    work.join("pgbackrest.conf")
+}
+
+/// pgBackRest beside Lifeboat on cluster `pg`: its directories under
+/// `work` and stanza `bench`'s configuration (zstd, `process-max` = cores,
+/// encrypted like every Lifeboat repository), `global` lines added.
+pub fn pgbackrest_setup(work: &Path, pg: &crate::postgres::Cluster, global: &str) -> Result<std::path::PathBuf> {
+    for d in ["pgbackrest-repo", "pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool"] {
+        fs::create_dir_all(work.join(d))?;
+        crate::postgres::give_to_postgres(&work.join(d));
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let conf = pgbackrest_conf(work);
+    fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={}\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=bench-only-passphrase\nprocess-max={cores}\ncompress-type=zst\nstart-fast=y\n{global}log-level-console=warn\nlog-level-file=off\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
+            work.join("pgbackrest-repo").display(),
+            work.join("pgbackrest-lock").display(),
+            work.join("pgbackrest-spool").display(),
+            pg.pgdata.display(),
+            pg.port,
+            pg.run_dir.display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+/// `pgbackrest --config=CONF --stanza=bench ARGS`, as the postgres user.
+pub fn pgbackrest(conf: &Path, args: &[&str]) -> Command {
+    let mut c = crate::postgres::as_postgres(Path::new("/usr/bin/pgbackrest"));
+    c.arg(format!("--config={}", conf.display())).arg("--stanza=bench").args(args);
+    c
+}

@@ -11,12 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lifeboat_integration_tests::bench::{drop_caches, fresh_work_dir, lifeboat_binaries, measure, sync_and_settle};
+use lifeboat_integration_tests::bench::{
+    drop_caches, fresh_work_dir, lifeboat_binaries, measure, pgbackrest, pgbackrest_conf, pgbackrest_setup,
+    sync_and_settle,
+};
 use lifeboat_integration_tests::postgres::{Cluster, as_postgres, give_to_postgres, pg_bin};
 use serde_json::Value;
 
@@ -41,7 +44,6 @@ fn main() -> Result<()> {
     let wal_gib: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2.0);
     let (lifeboat, agent) = lifeboat_binaries()?;
     fresh_work_dir(&work)?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
 
     let (repo, key) = (work.join("lifeboat-repo"), work.join("lifeboat.key"));
     let lb = |args: &[&str]| {
@@ -57,11 +59,7 @@ fn main() -> Result<()> {
     give_to_postgres(&repo);
     give_to_postgres(&key);
 
-    let pgbr_conf = work.join("pgbackrest.conf");
-    for d in ["pgbackrest-repo", "pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool"] {
-        fs::create_dir_all(work.join(d))?;
-        give_to_postgres(&work.join(d));
-    }
+    let pgbr_conf = pgbackrest_conf(&work);
     // Every segment goes to both repositories.
     let conf = format!(
         "archive_mode = on\narchive_command = '{} wal-push --repo={} --key-file={} %p && /usr/bin/pgbackrest --config={} --stanza=bench archive-push %p'\nmax_wal_size = 4GB\ncheckpoint_timeout = 30min\nshared_buffers = 256MB\n",
@@ -71,23 +69,8 @@ fn main() -> Result<()> {
         pgbr_conf.display()
     );
     let mut pg = Cluster::init(&work, "pg", &conf);
-    fs::write(
-        &pgbr_conf,
-        format!(
-            "[global]\nrepo1-path={}\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=bench-only-passphrase\nprocess-max={cores}\ncompress-type=zst\nstart-fast=y\nlog-level-console=warn\nlog-level-file=off\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
-            work.join("pgbackrest-repo").display(),
-            work.join("pgbackrest-lock").display(),
-            work.join("pgbackrest-spool").display(),
-            pg.pgdata.display(),
-            pg.port,
-            pg.run_dir.display()
-        ),
-    )?;
-    let pgbr = |args: &[&str]| {
-        let mut c = as_postgres(Path::new("/usr/bin/pgbackrest"));
-        c.arg(format!("--config={}", pgbr_conf.display())).arg("--stanza=bench").args(args);
-        c
-    };
+    pgbackrest_setup(&work, &pg, "")?;
+    let pgbr = |args: &[&str]| pgbackrest(&pgbr_conf, args);
     pg.start();
     measure(&mut pgbr(&["stanza-create"])).context("pgbackrest stanza-create")?;
 

@@ -13,13 +13,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lifeboat_integration_tests::bench::{
-    Measured, drop_caches, du, fresh_work_dir, lifeboat_binaries, measure, sync_and_settle,
+    Measured, drop_caches, du, fresh_work_dir, lifeboat_binaries, measure, pgbackrest, pgbackrest_setup,
+    sync_and_settle,
 };
 use lifeboat_integration_tests::postgres::{Cluster, as_postgres, give_to_postgres};
 
@@ -32,7 +33,6 @@ fn main() -> Result<()> {
     let gib: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.5);
     let (lifeboat, agent) = lifeboat_binaries()?;
     fresh_work_dir(&work)?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
 
     // Lifeboat's repository, usable by the postgres user that runs archive_command.
     let (repo, key) = (work.join("lifeboat-repo"), work.join("lifeboat.key"));
@@ -80,30 +80,10 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    // pgBackRest on the same cluster.
+    // pgBackRest on the same cluster (it archives nothing here: no archive checks).
     let pgbr_repo = work.join("pgbackrest-repo");
-    let pgbr_conf = work.join("pgbackrest.conf");
-    for d in ["pgbackrest-repo", "pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool"] {
-        fs::create_dir_all(work.join(d))?;
-        give_to_postgres(&work.join(d));
-    }
-    fs::write(
-        &pgbr_conf,
-        format!(
-            "[global]\nrepo1-path={}\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=bench-only-passphrase\nprocess-max={cores}\ncompress-type=zst\nstart-fast=y\narchive-check=n\narchive-header-check=n\nlog-level-console=warn\nlog-level-file=off\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
-            pgbr_repo.display(),
-            work.join("pgbackrest-lock").display(),
-            work.join("pgbackrest-spool").display(),
-            pg.pgdata.display(),
-            pg.port,
-            pg.run_dir.display()
-        ),
-    )?;
-    let pgbr = |args: &[&str]| {
-        let mut c = as_postgres(Path::new("/usr/bin/pgbackrest"));
-        c.arg(format!("--config={}", pgbr_conf.display())).arg("--stanza=bench").args(args);
-        c
-    };
+    let pgbr_conf = pgbackrest_setup(&work, &pg, "archive-check=n\narchive-header-check=n\n")?;
+    let pgbr = |args: &[&str]| pgbackrest(&pgbr_conf, args);
     measure(&mut pgbr(&["stanza-create"])).context("pgbackrest stanza-create")?;
 
     let port = pg.port.to_string();
