@@ -133,3 +133,22 @@ pub fn pgbackrest(conf: &Path, args: &[&str]) -> Command {
     c.arg(format!("--config={}", conf.display())).arg("--stanza=bench").args(args);
     c
 }
+
+/// The benchmarks' database on `pg`: a frozen append-mostly `history` of
+/// about `gib` GiB and a `hot` table of `hot_rows`, checkpointed; returns
+/// the history's row count.
+pub fn history_database(pg: &crate::postgres::Cluster, gib: f64, hot_rows: u64) -> u64 {
+    let rows = (gib * 4_000_000.0) as u64;
+    pg.sql("CREATE TABLE history (id bigint, at timestamptz, payload text)");
+    pg.sql(&format!(
+        "INSERT INTO history SELECT g, now() - g * interval '1 second', md5(g::text) || repeat('h', 150) FROM generate_series(1, {rows}) g"
+    ));
+    pg.sql("CREATE TABLE hot (id int PRIMARY KEY, v bigint, note text)");
+    pg.sql(&format!("INSERT INTO hot SELECT g, 0, repeat('n', 100) FROM generate_series(1, {hot_rows}) g"));
+    // A history table lives long: frozen by vacuum well before any backup
+    // (otherwise the first vacuum after the full backup rewrites every page
+    // for both tools, whenever autovacuum happens to run).
+    pg.sql("VACUUM (FREEZE, ANALYZE)");
+    pg.sql("CHECKPOINT");
+    rows
+}

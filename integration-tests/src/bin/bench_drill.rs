@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use lifeboat_integration_tests::bench::{
-    drop_caches, fresh_work_dir, lifeboat_binaries, measure, pgbackrest, pgbackrest_conf, pgbackrest_setup,
-    sync_and_settle,
+    drop_caches, fresh_work_dir, history_database, lifeboat_binaries, measure, pgbackrest, pgbackrest_conf,
+    pgbackrest_setup, sync_and_settle,
 };
 use lifeboat_integration_tests::postgres::{Cluster, as_postgres, give_to_postgres, pg_bin};
 use serde_json::Value;
@@ -74,16 +74,8 @@ fn main() -> Result<()> {
     pg.start();
     measure(&mut pgbr(&["stanza-create"])).context("pgbackrest stanza-create")?;
 
-    let rows = (gib * 4_000_000.0) as u64;
     let t = Instant::now();
-    pg.sql("CREATE TABLE history (id bigint, at timestamptz, payload text)");
-    pg.sql(&format!(
-        "INSERT INTO history SELECT g, now() - g * interval '1 second', md5(g::text) || repeat('h', 150) FROM generate_series(1, {rows}) g"
-    ));
-    pg.sql("CREATE TABLE hot (id int PRIMARY KEY, v bigint, note text)");
-    pg.sql("INSERT INTO hot SELECT g, 0, repeat('n', 100) FROM generate_series(1, 100000) g");
-    pg.sql("VACUUM (FREEZE, ANALYZE)");
-    pg.sql("CHECKPOINT");
+    let rows = history_database(&pg, gib, 100_000);
     let db_bytes: u64 = pg.sql("SELECT pg_database_size('postgres')").parse()?;
     println!("database {:.2} GiB made in {:.1}s", db_bytes as f64 / (1u64 << 30) as f64, t.elapsed().as_secs_f64());
 

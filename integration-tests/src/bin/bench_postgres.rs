@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lifeboat_integration_tests::bench::{
-    Measured, drop_caches, du, fresh_work_dir, lifeboat_binaries, measure, pgbackrest, pgbackrest_setup,
-    sync_and_settle,
+    Measured, drop_caches, du, fresh_work_dir, history_database, lifeboat_binaries, measure, pgbackrest,
+    pgbackrest_setup, sync_and_settle,
 };
 use lifeboat_integration_tests::postgres::{Cluster, as_postgres, give_to_postgres};
 
@@ -54,19 +54,8 @@ fn main() -> Result<()> {
     );
     let mut pg = Cluster::init(&work, "pg", &conf);
     pg.start();
-    let rows = (gib * 4_000_000.0) as u64;
     let t = Instant::now();
-    pg.sql("CREATE TABLE history (id bigint, at timestamptz, payload text)");
-    pg.sql(&format!(
-        "INSERT INTO history SELECT g, now() - g * interval '1 second', md5(g::text) || repeat('h', 150) FROM generate_series(1, {rows}) g"
-    ));
-    pg.sql("CREATE TABLE hot (id int PRIMARY KEY, v bigint, note text)");
-    pg.sql("INSERT INTO hot SELECT g, 0, repeat('n', 100) FROM generate_series(1, 20000) g");
-    // A history table lives long: frozen by vacuum well before any backup
-    // (otherwise the first vacuum after the full backup rewrites every page
-    // for both tools, whenever autovacuum happens to run).
-    pg.sql("VACUUM (FREEZE, ANALYZE)");
-    pg.sql("CHECKPOINT");
+    let rows = history_database(&pg, gib, 20_000);
     // Both tools take files whose times predate the last backup as
     // unchanged; a database written a moment ago is not the case to measure.
     std::thread::sleep(std::time::Duration::from_secs(2));
