@@ -40,12 +40,13 @@ pub async fn fetch_ahead(
     }
     forget_older(spool, name);
 
+    // The window is the `ahead` segments after this one: those of it not
+    // spooled yet (never further: each call would fetch `ahead` more, and
+    // the spool would run on to the end of the archive).
     let mut wanted = Vec::new();
     let mut next = next_segment(name, segment_size);
-    while let Some(n) = next {
-        if wanted.len() == ahead {
-            break;
-        }
+    for _ in 0..ahead {
+        let Some(n) = next else { break };
         if !spool.join(&n).exists() {
             wanted.push(n.clone());
         }
@@ -137,5 +138,25 @@ mod tests {
         let after = next_segment(&names[3], size).unwrap();
         assert!(!fetch_ahead(&repo, &after, &dest, &spool, 4, size).await.unwrap());
         assert!(!spool.exists(), "the spool outlived the end of the archive");
+    }
+
+    #[tokio::test]
+    async fn the_window_moves_with_recovery_and_never_runs_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::new(dir.path().join("repo")));
+        let repo = Repository::init(store, &MasterKey::generate().unwrap()).await.unwrap();
+        let names: Vec<String> = (1..=16).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+        for n in &names {
+            wal::push_content(&repo, n, vec![7u8; 4096]).await.unwrap();
+        }
+        let pg_wal = dir.path().join("pg_wal");
+        std::fs::create_dir_all(&pg_wal).unwrap();
+        let dest = pg_wal.join("RECOVERYXLOG");
+        let spool = spool_for(&repo, &dest);
+        for n in &names[..8] {
+            assert!(fetch_ahead(&repo, n, &dest, &spool, 4, 16 << 20).await.unwrap());
+            let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+            assert!(spooled <= 4, "{spooled} segments spooled after {n}, for a window of 4");
+        }
     }
 }
