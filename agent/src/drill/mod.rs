@@ -324,6 +324,7 @@ async fn rehearse(
     for step in steps.iter_mut() {
         let request = PlanRequest {
             repo: &ctx.repo,
+            snapshots: &snapshots,
             host: &step.member.host,
             source: &step.member.source,
             point: point.clone(),

@@ -37,8 +37,7 @@ impl DrillPlan {
     /// The plan of a kind whose snapshot is all a recovery reads: the
     /// newest of `kind` (the manifest's `source`) that `request.host` made
     /// of the source, taken at or before a target time.
-    pub async fn newest_snapshot(request: &PlanRequest<'_>, kind: &str) -> Result<DrillPlan, SourceError> {
-        let snapshots = request.repo.snapshots().await?;
+    pub fn newest_snapshot(request: &PlanRequest<'_>, kind: &str) -> Result<DrillPlan, SourceError> {
         let tag = source_tag(request.source);
         let fits = |s: &Snapshot| {
             s.source == kind
@@ -47,8 +46,8 @@ impl DrillPlan {
                     _ => true,
                 }
         };
-        let (id, manifest) =
-            newest_of(snapshots.iter().filter(|(_, s)| fits(s)), request.host, &tag).ok_or_else(|| {
+        let (id, manifest) = newest_of(request.snapshots.iter().filter(|(_, s)| fits(s)), request.host, &tag)
+            .ok_or_else(|| {
                 SourceError::Request(format!(
                     "{}/{} has no {kind} snapshot in the repository that fits the target",
                     request.host, request.source
@@ -69,6 +68,8 @@ impl DrillPlan {
 pub struct PlanRequest<'a> {
     /// The repository.
     pub repo: &'a Repository,
+    /// Its snapshots, oldest first, listed once for the whole drill.
+    pub snapshots: &'a [(SnapshotId, Snapshot)],
     /// The host whose backups are restored.
     pub host: &'a str,
     /// The source's id on it.

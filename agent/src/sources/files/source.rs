@@ -169,7 +169,7 @@ impl Source for FilesSource {
     }
 
     async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
-        DrillPlan::newest_snapshot(&request, "files").await
+        DrillPlan::newest_snapshot(&request, "files")
     }
 
     async fn drill_recover(

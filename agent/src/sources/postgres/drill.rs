@@ -52,8 +52,8 @@ fn fitting<'a>(
 /// of the WAL from its start to the target.
 pub async fn plan(request: PlanRequest<'_>) -> Result<DrillPlan, PgError> {
     let repo = request.repo;
-    let snapshots = repo.snapshots().await?;
-    let Some((id, manifest, pg)) = fitting(&snapshots, request.host, request.source, &request.point).next() else {
+    let Some((id, manifest, pg)) = fitting(request.snapshots, request.host, request.source, &request.point).next()
+    else {
         return Err(PgError::Usage(format!(
             "{}/{} has no PostgreSQL base backup in the repository that ends before the target {:?}",
             request.host, request.source, request.point

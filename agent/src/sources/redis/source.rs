@@ -165,7 +165,7 @@ impl Source for RedisSource {
     }
 
     async fn drill_plan(&self, request: PlanRequest<'_>) -> Result<DrillPlan, SourceError> {
-        DrillPlan::newest_snapshot(&request, "redis").await
+        DrillPlan::newest_snapshot(&request, "redis")
     }
 
     async fn drill_recover(

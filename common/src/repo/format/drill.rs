@@ -156,7 +156,8 @@ impl SourceRun {
 /// A drill run's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillReport {
-    /// `YYYYMMDDTHHMMSSZ-NAME-XXXX`: sorts by start.
+    /// The start (`YYYYMMDDTHHMMSSZ`), the drill's name and four random hex
+    /// digits that tell apart two runs of one second: sorts by start.
     pub id: String,
     /// The drill's name in the policy.
     pub drill: String,
