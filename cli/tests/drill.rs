@@ -3,7 +3,9 @@
 //! its scratch gone; an objective below what the machine can do; a missing
 //! WAL segment and a flipped byte in a pack caught by the checklist before
 //! anything is restored; a scratch directory inside the data directory
-//! refused; a full-system drill in priority order.
+//! refused; a full-system drill in priority order; a failover drill that
+//! clones a standby, catches the clone up from the repository and promotes
+//! it while the standby goes on, and refuses a primary.
 
 // Test code: a failed step stops the test loudly, with the value shown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,7 +14,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use lifeboat_integration_tests::postgres::{Cluster, pg_bin};
+use lifeboat_integration_tests::postgres::{Cluster, as_postgres, pg_bin, postgres_dir, workspace_bin};
 use serde_json::Value;
 use support::Env;
 use support::pg::{archive_conf, archive_current_wal, env_for_postgres};
@@ -372,4 +374,162 @@ fn a_redis_drill_starts_the_snapshot_on_a_free_port_and_checks_its_key_counts() 
     assert!(left_in(&scratch).is_empty(), "{:?}", left_in(&scratch));
     // The production server was not touched.
     assert_eq!(source.cmd(&["DBSIZE"]), redis::Value::Int(4500));
+}
+
+/// An agent configuration for `host` with one PostgreSQL source `orders` on `pg`.
+fn pg_agent_config(env: &Env, host: &str, pg: &Cluster) -> PathBuf {
+    let path = env.path(&format!("{host}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "host = \"{host}\"\ncoordinators = [\"https://127.0.0.1:1\"]\n[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             [repository]\nrepo = \"{}\"\nkey_file = \"{}\"\n\
+             [[source]]\nid = \"orders\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {}\npg_user = \"postgres\"\n",
+            env.repo.display(),
+            env.key.display(),
+            pg.pgdata.display(),
+            pg.port,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs drill `name` of `policy` with the agent configuration `agent`.
+fn drill_as(env: &Env, policy: &Path, agent: &Path, name: &str) -> (i32, Value) {
+    let out = env
+        .cmd()
+        .args([
+            "drill",
+            "run",
+            "--json",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--agent-config",
+            agent.to_str().unwrap(),
+        ])
+        .arg(name)
+        .output()
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), report)
+}
+
+#[test]
+fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promotes_in_isolation() {
+    let env = env_for_postgres();
+    let mut primary = Cluster::init(env.dir.path(), "primary", &archive_conf(&env));
+    primary.start();
+    primary.sql("CREATE TABLE users (id serial PRIMARY KEY, name text)");
+    primary.sql("INSERT INTO users(name) SELECT 'before' FROM generate_series(1, 10)");
+
+    // The DR standby follows the primary through the repository only, as
+    // Lifeboat's failover standbys do (no streaming: its replay can be
+    // held back while the repository moves on).
+    let pgdata = postgres_dir(env.dir.path(), "standby").join("data");
+    let run_dir = postgres_dir(env.dir.path(), "standby-run");
+    let out = as_postgres(&pg_bin("pg_basebackup"))
+        .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-X", "stream", "-c", "fast"])
+        .arg("-D")
+        .arg(&pgdata)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fetch = format!(
+        "{} wal-fetch --repo={} --key-file={} %f %p",
+        workspace_bin("lifeboat-agent").display(),
+        env.repo.display(),
+        env.key.display()
+    );
+    let mut auto = std::fs::OpenOptions::new().append(true).open(pgdata.join("postgresql.auto.conf")).unwrap();
+    std::io::Write::write_all(
+        &mut auto,
+        format!(
+            "port = {port}\nunix_socket_directories = '{}'\narchive_mode = off\nrestore_command = '{fetch}'\nwal_retrieve_retry_interval = '1s'\n",
+            run_dir.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(pgdata.join("standby.signal"), "").unwrap();
+    lifeboat_integration_tests::postgres::give_to_postgres(&pgdata.join("standby.signal"));
+    let mut standby = Cluster::existing(&pgdata, &run_dir, port);
+    standby.start();
+    primary.sql("INSERT INTO users(name) VALUES ('middle')");
+    archive_current_wal(&primary);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while standby.sql("SELECT count(*) FROM users") != "11" {
+        assert!(std::time::Instant::now() < deadline, "the standby did not follow:\n{}", standby.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Held back: what comes next is only in the repository.
+    standby.sql("SELECT pg_wal_replay_pause()");
+    primary.sql("INSERT INTO users(name) VALUES ('after'), ('after')");
+    archive_current_wal(&primary);
+
+    let scratch = env.path("scratch");
+    let policy = policy(
+        &env,
+        &scratch,
+        &format!(
+            "  dr-failover:\n    schedule: \"0 4 * * 1#2\"\n    kind: failover\n    sources: [dr1/orders]\n    agent: dr1\n    \
+             scratch: {0}\n    objective: database\n    checks:\n      sql:\n        \
+             - {{ query: \"SELECT count(*) FROM users WHERE name = 'after'\", expect: \"2\" }}\n        \
+             - {{ query: \"SELECT NOT pg_is_in_recovery()\", expect: \"t\" }}\n  \
+             primary-failover:\n    kind: failover\n    sources: [db1/orders]\n    agent: db1\n    scratch: {0}\n",
+            scratch.display()
+        ),
+    );
+    let dr1 = pg_agent_config(&env, "dr1", &standby);
+    let (code, report) = drill_as(&env, &policy, &dr1, "dr-failover");
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!((report["passed"].clone(), report["objectives_met"].clone()), (Value::from(true), Value::from(true)));
+    assert_eq!(report["kind"], "failover");
+    for p in ["fetch", "checklist", "clone", "promote", "checks", "cleanup"] {
+        assert!(phases(&report).contains(&p.to_owned()), "no phase {p}: {report:#}");
+    }
+    assert!(!phases(&report).contains(&"restore".to_owned()), "nothing is restored from snapshots: {report:#}");
+    for c in
+        ["standby answers", "newest recovery point", "scratch apart", "scratch has room", "connection", "pg_amcheck"]
+    {
+        assert_eq!(check(&report, c)["result"], "passed", "{c}: {report:#}");
+    }
+    assert_eq!(check(&report, "sql: SELECT count(*) FROM users WHERE")["result"], "passed", "caught up: {report:#}");
+    let source = &report["sources"][0];
+    assert_eq!(source["source"], "dr1/orders");
+    assert_eq!(source["verdict"]["objective"], "database");
+    let summary = source["summary"].as_str().unwrap();
+    assert!(summary.contains("cloned") && summary.contains("promoted onto timeline 2"), "{summary}");
+    let rpo = report["rpo_seconds"].as_f64().unwrap();
+    assert!((0.0..300.0).contains(&rpo), "the clone replayed the newest commit: {rpo}");
+    assert!(left_in(&scratch).is_empty(), "scratch left behind: {:?}", left_in(&scratch));
+    // The standby goes on as it was: in recovery, held back, on timeline 1.
+    assert_eq!(standby.sql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(standby.sql("SELECT count(*) FROM users WHERE name = 'after'"), "0");
+    assert!(!env.repo.join("wal/00000002").exists(), "the clone's timeline reached the repository");
+    standby.sql("SELECT pg_wal_replay_resume()");
+    primary.sql("INSERT INTO users(name) VALUES ('later')");
+    archive_current_wal(&primary);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while standby.sql("SELECT count(*) FROM users") != "14" {
+        assert!(std::time::Instant::now() < deadline, "the standby stopped following:\n{}", standby.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // A primary is never cloned and promoted.
+    let db1 = pg_agent_config(&env, "db1", &primary);
+    let (code, report) = drill_as(&env, &policy, &db1, "primary-failover");
+    assert_eq!(code, 1, "{report:#}");
+    let refused = check(&report, "standby answers");
+    assert_eq!(refused["result"], "failed");
+    assert!(refused["message"].as_str().unwrap().contains("it is a primary"), "{refused:#}");
+    assert!(!phases(&report).contains(&"clone".to_owned()), "{report:#}");
+    // Nor a source this host does not have.
+    let (code, report) = drill_as(&env, &policy, &db1, "dr-failover");
+    assert_eq!(code, 1);
+    assert!(check(&report, "standby found")["message"].as_str().unwrap().contains("not a source of this host"));
+    assert!(left_in(&scratch).is_empty());
+    assert_eq!(primary.sql("SELECT count(*) FROM users"), "14");
 }

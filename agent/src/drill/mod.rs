@@ -1,14 +1,16 @@
 //! Restore drills: one run of a drill of the policy, on this host, from
 //! the simulated disaster to the report.
 //!
-//! 1. *fetch*: each source's snapshot chosen (the kind's plan);
+//! 1. *fetch*: each source's snapshot chosen (the kind's plan); a
+//!    failover drill instead asks each standby of this host where it stands;
 //! 2. *checklist*, for every source before anything is restored: what the
 //!    restore reads present and authentic (trees, packs present at their
 //!    size, a sample read whole; WAL unbroken), the newest recovery point
 //!    within the RPO, room in the scratch directory;
 //! 3. *restore* and *replay*: each source brought back into a directory of
 //!    its own, served on a free port (priority 1 first; one priority's
-//!    sources at once);
+//!    sources at once); a failover drill's *clone* of each standby, caught
+//!    up from the repository and *promote*d there instead;
 //! 4. *checks*: each kind's (connection, `pg_amcheck`, SQL probes, key
 //!    counts, content ids), then the smoke commands with every recovered
 //!    server's address in their environment;
@@ -40,7 +42,7 @@ use lifeboat_common::repo::ops::retention::source_tag;
 use lifeboat_common::repo::ops::verify::check_snapshot;
 
 use crate::progress::Progress;
-use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
+use crate::sources::rehearsal::{ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{RecoveryPoint, RestoreContext, Source, of_kind};
 use scratch::{Marker, Protected};
 
@@ -77,9 +79,44 @@ struct Step {
     member: Member,
     source: Arc<dyn Source>,
     priority: u8,
-    plan: Option<DrillPlan>,
+    plan: Option<Planned>,
     recovered: Option<Box<dyn Recovered>>,
     run: SourceRun,
+}
+
+/// How a drill brings one source back.
+#[derive(Clone)]
+enum Planned {
+    /// A snapshot restored from the repository.
+    Restore(Box<DrillPlan>),
+    /// A standby of this host cloned and promoted (a failover drill).
+    Clone(ClonePlan),
+}
+
+impl Planned {
+    /// The kind's own checklist.
+    fn checks(&self) -> &[Check] {
+        match self {
+            Planned::Restore(p) => &p.checks,
+            Planned::Clone(p) => &p.checks,
+        }
+    }
+
+    /// The newest point it can bring back, and what that point is.
+    fn newest_point(&self) -> (Option<DateTime<Utc>>, &'static str) {
+        match self {
+            Planned::Restore(p) => (Some(p.newest_point), "the newest point the repository holds"),
+            Planned::Clone(p) => (p.newest_point, "the standby's last replayed commit"),
+        }
+    }
+
+    /// Bytes bringing it back writes.
+    fn bytes(&self) -> u64 {
+        match self {
+            Planned::Restore(p) => p.restore_bytes,
+            Planned::Clone(p) => p.clone_bytes,
+        }
+    }
 }
 
 /// The drill's running record, filled as it goes.
@@ -282,13 +319,76 @@ async fn rehearse(
         record.verified = verification::verify(ctx, drill, dir, record).await;
         return;
     }
-    // Fetch: which snapshot of each source, and of what kind.
+    // Fetch: which snapshot of each source, or where its standby stands.
     let fetching = Instant::now();
+    let point = match drill.target.time(record.started) {
+        Some(t) => RecoveryPoint::Time(t),
+        None => RecoveryPoint::Latest,
+    };
+    if drill.kind == DrillKind::Failover {
+        plan_clones(ctx, drill, record, steps).await;
+    } else if !plan_restores(ctx, drill, &point, record, steps).await {
+        return;
+    }
+    record.phase("fetch", None, fetching.elapsed());
+    checklist(ctx, drill, record, steps).await;
+    if record.failed() {
+        return;
+    }
+    recover(ctx, drill, dir, marker, &point, record, steps).await;
+}
+
+/// A failover drill's plan: each standby it names, this host's own, asked
+/// where it stands.
+async fn plan_clones(ctx: &DrillContext, drill: &Drill, record: &mut Record, steps: &mut Vec<Step>) {
+    for member in &drill.sources {
+        let local =
+            (member.host == ctx.host).then(|| ctx.local.iter().find(|s| s.id() == member.source).cloned()).flatten();
+        let Some(source) = local else {
+            record.checks.push(
+                Check::failed(
+                    "standby found",
+                    format!(
+                        "{member} is not a source of this host, {}: a failover drill clones a standby on its own agent",
+                        ctx.host
+                    ),
+                )
+                .about(&member.to_string()),
+            );
+            continue;
+        };
+        let priority = ctx.priorities.get(member).copied().unwrap_or(UNKNOWN_PRIORITY);
+        let kind = source.describe().kind().as_str_name().trim_start_matches("SOURCE_KIND_").to_ascii_lowercase();
+        let mut run = SourceRun::new(member.to_string(), kind);
+        let plan = match source.drill_standby().await {
+            Ok(plan) => {
+                run.summary = plan.standing.clone();
+                Some(Planned::Clone(plan))
+            }
+            Err(e) => {
+                record.checks.push(Check::failed("standby found", e.to_string()).about(&member.to_string()));
+                None
+            }
+        };
+        steps.push(Step { member: member.clone(), source, priority, plan, recovered: None, run });
+    }
+}
+
+/// A restoring drill's plan: the snapshot of each source that fits the
+/// target, and the kind's checklist of it. False when the repository
+/// could not be read.
+async fn plan_restores(
+    ctx: &DrillContext,
+    drill: &Drill,
+    point: &RecoveryPoint,
+    record: &mut Record,
+    steps: &mut Vec<Step>,
+) -> bool {
     let snapshots = match ctx.repo.snapshots().await {
         Ok(s) => s,
         Err(e) => {
             record.error = Some(format!("listing the repository's snapshots: {e}"));
-            return;
+            return false;
         }
     };
     for member in &drill.sources {
@@ -317,10 +417,6 @@ async fn rehearse(
     if drill.kind == DrillKind::FullSystem {
         steps.sort_by_key(|s| s.priority);
     }
-    let point = match drill.target.time(record.started) {
-        Some(t) => RecoveryPoint::Time(t),
-        None => RecoveryPoint::Latest,
-    };
     for step in steps.iter_mut() {
         let request = PlanRequest {
             repo: &ctx.repo,
@@ -335,22 +431,24 @@ async fn rehearse(
             Ok(plan) => {
                 step.run.snapshot = Some(plan.snapshot.to_string());
                 step.run.snapshot_time = Some(plan.manifest.time);
-                step.plan = Some(plan);
+                step.plan = Some(Planned::Restore(Box::new(plan)));
             }
             Err(e) => {
                 record.checks.push(Check::failed("snapshot found", e.to_string()).about(&step.member.to_string()))
             }
         }
     }
-    record.phase("fetch", None, fetching.elapsed());
+    true
+}
 
-    // The pre-recovery checklist, for every source before any restore.
+/// The pre-recovery checklist, for every source before any is brought back.
+async fn checklist(ctx: &DrillContext, drill: &Drill, record: &mut Record, steps: &[Step]) {
     let checking = Instant::now();
     let mut protected = production(ctx);
     // Where the backups were taken, on whichever host: refusing a path
     // that is production only elsewhere costs nothing.
     for step in steps.iter() {
-        let Some(plan) = &step.plan else { continue };
+        let Some(Planned::Restore(plan)) = &step.plan else { continue };
         let what = format!("source {}'s path as its snapshot records it", step.member);
         protected.extend(recorded_paths(&plan.manifest).into_iter().map(|path| Protected { what: what.clone(), path }));
     }
@@ -365,73 +463,15 @@ async fn rehearse(
     ));
     let mut needed = 0u64;
     for step in steps.iter() {
-        let Some(plan) = &step.plan else { continue };
+        let Some(planned) = &step.plan else { continue };
         let about = step.member.to_string();
-        needed += plan.restore_bytes;
-        match check_snapshot(&ctx.repo, &plan.manifest, drill.checks.sample_packs, record.seed).await {
-            Ok(found) if found.problems.is_empty() => record.checks.push(
-                Check::passed(
-                    "objects present and authentic",
-                    format!(
-                        "snapshot {}: {} trees read, {} packs present, {} read whole ({} bytes)",
-                        plan.snapshot.short(),
-                        found.trees,
-                        found.packs,
-                        found.packs_read,
-                        found.bytes_read
-                    ),
-                )
-                .about(&about),
-            ),
-            Ok(found) => record.checks.push(
-                Check::failed(
-                    "objects present and authentic",
-                    format!(
-                        "snapshot {}: {}{}",
-                        plan.snapshot.short(),
-                        found.problems.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
-                        if found.problems.len() > 5 {
-                            format!(" (and {} more)", found.problems.len() - 5)
-                        } else {
-                            String::new()
-                        }
-                    ),
-                )
-                .about(&about),
-            ),
-            Err(e) => record.checks.push(Check::failed("objects present and authentic", e.to_string()).about(&about)),
+        needed += planned.bytes();
+        if let Planned::Restore(plan) = planned {
+            record.checks.push(snapshot_check(ctx, drill, record.seed, plan).await.about(&about));
         }
-        record.checks.extend(plan.checks.iter().cloned().map(|c| c.about(&about)));
-        let age = (record.reference - plan.newest_point).to_std().unwrap_or_default();
+        record.checks.extend(planned.checks().iter().cloned().map(|c| c.about(&about)));
         let objective = objective_of(ctx, drill, step);
-        record.checks.push(
-            match objective {
-                // Recovery goes on: the RPO missed is the verdict's to say.
-                Some(o) if age > o.rpo => Check::warning(
-                    "newest recovery point within RPO",
-                    format!(
-                        "the newest point the repository holds is {} old, past the RPO of {} (objective {}): the objective will be missed",
-                        human(age),
-                        human(o.rpo),
-                        o.name
-                    ),
-                ),
-                Some(o) => Check::passed(
-                    "newest recovery point within RPO",
-                    format!(
-                        "the newest point the repository holds is {} old (objective {}: RPO {})",
-                        human(age),
-                        o.name,
-                        human(o.rpo)
-                    ),
-                ),
-                None => Check::passed(
-                    "newest recovery point within RPO",
-                    format!("the newest point the repository holds is {} old; no objective binds it", human(age)),
-                ),
-            }
-            .about(&about),
-        );
+        record.checks.push(rpo_check(planned, record.reference, objective).about(&about));
     }
     let room = std::fs::create_dir_all(&drill.scratch)
         .map_err(|e| e.to_string())
@@ -441,16 +481,79 @@ async fn rehearse(
         Ok(free) => Check::of(
             "scratch has room",
             free >= needed + needed / 10,
-            format!("{} free in {}, the restore writes {}", bytes(free), drill.scratch.display(), bytes(needed)),
+            format!("{} free in {}, recovery writes {}", bytes(free), drill.scratch.display(), bytes(needed)),
         ),
         Err(e) => Check::failed("scratch has room", format!("{}: {e}", drill.scratch.display())),
     });
     record.phase("checklist", None, checking.elapsed());
-    if record.failed() {
-        return;
-    }
+}
 
-    // Recovery, priority by priority.
+/// Whether the objects restoring `plan`'s snapshot reads are present and
+/// authentic (trees read, packs present, a sample read whole).
+async fn snapshot_check(ctx: &DrillContext, drill: &Drill, seed: u64, plan: &DrillPlan) -> Check {
+    let name = "objects present and authentic";
+    match check_snapshot(&ctx.repo, &plan.manifest, drill.checks.sample_packs, seed).await {
+        Ok(found) if found.problems.is_empty() => Check::passed(
+            name,
+            format!(
+                "snapshot {}: {} trees read, {} packs present, {} read whole ({} bytes)",
+                plan.snapshot.short(),
+                found.trees,
+                found.packs,
+                found.packs_read,
+                found.bytes_read
+            ),
+        ),
+        Ok(found) => {
+            let more = match found.problems.len() {
+                n if n > 5 => format!(" (and {} more)", n - 5),
+                _ => String::new(),
+            };
+            let first: Vec<&str> = found.problems.iter().take(5).map(String::as_str).collect();
+            Check::failed(name, format!("snapshot {}: {}{more}", plan.snapshot.short(), first.join("; ")))
+        }
+        Err(e) => Check::failed(name, e.to_string()),
+    }
+}
+
+/// Whether the newest point `planned` can bring back is within its RPO,
+/// counted from `reference`. Past it is a warning: recovery goes on, and
+/// the verdict says the objective was missed.
+fn rpo_check(planned: &Planned, reference: DateTime<Utc>, objective: Option<&Objective>) -> Check {
+    let name = "newest recovery point within RPO";
+    let (point, what) = planned.newest_point();
+    let Some(point) = point else {
+        return Check::warning(name, format!("{what} is not known (none since it started): its age cannot be told"));
+    };
+    let age = (reference - point).to_std().unwrap_or_default();
+    match objective {
+        Some(o) if age > o.rpo => Check::warning(
+            name,
+            format!(
+                "{what} is {} old, past the RPO of {} (objective {}): the objective will be missed",
+                human(age),
+                human(o.rpo),
+                o.name
+            ),
+        ),
+        Some(o) => {
+            Check::passed(name, format!("{what} is {} old (objective {}: RPO {})", human(age), o.name, human(o.rpo)))
+        }
+        None => Check::passed(name, format!("{what} is {} old; no objective binds it", human(age))),
+    }
+}
+
+/// Recovery, priority by priority, each level's checks as soon as it is
+/// up, then the smoke commands.
+async fn recover(
+    ctx: &DrillContext,
+    drill: &Drill,
+    dir: &std::path::Path,
+    marker: &Marker,
+    point: &RecoveryPoint,
+    record: &mut Record,
+    steps: &mut [Step],
+) {
     if let Err(e) = marker.write() {
         record.error = Some(format!("writing the drill's marker in {}: {e}", scratch::markers_dir().display()));
         return;
@@ -497,7 +600,11 @@ async fn rehearse(
             let source = step.source.clone();
             recoveries.push(async move {
                 make_dir(&source_dir).map_err(|e| format!("making {}: {e}", source_dir.display()))?;
-                source.drill_recover(restore, &plan, scratch).await.map_err(|e| e.to_string())
+                match &plan {
+                    Planned::Restore(plan) => source.drill_recover(restore, plan, scratch).await,
+                    Planned::Clone(plan) => source.drill_clone(restore, plan, scratch).await,
+                }
+                .map_err(|e| e.to_string())
             });
         }
         let done = futures::future::join_all(recoveries).await;
@@ -582,7 +689,7 @@ fn recorded_paths(snapshot: &lifeboat_common::repo::format::snapshot::Snapshot) 
 /// The objective a source is measured against in this drill.
 fn objective_of<'a>(ctx: &'a DrillContext, drill: &Drill, step: &Step) -> Option<&'a Objective> {
     match (&drill.objective, drill.kind) {
-        (Some(name), DrillKind::Recovery) => ctx.policy.objective(name),
+        (Some(name), DrillKind::Recovery | DrillKind::Failover) => ctx.policy.objective(name),
         _ => ctx.policy.objective_for(&step.member, ctx.priorities.get(&step.member).copied()),
     }
 }
@@ -649,7 +756,7 @@ fn finish(
             .policy
             .objective(drill.objective.as_deref().unwrap_or(FULL_SYSTEM))
             .map(|o| verdict(o, rto_seconds, rpo_seconds)),
-        DrillKind::Recovery | DrillKind::Verification => None,
+        DrillKind::Recovery | DrillKind::Verification | DrillKind::Failover => None,
     };
     let met = |v: &Verdict| v.rto_met && v.rpo_met;
     let objectives_met =

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::progress::Progress;
-use rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
+use rehearsal::{ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
 
 /// What every `[[source]]` table has, whatever its kind.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -320,6 +320,24 @@ pub trait Source: Send + Sync {
     ) -> Result<Box<dyn Recovered>, SourceError> {
         let _ = (ctx, plan, scratch);
         Err(SourceError::Request(format!("source {} is of a kind no drill can recover", self.id())))
+    }
+
+    /// Plans a failover drill of it, a standby on this host: where it
+    /// stands, and the kind's checklist before it is cloned.
+    async fn drill_standby(&self) -> Result<ClonePlan, SourceError> {
+        Err(SourceError::Request(format!("source {} is of a kind no failover drill can clone", self.id())))
+    }
+
+    /// Clones it into `scratch.dir`, catches the clone up from the
+    /// repository and promotes it, cut off from production.
+    async fn drill_clone(
+        &self,
+        ctx: RestoreContext,
+        plan: &ClonePlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        let _ = (ctx, plan, scratch);
+        Err(SourceError::Request(format!("source {} is of a kind no failover drill can clone", self.id())))
     }
 }
 

@@ -63,6 +63,19 @@ impl DrillPlan {
     }
 }
 
+/// What a failover drill found of a standby before cloning it.
+#[derive(Debug, Clone)]
+pub struct ClonePlan {
+    /// Where it stands, in one line (replaying at, received up to).
+    pub standing: String,
+    /// The last commit it replayed (none since it started: unknown).
+    pub newest_point: Option<DateTime<Utc>>,
+    /// What the kind checked of it (it answers, it is a standby).
+    pub checks: Vec<Check>,
+    /// Bytes the clone writes.
+    pub clone_bytes: u64,
+}
+
 /// What a drill asks a kind's planning for.
 #[derive(Debug, Clone)]
 pub struct PlanRequest<'a> {

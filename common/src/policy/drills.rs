@@ -11,7 +11,7 @@
 //! drills:
 //!   database-recovery:
 //!     schedule: "0 4 * * 1#1"       # the first Monday, 04:00 UTC
-//!     kind: recovery                # or full_system, verification
+//!     kind: recovery                # or full_system, verification, failover
 //!     sources: [db1/orders]         # HOST/SOURCE: whose backups
 //!     agent: drill1                 # the host it runs on
 //!     scratch: /var/lib/lifeboat/drills
@@ -80,6 +80,11 @@ pub enum DrillKind {
     /// and compares them, checks stored objects are ciphertext no other key
     /// opens, and that retention runs (the fourth Monday).
     Verification,
+    /// Clones each standby it names (its agent's own, in the DR region),
+    /// catches the clone up from the repository and promotes it in
+    /// isolation, timed and checked (the second Monday's failover test,
+    /// without a switchover).
+    Failover,
 }
 
 impl DrillKind {
@@ -89,6 +94,7 @@ impl DrillKind {
             DrillKind::Recovery => "recovery",
             DrillKind::FullSystem => "full_system",
             DrillKind::Verification => "verification",
+            DrillKind::Failover => "failover",
         }
     }
 }
@@ -358,6 +364,18 @@ pub fn drills_from_yaml(text: &str) -> Result<DrillPolicy, PolicyError> {
             return Err(bad(format!("scratch {}: an absolute path", spec.scratch.display())));
         }
         let target = spec.target.as_deref().map(parse_target).transpose().map_err(|e| bad(format!("target: {e}")))?;
+        if spec.kind == DrillKind::Failover {
+            // A standby is cloned where it runs, and promoted at the newest point it can reach.
+            if let Some(m) = sources.iter().find(|m| m.host != spec.agent) {
+                return Err(bad(format!(
+                    "sources: {m}: a failover drill clones standbys of its own agent, {}",
+                    spec.agent
+                )));
+            }
+            if target.is_some_and(|t| t != DrillTarget::Latest) {
+                return Err(bad("target: a failover drill promotes at the newest point: latest only".into()));
+            }
+        }
         if let Some(o) = &spec.objective
             && policy.objective(o).is_none()
         {
@@ -448,6 +466,12 @@ mod tests {
         // December 2026 begins on a Tuesday: its first Monday is the 7th.
         assert_eq!(cron.next_after(at("2026-12-01T00:00:00Z")), Some(at("2026-12-07T04:00:00Z")));
         assert_eq!(cron.next_after(at("2026-12-07T04:00:00Z")), Some(at("2027-01-04T04:00:00Z")));
+        let second = policy.drill("dr-failover").unwrap();
+        assert_eq!(second.kind, DrillKind::Failover);
+        assert_eq!(
+            second.schedule.as_ref().unwrap().next_after(at("2026-12-01T00:00:00Z")),
+            Some(at("2026-12-14T04:00:00Z"))
+        );
         let third = policy.drill("full-system-recovery").unwrap();
         assert_eq!(third.kind, DrillKind::FullSystem);
         assert_eq!(
@@ -511,6 +535,16 @@ mod tests {
             ("recovery_objectives:\n  db: { rto: fast, rpo: 5m }\n".to_owned(), "recovery_objectives.db", "rto"),
             ("drills:\n  d: { kind: rehearsal }\n".to_owned(), "line 2", "rehearsal"),
             (format!("{head}    sources: [a/..]\n    scratch: /s\n"), "drills.d", "a source id"),
+            (
+                "drills:\n  d: { kind: failover, agent: dr1, sources: [db1/orders], scratch: /s }\n".to_owned(),
+                "drills.d",
+                "standbys of its own agent, dr1",
+            ),
+            (
+                "drills:\n  d: { kind: failover, agent: a, sources: [a/b], scratch: /s, target: 1h ago }\n".to_owned(),
+                "drills.d",
+                "latest only",
+            ),
             (
                 "drills:\n  ../x: { kind: recovery, agent: a, sources: [a/b], scratch: /s }\n".to_owned(),
                 "drills.../x",

@@ -246,61 +246,83 @@ pub async fn recover(
         )));
     }
     let restore = started.elapsed();
+    isolate(&scratch.dir, &pgdata, scratch.port, "").map_err(SourceError::kind)?;
+    let (mut recovered, reached) = start(pgdata, pg.version, None, scratch).await.map_err(SourceError::kind)?;
+    let summary = format!(
+        "base backup {} restored ({} files); recovery reached {} on timeline {} (last commit replayed: {})",
+        plan.snapshot.short(),
+        plan.manifest.summary.files,
+        reached.lsn,
+        reached.timeline,
+        reached.last_commit.as_deref().unwrap_or("none")
+    );
+    recovered.phases.insert(0, ("restore", restore));
+    recovered.summary = summary;
+    recovered.point = recovered.point.or(Some(pg.stop_time));
+    Ok(Box::new(recovered))
+}
 
-    let hba = scratch.dir.join("pg_hba.drill.conf");
-    let fail = |e: PgError| SourceError::kind(e);
-    std::fs::write(&hba, SCRATCH_HBA).map_err(PgError::io("writing", &hba)).map_err(fail)?;
-    crate::sources::owner::give_to_owner_of(&pgdata, &hba)
-        .map_err(PgError::io("changing owner of", &hba))
-        .map_err(fail)?;
+/// Cuts a copy in `pgdata` off from production before it starts: its own
+/// `pg_hba.conf` (in `dir`) and the scratch settings, then `extra`, after
+/// what the copy brought.
+pub(super) fn isolate(dir: &Path, pgdata: &Path, port: u16, extra: &str) -> Result<(), PgError> {
+    let hba = dir.join("pg_hba.drill.conf");
+    std::fs::write(&hba, SCRATCH_HBA).map_err(PgError::io("writing", &hba))?;
+    crate::sources::owner::give_to_owner_of(pgdata, &hba).map_err(PgError::io("changing owner of", &hba))?;
     let auto = pgdata.join("postgresql.auto.conf");
-    let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto)).map_err(fail)?;
-    conf.push_str(&scratch_settings(&pgdata, scratch.port, &hba));
-    std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto)).map_err(fail)?;
+    let mut conf = std::fs::read_to_string(&auto).map_err(PgError::io("reading", &auto))?;
+    conf.push_str(&scratch_settings(pgdata, port, &hba));
+    conf.push_str(extra);
+    std::fs::write(&auto, conf).map_err(PgError::io("writing", &auto))
+}
 
+/// Starts the copy in `pgdata` (PostgreSQL `version`) and waits until it
+/// has promoted; the one phase timed is `replay`.
+pub(super) async fn start(
+    pgdata: PathBuf,
+    version: u32,
+    pg_bin: Option<PathBuf>,
+    scratch: Scratch,
+) -> Result<(PgRecovered, RecoveryReached), PgError> {
     // initdb names the first superuser after the user who ran it, who owns
     // the data directory (on another host the uid may name someone else:
     // `checks.user` says whom).
     let user = scratch.checks.user.clone().or_else(|| owner_name(&pgdata)).unwrap_or_else(|| "postgres".to_owned());
-    let opts = StartOptions { pg_bin: None, user: user.clone(), timeout: scratch.timeout };
-    let replay_started = Instant::now();
-    let reached = start_and_wait(&pgdata, pg.version, &opts).await.map_err(fail)?;
-    let replay = replay_started.elapsed();
-    let last_commit = reached.last_commit.as_deref().and_then(|t| parse_recovery_time(t).ok());
-    Ok(Box::new(PgRecovered {
+    let opts = StartOptions { pg_bin: pg_bin.clone(), user: user.clone(), timeout: scratch.timeout };
+    let started = Instant::now();
+    let reached = start_and_wait(&pgdata, version, &opts).await?;
+    let replay = started.elapsed();
+    let recovered = PgRecovered {
         pgdata,
         port: scratch.port,
         user,
-        major: (pg.version / 10000).to_string(),
+        major: (version / 10000).to_string(),
+        pg_bin,
         checks: scratch.checks,
         keep: scratch.keep,
-        restore,
-        replay,
-        summary: format!(
-            "base backup {} restored ({} files); recovery reached {} on timeline {} (last commit replayed: {})",
-            plan.snapshot.short(),
-            plan.manifest.summary.files,
-            reached.lsn,
-            reached.timeline,
-            reached.last_commit.as_deref().unwrap_or("none")
-        ),
-        point: last_commit.unwrap_or(pg.stop_time),
-        reached,
-    }))
+        phases: vec![("replay", replay)],
+        summary: String::new(),
+        point: reached.last_commit.as_deref().and_then(|t| parse_recovery_time(t).ok()),
+        reached: reached.clone(),
+    };
+    Ok((recovered, reached))
 }
 
 /// A drill's running copy of a cluster.
-struct PgRecovered {
+pub(super) struct PgRecovered {
     pgdata: PathBuf,
     port: u16,
     user: String,
     major: String,
+    pg_bin: Option<PathBuf>,
     checks: DrillChecks,
     keep: bool,
-    restore: Duration,
-    replay: Duration,
-    summary: String,
-    point: DateTime<Utc>,
+    /// The timed parts of bringing it up.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// What was brought up, in one line.
+    pub summary: String,
+    /// The last commit replayed.
+    pub point: Option<DateTime<Utc>>,
     reached: RecoveryReached,
 }
 
@@ -316,7 +338,7 @@ impl PgRecovered {
     }
 
     async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
-        let program = pg_program(None, &self.major, "pg_ctl");
+        let program = pg_program(self.pg_bin.as_deref(), &self.major, "pg_ctl");
         let mut cmd = Command::new(&program);
         cmd.arg("-D").arg(&self.pgdata).args(args);
         let out = output_as_owner(cmd, &program, &self.pgdata).await.map_err(|e| e.to_string())?;
@@ -328,7 +350,7 @@ impl PgRecovered {
     }
 
     async fn amcheck(&self) -> Check {
-        let program = pg_program(None, &self.major, "pg_amcheck");
+        let program = pg_program(self.pg_bin.as_deref(), &self.major, "pg_amcheck");
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg("-h").arg(&self.pgdata).arg("-p").arg(self.port.to_string()).arg("-U").arg(&self.user);
         cmd.args(["--all", "--install-missing", "--no-password"]);
@@ -386,11 +408,11 @@ impl Recovered for PgRecovered {
     }
 
     fn phases(&self) -> Vec<(&'static str, Duration)> {
-        vec![("restore", self.restore), ("replay", self.replay)]
+        self.phases.clone()
     }
 
     fn recovered_point(&self) -> Option<DateTime<Utc>> {
-        Some(self.point)
+        self.point
     }
 
     fn env(&self) -> Vec<(String, String)> {

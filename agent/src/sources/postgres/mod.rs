@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod connect;
 pub mod drill;
+pub mod drill_clone;
 mod error;
 pub mod member;
 pub mod prefetch;

@@ -19,7 +19,7 @@ use super::connect::{ConnectArgs, SslMode};
 use super::member::Member;
 use super::restore::{PgRestoreOptions, restore_postgres, wal_fetch_command};
 use super::stream::{StreamOptions, StreamStatus, stream_wal};
-use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
+use crate::sources::rehearsal::{ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{
     BackupContext, BackupDone, Common, Ongoing, Order, RecoveryPoint, RestoreContext, RestoreDone, RestoreRequest,
     Source, SourceError, SourceHealth, SourceSection,
@@ -335,6 +335,21 @@ impl Source for PostgresSource {
         scratch: Scratch,
     ) -> Result<Box<dyn Recovered>, SourceError> {
         super::drill::recover(ctx, plan, scratch).await
+    }
+
+    async fn drill_standby(&self) -> Result<ClonePlan, SourceError> {
+        super::drill_clone::plan(&self.connect).await.map_err(SourceError::kind)
+    }
+
+    async fn drill_clone(
+        &self,
+        ctx: RestoreContext,
+        plan: &ClonePlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        super::drill_clone::clone(&self.connect, &self.config.pgdata, self.config.pg_bin.as_deref(), ctx, plan, scratch)
+            .await
+            .map_err(SourceError::kind)
     }
 
     fn health(&self) -> SourceHealth {
