@@ -57,13 +57,18 @@ enum Command {
         name: String,
         /// Where to write it (PostgreSQL's %p).
         dest: PathBuf,
-        /// Also fetch up to this many following segments, in parallel, into
-        /// a spool beside pg_wal, for the next calls to take at once (0: off).
-        #[arg(long, default_value_t = 8)]
+        /// Keep up to this many following segments fetched into a spool
+        /// beside pg_wal by a prefetcher in the background, for the next
+        /// calls to take at once (0: off).
+        #[arg(long, default_value_t = 16)]
         ahead: usize,
         /// The cluster's WAL segment size in bytes (to name the next segments).
         #[arg(long, default_value_t = 16 << 20)]
         segment_size: u64,
+        /// Be the prefetcher a call started: fill the window after NAME
+        /// into the spool, and write nothing to DEST.
+        #[arg(long, hide = true)]
+        fill: bool,
     },
     /// Stream WAL from the server through a physical replication slot into
     /// the repository, in the foreground, until interrupted.
@@ -125,11 +130,22 @@ async fn run(command: Command) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::WalFetch { repo, name, dest, ahead, segment_size } => {
+        Command::WalFetch { repo, name, dest, ahead, segment_size, fill } => {
             let fetched = async {
                 let (repo, _stores) = repo.spec()?.open_for_objects().await?;
                 let spool = prefetch::spool_for(&repo, &dest);
-                prefetch::fetch_ahead(&repo, &name, &dest, &spool, ahead, segment_size)
+                if fill {
+                    prefetch::fill(&repo, &spool, &name, ahead, segment_size)
+                        .await
+                        .with_context(|| format!("fetching the WAL after {name} ahead into {}", spool.display()))?;
+                    return Ok(true);
+                }
+                if prefetch::wants_fill(&spool, &name, ahead, segment_size)
+                    && let Err(e) = start_prefetcher()
+                {
+                    tracing::warn!(error = %e, "starting the WAL prefetcher: fetching one segment at a time");
+                }
+                prefetch::fetch_spooled(&repo, &name, &dest, &spool)
                     .await
                     .with_context(|| format!("restoring WAL file {name}"))
             };
@@ -155,6 +171,17 @@ async fn run(command: Command) -> Result<u8> {
                 .await
         }
     }
+}
+
+/// Starts this same `wal-fetch` again with `--fill`, not waited for: in
+/// a process group of its own, with nothing of PostgreSQL's open (its
+/// `restore_command` ends without it, and it ends once the window is in).
+fn start_prefetcher() -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1)).arg("--fill").process_group(0);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.spawn().map(drop)
 }
 
 /// Streams until SIGINT or SIGTERM, printing the status every ten seconds.

@@ -1,18 +1,26 @@
 //! Fetching ahead: PostgreSQL runs `restore_command` once per segment, one
 //! at a time, so recovery would wait for one process start and one
-//! download per 16 MiB. Each call therefore also fetches, in parallel, the
-//! next segments into a spool beside `pg_wal` (same file system, so handing
-//! one over is a rename), and later calls take them from there.
+//! download per 16 MiB. A call whose window (the segments after the one
+//! asked for) is more than half missing from the spool beside `pg_wal`
+//! therefore starts a prefetcher (the same command with `--fill`), which
+//! it does not wait for: that process fetches the window into the spool, a
+//! few at a time, and later calls take their segment from there (same
+//! file system, so handing one over is a rename). One prefetcher runs at a
+//! time per spool (a lock file); recovery never waits on one.
 //!
 //! Only whole segments are spooled: one streamed in part may still grow
 //! while the streamer runs, so it is always read fresh.
 
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
 use lifeboat_common::repo::Repository;
 
 use super::PgError;
 use super::wal::{self, is_segment, next_segment};
+
+/// Segments a prefetcher fetches at once.
+const PARALLEL: usize = 4;
 
 /// The spool for the cluster whose `restore_command` writes to `dest`
 /// (`pg_wal/RECOVERYXLOG`), one per repository so two never mix.
@@ -22,64 +30,79 @@ pub fn spool_for(repo: &Repository, dest: &Path) -> PathBuf {
 }
 
 /// Restores WAL file `name` to `dest` like [`wal::fetch`], from the spool
-/// when an earlier call fetched it ahead, and fetches up to `ahead` of the
-/// following segments into `spool` meanwhile.
+/// when a prefetcher fetched it ahead. At the end of the archive the spool
+/// is removed: recovery is about to end, and nothing in it will be asked for.
 #[tracing::instrument(skip(repo))]
-pub async fn fetch_ahead(
-    repo: &Repository,
-    name: &str,
-    dest: &Path,
-    spool: &Path,
-    ahead: usize,
-    segment_size: u64,
-) -> Result<bool, PgError> {
-    let spooled = spool.join(name);
-    let from_spool = tokio::fs::rename(&spooled, dest).await.is_ok();
-    if !is_segment(name) || ahead == 0 {
-        return if from_spool { Ok(true) } else { wal::fetch(repo, name, dest).await };
+pub async fn fetch_spooled(repo: &Repository, name: &str, dest: &Path, spool: &Path) -> Result<bool, PgError> {
+    if tokio::fs::rename(spool.join(name), dest).await.is_ok() {
+        return Ok(true);
     }
-    forget_older(spool, name);
+    if is_segment(name) {
+        forget_older(spool, name);
+    }
+    let fetched = wal::fetch(repo, name, dest).await;
+    if let Ok(false) = fetched
+        && is_segment(name)
+    {
+        let _ = std::fs::remove_dir_all(spool);
+    }
+    fetched
+}
 
-    // The window is the `ahead` segments after this one: those of it not
-    // spooled yet (never further: each call would fetch `ahead` more, and
-    // the spool would run on to the end of the archive).
-    let mut wanted = Vec::new();
+/// The segments of `name`'s window (the `ahead` after it, never further:
+/// the spool must not run on to the end of the archive) not spooled yet.
+fn missing_ahead(spool: &Path, name: &str, ahead: usize, segment_size: u64) -> Vec<String> {
+    if !is_segment(name) {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
     let mut next = next_segment(name, segment_size);
     for _ in 0..ahead {
         let Some(n) = next else { break };
         if !spool.join(&n).exists() {
-            wanted.push(n.clone());
+            missing.push(n.clone());
         }
         next = next_segment(&n, segment_size);
     }
-    // From the spool with most of the window still there: nothing to wait for.
-    if from_spool && wanted.len() <= ahead / 2 {
-        return Ok(true);
+    missing
+}
+
+/// Whether a call for `name` should start a prefetcher: more than half of
+/// its window is missing from the spool.
+pub fn wants_fill(spool: &Path, name: &str, ahead: usize, segment_size: u64) -> bool {
+    ahead > 0 && missing_ahead(spool, name, ahead, segment_size).len() > ahead / 2
+}
+
+/// The prefetcher: fetches what `name`'s window misses into the spool,
+/// [`PARALLEL`] at a time. Returns at once when another holds the spool's
+/// lock. Best effort: a segment that is missing or fails here is fetched,
+/// and its error reported, when PostgreSQL asks for it.
+pub async fn fill(repo: &Repository, spool: &Path, name: &str, ahead: usize, segment_size: u64) -> Result<(), PgError> {
+    std::fs::create_dir_all(spool).map_err(PgError::io("creating", spool))?;
+    let lock_path = spool.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(PgError::io("opening", &lock_path))?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Ok(());
     }
-    if !wanted.is_empty() {
-        std::fs::create_dir_all(spool).map_err(PgError::io("creating", spool))?;
-    }
-    let mut jobs = tokio::task::JoinSet::new();
-    for n in wanted {
-        let (repo, target) = (repo.clone(), spool.join(&n));
-        jobs.spawn(async move {
-            // Best effort: a segment missing or failing here is fetched (and
-            // its error reported) when PostgreSQL asks for it.
-            if let Ok(Some(found)) = wal::read(&repo, &n).await
+    let wanted = missing_ahead(spool, name, ahead, segment_size);
+    futures::stream::iter(wanted)
+        .for_each_concurrent(PARALLEL, |n| async move {
+            let target = spool.join(&n);
+            // Recovery may have taken it meanwhile, or ended and removed the spool.
+            if let Ok(Some(found)) = wal::read(repo, &n).await
                 && !found.partial
+                && spool.is_dir()
             {
                 let _ = wal::write_whole(&target, &found.content).await;
             }
-        });
-    }
-    let ours = if from_spool { Ok(true) } else { wal::fetch(repo, name, dest).await };
-    while jobs.join_next().await.is_some() {}
-    if let Ok(false) = ours {
-        // The end of the archive: recovery is about to end, and whatever is
-        // spooled will not be asked for.
-        let _ = std::fs::remove_dir_all(spool);
-    }
-    ours
+        })
+        .await;
+    Ok(())
 }
 
 /// Removes spooled segments before `name` on its timeline: recovery has
@@ -104,18 +127,24 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn next_segments_are_spooled_and_handed_over_then_dropped_at_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalStore::new(dir.path().join("repo")));
+    async fn repo_with(dir: &Path, count: u8) -> (Repository, Vec<String>) {
+        let store = Arc::new(LocalStore::new(dir.join("repo")));
         let repo = Repository::init(store, &MasterKey::generate().unwrap()).await.unwrap();
-        let size = 16 << 20;
-        let names: Vec<String> = (1..=4).map(|i| format!("0000000100000000000000{i:02X}")).collect();
-        for (i, n) in names[..3].iter().enumerate() {
+        let names: Vec<String> = (1..=count).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+        for (i, n) in names.iter().enumerate() {
             wal::push_content(&repo, n, vec![i as u8; 4096]).await.unwrap();
         }
+        (repo, names)
+    }
+
+    #[tokio::test]
+    async fn the_window_is_filled_and_handed_over_then_dropped_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, names) = repo_with(dir.path(), 3).await;
+        let size = 16 << 20;
         // The fourth is only streamed so far: never spooled.
-        let key = wal::wal_key(&format!("{}{}", names[3], wal::STREAMING_SUFFIX)).unwrap();
+        let fourth = "000000010000000000000004";
+        let key = wal::wal_key(&format!("{fourth}{}", wal::STREAMING_SUFFIX)).unwrap();
         let (sealed, _) = wal::seal(&repo, &key, vec![3u8; 4096]).await.unwrap();
         repo.store().put(&key, sealed).await.unwrap();
 
@@ -123,40 +152,50 @@ mod tests {
         std::fs::create_dir_all(&pg_wal).unwrap();
         let dest = pg_wal.join("RECOVERYXLOG");
         let spool = spool_for(&repo, &dest);
-        assert!(fetch_ahead(&repo, &names[0], &dest, &spool, 4, size).await.unwrap());
-        assert_eq!(std::fs::read(&dest).unwrap(), vec![0u8; 4096]);
+        assert!(wants_fill(&spool, &names[0], 4, size));
+        fill(&repo, &spool, &names[0], 4, size).await.unwrap();
         assert!(spool.join(&names[1]).exists() && spool.join(&names[2]).exists());
-        assert!(!spool.join(&names[3]).exists(), "a partial segment was spooled");
+        assert!(!spool.join(fourth).exists(), "a partial segment was spooled");
+        assert!(!wants_fill(&spool, &names[0], 4, size), "half the window is there");
 
-        // Handed over from the spool, content intact.
-        assert!(fetch_ahead(&repo, &names[2], &dest, &spool, 4, size).await.unwrap());
+        assert!(fetch_spooled(&repo, &names[0], &dest, &spool).await.unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![0u8; 4096]);
+        // Handed over from the spool, content intact; those passed are dropped.
+        assert!(fetch_spooled(&repo, &names[2], &dest, &spool).await.unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), vec![2u8; 4096]);
-        assert!(!spool.join(&names[1]).exists(), "a segment recovery moved past stays spooled");
-        assert!(fetch_ahead(&repo, &names[3], &dest, &spool, 4, size).await.unwrap());
+        assert!(fetch_spooled(&repo, fourth, &dest, &spool).await.unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), vec![3u8; 4096]);
+        assert!(!spool.join(&names[1]).exists(), "a segment recovery moved past stays spooled");
 
-        let after = next_segment(&names[3], size).unwrap();
-        assert!(!fetch_ahead(&repo, &after, &dest, &spool, 4, size).await.unwrap());
+        let after = next_segment(fourth, size).unwrap();
+        assert!(!fetch_spooled(&repo, &after, &dest, &spool).await.unwrap());
         assert!(!spool.exists(), "the spool outlived the end of the archive");
     }
 
     #[tokio::test]
-    async fn the_window_moves_with_recovery_and_never_runs_on() {
+    async fn the_window_moves_with_recovery_never_runs_on_and_one_fills_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalStore::new(dir.path().join("repo")));
-        let repo = Repository::init(store, &MasterKey::generate().unwrap()).await.unwrap();
-        let names: Vec<String> = (1..=16).map(|i| format!("0000000100000000000000{i:02X}")).collect();
-        for n in &names {
-            wal::push_content(&repo, n, vec![7u8; 4096]).await.unwrap();
-        }
+        let (repo, names) = repo_with(dir.path(), 16).await;
         let pg_wal = dir.path().join("pg_wal");
         std::fs::create_dir_all(&pg_wal).unwrap();
         let dest = pg_wal.join("RECOVERYXLOG");
         let spool = spool_for(&repo, &dest);
+        let size = 16 << 20;
         for n in &names[..8] {
-            assert!(fetch_ahead(&repo, n, &dest, &spool, 4, 16 << 20).await.unwrap());
-            let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
-            assert!(spooled <= 4, "{spooled} segments spooled after {n}, for a window of 4");
+            if wants_fill(&spool, n, 4, size) {
+                fill(&repo, &spool, n, 4, size).await.unwrap();
+            }
+            assert!(fetch_spooled(&repo, n, &dest, &spool).await.unwrap());
+            let spooled = std::fs::read_dir(&spool)
+                .map(|d| d.flatten().filter(|e| e.file_name() != ".lock").count())
+                .unwrap_or(0);
+            assert!(spooled <= 4, "{spooled:?} segments spooled after {n}, for a window of 4");
         }
+        // A prefetcher holding the lock: another returns at once, fetching nothing.
+        let held = std::fs::File::open(spool.join(".lock")).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        let before = std::fs::read_dir(&spool).unwrap().count();
+        fill(&repo, &spool, &names[11], 4, size).await.unwrap();
+        assert_eq!(std::fs::read_dir(&spool).unwrap().count(), before);
     }
 }
