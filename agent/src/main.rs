@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use lifeboat_agent::daemon::{self, config::AgentConfig};
 use lifeboat_agent::sources::postgres::connect::ConnectArgs;
 use lifeboat_agent::sources::postgres::stream::{self, StreamOptions, StreamStatus};
-use lifeboat_agent::sources::postgres::wal::Pushed;
+use lifeboat_agent::sources::postgres::wal::{Pushed, Restored};
 use lifeboat_agent::sources::postgres::{archive, prefetch};
 use lifeboat_common::repo::engine::settings::RepoArgs;
 use lifeboat_common::telemetry::entry;
@@ -57,9 +57,9 @@ enum Command {
         name: String,
         /// Where to write it (PostgreSQL's %p).
         dest: PathBuf,
-        /// Keep up to this many following segments fetched into a spool
-        /// beside pg_wal by a prefetcher in the background, for the next
-        /// calls to take at once (0: off).
+        /// Keep up to this many following segments fetched into a spool in
+        /// pg_wal by a prefetcher in the background, for the next calls to
+        /// take at once (0: off).
         #[arg(long, default_value_t = 16)]
         ahead: usize,
         /// The cluster's WAL segment size in bytes (to name the next segments).
@@ -131,27 +131,34 @@ async fn run(command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::WalFetch { repo, name, dest, ahead, segment_size, fill } => {
+            if fill {
+                // The prefetcher a call started, best effort: whatever goes
+                // wrong is met again, and reported, when PostgreSQL asks. It
+                // always exits 0: an orphan's other statuses can read as a
+                // crash to a postmaster that reaps it (PID 1 in a container).
+                if let Ok((repo, _stores)) = async { repo.spec()?.open_for_objects().await }.await {
+                    let spool = prefetch::spool_for(&repo, &dest);
+                    prefetch::fill(&repo, &spool, &name, ahead, segment_size).await;
+                }
+                return Ok(0);
+            }
             let fetched = async {
                 let (repo, _stores) = repo.spec()?.open_for_objects().await?;
                 let spool = prefetch::spool_for(&repo, &dest);
-                if fill {
-                    prefetch::fill(&repo, &spool, &name, ahead, segment_size)
-                        .await
-                        .with_context(|| format!("fetching the WAL after {name} ahead into {}", spool.display()))?;
-                    return Ok(true);
-                }
-                if prefetch::wants_fill(&spool, &name, ahead, segment_size)
+                let restored = prefetch::fetch_spooled(&repo, &name, &dest, &spool)
+                    .await
+                    .with_context(|| format!("restoring WAL file {name}"))?;
+                if restored == Restored::Whole
+                    && prefetch::wants_fill(&spool, &name, ahead, segment_size)
                     && let Err(e) = start_prefetcher()
                 {
                     tracing::warn!(error = %e, "starting the WAL prefetcher: fetching one segment at a time");
                 }
-                prefetch::fetch_spooled(&repo, &name, &dest, &spool)
-                    .await
-                    .with_context(|| format!("restoring WAL file {name}"))
+                anyhow::Ok(restored)
             };
             match fetched.await {
-                Ok(true) => Ok(0),
-                Ok(false) => Ok(1),
+                Ok(Restored::Whole | Restored::Partial) => Ok(0),
+                Ok(Restored::Missing) => Ok(1),
                 // PostgreSQL takes exit 1 for "no such file" and ends
                 // recovery there, promoting with data missing; a status
                 // above 125 makes it stop instead, which is what a damaged
@@ -174,8 +181,10 @@ async fn run(command: Command) -> Result<u8> {
 }
 
 /// Starts this same `wal-fetch` again with `--fill`, not waited for: in
-/// a process group of its own, with nothing of PostgreSQL's open (its
-/// `restore_command` ends without it, and it ends once the window is in).
+/// a process group of its own, its standard streams closed, so that
+/// `restore_command` ends without it (it ends once the window is in).
+/// PostgreSQL before 16 leaves its other descriptors open to
+/// `restore_command`: this process holds them a moment longer.
 fn start_prefetcher() -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);

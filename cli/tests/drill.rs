@@ -423,14 +423,20 @@ fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promot
     primary.start();
     primary.sql("CREATE TABLE users (id serial PRIMARY KEY, name text)");
     primary.sql("INSERT INTO users(name) SELECT 'before' FROM generate_series(1, 10)");
+    let primary_space = postgres_dir(env.dir.path(), "space-primary");
+    primary.sql(&format!("CREATE TABLESPACE space1 LOCATION '{}'", primary_space.display()));
+    primary.sql("CREATE TABLE events (n int) TABLESPACE space1");
+    primary.sql("INSERT INTO events SELECT generate_series(1, 500)");
 
     // The DR standby follows the primary through the repository only, as
     // Lifeboat's failover standbys do (no streaming: its replay can be
     // held back while the repository moves on).
     let pgdata = postgres_dir(env.dir.path(), "standby").join("data");
     let run_dir = postgres_dir(env.dir.path(), "standby-run");
+    let standby_space = postgres_dir(env.dir.path(), "space-standby");
     let out = as_postgres(&pg_bin("pg_basebackup"))
         .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-X", "stream", "-c", "fast"])
+        .arg(format!("--tablespace-mapping={}={}", primary_space.display(), standby_space.display()))
         .arg("-D")
         .arg(&pgdata)
         .output()
@@ -477,7 +483,8 @@ fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promot
             "  dr-failover:\n    schedule: \"0 4 * * 1#2\"\n    kind: failover\n    sources: [dr1/orders]\n    agent: dr1\n    \
              scratch: {0}\n    objective: database\n    checks:\n      sql:\n        \
              - {{ query: \"SELECT count(*) FROM users WHERE name = 'after'\", expect: \"2\" }}\n        \
-             - {{ query: \"SELECT NOT pg_is_in_recovery()\", expect: \"t\" }}\n  \
+             - {{ query: \"SELECT NOT pg_is_in_recovery()\", expect: \"t\" }}\n        \
+             - {{ query: \"SELECT count(*) FROM events\", expect: \"500\" }}\n  \
              primary-failover:\n    kind: failover\n    sources: [db1/orders]\n    agent: db1\n    scratch: {0}\n",
             scratch.display()
         ),
@@ -491,9 +498,16 @@ fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promot
         assert!(phases(&report).contains(&p.to_owned()), "no phase {p}: {report:#}");
     }
     assert!(!phases(&report).contains(&"restore".to_owned()), "nothing is restored from snapshots: {report:#}");
-    for c in
-        ["standby answers", "newest recovery point", "scratch apart", "scratch has room", "connection", "pg_amcheck"]
-    {
+    for c in [
+        "standby answers",
+        "standby can be cloned",
+        "newest recovery point",
+        "scratch apart",
+        "scratch has room",
+        "connection",
+        "pg_amcheck",
+        "sql: SELECT count(*) FROM events",
+    ] {
         assert_eq!(check(&report, c)["result"], "passed", "{c}: {report:#}");
     }
     assert_eq!(check(&report, "sql: SELECT count(*) FROM users WHERE")["result"], "passed", "caught up: {report:#}");
@@ -504,6 +518,19 @@ fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promot
     assert!(summary.contains("cloned") && summary.contains("promoted onto timeline 2"), "{summary}");
     let rpo = report["rpo_seconds"].as_f64().unwrap();
     assert!((0.0..300.0).contains(&rpo), "the clone replayed the newest commit: {rpo}");
+    // The clone is the drill's staging, not counted: a real failover
+    // promotes the standby where it runs.
+    let counted: f64 = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "clone" && p["name"] != "cleanup")
+        .map(|p| p["seconds"].as_f64().unwrap())
+        .sum();
+    let rto = report["rto_seconds"].as_f64().unwrap();
+    assert!(rto > 0.0 && rto <= counted + 0.25, "RTO {rto} s, phases but the clone {counted} s: {report:#}");
+    // The standby's tablespace was mapped into the scratch, never written where it is.
+    assert_eq!(left_in(&standby_space).len(), 1, "{:?}", left_in(&standby_space));
     assert!(left_in(&scratch).is_empty(), "scratch left behind: {:?}", left_in(&scratch));
     // The standby goes on as it was: in recovery, held back, on timeline 1.
     assert_eq!(standby.sql("SELECT pg_is_in_recovery()"), "t");

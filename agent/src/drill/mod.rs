@@ -18,9 +18,11 @@
 //!    kept. A marker written before anything is made lets a later start
 //!    remove what a crash left.
 //!
-//! RTO runs from the start to the last check passing; RPO is the age of
-//! the newest point recovered, at the start (or at the target time, for a
-//! point-in-time drill: the disaster it simulates happened then).
+//! RTO runs from the start to the last check passing, less a failover
+//! drill's clone (a real failover promotes the standby where it runs); RPO
+//! is the age of the newest point recovered, at the start (or at the
+//! target time, for a point-in-time drill: the disaster it simulates
+//! happened then).
 
 pub mod scratch;
 mod smoke;
@@ -42,7 +44,7 @@ use lifeboat_common::repo::ops::retention::source_tag;
 use lifeboat_common::repo::ops::verify::check_snapshot;
 
 use crate::progress::Progress;
-use crate::sources::rehearsal::{ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
+use crate::sources::rehearsal::{CLONE_PHASE, ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{RecoveryPoint, RestoreContext, Source, of_kind};
 use scratch::{Marker, Protected};
 
@@ -123,6 +125,9 @@ impl Planned {
 struct Record {
     started: DateTime<Utc>,
     clock: Instant,
+    /// Time spent staging what a real recovery would not have to (a
+    /// failover drill's clone): not counted in the RTO.
+    staged: Duration,
     /// When the disaster the drill simulates happened.
     reference: DateTime<Utc>,
     seed: u64,
@@ -174,6 +179,7 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> DrillReport {
     let mut record = Record {
         started,
         clock: Instant::now(),
+        staged: Duration::ZERO,
         reference: drill.target.time(started).unwrap_or(started),
         seed: u64::from_le_bytes(seed_bytes),
         phases: Vec::new(),
@@ -205,7 +211,7 @@ pub async fn run_drill(ctx: &DrillContext, drill: &Drill) -> DrillReport {
         record.error =
             Some(format!("the drill did not end within its timeout, {}", humantime::format_duration(drill.timeout)));
     }
-    let last_check = record.clock.elapsed();
+    let last_check = record.clock.elapsed().saturating_sub(record.staged);
 
     // Clean-up, whatever happened.
     let cleaning = Instant::now();
@@ -448,9 +454,14 @@ async fn checklist(ctx: &DrillContext, drill: &Drill, record: &mut Record, steps
     // Where the backups were taken, on whichever host: refusing a path
     // that is production only elsewhere costs nothing.
     for step in steps.iter() {
-        let Some(Planned::Restore(plan)) = &step.plan else { continue };
-        let what = format!("source {}'s path as its snapshot records it", step.member);
-        protected.extend(recorded_paths(&plan.manifest).into_iter().map(|path| Protected { what: what.clone(), path }));
+        let (what, paths) = match &step.plan {
+            Some(Planned::Restore(plan)) => {
+                (format!("source {}'s path as its snapshot records it", step.member), recorded_paths(&plan.manifest))
+            }
+            Some(Planned::Clone(plan)) => (format!("standby {}'s path", step.member), plan.paths.clone()),
+            None => continue,
+        };
+        protected.extend(paths.into_iter().map(|path| Protected { what: what.clone(), path }));
     }
     if let Some(refused) = scratch::overlap(&drill.scratch, &protected) {
         record.checks.push(Check::failed("scratch apart from production", refused));
@@ -613,6 +624,9 @@ async fn recover(
             match result {
                 Ok(recovered) => {
                     for (name, took) in recovered.phases() {
+                        if name == CLONE_PHASE {
+                            record.staged += took;
+                        }
                         record.phase(name, Some(&step.member), took);
                     }
                     step.run.summary = recovered.summary();
@@ -634,7 +648,7 @@ async fn recover(
             let checks = recovered.check().await;
             step.run.passed = checks.iter().all(Check::ok);
             if step.run.passed {
-                step.run.rto_seconds = Some(record.clock.elapsed().as_secs_f64());
+                step.run.rto_seconds = Some(record.clock.elapsed().saturating_sub(record.staged).as_secs_f64());
             }
             record.checks.extend(checks.into_iter().map(|c| c.about(&about)));
             record.phase("checks", Some(&step.member), checking.elapsed());

@@ -74,7 +74,14 @@ pub struct ClonePlan {
     pub checks: Vec<Check>,
     /// Bytes the clone writes.
     pub clone_bytes: u64,
+    /// Production paths beyond the source's own (its tablespaces).
+    pub paths: Vec<PathBuf>,
 }
+
+/// The phase of a failover drill's copy of a standby: the drill's own
+/// staging, which a real failover (the standby promoted where it runs)
+/// does not have, so it is not counted in the RTO.
+pub const CLONE_PHASE: &str = "clone";
 
 /// What a drill asks a kind's planning for.
 #[derive(Debug, Clone)]
@@ -122,7 +129,8 @@ pub struct Scratch {
 pub trait Recovered: Send + Sync {
     /// What was restored and reached, in one line.
     fn summary(&self) -> String;
-    /// Timed parts of bringing it up beyond restoring files (`replay`).
+    /// Timed parts of bringing it up (`restore` and `replay`, or
+    /// [`CLONE_PHASE`] and `promote`).
     fn phases(&self) -> Vec<(&'static str, Duration)>;
     /// The newest point recovered (the last replayed commit).
     fn recovered_point(&self) -> Option<DateTime<Utc>>;

@@ -108,7 +108,7 @@ mod tests {
     use lifeboat_common::store::LocalStore;
 
     use super::*;
-    use crate::sources::postgres::wal::fetch;
+    use crate::sources::postgres::wal::{Restored, fetch};
 
     #[tokio::test]
     async fn ready_segments_are_pushed_ahead_and_later_calls_return_at_once() {
@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(push_ahead(&repo, &pg_wal.join(&names[0]), &spool, 8).await.unwrap(), Pushed::Stored);
         // The other two are in the repository already, each with a marker.
         for n in &names[1..] {
-            assert!(fetch(&repo, n, &dir.path().join("out")).await.unwrap());
+            assert_eq!(fetch(&repo, n, &dir.path().join("out")).await.unwrap(), Restored::Whole);
             assert!(spool.join(n).exists());
         }
         assert_eq!(push_ahead(&repo, &pg_wal.join(&names[1]), &spool, 0).await.unwrap(), Pushed::AlreadyThere);

@@ -353,7 +353,9 @@ impl PgRecovered {
         let program = pg_program(self.pg_bin.as_deref(), &self.major, "pg_amcheck");
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg("-h").arg(&self.pgdata).arg("-p").arg(self.port.to_string()).arg("-U").arg(&self.user);
-        cmd.args(["--all", "--install-missing", "--no-password"]);
+        // One connection per core: the check reads every relation, and the copy is the drill's alone.
+        let jobs = std::thread::available_parallelism().map_or(1, usize::from);
+        cmd.args(["--all", "--install-missing", "--no-password"]).arg(format!("--jobs={jobs}"));
         match cmd.output().await {
             Ok(out) if out.status.success() => Check::passed("pg_amcheck", "no corruption found in any database"),
             Ok(out) => {

@@ -7,16 +7,17 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
+
+use chrono::Utc;
 
 use super::PgError;
 use super::connect::{ConnectArgs, SslMode};
 use super::drill::{isolate, start};
 use super::restore::{recovery_settings, wal_fetch_command};
-use super::startup::{output_as_owner, pg_program};
-use crate::sources::owner::give_to_owner_of;
-use crate::sources::rehearsal::{ClonePlan, Recovered, Scratch};
+use super::startup::pg_program;
+use crate::sources::owner::{give_to_owner_of, run_as_owner_of};
+use crate::sources::rehearsal::{CLONE_PHASE, ClonePlan, Recovered, Scratch};
 use crate::sources::{RestoreContext, parse_recovery_time};
 use lifeboat_common::repo::format::drill::Check;
 
@@ -29,6 +30,9 @@ struct Standing {
     last_commit: Option<String>,
     bytes: u64,
     segment_size: u64,
+    /// Whether its role may replicate, and wal senders free (of two needed).
+    may_replicate: bool,
+    free_senders: i64,
     /// Each tablespace's OID and location.
     tablespaces: Vec<(u32, String)>,
 }
@@ -41,7 +45,9 @@ async fn look(connect: &ConnectArgs) -> Result<Standing, PgError> {
              coalesce(pg_last_wal_replay_lsn()::text, ''), coalesce(pg_last_wal_receive_lsn()::text, ''), \
              pg_last_xact_replay_timestamp()::text, \
              (SELECT sum(pg_database_size(oid))::int8 FROM pg_database), \
-             (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size')",
+             (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size'), \
+             (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+             current_setting('max_wal_senders')::int8 - (SELECT count(*) FROM pg_stat_replication)",
             &[],
         )
         .await
@@ -61,6 +67,8 @@ async fn look(connect: &ConnectArgs) -> Result<Standing, PgError> {
         last_commit: row.get(4),
         bytes: u64::try_from(row.get::<_, Option<i64>>(5).unwrap_or_default()).unwrap_or_default(),
         segment_size: u64::try_from(row.get::<_, i64>(6)).unwrap_or_default(),
+        may_replicate: row.get::<_, Option<bool>>(7).unwrap_or_default(),
+        free_senders: row.get(8),
         tablespaces: rows
             .iter()
             .map(|r| (u32::try_from(r.get::<_, i64>(0)).unwrap_or_default(), r.get::<_, String>(1)))
@@ -78,7 +86,7 @@ pub async fn plan(connect: &ConnectArgs) -> Result<ClonePlan, PgError> {
         or_none(&s.received),
         s.last_commit.as_deref().unwrap_or("none since it started")
     );
-    let check = if s.in_recovery {
+    let answers = if s.in_recovery {
         Check::passed("standby answers", format!("PostgreSQL {} at {standing}", s.version))
     } else {
         Check::failed(
@@ -89,11 +97,26 @@ pub async fn plan(connect: &ConnectArgs) -> Result<ClonePlan, PgError> {
             ),
         )
     };
+    let user = connect.user_or_default();
+    let clonable = match (s.may_replicate, s.free_senders) {
+        (false, _) => Check::failed(
+            "standby can be cloned",
+            format!("role {user} may not replicate: pg_basebackup needs the REPLICATION attribute"),
+        ),
+        (true, free) if free < 2 => Check::failed(
+            "standby can be cloned",
+            format!("{free} of max_wal_senders free: pg_basebackup --wal-method=stream needs two"),
+        ),
+        (true, free) => {
+            Check::passed("standby can be cloned", format!("role {user} may replicate; {free} wal senders free"))
+        }
+    };
     Ok(ClonePlan {
         standing,
         newest_point: s.last_commit.as_deref().and_then(|t| parse_recovery_time(t).ok()),
-        checks: vec![check],
+        checks: vec![answers, clonable],
         clone_bytes: s.bytes,
+        paths: s.tablespaces.iter().map(|(_, location)| PathBuf::from(location)).collect(),
     })
 }
 
@@ -101,9 +124,10 @@ fn or_none(lsn: &str) -> &str {
     if lsn.is_empty() { "nothing yet" } else { lsn }
 }
 
-/// A directory the standby's owner can write and nobody else read.
+/// A directory (in one that exists) the standby's owner can write and
+/// nobody else read.
 fn owned_dir(dir: &Path, owner_of: &Path) -> Result<(), PgError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(PgError::io("making", dir))?;
+    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(PgError::io("making", dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(PgError::io("opening", dir))?;
     give_to_owner_of(owner_of, dir).map_err(PgError::io("changing owner of", dir))
 }
@@ -127,7 +151,7 @@ pub async fn clone(
     let target = scratch.dir.join("pgdata");
     owned_dir(&target, pgdata)?;
     let program = pg_program(pg_bin, &major, "pg_basebackup");
-    let mut cmd = Command::new(&program);
+    let mut cmd = std::process::Command::new(&program);
     cmd.arg("-D").arg(&target);
     cmd.args(["-h", connect.host(), "-p", &connect.port().to_string(), "-U", &connect.user_or_default()]);
     cmd.args(["--wal-method=stream", "--checkpoint=fast", "--no-password"]);
@@ -136,8 +160,13 @@ pub async fn clone(
         cmd.arg("--no-sync");
     }
     // Tablespaces in plain format go where the standby has them unless mapped.
+    let spaces = scratch.dir.join("tablespaces");
+    if !s.tablespaces.is_empty() {
+        // Its owner's to pass through, as the scratch directory is.
+        std::fs::DirBuilder::new().mode(0o755).create(&spaces).map_err(PgError::io("making", &spaces))?;
+    }
     for (oid, location) in &s.tablespaces {
-        let mapped = scratch.dir.join("tablespaces").join(oid.to_string());
+        let mapped = spaces.join(oid.to_string());
         owned_dir(&mapped, pgdata)?;
         cmd.arg(format!(
             "--tablespace-mapping={}={}",
@@ -149,8 +178,23 @@ pub async fn clone(
     if let (SslMode::VerifyFull, Some(ca)) = (connect.sslmode, &connect.sslrootcert) {
         cmd.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", ca);
     }
-    let cloning = Instant::now();
-    let out = output_as_owner(cmd, &program, pgdata).await?;
+    // In the scratch directory, so that clean-up finds it, and killed with
+    // the drill: it holds two wal senders on the standby while it runs.
+    cmd.current_dir(&scratch.dir);
+    run_as_owner_of(&mut cmd, pgdata).map_err(PgError::io("reading", pgdata))?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let (cloning, clone_started) = (Instant::now(), Utc::now());
+    let out = match tokio::time::timeout(scratch.timeout, cmd.output()).await {
+        Ok(out) => out.map_err(PgError::io("running", &program))?,
+        Err(_) => {
+            return Err(PgError::Usage(format!(
+                "pg_basebackup from {} did not end within {}",
+                connect.describe(),
+                humantime::format_duration(scratch.timeout)
+            )));
+        }
+    };
     if !out.status.success() {
         return Err(PgError::Usage(format!(
             "pg_basebackup from {} failed ({}): {}",
@@ -169,7 +213,13 @@ pub async fn clone(
     };
     let restore_command = wal_fetch_command(&agent, &ctx.spec.locations, ctx.spec.key_file.as_deref())
         .map_err(PgError::io("resolving", Path::new("the key file")))?;
-    let _ = std::fs::remove_file(target.join("standby.signal"));
+    let standby_signal = target.join("standby.signal");
+    match std::fs::remove_file(&standby_signal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(PgError::io("removing", &standby_signal)(e));
+        }
+        _ => {}
+    }
     let signal = target.join("recovery.signal");
     std::fs::write(&signal, "").map_err(PgError::io("writing", &signal))?;
     give_to_owner_of(pgdata, &signal).map_err(PgError::io("changing owner of", &signal))?;
@@ -191,8 +241,11 @@ pub async fn clone(
         reached.last_commit.as_deref().unwrap_or("none")
     );
     let promote = recovered.phases[0].1;
-    recovered.phases = vec![("clone", cloned), ("promote", promote)];
+    recovered.phases = vec![(CLONE_PHASE, cloned), ("promote", promote)];
     recovered.summary = summary;
+    // No commit replayed: the clone holds what the standby had replayed
+    // (as of its last commit, or as of the clone when it replayed none).
+    recovered.point = recovered.point.or(plan.newest_point).or(Some(clone_started));
     Ok(Box::new(recovered))
 }
 

@@ -1,12 +1,15 @@
 //! Fetching ahead: PostgreSQL runs `restore_command` once per segment, one
 //! at a time, so recovery would wait for one process start and one
-//! download per 16 MiB. A call whose window (the segments after the one
-//! asked for) is more than half missing from the spool beside `pg_wal`
-//! therefore starts a prefetcher (the same command with `--fill`), which
-//! it does not wait for: that process fetches the window into the spool, a
-//! few at a time, and later calls take their segment from there (same
-//! file system, so handing one over is a rename). One prefetcher runs at a
-//! time per spool (a lock file); recovery never waits on one.
+//! download per 16 MiB. A call that restored a whole segment and whose
+//! window (the segments after it) is more than half missing from the spool
+//! in `pg_wal` therefore starts a prefetcher (the same command with
+//! `--fill`), which it does not wait for: that process fetches the window
+//! into the spool, a few at a time, and later calls take their segment
+//! from there (same file system, so handing one over is a rename). A
+//! prefetcher runs only while it holds the spool's lock file, so one at a
+//! time; recovery never waits on one. At the end of the archive (a segment
+//! missing or streamed in part) none is started: a standby that has caught
+//! up asks every second for what is not there yet.
 //!
 //! Only whole segments are spooled: one streamed in part may still grow
 //! while the streamer runs, so it is always read fresh.
@@ -17,7 +20,7 @@ use futures::StreamExt;
 use lifeboat_common::repo::Repository;
 
 use super::PgError;
-use super::wal::{self, is_segment, next_segment};
+use super::wal::{self, Restored, is_segment, next_segment};
 
 /// Segments a prefetcher fetches at once.
 const PARALLEL: usize = 4;
@@ -31,20 +34,25 @@ pub fn spool_for(repo: &Repository, dest: &Path) -> PathBuf {
 
 /// Restores WAL file `name` to `dest` like [`wal::fetch`], from the spool
 /// when a prefetcher fetched it ahead. At the end of the archive the spool
-/// is removed: recovery is about to end, and nothing in it will be asked for.
+/// is removed: nothing in it will be asked for.
 #[tracing::instrument(skip(repo))]
-pub async fn fetch_spooled(repo: &Repository, name: &str, dest: &Path, spool: &Path) -> Result<bool, PgError> {
+pub async fn fetch_spooled(repo: &Repository, name: &str, dest: &Path, spool: &Path) -> Result<Restored, PgError> {
     if tokio::fs::rename(spool.join(name), dest).await.is_ok() {
-        return Ok(true);
+        return Ok(Restored::Whole);
     }
     if is_segment(name) {
         forget_older(spool, name);
     }
     let fetched = wal::fetch(repo, name, dest).await;
-    if let Ok(false) = fetched
+    if let Ok(Restored::Missing) = fetched
         && is_segment(name)
+        && spool.exists()
     {
         let _ = std::fs::remove_dir_all(spool);
+        if let Some(parent) = spool.parent() {
+            // Empty unless another repository's spool is there.
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     fetched
 }
@@ -67,28 +75,33 @@ fn missing_ahead(spool: &Path, name: &str, ahead: usize, segment_size: u64) -> V
     missing
 }
 
-/// Whether a call for `name` should start a prefetcher: more than half of
-/// its window is missing from the spool.
+/// Whether a call that restored segment `name` whole should start a
+/// prefetcher: more than half of its window is missing from the spool and
+/// none runs. Makes the spool for it.
 pub fn wants_fill(spool: &Path, name: &str, ahead: usize, segment_size: u64) -> bool {
-    ahead > 0 && missing_ahead(spool, name, ahead, segment_size).len() > ahead / 2
+    if ahead == 0 || missing_ahead(spool, name, ahead, segment_size).len() <= ahead / 2 {
+        return false;
+    }
+    std::fs::create_dir_all(spool).is_ok() && lock(spool).is_some()
 }
 
+/// The spool's lock, when no prefetcher holds it.
+fn lock(spool: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(spool.join(LOCK_FILE)).ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(file)
+}
+
+/// The spool's lock file.
+const LOCK_FILE: &str = ".lock";
+
 /// The prefetcher: fetches what `name`'s window misses into the spool,
-/// [`PARALLEL`] at a time. Returns at once when another holds the spool's
-/// lock. Best effort: a segment that is missing or fails here is fetched,
-/// and its error reported, when PostgreSQL asks for it.
-pub async fn fill(repo: &Repository, spool: &Path, name: &str, ahead: usize, segment_size: u64) -> Result<(), PgError> {
-    std::fs::create_dir_all(spool).map_err(PgError::io("creating", spool))?;
-    let lock_path = spool.join(".lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(PgError::io("opening", &lock_path))?;
-    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Ok(());
-    }
+/// [`PARALLEL`] at a time. Returns at once when the spool is gone (the
+/// end of the archive) or another holds its lock. Best effort: a segment
+/// that is missing or fails here is fetched, and its error reported, when
+/// PostgreSQL asks for it.
+pub async fn fill(repo: &Repository, spool: &Path, name: &str, ahead: usize, segment_size: u64) {
+    let Some(_held) = lock_existing(spool) else { return };
     let wanted = missing_ahead(spool, name, ahead, segment_size);
     futures::stream::iter(wanted)
         .for_each_concurrent(PARALLEL, |n| async move {
@@ -102,7 +115,11 @@ pub async fn fill(repo: &Repository, spool: &Path, name: &str, ahead: usize, seg
             }
         })
         .await;
-    Ok(())
+}
+
+/// [`lock`], of a spool that exists (never made again after the end).
+fn lock_existing(spool: &Path) -> Option<std::fs::File> {
+    if spool.is_dir() { lock(spool) } else { None }
 }
 
 /// Removes spooled segments before `name` on its timeline: recovery has
@@ -153,23 +170,26 @@ mod tests {
         let dest = pg_wal.join("RECOVERYXLOG");
         let spool = spool_for(&repo, &dest);
         assert!(wants_fill(&spool, &names[0], 4, size));
-        fill(&repo, &spool, &names[0], 4, size).await.unwrap();
+        fill(&repo, &spool, &names[0], 4, size).await;
         assert!(spool.join(&names[1]).exists() && spool.join(&names[2]).exists());
         assert!(!spool.join(fourth).exists(), "a partial segment was spooled");
         assert!(!wants_fill(&spool, &names[0], 4, size), "half the window is there");
 
-        assert!(fetch_spooled(&repo, &names[0], &dest, &spool).await.unwrap());
+        assert_eq!(fetch_spooled(&repo, &names[0], &dest, &spool).await.unwrap(), Restored::Whole);
         assert_eq!(std::fs::read(&dest).unwrap(), vec![0u8; 4096]);
         // Handed over from the spool, content intact; those passed are dropped.
-        assert!(fetch_spooled(&repo, &names[2], &dest, &spool).await.unwrap());
+        assert_eq!(fetch_spooled(&repo, &names[2], &dest, &spool).await.unwrap(), Restored::Whole);
         assert_eq!(std::fs::read(&dest).unwrap(), vec![2u8; 4096]);
-        assert!(fetch_spooled(&repo, fourth, &dest, &spool).await.unwrap());
+        assert_eq!(fetch_spooled(&repo, fourth, &dest, &spool).await.unwrap(), Restored::Partial);
         assert_eq!(std::fs::read(&dest).unwrap(), vec![3u8; 4096]);
         assert!(!spool.join(&names[1]).exists(), "a segment recovery moved past stays spooled");
 
         let after = next_segment(fourth, size).unwrap();
-        assert!(!fetch_spooled(&repo, &after, &dest, &spool).await.unwrap());
+        assert_eq!(fetch_spooled(&repo, &after, &dest, &spool).await.unwrap(), Restored::Missing);
         assert!(!spool.exists(), "the spool outlived the end of the archive");
+        // A prefetcher started before the end does not make it again.
+        fill(&repo, &spool, &names[0], 4, size).await;
+        assert!(!spool.exists() && !pg_wal.join("lifeboat-prefetch").exists());
     }
 
     #[tokio::test]
@@ -182,10 +202,10 @@ mod tests {
         let spool = spool_for(&repo, &dest);
         let size = 16 << 20;
         for n in &names[..8] {
+            assert_eq!(fetch_spooled(&repo, n, &dest, &spool).await.unwrap(), Restored::Whole);
             if wants_fill(&spool, n, 4, size) {
-                fill(&repo, &spool, n, 4, size).await.unwrap();
+                fill(&repo, &spool, n, 4, size).await;
             }
-            assert!(fetch_spooled(&repo, n, &dest, &spool).await.unwrap());
             let spooled = std::fs::read_dir(&spool)
                 .map(|d| d.flatten().filter(|e| e.file_name() != ".lock").count())
                 .unwrap_or(0);
@@ -195,7 +215,8 @@ mod tests {
         let held = std::fs::File::open(spool.join(".lock")).unwrap();
         rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
         let before = std::fs::read_dir(&spool).unwrap().count();
-        fill(&repo, &spool, &names[11], 4, size).await.unwrap();
+        assert!(!wants_fill(&spool, &names[11], 4, size), "a second prefetcher was wanted");
+        fill(&repo, &spool, &names[11], 4, size).await;
         assert_eq!(std::fs::read_dir(&spool).unwrap().count(), before);
     }
 }

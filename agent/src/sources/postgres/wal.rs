@@ -109,15 +109,30 @@ pub async fn push_content(repo: &Repository, name: &str, content: Vec<u8>) -> Re
     }
 }
 
-/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`).
-/// Returns false, writing nothing, when the repository does not have it.
+/// What [`fetch`] restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// The whole file.
+    Whole,
+    /// A segment as far as it was streamed so far.
+    Partial,
+    /// Nothing: the repository does not have it (or the server's own copy
+    /// holds more).
+    Missing,
+}
+
+/// Restores WAL file `name` to `dest` (PostgreSQL's `%f` and `%p`);
+/// writes nothing when the repository does not have it.
 #[tracing::instrument(skip(repo))]
-pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<bool, PgError> {
+pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Restored, PgError> {
     match read(repo, name).await? {
         // Not found, for PostgreSQL: it reads its own copy from pg_wal instead.
-        Some(found) if found.partial && streamed_further(dest, name, &found.content) => Ok(false),
-        Some(found) => write_whole(dest, &found.content).await.map(|()| true),
-        None => Ok(false),
+        Some(found) if found.partial && streamed_further(dest, name, &found.content) => Ok(Restored::Missing),
+        Some(found) => {
+            write_whole(dest, &found.content).await?;
+            Ok(if found.partial { Restored::Partial } else { Restored::Whole })
+        }
+        None => Ok(Restored::Missing),
     }
 }
 
