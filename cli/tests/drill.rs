@@ -83,6 +83,52 @@ drills:
     path
 }
 
+/// An agent configuration for `host` on the test's repository, with `sources` (TOML).
+fn agent_config(env: &Env, host: &str, sources: &str) -> PathBuf {
+    let path = env.path(&format!("{host}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "host = \"{host}\"\ncoordinators = [\"https://127.0.0.1:1\"]\n[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             [repository]\nrepo = \"{}\"\nkey_file = \"{}\"\n{sources}",
+            env.repo.display(),
+            env.key.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A PostgreSQL source `orders` on `pg`, as an agent's configuration has it.
+fn pg_source(pg: &Cluster) -> String {
+    format!(
+        "[[source]]\nid = \"orders\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {}\npg_user = \"postgres\"\n",
+        pg.pgdata.display(),
+        pg.port
+    )
+}
+
+/// Runs drill `name` of `policy` with the agent configuration `agent`.
+fn drill_as(env: &Env, policy: &Path, agent: &Path, name: &str) -> (i32, Value) {
+    let out = env
+        .cmd()
+        .args([
+            "drill",
+            "run",
+            "--json",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--agent-config",
+            agent.to_str().unwrap(),
+        ])
+        .arg(name)
+        .output()
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), report)
+}
+
 #[test]
 fn a_database_drill_recovers_measures_and_cleans_up_and_the_checklist_stops_bad_backups() {
     let env = env_for_postgres();
@@ -211,39 +257,18 @@ fn a_database_drill_recovers_measures_and_cleans_up_and_the_checklist_stops_bad_
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("app.conf"), "listen = 8080\n").unwrap();
     env.ok(&["backup", "files", "--host", "db1", "--tag", "source:etc", etc.to_str().unwrap()]);
-    let agent = env.path("agent.toml");
-    std::fs::write(
-        &agent,
-        format!(
-            "host = \"db1\"\ncoordinators = [\"https://127.0.0.1:1\"]\n[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
-             [repository]\nrepo = \"{}\"\nkey_file = \"{}\"\n\
-             [[source]]\nid = \"orders\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_port = {}\nschedules = [\"database.full\"]\n\
+    let agent = agent_config(
+        &env,
+        "db1",
+        &format!(
+            "{}schedules = [\"database.full\"]\n\
              [[source]]\nid = \"etc\"\nkind = \"files\"\npaths = [\"{}\"]\nschedules = [\"files.configs\"]\n",
-            env.repo.display(),
-            env.key.display(),
-            pg.pgdata.display(),
-            pg.port,
+            pg_source(&pg),
             etc.display()
         ),
-    )
-    .unwrap();
-    let out = env
-        .cmd()
-        .args([
-            "drill",
-            "run",
-            "--json",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--agent-config",
-            agent.to_str().unwrap(),
-        ])
-        .arg("everything")
-        .output()
-        .unwrap();
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    );
+    let (code, report) = drill_as(&env, &policy, &agent, "everything");
+    assert_eq!(code, 0, "{report:#}");
     let order: Vec<&str> =
         report["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
     assert_eq!(order, ["db1/orders", "db1/etc"], "priority 1 first");
@@ -376,46 +401,6 @@ fn a_redis_drill_starts_the_snapshot_on_a_free_port_and_checks_its_key_counts() 
     assert_eq!(source.cmd(&["DBSIZE"]), redis::Value::Int(4500));
 }
 
-/// An agent configuration for `host` with one PostgreSQL source `orders` on `pg`.
-fn pg_agent_config(env: &Env, host: &str, pg: &Cluster) -> PathBuf {
-    let path = env.path(&format!("{host}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "host = \"{host}\"\ncoordinators = [\"https://127.0.0.1:1\"]\n[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
-             [repository]\nrepo = \"{}\"\nkey_file = \"{}\"\n\
-             [[source]]\nid = \"orders\"\nkind = \"postgres\"\npgdata = \"{}\"\npg_host = \"127.0.0.1\"\npg_port = {}\npg_user = \"postgres\"\n",
-            env.repo.display(),
-            env.key.display(),
-            pg.pgdata.display(),
-            pg.port,
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// Runs drill `name` of `policy` with the agent configuration `agent`.
-fn drill_as(env: &Env, policy: &Path, agent: &Path, name: &str) -> (i32, Value) {
-    let out = env
-        .cmd()
-        .args([
-            "drill",
-            "run",
-            "--json",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--agent-config",
-            agent.to_str().unwrap(),
-        ])
-        .arg(name)
-        .output()
-        .unwrap();
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), report)
-}
-
 #[test]
 fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promotes_in_isolation() {
     let env = env_for_postgres();
@@ -489,7 +474,7 @@ fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promot
             scratch.display()
         ),
     );
-    let dr1 = pg_agent_config(&env, "dr1", &standby);
+    let dr1 = agent_config(&env, "dr1", &pg_source(&standby));
     let (code, report) = drill_as(&env, &policy, &dr1, "dr-failover");
     assert_eq!(code, 0, "{report:#}");
     assert_eq!((report["passed"].clone(), report["objectives_met"].clone()), (Value::from(true), Value::from(true)));
@@ -546,7 +531,7 @@ fn a_failover_drill_clones_the_standby_catches_up_from_the_repository_and_promot
     }
 
     // A primary is never cloned and promoted.
-    let db1 = pg_agent_config(&env, "db1", &primary);
+    let db1 = agent_config(&env, "db1", &pg_source(&primary));
     let (code, report) = drill_as(&env, &policy, &db1, "primary-failover");
     assert_eq!(code, 1, "{report:#}");
     let refused = check(&report, "standby answers");

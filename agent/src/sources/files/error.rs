@@ -41,6 +41,9 @@ pub enum FilesError {
     /// A worker thread stopped unexpectedly.
     #[error("internal: {0}")]
     Internal(&'static str),
+    /// The restore was abandoned (its caller gave up: a timeout, a cancel).
+    #[error("the restore was abandoned before it ended")]
+    Abandoned,
 }
 
 impl FilesError {

@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
@@ -195,9 +195,23 @@ pub async fn restore_files(
     let repo = repo.clone();
     let runtime = Handle::current();
     let span = tracing::info_span!("fetch and write", files = plan.files.len(), bytes = total);
-    tokio::task::spawn_blocking(move || span.in_scope(|| execute(&repo, &runtime, plan, &opts, &progress)))
+    // The writing threads outlive this future: when it is dropped (a drill
+    // timed out or cancelled, whose clean-up is about to remove the
+    // target), they stop at the next pack instead of writing on.
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let _abandon_on_drop = AbandonOnDrop(abandoned.clone());
+    tokio::task::spawn_blocking(move || span.in_scope(|| execute(&repo, &runtime, plan, &opts, &progress, &abandoned)))
         .await
         .map_err(|_| FilesError::Internal("restore panicked"))?
+}
+
+/// Raises its flag when dropped.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Refuses a target that holds a protected path (the repository, the
@@ -382,6 +396,7 @@ fn execute(
     plan: Plan,
     opts: &RestoreOptions,
     progress: &Progress,
+    abandoned: &AtomicBool,
 ) -> Result<RestoreReport, FilesError> {
     dirfd::raise_fd_limit();
     let mut report = RestoreReport::default();
@@ -426,6 +441,9 @@ fn execute(
     };
     let mut placed: Vec<Option<Placed>> = Vec::with_capacity(plan.files.len());
     for (i, f) in plan.files.iter().enumerate() {
+        if abandoned.load(Ordering::Relaxed) {
+            return Err(FilesError::Abandoned);
+        }
         if in_broken(&f.rel) {
             fail(&mut report, &broken, &f.rel, String::new());
             placed.push(None);
@@ -521,6 +539,10 @@ fn execute(
             let (rx, writer, fatal) = (rx.clone(), &writer, &fatal);
             s.spawn(move || {
                 for (pack, seal, blobs) in rx {
+                    if abandoned.load(Ordering::Relaxed) {
+                        fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(FilesError::Abandoned);
+                        return;
+                    }
                     if let Err(e) = writer.restore_pack(pack, &seal, blobs) {
                         fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         return;
@@ -1072,4 +1094,80 @@ fn remove_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
         remove_at(sub.as_fd(), &child, FileType::from_raw_mode(st.st_mode) == FileType::Directory)?;
     }
     Ok(rustix::fs::unlinkat(dir, name_os, AtFlags::REMOVEDIR)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lifeboat_common::crypto::MasterKey;
+    use lifeboat_common::store::LocalStore;
+    use rand::{RngCore, SeedableRng};
+
+    use super::*;
+    use crate::sources::files::backup::{BackupOptions, backup_files};
+
+    /// Bytes in the regular files below `dir` (as far as written: blocks
+    /// allocated, not the length a file was made with).
+    fn bytes_below(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => bytes_below(&e.path()),
+                Ok(m) => m.blocks() * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_dropped_midway_stops_writing_and_removes_its_partial_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::new(dir.path().join("repo")));
+        let repo = Repository::init(store, &MasterKey::generate().unwrap()).await.unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        // Incompressible: every pack is read and written whole.
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+        let total = 96u64 << 20;
+        for i in 0..96 {
+            let mut data = vec![0u8; 1 << 20];
+            rng.fill_bytes(&mut data);
+            std::fs::write(src.join(format!("f{i:02}")), data).unwrap();
+        }
+        let opts = BackupOptions { paths: vec![src], hostname: "h".into(), ..Default::default() };
+        let outcome = backup_files(&repo, opts, Arc::new(Progress::default())).await.unwrap();
+
+        let target = dir.path().join("target");
+        let progress = Arc::new(Progress::default());
+        let opts = RestoreOptions { target: target.clone(), threads: 1, ..Default::default() };
+        let mut restore = Box::pin(restore_files(&repo, &outcome.snapshot, opts, progress.clone()));
+        // Dropped (as a drill's timeout drops it) once it has written something.
+        loop {
+            tokio::select! {
+                done = &mut restore => panic!("the restore ended before it was dropped: {:?}", done.map(|r| r.bytes)),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {
+                    if progress.bytes_done.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(restore);
+        // The pack being written is finished, then nothing more.
+        let mut last = u64::MAX;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = bytes_below(&target);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(bytes_below(&target), last, "the restore went on writing after it was dropped");
+        assert!(last < total, "the whole snapshot was written ({last} bytes): it was not stopped");
+    }
 }
