@@ -5,7 +5,8 @@
 //! anything is restored; a scratch directory inside the data directory
 //! refused; a full-system drill in priority order; a failover drill that
 //! clones a standby, catches the clone up from the repository and promotes
-//! it while the standby goes on, and refuses a primary.
+//! it while the standby goes on, and refuses a primary; the same of a Redis
+//! replica.
 
 // Test code: a failed step stops the test loudly, with the value shown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -372,7 +373,7 @@ fn a_files_drill_samples_and_a_full_system_drill_measures_the_whole() {
 }
 
 #[test]
-fn a_redis_drill_starts_the_snapshot_on_a_free_port_and_checks_its_key_counts() {
+fn a_redis_drill_starts_the_snapshot_and_checks_its_key_counts_and_a_failover_drill_clones_the_replica() {
     use lifeboat_integration_tests::redis::{RedisServer, fill_every_type, redis_program};
     let env = Env::new();
     let source = RedisServer::start(&env.path("source"), &["--repl-diskless-sync-delay", "0"]);
@@ -399,6 +400,47 @@ fn a_redis_drill_starts_the_snapshot_on_a_free_port_and_checks_its_key_counts() 
     assert!(left_in(&scratch).is_empty(), "{:?}", left_in(&scratch));
     // The production server was not touched.
     assert_eq!(source.cmd(&["DBSIZE"]), redis::Value::Int(4500));
+
+    // A failover drill of its replica in the DR region: cloned over the
+    // replication protocol and started as a master of its own.
+    let port = source.port.to_string();
+    let replica = RedisServer::start(&env.path("replica"), &["--replicaof", "127.0.0.1", &port]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let synced = || {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut replica.conn()).unwrap();
+        info.contains("master_link_status:up")
+    };
+    while !synced() {
+        assert!(std::time::Instant::now() < deadline, "the replica did not sync:\n{}", replica.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let source_toml = |url: String| format!("[[source]]\nid = \"sessions\"\nkind = \"redis\"\nurl = \"{url}\"\n");
+    let dr = agent_config(&env, "cache2", &source_toml(replica.url()));
+    let text = std::fs::read_to_string(&policy).unwrap()
+        + &format!(
+            "  sessions-failover:\n    kind: failover\n    sources: [cache2/sessions]\n    agent: cache2\n    scratch: {0}\n  \
+             master-failover:\n    kind: failover\n    sources: [cache1/sessions]\n    agent: cache1\n    scratch: {0}\n",
+            scratch.display()
+        );
+    std::fs::write(&policy, text).unwrap();
+    let (code, report) = drill_as(&env, &policy, &dr, "sessions-failover");
+    assert_eq!(code, 0, "{report:#}");
+    for p in ["clone", "promote", "checks"] {
+        assert!(phases(&report).contains(&p.to_owned()), "no phase {p}: {report:#}");
+    }
+    assert_eq!(check(&report, "standby answers")["result"], "passed", "{report:#}");
+    assert_eq!(check(&report, "key counts")["result"], "passed", "as many as the replica had: {report:#}");
+    let summary = report["sources"][0]["summary"].as_str().unwrap();
+    assert!(summary.contains("cloned") && summary.contains("master of its own"), "{summary}");
+    assert!(left_in(&scratch).is_empty(), "{:?}", left_in(&scratch));
+    // The replica goes on as one.
+    let role = replica.cmd(&["ROLE"]);
+    assert!(format!("{role:?}").contains("slave"), "{role:?}");
+    // The master is never cloned and promoted.
+    let db = agent_config(&env, "cache1", &source_toml(source.url()));
+    let (code, report) = drill_as(&env, &policy, &db, "master-failover");
+    assert_eq!(code, 1, "{report:#}");
+    assert!(check(&report, "standby answers")["message"].as_str().unwrap().contains("is a master"), "{report:#}");
 }
 
 #[test]

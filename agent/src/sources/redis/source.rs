@@ -12,7 +12,7 @@ use super::capture::{CaptureOptions, capture_redis};
 use super::endpoint::{Connection, Target, Url};
 use super::member::{Member, MemberConfig};
 use super::restore::restore_redis;
-use crate::sources::rehearsal::{DrillPlan, PlanRequest, Recovered, Scratch};
+use crate::sources::rehearsal::{ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
 use crate::sources::{
     BackupContext, BackupDone, Common, Ongoing, Order, RestoreContext, RestoreDone, RestoreRequest, Source,
     SourceError, SourceHealth, SourceSection, pick_snapshot,
@@ -175,6 +175,20 @@ impl Source for RedisSource {
         scratch: Scratch,
     ) -> Result<Box<dyn Recovered>, SourceError> {
         super::drill::recover(ctx, plan, scratch).await
+    }
+
+    async fn drill_standby(&self) -> Result<ClonePlan, SourceError> {
+        super::drill::standby(&self.config.connection).await.map_err(SourceError::kind)
+    }
+
+    async fn drill_clone(
+        &self,
+        ctx: RestoreContext,
+        plan: &ClonePlan,
+        scratch: Scratch,
+    ) -> Result<Box<dyn Recovered>, SourceError> {
+        let _ = ctx;
+        super::drill::clone(&self.config.connection, plan, scratch).await.map_err(SourceError::kind)
     }
 
     fn start(&self, ongoing: Ongoing) -> Vec<tokio::task::JoinHandle<()>> {
