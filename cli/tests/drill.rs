@@ -425,10 +425,19 @@ fn a_redis_drill_starts_the_snapshot_and_checks_its_key_counts_and_a_failover_dr
     std::fs::write(&policy, text).unwrap();
     let (code, report) = drill_as(&env, &policy, &dr, "sessions-failover");
     assert_eq!(code, 0, "{report:#}");
-    for p in ["clone", "promote", "checks"] {
+    for p in ["clone", "load", "checks"] {
         assert!(phases(&report).contains(&p.to_owned()), "no phase {p}: {report:#}");
     }
     assert_eq!(check(&report, "standby answers")["result"], "passed", "{report:#}");
+    let staged: f64 = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "clone" || p["name"] == "load")
+        .map(|p| p["seconds"].as_f64().unwrap())
+        .sum();
+    let whole = report["phases"].as_array().unwrap().iter().map(|p| p["seconds"].as_f64().unwrap()).sum::<f64>();
+    assert!(report["rto_seconds"].as_f64().unwrap() <= whole - staged + 0.25, "staging counted: {report:#}");
     assert_eq!(check(&report, "key counts")["result"], "passed", "as many as the replica had: {report:#}");
     let summary = report["sources"][0]["summary"].as_str().unwrap();
     assert!(summary.contains("cloned") && summary.contains("master of its own"), "{summary}");

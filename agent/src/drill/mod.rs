@@ -44,7 +44,7 @@ use lifeboat_common::repo::ops::retention::source_tag;
 use lifeboat_common::repo::ops::verify::check_snapshot;
 
 use crate::progress::Progress;
-use crate::sources::rehearsal::{CLONE_PHASE, ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch};
+use crate::sources::rehearsal::{ClonePlan, DrillPlan, PlanRequest, Recovered, Scratch, is_staging};
 use crate::sources::{RecoveryPoint, RestoreContext, Source, of_kind};
 use scratch::{Marker, Protected};
 
@@ -108,7 +108,7 @@ impl Planned {
     fn newest_point(&self) -> (Option<DateTime<Utc>>, &'static str) {
         match self {
             Planned::Restore(p) => (Some(p.newest_point), "the newest point the repository holds"),
-            Planned::Clone(p) => (p.newest_point, "the standby's last replayed commit"),
+            Planned::Clone(p) => (p.newest_point, p.newest_is),
         }
     }
 
@@ -619,14 +619,16 @@ async fn recover(
             });
         }
         let done = futures::future::join_all(recoveries).await;
+        // A level's sources are staged side by side: its staging took the longest of theirs.
+        let mut level_staged = Duration::ZERO;
         for (step, result) in steps[i..end].iter_mut().filter(|s| s.plan.is_some()).zip(done) {
             let about = step.member.to_string();
             match result {
                 Ok(recovered) => {
-                    for (name, took) in recovered.phases() {
-                        if name == CLONE_PHASE {
-                            record.staged += took;
-                        }
+                    let phases = recovered.phases();
+                    let staged = phases.iter().filter(|(name, _)| is_staging(name)).map(|(_, took)| *took).sum();
+                    level_staged = level_staged.max(staged);
+                    for (name, took) in phases {
                         record.phase(name, Some(&step.member), took);
                     }
                     step.run.summary = recovered.summary();
@@ -636,6 +638,7 @@ async fn recover(
                 Err(e) => record.checks.push(Check::failed("recovery", e).about(&about)),
             }
         }
+        record.staged += level_staged;
         if record.failed() {
             return;
         }

@@ -68,8 +68,10 @@ impl DrillPlan {
 pub struct ClonePlan {
     /// Where it stands, in one line (replaying at, received up to).
     pub standing: String,
-    /// The last commit it replayed (none since it started: unknown).
+    /// The newest point it holds (none: unknown).
     pub newest_point: Option<DateTime<Utc>>,
+    /// What that point is, for messages ("the standby's last replayed commit").
+    pub newest_is: &'static str,
     /// What the kind checked of it (it answers, it is a standby).
     pub checks: Vec<Check>,
     /// Bytes the clone writes.
@@ -82,6 +84,15 @@ pub struct ClonePlan {
 /// staging, which a real failover (the standby promoted where it runs)
 /// does not have, so it is not counted in the RTO.
 pub const CLONE_PHASE: &str = "clone";
+
+/// A cloned Redis replica's load into a server of the drill's own: staging
+/// too (a real failover promotes the replica where it runs, at once).
+pub const LOAD_PHASE: &str = "load";
+
+/// Whether a phase is the drill's own staging, left out of the RTO.
+pub fn is_staging(phase: &str) -> bool {
+    phase == CLONE_PHASE || phase == LOAD_PHASE
+}
 
 /// What a drill asks a kind's planning for.
 #[derive(Debug, Clone)]
@@ -130,7 +141,7 @@ pub trait Recovered: Send + Sync {
     /// What was restored and reached, in one line.
     fn summary(&self) -> String;
     /// Timed parts of bringing it up (`restore` and `replay`, or
-    /// [`CLONE_PHASE`] and `promote`).
+    /// [`CLONE_PHASE`] and `promote` or [`LOAD_PHASE`]).
     fn phases(&self) -> Vec<(&'static str, Duration)>;
     /// The newest point recovered (the last replayed commit).
     fn recovered_point(&self) -> Option<DateTime<Utc>>;

@@ -196,8 +196,9 @@ pub async fn restore_files(
     let runtime = Handle::current();
     let span = tracing::info_span!("fetch and write", files = plan.files.len(), bytes = total);
     // The writing threads outlive this future: when it is dropped (a drill
-    // timed out or cancelled, whose clean-up is about to remove the
-    // target), they stop at the next pack instead of writing on.
+    // timed out or cancelled, whose clean-up is about to remove the target;
+    // a job cancelled; the agent stopping), each stops at its next read
+    // instead of writing on, and the files half-written are removed.
     let abandoned = Arc::new(AtomicBool::new(false));
     let _abandon_on_drop = AbandonOnDrop(abandoned.clone());
     tokio::task::spawn_blocking(move || span.in_scope(|| execute(&repo, &runtime, plan, &opts, &progress, &abandoned)))
@@ -440,8 +441,20 @@ fn execute(
         Vec::new()
     };
     let mut placed: Vec<Option<Placed>> = Vec::with_capacity(plan.files.len());
+    // Nothing half-written is left under a temporary name.
+    let unplace = |placed: &[Option<Placed>]| {
+        for (p, f) in placed.iter().zip(&plan.files) {
+            if let Some(p) = p.as_ref().filter(|p| p.fresh) {
+                let (dir, _) = split(&f.rel);
+                if let Ok(d) = target.open_dir(dir) {
+                    let _ = rustix::fs::unlinkat(&d, split(&p.at).1, AtFlags::empty());
+                }
+            }
+        }
+    };
     for (i, f) in plan.files.iter().enumerate() {
         if abandoned.load(Ordering::Relaxed) {
+            unplace(&placed);
             return Err(FilesError::Abandoned);
         }
         if in_broken(&f.rel) {
@@ -459,7 +472,10 @@ fn execute(
         let hold = placed.len() < HELD_FILES;
         match place_file(&target, f, reuse.map(|r| r.0), hold) {
             Ok(p) => placed.push(Some(p)),
-            Err(e) if is_fatal(&e) => return Err(FilesError::io("creating", &opts.target.join(&f.rel), e)),
+            Err(e) if is_fatal(&e) => {
+                unplace(&placed);
+                return Err(FilesError::io("creating", &opts.target.join(&f.rel), e));
+            }
             Err(e) => {
                 fail(&mut report, &broken, &f.rel, format!("creating: {e}"));
                 placed.push(None);
@@ -531,6 +547,7 @@ fn execute(
         failed: Mutex::new(failed),
         bytes: AtomicU64::new(0),
         progress,
+        abandoned,
     };
     let fatal: Mutex<Option<FilesError>> = Mutex::new(None);
     let (tx, rx) = bounded::<(PackId, PackSeal, Vec<(PackBlob, Targets)>)>(threads);
@@ -539,8 +556,8 @@ fn execute(
             let (rx, writer, fatal) = (rx.clone(), &writer, &fatal);
             s.spawn(move || {
                 for (pack, seal, blobs) in rx {
-                    if abandoned.load(Ordering::Relaxed) {
-                        fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(FilesError::Abandoned);
+                    // Another worker failed for good: the restore is over.
+                    if fatal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                         return;
                     }
                     if let Err(e) = writer.restore_pack(pack, &seal, blobs) {
@@ -560,15 +577,7 @@ fn execute(
         drop(tx);
     });
     if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        // Nothing half-written is left under a temporary name.
-        for (p, f) in placed.iter().zip(&plan.files) {
-            if let Some(p) = p.as_ref().filter(|p| p.fresh) {
-                let (dir, _) = split(&f.rel);
-                if let Ok(d) = target.open_dir(dir) {
-                    let _ = rustix::fs::unlinkat(&d, split(&p.at).1, AtFlags::empty());
-                }
-            }
-        }
+        unplace(&placed);
         return Err(e);
     }
     report.bytes = writer.bytes.load(Ordering::Relaxed);
@@ -879,6 +888,8 @@ struct DataWriter<'a> {
     failed: Mutex<HashMap<usize, String>>,
     bytes: AtomicU64,
     progress: &'a Progress,
+    /// Raised when the restore's caller is gone: stop at the next read.
+    abandoned: &'a AtomicBool,
 }
 
 impl DataWriter<'_> {
@@ -900,6 +911,9 @@ impl DataWriter<'_> {
             while j < blobs.len() && u64::from(blobs[j].0.offset) <= end + MERGE_GAP {
                 end = end.max(blobs[j].0.range().end);
                 j += 1;
+            }
+            if self.abandoned.load(Ordering::Relaxed) {
+                return Err(FilesError::Abandoned);
             }
             let fetched = self.runtime.block_on(repo.store().get_range(&key, start..end));
             for (blob, targets) in &blobs[i..j] {
@@ -1107,6 +1121,20 @@ mod tests {
     use super::*;
     use crate::sources::files::backup::{BackupOptions, backup_files};
 
+    /// Files below `dir` under a restore's temporary names.
+    fn temp_files_below(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(temp_files_below(&e.path()));
+            } else if e.file_name().to_string_lossy().starts_with(".lifeboat-restore.") {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
     /// Bytes in the regular files below `dir` (as far as written: blocks
     /// allocated, not the length a file was made with).
     fn bytes_below(dir: &Path) -> u64 {
@@ -1156,18 +1184,20 @@ mod tests {
             }
         }
         drop(restore);
-        // The pack being written is finished, then nothing more.
-        let mut last = u64::MAX;
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // Each writer finishes its read in flight, then stops and removes
+        // what it half wrote: below, steady for a second.
+        let (mut last, mut steady) = (u64::MAX, 0);
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let now = bytes_below(&target);
-            if now == last {
+            steady = if now == last { steady + 1 } else { 0 };
+            last = now;
+            if steady == 5 {
                 break;
             }
-            last = now;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(bytes_below(&target), last, "the restore went on writing after it was dropped");
+        assert_eq!(steady, 5, "the restore went on writing for 30 s after it was dropped");
+        assert!(temp_files_below(&target).is_empty(), "half-written files left: {:?}", temp_files_below(&target));
         assert!(last < total, "the whole snapshot was written ({last} bytes): it was not stopped");
     }
 }

@@ -114,6 +114,7 @@ pub async fn plan(connect: &ConnectArgs) -> Result<ClonePlan, PgError> {
     Ok(ClonePlan {
         standing,
         newest_point: s.last_commit.as_deref().and_then(|t| parse_recovery_time(t).ok()),
+        newest_is: "the standby's last replayed commit",
         checks: vec![answers, clonable],
         clone_bytes: s.bytes,
         paths: s.tablespaces.iter().map(|(_, location)| PathBuf::from(location)).collect(),

@@ -10,18 +10,19 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lifeboat_common::repo::format::drill::Check;
 use lifeboat_common::repo::format::snapshot::RedisKeyspace;
+use std::os::unix::fs::OpenOptionsExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::RedisError;
 use super::capture::RDB_FILE;
-use super::endpoint::{Connection, HostPort};
+use super::endpoint::{Connection, HostPort, Prefer};
 use super::rdb::RdbCheck;
 use super::replication::RdbLink;
 use super::restore::{Running, StartOptions, compare_keyspace, restore_redis, start};
 use super::sentinel::locate;
 use super::server::{Role, Server};
-use crate::sources::rehearsal::{CLONE_PHASE, ClonePlan, DrillPlan, Recovered, Scratch};
+use crate::sources::rehearsal::{CLONE_PHASE, ClonePlan, DrillPlan, LOAD_PHASE, Recovered, Scratch};
 use crate::sources::{RestoreContext, SourceError};
 
 /// Restores the RDB into `scratch.dir/redis` and starts a server on it.
@@ -48,7 +49,15 @@ pub async fn recover(
         restored.bytes,
         running.pid
     );
-    Ok(Box::new(RedisRecovered::new(running, capture.keyspace, "restore", restore, summary, Some(plan.manifest.time))))
+    let phases = vec![("restore", restore), ("replay", Duration::from_secs_f64(running.load_seconds))];
+    Ok(Box::new(RedisRecovered::new(
+        running,
+        capture.keyspace,
+        "at capture",
+        phases,
+        summary,
+        Some(plan.manifest.time),
+    )))
 }
 
 /// How a drill's server starts: on 127.0.0.1 at the drill's port.
@@ -61,31 +70,52 @@ fn start_options(scratch: &Scratch) -> StartOptions {
     }
 }
 
-/// The replica the source names (a server, or under Sentinel the one its
-/// preference picks), connected, and its replication facts.
+/// The replica the source names (a server, or under Sentinel a healthy
+/// replica), connected, and how long ago it last heard from its master.
 async fn replica(connection: &Connection) -> Result<(Server, Role, Option<u64>), RedisError> {
     let (url, access) = connection.access()?;
-    let (mut server, role) = locate(&url, &access, connection.prefer).await?;
+    let (mut server, role) = locate(&url, &access, Prefer::Replica).await?;
     let info = server.info("replication").await?;
     Ok((server, role, info.get::<u64>("master_last_io_seconds_ago")))
+}
+
+/// `at` less `seconds`.
+fn before(at: DateTime<Utc>, seconds: u64) -> DateTime<Utc> {
+    at - chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 1000))
+}
+
+/// What a clone must hold of each database, from two readings of a
+/// replica that went on applying its master's writes between them (before
+/// the fork and after): no more keys than the larger, and no fewer than
+/// the smaller less those with a TTL.
+fn envelope(a: &[RedisKeyspace], b: &[RedisKeyspace]) -> Vec<RedisKeyspace> {
+    let dbs: std::collections::BTreeSet<u32> = a.iter().chain(b).map(|d| d.db).collect();
+    let of = |ks: &[RedisKeyspace], db| ks.iter().find(|d| d.db == db).map_or((0, 0), |d| (d.keys, d.expires));
+    dbs.into_iter()
+        .map(|db| {
+            let ((ka, ea), (kb, eb)) = (of(a, db), of(b, db));
+            RedisKeyspace { db, keys: ka.max(kb), expires: ea.max(eb) + ka.abs_diff(kb) }
+        })
+        .collect()
 }
 
 /// Where the replica the source names stands, and whether it is one.
 pub async fn standby(connection: &Connection) -> Result<ClonePlan, RedisError> {
     let (mut server, role, last_io) = replica(connection).await?;
     let addr = server.addr.clone();
-    let memory = server.info("memory").await?.get::<u64>("used_memory").unwrap_or_default();
+    let memory = server.info("memory").await?;
+    let bytes = memory.get::<u64>("used_memory_dataset").or_else(|| memory.get("used_memory")).unwrap_or_default();
     let (answers, standing, newest_point) = match &role {
         Role::Replica { master, connected: true } => {
             let ago = last_io.unwrap_or_default();
             let standing = format!("replica {addr} of {master}: link up, last heard from its master {ago}s ago");
-            let point = Utc::now() - chrono::Duration::seconds(i64::try_from(ago).unwrap_or(i64::MAX / 1000));
-            (Check::passed("standby answers", standing.clone()), standing, Some(point))
+            (Check::passed("standby answers", standing.clone()), standing, Some(before(Utc::now(), ago)))
         }
         Role::Replica { master, connected: false } => {
-            let standing = format!("replica {addr} of {master}: its link is down");
-            let why = format!("{standing}: it holds only what it had when the link broke");
-            (Check::warning("standby answers", why), standing, None)
+            // It would refuse the sync (NOMASTERLINK), as a failover would find it.
+            let standing = format!("replica {addr} of {master}: its link to its master is down");
+            let why = format!("{standing}: it serves no copy, and holds only what it had when the link broke");
+            (Check::failed("standby answers", why), standing, None)
         }
         Role::Master => {
             let why =
@@ -96,7 +126,14 @@ pub async fn standby(connection: &Connection) -> Result<ClonePlan, RedisError> {
             (Check::failed("standby answers", format!("{addr} is a {other}")), format!("{other} {addr}"), None)
         }
     };
-    Ok(ClonePlan { standing, newest_point, checks: vec![answers], clone_bytes: memory, paths: Vec::new() })
+    Ok(ClonePlan {
+        standing,
+        newest_point,
+        newest_is: "the last the replica heard from its master",
+        checks: vec![answers],
+        clone_bytes: bytes,
+        paths: Vec::new(),
+    })
 }
 
 /// Clones the replica the source names into `scratch.dir/redis` (its RDB
@@ -116,17 +153,28 @@ pub async fn clone(
     std::fs::create_dir_all(&dir).map_err(RedisError::io("creating", &dir))?;
     let (cloning, clone_started) = (Instant::now(), Utc::now());
     let (_, access) = connection.access()?;
+    // The replica goes on applying its master's writes: its counts before
+    // and after the fork bound what the RDB holds.
+    let earlier = server.keyspace().await?;
     let (link, _) = RdbLink::open(&addr, &access).await?;
-    // As at a capture: +FULLRESYNC comes as the replica forks.
-    let keyspace = server.keyspace().await?;
+    let keyspace = envelope(&earlier, &server.keyspace().await?);
     let mut payload = link.payload().await?;
     let path = dir.join(RDB_FILE);
-    let mut file = tokio::fs::File::create(&path).await.map_err(RedisError::io("creating", &path))?;
+    // Production data: its owner's to read, no one else's.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(RedisError::io("creating", &path))?;
+    let mut file = tokio::fs::File::from_std(file);
     let mut check = RdbCheck::default();
     while let Some(piece) = payload.next().await? {
         check.update(&piece);
         file.write_all(&piece).await.map_err(RedisError::io("writing", &path))?;
     }
+    // A replica keeps feeding a sub-replica's buffer while it is connected.
+    drop(payload);
     file.flush().await.map_err(RedisError::io("writing", &path))?;
     let bytes = check.bytes();
     check.finish().map_err(|e| RedisError::Usage(format!("the RDB {addr} sent is damaged: {e}")))?;
@@ -137,11 +185,10 @@ pub async fn clone(
         cloned.as_secs_f64(),
         running.pid
     );
-    // What the replica had replayed when it forked, as of the last it heard from its master.
-    let point = last_io
-        .map(|ago| clone_started - chrono::Duration::seconds(i64::try_from(ago).unwrap_or(i64::MAX / 1000)))
-        .or(plan.newest_point);
-    Ok(Box::new(RedisRecovered::new(running, keyspace, CLONE_PHASE, cloned, summary, point)))
+    // What the replica held when it forked, as of the last it heard from its master.
+    let point = last_io.map(|ago| before(clone_started, ago)).or(plan.newest_point);
+    let phases = vec![(CLONE_PHASE, cloned), (LOAD_PHASE, Duration::from_secs_f64(running.load_seconds))];
+    Ok(Box::new(RedisRecovered::new(running, keyspace, "as the replica forked", phases, summary, point)))
 }
 
 /// A drill's running copy of a Redis server.
@@ -151,29 +198,30 @@ struct RedisRecovered {
     server: Mutex<Server>,
     /// The key counts it must have (the capture's, or the replica's as it forked).
     keyspace: Vec<RedisKeyspace>,
+    /// When those were counted, for messages.
+    counted: &'static str,
     phases: Vec<(&'static str, Duration)>,
     summary: String,
     point: Option<DateTime<Utc>>,
 }
 
 impl RedisRecovered {
-    /// `running`, brought there by `staged` (restore or clone) taking `took`.
+    /// `running`, which must hold `keyspace` (`counted` then), brought up in `phases`.
     fn new(
         running: Running,
         keyspace: Vec<RedisKeyspace>,
-        staged: &'static str,
-        took: Duration,
+        counted: &'static str,
+        phases: Vec<(&'static str, Duration)>,
         summary: String,
         point: Option<DateTime<Utc>>,
     ) -> Self {
-        let load = Duration::from_secs_f64(running.load_seconds);
-        let then = if staged == CLONE_PHASE { "promote" } else { "replay" };
         RedisRecovered {
             pid: running.pid,
             addr: running.addr,
             server: Mutex::new(running.server),
             keyspace,
-            phases: vec![(staged, took), (then, load)],
+            counted,
+            phases,
             summary,
             point,
         }
@@ -212,7 +260,7 @@ impl Recovered for RedisRecovered {
         let mut checks = vec![Check::passed("connection", format!("redis-server at {} answers", self.addr))];
         checks.push(match compare_keyspace(&self.keyspace, &now) {
             Ok(remarks) if remarks.is_empty() => {
-                Check::passed("key counts", format!("{keys} keys, as many in each database as at capture"))
+                Check::passed("key counts", format!("{keys} keys, as many in each database as {}", self.counted))
             }
             Ok(remarks) => Check::passed("key counts", format!("{keys} keys; {}", remarks.join("; "))),
             Err(e) => Check::failed("key counts", e.to_string()),
@@ -226,6 +274,27 @@ impl Recovered for RedisRecovered {
         match rustix::process::kill_process(pid, rustix::process::Signal::KILL) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(format!("stopping redis-server pid {}: {e}", self.pid)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks(db: u32, keys: u64, expires: u64) -> RedisKeyspace {
+        RedisKeyspace { db, keys, expires }
+    }
+
+    #[test]
+    fn a_clone_may_hold_what_the_replica_held_at_either_reading() {
+        let bound = envelope(&[ks(0, 100, 5), ks(2, 4, 0)], &[ks(0, 110, 6)]);
+        assert_eq!(bound, vec![ks(0, 110, 16), ks(2, 4, 4)]);
+        for keys in [94, 100, 105, 110] {
+            assert!(compare_keyspace(&bound, &[ks(0, keys, 0), ks(2, 4, 0)]).is_ok(), "{keys}");
+        }
+        for keys in [93, 111] {
+            assert!(compare_keyspace(&bound, &[ks(0, keys, 0), ks(2, 4, 0)]).is_err(), "{keys}");
         }
     }
 }
