@@ -131,19 +131,20 @@ async fn run(command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::WalFetch { repo, name, dest, ahead, segment_size, fill } => {
+            let opened = async { repo.spec()?.open_for_objects().await }.await;
             if fill {
                 // The prefetcher a call started, best effort: whatever goes
                 // wrong is met again, and reported, when PostgreSQL asks. It
                 // always exits 0: an orphan's other statuses can read as a
                 // crash to a postmaster that reaps it (PID 1 in a container).
-                if let Ok((repo, _stores)) = async { repo.spec()?.open_for_objects().await }.await {
+                if let Ok((repo, _stores)) = opened {
                     let spool = prefetch::spool_for(&repo, &dest);
                     prefetch::fill(&repo, &spool, &name, ahead, segment_size).await;
                 }
                 return Ok(0);
             }
             let fetched = async {
-                let (repo, _stores) = repo.spec()?.open_for_objects().await?;
+                let (repo, _stores) = opened?;
                 let spool = prefetch::spool_for(&repo, &dest);
                 let restored = prefetch::fetch_spooled(&repo, &name, &dest, &spool)
                     .await

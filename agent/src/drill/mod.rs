@@ -348,9 +348,7 @@ async fn rehearse(
 /// where it stands.
 async fn plan_clones(ctx: &DrillContext, drill: &Drill, record: &mut Record, steps: &mut Vec<Step>) {
     for member in &drill.sources {
-        let local =
-            (member.host == ctx.host).then(|| ctx.local.iter().find(|s| s.id() == member.source).cloned()).flatten();
-        let Some(source) = local else {
+        let Some(source) = local_source(ctx, member) else {
             record.checks.push(
                 Check::failed(
                     "standby found",
@@ -364,8 +362,7 @@ async fn plan_clones(ctx: &DrillContext, drill: &Drill, record: &mut Record, ste
             continue;
         };
         let priority = ctx.priorities.get(member).copied().unwrap_or(UNKNOWN_PRIORITY);
-        let kind = source.describe().kind().as_str_name().trim_start_matches("SOURCE_KIND_").to_ascii_lowercase();
-        let mut run = SourceRun::new(member.to_string(), kind);
+        let mut run = SourceRun::new(member.to_string(), source.describe().kind().name().to_owned());
         let plan = match source.drill_standby().await {
             Ok(plan) => {
                 run.summary = plan.standing.clone();
@@ -378,6 +375,11 @@ async fn plan_clones(ctx: &DrillContext, drill: &Drill, record: &mut Record, ste
         };
         steps.push(Step { member: member.clone(), source, priority, plan, recovered: None, run });
     }
+}
+
+/// `member` as one of this host's own sources, if it is one.
+fn local_source(ctx: &DrillContext, member: &Member) -> Option<Arc<dyn Source>> {
+    (member.host == ctx.host).then(|| ctx.local.iter().find(|s| s.id() == member.source).cloned()).flatten()
 }
 
 /// A restoring drill's plan: the snapshot of each source that fits the
@@ -404,9 +406,7 @@ async fn plan_restores(
             .rev()
             .find(|(_, s)| s.hostname == member.host && s.tags.contains(&tag))
             .map(|(_, s)| s.source.clone());
-        let local =
-            (member.host == ctx.host).then(|| ctx.local.iter().find(|s| s.id() == member.source).cloned()).flatten();
-        let source = match (local, kind.as_deref().and_then(of_kind)) {
+        let source = match (local_source(ctx, member), kind.as_deref().and_then(of_kind)) {
             (Some(s), _) | (None, Some(s)) => s,
             (None, None) => {
                 record.checks.push(

@@ -247,7 +247,8 @@ pub async fn recover(
     }
     let restore = started.elapsed();
     isolate(&scratch.dir, &pgdata, scratch.port, "").map_err(SourceError::kind)?;
-    let (mut recovered, reached) = start(pgdata, pg.version, None, scratch).await.map_err(SourceError::kind)?;
+    let mut recovered = start(pgdata, pg.version, None, scratch).await.map_err(SourceError::kind)?;
+    let reached = &recovered.reached;
     let summary = format!(
         "base backup {} restored ({} files); recovery reached {} on timeline {} (last commit replayed: {})",
         plan.snapshot.short(),
@@ -283,7 +284,7 @@ pub(super) async fn start(
     version: u32,
     pg_bin: Option<PathBuf>,
     scratch: Scratch,
-) -> Result<(PgRecovered, RecoveryReached), PgError> {
+) -> Result<PgRecovered, PgError> {
     // initdb names the first superuser after the user who ran it, who owns
     // the data directory (on another host the uid may name someone else:
     // `checks.user` says whom).
@@ -292,7 +293,7 @@ pub(super) async fn start(
     let started = Instant::now();
     let reached = start_and_wait(&pgdata, version, &opts).await?;
     let replay = started.elapsed();
-    let recovered = PgRecovered {
+    Ok(PgRecovered {
         pgdata,
         port: scratch.port,
         user,
@@ -303,9 +304,8 @@ pub(super) async fn start(
         phases: vec![("replay", replay)],
         summary: String::new(),
         point: reached.last_commit.as_deref().and_then(|t| parse_recovery_time(t).ok()),
-        reached: reached.clone(),
-    };
-    Ok((recovered, reached))
+        reached,
+    })
 }
 
 /// A drill's running copy of a cluster.
@@ -323,7 +323,8 @@ pub(super) struct PgRecovered {
     pub summary: String,
     /// The last commit replayed.
     pub point: Option<DateTime<Utc>>,
-    reached: RecoveryReached,
+    /// Where recovery ended.
+    pub reached: RecoveryReached,
 }
 
 impl PgRecovered {

@@ -208,12 +208,7 @@ pub async fn clone(
 
     // Archive recovery to the end of what the repository holds, then
     // promotion: never the standby's own streaming or delay.
-    let agent = match &scratch.agent_bin {
-        Some(a) => a.clone(),
-        None => std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?,
-    };
-    let restore_command = wal_fetch_command(&agent, &ctx.spec.locations, ctx.spec.key_file.as_deref())
-        .map_err(PgError::io("resolving", Path::new("the key file")))?;
+    let restore_command = wal_fetch_command(scratch.agent_bin.as_deref(), &ctx.spec)?;
     let standby_signal = target.join("standby.signal");
     match std::fs::remove_file(&standby_signal) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -230,7 +225,8 @@ pub async fn clone(
     );
     isolate(&scratch.dir, &target, scratch.port, &extra)?;
 
-    let (mut recovered, reached) = start(target, s.version, pg_bin.map(PathBuf::from), scratch).await?;
+    let mut recovered = start(target, s.version, pg_bin.map(PathBuf::from), scratch).await?;
+    let reached = &recovered.reached;
     let summary = format!(
         "standby {} cloned in {:.1} s ({} at {}); the clone caught up from the repository to {} and promoted onto timeline {} (last commit replayed: {})",
         connect.describe(),

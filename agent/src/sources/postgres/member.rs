@@ -501,7 +501,7 @@ impl Member {
         let segment_size = control.get("Bytes per WAL segment").and_then(|s| s.parse().ok()).unwrap_or(16u64 << 20);
         self.append_settings(&format!(
             "# Added by the lifeboat agent: a standby, {why}\n{}wal_retrieve_retry_interval = '1s'\n",
-            recovery_settings(&restore_command(spec)?, segment_size)
+            recovery_settings(&wal_fetch_command(None, spec)?, segment_size)
         ))?;
         let signal = self.pgdata.join("standby.signal");
         std::fs::write(&signal, "").map_err(PgError::io("writing", &signal))?;
@@ -545,7 +545,7 @@ impl Member {
             target_dir: self.pgdata.clone(),
             from_backup: None,
             target: RecoveryPoint::Latest,
-            restore_command: restore_command(spec)?,
+            restore_command: wal_fetch_command(None, spec)?,
             delta,
             tablespace_map: Vec::new(),
             threads: 0,
@@ -730,11 +730,4 @@ impl Member {
 /// The timeline of the last checkpoint `pg_controldata` reported (0 when unknown).
 fn checkpoint_timeline(control: &std::collections::HashMap<String, String>) -> u32 {
     control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0)
-}
-
-/// The `wal-fetch` command of this agent binary on the repository `spec` opens.
-fn restore_command(spec: &RepoSpec) -> Result<String, PgError> {
-    let agent = std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?;
-    wal_fetch_command(&agent, &spec.locations, spec.key_file.as_deref())
-        .map_err(PgError::io("resolving", Path::new("the key file")))
 }

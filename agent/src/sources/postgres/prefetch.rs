@@ -101,7 +101,11 @@ const LOCK_FILE: &str = ".lock";
 /// that is missing or fails here is fetched, and its error reported, when
 /// PostgreSQL asks for it.
 pub async fn fill(repo: &Repository, spool: &Path, name: &str, ahead: usize, segment_size: u64) {
-    let Some(_held) = lock_existing(spool) else { return };
+    // Never made again once removed at the end of the archive.
+    if !spool.is_dir() {
+        return;
+    }
+    let Some(_held) = lock(spool) else { return };
     let wanted = missing_ahead(spool, name, ahead, segment_size);
     futures::stream::iter(wanted)
         .for_each_concurrent(PARALLEL, |n| async move {
@@ -115,11 +119,6 @@ pub async fn fill(repo: &Repository, spool: &Path, name: &str, ahead: usize, seg
             }
         })
         .await;
-}
-
-/// [`lock`], of a spool that exists (never made again after the end).
-fn lock_existing(spool: &Path) -> Option<std::fs::File> {
-    if spool.is_dir() { lock(spool) } else { None }
 }
 
 /// Removes spooled segments before `name` on its timeline: recovery has

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use lifeboat_common::repo::engine::open::RepoSpec;
 use lifeboat_common::repo::format::snapshot::{PostgresBackup, Snapshot, Tablespace};
 use lifeboat_common::repo::format::wal::Lsn;
 use lifeboat_common::repo::{Repository, SnapshotId};
@@ -21,16 +22,20 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The `restore_command` that fetches WAL with `agent` from the repository
-/// at `locations`: named explicitly, as PostgreSQL runs the command with
-/// its own environment.
-pub fn wal_fetch_command(agent: &Path, locations: &[String], key_file: Option<&Path>) -> std::io::Result<String> {
+/// The `restore_command` that fetches WAL with `agent` (default: this
+/// binary) from the repository `spec` opens: its locations and key file
+/// named explicitly, as PostgreSQL runs the command with its own environment.
+pub fn wal_fetch_command(agent: Option<&Path>, spec: &RepoSpec) -> Result<String, PgError> {
+    let agent = match agent {
+        Some(a) => a.to_owned(),
+        None => std::env::current_exe().map_err(PgError::io("locating", Path::new("lifeboat-agent")))?,
+    };
     let mut command = vec![sh_quote(&agent.display().to_string()), "wal-fetch".to_owned()];
-    for location in locations {
+    for location in &spec.locations {
         command.push(format!("--repo={}", sh_quote(location)));
     }
-    if let Some(key) = key_file {
-        let key = std::path::absolute(key)?;
+    if let Some(key) = &spec.key_file {
+        let key = std::path::absolute(key).map_err(PgError::io("resolving", key))?;
         command.push(format!("--key-file={}", sh_quote(&key.display().to_string())));
     }
     Ok(command.join(" "))

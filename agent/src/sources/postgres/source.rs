@@ -239,14 +239,7 @@ impl Source for PostgresSource {
     }
 
     async fn restore(&self, ctx: RestoreContext, request: RestoreRequest) -> Result<RestoreDone, SourceError> {
-        let agent = match &self.agent_bin {
-            Some(a) => a.clone(),
-            None => {
-                std::env::current_exe().map_err(|e| SourceError::Request(format!("locating lifeboat-agent: {e}")))?
-            }
-        };
-        let restore_command = wal_fetch_command(&agent, &ctx.spec.locations, ctx.spec.key_file.as_deref())
-            .map_err(|e| SourceError::Request(format!("resolving the key file for restore_command: {e}")))?;
+        let restore_command = wal_fetch_command(self.agent_bin.as_deref(), &ctx.spec).map_err(SourceError::kind)?;
         let opts = PgRestoreOptions {
             target_dir: request.target.clone(),
             from_backup: request.snapshot.clone(),
